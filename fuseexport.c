@@ -1,0 +1,1216 @@
+/* fuseexport.c - one raw file or block device as one regular file, through FUSE
+ *
+ * Speaks the kernel's FUSE protocol (include/uapi/linux/fuse.h, 7.9 to 7.45)
+ * on /dev/fuse itself, with no libfuse: it mounts with mount(2), then serves
+ * requests with one thread per queue, each blocking in read(2) on its own
+ * /dev/fuse fd. Modelled on QEMU's FUSE block export (block/export/fuse.c).
+ *
+ * Copyright the fuseexport authors.
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "fuseexport.h"
+
+#define VERSION "0.1"
+
+static const char usage_text[] =
+"usage: fuseexport [OPTIONS] SOURCE MOUNTPOINT\n"
+"\n"
+"Export SOURCE (a raw image file or a block device) as the regular file\n"
+"MOUNTPOINT, which must exist and may be SOURCE itself. The export ends with\n"
+"umount MOUNTPOINT or SIGTERM to the server.\n"
+"\n"
+"  -w, --writable          allow writes (default: read-only)\n"
+"  -g, --growable          writes past the end grow the image (implies -w)\n"
+"  -f, --foreground        stay in the foreground\n"
+"  -d, --debug             one line per request on stderr (implies -f)\n"
+"  -q, --queues=N          N queues and threads (default: online CPUs, max 64)\n"
+"      --allow-other=auto|on|off   let other users in (default: auto)\n"
+"      --passthrough=auto|on|off   kernel passthrough of reads and writes\n"
+"      --offset=BYTES      export SOURCE from this offset (K, M, G, T suffixes)\n"
+"      --size=BYTES        export only this many bytes of SOURCE\n"
+"  -h, --help              show this help\n"
+"  -V, --version           show the version\n";
+
+enum {
+	MAX_QUEUES = 64,
+	MAX_WRITE = 1 << 20,			/* largest READ or WRITE payload */
+	DATA_SIZE = MAX_WRITE + 4096,		/* a queue's payload buffer */
+	/* read(2) puts a request's first REQ_HEAD bytes in the header buffer
+	 * and the rest in the payload buffer: a WRITE's data lands there
+	 * directly */
+	REQ_HEAD = sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in),
+	ATTR_VALID_SECONDS = 1,
+};
+
+enum { AUTO = -1, OFF = 0, ON = 1 };
+
+struct queue {
+	struct export *e;
+	int fd;
+	pthread_t thread;
+	struct {
+		struct fuse_in_header in;
+		union {
+			struct fuse_init_in init;
+			struct fuse_getattr_in getattr;
+			struct fuse_setattr_in setattr;
+			struct fuse_open_in open;
+			struct fuse_release_in release;
+			struct fuse_flush_in flush;
+			struct fuse_read_in read;
+			struct fuse_write_in write;
+			struct fuse_fsync_in fsync;
+			struct fuse_fallocate_in fallocate;
+			struct fuse_lseek_in lseek;
+		};
+	} req;
+	char *data;				/* DATA_SIZE bytes */
+	struct fuse_out_header out;
+	union {
+		struct fuse_init_out init;
+		struct fuse_attr_out attr;
+		struct fuse_open_out open;
+		struct fuse_write_out write;
+		struct fuse_lseek_out lseek;
+		struct fuse_statfs_out statfs;
+	} reply;
+	struct iovec iov[2];			/* the reply as sent */
+};
+
+/* One export: the source, what the exported file looks like, the queues */
+struct export {
+	const char *source_path;
+	const char *mountpoint;		/* absolute once checked */
+	int source_fd;
+	bool is_blockdev, writable, growable, foreground, debug;
+	int allow_other, passthrough;	/* AUTO, OFF or ON */
+	unsigned queues;
+	uint64_t offset;		/* the window's start in the source */
+	uint64_t window;		/* its length; 0: to the end */
+	_Atomic uint64_t size;		/* the exported file's size */
+
+	pthread_mutex_t lock;		/* resizing, and the fields below */
+	uint32_t mode, uid, gid;
+	struct timespec atime, mtime, ctime;
+
+	uint32_t minor;			/* negotiated protocol minor */
+	bool initialized;
+	uint32_t open_flags;		/* for every OPEN reply */
+	int fuse_fd;
+	struct queue *queue;
+	atomic_int running;		/* queue threads still serving */
+	atomic_int ready_fd;		/* tells the waiting parent we're live */
+	atomic_bool halted;
+};
+
+/* Setup errors: print "fuseexport: <fmt>" and exit 1. A format ending in ':'
+ * gets ": strerror(errno)" appended, as suckless's eprintf does. */
+static void die(const char *fmt, ...)
+{
+	int saved = errno;
+	size_t n = strlen(fmt);
+	va_list ap;
+
+	fputs("fuseexport: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (n && fmt[n - 1] == ':')
+		fprintf(stderr, " %s", strerror(saved));
+	fputc('\n', stderr);
+	exit(1);
+}
+
+/* Halt the export: the request stream can no longer be trusted. Always
+ * returns -EPROTO, the handler's verdict. */
+static int halt(struct export *e, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("fuseexport: halting the export: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	atomic_store(&e->halted, true);
+	return -EPROTO;
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+/* Read n bytes at pos of the source, fewer at its end. Returns the number
+ * read, or -errno if nothing could be read. */
+static ssize_t read_source(struct export *e, void *buf, size_t n, uint64_t pos)
+{
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t r = pread(e->source_fd, (char *)buf + done, n - done,
+				  e->offset + pos + done);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return done ? (ssize_t)done : -errno;
+		if (r == 0)
+			break;
+		done += r;
+	}
+	return done;
+}
+
+/* Write n bytes at pos of the source. Returns the number written (short
+ * only after a fault, which the next write will meet), or -errno. */
+static ssize_t write_source(struct export *e, const void *buf, size_t n,
+			    uint64_t pos)
+{
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t r = pwrite(e->source_fd, (const char *)buf + done,
+				   n - done, e->offset + pos + done);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return done ? (ssize_t)done : -errno;
+		if (r == 0)
+			return done ? (ssize_t)done : -EIO;
+		done += r;
+	}
+	return done;
+}
+
+/* Raise the exported size to at least end (growable exports) */
+static void grow_to(struct export *e, uint64_t end)
+{
+	uint64_t size = atomic_load(&e->size);
+
+	while (size < end && !atomic_compare_exchange_weak(&e->size, &size, end))
+		;
+}
+
+/* Resize a regular-file source; the caller holds e->lock. Returns 0 or -errno. */
+static int resize_source(struct export *e, uint64_t size)
+{
+	if (size == atomic_load(&e->size))
+		return 0;
+	if (e->is_blockdev || e->offset || e->window)
+		return -EINVAL;		/* a disk or a window keeps its size */
+	if (size > (uint64_t)INT64_MAX)
+		return -EFBIG;
+	if (ftruncate(e->source_fd, size) < 0)
+		return -errno;
+	atomic_store(&e->size, size);
+	return 0;
+}
+
+/* Zero len bytes at pos of the source through the page cache, with the
+ * queue's payload buffer as the source of zeros. Returns 0 or -errno. */
+static int write_zeros(struct export *e, struct queue *q, uint64_t pos,
+		       uint64_t len)
+{
+	memset(q->data, 0, min_u64(len, DATA_SIZE));
+	while (len) {
+		ssize_t r = write_source(e, q->data, min_u64(len, DATA_SIZE), pos);
+		if (r < 0)
+			return r;
+		pos += r;
+		len -= r;
+	}
+	return 0;
+}
+
+/* Make len bytes at pos read as zeros, leaving a hole (punch) or
+ * allocated zeros where the source can. Returns 0 or -errno. */
+static int zero_range(struct export *e, struct queue *q, uint64_t pos,
+		      uint64_t len, bool punch)
+{
+	int mode = FALLOC_FL_KEEP_SIZE |
+		   (punch ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+	uint64_t head = 0, tail = 0;
+	int r;
+
+	if (e->is_blockdev) {
+		/* a disk takes only whole sectors: zero the ragged ends */
+		int sector = 512;
+		ioctl(e->source_fd, BLKSSZGET, &sector);
+		head = min_u64(len, (sector - (e->offset + pos) % sector) % sector);
+		tail = (e->offset + pos + len) % sector;
+		if (head + tail >= len) {
+			head = len;
+			tail = 0;
+		}
+		if (head && (r = write_zeros(e, q, pos, head)) < 0)
+			return r;
+		if (tail && (r = write_zeros(e, q, pos + len - tail, tail)) < 0)
+			return r;
+		pos += head;
+		len -= head + tail;
+		if (!len)
+			return 0;
+	}
+	if (fallocate(e->source_fd, mode, e->offset + pos, len) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP && errno != EINVAL)
+		return -errno;
+	/* tmpfs punches holes but has no zero range; a hole reads as zeros */
+	if (!punch && !e->is_blockdev &&
+	    fallocate(e->source_fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+		      e->offset + pos, len) == 0)
+		return 0;
+	if (e->is_blockdev) {
+		uint64_t range[2] = { e->offset + pos, len };
+		if (ioctl(e->source_fd, BLKZEROOUT, range) == 0)
+			return 0;
+	}
+	return write_zeros(e, q, pos, len);
+}
+
+static void fill_attr(struct export *e, struct fuse_attr *a)
+{
+	struct stat st;
+	uint64_t size = atomic_load(&e->size);
+	uint64_t sectors = (size + 511) / 512;
+
+	memset(a, 0, sizeof(*a));
+	a->ino = FUSE_ROOT_ID;
+	a->size = size;
+	a->blocks = sectors;
+	if (!e->is_blockdev && fstat(e->source_fd, &st) == 0)
+		a->blocks = min_u64(st.st_blocks, sectors);
+	a->nlink = 1;
+	a->blksize = 4096;
+	pthread_mutex_lock(&e->lock);
+	a->mode = S_IFREG | e->mode;
+	a->uid = e->uid;
+	a->gid = e->gid;
+	a->atime = e->atime.tv_sec;
+	a->atimensec = e->atime.tv_nsec;
+	a->mtime = e->mtime.tv_sec;
+	a->mtimensec = e->mtime.tv_nsec;
+	a->ctime = e->ctime.tv_sec;
+	a->ctimensec = e->ctime.tv_nsec;
+	pthread_mutex_unlock(&e->lock);
+}
+
+/*
+ * The handlers, one per opcode. Each takes the request in q->req (and a
+ * WRITE's payload in q->data), with len the bytes after the in_header, and
+ * returns the length of its reply payload, put in q->reply unless it points
+ * q->iov[1] elsewhere, or -errno.
+ */
+
+/* INIT: agree on the protocol, ask for parallel requests and 1 MiB I/O */
+static int fuse_init(struct export *e, struct queue *q, size_t len)
+{
+	const struct fuse_init_in *in = &q->req.init;
+	struct fuse_init_out *out = &q->reply.init;
+	uint64_t offered = in->flags, flags;
+	long page = sysconf(_SC_PAGESIZE);
+
+	memset(out, 0, sizeof(*out));
+	out->major = FUSE_KERNEL_VERSION;
+	out->minor = FUSE_KERNEL_MINOR_VERSION;
+	if (in->major > FUSE_KERNEL_VERSION)
+		return sizeof(*out);	/* the kernel re-sends INIT with ours */
+	if (in->major < FUSE_KERNEL_VERSION || in->minor < FUSE_OLDEST_MINOR)
+		return halt(e, "the kernel speaks FUSE %u.%u, older than 7.%u",
+			    in->major, in->minor, FUSE_OLDEST_MINOR);
+	if (e->initialized)
+		return halt(e, "a second INIT");
+
+	if (len >= sizeof(*in) && (in->flags & FUSE_INIT_EXT))
+		offered |= (uint64_t)in->flags2 << 32;
+	flags = offered & (FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC |
+			   FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_MAX_PAGES |
+			   FUSE_INIT_EXT | FUSE_DIRECT_IO_ALLOW_MMAP);
+	e->minor = min_u64(in->minor, FUSE_KERNEL_MINOR_VERSION);
+	/* Direct I/O keeps a single copy of the data cached, the source's;
+	 * without mmap on direct I/O files (before 6.6) use the page cache. */
+	if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
+		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	e->initialized = true;
+
+	out->minor = e->minor;
+	out->max_readahead = in->max_readahead;
+	out->flags = flags;
+	out->flags2 = flags >> 32;
+	out->max_background = 4096;	/* never throttle a busy client */
+	out->congestion_threshold = 3072;
+	out->max_write = MAX_WRITE;
+	out->time_gran = 1;
+	out->max_pages = MAX_WRITE / page;
+	return e->minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : (int)sizeof(*out);
+}
+
+/* LOOKUP: the root is the only inode, a file, so no name is found in it */
+static int fuse_lookup(struct export *e, struct queue *q, size_t len)
+{
+	(void)e, (void)q, (void)len;
+	return -ENOENT;
+}
+
+static int fuse_getattr(struct export *e, struct queue *q, size_t len)
+{
+	struct fuse_attr_out *out = &q->reply.attr;
+
+	(void)len;
+	memset(out, 0, sizeof(*out));
+	out->attr_valid = ATTR_VALID_SECONDS;
+	fill_attr(e, &out->attr);
+	return sizeof(*out);
+}
+
+static void set_time(struct timespec *t, uint64_t sec, uint32_t nsec, bool now)
+{
+	if (now) {
+		clock_gettime(CLOCK_REALTIME, t);
+	} else {
+		t->tv_sec = sec;
+		t->tv_nsec = nsec;
+	}
+}
+
+/* SETATTR: size on writable exports of regular files; permission bits
+ * (no write bits read-only, none for group and other without allow_other);
+ * owner only with allow_other; times always, kept for the export's life */
+static int fuse_setattr(struct export *e, struct queue *q, size_t len)
+{
+	const struct fuse_setattr_in *in = &q->req.setattr;
+	uint32_t valid = in->valid, mode = in->mode & 07777;
+	int r = 0;
+
+	if ((valid & (FATTR_UID | FATTR_GID)) && !e->allow_other)
+		return -EPERM;
+	if (valid & FATTR_MODE) {
+		if ((in->mode & S_IFMT) && (in->mode & S_IFMT) != S_IFREG)
+			return -EINVAL;
+		if ((mode & ~0777) || ((mode & 077) && !e->allow_other))
+			return -EPERM;
+		if ((mode & 0222) && !e->writable)
+			return -EROFS;
+	}
+	if ((valid & FATTR_SIZE) && !e->writable)
+		return -EROFS;
+
+	pthread_mutex_lock(&e->lock);
+	if (valid & FATTR_SIZE)
+		r = resize_source(e, in->size);
+	if (r == 0) {
+		if (valid & FATTR_MODE)
+			e->mode = mode;
+		if (valid & FATTR_UID)
+			e->uid = in->uid;
+		if (valid & FATTR_GID)
+			e->gid = in->gid;
+		if (valid & (FATTR_ATIME | FATTR_ATIME_NOW))
+			set_time(&e->atime, in->atime, in->atimensec,
+				 valid & FATTR_ATIME_NOW);
+		if (valid & (FATTR_MTIME | FATTR_MTIME_NOW))
+			set_time(&e->mtime, in->mtime, in->mtimensec,
+				 valid & FATTR_MTIME_NOW);
+		set_time(&e->ctime, in->ctime, in->ctimensec,
+			 !(valid & FATTR_CTIME));
+	}
+	pthread_mutex_unlock(&e->lock);
+	return r < 0 ? r : fuse_getattr(e, q, len);
+}
+
+/* OPEN: writes only on writable exports; O_TRUNC empties a growable export
+ * and leaves a fixed-size one alone, as a disk would be */
+static int fuse_open(struct export *e, struct queue *q, size_t len)
+{
+	uint32_t flags = q->req.open.flags;
+	struct fuse_open_out *out = &q->reply.open;
+	int r = 0;
+
+	(void)len;
+	if (!e->writable && ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)))
+		return -EROFS;
+	if ((flags & O_TRUNC) && e->growable) {
+		pthread_mutex_lock(&e->lock);
+		r = resize_source(e, 0);
+		pthread_mutex_unlock(&e->lock);
+		if (r < 0)
+			return r;
+	}
+	memset(out, 0, sizeof(*out));
+	out->open_flags = e->open_flags;
+	return sizeof(*out);
+}
+
+static int fuse_release(struct export *e, struct queue *q, size_t len)
+{
+	(void)e, (void)q, (void)len;
+	return 0;
+}
+
+/* READ: the source's bytes, short at the end; sent from q->data by writev */
+static int fuse_read(struct export *e, struct queue *q, size_t len)
+{
+	const struct fuse_read_in *in = &q->req.read;
+	uint64_t size = atomic_load(&e->size);
+	ssize_t r;
+
+	(void)len;
+	if (in->size > MAX_WRITE || in->offset > (uint64_t)INT64_MAX - in->size)
+		return -EINVAL;
+	if (in->offset >= size)
+		return 0;
+	r = read_source(e, q->data, min_u64(in->size, size - in->offset),
+			in->offset);
+	q->iov[1].iov_base = q->data;
+	return r;
+}
+
+/* WRITE: the payload came into q->data. Past the end a fixed-size export
+ * says ENOSPC, or writes what fits; a growable one grows. */
+static int fuse_write(struct export *e, struct queue *q, size_t len)
+{
+	const struct fuse_write_in *in = &q->req.write;
+	uint64_t size = atomic_load(&e->size), n = in->size;
+	ssize_t r;
+
+	if (len - sizeof(*in) != n)
+		return -EINVAL;
+	if (!e->writable)
+		return -EROFS;
+	if (in->offset > (uint64_t)INT64_MAX - n)
+		return -EFBIG;
+	if (!e->growable && in->offset + n > size) {
+		if (n && in->offset >= size)
+			return -ENOSPC;
+		n = size - in->offset;
+	}
+	r = write_source(e, q->data, n, in->offset);
+	if (r < 0)
+		return r;
+	if (e->growable)
+		grow_to(e, in->offset + r);
+	q->reply.write.size = r;
+	q->reply.write.padding = 0;
+	return sizeof(q->reply.write);
+}
+
+/* FLUSH (every close): the source's data reaches its disk */
+static int fuse_flush(struct export *e, struct queue *q, size_t len)
+{
+	(void)q, (void)len;
+	if (e->writable && fdatasync(e->source_fd) < 0)
+		return -errno;
+	return 0;
+}
+
+static int fuse_fsync(struct export *e, struct queue *q, size_t len)
+{
+	int r;
+
+	(void)len;
+	if (q->req.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC)
+		r = fdatasync(e->source_fd);
+	else
+		r = fsync(e->source_fd);
+	return r < 0 ? -errno : 0;
+}
+
+/* FALLOCATE: punch hole and zero range read as zeros afterwards; plain
+ * allocation reserves space, growing only a growable export */
+static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
+{
+	const struct fuse_fallocate_in *in = &q->req.fallocate;
+	uint64_t size = atomic_load(&e->size), pos = in->offset, n = in->length;
+	uint32_t mode = in->mode;
+	int r;
+
+	(void)len;
+	if (!e->writable)
+		return -EROFS;
+	if (n == 0 || pos > (uint64_t)INT64_MAX - n)
+		return -EINVAL;
+	switch (mode) {
+	case FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
+	case FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE:
+	case FALLOC_FL_ZERO_RANGE:
+	case FALLOC_FL_KEEP_SIZE:
+	case 0:
+		break;
+	default:
+		return -EOPNOTSUPP;
+	}
+	if (pos + n > size && (mode & FALLOC_FL_KEEP_SIZE || !e->growable)) {
+		/* nothing of the file lies there, and it may not grow */
+		if (pos >= size)
+			return mode & FALLOC_FL_KEEP_SIZE ? 0 : -ENOSPC;
+		n = size - pos;
+	}
+	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+		uint64_t inside = pos < size ? min_u64(n, size - pos) : 0;
+
+		if (inside && (r = zero_range(e, q, pos, inside,
+					      mode & FALLOC_FL_PUNCH_HOLE)) < 0)
+			return r;
+		if (pos + n <= size)
+			return 0;
+		/* a growable export's zero range reaching past the end */
+		pos = size > pos ? size : pos;
+		n = in->offset + in->length - pos;
+		mode = 0;
+	}
+	if (e->is_blockdev)
+		return 0;		/* a disk's space is all there */
+	if (fallocate(e->source_fd, mode, e->offset + pos, n) < 0)
+		return -errno;
+	if (!(mode & FALLOC_FL_KEEP_SIZE))
+		grow_to(e, pos + n);
+	return 0;
+}
+
+/* LSEEK: SEEK_DATA and SEEK_HOLE as the source answers them */
+static int fuse_lseek(struct export *e, struct queue *q, size_t len)
+{
+	const struct fuse_lseek_in *in = &q->req.lseek;
+	uint64_t size = atomic_load(&e->size);
+	off_t r;
+
+	(void)len;
+	if (in->whence != SEEK_DATA && in->whence != SEEK_HOLE)
+		return -EINVAL;
+	if (in->offset >= size)
+		return -ENXIO;
+	r = lseek(e->source_fd, e->offset + in->offset, in->whence);
+	if (r < 0)
+		return -errno;
+	q->reply.lseek.offset = min_u64(r - e->offset, size);
+	if (in->whence == SEEK_DATA && q->reply.lseek.offset >= size)
+		return -ENXIO;		/* the data lies past the window */
+	return sizeof(q->reply.lseek);
+}
+
+/* STATFS: the export in 512-byte blocks; free space only where it can grow */
+static int fuse_statfs(struct export *e, struct queue *q, size_t len)
+{
+	struct fuse_kstatfs *st = &q->reply.statfs.st;
+	struct statfs sfs;
+
+	(void)len;
+	memset(st, 0, sizeof(*st));
+	st->bsize = st->frsize = 512;
+	st->blocks = (atomic_load(&e->size) + 511) / 512;
+	if (e->growable && fstatfs(e->source_fd, &sfs) == 0) {
+		st->bfree = (uint64_t)sfs.f_bfree * sfs.f_bsize / 512;
+		st->bavail = (uint64_t)sfs.f_bavail * sfs.f_bsize / 512;
+		st->blocks += st->bavail;
+	}
+	st->files = 1;
+	st->namelen = 255;
+	return sizeof(*st);
+}
+
+static int fuse_destroy(struct export *e, struct queue *q, size_t len)
+{
+	(void)e, (void)q, (void)len;
+	return 0;
+}
+
+/* The dispatcher's table: name (for -d), the op struct a request must
+ * carry, the handler (none: ENOSYS), and whether the kernel wants a reply */
+static const struct operation {
+	const char *name;
+	size_t in_size;
+	int (*handle)(struct export *, struct queue *, size_t);
+	bool no_reply;
+} operations[FUSE_OPCODE_END] = {
+	[FUSE_LOOKUP] = { "LOOKUP", 0, fuse_lookup, false },
+	[FUSE_FORGET] = { "FORGET", sizeof(struct fuse_forget_in), NULL, true },
+	[FUSE_GETATTR] = { "GETATTR", 0, fuse_getattr, false },
+	[FUSE_SETATTR] = { "SETATTR", sizeof(struct fuse_setattr_in), fuse_setattr, false },
+	[FUSE_READLINK] = { "READLINK", 0, NULL, false },
+	[FUSE_SYMLINK] = { "SYMLINK", 0, NULL, false },
+	[FUSE_MKNOD] = { "MKNOD", 0, NULL, false },
+	[FUSE_MKDIR] = { "MKDIR", 0, NULL, false },
+	[FUSE_UNLINK] = { "UNLINK", 0, NULL, false },
+	[FUSE_RMDIR] = { "RMDIR", 0, NULL, false },
+	[FUSE_RENAME] = { "RENAME", 0, NULL, false },
+	[FUSE_LINK] = { "LINK", 0, NULL, false },
+	[FUSE_OPEN] = { "OPEN", sizeof(struct fuse_open_in), fuse_open, false },
+	[FUSE_READ] = { "READ", sizeof(struct fuse_read_in), fuse_read, false },
+	[FUSE_WRITE] = { "WRITE", sizeof(struct fuse_write_in), fuse_write, false },
+	[FUSE_STATFS] = { "STATFS", 0, fuse_statfs, false },
+	[FUSE_RELEASE] = { "RELEASE", sizeof(struct fuse_release_in), fuse_release, false },
+	[FUSE_FSYNC] = { "FSYNC", sizeof(struct fuse_fsync_in), fuse_fsync, false },
+	[FUSE_SETXATTR] = { "SETXATTR", 0, NULL, false },
+	[FUSE_GETXATTR] = { "GETXATTR", 0, NULL, false },
+	[FUSE_LISTXATTR] = { "LISTXATTR", 0, NULL, false },
+	[FUSE_REMOVEXATTR] = { "REMOVEXATTR", 0, NULL, false },
+	[FUSE_FLUSH] = { "FLUSH", sizeof(struct fuse_flush_in), fuse_flush, false },
+	[FUSE_INIT] = { "INIT", FUSE_COMPAT_INIT_IN_SIZE, fuse_init, false },
+	[FUSE_OPENDIR] = { "OPENDIR", 0, NULL, false },
+	[FUSE_READDIR] = { "READDIR", 0, NULL, false },
+	[FUSE_RELEASEDIR] = { "RELEASEDIR", 0, NULL, false },
+	[FUSE_FSYNCDIR] = { "FSYNCDIR", 0, NULL, false },
+	[FUSE_GETLK] = { "GETLK", 0, NULL, false },
+	[FUSE_SETLK] = { "SETLK", 0, NULL, false },
+	[FUSE_SETLKW] = { "SETLKW", 0, NULL, false },
+	[FUSE_ACCESS] = { "ACCESS", 0, NULL, false },
+	[FUSE_CREATE] = { "CREATE", 0, NULL, false },
+	[FUSE_INTERRUPT] = { "INTERRUPT", sizeof(struct fuse_interrupt_in), NULL, true },
+	[FUSE_BMAP] = { "BMAP", 0, NULL, false },
+	[FUSE_DESTROY] = { "DESTROY", 0, fuse_destroy, false },
+	[FUSE_IOCTL] = { "IOCTL", 0, NULL, false },
+	[FUSE_POLL] = { "POLL", 0, NULL, false },
+	[FUSE_NOTIFY_REPLY] = { "NOTIFY_REPLY", 0, NULL, true },
+	[FUSE_BATCH_FORGET] = { "BATCH_FORGET", sizeof(struct fuse_batch_forget_in), NULL, true },
+	[FUSE_FALLOCATE] = { "FALLOCATE", sizeof(struct fuse_fallocate_in), fuse_fallocate, false },
+	[FUSE_READDIRPLUS] = { "READDIRPLUS", 0, NULL, false },
+	[FUSE_RENAME2] = { "RENAME2", 0, NULL, false },
+	[FUSE_LSEEK] = { "LSEEK", sizeof(struct fuse_lseek_in), fuse_lseek, false },
+	[FUSE_COPY_FILE_RANGE] = { "COPY_FILE_RANGE", 0, NULL, false },
+	[FUSE_SETUPMAPPING] = { "SETUPMAPPING", 0, NULL, false },
+	[FUSE_REMOVEMAPPING] = { "REMOVEMAPPING", 0, NULL, false },
+	[FUSE_SYNCFS] = { "SYNCFS", 0, NULL, false },
+	[FUSE_TMPFILE] = { "TMPFILE", 0, NULL, false },
+	[FUSE_STATX] = { "STATX", 0, NULL, false },
+	[FUSE_COPY_FILE_RANGE_64] = { "COPY_FILE_RANGE_64", 0, NULL, false },
+};
+
+/* Serve the request of len bytes that read(2) left in q->req and q->data,
+ * and build the reply in q->iov. Returns the number of iovecs to send (0:
+ * no reply), or -errno if the export must halt. */
+static int serve(struct export *e, struct queue *q, size_t len)
+{
+	const struct fuse_in_header *in = &q->req.in;
+	const struct operation *op = NULL;
+	size_t oplen;
+	int r;
+
+	if (len < sizeof(*in))
+		return halt(e, "a request of %zu bytes, shorter than its header", len);
+	if (in->len != len)
+		return halt(e, "a request says %u bytes, %zu came", in->len, len);
+	if (in->opcode < FUSE_OPCODE_END && operations[in->opcode].name)
+		op = &operations[in->opcode];
+	/* a longer op struct spilled into the payload buffer: fetch it back */
+	if (in->opcode != FUSE_WRITE && len > REQ_HEAD)
+		memcpy((char *)&q->req + REQ_HEAD, q->data,
+		       min_u64(len, sizeof(q->req)) - REQ_HEAD);
+	oplen = len - sizeof(*in);
+
+	q->iov[1].iov_base = &q->reply;
+	if (!op || !op->handle)
+		r = -ENOSYS;
+	else if (oplen < op->in_size)
+		r = -EINVAL;
+	else if (!e->initialized && in->opcode != FUSE_INIT)
+		r = -EIO;
+	else
+		r = op->handle(e, q, oplen);
+
+	if (e->debug)
+		fprintf(stderr, "fuseexport: %s #%llu (%zu bytes): %d%s%s\n",
+			op ? op->name : "unknown opcode",
+			(unsigned long long)in->unique, len, r,
+			r < 0 ? " " : "", r < 0 ? strerror(-r) : "");
+	if (atomic_load(&e->halted))
+		return -EPROTO;
+	if (op && op->no_reply)
+		return 0;
+	q->out.unique = in->unique;
+	q->out.error = r < 0 ? r : 0;
+	q->out.len = sizeof(q->out) + (r > 0 ? r : 0);
+	q->iov[0].iov_base = &q->out;
+	q->iov[0].iov_len = sizeof(q->out);
+	q->iov[1].iov_len = r > 0 ? r : 0;
+	return r > 0 ? 2 : 1;
+}
+
+/* Tell the parent that waits in the foreground that the export is live,
+ * and let go of its terminal */
+static void tell_ready(struct export *e)
+{
+	int fd = atomic_exchange(&e->ready_fd, -1), null;
+
+	if (fd < 0)
+		return;
+	null = open("/dev/null", O_RDWR);
+	if (null >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		if (null > 2)
+			close(null);
+	}
+	if (write(fd, "", 1) < 0) {
+		/* the parent is gone: nobody is left to tell */
+	}
+	close(fd);
+}
+
+/* A queue: read a request, serve it, reply on the same fd, until the
+ * kernel says the export is gone (ENODEV) or it halts */
+static void *queue_loop(void *arg)
+{
+	struct queue *q = arg;
+	struct export *e = q->e;
+	struct iovec in[2] = { { &q->req, REQ_HEAD }, { q->data, DATA_SIZE } };
+
+	while (!atomic_load(&e->halted)) {
+		ssize_t n = readv(q->fd, in, 2);
+		int k;
+
+		if (n < 0) {
+			if (errno == EINTR || errno == ENOENT || errno == EAGAIN)
+				continue;	/* an interrupted request */
+			if (errno != ENODEV)
+				halt(e, "reading /dev/fuse: %s", strerror(errno));
+			break;
+		}
+		k = serve(e, q, n);
+		if (k < 0)
+			break;
+		if (k && writev(q->fd, q->iov, k) < 0) {
+			if (errno == ENODEV)
+				break;
+			if (errno != ENOENT)	/* ENOENT: the request was aborted */
+				fprintf(stderr, "fuseexport: replying to %u: %s\n",
+					q->req.in.opcode, strerror(errno));
+		}
+		if (q->req.in.opcode == FUSE_INIT)
+			tell_ready(e);
+	}
+	if (atomic_fetch_sub(&e->running, 1) == 1 || atomic_load(&e->halted))
+		kill(getpid(), SIGUSR1);	/* wake main() */
+	return NULL;
+}
+
+/* Parse a byte count with an optional K, M, G or T suffix; exit if bad */
+static uint64_t parse_number(const char *what, const char *s, uint64_t max)
+{
+	static const char suffixes[] = "KMGT";
+	const char *p;
+	char *end;
+	unsigned long long v;
+	int shift = 0;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (*end && (p = strchr(suffixes, *end & ~0x20)) && !end[1])
+		shift = 10 * (p - suffixes + 1), end++;
+	if (errno || end == s || *end || *s == '-' ||
+	    (shift && v > (max >> shift)) || (v << shift) > max)
+		die("%s: '%s' is not a number from 0 to %llu", what, s,
+		    (unsigned long long)max);
+	return v << shift;
+}
+
+static int parse_mode(const char *what, const char *s)
+{
+	if (!strcmp(s, "auto"))
+		return AUTO;
+	if (!strcmp(s, "on"))
+		return ON;
+	if (!strcmp(s, "off"))
+		return OFF;
+	die("%s: '%s' is not auto, on or off", what, s);
+	return OFF;
+}
+
+static void parse_options(struct export *e, int argc, char *argv[])
+{
+	enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_OFFSET, OPT_SIZE };
+	static const struct option longopts[] = {
+		{ "writable", no_argument, NULL, 'w' },
+		{ "growable", no_argument, NULL, 'g' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "queues", required_argument, NULL, 'q' },
+		{ "allow-other", required_argument, NULL, OPT_ALLOW_OTHER },
+		{ "passthrough", required_argument, NULL, OPT_PASSTHROUGH },
+		{ "offset", required_argument, NULL, OPT_OFFSET },
+		{ "size", required_argument, NULL, OPT_SIZE },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
+	};
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int c;
+
+	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
+	e->allow_other = AUTO;
+	e->passthrough = AUTO;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":wgfdq:hV", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'g':
+			e->growable = true;
+			/* fall through */
+		case 'w':
+			e->writable = true;
+			break;
+		case 'd':
+			e->debug = true;
+			/* fall through */
+		case 'f':
+			e->foreground = true;
+			break;
+		case 'q':
+			e->queues = parse_number("--queues", optarg, MAX_QUEUES);
+			if (!e->queues)
+				die("--queues: '%s' is not a number from 1 to %d",
+				    optarg, MAX_QUEUES);
+			break;
+		case OPT_ALLOW_OTHER:
+			e->allow_other = parse_mode("--allow-other", optarg);
+			break;
+		case OPT_PASSTHROUGH:
+			e->passthrough = parse_mode("--passthrough", optarg);
+			break;
+		case OPT_OFFSET:
+			e->offset = parse_number("--offset", optarg, INT64_MAX);
+			break;
+		case OPT_SIZE:
+			e->window = parse_number("--size", optarg, INT64_MAX);
+			if (!e->window)
+				die("--size: the window must not be empty");
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			exit(0);
+		case 'V':
+			puts("fuseexport " VERSION);
+			exit(0);
+		case ':':
+			die("%s: needs a value", argv[optind - 1]);
+			break;
+		default:
+			die("%s: unknown option (see --help)", argv[optind - 1]);
+		}
+	}
+	if (argc - optind != 2)
+		die("%s: expected SOURCE and MOUNTPOINT (see --help)",
+		    argc - optind < 2 ? "too few arguments" : "too many arguments");
+	e->source_path = argv[optind];
+	e->mountpoint = argv[optind + 1];
+	if (e->passthrough == ON)
+		die("--passthrough=on: this build has no passthrough support");
+}
+
+/* Open and lock the source, and take the exported file's attributes */
+static void open_source(struct export *e)
+{
+	const char *path = e->source_path;
+	struct stat st;
+	uint64_t source_size;
+
+	if (stat(path, &st) < 0)
+		die("%s:", path);
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		die("%s: not a regular file or block device", path);
+	e->is_blockdev = S_ISBLK(st.st_mode);
+	if (e->growable && e->is_blockdev)
+		die("%s: --growable needs a regular file, not a block device", path);
+	if (e->growable && (e->offset || e->window))
+		die("%s: --growable does not go with --offset or --size", path);
+	/* O_EXCL on a block device: refused while it is mounted */
+	e->source_fd = open(path, (e->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC |
+			    O_NOCTTY | (e->writable && e->is_blockdev ? O_EXCL : 0));
+	if (e->source_fd < 0)
+		die("%s:", path);
+	if (fstat(e->source_fd, &st) < 0)
+		die("%s:", path);
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		die("%s: not a regular file or block device", path);
+	if (flock(e->source_fd, (e->writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
+		die(errno == EWOULDBLOCK ? "%s: in use by another export "
+		    "(a writer excludes everyone else)" : "%s: lock:", path);
+
+	source_size = st.st_size;
+	if (e->is_blockdev && ioctl(e->source_fd, BLKGETSIZE64, &source_size) < 0)
+		die("%s: BLKGETSIZE64:", path);
+	if (e->offset > source_size ||
+	    (e->window && e->window > source_size - e->offset))
+		die("%s: the window %llu+%llu lies past its end (%llu bytes)",
+		    path, (unsigned long long)e->offset,
+		    (unsigned long long)e->window,
+		    (unsigned long long)source_size);
+	atomic_store(&e->size, e->window ? e->window : source_size - e->offset);
+
+	e->mode = e->writable ? 0600 : 0400;
+	e->uid = getuid();
+	e->gid = getgid();
+	e->atime = st.st_atim;
+	e->mtime = st.st_mtim;
+	e->ctime = st.st_ctim;
+	pthread_mutex_init(&e->lock, NULL);
+	e->fuse_fd = -1;
+	atomic_store(&e->ready_fd, -1);
+}
+
+/* Unescape a path field of /proc/self/mountinfo (\040 and the like) */
+static void unescape(char *s)
+{
+	char *out = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' &&
+		    s[2] >= '0' && s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
+			*out++ = (s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0');
+			s += 3;
+		} else {
+			*out++ = *s;
+		}
+	}
+	*out = 0;
+}
+
+/* Is an export of ours already mounted at path? */
+static bool exported_at(const char *path)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char line[4096], mnt[4096], type[256];
+	bool found = false;
+
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		const char *dash = strstr(line, " - ");
+		if (!dash || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 ||
+		    sscanf(dash + 3, "%255s", type) != 1)
+			continue;
+		unescape(mnt);
+		found = !strcmp(mnt, path) && !strncmp(type, "fuse", 4);
+	}
+	fclose(f);
+	return found;
+}
+
+/* MOUNTPOINT: an existing regular file, not already carrying an export */
+static void check_mountpoint(struct export *e)
+{
+	const char *path = e->mountpoint;
+	struct stat st;
+	char *abs;
+
+	if (stat(path, &st) < 0 && errno == ENOTCONN)
+		die("%s: a dead export is mounted here (its server is gone); "
+		    "clear it with: umount %s", path, path);
+	if (stat(path, &st) < 0)
+		die("%s:", path);
+	if (!S_ISREG(st.st_mode))
+		die("%s: not a regular file (an export is mounted on a file)", path);
+	abs = realpath(path, NULL);
+	if (!abs)
+		die("%s:", path);
+	if (exported_at(abs))
+		die("%s: already exported (end that export with: umount %s)",
+		    path, path);
+	e->mountpoint = abs;
+}
+
+/* Mount the export with mount(2) on a new /dev/fuse fd */
+static void mount_export(struct export *e)
+{
+	char opts[256];
+
+	e->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	if (e->fuse_fd < 0)
+		die("/dev/fuse:");
+	if (e->allow_other == AUTO)
+		e->allow_other = ON;	/* root may always allow others */
+	snprintf(opts, sizeof(opts), "fd=%d,rootmode=%o,user_id=%u,group_id=%u,"
+		 "default_permissions,max_read=%u%s", e->fuse_fd,
+		 S_IFREG | e->mode, e->uid, e->gid, MAX_WRITE,
+		 e->allow_other ? ",allow_other" : "");
+	if (mount(e->source_path, e->mountpoint, "fuse.fuseexport",
+		  MS_NOSUID | MS_NODEV, opts) < 0)
+		die("mount on %s:", e->mountpoint);
+}
+
+/* End the export: unmount, or detach it while files are still open */
+static void unmount_export(struct export *e, bool force)
+{
+	if (umount2(e->mountpoint, force ? MNT_FORCE : 0) < 0)
+		umount2(e->mountpoint, MNT_DETACH);
+}
+
+/* Go to the background: the parent returns only once the export is live
+ * (the child answered INIT), or unmounts and fails if the child died */
+static void detach(struct export *e)
+{
+	int fds[2];
+	pid_t pid;
+	char c;
+
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		die("pipe:");
+	pid = fork();
+	if (pid < 0) {
+		unmount_export(e, true);
+		die("fork:");
+	}
+	if (pid > 0) {
+		ssize_t n;
+		close(fds[1]);
+		while ((n = read(fds[0], &c, 1)) < 0 && errno == EINTR)
+			;
+		if (n == 1)
+			exit(0);
+		unmount_export(e, true);
+		exit(1);		/* the server said why */
+	}
+	close(fds[0]);
+	atomic_store(&e->ready_fd, fds[1]);
+	setsid();
+	if (chdir("/") < 0) {
+		/* stay where we are */
+	}
+}
+
+static void start_queues(struct export *e)
+{
+	unsigned i;
+
+	e->queue = calloc(e->queues, sizeof(*e->queue));
+	if (!e->queue)
+		die("queues:");
+	atomic_store(&e->running, e->queues);
+	for (i = 0; i < e->queues; i++) {
+		struct queue *q = &e->queue[i];
+		uint32_t session = e->fuse_fd;
+
+		q->e = e;
+		q->fd = e->fuse_fd;
+		q->data = malloc(DATA_SIZE);
+		if (!q->data)
+			die("queue buffer:");
+		if (i > 0) {
+			q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+			if (q->fd < 0 || ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)
+				die("cloning /dev/fuse for queue %u:", i);
+		}
+		errno = pthread_create(&q->thread, NULL, queue_loop, q);
+		if (errno)
+			die("starting queue %u:", i);
+	}
+}
+
+/* Serve until the export ends; returns the exit status */
+static int run_export(struct export *e)
+{
+	sigset_t set;
+	bool unmounted = false;
+	unsigned i;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	start_queues(e);
+	while (atomic_load(&e->running) > 0) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (atomic_load(&e->halted)) {
+			unmount_export(e, true);	/* aborts the connection */
+			unmounted = true;
+		} else if (sig != SIGUSR1 && !unmounted) {
+			if (e->writable)
+				fsync(e->source_fd);
+			unmount_export(e, false);
+			unmounted = true;
+		}
+	}
+	for (i = 0; i < e->queues; i++)
+		pthread_join(e->queue[i].thread, NULL);
+	if (e->writable && fsync(e->source_fd) < 0)
+		fprintf(stderr, "fuseexport: %s: flush: %s\n", e->source_path,
+			strerror(errno));
+	return atomic_load(&e->halted) ? 1 : 0;
+}
+
+struct export *fuseexport_new(int argc, char *argv[])
+{
+	struct export *e = calloc(1, sizeof(*e));
+
+	if (!e)
+		die("out of memory:");
+	parse_options(e, argc, argv);
+	open_source(e);
+	e->queues = 1;
+	e->queue = calloc(1, sizeof(*e->queue));
+	if (!e->queue || !(e->queue->data = malloc(DATA_SIZE)))
+		die("out of memory:");
+	e->queue->e = e;
+	e->queue->fd = -1;
+	if (e->allow_other == AUTO)
+		e->allow_other = ON;
+	return e;
+}
+
+long fuseexport_request(struct export *e, const void *request, size_t len,
+			void *reply, size_t reply_size)
+{
+	struct queue *q = e->queue;
+	size_t head = min_u64(len, REQ_HEAD), done = 0;
+	int k, i;
+
+	if (len > REQ_HEAD + DATA_SIZE)
+		return -EMSGSIZE;	/* read(2) would have refused it */
+	memcpy(&q->req, request, head);
+	memcpy(q->data, (const char *)request + head, len - head);
+	k = serve(e, q, len);
+	for (i = 0; i < k; i++) {
+		size_t n = min_u64(q->iov[i].iov_len, reply_size - done);
+		memcpy((char *)reply + done, q->iov[i].iov_base, n);
+		done += n;
+	}
+	return k < 0 ? k : (long)done;
+}
+
+void fuseexport_free(struct export *e)
+{
+	close(e->source_fd);
+	free(e->queue->data);
+	free(e->queue);
+	free(e);
+}
+
+#ifndef FUSEEXPORT_NO_MAIN
+int main(int argc, char *argv[])
+{
+	struct export *e = calloc(1, sizeof(*e));
+
+	if (!e)
+		die("out of memory:");
+	parse_options(e, argc, argv);
+	check_mountpoint(e);
+	open_source(e);
+	mount_export(e);
+	if (!e->foreground)
+		detach(e);
+	return run_export(e);
+}
+#endif

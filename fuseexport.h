@@ -1,0 +1,390 @@
+/* fuseexport.h - the part of the kernel's FUSE ABI that fuseexport speaks
+ *
+ * Follows include/uapi/linux/fuse.h (protocol 7.45), carried here so that the
+ * build needs no kernel headers (musl-gcc -static sees none) and so that the
+ * newer parts (passthrough, io_uring) are there on older distributions.
+ * Every struct size is pinned below; the kernel's layout never changes.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef FUSEEXPORT_H
+#define FUSEEXPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+
+#define FUSE_KERNEL_VERSION 7
+#define FUSE_KERNEL_MINOR_VERSION 45	/* the newest protocol we speak */
+#define FUSE_OLDEST_MINOR 9		/* fuse_attr with blksize, 7.9 */
+#define FUSE_ROOT_ID 1
+#define FUSE_MIN_READ_BUFFER 8192
+
+enum fuse_opcode {
+	FUSE_LOOKUP = 1,
+	FUSE_FORGET = 2,		/* no reply */
+	FUSE_GETATTR = 3,
+	FUSE_SETATTR = 4,
+	FUSE_READLINK = 5,
+	FUSE_SYMLINK = 6,
+	FUSE_MKNOD = 8,
+	FUSE_MKDIR = 9,
+	FUSE_UNLINK = 10,
+	FUSE_RMDIR = 11,
+	FUSE_RENAME = 12,
+	FUSE_LINK = 13,
+	FUSE_OPEN = 14,
+	FUSE_READ = 15,
+	FUSE_WRITE = 16,
+	FUSE_STATFS = 17,
+	FUSE_RELEASE = 18,
+	FUSE_FSYNC = 20,
+	FUSE_SETXATTR = 21,
+	FUSE_GETXATTR = 22,
+	FUSE_LISTXATTR = 23,
+	FUSE_REMOVEXATTR = 24,
+	FUSE_FLUSH = 25,
+	FUSE_INIT = 26,
+	FUSE_OPENDIR = 27,
+	FUSE_READDIR = 28,
+	FUSE_RELEASEDIR = 29,
+	FUSE_FSYNCDIR = 30,
+	FUSE_GETLK = 31,
+	FUSE_SETLK = 32,
+	FUSE_SETLKW = 33,
+	FUSE_ACCESS = 34,
+	FUSE_CREATE = 35,
+	FUSE_INTERRUPT = 36,		/* no reply */
+	FUSE_BMAP = 37,
+	FUSE_DESTROY = 38,
+	FUSE_IOCTL = 39,
+	FUSE_POLL = 40,
+	FUSE_NOTIFY_REPLY = 41,
+	FUSE_BATCH_FORGET = 42,		/* no reply */
+	FUSE_FALLOCATE = 43,
+	FUSE_READDIRPLUS = 44,
+	FUSE_RENAME2 = 45,
+	FUSE_LSEEK = 46,
+	FUSE_COPY_FILE_RANGE = 47,
+	FUSE_SETUPMAPPING = 48,
+	FUSE_REMOVEMAPPING = 49,
+	FUSE_SYNCFS = 50,
+	FUSE_TMPFILE = 51,
+	FUSE_STATX = 52,
+	FUSE_COPY_FILE_RANGE_64 = 53,
+	FUSE_OPCODE_END			/* one past the last we name */
+};
+
+/* INIT flags; bits 32 and up travel in flags2 (FUSE_INIT_EXT) */
+#define FUSE_ASYNC_READ		(1ULL << 0)
+#define FUSE_ATOMIC_O_TRUNC	(1ULL << 3)
+#define FUSE_BIG_WRITES		(1ULL << 5)
+#define FUSE_ASYNC_DIO		(1ULL << 15)
+#define FUSE_WRITEBACK_CACHE	(1ULL << 16)
+#define FUSE_PARALLEL_DIROPS	(1ULL << 18)
+#define FUSE_MAX_PAGES		(1ULL << 22)
+#define FUSE_INIT_EXT		(1ULL << 30)
+#define FUSE_DIRECT_IO_ALLOW_MMAP (1ULL << 36)
+#define FUSE_PASSTHROUGH	(1ULL << 37)
+#define FUSE_OVER_IO_URING	(1ULL << 41)
+
+/* OPEN reply flags */
+#define FOPEN_DIRECT_IO		(1U << 0)
+#define FOPEN_KEEP_CACHE	(1U << 1)
+#define FOPEN_PARALLEL_DIRECT_WRITES (1U << 6)
+#define FOPEN_PASSTHROUGH	(1U << 7)
+
+/* SETATTR valid bits */
+#define FATTR_MODE		(1U << 0)
+#define FATTR_UID		(1U << 1)
+#define FATTR_GID		(1U << 2)
+#define FATTR_SIZE		(1U << 3)
+#define FATTR_ATIME		(1U << 4)
+#define FATTR_MTIME		(1U << 5)
+#define FATTR_FH		(1U << 6)
+#define FATTR_ATIME_NOW		(1U << 7)
+#define FATTR_MTIME_NOW		(1U << 8)
+#define FATTR_LOCKOWNER		(1U << 9)
+#define FATTR_CTIME		(1U << 10)
+#define FATTR_KILL_SUIDGID	(1U << 11)
+
+#define FUSE_FSYNC_FDATASYNC	(1U << 0)
+
+/* Block device ioctls and fallocate modes, which musl's headers lack */
+#ifndef BLKSSZGET
+#define BLKSSZGET		_IO(0x12, 104)
+#endif
+#ifndef BLKGETSIZE64
+#define BLKGETSIZE64		_IOR(0x12, 114, size_t)
+#endif
+#ifndef BLKZEROOUT
+#define BLKZEROOUT		_IO(0x12, 127)
+#endif
+#ifndef FALLOC_FL_KEEP_SIZE
+#define FALLOC_FL_KEEP_SIZE	0x01
+#endif
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE	0x02
+#endif
+#ifndef FALLOC_FL_ZERO_RANGE
+#define FALLOC_FL_ZERO_RANGE	0x10
+#endif
+
+/* /dev/fuse ioctls */
+#define FUSE_DEV_IOC_MAGIC	229
+#define FUSE_DEV_IOC_CLONE	_IOR(FUSE_DEV_IOC_MAGIC, 0, uint32_t)
+struct fuse_backing_map {
+	int32_t fd;
+	uint32_t flags;
+	uint64_t padding;
+};
+#define FUSE_DEV_IOC_BACKING_OPEN _IOW(FUSE_DEV_IOC_MAGIC, 1, struct fuse_backing_map)
+#define FUSE_DEV_IOC_BACKING_CLOSE _IOW(FUSE_DEV_IOC_MAGIC, 2, uint32_t)
+
+struct fuse_in_header {
+	uint32_t len;
+	uint32_t opcode;
+	uint64_t unique;
+	uint64_t nodeid;
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t pid;
+	uint16_t total_extlen;	/* in 8-byte units */
+	uint16_t padding;
+};
+
+struct fuse_out_header {
+	uint32_t len;
+	int32_t error;
+	uint64_t unique;
+};
+
+struct fuse_init_in {
+	uint32_t major;
+	uint32_t minor;
+	uint32_t max_readahead;
+	uint32_t flags;
+	uint32_t flags2;	/* 7.36 */
+	uint32_t unused[11];
+};
+#define FUSE_COMPAT_INIT_IN_SIZE 16
+
+struct fuse_init_out {
+	uint32_t major;
+	uint32_t minor;
+	uint32_t max_readahead;
+	uint32_t flags;
+	uint16_t max_background;
+	uint16_t congestion_threshold;
+	uint32_t max_write;
+	uint32_t time_gran;	/* 7.23 */
+	uint16_t max_pages;
+	uint16_t map_alignment;
+	uint32_t flags2;
+	uint32_t max_stack_depth;	/* 7.40 */
+	uint16_t request_timeout;	/* 7.43 */
+	uint16_t unused[11];
+};
+#define FUSE_COMPAT_22_INIT_OUT_SIZE 24
+
+struct fuse_attr {
+	uint64_t ino;
+	uint64_t size;
+	uint64_t blocks;
+	uint64_t atime;
+	uint64_t mtime;
+	uint64_t ctime;
+	uint32_t atimensec;
+	uint32_t mtimensec;
+	uint32_t ctimensec;
+	uint32_t mode;
+	uint32_t nlink;
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t rdev;
+	uint32_t blksize;
+	uint32_t flags;
+};
+
+struct fuse_attr_out {
+	uint64_t attr_valid;
+	uint32_t attr_valid_nsec;
+	uint32_t dummy;
+	struct fuse_attr attr;
+};
+
+struct fuse_getattr_in {
+	uint32_t getattr_flags;
+	uint32_t dummy;
+	uint64_t fh;
+};
+
+struct fuse_setattr_in {
+	uint32_t valid;
+	uint32_t padding;
+	uint64_t fh;
+	uint64_t size;
+	uint64_t lock_owner;
+	uint64_t atime;
+	uint64_t mtime;
+	uint64_t ctime;
+	uint32_t atimensec;
+	uint32_t mtimensec;
+	uint32_t ctimensec;
+	uint32_t mode;
+	uint32_t unused4;
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t unused5;
+};
+
+struct fuse_open_in {
+	uint32_t flags;
+	uint32_t open_flags;
+};
+
+struct fuse_open_out {
+	uint64_t fh;
+	uint32_t open_flags;
+	int32_t backing_id;	/* 7.40, with FOPEN_PASSTHROUGH */
+};
+
+struct fuse_release_in {
+	uint64_t fh;
+	uint32_t flags;
+	uint32_t release_flags;
+	uint64_t lock_owner;
+};
+
+struct fuse_flush_in {
+	uint64_t fh;
+	uint32_t unused;
+	uint32_t padding;
+	uint64_t lock_owner;
+};
+
+struct fuse_read_in {
+	uint64_t fh;
+	uint64_t offset;
+	uint32_t size;
+	uint32_t read_flags;
+	uint64_t lock_owner;
+	uint32_t flags;
+	uint32_t padding;
+};
+
+struct fuse_write_in {
+	uint64_t fh;
+	uint64_t offset;
+	uint32_t size;
+	uint32_t write_flags;
+	uint64_t lock_owner;
+	uint32_t flags;
+	uint32_t padding;
+};
+
+struct fuse_write_out {
+	uint32_t size;
+	uint32_t padding;
+};
+
+struct fuse_fsync_in {
+	uint64_t fh;
+	uint32_t fsync_flags;
+	uint32_t padding;
+};
+
+struct fuse_fallocate_in {
+	uint64_t fh;
+	uint64_t offset;
+	uint64_t length;
+	uint32_t mode;
+	uint32_t padding;
+};
+
+struct fuse_lseek_in {
+	uint64_t fh;
+	uint64_t offset;
+	uint32_t whence;
+	uint32_t padding;
+};
+
+struct fuse_lseek_out {
+	uint64_t offset;
+};
+
+struct fuse_kstatfs {
+	uint64_t blocks;
+	uint64_t bfree;
+	uint64_t bavail;
+	uint64_t files;
+	uint64_t ffree;
+	uint32_t bsize;
+	uint32_t namelen;
+	uint32_t frsize;
+	uint32_t padding;
+	uint32_t spare[6];
+};
+
+struct fuse_statfs_out {
+	struct fuse_kstatfs st;
+};
+
+struct fuse_interrupt_in {
+	uint64_t unique;
+};
+
+struct fuse_forget_in {
+	uint64_t nlookup;
+};
+
+struct fuse_batch_forget_in {
+	uint32_t count;
+	uint32_t dummy;
+};
+
+_Static_assert(sizeof(struct fuse_in_header) == 40, "fuse_in_header");
+_Static_assert(sizeof(struct fuse_out_header) == 16, "fuse_out_header");
+_Static_assert(sizeof(struct fuse_init_in) == 64, "fuse_init_in");
+_Static_assert(sizeof(struct fuse_init_out) == 64, "fuse_init_out");
+_Static_assert(sizeof(struct fuse_attr) == 88, "fuse_attr");
+_Static_assert(sizeof(struct fuse_attr_out) == 104, "fuse_attr_out");
+_Static_assert(sizeof(struct fuse_getattr_in) == 16, "fuse_getattr_in");
+_Static_assert(sizeof(struct fuse_setattr_in) == 88, "fuse_setattr_in");
+_Static_assert(sizeof(struct fuse_open_in) == 8, "fuse_open_in");
+_Static_assert(sizeof(struct fuse_open_out) == 16, "fuse_open_out");
+_Static_assert(sizeof(struct fuse_release_in) == 24, "fuse_release_in");
+_Static_assert(sizeof(struct fuse_flush_in) == 24, "fuse_flush_in");
+_Static_assert(sizeof(struct fuse_read_in) == 40, "fuse_read_in");
+_Static_assert(sizeof(struct fuse_write_in) == 40, "fuse_write_in");
+_Static_assert(sizeof(struct fuse_write_out) == 8, "fuse_write_out");
+_Static_assert(sizeof(struct fuse_fsync_in) == 16, "fuse_fsync_in");
+_Static_assert(sizeof(struct fuse_fallocate_in) == 32, "fuse_fallocate_in");
+_Static_assert(sizeof(struct fuse_lseek_in) == 24, "fuse_lseek_in");
+_Static_assert(sizeof(struct fuse_lseek_out) == 8, "fuse_lseek_out");
+_Static_assert(sizeof(struct fuse_statfs_out) == 80, "fuse_statfs_out");
+_Static_assert(sizeof(struct fuse_interrupt_in) == 8, "fuse_interrupt_in");
+_Static_assert(sizeof(struct fuse_batch_forget_in) == 8, "fuse_batch_forget_in");
+_Static_assert(sizeof(struct fuse_backing_map) == 16, "fuse_backing_map");
+_Static_assert(offsetof(struct fuse_init_out, max_stack_depth) == 36, "max_stack_depth");
+
+/*
+ * What a test harness needs to drive the request handler without /dev/fuse
+ * (build fuseexport.c with -DFUSEEXPORT_NO_MAIN and link it in).
+ *
+ * fuseexport_new() takes the program's own command line (argv[0] included,
+ * MOUNTPOINT required but not used) and opens the source exactly as the
+ * program would, exiting with a message on bad input as the program does.
+ * fuseexport_request() hands it one request as read(2) would have delivered
+ * it, and copies the reply, if any, to reply (at most reply_size bytes).
+ * It returns the reply's length, 0 for a request that gets no reply, or
+ * -errno where a server would halt the export because the stream can no
+ * longer be trusted.
+ */
+struct export;
+struct export *fuseexport_new(int argc, char *argv[]);
+long fuseexport_request(struct export *e, const void *request, size_t len,
+			void *reply, size_t reply_size);
+void fuseexport_free(struct export *e);
+
+#endif
