@@ -805,7 +805,8 @@ static void *queue_loop(void *arg)
 }
 
 /* Parse a byte count with an optional K, M, G or T suffix; exit if bad */
-static uint64_t parse_number(const char *what, const char *s, uint64_t max)
+static uint64_t parse_number(const char *what, const char *s, uint64_t min,
+			     uint64_t max)
 {
 	static const char suffixes[] = "KMGT";
 	const char *p;
@@ -818,9 +819,10 @@ static uint64_t parse_number(const char *what, const char *s, uint64_t max)
 	if (*end && (p = strchr(suffixes, *end & ~0x20)) && !end[1])
 		shift = 10 * (p - suffixes + 1), end++;
 	if (errno || end == s || *end || *s == '-' ||
-	    (shift && v > (max >> shift)) || (v << shift) > max)
-		die("%s: '%s' is not a number from 0 to %llu", what, s,
-		    (unsigned long long)max);
+	    (shift && v > (max >> shift)) || (v << shift) > max ||
+	    (v << shift) < min)
+		die("%s: '%s' is not a number from %llu to %llu", what, s,
+		    (unsigned long long)min, (unsigned long long)max);
 	return v << shift;
 }
 
@@ -875,10 +877,7 @@ static void parse_options(struct export *e, int argc, char *argv[])
 			e->foreground = true;
 			break;
 		case 'q':
-			e->queues = parse_number("--queues", optarg, MAX_QUEUES);
-			if (!e->queues)
-				die("--queues: '%s' is not a number from 1 to %d",
-				    optarg, MAX_QUEUES);
+			e->queues = parse_number("--queues", optarg, 1, MAX_QUEUES);
 			break;
 		case OPT_ALLOW_OTHER:
 			e->allow_other = parse_mode("--allow-other", optarg);
@@ -887,12 +886,10 @@ static void parse_options(struct export *e, int argc, char *argv[])
 			e->passthrough = parse_mode("--passthrough", optarg);
 			break;
 		case OPT_OFFSET:
-			e->offset = parse_number("--offset", optarg, INT64_MAX);
+			e->offset = parse_number("--offset", optarg, 0, INT64_MAX);
 			break;
 		case OPT_SIZE:
-			e->window = parse_number("--size", optarg, INT64_MAX);
-			if (!e->window)
-				die("--size: the window must not be empty");
+			e->window = parse_number("--size", optarg, 1, INT64_MAX);
 			break;
 		case 'h':
 			fputs(usage_text, stdout);
