@@ -559,10 +559,11 @@ static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 	default:
 		return -EOPNOTSUPP;
 	}
-	if (pos + n > size && (mode & FALLOC_FL_KEEP_SIZE || !e->growable)) {
-		/* nothing of the file lies there, and it may not grow */
+	if (pos + n > size && !(mode & FALLOC_FL_KEEP_SIZE) && !e->growable)
+		return -ENOSPC;		/* it would grow a fixed-size export */
+	if (pos + n > size && (mode & FALLOC_FL_KEEP_SIZE)) {
 		if (pos >= size)
-			return mode & FALLOC_FL_KEEP_SIZE ? 0 : -ENOSPC;
+			return 0;	/* nothing of the file lies there */
 		n = size - pos;
 	}
 	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
@@ -789,15 +790,16 @@ static void *queue_loop(void *arg)
 		k = serve(e, q, n);
 		if (k < 0)
 			break;
-		if (k && writev(q->fd, q->iov, k) < 0) {
-			if (errno == ENODEV)
-				break;
-			if (errno != ENOENT)	/* ENOENT: the request was aborted */
-				fprintf(stderr, "fuseexport: replying to %u: %s\n",
-					q->req.in.opcode, strerror(errno));
+		if (k == 0 || writev(q->fd, q->iov, k) >= 0) {
+			if (q->req.in.opcode == FUSE_INIT)
+				tell_ready(e);
+		} else if (errno == ENODEV) {
+			break;
+		} else if (errno != ENOENT) {	/* ENOENT: the request was aborted */
+			fprintf(stderr, "fuseexport: reply to request #%llu: %s\n",
+				(unsigned long long)q->req.in.unique,
+				strerror(errno));
 		}
-		if (q->req.in.opcode == FUSE_INIT)
-			tell_ready(e);
 	}
 	if (atomic_fetch_sub(&e->running, 1) == 1 || atomic_load(&e->halted))
 		kill(getpid(), SIGUSR1);	/* wake main() */
