@@ -622,7 +622,7 @@ static int fuse_statfs(struct export *e, struct queue *q, size_t len)
 	if (e->growable && fstatfs(e->source_fd, &sfs) == 0) {
 		st->bfree = (uint64_t)sfs.f_bfree * sfs.f_bsize / 512;
 		st->bavail = (uint64_t)sfs.f_bavail * sfs.f_bsize / 512;
-		st->blocks += st->bavail;
+		st->blocks += st->bfree;	/* used: the export's size */
 	}
 	st->files = 1;
 	st->namelen = 255;
@@ -921,6 +921,7 @@ static void open_source(struct export *e)
 	const char *path = e->source_path;
 	struct stat st;
 	uint64_t source_size;
+	int ro = 0;
 
 	if (stat(path, &st) < 0)
 		die("%s:", path);
@@ -940,6 +941,8 @@ static void open_source(struct export *e)
 		die("%s:", path);
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
 		die("%s: not a regular file or block device", path);
+	if (e->writable && e->is_blockdev && ioctl(e->source_fd, BLKROGET, &ro) == 0 && ro)
+		die("%s: a read-only block device cannot be exported writable", path);
 	if (flock(e->source_fd, (e->writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
 		die(errno == EWOULDBLOCK ? "%s: in use by another export "
 		    "(a writer excludes everyone else)" : "%s: lock:", path);

@@ -111,6 +111,9 @@ enum fuse_opcode {
 #define FUSE_FSYNC_FDATASYNC	(1U << 0)
 
 /* Block device ioctls and fallocate modes, which musl's headers lack */
+#ifndef BLKROGET
+#define BLKROGET		_IO(0x12, 94)
+#endif
 #ifndef BLKSSZGET
 #define BLKSSZGET		_IO(0x12, 104)
 #endif
