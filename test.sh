@@ -1,0 +1,1458 @@
+#!/bin/bash
+# test.sh - the fuseexport test suite
+#
+# Proves SPEC.md's contract with real clients (cmp, dd, xfs_io, truncate, chmod,
+# touch, python's mmap, fio, mkfs.ext4 + mount -o loop, e2fsck, qemu-img) against
+# real exports. Output is TAP: one `ok N - name`, `not ok N - name` or
+# `ok N - name # SKIP why` line per test, the plan, and a closing line
+# `N passed, N failed, N skipped`. The exit status is non-zero if any test failed.
+#
+# Mount tests need root and /dev/fuse and are skipped without them; under CI=true
+# a skip is a failure. Every test runs in its own directory under one mktemp -d
+# root; whatever a test mounts, starts or attaches (mounts, servers, loop devices)
+# is recorded there and undone after the test and again on exit, even when a test
+# fails halfway. Nothing outside that root is touched.
+#
+# Environment:
+#   FUSEEXPORT         binary under test (default ./fuseexport, built if missing)
+#   FUSEEXPORT_STATIC  static binary for the rescue-shell test (./fuseexport-static)
+#   FX_MODES           comma-separated option sets the behaviour tests run under,
+#                      e.g. "-q 1,-q 4 --passthrough=on" (default: see MODES below)
+#   FX_FAULT_MODES     the same for the fault tests (loop source, ENOSPC, EIO, SIGKILL)
+#   FX_ONLY            run only the tests whose name matches this extended regex
+#   FX_TIMEOUT         seconds a single test may take (default 150)
+#   FX_KEEP=1          keep the temporary directory (test logs) for a look
+#   FX_NO_INSTALL=1    do not install missing test tools (tests/deps.sh)
+#   CI=true            a skip counts as a failure
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+set -u
+cd "$(dirname "$0")" || exit 1
+TOP=$PWD
+FUSEEXPORT=${FUSEEXPORT:-./fuseexport}
+FUSEEXPORT_STATIC=${FUSEEXPORT_STATIC:-./fuseexport-static}
+FX_TIMEOUT=${FX_TIMEOUT:-150}
+FX_ONLY=${FX_ONLY:-}
+CI=${CI:-}
+PY=$(command -v python3 || true)
+FXIO="$TOP/tests/fxio.py"
+MiB=1048576
+
+# the test tools, installed if missing (as the README promises for `make test`)
+if [ "$(id -u)" = 0 ] && [ -z "${FX_NO_INSTALL:-}" ] && command -v dpkg-query >/dev/null; then
+	sh tests/deps.sh >&2 || echo "# test.sh: could not install all test tools" >&2
+fi
+
+if [ ! -x "$FUSEEXPORT" ] && [ "$FUSEEXPORT" = ./fuseexport ]; then
+	make -s fuseexport >&2
+fi
+if [ ! -x "$FUSEEXPORT" ]; then
+	echo "not ok 1 - build $FUSEEXPORT"
+	echo "1..1"
+	echo "0 passed, 1 failed, 0 skipped"
+	exit 1
+fi
+FX=$(realpath "$FUSEEXPORT")
+HELP=$("$FX" --help 2>/dev/null)
+
+# The modes every behaviour test runs under: one entry per mode, comma-separated.
+# Extend here as transports and paths are added (passthrough, io_uring).
+MODES="-q 1,-q 4"
+case $HELP in *--passthrough*)
+	MODES="-q 1 --passthrough=off,-q 4 --passthrough=off,-q 4 --passthrough=on" ;;
+esac
+case $HELP in *--io-uring*)
+	if [ -e /sys/module/fuse/parameters/enable_uring ]; then
+		MODES="$MODES,--io-uring=on --passthrough=off"
+	fi ;;
+esac
+MODES=${FX_MODES:-$MODES}
+FAULT_MODES=${FX_FAULT_MODES:-$MODES}
+
+ROOT=$(mktemp -d /tmp/fuseexport-test.XXXXXX) || exit 1
+chmod 755 "$ROOT"	# the unprivileged bad-input cases must reach their files
+: >"$ROOT/.mounts"; : >"$ROOT/.pids"; : >"$ROOT/.loops"
+URING_WAS= TPID=
+
+# ---------------------------------------------------------------------------
+# Cleanup: everything this suite created is identified by $ROOT, and only that
+# is undone.
+
+# fuseexport servers of ours: recorded, or running with an argument under $ROOT,
+# or chrooted under $ROOT (the rescue-shell test)
+our_servers() {
+	local p a r pid
+	for p in /proc/[0-9]*; do
+		pid=${p#/proc/}
+		mapfile -d "" a 2>/dev/null <"$p/cmdline" || continue
+		[ ${#a[@]} -gt 0 ] || continue
+		r=$(readlink "$p/root" 2>/dev/null) || continue
+		case $r in "$ROOT"/*) echo "$pid"; continue ;; esac
+		case ${a[0]##*/} in fuseexport*) ;; *) continue ;; esac
+		if grep -qx "$pid" "$ROOT/.pids" 2>/dev/null; then echo "$pid"; continue; fi
+		for x in "${a[@]}"; do
+			case $x in "$ROOT"/*) echo "$pid"; break ;; esac
+		done
+	done
+}
+
+# mount points under $ROOT in this namespace, innermost last
+our_mounts() {
+	{ cat "$ROOT/.mounts" 2>/dev/null
+	  awk -v r="$ROOT/" 'index($5, r) == 1 { print $5 }' /proc/self/mountinfo
+	} | awk '!seen[$0]++'
+}
+
+cleanup_all() {
+	local pids pid i mp dev loop
+	pids=$(our_servers)
+	if [ -n "$pids" ]; then
+		kill -TERM $pids 2>/dev/null
+		for i in $(seq 30); do
+			pids=$(for pid in $pids; do [ -d /proc/$pid ] && echo $pid; done)
+			[ -z "$pids" ] && break
+			sleep 0.1
+		done
+		[ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+	fi
+	for i in 1 2 3; do
+		for mp in $(our_mounts | tac); do
+			findmnt -n --mountpoint "$mp" >/dev/null 2>&1 || continue
+			# a fuse mount whose server is gone: abort it so nothing waits on it
+			dev=$(findmnt -n -o MAJ:MIN,FSTYPE --mountpoint "$mp" | awk '$2 ~ /^fuse/ { print $1; exit }')
+			if [ -n "$dev" ] && [ -w "/sys/fs/fuse/connections/${dev#*:}/abort" ]; then
+				echo 1 >"/sys/fs/fuse/connections/${dev#*:}/abort" 2>/dev/null
+			fi
+			umount -l "$mp" 2>/dev/null
+		done
+	done
+	{ cat "$ROOT/.loops" 2>/dev/null
+	  losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v r="$ROOT/" 'index($2, r) == 1 { print $1 }'
+	} | sort -u | while read -r loop; do
+		[ -b "$loop" ] && losetup -d "$loop" 2>/dev/null
+	done
+	: >"$ROOT/.mounts"; : >"$ROOT/.pids"; : >"$ROOT/.loops"
+}
+
+on_exit() {
+	trap - EXIT INT TERM
+	if [ -n "${TPID:-}" ]; then	# the test under way
+		kill -TERM "$TPID" 2>/dev/null
+		wait "$TPID" 2>/dev/null
+	fi
+	cleanup_all
+	if [ -n "$URING_WAS" ]; then
+		echo "$URING_WAS" >/sys/module/fuse/parameters/enable_uring 2>/dev/null
+	fi
+	if [ -n "${FX_KEEP:-}" ]; then echo "# kept $ROOT" >&2; else rm -rf --one-file-system "$ROOT" 2>/dev/null; fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------
+# Helpers the tests use (exported: every test runs in its own bash)
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip_test() { echo "$*" >"$TESTDIR/.skip"; exit 77; }
+log() { echo ": $*" >&2; }
+track_mount() { echo "$1" >>"$ROOT/.mounts"; }
+track_pid() { echo "$1" >>"$ROOT/.pids"; }
+track_loop() { echo "$1" >>"$ROOT/.loops"; }
+mounted() { findmnt -n --mountpoint "$1" >/dev/null 2>&1; }
+fuse_mounted() { findmnt -n -o FSTYPE --mountpoint "$1" 2>/dev/null | grep -q '^fuse'; }
+sum() { sha256sum <"$1" | cut -d' ' -f1; }
+size_of() { stat -c %s "$1"; }
+eq() { [ "$1" = "$2" ] || fail "$3: got '$1', want '$2'"; }
+
+# fuseexport servers whose last argument is $1
+fx_pid() {
+	local p a
+	for p in /proc/[0-9]*; do
+		mapfile -d "" a 2>/dev/null <"$p/cmdline" || continue
+		[ ${#a[@]} -ge 3 ] || continue
+		case ${a[0]##*/} in fuseexport*) ;; *) continue ;; esac
+		[ "${a[${#a[@]}-1]}" = "$1" ] && echo "${p#/proc/}"
+	done
+	return 0
+}
+
+# wait_gone PID [SECONDS]: 0 once PID has exited
+wait_gone() {
+	local i
+	for i in $(seq $((${2:-10} * 10))); do
+		[ -d "/proc/$1" ] || return 0
+		grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# fx_up OPTIONS... SOURCE MOUNTPOINT: export (detached), FXPID = the server
+fx_up() {
+	local mp=${!#}
+	"$FX" "$@" 2>"$TESTDIR/fx.err" || fail "fuseexport $*: exit $?: $(cat "$TESTDIR/fx.err")"
+	track_mount "$mp"
+	[ -s "$TESTDIR/fx.err" ] && fail "fuseexport $* wrote to stderr: $(cat "$TESTDIR/fx.err")"
+	FXPID=$(fx_pid "$mp" | head -n1)
+	[ -n "$FXPID" ] || fail "no server process found for $mp"
+	track_pid "$FXPID"
+	fuse_mounted "$mp" || fail "$mp is not a fuse mount after fuseexport returned"
+}
+
+# fx_fg OPTIONS... SOURCE MOUNTPOINT: export with -f in the background, FXPID = its pid
+fx_fg() {
+	local mp=${!#} i
+	env --default-signal=INT,TERM,HUP "$FX" -f "$@" 2>"$TESTDIR/fg.err" &
+	FXPID=$!
+	track_pid "$FXPID"
+	track_mount "$mp"
+	for i in $(seq 100); do
+		fuse_mounted "$mp" && stat "$mp" >/dev/null 2>&1 && return 0
+		[ -d "/proc/$FXPID" ] || break
+		sleep 0.1
+	done
+	fail "fuseexport -f $* did not come up: $(cat "$TESTDIR/fg.err")"
+}
+
+# fx_down MOUNTPOINT: umount; the server must exit (0 when it is our child)
+fx_down() {
+	umount "$1" || fail "umount $1"
+	mounted "$1" && fail "$1 still mounted after umount"
+	wait_gone "$FXPID" 10 || fail "server $FXPID still running 10s after umount"
+	if [ -n "${FXPID:-}" ] && wait "$FXPID" 2>/dev/null; then :; else
+		local rc=$?
+		# not our child (detached server): its status is not ours to see
+		[ $rc -eq 127 ] || fail "server exited with status $rc after umount: $(cat "$TESTDIR/fg.err" 2>/dev/null)"
+	fi
+	return 0
+}
+
+# mkimg FILE MIB: a sparse image with random data at 0, 5M, 17M-19M and the last MiB
+mkimg() {
+	local f=$1 n=$2
+	rm -f "$f"
+	truncate -s "${n}M" "$f"
+	dd if=/dev/urandom of="$f" bs=1M count=1 conv=notrunc status=none
+	if [ "$n" -ge 32 ]; then
+		dd if=/dev/urandom of="$f" bs=1M seek=5 count=1 conv=notrunc status=none
+		dd if=/dev/urandom of="$f" bs=1M seek=17 count=2 conv=notrunc status=none
+	fi
+	[ "$n" -ge 2 ] && dd if=/dev/urandom of="$f" bs=1M seek=$((n - 1)) count=1 conv=notrunc status=none
+	sync "$f"
+}
+
+# put FILE OFFSET DATAFILE [dd flags]: write DATAFILE into FILE at OFFSET
+put() {
+	dd if="$3" of="$1" bs=64k oflag=seek_bytes seek="$2" conv=notrunc status=none ${4:-} ||
+		fail "dd into $1 at $2"
+}
+
+# range FILE OFFSET LENGTH: the bytes, on stdout
+range() {
+	dd if="$1" bs=64k iflag=skip_bytes,count_bytes skip="$2" count="$3" status=none
+}
+
+# zeros FILE OFFSET LENGTH: fail unless the range reads as zeros
+zeros() {
+	cmp <(range "$1" "$2" "$3") <(head -c "$3" /dev/zero) >/dev/null ||
+		fail "$1 [$2, +$3) does not read as zeros"
+}
+
+# xio FILE COMMANDS...: xfs_io must run the commands without an error
+xio() {
+	local f=$1 c args=(); shift
+	for c; do args+=(-c "$c"); done
+	xfs_io "${args[@]}" "$f" 2>"$TESTDIR/xio.err" || fail "xfs_io $* on $f: exit $?: $(cat "$TESTDIR/xio.err")"
+	[ -s "$TESTDIR/xio.err" ] && fail "xfs_io $* on $f: $(cat "$TESTDIR/xio.err")"
+	return 0
+}
+
+# xio_err REGEX FILE COMMANDS...: xfs_io must report an error matching REGEX
+xio_err() {
+	local re=$1 f=$2 c args=(); shift 2
+	for c; do args+=(-c "$c"); done
+	xfs_io "${args[@]}" "$f" >"$TESTDIR/xio.out" 2>&1 || :
+	grep -Eq "$re" "$TESTDIR/xio.out" || fail "xfs_io $* on $f: want /$re/, got: $(cat "$TESTDIR/xio.out")"
+}
+
+# in_ns FUNCTION ARGS...: run FUNCTION in a private mount namespace
+in_ns() {
+	unshare -m --propagation private bash -c 'set -e; "$@"' _ "$@"
+}
+
+# the number after -q or --queues= in a mode, if any
+mode_queues() {
+	local w prev=
+	for w in $1; do
+		case $w in --queues=*) echo "${w#--queues=}"; return ;; esac
+		[ "$prev" = -q ] && { echo "$w"; return; }
+		prev=$w
+	done
+}
+
+# ---------------------------------------------------------------------------
+# Behaviour: SPEC.md's table, one test per row, run under every mode ($1)
+
+t_stat() {
+	mkimg src 64; : >mp
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %s mp)" "$(stat -c %s src)" "size"
+	eq "$(stat -c %A mp)" "-r--------" "read-only mode"
+	eq "$(stat -c %u:%g mp)" "$(id -u):$(id -g)" "owner"
+	eq "$(stat -c %b mp)" "$(stat -c %b src)" "blocks"
+	eq "$(stat -c %F mp)" "regular file" "type"
+	fx_down "$PWD/mp"
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %A mp)" "-rw-------" "writable mode"
+	eq "$(stat -c %s mp)" "$(stat -c %s src)" "size"
+	fx_down "$PWD/mp"
+}
+
+t_queues() {
+	local n
+	n=$(mode_queues "$1")
+	[ -n "$n" ] || skip_test "mode names no queue count"
+	mkimg src 4; : >mp
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	local th busy=0 i ns
+	th=$(ls /proc/$FXPID/task | wc -l)
+	[ "$th" -ge "$n" ] && [ "$th" -le $((n + 1)) ] || fail "the server has $th threads with -q $n"
+	# requests from several clients at once are spread over the queues
+	for i in 1 2 3 4; do dd if=mp of=/dev/null bs=4k iflag=direct status=none & done
+	wait
+	for i in /proc/$FXPID/task/*/schedstat; do
+		ns=$(cut -d' ' -f1 "$i")
+		[ "$ns" -gt 1000000 ] && busy=$((busy + 1))
+	done
+	log "threads that ran over 1 ms: $busy of $th"
+	[ "$n" -lt 2 ] || [ "$busy" -ge 2 ] || fail "with -q $n only $busy thread served requests"
+	fx_down "$PWD/mp"
+}
+
+t_read() {
+	mkimg src 64; : >mp
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	cmp src mp || fail "cmp"
+	dd if=mp bs=1M iflag=direct status=none | cmp - src || fail "dd iflag=direct"
+	dd if=mp bs=4k iflag=direct status=none | cmp - src || fail "dd iflag=direct bs=4k"
+	# a read across the end is short
+	eq "$(dd if=mp bs=3M iflag=skip_bytes skip=$((63 * MiB)) count=1 status=none | wc -c)" $MiB "bytes read across the end"
+	eq "$(dd if=mp bs=1M skip=64 count=1 status=none | wc -c)" 0 "bytes read at the end"
+	# unaligned reads
+	cmp <(range mp 12345 777777) <(range src 12345 777777) || fail "unaligned read"
+	fx_down "$PWD/mp"
+}
+
+t_readonly() {
+	local before
+	mkimg src 64; : >mp
+	before=$(sum src)
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	head -c 4096 /dev/urandom >data
+	dd if=data of=mp conv=notrunc status=none 2>/dev/null && fail "dd conv=notrunc into a read-only export succeeded"
+	dd if=data of=mp oflag=direct conv=notrunc status=none 2>/dev/null && fail "dd oflag=direct into a read-only export succeeded"
+	dd if=data of=mp status=none 2>/dev/null && fail "dd (O_TRUNC) into a read-only export succeeded"
+	xio_err 'denied|not permitted|Read-only' "$PWD/mp" "pwrite 0 4k"
+	xio_err 'denied|not permitted|Read-only' "$PWD/mp" "fpunch 0 64k"
+	[ "$("$PY" "$FXIO" pwrite mp 0 4096)" = 4096 ] && fail "pwrite into a read-only export succeeded"
+	eq "$(stat -c %s mp)" $((64 * MiB)) "size"
+	cmp src mp || fail "export changed"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "source checksum"
+}
+
+t_write() {
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	head -c 300000 /dev/urandom >data
+	put mp 4097 data; put expected 4097 data
+	put mp $((30 * MiB)) data; put expected $((30 * MiB)) data
+	put mp $((64 * MiB - 300000)) data; put expected $((64 * MiB - 300000)) data
+	cmp mp expected || fail "read back through the export"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "source after umount"
+}
+
+t_past_end() {
+	local s=$((64 * MiB))
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	eq "$("$PY" "$FXIO" pwrite mp $s 4096)" ENOSPC "pwrite at the end"
+	eq "$("$PY" "$FXIO" pwrite mp $((s + MiB)) 4096)" ENOSPC "pwrite after the end"
+	eq "$("$PY" "$FXIO" pwrite mp $((s - 4096)) 8192 0x5a)" 4096 "bytes written by a pwrite straddling the end"
+	eq "$(stat -c %s mp)" $s "size after writes past the end"
+	xfs_io -d -c "pwrite -S 0x5a -b 8192 $((s - 4096)) 8192" mp >xio.out 2>&1 || :
+	grep -q 'wrote 4096/8192 bytes' xio.out || fail "O_DIRECT write straddling the end: $(cat xio.out)"
+	xfs_io -d -c "pwrite $s 4096" mp >xio.out 2>&1 || :
+	grep -q 'No space left' xio.out || fail "O_DIRECT write at the end: $(cat xio.out)"
+	xio_err 'No space left' "$PWD/mp" "pwrite $s 64k"
+	head -c 4096 /dev/zero | tr '\0' Z >z; put expected $((s - 4096)) z
+	cmp mp expected || fail "export contents"
+	fx_down "$PWD/mp"
+	eq "$(stat -c %s src)" $s "source size"
+	cmp src expected || fail "source contents"
+}
+
+t_grow() {
+	local s=$((64 * MiB))
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 -g "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %A mp)" "-rw-------" "growable mode"
+	head -c $MiB /dev/urandom >data
+	put mp $s data; put expected $s data
+	eq "$(stat -c %s mp)" $((s + MiB)) "size after a write at the end"
+	put mp $((s + 3 * MiB)) data; put expected $((s + 3 * MiB)) data
+	eq "$(stat -c %s mp)" $((s + 4 * MiB)) "size after a write past the end"
+	eq "$("$PY" "$FXIO" pwrite mp $((s + 4 * MiB - 100)) 1000 0x41)" 1000 "straddling pwrite"
+	head -c 1000 /dev/zero | tr '\0' A >a; put expected $((s + 4 * MiB - 100)) a
+	cmp mp expected || fail "export contents"
+	fx_down "$PWD/mp"
+	eq "$(stat -c %s src)" $((s + 4 * MiB + 900)) "source size"
+	cmp src expected || fail "source contents"
+}
+
+t_truncate() {
+	local s=$((64 * MiB)) before
+	mkimg src 64; cp src expected; : >mp
+	before=$(sum src)
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	truncate -s $((s / 2)) mp 2>/dev/null && fail "truncate of a read-only export succeeded"
+	eq "$(stat -c %s mp)" $s "read-only size"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "source after refused truncate"
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	truncate -s $((s / 2)) mp || fail "truncate -s 32M"
+	eq "$(stat -c %s mp)" $((s / 2)) "size after shrinking"
+	truncate -s $s mp || fail "truncate -s 64M"
+	eq "$(stat -c %s mp)" $s "size after growing back"
+	truncate -s $((s / 2)) expected; truncate -s $s expected
+	cmp mp expected || fail "contents after truncate"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "source after truncate"
+}
+
+t_otrunc() {
+	local s=$((64 * MiB))
+	mkimg src 64; cp src expected; : >mp
+	head -c 4096 /dev/urandom >data
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	dd if=data of=mp bs=4k status=none || fail "dd of=EXPORT"
+	put expected 0 data
+	eq "$(stat -c %s mp)" $s "fixed export size after O_TRUNC"
+	cmp mp expected || fail "contents after dd of=EXPORT"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "source"
+	fx_up $1 -g "$PWD/src" "$PWD/mp"
+	dd if=data of=mp bs=4k status=none || fail "dd of=EXPORT (growable)"
+	eq "$(stat -c %s mp)" 4096 "growable export size after O_TRUNC"
+	fx_down "$PWD/mp"
+	cmp src data || fail "growable source after O_TRUNC"
+}
+
+t_chmod() {
+	local m
+	mkimg src 4; : >mp
+	m=$(stat -c %a src)
+	fx_up $1 -w --allow-other=off "$PWD/src" "$PWD/mp"
+	chmod 400 mp || fail "chmod 400 (writable)"
+	eq "$(stat -c %A mp)" "-r--------" "mode after chmod 400"
+	chmod 600 mp || fail "chmod 600 (writable)"
+	eq "$(stat -c %A mp)" "-rw-------" "mode after chmod 600"
+	chmod 644 mp 2>/dev/null && fail "chmod 644 without allow_other succeeded"
+	chmod 604 mp 2>/dev/null && fail "chmod 604 without allow_other succeeded"
+	eq "$(stat -c %A mp)" "-rw-------" "mode after refused chmod"
+	fx_down "$PWD/mp"
+	fx_up $1 --allow-other=off "$PWD/src" "$PWD/mp"
+	chmod 600 mp 2>/dev/null && fail "chmod 600 on a read-only export succeeded"
+	chmod 200 mp 2>/dev/null && fail "chmod 200 on a read-only export succeeded"
+	eq "$(stat -c %A mp)" "-r--------" "read-only mode after refused chmod"
+	chmod 400 mp || fail "chmod 400 (read-only)"
+	chmod 0 mp || fail "chmod 0 (read-only)"
+	eq "$(stat -c %A mp)" "----------" "read-only mode after chmod 0"
+	fx_down "$PWD/mp"
+	fx_up $1 -w --allow-other=on "$PWD/src" "$PWD/mp"
+	chmod 644 mp || fail "chmod 644 with allow_other"
+	eq "$(stat -c %A mp)" "-rw-r--r--" "mode after chmod 644 with allow_other"
+	fx_down "$PWD/mp"
+	eq "$(stat -c %a src)" "$m" "source mode"
+}
+
+t_chown() {
+	mkimg src 4; : >mp
+	fx_up $1 -w --allow-other=off "$PWD/src" "$PWD/mp"
+	findmnt -n -o OPTIONS --mountpoint "$PWD/mp" | grep -q allow_other && fail "allow_other in the mount options with --allow-other=off"
+	chown 1:1 mp 2>/dev/null && fail "chown without allow_other succeeded"
+	eq "$(stat -c %u:%g mp)" "$(id -u):$(id -g)" "owner after refused chown"
+	fx_down "$PWD/mp"
+	fx_up $1 -w --allow-other=on "$PWD/src" "$PWD/mp"
+	findmnt -n -o OPTIONS --mountpoint "$PWD/mp" | grep -q allow_other || fail "no allow_other in the mount options with --allow-other=on"
+	chown 1:1 mp || fail "chown with allow_other"
+	eq "$(stat -c %u:%g mp)" "1:1" "owner after chown"
+	fx_down "$PWD/mp"
+	eq "$(stat -c %u:%g src)" "0:0" "source owner"
+}
+
+t_touch() {
+	local m
+	mkimg src 4; : >mp
+	m=$(stat -c %Y src)
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	touch -d @978307200 mp || fail "touch -d"
+	eq "$(stat -c %Y mp)" 978307200 "mtime"
+	touch -a -d @1000000000 mp || fail "touch -a -d"
+	eq "$(stat -c %X mp)" 1000000000 "atime"
+	eq "$(stat -c %Y mp)" 978307200 "mtime after touch -a"
+	cat mp >/dev/null
+	eq "$(stat -c %Y mp)" 978307200 "mtime after a read"
+	fx_down "$PWD/mp"
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	touch -m -d @1234567890 mp || fail "touch -m -d on a read-only export"
+	eq "$(stat -c %Y mp)" 1234567890 "mtime on a read-only export"
+	fx_down "$PWD/mp"
+}
+
+t_fpunch() {
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	xio "$PWD/mp" "fpunch 256k 64k" "fpunch $((17 * MiB)) 1m"
+	zeros mp $((256 * 1024)) 65536
+	zeros mp $((17 * MiB)) $MiB
+	head -c 65536 /dev/zero >z; put expected $((256 * 1024)) z
+	head -c $MiB /dev/zero >z; put expected $((17 * MiB)) z
+	cmp mp expected || fail "contents after fpunch"
+	eq "$(stat -c %s mp)" $((64 * MiB)) "size after fpunch"
+	# the source has holes there now, and SEEK_DATA/SEEK_HOLE agree with it
+	eq "$(xfs_io -r -c "seek -h $((256 * 1024))" src | awk '/^HOLE/ { print $2 }')" $((256 * 1024)) "source hole at 256k"
+	eq "$(xfs_io -r -c "seek -h $((17 * MiB))" src | awk '/^HOLE/ { print $2 }')" $((17 * MiB)) "source hole at 17M"
+	eq "$(xfs_io -r -c "seek -a -d 0" mp)" "$(xfs_io -r -c "seek -a -d 0" src)" "seek -a -d"
+	eq "$(xfs_io -r -c "seek -a -h 0" mp)" "$(xfs_io -r -c "seek -a -h 0" src)" "seek -a -h"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "source after fpunch"
+}
+
+t_fzero() {
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	xio "$PWD/mp" "fzero $((5 * MiB + 4096)) 128k" "fzero $((17 * MiB)) 2m" "fzero 1000 3000"
+	zeros mp $((5 * MiB + 4096)) 131072
+	zeros mp $((17 * MiB)) $((2 * MiB))
+	zeros mp 1000 3000
+	head -c 131072 /dev/zero >z; put expected $((5 * MiB + 4096)) z
+	head -c $((2 * MiB)) /dev/zero >z; put expected $((17 * MiB)) z
+	head -c 3000 /dev/zero >z; put expected 1000 z
+	cmp mp expected || fail "contents after fzero"
+	eq "$(stat -c %s mp)" $((64 * MiB)) "size after fzero"
+	eq "$(xfs_io -r -c "seek -a -d 0" mp)" "$(xfs_io -r -c "seek -a -d 0" src)" "seek -a -d"
+	eq "$(xfs_io -r -c "seek -a -h 0" mp)" "$(xfs_io -r -c "seek -a -h 0" src)" "seek -a -h"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "source after fzero"
+}
+
+t_falloc() {
+	local s=$((64 * MiB)) b0
+	mkimg src 64; cp src expected; : >mp
+	b0=$(stat -c %b src)
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	xio "$PWD/mp" "falloc $((40 * MiB)) 1m"
+	[ "$(stat -c %b src)" -gt "$b0" ] || fail "falloc reserved no blocks in the source"
+	zeros mp $((40 * MiB)) $MiB
+	eq "$(stat -c %s mp)" $s "size after falloc inside"
+	xio_err 'No space left|not supported|Invalid|too large' "$PWD/mp" "falloc $s 1m"
+	eq "$(stat -c %s mp)" $s "fixed size after falloc past the end"
+	xio "$PWD/mp" "falloc -k $((60 * MiB)) 1m"
+	xio_err 'not supported' "$PWD/mp" "fcollapse $((8 * MiB)) 1m"
+	xio_err 'not supported' "$PWD/mp" "finsert $((8 * MiB)) 1m"
+	eq "$(stat -c %s mp)" $s "size after refused fcollapse/finsert"
+	cmp mp expected || fail "contents after falloc"
+	eq "$(xfs_io -r -c "seek -a -d 0" mp)" "$(xfs_io -r -c "seek -a -d 0" src)" "seek -a -d"
+	eq "$(xfs_io -r -c "seek -a -h 0" mp)" "$(xfs_io -r -c "seek -a -h 0" src)" "seek -a -h"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "source after falloc"
+	fx_up $1 -g "$PWD/src" "$PWD/mp"
+	xio "$PWD/mp" "falloc $s 1m"
+	eq "$(stat -c %s mp)" $((s + MiB)) "growable size after falloc past the end"
+	zeros mp $s $MiB
+	fx_down "$PWD/mp"
+	eq "$(stat -c %s src)" $((s + MiB)) "source size after growable falloc"
+}
+
+t_seek() {
+	mkimg src 64; : >mp
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "seek -a -r 0"
+	eq "$(xfs_io -r -c "seek -a -r $((3 * MiB))" mp)" "$(xfs_io -r -c "seek -a -r $((3 * MiB))" src)" "seek -a -r 3M"
+	eq "$(xfs_io -r -c "seek -d $((20 * MiB))" mp)" "$(xfs_io -r -c "seek -d $((20 * MiB))" src)" "seek -d 20M"
+	eq "$(xfs_io -r -c "seek -h $((64 * MiB - 1))" mp)" "$(xfs_io -r -c "seek -h $((64 * MiB - 1))" src)" "seek -h at the last byte"
+	eq "$(xfs_io -r -c "seek -d $((64 * MiB))" mp 2>&1)" "$(xfs_io -r -c "seek -d $((64 * MiB))" src 2>&1)" "seek -d at the end"
+	fx_down "$PWD/mp"
+}
+
+t_fsync() {
+	mkimg src 16; cp src expected; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	xio "$PWD/mp" "pwrite -S 0x61 4096 8192" "fsync" "pwrite -S 0x62 65536 4096" "fdatasync"
+	head -c 8192 /dev/zero | tr '\0' a >a; put expected 4096 a
+	head -c 4096 /dev/zero | tr '\0' b >b; put expected 65536 b
+	# the data reached the source before umount
+	cmp src expected || fail "source after fsync, before umount"
+	dd if=a of=mp bs=4k seek=100 conv=notrunc,fsync status=none || fail "dd conv=fsync"
+	dd if=a of=mp bs=4k seek=200 conv=notrunc,fdatasync status=none || fail "dd conv=fdatasync"
+	fx_down "$PWD/mp"
+}
+
+# statfs_sane MOUNTPOINT: stat -f and df work, and the figures add up
+statfs_sane() {
+	local total free avail
+	stat -f "$1" >&2 || fail "stat -f"
+	total=$(stat -f -c %b "$1"); free=$(stat -f -c %f "$1"); avail=$(stat -f -c %a "$1")
+	[ "$total" -gt 0 ] || fail "statfs reports $total blocks"
+	[ "$(stat -f -c %S "$1")" -gt 0 ] || fail "statfs reports a zero block size"
+	[ "$free" -le "$total" ] || fail "statfs: free blocks ($free) above total ($total)"
+	[ "$avail" -le "$free" ] || fail "statfs: available blocks ($avail) above free ($free)"
+	df "$1" >&2 || fail "df"
+	df -i "$1" >/dev/null || fail "df -i"
+}
+
+t_statfs() {
+	mkimg src 16; : >mp
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	statfs_sane "$PWD/mp"
+	fx_down "$PWD/mp"
+	fx_up $1 -g "$PWD/src" "$PWD/mp"
+	statfs_sane "$PWD/mp"
+	[ "$(stat -f -c %a mp)" -gt 0 ] || fail "a growable export on a roomy filesystem reports no space available"
+	fx_down "$PWD/mp"
+}
+
+t_mmap() {
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	eq "$("$PY" "$FXIO" mmap-read mp)" "$(sum src)" "mmap read of a read-only export"
+	fx_down "$PWD/mp"
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	eq "$("$PY" "$FXIO" mmap-read mp)" "$(sum src)" "mmap read of a writable export"
+	head -c 10000 /dev/urandom >d1; head -c $((2 * MiB)) /dev/urandom >d2; head -c 100 /dev/urandom >d3
+	"$PY" "$FXIO" mmap-write mp 0 d1 || fail "mmap write at 0"
+	"$PY" "$FXIO" mmap-write mp $((5 * MiB + 123)) d2 || fail "mmap write at 5M+123"
+	"$PY" "$FXIO" mmap-write mp $((64 * MiB - 100)) d3 || fail "mmap write at the end"
+	put expected 0 d1; put expected $((5 * MiB + 123)) d2; put expected $((64 * MiB - 100)) d3
+	cmp mp expected || fail "read(2) after mmap writes"
+	dd if=mp iflag=direct bs=1M status=none | cmp - expected || fail "O_DIRECT read after mmap writes"
+	eq "$(stat -c %s mp)" $((64 * MiB)) "size after mmap writes"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "source after umount"
+}
+
+t_direct() {
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	head -c $((4 * MiB)) /dev/urandom >data
+	dd if=data of=mp bs=1M seek=10 oflag=direct conv=notrunc status=none || fail "dd oflag=direct bs=1M"
+	put expected $((10 * MiB)) data
+	dd if=data of=mp bs=4k count=16 seek=1000 oflag=direct conv=notrunc status=none || fail "dd oflag=direct bs=4k"
+	head -c 65536 data >d64; put expected $((1000 * 4096)) d64
+	dd if=mp bs=1M iflag=direct status=none | cmp - expected || fail "dd iflag=direct bs=1M"
+	dd if=mp bs=512 count=8192 iflag=direct status=none | cmp - <(head -c $((4 * MiB)) expected) || fail "dd iflag=direct bs=512"
+	cmp mp expected || fail "buffered read after O_DIRECT writes"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "source"
+}
+
+t_interrupt() {
+	local i c1 c2
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	for i in $(seq 20); do
+		env --default-signal=INT dd if=mp of=/dev/null bs=1M iflag=direct status=none 2>/dev/null & c1=$!
+		env --default-signal=INT dd if=/dev/zero of=mp bs=1M seek=32 count=16 oflag=direct conv=notrunc status=none 2>/dev/null & c2=$!
+		sleep 0.0$((RANDOM % 10))
+		if [ $((i % 2)) = 0 ]; then kill -INT $c1 $c2 2>/dev/null || :; else kill -KILL $c1 $c2 2>/dev/null || :; fi
+		wait $c1 2>/dev/null || :; wait $c2 2>/dev/null || :
+	done
+	[ -d /proc/$FXPID ] || fail "server died"
+	cmp -n $((32 * MiB)) mp expected || fail "reads after interrupted requests"
+	dd if=mp of=/dev/null bs=1M iflag=direct status=none || fail "O_DIRECT read after interrupted requests"
+	fx_down "$PWD/mp"
+}
+
+t_idle() {
+	local t0 t1
+	mkimg src 4; : >mp
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	cat mp >/dev/null
+	t0=$(awk '{ print $14 + $15 }' /proc/$FXPID/stat)
+	sleep 2
+	t1=$(awk '{ print $14 + $15 }' /proc/$FXPID/stat)
+	[ $((t1 - t0)) -le 10 ] || fail "an idle server used $((t1 - t0)) clock ticks in 2s"
+	fx_down "$PWD/mp"
+}
+
+fio_run() {
+	fio --name=verify --filename="$PWD/mp" --rw=randwrite --bs=4k --size=16M \
+		--offset_increment=16M --numjobs=4 --verify=crc32c --do_verify=1 \
+		--verify_fatal=1 --group_reporting --minimal "$@" >"$TESTDIR/fio.out" 2>&1 ||
+		fail "fio $*: $(cat "$TESTDIR/fio.out")"
+}
+
+t_fio() {
+	mkimg src 64; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	fio_run --ioengine=psync
+	fio_run --ioengine=psync --rw=write --bs=1M
+	cp mp copy
+	fx_down "$PWD/mp"
+	cmp src copy || fail "source after fio"
+}
+
+t_fio_aio() {
+	mkimg src 64; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	fio_run --ioengine=libaio --iodepth=16 --direct=1
+	fio_run --ioengine=libaio --iodepth=16 --direct=1 --rw=randrw --bs=64k
+	cp mp copy
+	fx_down "$PWD/mp"
+	cmp src copy || fail "source after fio"
+}
+
+t_ext4() {
+	mkimg src 64; : >mp; mkdir fs
+	truncate -s 0 src; truncate -s 64M src
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	mkfs.ext4 -q -F mp || fail "mkfs.ext4 on the export"
+	track_mount "$PWD/fs"
+	mount -o loop mp fs || fail "mount -o loop"
+	head -c $((8 * MiB)) /dev/urandom >fs/big
+	cp "$FX" fs/fx; mkdir fs/dir; seq 100000 >fs/dir/seq
+	sync
+	umount fs || fail "umount the ext4"
+	e2fsck -fn mp >"$TESTDIR/fsck" 2>&1 || fail "e2fsck -fn: $(cat "$TESTDIR/fsck")"
+	cp mp copy
+	qemu-img compare -f raw -F raw mp copy >&2 || fail "qemu-img compare export copy"
+	mount -o loop,ro mp fs || fail "mount -o loop,ro again"
+	cmp fs/fx "$FX" || fail "file in the ext4"
+	seq 100000 | cmp - fs/dir/seq || fail "seq file in the ext4"
+	umount fs
+	fx_down "$PWD/mp"
+	qemu-img compare -f raw -F raw src copy >&2 || fail "qemu-img compare source copy"
+	e2fsck -fn src >/dev/null 2>&1 || fail "e2fsck on the source"
+}
+
+# ---------------------------------------------------------------------------
+# Faults: a loop device as source, the source filling up, failing, the server
+# killed. Run under every fault mode ($1).
+
+t_loopdev() {
+	local loop s
+	mkimg img 64; cp img expected; : >mp
+	loop=$(losetup -f --show img) || fail "losetup"
+	track_loop "$loop"
+	s=$(blockdev --getsize64 "$loop")
+	fx_up $1 "$loop" "$PWD/mp"
+	eq "$(stat -c %s mp)" "$s" "size"
+	eq "$(stat -c %A mp)" "-r--------" "mode"
+	cmp "$loop" mp || fail "cmp with the loop device"
+	dd if=mp bs=1M iflag=direct status=none | cmp - img || fail "dd iflag=direct"
+	dd if=/dev/zero of=mp bs=4k count=1 conv=notrunc status=none 2>/dev/null && fail "write to a read-only export"
+	fx_down "$PWD/mp"
+	fx_up $1 -w "$loop" "$PWD/mp"
+	head -c $((2 * MiB)) /dev/urandom >data
+	put mp $((3 * MiB + 512)) data conv=notrunc,fsync; put expected $((3 * MiB + 512)) data
+	dd if=data of=mp bs=1M seek=30 oflag=direct conv=notrunc status=none || fail "O_DIRECT write"
+	put expected $((30 * MiB)) data
+	xio "$PWD/mp" "fpunch $((5 * MiB)) 128k" "fzero $((17 * MiB)) 64k" "fsync"
+	zeros mp $((5 * MiB)) 131072
+	zeros mp $((17 * MiB)) 65536
+	head -c 131072 /dev/zero >z; put expected $((5 * MiB)) z
+	head -c 65536 /dev/zero >z; put expected $((17 * MiB)) z
+	eq "$("$PY" "$FXIO" pwrite mp "$s" 4096)" ENOSPC "pwrite at the end of a block device"
+	cmp mp expected || fail "contents through the export"
+	fx_down "$PWD/mp"
+	cmp "$loop" expected || fail "loop device contents"
+	"$FX" -g "$loop" "$PWD/mp" 2>err && { track_mount "$PWD/mp"; fail "-g on a block device accepted"; }
+	mounted "$PWD/mp" && fail "mounted after refused -g"
+	losetup -d "$loop"
+	cmp img expected || fail "image after losetup -d"
+}
+
+enospc_ns() {
+	local mode=$1 d=$PWD
+	mkdir small
+	mount -t tmpfs -o size=16m tmpfs small
+	mkimg small/img 4; cp small/img expected; : >mp
+	fx_fg $mode -g "$d/small/img" "$d/mp"
+	dd if=/dev/urandom of=mp bs=64k seek=64 conv=notrunc status=none 2>dd.err &&
+		fail "writing until the source is full ended without an error"
+	cat dd.err >&2
+	grep -q 'No space left on device' dd.err || fail "the writer saw: $(cat dd.err)"
+	eq "$("$PY" "$FXIO" pwrite mp $((32 * MiB)) 4096)" ENOSPC "pwrite past a full source"
+	[ -d /proc/$FXPID ] || fail "server died"
+	cmp -n $((4 * MiB)) mp expected || fail "reads after ENOSPC"
+	dd if=mp of=/dev/null bs=1M status=none || fail "reading the whole export after ENOSPC"
+	dd if=mp of=/dev/null bs=1M iflag=direct status=none || fail "O_DIRECT reading after ENOSPC"
+	head -c 4096 /dev/urandom >data
+	put mp 0 data conv=notrunc,fsync; put expected 0 data
+	cmp -n $((4 * MiB)) mp expected || fail "writes inside allocated space after ENOSPC"
+	stat mp >/dev/null || fail "stat after ENOSPC"
+	fx_down "$d/mp"
+	cmp -n $((4 * MiB)) small/img expected || fail "source"
+	umount small
+}
+t_enospc() { in_ns enospc_ns "$1"; }
+
+eio_ns() {
+	local mode=$1 d=$PWD rc
+	truncate -s 300M xfs.img
+	mkfs.xfs -q -f xfs.img || fail "mkfs.xfs"
+	mkdir x
+	mount -o loop xfs.img x || fail "mount the xfs"
+	mkimg x/img 16; : >mp
+	fx_fg $mode -w "$d/x/img" "$d/mp"
+	cmp mp x/img || fail "read before the failure"
+	xfs_io -x -c shutdown "$d/x" || fail "xfs_io shutdown"
+	dd if=mp of=/dev/null bs=64k iflag=direct status=none 2>dd.err && fail "O_DIRECT read of a failed source succeeded"
+	cat dd.err >&2
+	grep -q 'Input/output error' dd.err || fail "the reader saw: $(cat dd.err)"
+	dd if=/dev/zero of=mp bs=4k count=1 oflag=direct conv=notrunc status=none 2>dd.err && fail "O_DIRECT write to a failed source succeeded"
+	grep -q 'Input/output error' dd.err || fail "the writer saw: $(cat dd.err)"
+	[ -d /proc/$FXPID ] || fail "server died"
+	# still serving: another request gets an answer
+	rc=0; timeout 10 dd if=mp of=/dev/null bs=4k count=1 skip=100 iflag=direct status=none 2>/dev/null || rc=$?
+	[ $rc -ne 124 ] || fail "a read after the failure hung"
+	[ -d /proc/$FXPID ] || fail "server died"
+	umount "$d/mp" || fail "umount after the failure"
+	wait_gone $FXPID 10 || fail "server still running after umount"
+	rc=0; wait $FXPID || rc=$?
+	log "server exit status after a failed source: $rc"
+	umount x
+}
+t_eio() { in_ns eio_ns "$1"; }
+
+t_sigkill() {
+	local rpid rc t0
+	mkimg src 64; cp src expected; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	head -c $MiB /dev/urandom >data
+	put mp $((2 * MiB)) data conv=notrunc,fsync; put expected $((2 * MiB)) data
+	( while dd if=mp of=/dev/null bs=64k iflag=direct status=none 2>/dev/null; do :; done ) &
+	rpid=$!
+	( while dd if=mp of=/dev/null bs=1M status=none 2>/dev/null; do :; done ) &
+	sleep 0.5
+	kill -KILL "$FXPID"
+	wait_gone "$FXPID" 5 || fail "server survived SIGKILL"
+	wait_gone "$rpid" 10 || fail "a reader hangs after the server was killed"
+	wait
+	t0=$SECONDS
+	rc=0; timeout 10 cat mp >/dev/null 2>cat.err || rc=$?
+	[ $rc -ne 124 ] || fail "cat of a dead export hangs"
+	[ $rc -ne 0 ] || fail "cat of a dead export succeeded"
+	[ $((SECONDS - t0)) -le 3 ] || fail "cat of a dead export took $((SECONDS - t0))s"
+	log "cat: $(cat cat.err)"
+	rc=0; timeout 20 "$FX" $1 "$PWD/src" "$PWD/mp" 2>err || rc=$?
+	[ $rc -ne 0 ] || { track_pid "$(fx_pid "$PWD/mp")"; fail "export over a dead export accepted"; }
+	[ $rc -ne 124 ] || fail "fuseexport on a dead export hangs"
+	cat err >&2
+	eq "$(wc -l <err)" 1 "stderr lines"
+	grep -q '^fuseexport: .*umount' err || fail "message does not say umount clears it: $(cat err)"
+	umount "$PWD/mp" || fail "umount of the dead export"
+	mounted "$PWD/mp" && fail "still mounted"
+	cmp src expected || fail "source after SIGKILL"
+	fx_up $1 "$PWD/src" "$PWD/mp"
+	cmp mp expected || fail "a new export after clearing the dead one"
+	fx_down "$PWD/mp"
+}
+
+# ---------------------------------------------------------------------------
+# The rescue shell: busybox, the static binary, /dev/fuse, /proc, the image
+
+rescue_ns() {
+	local r=$1
+	mount -t proc proc "$r/proc"
+	chroot "$r" /bin/busybox sh -c '
+		set -e
+		/bin/busybox --install -s /bin
+		export PATH=/bin
+		/fuseexport -w /img /mp
+		grep -q " /mp fuse" /proc/mounts
+		[ "$(stat -c %s /mp)" = 16777216 ]
+		cmp /mp /orig
+		dd if=/data of=/mp bs=64k seek=16 conv=notrunc,fsync 2>/dev/null
+		dd if=/mp bs=64k skip=16 count=16 2>/dev/null | cmp - /data
+		umount /mp
+		if grep -q " /mp " /proc/mounts; then echo still mounted; exit 1; fi
+		/fuseexport /img /mp
+		cmp /mp /img
+		dd if=/mp bs=64k skip=16 count=16 2>/dev/null | cmp - /data
+		umount /mp
+	' || fail "the busybox script in the chroot"
+	umount "$r/proc"
+}
+
+t_rescue() {
+	local r=$PWD/root
+	[ -x "$FXS" ] || (cd "$TOP" && make -s static >&2) || fail "make static"
+	[ -x "$FXS" ] || fail "no $FXS"
+	ldd "$FXS" 2>&1 | grep -q 'not a dynamic executable' || fail "$FXS is not static: $(ldd "$FXS" 2>&1)"
+	mkdir -p "$r/bin" "$r/dev" "$r/proc"
+	cp /bin/busybox "$r/bin/busybox"
+	cp "$FXS" "$r/fuseexport"
+	mknod "$r/dev/fuse" c 10 229
+	mknod "$r/dev/null" c 1 3
+	mkimg "$r/img" 16
+	cp "$r/img" "$r/orig"; cp "$r/img" expected
+	head -c $MiB /dev/urandom >"$r/data"
+	put expected $MiB "$r/data"
+	: >"$r/mp"
+	in_ns rescue_ns "$r"
+	cmp "$r/img" expected || fail "image after the rescue shell"
+}
+
+# ---------------------------------------------------------------------------
+# Life cycle
+
+t_help() {
+	"$FX" --help >out 2>err || fail "--help exit $?"
+	[ -s err ] && fail "--help wrote to stderr"
+	grep -q 'usage: fuseexport' out || fail "--help: no usage line"
+	for o in --writable --growable --foreground --debug --queues --allow-other --help --version; do
+		grep -q -- "$o" out || fail "--help does not mention $o"
+	done
+	"$FX" -h >out2 || fail "-h exit $?"
+	cmp out out2 || fail "-h differs from --help"
+}
+
+t_version() {
+	"$FX" --version >out 2>err || fail "--version exit $?"
+	[ -s err ] && fail "--version wrote to stderr"
+	grep -q '^fuseexport [0-9]' out || fail "--version: $(cat out)"
+	"$FX" -V >out2 || fail "-V exit $?"
+	cmp out out2 || fail "-V differs from --version"
+}
+
+t_live_on_return() {
+	local i
+	mkimg src 64; : >mp
+	for i in 1 2 3; do
+		"$FX" "$PWD/src" "$PWD/mp" 2>err || fail "exit $?: $(cat err)"
+		track_mount "$PWD/mp"
+		eq "$(stat -c %s mp)" $((64 * MiB)) "size seen right after return"
+		FXPID=$(fx_pid "$PWD/mp"); track_pid "$FXPID"
+		[ -n "$FXPID" ] || fail "no server"
+		eq "$(awk '{ print $5 }' /proc/$FXPID/stat)" "$FXPID" "server session id (setsid)"
+		eq "$(readlink /proc/$FXPID/fd/0)" /dev/null "server stdin"
+		eq "$(readlink /proc/$FXPID/fd/1)" /dev/null "server stdout"
+		eq "$(readlink /proc/$FXPID/fd/2)" /dev/null "server stderr"
+		fx_down "$PWD/mp"
+	done
+}
+
+t_signal() {
+	local sig=$1 rc
+	mkimg src 16; cp src expected; : >mp
+	fx_fg -w "$PWD/src" "$PWD/mp"
+	head -c $MiB /dev/urandom >data
+	put mp $MiB data; put expected $MiB data
+	kill -"$sig" "$FXPID"
+	wait_gone "$FXPID" 10 || fail "server still running 10s after SIG$sig"
+	rc=0; wait "$FXPID" || rc=$?
+	eq "$rc" 0 "exit status after SIG$sig"
+	mounted "$PWD/mp" && fail "still mounted after SIG$sig"
+	cmp src expected || fail "source after SIG$sig"
+	[ -s "$TESTDIR/fg.err" ] && log "stderr: $(cat "$TESTDIR/fg.err")"
+	return 0
+}
+
+t_signal_busy() {
+	local cpid rc
+	mkimg src 16; : >mp
+	fx_fg -w "$PWD/src" "$PWD/mp"
+	"$PY" -c 'import sys, time; f = open(sys.argv[1], "rb"); f.read(4096); time.sleep(2); f.read(4096)' mp & cpid=$!
+	sleep 0.5
+	kill -TERM "$FXPID"
+	sleep 0.5
+	mounted "$PWD/mp" && fail "still mounted after SIGTERM with a client holding the export open"
+	wait "$cpid" || fail "the client holding the export open failed"
+	wait_gone "$FXPID" 10 || fail "server still running 10s after SIGTERM and its last client's close"
+	rc=0; wait "$FXPID" || rc=$?
+	eq "$rc" 0 "exit status"
+}
+
+t_signal_detached() {
+	mkimg src 16; : >mp
+	fx_up "$PWD/src" "$PWD/mp"
+	kill -TERM "$FXPID"
+	wait_gone "$FXPID" 10 || fail "detached server still running 10s after SIGTERM"
+	mounted "$PWD/mp" && fail "still mounted after SIGTERM"
+	return 0
+}
+
+t_umount_exits() {
+	mkimg src 16; : >mp
+	fx_fg -q 4 "$PWD/src" "$PWD/mp"
+	cat mp >/dev/null
+	fx_down "$PWD/mp"
+	fx_up -q 4 "$PWD/src" "$PWD/mp"
+	umount -l "$PWD/mp" || fail "umount -l"
+	wait_gone "$FXPID" 10 || fail "server still running after umount -l"
+}
+
+t_busy_umount() {
+	local cpid
+	mkimg src 16; : >mp
+	fx_fg "$PWD/src" "$PWD/mp"
+	sleep 30 <mp & cpid=$!
+	umount "$PWD/mp" 2>/dev/null && fail "umount of an export held open succeeded"
+	[ -d /proc/$FXPID ] || fail "server exited after a failed umount"
+	cmp src mp || fail "still serving"
+	kill $cpid; wait $cpid 2>/dev/null || :
+	fx_down "$PWD/mp"
+}
+
+t_debug() {
+	mkimg src 4; : >mp
+	"$FX" -d "$PWD/src" "$PWD/mp" 2>dbg &
+	FXPID=$!; track_pid $FXPID; track_mount "$PWD/mp"
+	for i in $(seq 100); do fuse_mounted "$PWD/mp" && break; sleep 0.1; done
+	fuse_mounted "$PWD/mp" || fail "-d did not come up: $(cat dbg)"
+	[ -d /proc/$FXPID ] || fail "-d did not stay in the foreground"
+	cat mp >/dev/null
+	stat mp >/dev/null
+	umount "$PWD/mp"
+	wait_gone $FXPID 10 || fail "-d server still running after umount"
+	wait $FXPID || fail "-d exit status $?"
+	head -n 20 dbg >&2
+	[ "$(wc -l <dbg)" -ge 3 ] || fail "-d printed $(wc -l <dbg) lines"
+	grep -qi 'read' dbg || fail "-d names no READ request"
+	grep -qi 'init' dbg || fail "-d names no INIT request"
+}
+
+t_same_mp() {
+	mkimg src 16; mkimg src2 16; : >mp
+	fx_up "$PWD/src" "$PWD/mp"
+	timeout 20 "$FX" "$PWD/src2" "$PWD/mp" 2>err && { track_pid "$(fx_pid "$PWD/mp" | tail -n1)"; fail "second export on one mount point accepted"; }
+	cat err >&2
+	eq "$(wc -l <err)" 1 "stderr lines"
+	grep -q '^fuseexport: ' err || fail "message: $(cat err)"
+	eq "$(findmnt -n --mountpoint "$PWD/mp" | wc -l)" 1 "mounts on the mount point"
+	cmp mp src || fail "the first export"
+	fx_down "$PWD/mp"
+}
+
+refused() { # refused ARGS...: fuseexport must refuse with one line
+	local rc=0
+	timeout 20 "$FX" "$@" 2>err || rc=$?
+	if [ $rc -eq 0 ]; then track_mount "${!#}"; track_pid "$(fx_pid "${!#}")"; fail "fuseexport $* accepted"; fi
+	[ $rc -ne 124 ] || fail "fuseexport $* hangs"
+	cat err >&2
+	eq "$(wc -l <err)" 1 "stderr lines"
+	grep -Eq '^fuseexport: .+: .+' err || fail "message: $(cat err)"
+	mounted "${!#}" && fail "${!#} mounted"
+	return 0
+}
+
+t_lock_rw_rw() {
+	mkimg src 16; : >mp1; : >mp2
+	fx_up -w "$PWD/src" "$PWD/mp1"
+	refused -w "$PWD/src" "$PWD/mp2"
+	refused -g "$PWD/src" "$PWD/mp2"
+	fx_down "$PWD/mp1"
+	fx_up -w "$PWD/src" "$PWD/mp2"
+	fx_down "$PWD/mp2"
+}
+
+t_lock_ro_ro() {
+	local p1
+	mkimg src 16; : >mp1; : >mp2
+	fx_up "$PWD/src" "$PWD/mp1"; p1=$FXPID
+	fx_up "$PWD/src" "$PWD/mp2"
+	cmp mp1 src || fail "first"
+	cmp mp2 src || fail "second"
+	fx_down "$PWD/mp2"
+	FXPID=$p1 fx_down "$PWD/mp1"
+}
+
+t_lock_rw_ro() {
+	mkimg src 16; : >mp1; : >mp2
+	fx_up -w "$PWD/src" "$PWD/mp1"
+	refused "$PWD/src" "$PWD/mp2"
+	fx_down "$PWD/mp1"
+	fx_up "$PWD/src" "$PWD/mp1"
+	refused -w "$PWD/src" "$PWD/mp2"
+	fx_down "$PWD/mp1"
+}
+
+t_over_itself() {
+	local m
+	mkimg img 64; cp img expected
+	m=$(stat -c %A img)
+	fx_up "$PWD/img" "$PWD/img"
+	eq "$(stat -c %A img)" "-r--------" "mode of the read-only export"
+	cmp img expected || fail "the image through its own read-only export"
+	fx_down "$PWD/img"
+	fx_up -w "$PWD/img" "$PWD/img"
+	cmp img expected || fail "the image through its own export"
+	eq "$(stat -c %A img)" "-rw-------" "mode of the export"
+	head -c $MiB /dev/urandom >data
+	put img $((7 * MiB)) data; put expected $((7 * MiB)) data
+	cmp img expected || fail "after a write"
+	fx_down "$PWD/img"
+	mounted "$PWD/img" && fail "still mounted"
+	eq "$(stat -c %A img)" "$m" "the image's own mode after the export"
+	cmp img expected || fail "image after the export"
+}
+
+t_empty_source() {
+	: >src; : >mp
+	fx_up "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %s mp)" 0 "size"
+	eq "$(wc -c <mp)" 0 "bytes read"
+	fx_down "$PWD/mp"
+	fx_up -w "$PWD/src" "$PWD/mp"
+	eq "$("$PY" "$FXIO" pwrite mp 0 4096)" ENOSPC "pwrite into an empty fixed export"
+	fx_down "$PWD/mp"
+	fx_up -g "$PWD/src" "$PWD/mp"
+	head -c 5000 /dev/urandom >data
+	put mp 0 data
+	eq "$(stat -c %s mp)" 5000 "size after growing an empty export"
+	fx_down "$PWD/mp"
+	cmp src data || fail "source"
+}
+
+t_huge_source() {
+	local s=$((4 << 40)) last
+	truncate -s $s src; : >mp
+	head -c $MiB /dev/urandom >data
+	last=$(((s >> 20) - 1))
+	dd if=data of=src bs=1M seek=$last conv=notrunc status=none
+	fx_up -w "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %s mp)" $s "size of a 4 TiB source"
+	dd if=mp bs=1M skip=$last status=none | cmp - data || fail "the last MiB"
+	dd if=mp bs=1M skip=$last iflag=direct status=none | cmp - data || fail "the last MiB, O_DIRECT"
+	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "seek -a -r 0"
+	dd if=data of=mp bs=1M seek=$((last - 1000)) conv=notrunc status=none || fail "write near the end"
+	eq "$("$PY" "$FXIO" pwrite mp $s 4096)" ENOSPC "pwrite at 4 TiB"
+	case $("$PY" "$FXIO" pwrite mp $(((1 << 63) - 4096)) 4096) in
+	ENOSPC|EINVAL|EFBIG) ;; *) fail "pwrite at 2^63 - 4096 was not refused" ;;
+	esac
+	fx_down "$PWD/mp"
+	dd if=src bs=1M skip=$((last - 1000)) count=1 status=none | cmp - data || fail "source after the write"
+	eq "$(stat -c %s src)" $s "source size"
+}
+
+t_odd_names() {
+	local src="$PWD/a b,c=d\\e" mp="$PWD/m p,ro,x"
+	mkimg "$src" 4; : >"$mp"
+	fx_up -w "$src" "$mp"
+	cmp "$src" "$mp" || fail "cmp"
+	findmnt -n -o OPTIONS --mountpoint "$mp" | grep -qw ro && fail "a comma in a name reached the mount options"
+	fx_down "$mp"
+}
+
+t_relative_paths() {
+	mkimg src 4; : >mp
+	"$FX" -w src mp 2>err || fail "exit $?: $(cat err)"
+	track_mount "$PWD/mp"
+	FXPID=$(fx_pid mp); track_pid "$FXPID"
+	cmp src mp || fail "cmp"
+	kill -TERM "$FXPID"
+	wait_gone "$FXPID" 10 || fail "server still running after SIGTERM"
+	mounted "$PWD/mp" && fail "still mounted after SIGTERM (relative mount point)"
+	"$FX" src mp 2>err || fail "exit $?: $(cat err)"
+	FXPID=$(fx_pid mp); track_pid "$FXPID"
+	fx_down "$PWD/mp"
+}
+
+t_mode_untouched() {
+	local before
+	mkimg src 16; : >mp; chmod 640 src mp
+	before=$(stat -c '%a %u %g %s %Y' src)
+	fx_up "$PWD/src" "$PWD/mp"
+	cat mp >/dev/null
+	fx_down "$PWD/mp"
+	eq "$(stat -c '%a %u %g %s %Y' src)" "$before" "source metadata after a read-only export"
+	eq "$(stat -c '%a %s' mp)" "640 0" "mount point file after the export"
+}
+
+# ---------------------------------------------------------------------------
+# Bad input: one line `fuseexport: <what>: <why>`, non-zero exit, nothing
+# mounted, the source unchanged. bad ARGS... runs against ./src and ./mp as
+# prepared by bad_setup (or the caller).
+
+bad_setup() { mkimg src 4; : >mp; }
+
+# bad [--as USER] ARGS...: ARGS may name $S (source) and $M (mount point)
+bad() {
+	local as=() rc before=
+	if [ "$1" = --as ]; then as=(setpriv --reuid="$2" --regid="$2" --clear-groups); shift 2; fi
+	[ -e src ] && [ ! -d src ] && [ -f src ] && before=$(sum src)
+	rc=0; timeout 20 "${as[@]}" "$FX" "$@" >out 2>err || rc=$?
+	if [ $rc -eq 0 ]; then
+		for a in "$@"; do fuse_mounted "$a" && track_mount "$a" && track_pid "$(fx_pid "$a")"; done
+		fail "fuseexport $* exited 0"
+	fi
+	[ $rc -ne 124 ] || fail "fuseexport $* hangs"
+	log "exit $rc: $(cat err)"
+	eq "$(wc -l <err)" 1 "stderr lines"
+	grep -Eq '^fuseexport: .+: .+$' err || fail "message not 'fuseexport: <what>: <why>': $(cat err)"
+	if [ -z "${BAD_MOUNTED_OK:-}" ]; then
+		for a in "$@"; do
+			if [ -e "$a" ] && mounted "$a"; then fail "$a is mounted"; fi
+		done
+		[ -z "$(fx_pid "$PWD/mp")" ] || fail "a server is left running"
+	fi
+	[ -n "$before" ] && eq "$(sum src)" "$before" "source checksum"
+	return 0
+}
+
+b_no_args() { bad_setup; bad; }
+b_one_arg() { bad_setup; bad "$PWD/src"; }
+b_three_args() { bad_setup; : >mp2; bad "$PWD/src" "$PWD/mp" "$PWD/mp2"; mounted "$PWD/mp2" && fail "mp2 mounted"; return 0; }
+b_missing_source() {
+	bad_setup
+	bad "$PWD/nosuch" "$PWD/mp"
+	grep -q nosuch err || fail "message does not name the source"
+	[ -e nosuch ] && fail "source created"; return 0
+}
+b_unreadable_source() {
+	bad_setup; chmod 600 src; chmod 755 .; chmod 666 mp
+	bad --as 65534 "$PWD/src" "$PWD/mp"
+	grep -q "$PWD/src" err || fail "message does not name the source"
+}
+b_unwritable_source_user() {
+	bad_setup; chmod 644 src; chmod 755 .; chmod 666 mp
+	bad --as 65534 -w "$PWD/src" "$PWD/mp"
+	grep -q "$PWD/src" err || fail "message does not name the source"
+}
+unwritable_ns() {
+	mkdir ro; mount -t tmpfs -o size=8m tmpfs ro
+	mkimg ro/img 4; mount -o remount,ro ro
+	: >mp
+	local before; before=$(sum ro/img)
+	bad -w "$PWD/ro/img" "$PWD/mp"
+	bad -g "$PWD/ro/img" "$PWD/mp"
+	eq "$(sum ro/img)" "$before" "source"
+	umount ro
+}
+b_unwritable_source_rofs() { in_ns unwritable_ns; }
+b_unwritable_source_roloop() {
+	local loop
+	bad_setup
+	loop=$(losetup -r -f --show src) || fail "losetup -r"
+	track_loop "$loop"
+	bad -w "$loop" "$PWD/mp"
+	losetup -d "$loop"
+}
+b_dir_source() { bad_setup; mkdir d; bad "$PWD/d" "$PWD/mp"; }
+b_fifo_source() { bad_setup; mkfifo f; bad "$PWD/f" "$PWD/mp"; }
+b_chardev_source() { bad_setup; bad /dev/null "$PWD/mp"; bad -w /dev/zero "$PWD/mp"; }
+b_symlink_dir_source() { bad_setup; mkdir d; ln -s d l; bad "$PWD/l" "$PWD/mp"; }
+b_missing_mp() {
+	bad_setup
+	bad "$PWD/src" "$PWD/nosuch"
+	[ -e nosuch ] && fail "mount point created"; return 0
+}
+b_dir_mp() { bad_setup; mkdir d; bad "$PWD/src" "$PWD/d"; }
+b_fifo_mp() { bad_setup; mkfifo f; bad "$PWD/src" "$PWD/f"; }
+b_chardev_mp() { bad_setup; mknod c c 1 3; bad "$PWD/src" "$PWD/c"; }
+b_exported_mp() {
+	bad_setup; mkimg src2 4
+	fx_up "$PWD/src2" "$PWD/mp"
+	BAD_MOUNTED_OK=1 bad "$PWD/src" "$PWD/mp"
+	eq "$(findmnt -n --mountpoint "$PWD/mp" | wc -l)" 1 "mounts on the mount point"
+	cmp mp src2 || fail "the first export"
+	fx_down "$PWD/mp"
+}
+b_growable_blockdev() {
+	local loop
+	bad_setup
+	loop=$(losetup -f --show src) || fail "losetup"
+	track_loop "$loop"
+	bad -g "$loop" "$PWD/mp"
+	losetup -d "$loop"
+}
+b_option() { bad_setup; bad "$@" "$PWD/src" "$PWD/mp"; }
+b_option_after() { bad_setup; bad "$PWD/src" "$PWD/mp" "$@"; }
+
+# ---------------------------------------------------------------------------
+# The runner
+
+N=0 PASSED=0 FAILED=0 SKIPPED=0
+IS_ROOT=; [ "$(id -u)" = 0 ] && IS_ROOT=1
+FXS=$(realpath -m "$FUSEEXPORT_STATIC")
+
+# why a test needing $1 (space-separated) cannot run here, or nothing
+missing() {
+	local n
+	for n in $1; do
+		case $n in
+		root) [ -n "$IS_ROOT" ] || { echo "needs root"; return; } ;;
+		fuse) [ -c /dev/fuse ] || { echo "needs /dev/fuse"; return; } ;;
+		loop) losetup -f >/dev/null 2>&1 || { echo "needs loop devices"; return; } ;;
+		xfs) command -v mkfs.xfs >/dev/null && grep -qw xfs /proc/filesystems ||
+			modprobe -q xfs 2>/dev/null || { echo "needs xfs (xfsprogs and the kernel module)"; return; } ;;
+		ext4) command -v mkfs.ext4 >/dev/null && command -v e2fsck >/dev/null || { echo "needs e2fsprogs"; return; } ;;
+		*) command -v "$n" >/dev/null || { echo "needs $n"; return; } ;;
+		esac
+	done
+}
+
+result() { # result ok|fail|skip NAME [REASON]
+	N=$((N + 1))
+	case $1 in
+	ok) PASSED=$((PASSED + 1)); echo "ok $N - $2" ;;
+	fail) FAILED=$((FAILED + 1)); echo "not ok $N - $2${3:+ # $3}" ;;
+	skip)
+		if [ "$CI" = true ]; then
+			FAILED=$((FAILED + 1)); echo "not ok $N - $2 (skipped under CI=true: $3)"
+		else
+			SKIPPED=$((SKIPPED + 1)); echo "ok $N - $2 # SKIP $3"
+		fi ;;
+	esac
+}
+
+# t NAME NEEDS FUNCTION ARGS...
+t() {
+	local name=$1 needs=$2 why dir rc; shift 2
+	if [ -n "$FX_ONLY" ] && ! [[ $name =~ $FX_ONLY ]]; then return; fi
+	why=$(missing "$needs")
+	if [ -n "$why" ]; then result skip "$name" "$why"; return; fi
+	dir=$ROOT/t$((N + 1))
+	mkdir "$dir"
+	TESTDIR=$dir timeout -k 10 "$FX_TIMEOUT" bash -c 'cd "$TESTDIR" || exit 1
+		set -eE; trap '\''echo "FAIL: status $? from: $BASH_COMMAND" >&2'\'' ERR; "$@"' _ "$@" \
+		</dev/null >"$dir/log" 2>&1 &
+	TPID=$!
+	wait "$TPID"; rc=$?		# a wait, so that a signal to the suite is seen at once
+	TPID=
+	cleanup_all
+	case $rc in
+	0) result ok "$name" ;;
+	77) result skip "$name" "$(cat "$dir/.skip" 2>/dev/null)" ;;
+	124|137) result fail "$name" "timed out after ${FX_TIMEOUT}s"; sed 's/^/#   /' "$dir/log" | tail -n 30 ;;
+	*) result fail "$name"; { cat "$dir/log"; echo "(exit status $rc)"; } | sed 's/^/#   /' | tail -n 30 ;;
+	esac
+}
+
+export ROOT TOP FX FXS FXIO PY MiB
+export -f $(compgen -A function | grep -v '^\(t\|result\|missing\|on_exit\)$')
+
+if grep -q io-uring <<<"$MODES" && [ -n "$IS_ROOT" ] && [ -w /sys/module/fuse/parameters/enable_uring ]; then
+	URING_WAS=$(cat /sys/module/fuse/parameters/enable_uring)
+	echo Y >/sys/module/fuse/parameters/enable_uring
+fi
+
+M="root fuse"
+t "--help prints usage on stdout, exit 0" "" t_help
+t "--version prints the version, exit 0" "" t_version
+
+# why a default mode cannot run here (say, no passthrough in this kernel or build),
+# or nothing. Such a mode is left out with a TAP comment, as the machine does not
+# allow it; modes given in FX_MODES always run, so FX_MODES makes them mandatory.
+probe_mode() {
+	local d=$ROOT/probe err
+	[ -z "${FX_MODES:-}" ] && [ -n "$IS_ROOT" ] && [ -c /dev/fuse ] || return 0
+	mkdir -p "$d"; truncate -s 1M "$d/src"; : >"$d/mp"
+	if ! err=$(timeout 20 "$FX" $1 -w "$d/src" "$d/mp" 2>&1); then
+		echo "${err:-fuseexport exit status $?}"
+	else
+		umount "$d/mp" 2>/dev/null
+	fi
+	cleanup_all
+	rm -rf "$d"
+}
+
+IFS=, read -r -a mode_list <<<"$MODES"
+for mode in "${mode_list[@]}"; do
+	p="[$mode]"
+	why=$(probe_mode "$mode")
+	if [ -n "$why" ]; then echo "# mode $p not available here, not run: $why"; continue; fi
+	t "$p stat: size, mode, owner, blocks" "$M" t_stat "$mode"
+	t "$p one thread per queue" "$M" t_queues "$mode"
+	t "$p read: cmp, dd iflag=direct, short at the end" "$M" t_read "$mode"
+	t "$p read-only: writes refused, nothing changes" "$M xfs_io python3" t_readonly "$mode"
+	t "$p write in place" "$M" t_write "$mode"
+	t "$p write past the end: ENOSPC, straddling write cut short" "$M xfs_io python3" t_past_end "$mode"
+	t "$p growable: writes past the end grow the source" "$M python3" t_grow "$mode"
+	t "$p truncate: writable resizes, read-only refuses" "$M" t_truncate "$mode"
+	t "$p O_TRUNC: fixed keeps its size, growable is emptied" "$M" t_otrunc "$mode"
+	t "$p chmod: permission bits, no write bits read-only, no g/o without allow_other" "$M" t_chmod "$mode"
+	t "$p chown: only with allow_other" "$M" t_chown "$mode"
+	t "$p touch -d: new times in stat" "$M" t_touch "$mode"
+	t "$p fallocate punch hole: zeros, a hole in the source" "$M xfs_io" t_fpunch "$mode"
+	t "$p fallocate zero range: zeros" "$M xfs_io" t_fzero "$mode"
+	t "$p fallocate allocate: reserves, grows only when growable, other modes refused" "$M xfs_io" t_falloc "$mode"
+	t "$p SEEK_DATA/SEEK_HOLE as on the source" "$M xfs_io" t_seek "$mode"
+	t "$p fsync, fdatasync reach the source" "$M xfs_io" t_fsync "$mode"
+	t "$p statfs: stat -f, df" "$M" t_statfs "$mode"
+	t "$p mmap: read, shared writable write" "$M python3" t_mmap "$mode"
+	t "$p O_DIRECT reads and writes" "$M" t_direct "$mode"
+	t "$p clients interrupted mid-request: server goes on" "$M" t_interrupt "$mode"
+	t "$p an idle server does not spin" "$M" t_idle "$mode"
+	t "$p fio verify crc32c, 4 jobs, psync" "$M fio" t_fio "$mode"
+	t "$p fio verify crc32c, 4 jobs, libaio iodepth 16 direct" "$M fio" t_fio_aio "$mode"
+	t "$p mkfs.ext4, mount -o loop, e2fsck -fn, qemu-img compare" "$M ext4 qemu-img" t_ext4 "$mode"
+done
+
+IFS=, read -r -a fault_list <<<"$FAULT_MODES"
+for mode in "${fault_list[@]}"; do
+	p="[$mode]"
+	why=$(probe_mode "$mode")
+	if [ -n "$why" ]; then echo "# mode $p not available here, not run: $why"; continue; fi
+	t "$p loop device as the source" "$M loop xfs_io python3" t_loopdev "$mode"
+	t "$p source fills up: ENOSPC reaches the writer, reads go on" "$M unshare python3" t_enospc "$mode"
+	t "$p source fails (xfs shutdown): EIO reaches the client, server survives" "$M unshare loop xfs" t_eio "$mode"
+	t "$p server killed: no client hangs, dead export refused, source intact" "$M" t_sigkill "$mode"
+done
+
+t "rescue shell: busybox chroot with the static binary" "$M unshare chroot busybox musl-gcc" t_rescue
+t "without -f: stat right after return sees the export; server detached" "$M" t_live_on_return
+t "SIGTERM: flush, unmount, exit 0" "$M" t_signal TERM
+t "SIGINT: flush, unmount, exit 0" "$M" t_signal INT
+t "SIGHUP: flush, unmount, exit 0" "$M" t_signal HUP
+t "SIGTERM to a detached server unmounts" "$M" t_signal_detached
+t "SIGTERM while a client holds the export open: unmounted at once, exit 0 after" "$M python3" t_signal_busy
+t "umount (and umount -l) makes the server exit 0" "$M" t_umount_exits
+t "umount of a busy export fails and the export goes on" "$M" t_busy_umount
+t "-d: one line per request, stays in the foreground" "$M" t_debug
+t "second export on one mount point refused" "$M" t_same_mp
+t "two writable exports of one source: second refused (lock)" "$M" t_lock_rw_rw
+t "two read-only exports of one source allowed" "$M" t_lock_ro_ro
+t "read-only and writable exports of one source exclude each other" "$M" t_lock_rw_ro
+t "image exported over itself" "$M" t_over_itself
+t "source and mount point metadata untouched" "$M" t_mode_untouched
+t "empty source" "$M python3" t_empty_source
+t "4 TiB sparse source: size, the last MiB, writes near and past the end" "$M xfs_io python3" t_huge_source
+t "names with spaces, commas and backslashes" "$M" t_odd_names
+t "relative SOURCE and MOUNTPOINT" "$M" t_relative_paths
+
+B="bad input:"
+t "$B no arguments" "" b_no_args
+t "$B one argument" "" b_one_arg
+t "$B three arguments" "" b_three_args
+t "$B missing source" "" b_missing_source
+t "$B unreadable source" "root setpriv" b_unreadable_source
+t "$B -w on a source the caller may not write" "root setpriv" b_unwritable_source_user
+t "$B -w on a source on a read-only filesystem" "$M unshare" b_unwritable_source_rofs
+t "$B -w on a read-only block device" "$M loop" b_unwritable_source_roloop
+t "$B directory as source" "" b_dir_source
+t "$B fifo as source" "" b_fifo_source
+t "$B character device as source" "" b_chardev_source
+t "$B symlink to a directory as source" "" b_symlink_dir_source
+t "$B missing mount point" "" b_missing_mp
+t "$B directory as mount point" "" b_dir_mp
+t "$B fifo as mount point" "" b_fifo_mp
+t "$B character device as mount point" "root" b_chardev_mp
+t "$B mount point already exported" "$M" b_exported_mp
+t "$B -g on a block device" "$M loop" b_growable_blockdev
+for o in "-q 0" "-q 65" "-q abc" "-q -1" "-q 4x" "-q ''" "--queues=18446744073709551617" \
+	"--queues=" "--allow-other=maybe" "--passthrough=sometimes" "--bogus" "-z" "-wz"; do
+	eval "set -- $o"
+	t "$B option $o" "" b_option "$@"
+done
+t "$B -q without its number" "" b_option_after -q
+t "$B --queues without its number" "" b_option_after --queues
+
+echo "1..$N"
+echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+[ "$FAILED" -eq 0 ]
