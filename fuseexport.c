@@ -115,7 +115,10 @@ struct export {
 
 	uint32_t minor;			/* negotiated protocol minor */
 	bool initialized;
-	uint32_t open_flags;		/* for every OPEN reply */
+	uint32_t open_flags;		/* for OPEN replies without passthrough */
+	const char *no_passthrough;	/* why passthrough is off, if it is */
+	int backing_id;			/* the source as passthrough backing
+					 * file: 0 not yet, < 0 refused */
 	int fuse_fd;
 	struct queue *queue;
 	atomic_int running;		/* queue threads still serving */
@@ -147,7 +150,7 @@ static int halt(struct export *e, const char *fmt, ...)
 {
 	va_list ap;
 
-	fputs("fuseexport: halting the export: ", stderr);
+	fputs("fuseexport: ", stderr);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
@@ -209,6 +212,17 @@ static void grow_to(struct export *e, uint64_t end)
 
 	while (size < end && !atomic_compare_exchange_weak(&e->size, &size, end))
 		;
+}
+
+/* The exported size, which for a growable export is the source's own:
+ * passthrough writes grow it without a word to us */
+static uint64_t export_size(struct export *e)
+{
+	struct stat st;
+
+	if (e->growable && fstat(e->source_fd, &st) == 0)
+		grow_to(e, st.st_size);
+	return atomic_load(&e->size);
 }
 
 /* Resize a regular-file source; the caller holds e->lock. Returns 0 or -errno. */
@@ -291,7 +305,7 @@ static int zero_range(struct export *e, struct queue *q, uint64_t pos,
 static void fill_attr(struct export *e, struct fuse_attr *a)
 {
 	struct stat st;
-	uint64_t size = atomic_load(&e->size);
+	uint64_t size = export_size(e);
 	uint64_t sectors = (size + 511) / 512;
 
 	memset(a, 0, sizeof(*a));
@@ -336,10 +350,10 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 	if (in->major > FUSE_KERNEL_VERSION)
 		return sizeof(*out);	/* the kernel re-sends INIT with ours */
 	if (in->major < FUSE_KERNEL_VERSION || in->minor < FUSE_OLDEST_MINOR)
-		return halt(e, "the kernel speaks FUSE %u.%u, older than 7.%u",
+		return halt(e, "halting: the kernel speaks FUSE %u.%u, older than 7.%u",
 			    in->major, in->minor, FUSE_OLDEST_MINOR);
 	if (e->initialized)
-		return halt(e, "a second INIT");
+		return halt(e, "halting: a second INIT");
 
 	if (len >= sizeof(*in) && (in->flags & FUSE_INIT_EXT))
 		offered |= (uint64_t)in->flags2 << 32;
@@ -351,6 +365,15 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 	 * without mmap on direct I/O files (before 6.6) use the page cache. */
 	if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
 		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	if (!e->no_passthrough && !(offered & FUSE_PASSTHROUGH))
+		e->no_passthrough = "the kernel offers no FUSE passthrough "
+				    "(Linux 6.9 and later, CONFIG_FUSE_PASSTHROUGH)";
+	if (!e->no_passthrough) {
+		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
+		out->max_stack_depth = 1;	/* the source is no FUSE file */
+	} else if (e->passthrough == ON) {
+		return halt(e, "--passthrough=on: %s", e->no_passthrough);
+	}
 	e->initialized = true;
 
 	out->minor = e->minor;
@@ -438,6 +461,24 @@ static int fuse_setattr(struct export *e, struct queue *q, size_t len)
 	return r < 0 ? r : fuse_getattr(e, q, len);
 }
 
+/* Register the source with the kernel as the passthrough backing file,
+ * once for the export's life: one backing file for every open, as the
+ * kernel wants. Returns the backing id, or -errno if it is refused. */
+static int open_backing(struct export *e)
+{
+	struct fuse_backing_map map = { .fd = e->source_fd };
+	int id;
+
+	pthread_mutex_lock(&e->lock);
+	if (!e->backing_id) {
+		id = ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_OPEN, &map);
+		e->backing_id = id > 0 ? id : -errno;
+	}
+	id = e->backing_id;
+	pthread_mutex_unlock(&e->lock);
+	return id;
+}
+
 /* OPEN: writes only on writable exports; O_TRUNC empties a growable export
  * and leaves a fixed-size one alone, as a disk would be */
 static int fuse_open(struct export *e, struct queue *q, size_t len)
@@ -458,6 +499,17 @@ static int fuse_open(struct export *e, struct queue *q, size_t len)
 	}
 	memset(out, 0, sizeof(*out));
 	out->open_flags = e->open_flags;
+	if (!e->no_passthrough && (r = open_backing(e)) > 0) {
+		/* Every open of the inode must pass through, to the same
+		 * backing file. Writes to a fixed-size export still come
+		 * here (direct I/O), lest they grow the source; mmap and
+		 * reads go to the source all the same. */
+		out->open_flags = FOPEN_PASSTHROUGH;
+		if (!e->growable && (flags & O_ACCMODE) != O_RDONLY)
+			out->open_flags |= FOPEN_DIRECT_IO |
+					   FOPEN_PARALLEL_DIRECT_WRITES;
+		out->backing_id = r;
+	}
 	return sizeof(*out);
 }
 
@@ -540,7 +592,7 @@ static int fuse_fsync(struct export *e, struct queue *q, size_t len)
 static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 {
 	const struct fuse_fallocate_in *in = &q->req.fallocate;
-	uint64_t size = atomic_load(&e->size), pos = in->offset, n = in->length;
+	uint64_t size = export_size(e), pos = in->offset, n = in->length;
 	uint32_t mode = in->mode;
 	int r;
 
@@ -592,7 +644,7 @@ static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 static int fuse_lseek(struct export *e, struct queue *q, size_t len)
 {
 	const struct fuse_lseek_in *in = &q->req.lseek;
-	uint64_t size = atomic_load(&e->size);
+	uint64_t size = export_size(e);
 	off_t r;
 
 	(void)len;
@@ -618,7 +670,7 @@ static int fuse_statfs(struct export *e, struct queue *q, size_t len)
 	(void)len;
 	memset(st, 0, sizeof(*st));
 	st->bsize = st->frsize = 512;
-	st->blocks = (atomic_load(&e->size) + 511) / 512;
+	st->blocks = (export_size(e) + 511) / 512;
 	if (e->growable && fstatfs(e->source_fd, &sfs) == 0) {
 		st->bfree = (uint64_t)sfs.f_bfree * sfs.f_bsize / 512;
 		st->bavail = (uint64_t)sfs.f_bavail * sfs.f_bsize / 512;
@@ -707,9 +759,11 @@ static int serve(struct export *e, struct queue *q, size_t len)
 	int r;
 
 	if (len < sizeof(*in))
-		return halt(e, "a request of %zu bytes, shorter than its header", len);
+		return halt(e, "halting: a request of %zu bytes, shorter than its header",
+			    len);
 	if (in->len != len)
-		return halt(e, "a request says %u bytes, %zu came", in->len, len);
+		return halt(e, "halting: a request says %u bytes, %zu came",
+			    in->len, len);
 	if (in->opcode < FUSE_OPCODE_END && operations[in->opcode].name)
 		op = &operations[in->opcode];
 	/* a longer op struct spilled into the payload buffer: fetch it back */
@@ -768,6 +822,29 @@ static void tell_ready(struct export *e)
 	close(fd);
 }
 
+/* After the INIT reply: set up passthrough, say which path the export
+ * takes, and tell the parent it is live. Returns 0, or -EPROTO to halt. */
+static int init_done(struct export *e)
+{
+	int id = e->no_passthrough ? 0 : open_backing(e);
+
+	if (id < 0 && e->passthrough == ON)
+		return halt(e, "--passthrough=on: the kernel refused the source "
+			    "as backing file: %s", strerror(-id));
+	if (id < 0)
+		e->no_passthrough = "the kernel refused the source as backing file";
+	if (e->debug && e->no_passthrough)
+		fprintf(stderr, "fuseexport: passthrough off (%s): every read "
+			"and write goes through /dev/fuse\n", e->no_passthrough);
+	else if (e->debug)
+		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
+			"the source\n", e->growable ? "reads, writes and mmap" :
+			e->writable ? "reads and mmap (writes come here, lest "
+			"they grow the export)" : "reads and mmap");
+	tell_ready(e);
+	return 0;
+}
+
 /* A queue: read a request, serve it, reply on the same fd, until the
  * kernel says the export is gone (ENODEV) or it halts */
 static void *queue_loop(void *arg)
@@ -784,15 +861,16 @@ static void *queue_loop(void *arg)
 			if (errno == EINTR || errno == ENOENT || errno == EAGAIN)
 				continue;	/* an interrupted request */
 			if (errno != ENODEV)
-				halt(e, "reading /dev/fuse: %s", strerror(errno));
+				halt(e, "halting: reading /dev/fuse: %s",
+				     strerror(errno));
 			break;
 		}
 		k = serve(e, q, n);
 		if (k < 0)
 			break;
 		if (k == 0 || writev(q->fd, q->iov, k) >= 0) {
-			if (q->req.in.opcode == FUSE_INIT)
-				tell_ready(e);
+			if (q->req.in.opcode == FUSE_INIT && init_done(e) < 0)
+				break;
 		} else if (errno == ENODEV) {
 			break;
 		} else if (errno != ENOENT) {	/* ENOENT: the request was aborted */
@@ -911,8 +989,6 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		    argc - optind < 2 ? "too few arguments" : "too many arguments");
 	e->source_path = argv[optind];
 	e->mountpoint = argv[optind + 1];
-	if (e->passthrough == ON)
-		die("--passthrough=on: this build has no passthrough support");
 }
 
 /* Open and lock the source, and take the exported file's attributes */
@@ -957,6 +1033,18 @@ static void open_source(struct export *e)
 		    (unsigned long long)e->window,
 		    (unsigned long long)source_size);
 	atomic_store(&e->size, e->window ? e->window : source_size - e->offset);
+
+	/* what keeps passthrough off before the kernel is even asked */
+	if (e->passthrough == OFF)
+		e->no_passthrough = "--passthrough=off";
+	else if (e->is_blockdev)
+		e->no_passthrough = "the kernel passes through to regular files only";
+	else if (e->offset || e->window)
+		e->no_passthrough = "a window's offsets are not the source's";
+	else if (geteuid() != 0)
+		e->no_passthrough = "registering a backing file needs root";
+	if (e->passthrough == ON && e->no_passthrough)
+		die("--passthrough=on: %s", e->no_passthrough);
 
 	e->mode = e->writable ? 0600 : 0400;
 	e->uid = getuid();
@@ -1141,6 +1229,9 @@ static int run_export(struct export *e)
 		} else if (sig != SIGUSR1 && !unmounted) {
 			if (e->writable)
 				fsync(e->source_fd);
+			if (e->backing_id > 0)	/* open files keep their own */
+				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
+				      &e->backing_id);
 			unmount_export(e, false);
 			unmounted = true;
 		}
