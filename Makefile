@@ -22,6 +22,10 @@ fuseexport-static: fuseexport.c fuseexport.h
 test: fuseexport
 	./test.sh
 
+# fio side by side: the file, fuseexport in each mode, qemu-storage-daemon
+bench: fuseexport
+	tests/bench.sh
+
 install: fuseexport
 	install -D -m 755 fuseexport $(DESTDIR)$(BINDIR)/fuseexport
 	install -D -m 644 fuseexport.1 $(DESTDIR)$(MANDIR)/man1/fuseexport.1
@@ -29,4 +33,4 @@ install: fuseexport
 clean:
 	rm -f fuseexport fuseexport-static
 
-.PHONY: all static test install clean
+.PHONY: all static test bench install clean

@@ -1,0 +1,216 @@
+#!/bin/bash
+# tests/bench.sh - fuseexport's side-by-side benchmark
+#
+# Runs the same fio jobs over one file on tmpfs: the file itself (the limit),
+# fuseexport with passthrough, fuseexport on the /dev/fuse path with one queue
+# and with one queue per CPU, and qemu-storage-daemon's FUSE export (Debian's
+# qemu-system-common) as the peer. Prints IOPS, the ratios to the file itself
+# and to the peer, and the servers' resident memory during the QD32 job.
+# Only ratios from one run mean anything: the machine is shared and noisy.
+#
+#   tests/bench.sh [--markdown]      (root; `make bench` runs it)
+#
+# Environment: BENCH_RUNTIME (seconds per job, 10), BENCH_SIZE_MB (1024),
+# BENCH_COLUMNS (names from the list below, default all), FUSEEXPORT.
+# A column whose program is missing is skipped, and said so.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -u
+cd "$(dirname "$0")/.." || exit 1
+RUNTIME=${BENCH_RUNTIME:-10}
+SIZE_MB=${BENCH_SIZE_MB:-1024}
+FX=$(realpath "${FUSEEXPORT:-./fuseexport}")
+MARKDOWN=
+[ "${1:-}" = --markdown ] && MARKDOWN=1
+
+if [ "$(id -u)" != 0 ]; then
+	echo "bench.sh: needs root (it mounts tmpfs and FUSE exports)" >&2
+	exit 1
+fi
+[ -x "$FX" ] || make -s fuseexport >&2 || exit 1
+
+# fio and the peer, installed if missing
+need=
+command -v fio >/dev/null || need="$need fio"
+command -v qemu-storage-daemon >/dev/null || need="$need qemu-system-common"
+if [ -n "$need" ] && command -v apt-get >/dev/null; then
+	echo "bench.sh: installing$need" >&2
+	{ apt-get -o DPkg::Lock::Timeout=600 update -q &&
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+		install -y -q --no-install-recommends $need; } >/dev/null 2>&1
+fi
+command -v fio >/dev/null || { echo "bench.sh: fio is missing" >&2; exit 1; }
+
+# everything happens in a private mount namespace, so nothing can be left
+# mounted outside it whatever happens
+if [ -z "${BENCH_IN_NS:-}" ]; then
+	BENCH_IN_NS=1 exec unshare -m --propagation private "$0" "$@"
+fi
+
+DIR=$(mktemp -d /tmp/fuseexport-bench.XXXXXX) || exit 1
+SERVER=
+cleanup() {
+	[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null
+	umount -l "$DIR/mp" 2>/dev/null
+	umount -l "$DIR" 2>/dev/null
+	rmdir "$DIR" 2>/dev/null
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mount -t tmpfs -o size=$((SIZE_MB + 256))M tmpfs "$DIR" || exit 1
+dd if=/dev/urandom of="$DIR/img" bs=1M count="$SIZE_MB" status=none || exit 1
+: >"$DIR/mp"
+
+# column name and how to start it; "file" is the source itself
+COLUMNS_ALL="file pt fuse-q1 fuse-qN qsd"
+COLUMNS=${BENCH_COLUMNS:-$COLUMNS_ALL}
+declare -A START=(
+	[pt]="$FX -g --passthrough=on"
+	[fuse-q1]="$FX -w --passthrough=off -q 1"
+	[fuse-qN]="$FX -w --passthrough=off -q $(nproc)"
+)
+
+# start_column NAME: export the image as $DIR/mp; SERVER = the server's pid.
+# Returns non-zero, with why in $DIR/why, if the column cannot run here.
+start_column() {
+	local i
+	SERVER=
+	case $1 in
+	file) return 0 ;;
+	qsd)
+		command -v qemu-storage-daemon >/dev/null ||
+			{ echo "qemu-storage-daemon missing (qemu-system-common)" >"$DIR/why"; return 1; }
+		qemu-storage-daemon \
+			--blockdev node-name=file0,driver=file,filename="$DIR/img" \
+			--blockdev node-name=raw0,driver=raw,file=file0 \
+			--export type=fuse,id=exp0,node-name=raw0,mountpoint="$DIR/mp",writable=on \
+			--pidfile "$DIR/qsd.pid" >"$DIR/server.err" 2>&1 &
+		for i in $(seq 100); do
+			findmnt -n "$DIR/mp" >/dev/null && break
+			sleep 0.1
+		done
+		SERVER=$(cat "$DIR/qsd.pid" 2>/dev/null) ;;
+	*)
+		${START[$1]} -f "$DIR/img" "$DIR/mp" 2>"$DIR/server.err" &
+		SERVER=$!
+		for i in $(seq 100); do
+			findmnt -n "$DIR/mp" >/dev/null && break
+			kill -0 "$SERVER" 2>/dev/null || break
+			sleep 0.1
+		done ;;
+	esac
+	findmnt -n "$DIR/mp" >/dev/null && return 0
+	head -n 1 "$DIR/server.err" >"$DIR/why"
+	SERVER=
+	return 1
+}
+
+stop_column() {
+	[ -n "$SERVER" ] || return 0
+	# fuseexport ends with the umount; qemu-storage-daemon needs a signal
+	umount "$DIR/mp" 2>/dev/null
+	[ "$col" = qsd ] && kill "$SERVER"
+	while kill -0 "$SERVER" 2>/dev/null; do sleep 0.1; done
+	SERVER=
+}
+
+JOBS="seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32"
+declare -A JOB=(
+	[seqread]="--rw=read --bs=1M"
+	[seqwrite]="--rw=write --bs=1M"
+	[randread]="--rw=randread --bs=4k"
+	[randwrite]="--rw=randwrite --bs=4k"
+	[randread-2j]="--rw=randread --bs=4k --numjobs=2"
+	[randwrite-2j]="--rw=randwrite --bs=4k --numjobs=2"
+	[randread-qd32]="--rw=randread --bs=4k --ioengine=libaio --iodepth=32 --direct=1"
+)
+
+# run_job TARGET JOB: print the job's IOPS, reads and writes summed
+run_job() {
+	fio --name=bench --filename="$1" --size="${SIZE_MB}M" --ioengine=psync \
+		${JOB[$2]} --time_based --runtime="$RUNTIME" --group_reporting \
+		--output-format=json 2>/dev/null |
+	python3 -c 'import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+print(round(j["read"]["iops"] + j["write"]["iops"]))' 2>/dev/null || echo 0
+}
+
+# max_rss PID: sample VmRSS (KiB) until told to stop, print the largest
+max_rss() {
+	local max=0 kb
+	while [ ! -e "$DIR/stop-sampling" ]; do
+		kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
+		[ "${kb:-0}" -gt "$max" ] && max=$kb
+		sleep 0.2
+	done
+	echo "$max"
+}
+
+declare -A IOPS RSS
+RAN=
+for col in $COLUMNS; do
+	if ! start_column "$col" </dev/null >/dev/null; then
+		echo "bench.sh: column $col skipped: $(cat "$DIR/why")" >&2
+		continue
+	fi
+	RAN="$RAN $col"
+	target=$DIR/mp
+	[ "$col" = file ] && target=$DIR/img
+	for job in $JOBS; do
+		if [ "$job" = randread-qd32 ] && [ -n "$SERVER" ]; then
+			rm -f "$DIR/stop-sampling"
+			max_rss "$SERVER" >"$DIR/rss" &
+			sampler=$!
+		fi
+		IOPS[$col,$job]=$(run_job "$target" "$job")
+		if [ "$job" = randread-qd32 ] && [ -n "$SERVER" ]; then
+			touch "$DIR/stop-sampling"
+			wait "$sampler"
+			RSS[$col]=$(cat "$DIR/rss")
+		fi
+		echo "bench.sh: $col $job ${IOPS[$col,$job]} IOPS" >&2
+	done
+	stop_column
+done
+
+# the tables: IOPS, then each column's ratio to the file and to the peer
+row() {
+	if [ -n "$MARKDOWN" ]; then
+		printf '| %s ' "$@"; echo '|'
+	else
+		printf '%-14s' "$1"; shift; printf ' %12s' "$@"; echo
+	fi
+}
+ratio() { # ratio A B: A/B with two decimals, or - where B is missing
+	[ -n "$1" ] && [ -n "$2" ] && [ "$2" != 0 ] &&
+		python3 -c "print(f'{$1 / $2:.2f}x')" || echo -
+}
+rule() {
+	[ -n "$MARKDOWN" ] || return 0
+	local r="|---" c
+	for c in $RAN; do r="$r|---:"; done
+	echo "$r|"
+}
+
+echo "fuseexport bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs," \
+	"Linux $(uname -r), ${SIZE_MB} MiB file on tmpfs, ${RUNTIME}s per job"
+echo
+echo "IOPS"
+row job $RAN; rule
+for job in $JOBS; do
+	vals=(); for col in $RAN; do vals+=("${IOPS[$col,$job]}"); done
+	row "$job" "${vals[@]}"
+done
+for base in file qsd; do
+	case " $RAN " in *" $base "*) ;; *) continue ;; esac
+	echo; echo "ratio to $base"
+	row job $RAN; rule
+	for job in $JOBS; do
+		vals=()
+		for col in $RAN; do vals+=("$(ratio "${IOPS[$col,$job]}" "${IOPS[$base,$job]}")"); done
+		row "$job" "${vals[@]}"
+	done
+done
+echo; echo "server resident memory during randread-qd32 (KiB)"
+vals=(); for col in $RAN; do vals+=("${RSS[$col]:--}"); done
+row rss $RAN; rule; row KiB "${vals[@]}"
