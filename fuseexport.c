@@ -23,9 +23,11 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fuseexport.h"
@@ -37,7 +39,9 @@ static const char usage_text[] =
 "\n"
 "Export SOURCE (a raw image file or a block device) as the regular file\n"
 "MOUNTPOINT, which must exist and may be SOURCE itself. The export ends with\n"
-"umount MOUNTPOINT or SIGTERM to the server.\n"
+"umount MOUNTPOINT or SIGTERM to the server. Without root it mounts through\n"
+"fusermount3. As mount.fuseexport it takes mount(8)'s helper arguments:\n"
+"SOURCE MOUNTPOINT [-o OPTS] [-n] [-v].\n"
 "\n"
 "  -w, --writable          allow writes (default: read-only)\n"
 "  -g, --growable          writes past the end grow the image (implies -w)\n"
@@ -48,6 +52,9 @@ static const char usage_text[] =
 "      --passthrough=auto|on|off   kernel passthrough of reads and writes\n"
 "      --offset=BYTES      export SOURCE from this offset (K, M, G, T suffixes)\n"
 "      --size=BYTES        export only this many bytes of SOURCE\n"
+"  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
+"                          allow_other, queues=N, passthrough=MODE, offset=,\n"
+"                          size=; generic mount options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
 
@@ -918,6 +925,60 @@ static int parse_mode(const char *what, const char *s)
 	return OFF;
 }
 
+/* Take a mount-style option list (-o, and mount(8)'s helper calls) */
+static void parse_mount_options(struct export *e, char *list)
+{
+	static const char *const ignored[] = {
+		"defaults", "nofail", "_netdev", "dev", "nodev", "suid", "nosuid",
+		"exec", "noexec", "auto", "noauto", "user", "nouser", "users",
+		"owner", "group", "atime", "noatime", "relatime", NULL
+	};
+	char *opt, *value, *next;
+	int i;
+
+	for (opt = list; opt; opt = next) {
+		next = strchr(opt, ',');
+		if (next)
+			*next++ = 0;
+		value = strchr(opt, '=');
+		if (value)
+			*value++ = 0;
+		for (i = 0; ignored[i] && strcmp(opt, ignored[i]); i++)
+			;
+		if (!*opt || ignored[i] || !strncmp(opt, "x-", 2))
+			continue;	/* generic, for mount(8) or none */
+		if (!value && !strcmp(opt, "ro"))
+			e->writable = e->growable = false;
+		else if (!value && !strcmp(opt, "rw"))
+			e->writable = true;
+		else if (!value && !strcmp(opt, "growable"))
+			e->writable = e->growable = true;
+		else if (!value && !strcmp(opt, "allow_other"))
+			e->allow_other = ON;
+		else if (value && !strcmp(opt, "queues"))
+			e->queues = parse_number("-o queues", value, 1, MAX_QUEUES);
+		else if (value && !strcmp(opt, "passthrough"))
+			e->passthrough = parse_mode("-o passthrough", value);
+		else if (value && !strcmp(opt, "offset"))
+			e->offset = parse_number("-o offset", value, 0, INT64_MAX);
+		else if (value && !strcmp(opt, "size"))
+			e->window = parse_number("-o size", value, 1, INT64_MAX);
+		else
+			die("-o %s%s%s: unknown option (see --help)", opt,
+			    value ? "=" : "", value ? value : "");
+	}
+}
+
+/* Called as mount.fuseexport or mount.fuse.fuseexport, by mount(8)? */
+static bool mount_helper(const char *argv0)
+{
+	const char *name = strrchr(argv0, '/');
+
+	name = name ? name + 1 : argv0;
+	return !strcmp(name, "mount.fuseexport") ||
+	       !strcmp(name, "mount.fuse.fuseexport");
+}
+
 static void parse_options(struct export *e, int argc, char *argv[])
 {
 	enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_OFFSET, OPT_SIZE };
@@ -936,14 +997,28 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		{ NULL, 0, NULL, 0 }
 	};
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
+	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
+	bool helper = mount_helper(argv[0]), fake = false;
 	int c;
 
 	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
 	e->allow_other = AUTO;
 	e->passthrough = AUTO;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":wgfdq:hV", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
+				longopts, NULL)) != -1) {
+		if (helper && c == 'f')
+			c = 'F';
 		switch (c) {
+		case 'o':
+			parse_mount_options(e, optarg);
+			break;
+		case 'F':
+			fake = true;
+			break;
+		case 's': case 'n': case 'v': case 'N': case 't':
+			break;		/* sloppy, no mtab, verbose, namespace, type */
 		case 'g':
 			e->growable = true;
 			/* fall through */
@@ -989,6 +1064,8 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		    argc - optind < 2 ? "too few arguments" : "too many arguments");
 	e->source_path = argv[optind];
 	e->mountpoint = argv[optind + 1];
+	if (fake)
+		exit(0);
 }
 
 /* Open and lock the source, and take the exported file's attributes */
@@ -1118,11 +1195,160 @@ static void check_mountpoint(struct export *e)
 	e->mountpoint = abs;
 }
 
-/* Mount the export with mount(2) on a new /dev/fuse fd */
+/* The full path of the first of names found on PATH, or NULL */
+static char *find_program(const char *const names[])
+{
+	const char *path = getenv("PATH");
+	char *dirs, *dir, *next, *found = NULL;
+	int i;
+
+	for (i = 0; names[i] && !found; i++) {
+		dirs = strdup(path ? path : "/usr/bin:/bin:/usr/sbin:/sbin");
+		for (dir = dirs; dir && !found; dir = next) {
+			next = strchr(dir, ':');
+			if (next)
+				*next++ = 0;
+			if (asprintf(&found, "%s/%s", *dir ? dir : ".", names[i]) < 0)
+				found = NULL;
+			else if (access(found, X_OK) < 0) {
+				free(found);
+				found = NULL;
+			}
+		}
+		free(dirs);
+	}
+	return found;
+}
+
+static const char *const fusermounts[] = { "fusermount3", "fusermount", NULL };
+
+/* Does /etc/fuse.conf let users mount with allow_other? */
+static bool user_allow_other(void)
+{
+	FILE *f = fopen("/etc/fuse.conf", "re");
+	char line[256], word[32];
+	bool yes = false;
+
+	while (f && !yes && fgets(line, sizeof(line), f))
+		yes = sscanf(line, " %31s", word) == 1 &&
+		      !strcmp(word, "user_allow_other");
+	if (f)
+		fclose(f);
+	return yes;
+}
+
+/* Append value to buf for fusermount3's option list, a backslash before
+ * every comma and backslash, as libfuse does */
+static void append_escaped(char *buf, size_t size, const char *value)
+{
+	size_t n = strlen(buf);
+
+	for (; *value && n + 2 < size; value++) {
+		if (*value == ',' || *value == '\\')
+			buf[n++] = '\\';
+		buf[n++] = *value;
+	}
+	buf[n] = 0;
+}
+
+/* Mount without root, as libfuse does: fusermount3 (setuid root) mounts on
+ * our behalf and hands back the /dev/fuse fd over a socket named by
+ * _FUSE_COMMFD. Exits with fusermount3's own complaint on failure. */
+static void mount_by_fusermount(struct export *e)
+{
+	char opts[4352] = "fsname=", *prog = find_program(fusermounts);
+	char env[32], byte, err[512] = "";
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { &byte, 1 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+			      .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *cmsg;
+	struct stat st;
+	int sock[2], errpipe[2], status;
+	ssize_t n;
+	pid_t pid;
+
+	if (stat(e->mountpoint, &st) == 0 && st.st_uid != getuid())
+		die("%s: not yours: without root, the mount point must be your "
+		    "own file", e->mountpoint);
+	if (!prog)
+		die("fusermount3: not found on PATH; install fuse3 (Debian: apt-get "
+		    "install fuse3), or export as root");
+	if (e->allow_other != OFF && !user_allow_other()) {
+		if (e->allow_other == ON)
+			die("--allow-other=on: without root it needs user_allow_other "
+			    "in /etc/fuse.conf");
+		e->allow_other = OFF;
+	}
+	append_escaped(opts, sizeof(opts), e->source_path);
+	snprintf(opts + strlen(opts), sizeof(opts) - strlen(opts),
+		 ",subtype=fuseexport,default_permissions,max_read=%u%s",
+		 MAX_WRITE, e->allow_other ? ",allow_other" : "");
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sock) < 0 || pipe(errpipe) < 0)
+		die("socketpair:");
+	pid = fork();
+	if (pid < 0)
+		die("fork:");
+	if (pid == 0) {
+		snprintf(env, sizeof(env), "%d", sock[1]);
+		setenv("_FUSE_COMMFD", env, 1);
+		dup2(errpipe[1], 2);
+		execl(prog, prog, "-o", opts, "--", e->mountpoint, (char *)NULL);
+		fprintf(stderr, "%s: %s", prog, strerror(errno));
+		_exit(127);
+	}
+	close(sock[1]);
+	close(errpipe[1]);
+	while ((n = recvmsg(sock[0], &msg, 0)) < 0 && errno == EINTR)
+		;
+	cmsg = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
+	if (cmsg && cmsg->cmsg_type == SCM_RIGHTS)
+		memcpy(&e->fuse_fd, CMSG_DATA(cmsg), sizeof(int));
+	n = read(errpipe[0], err, sizeof(err) - 1);
+	err[n > 0 ? n : 0] = 0;
+	err[strcspn(err, "\n")] = 0;
+	waitpid(pid, &status, 0);
+	close(sock[0]);
+	close(errpipe[0]);
+	if (e->fuse_fd < 0)
+		die("%s", *err ? err : "fusermount3 failed to mount");
+	fcntl(e->fuse_fd, F_SETFD, FD_CLOEXEC);
+	free(prog);
+}
+
+/* Run fusermount3 -u [-z] on the mount point; returns its exit status */
+static int fusermount_unmount(struct export *e, bool lazy)
+{
+	char *prog = find_program(fusermounts);
+	int status = -1;
+	pid_t pid;
+
+	if (!prog)
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 2);
+		execl(prog, prog, lazy ? "-uqz" : "-uq", "--", e->mountpoint,
+		      (char *)NULL);
+		_exit(127);
+	}
+	if (pid > 0)
+		waitpid(pid, &status, 0);
+	free(prog);
+	return status;
+}
+
+/* Mount the export: with mount(2) on a new /dev/fuse fd as root, else
+ * through fusermount3 */
 static void mount_export(struct export *e)
 {
 	char opts[256];
 
+	if (geteuid() != 0) {
+		mount_by_fusermount(e);
+		return;
+	}
 	e->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (e->fuse_fd < 0)
 		die("/dev/fuse:");
@@ -1140,8 +1366,12 @@ static void mount_export(struct export *e)
 /* End the export: unmount, or detach it while files are still open */
 static void unmount_export(struct export *e, bool force)
 {
-	if (umount2(e->mountpoint, force ? MNT_FORCE : 0) < 0)
+	if (geteuid() != 0) {
+		if (fusermount_unmount(e, false) != 0)
+			fusermount_unmount(e, true);
+	} else if (umount2(e->mountpoint, force ? MNT_FORCE : 0) < 0) {
 		umount2(e->mountpoint, MNT_DETACH);
+	}
 }
 
 /* Go to the background: the parent returns only once the export is live

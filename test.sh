@@ -1223,6 +1223,134 @@ t_mode_untouched() {
 }
 
 # ---------------------------------------------------------------------------
+# Without root (through fusermount3), as a mount(8) helper, and a window
+
+as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+
+# In a private mount namespace: a 0666 /dev/fuse (the machine's is 0600) and
+# a directory of uid 65534's own, holding its image and mount point
+nonroot_ns() {
+	local pid
+	mknod fuse c 10 229; chmod 666 fuse; mount --bind fuse /dev/fuse
+	mkdir u; mkimg u/src 8; : >u/mp; cp u/src expected; chown -R 65534:65534 u
+	as_user "$FX" -w "$PWD/u/src" "$PWD/u/mp" || fail "export as uid 65534"
+	pid=$(fx_pid "$PWD/u/mp"); track_pid "$pid"
+	eq "$(as_user stat -c %u:%A u/mp)" "65534:-rw-------" "owner and mode"
+	stat u/mp 2>/dev/null && fail "root got in without allow_other"
+	as_user cmp u/mp expected || fail "cmp as the user"
+	head -c 65536 /dev/urandom >data; chmod 644 data
+	as_user dd if=data of=u/mp bs=64k seek=3 conv=notrunc status=none || fail "write as the user"
+	dd if=data of=expected bs=64k seek=3 conv=notrunc status=none
+	findmnt -n -o OPTIONS --mountpoint "$PWD/u/mp" | grep -q allow_other &&
+		fail "allow_other without user_allow_other in /etc/fuse.conf"
+	as_user fusermount3 -u "$PWD/u/mp" || fail "fusermount3 -u"
+	wait_gone "$pid" 10 || fail "server still running after fusermount3 -u"
+	mounted "$PWD/u/mp" && fail "still mounted after fusermount3 -u"
+	cmp u/src expected || fail "the source after the export"
+
+	as_user "$FX" --allow-other=on "$PWD/u/src" "$PWD/u/mp" 2>err && fail "--allow-other=on accepted"
+	grep -q user_allow_other err || fail "the refusal does not say why: $(cat err)"
+	echo user_allow_other >fuse.conf; mount --bind fuse.conf /etc/fuse.conf
+	as_user "$FX" "$PWD/u/src" "$PWD/u/mp" || fail "export with user_allow_other"
+	pid=$(fx_pid "$PWD/u/mp"); track_pid "$pid"
+	findmnt -n -o OPTIONS --mountpoint "$PWD/u/mp" | grep -q allow_other ||
+		fail "auto did not allow others with user_allow_other"
+	kill -TERM "$pid"
+	wait_gone "$pid" 10 || fail "server still running after SIGTERM"
+	mounted "$PWD/u/mp" && fail "still mounted after SIGTERM"
+
+	: >notmine; chmod 666 notmine
+	as_user "$FX" "$PWD/u/src" "$PWD/notmine" 2>err && fail "someone else's mount point accepted"
+	grep -q "not yours" err || fail "refusal: $(cat err)"
+	as_user env PATH=/nonexistent "$FX" "$PWD/u/src" "$PWD/u/mp" 2>err && fail "exported without fusermount3"
+	grep -q "install fuse3" err || fail "no fusermount3: $(cat err)"
+	eq "$(wc -l <err)" 1 "stderr lines"
+	mounted "$PWD/u/mp" && fail "mounted without fusermount3"
+	cmp u/src expected || fail "the source at the end"
+}
+t_nonroot() { in_ns nonroot_ns; }
+
+# mount(8) finds helpers in /sbin: ours show there in this namespace only
+helper_ns() {
+	mkdir helpers
+	ln -s "$FX" helpers/mount.fuse.fuseexport
+	mount -t overlay overlay -o "lowerdir=$PWD/helpers:/usr/sbin" /usr/sbin
+	mkimg src 8; cp src expected; : >mp
+	mount -t fuse.fuseexport "$PWD/src" "$PWD/mp" -o rw,queues=2 || fail "mount -t fuse.fuseexport"
+	fuse_mounted "$PWD/mp" || fail "not a fuse mount"
+	[ -z "$(losetup -j "$PWD/src")" ] || fail "mount(8) set up a loop device"
+	eq "$(stat -c %A mp)" -rw------- "mode with -o rw"
+	head -c 65536 /dev/urandom >data
+	dd if=data of=mp bs=64k seek=5 conv=notrunc status=none || fail "write"
+	dd if=data of=expected bs=64k seek=5 conv=notrunc status=none
+	umount "$PWD/mp" || fail "umount"
+	cmp src expected || fail "source after the helper's export"
+	printf '%s %s fuse.fuseexport defaults,nofail,_netdev,ro,passthrough=off,offset=1M,size=2M 0 0\n' \
+		"$PWD/src" "$PWD/mp" >fstab
+	mount --fstab "$PWD/fstab" -a || fail "mount --fstab -a"
+	fuse_mounted "$PWD/mp" || fail "the fstab line mounted nothing"
+	eq "$(stat -c %s:%A mp)" "$((2 * MiB)):-r--------" "size and mode from the fstab line"
+	cmp mp <(range expected $MiB $((2 * MiB))) || fail "window content"
+	umount "$PWD/mp"
+	mount -t fuse.fuseexport "$PWD/src" "$PWD/mp" -o bogus 2>err && fail "-o bogus accepted"
+	grep -q "^fuseexport: -o bogus: unknown option" err || fail "refusal: $(cat err)"
+	mounted "$PWD/mp" && fail "mounted after a refusal"
+	return 0
+}
+t_helper() { in_ns helper_ns; }
+
+# -o: the same as the long options
+t_o_list() {
+	mkimg src 8; : >mp
+	fx_up -o rw,queues=3,offset=2M,size=1M,nosuid,x-systemd.automount "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %s:%A mp)" "$MiB:-rw-------" "size and mode"
+	eq "$(ls /proc/$FXPID/task | wc -l)" 4 "threads (3 queues and main)"
+	cmp mp <(range src $((2 * MiB)) $MiB) || fail "content"
+	fx_down "$PWD/mp"
+	fx_up -w -o ro "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %A mp)" -r-------- "-o ro after -w"
+	fx_down "$PWD/mp"
+}
+
+# A window: size, reads, writes, fallocate and SEEK_DATA/HOLE stay inside it,
+# and not one byte outside it changes
+t_window() {
+	mkimg src 32; cp src orig; : >mp
+	local off=$((5 * MiB)) len=$((12 * MiB))
+	fx_up -w --offset=5M --size=12M $1 "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %s mp)" $len "size"
+	cmp mp <(range orig $off $len) || fail "reads"
+	head -c $len /dev/urandom >data
+	dd if=data of=mp bs=1M conv=notrunc status=none || fail "write the whole window"
+	dd if=data of=mp bs=64k skip=7 seek=7 count=3 oflag=direct conv=notrunc status=none ||
+		fail "O_DIRECT write"
+	eq "$("$PY" "$FXIO" pwrite mp $len 4096)" ENOSPC "pwrite at the window's end"
+	eq "$("$PY" "$FXIO" pwrite mp $((len - 4096)) 8192 0x5a)" 4096 "a pwrite straddling the end"
+	head -c 4096 /dev/zero | tr '\0' Z | dd of=data bs=4096 seek=$((len / 4096 - 1)) conv=notrunc status=none
+	xfs_io -c "fpunch 0 64k" -c "fzero 1M 64k" -c "falloc 2M 64k" -c "falloc -k $((len - 4096)) 1M" mp ||
+		fail "fallocate inside the window"
+	xfs_io -c "falloc $((len - 4096)) 1M" mp 2>/dev/null && fail "falloc past the window's end"
+	dd if=/dev/zero of=data bs=64k count=1 conv=notrunc status=none
+	dd if=/dev/zero of=data bs=64k seek=16 count=1 conv=notrunc status=none
+	cmp mp data || fail "the window after writes and fallocate"
+	# the source has data past the window; the export's first hole is its end
+	eq "$(xfs_io -c "seek -h $((3 * MiB))" mp | awk '$1 == "HOLE" { print $2 }')" $len "SEEK_HOLE"
+	eq "$(xfs_io -c "seek -d 0" mp | awk '$1 == "DATA" { print $2 }')" 65536 "SEEK_DATA after the punched hole"
+	truncate -s 1M mp 2>/dev/null && fail "truncate resized a window"
+	eq "$(stat -c %s mp)" $len "size after a refused truncate"
+	fx_down "$PWD/mp"
+	cmp <(range src 0 $off) <(range orig 0 $off) || fail "bytes before the window changed"
+	cmp <(range src $((off + len)) $((32 * MiB - off - len))) <(range orig $((off + len)) $((32 * MiB - off - len))) ||
+		fail "bytes after the window changed"
+	cmp <(range src $off $len) data || fail "the window in the source"
+	# bad ranges
+	bad --offset=33M "$PWD/src" "$PWD/mp"
+	bad --offset=30M --size=4M "$PWD/src" "$PWD/mp"
+	bad -g --offset=1M "$PWD/src" "$PWD/mp"
+	bad --size=0 "$PWD/src" "$PWD/mp"
+}
+
+# ---------------------------------------------------------------------------
 # Bad input: one line `fuseexport: <what>: <why>`, non-zero exit, nothing
 # mounted, the source unchanged. bad ARGS... runs against ./src and ./mp as
 # prepared by bad_setup (or the caller).
@@ -1440,6 +1568,7 @@ for mode in "${mode_list[@]}"; do
 	t "$p fio verify crc32c, 4 jobs, psync" "$M fio" t_fio "$mode"
 	t "$p fio verify crc32c, 4 jobs, libaio iodepth 16 direct" "$M fio" t_fio_aio "$mode"
 	t "$p mkfs.ext4, mount -o loop, e2fsck -fn, qemu-img compare" "$M ext4 qemu-img" t_ext4 "$mode"
+	t "$p window: --offset/--size confine every operation, nothing outside changes" "$M xfs_io python3" t_window "$mode"
 done
 
 IFS=, read -r -a fault_list <<<"$FAULT_MODES"
@@ -1464,6 +1593,9 @@ t "umount (and umount -l) makes the server exit 0" "$M" t_umount_exits
 t "umount of a busy export fails and the export goes on" "$M" t_busy_umount
 t "-d: one line per request, stays in the foreground" "$M" t_debug
 t "passthrough: reads (and growable writes) bypass the server; off and windows fall back" "$M" t_passthrough
+t "without root: through fusermount3, allow_other rules, fusermount3 -u, SIGTERM" "$M setpriv fusermount3 unshare" t_nonroot
+t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unshare" t_helper
+t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
 t "second export on one mount point refused" "$M" t_same_mp
 t "two writable exports of one source: second refused (lock)" "$M" t_lock_rw_rw
 t "two read-only exports of one source allowed" "$M" t_lock_ro_ro
