@@ -29,6 +29,8 @@ bench: fuseexport
 install: fuseexport
 	install -D -m 755 fuseexport $(DESTDIR)$(BINDIR)/fuseexport
 	install -D -m 644 fuseexport.1 $(DESTDIR)$(MANDIR)/man1/fuseexport.1
+	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuseexport
+	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuse.fuseexport
 
 clean:
 	rm -f fuseexport fuseexport-static

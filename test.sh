@@ -1299,6 +1299,15 @@ helper_ns() {
 }
 t_helper() { in_ns helper_ns; }
 
+# make install: the binary, the man page, and the mount(8) helper links
+t_install() {
+	make -s -C "$TOP" install DESTDIR="$PWD/dest" PREFIX=/usr >&2 || fail "make install"
+	[ -x dest/usr/sbin/fuseexport ] || fail "no dest/usr/sbin/fuseexport"
+	[ -f dest/usr/share/man/man1/fuseexport.1 ] || fail "no man page"
+	eq "$(readlink dest/usr/sbin/mount.fuseexport)" fuseexport "mount.fuseexport"
+	eq "$(readlink dest/usr/sbin/mount.fuse.fuseexport)" fuseexport "mount.fuse.fuseexport"
+}
+
 # -o: the same as the long options
 t_o_list() {
 	mkimg src 8; : >mp
@@ -1596,6 +1605,7 @@ t "passthrough: reads (and growable writes) bypass the server; off and windows f
 t "without root: through fusermount3, allow_other rules, fusermount3 -u, SIGTERM" "$M setpriv fusermount3 unshare" t_nonroot
 t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unshare" t_helper
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
+t "make install: binary, man page, mount(8) helper links (DESTDIR, PREFIX)" "make" t_install
 t "second export on one mount point refused" "$M" t_same_mp
 t "two writable exports of one source: second refused (lock)" "$M" t_lock_rw_rw
 t "two read-only exports of one source allowed" "$M" t_lock_ro_ro
