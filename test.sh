@@ -1299,7 +1299,39 @@ helper_ns() {
 }
 t_helper() { in_ns helper_ns; }
 
-# make install: the binary, the man page, and the mount(8) helper links
+# fsx-style torture: seeded random writes, reads, truncates, punches, zero
+# ranges, fsyncs and mmap access, every read checked against a model; one
+# process over the whole file, then four on disjoint stretches at once
+t_torture() {
+	local seed=${FX_SEED:-$RANDOM} ops=${FX_TORTURE_OPS:-1500}
+	mkimg src 8; : >mp
+	fx_up -g $1 "$PWD/src" "$PWD/mp"
+	log "seed $seed (replay: FX_SEED=$seed)"
+	"$PY" "$TOP/tests/torture.py" mp "$seed" "$ops" 1 >&2 || fail "one process, seed $seed"
+	"$PY" "$TOP/tests/torture.py" mp "$((seed + 1))" "$ops" 4 >&2 || fail "four processes, seed $((seed + 1))"
+	fx_down "$PWD/mp"
+}
+
+# crash consistency: the server SIGKILLed at a random moment under a writer
+# that fsyncs each block; every block fsync'ed before is in the source
+t_crash() {
+	local round seed writer
+	for round in 1 2 3; do
+		seed=$RANDOM
+		mkimg src 32; : >mp; : >journal
+		fx_up -w $1 "$PWD/src" "$PWD/mp"
+		"$PY" "$TOP/tests/crash.py" write mp journal "$seed" &
+		writer=$!
+		sleep "0.$((RANDOM % 9 + 1))"
+		kill -KILL "$FXPID"
+		wait_gone "$writer" 20 || fail "round $round: the writer hangs after the server died"
+		umount -l "$PWD/mp"
+		log "round $round, seed $seed: $(wc -l <journal) blocks fsync'ed before the kill"
+		"$PY" "$TOP/tests/crash.py" verify src journal >&2 || fail "round $round, seed $seed"
+	done
+}
+
+# make install: the binary# make install: the binary, the man page, and the mount(8) helper links
 t_install() {
 	make -s -C "$TOP" install DESTDIR="$PWD/dest" PREFIX=/usr >&2 || fail "make install"
 	[ -x dest/usr/sbin/fuseexport ] || fail "no dest/usr/sbin/fuseexport"
@@ -1578,6 +1610,8 @@ for mode in "${mode_list[@]}"; do
 	t "$p fio verify crc32c, 4 jobs, libaio iodepth 16 direct" "$M fio" t_fio_aio "$mode"
 	t "$p mkfs.ext4, mount -o loop, e2fsck -fn, qemu-img compare" "$M ext4 qemu-img" t_ext4 "$mode"
 	t "$p window: --offset/--size confine every operation, nothing outside changes" "$M xfs_io python3" t_window "$mode"
+	t "$p torture: seeded random ops, mmap included, checked against a model" "$M python3" t_torture "$mode"
+	t "$p crash: SIGKILL under an fsyncing writer loses nothing fsync'ed" "$M python3" t_crash "$mode"
 done
 
 IFS=, read -r -a fault_list <<<"$FAULT_MODES"
