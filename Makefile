@@ -22,6 +22,35 @@ fuseexport-static: fuseexport.c fuseexport.h
 test: fuseexport
 	./test.sh
 
+# the request handler under hostile bytes: libFuzzer where clang has it,
+# else a plain driver; either fails on a crash or sanitizer report
+FUZZ_SECONDS = 60
+SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1
+FUZZ_SRC = tests/fuzz.c fuseexport.c
+fuzz: $(FUZZ_SRC) fuseexport.h
+	rm -rf tests/fuzz-corpus && mkdir tests/fuzz-corpus
+	$(CC) -g -O1 -DFUZZ_DRIVER -DFUSEEXPORT_NO_MAIN -o tests/fuzz-driver $(FUZZ_SRC) -pthread
+	tests/fuzz-driver --corpus tests/fuzz-corpus --seconds 0
+	if clang -fsanitize=fuzzer $(SANITIZE) -DFUSEEXPORT_NO_MAIN \
+		-o tests/fuzz-libfuzzer $(FUZZ_SRC) -pthread 2>/dev/null; then \
+		tests/fuzz-libfuzzer -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=tests/ tests/fuzz-corpus; \
+	else \
+		$(CC) $(SANITIZE) -DFUZZ_DRIVER -DFUSEEXPORT_NO_MAIN \
+			-o tests/fuzz-driver $(FUZZ_SRC) -pthread && \
+		tests/fuzz-driver --seconds $(FUZZ_SECONDS); \
+	fi
+
+# the whole suite against an ASan+UBSan build; the detached servers'
+# reports go to tests/asan-logs, and any there fails the run
+asan: fuseexport.c fuseexport.h
+	$(CC) $(SANITIZE) -o fuseexport-asan fuseexport.c -pthread
+	rm -rf tests/asan-logs && mkdir tests/asan-logs
+	ASAN_OPTIONS=detect_leaks=0:log_path=$(CURDIR)/tests/asan-logs/asan \
+	UBSAN_OPTIONS=print_stacktrace=1:log_path=$(CURDIR)/tests/asan-logs/ubsan \
+		FUSEEXPORT=./fuseexport-asan ./test.sh
+	@if ls tests/asan-logs | grep -q .; then cat tests/asan-logs/*; exit 1; fi
+
 # fio side by side: the file, fuseexport in each mode, qemu-storage-daemon
 bench: fuseexport
 	tests/bench.sh
@@ -33,6 +62,7 @@ install: fuseexport
 	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuse.fuseexport
 
 clean:
-	rm -f fuseexport fuseexport-static
+	rm -f fuseexport fuseexport-static fuseexport-asan tests/fuzz-driver tests/fuzz-libfuzzer
+	rm -rf tests/fuzz-corpus tests/asan-logs
 
-.PHONY: all static test bench install clean
+.PHONY: all static test fuzz asan bench install clean

@@ -110,6 +110,7 @@ struct export {
 	const char *mountpoint;		/* absolute once checked */
 	int source_fd;
 	bool is_blockdev, writable, growable, foreground, debug;
+	bool quiet;			/* a test harness: halts say nothing */
 	int allow_other, passthrough;	/* AUTO, OFF or ON */
 	unsigned queues;
 	uint64_t offset;		/* the window's start in the source */
@@ -157,12 +158,14 @@ static int halt(struct export *e, const char *fmt, ...)
 {
 	va_list ap;
 
+	atomic_store(&e->halted, true);
+	if (e->quiet)
+		return -EPROTO;
 	fputs("fuseexport: ", stderr);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputc('\n', stderr);
-	atomic_store(&e->halted, true);
 	return -EPROTO;
 }
 
@@ -1006,6 +1009,7 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->allow_other = AUTO;
 	e->passthrough = AUTO;
 	opterr = 0;
+	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
 				longopts, NULL)) != -1) {
 		if (helper && c == 'f')
@@ -1488,6 +1492,7 @@ struct export *fuseexport_new(int argc, char *argv[])
 		die("out of memory:");
 	e->queue->e = e;
 	e->queue->fd = -1;
+	e->quiet = true;
 	if (e->allow_other == AUTO)
 		e->allow_other = ON;
 	return e;

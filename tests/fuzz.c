@@ -1,0 +1,360 @@
+/* fuzz.c - hostile requests against fuseexport's request handler
+ *
+ * Drives the transport-independent handler declared in fuseexport.h with
+ * arbitrary bytes, as /dev/fuse would deliver them, on a scratch source:
+ * no crash, no sanitizer report, every reply well framed, and never a byte
+ * written outside the export's window. An input is a series of requests,
+ * each a 2-byte little-endian length and that many bytes; its first byte
+ * picks how the source is exported (a window, growable, read-only,
+ * writable), and a valid INIT always goes first.
+ *
+ * Built two ways: with clang -fsanitize=fuzzer as a libFuzzer target, or
+ * with -DFUZZ_DRIVER as a plain program that writes the seed corpus
+ * (--corpus DIR), replays files, and mutates the seeds for a bounded time:
+ *
+ *   fuzz [--corpus DIR] [--seconds N] [--seed N] [FILE...]
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../fuseexport.h"
+
+enum {
+	SOURCE_SIZE = 256 * 1024,
+	WINDOW_OFFSET = 64 * 1024,	/* the window: 64 KiB + 128 KiB */
+	WINDOW_SIZE = 128 * 1024,
+	REPLY_SIZE = (1 << 20) + 4096,
+};
+
+static char source[64];
+static unsigned char original[SOURCE_SIZE];
+static unsigned char *reply, *scratch;
+
+static void fail(const char *what)
+{
+	fprintf(stderr, "fuzz: %s\n", what);
+	abort();
+}
+
+/* Make the scratch source and its original contents, once */
+static void setup(void)
+{
+	char dir[] = "/tmp/fuseexport-fuzz.XXXXXX";
+	unsigned i;
+
+	if (!mkdtemp(dir))
+		fail("mkdtemp");
+	snprintf(source, sizeof(source), "%s/src", dir);
+	for (i = 0; i < SOURCE_SIZE; i++)
+		original[i] = i % 251 + (i >> 12);
+	reply = malloc(REPLY_SIZE);
+	scratch = malloc(SOURCE_SIZE);
+	if (!reply || !scratch)
+		fail("malloc");
+}
+
+static void reset_source(void)
+{
+	int fd = open(source, O_RDWR | O_CREAT | O_TRUNC, 0600);
+
+	if (fd < 0 || pwrite(fd, original, SOURCE_SIZE, 0) != SOURCE_SIZE)
+		fail("writing the source");
+	close(fd);
+}
+
+/* Fail unless every byte outside [lo, hi) of the source is as it was */
+static void check_outside(size_t lo, size_t hi)
+{
+	int fd = open(source, O_RDONLY);
+	struct stat st;
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		fail("reopening the source");
+	if (st.st_size != SOURCE_SIZE)
+		fail("a window's source changed size");
+	if (pread(fd, scratch, SOURCE_SIZE, 0) != SOURCE_SIZE)
+		fail("reading the source back");
+	close(fd);
+	if (memcmp(scratch, original, lo) ||
+	    memcmp(scratch + hi, original + hi, SOURCE_SIZE - hi))
+		fail("a byte outside the window changed");
+}
+
+static long request(struct export *e, const void *req, size_t len)
+{
+	const struct fuse_in_header *in = req;
+	const struct fuse_out_header *out = (const void *)reply;
+	long r = fuseexport_request(e, req, len, reply, REPLY_SIZE);
+
+	if (r > 0) {
+		if (r < (long)sizeof(*out) || out->len != r)
+			fail("a reply's length is not its header's");
+		if (out->unique != in->unique)
+			fail("a reply to another request");
+		if (out->error > 0 || out->error < -4095 ||
+		    (out->error && r != sizeof(*out)))
+			fail("a bad error reply");
+	}
+	return r;
+}
+
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
+{
+	static const char *const modes[][3] = {
+		{ "-w", "--offset=64K", "--size=128K" },
+		{ "-g", "-q1", "-q1" },
+		{ "-q1", "-q1", "-q1" },
+		{ "-w", "-q1", "-q1" },
+	};
+	struct {
+		struct fuse_in_header in;
+		struct fuse_init_in init;
+	} init = {
+		{ sizeof(init), FUSE_INIT, 1, 0, 0, 0, 0, 0, 0 },
+		{ FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, 131072,
+		  0xffffffff, 0xffffffff, { 0 } },
+	};
+	unsigned mode = size ? data[0] % 4 : 0;
+	char *argv[] = { "fuseexport", (char *)modes[mode][0],
+			 (char *)modes[mode][1], (char *)modes[mode][2],
+			 source, "/nonexistent", NULL };
+	struct export *e;
+	size_t pos = 1;
+
+	if (!*source)
+		setup();
+	reset_source();
+	e = fuseexport_new(6, argv);
+	if (request(e, &init, sizeof(init)) <= 0)
+		fail("INIT refused");
+	while (pos + 2 <= size) {
+		size_t len = data[pos] | data[pos + 1] << 8;
+
+		pos += 2;
+		if (len > size - pos)
+			len = size - pos;
+		memcpy(scratch, data + pos, len);
+		pos += len;
+		if (request(e, scratch, len) < 0)
+			break;		/* halted: the stream is not to be trusted */
+	}
+	fuseexport_free(e);
+	if (mode == 0)
+		check_outside(WINDOW_OFFSET, WINDOW_OFFSET + WINDOW_SIZE);
+	if (mode == 2)
+		check_outside(0, 0);	/* read-only: nothing at all */
+	return 0;
+}
+
+#ifdef FUZZ_DRIVER
+/* The seed corpus: a valid request of every opcode the handler serves,
+ * and truncated, oversized and overflowing variants of each */
+static size_t add(unsigned char *buf, size_t n, uint32_t opcode,
+		  const void *op, size_t oplen, size_t payload, int variant)
+{
+	struct fuse_in_header in = { 0 };
+	size_t len = sizeof(in) + oplen + payload;
+	unsigned char *p = buf + n + 2;
+
+	in.len = len;
+	in.opcode = opcode;
+	in.unique = 2 + n;
+	in.nodeid = FUSE_ROOT_ID;
+	if (variant == 1)
+		len = sizeof(in) + oplen / 2;		/* truncated op struct */
+	if (variant == 2)
+		in.len += 4096;				/* says more than came */
+	memcpy(p, &in, sizeof(in));
+	if (oplen)
+		memcpy(p + sizeof(in), op, oplen);
+	memset(p + sizeof(in) + oplen, 0xa5, payload);
+	if (variant == 3 && len >= 4)
+		len -= 3;				/* short of its payload */
+	buf[n] = len & 0xff;
+	buf[n + 1] = len >> 8;
+	return n + 2 + len;
+}
+
+static void write_file(const char *dir, int index, const void *data, size_t len)
+{
+	char path[4096];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/seed-%03d", dir, index);
+	f = fopen(path, "w");
+	if (!f || fwrite(data, 1, len, f) != len || fclose(f))
+		fail("writing the corpus");
+}
+
+/* Write the seeds to dir (if any) and/or keep them in seeds; returns count */
+static int make_seeds(const char *dir, unsigned char **seeds, size_t *sizes, int max)
+{
+	const uint64_t big = UINT64_MAX - 100;
+	struct fuse_setattr_in sa = { .valid = FATTR_SIZE | FATTR_MODE | FATTR_ATIME |
+				      FATTR_MTIME_NOW, .size = 100000, .mode = 0100600 };
+	struct fuse_open_in op = { .flags = O_RDWR | O_TRUNC };
+	struct fuse_read_in rd = { .offset = 60000, .size = 131072 };
+	struct fuse_read_in rd_big = { .offset = big, .size = 4096 };
+	struct fuse_write_in wr = { .offset = 120000, .size = 20000 };
+	struct fuse_write_in wr_big = { .offset = big, .size = 512 };
+	struct fuse_fallocate_in fa[] = {
+		{ .offset = 1000, .length = 300000, .mode = 0x03 },
+		{ .offset = 100, .length = 200000, .mode = 0x10 },
+		{ .offset = 0, .length = 400000, .mode = 0x00 },
+		{ .offset = 5000, .length = 9000, .mode = 0x01 },
+		{ .offset = big, .length = 1000, .mode = 0x11 },
+		{ .offset = 0, .length = 4096, .mode = 0x08 },
+	};
+	struct fuse_lseek_in ls[] = { { .offset = 0, .whence = 3 },
+				      { .offset = 4096, .whence = 4 },
+				      { .offset = big, .whence = 3 } };
+	struct fuse_fsync_in fs = { .fsync_flags = 1 };
+	struct fuse_release_in rl = { 0 };
+	struct fuse_flush_in fl = { 0 };
+	struct fuse_getattr_in ga = { 0 };
+	struct fuse_forget_in fg = { 1 };
+	struct fuse_batch_forget_in bf = { 1000000, 0 };
+	struct fuse_interrupt_in it = { 7 };
+	struct fuse_init_in init2 = { 7, 45, 0, 0, 0, { 0 } };
+	struct { uint32_t opcode; const void *op; size_t len, payload; } reqs[] = {
+		{ FUSE_LOOKUP, "name", 5, 0 }, { FUSE_GETATTR, &ga, sizeof(ga), 0 },
+		{ FUSE_SETATTR, &sa, sizeof(sa), 0 }, { FUSE_OPEN, &op, sizeof(op), 0 },
+		{ FUSE_READ, &rd, sizeof(rd), 0 }, { FUSE_READ, &rd_big, sizeof(rd_big), 0 },
+		{ FUSE_WRITE, &wr, sizeof(wr), 20000 },
+		{ FUSE_WRITE, &wr_big, sizeof(wr_big), 512 },
+		{ FUSE_STATFS, NULL, 0, 0 }, { FUSE_RELEASE, &rl, sizeof(rl), 0 },
+		{ FUSE_FSYNC, &fs, sizeof(fs), 0 }, { FUSE_FLUSH, &fl, sizeof(fl), 0 },
+		{ FUSE_FALLOCATE, &fa[0], sizeof(fa[0]), 0 },
+		{ FUSE_FALLOCATE, &fa[1], sizeof(fa[1]), 0 },
+		{ FUSE_FALLOCATE, &fa[2], sizeof(fa[2]), 0 },
+		{ FUSE_FALLOCATE, &fa[3], sizeof(fa[3]), 0 },
+		{ FUSE_FALLOCATE, &fa[4], sizeof(fa[4]), 0 },
+		{ FUSE_FALLOCATE, &fa[5], sizeof(fa[5]), 0 },
+		{ FUSE_LSEEK, &ls[0], sizeof(ls[0]), 0 }, { FUSE_LSEEK, &ls[1], sizeof(ls[1]), 0 },
+		{ FUSE_LSEEK, &ls[2], sizeof(ls[2]), 0 },
+		{ FUSE_FORGET, &fg, sizeof(fg), 0 }, { FUSE_BATCH_FORGET, &bf, sizeof(bf), 0 },
+		{ FUSE_INTERRUPT, &it, sizeof(it), 0 }, { FUSE_DESTROY, NULL, 0, 0 },
+		{ FUSE_INIT, &init2, sizeof(init2), 0 }, { FUSE_MKDIR, "x", 2, 0 },
+		{ FUSE_COPY_FILE_RANGE_64, NULL, 0, 0 }, { 4096, NULL, 0, 0 },
+		{ 0xffffffff, NULL, 0, 0 },
+	};
+	int count = 0;
+	size_t i, n;
+	int variant, mode;
+
+	for (i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+		for (variant = 0; variant < 4; variant++) {
+			for (mode = 0; mode < 4; mode++) {
+				unsigned char *buf = malloc(65536);
+				if (!buf)
+					fail("malloc");
+				buf[0] = mode;
+				n = add(buf, 1, reqs[i].opcode, reqs[i].op,
+					reqs[i].len, reqs[i].payload, variant);
+				/* and a read of the whole file after it */
+				n = add(buf, n, FUSE_READ, &rd, sizeof(rd), 0, 0);
+				if (dir)
+					write_file(dir, count, buf, n);
+				if (count < max) {
+					seeds[count] = buf;
+					sizes[count] = n;
+				} else {
+					free(buf);
+				}
+				count++;
+			}
+		}
+	}
+	return count < max ? count : max;
+}
+
+static unsigned char *read_whole(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "r");
+	unsigned char *buf = malloc(1 << 20);
+
+	if (!f || !buf)
+		fail(path);
+	*len = fread(buf, 1, 1 << 20, f);
+	fclose(f);
+	return buf;
+}
+
+int main(int argc, char *argv[])
+{
+	enum { MAX_SEEDS = 1024 };
+	static unsigned char *seeds[MAX_SEEDS];
+	static size_t sizes[MAX_SEEDS];
+	static const uint64_t interesting[] = {
+		0, 1, 4095, 4096, 65536, 131072, 1 << 20, (1 << 20) + 1,
+		0x7fffffff, 0xffffffff, 0x7fffffffffffffffULL, 0xffffffffffffffffULL,
+	};
+	const char *corpus = NULL;
+	unsigned long seconds = 10, seed = time(NULL), runs = 0;
+	unsigned char *input = malloc(65536 + 64);
+	int nseeds, i;
+	time_t end;
+
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--corpus") && i + 1 < argc)
+			corpus = argv[++i];
+		else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+			seconds = strtoul(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+			seed = strtoul(argv[++i], NULL, 10);
+		else
+			break;
+	}
+	nseeds = make_seeds(corpus, seeds, sizes, MAX_SEEDS);
+	if (corpus && i == argc && !seconds)
+		return 0;
+	for (; i < argc; i++) {		/* replay files */
+		size_t len;
+		unsigned char *buf = read_whole(argv[i], &len);
+		LLVMFuzzerTestOneInput(buf, len);
+		free(buf);
+		runs++;
+	}
+	for (i = 0; i < nseeds; i++, runs++)
+		LLVMFuzzerTestOneInput(seeds[i], sizes[i]);
+	printf("fuzz: seed %lu, %d seed inputs replayed\n", seed, nseeds);
+	srandom(seed);
+	for (end = time(NULL) + seconds; time(NULL) < end; runs++) {
+		int s = random() % nseeds, k, edits = 1 + random() % 8;
+		size_t len = sizes[s];
+
+		memcpy(input, seeds[s], len);
+		for (k = 0; k < edits && len > 1; k++) {
+			size_t at = 1 + random() % (len - 1);
+			switch (random() % 5) {
+			case 0: input[at] ^= 1 << (random() % 8); break;
+			case 1: input[at] = random(); break;
+			case 2: len = at; break;
+			case 3:
+				if (at + 8 <= len)
+					memcpy(input + at, &interesting[random() % 12], 8);
+				break;
+			case 4:
+				if (at + 4 <= len)
+					memcpy(input + at, &interesting[random() % 12], 4);
+				break;
+			}
+		}
+		LLVMFuzzerTestOneInput(input, len);
+	}
+	printf("fuzz: %lu executions in %lu s, no failure\n", runs, seconds);
+	free(input);
+	for (i = 0; i < nseeds; i++)
+		free(seeds[i]);
+	return 0;
+}
+#endif
