@@ -1331,7 +1331,35 @@ t_crash() {
 	done
 }
 
-# make install: the binary# make install: the binary, the man page, and the mount(8) helper links
+# The README's Security section, claim by claim: other users are kept out
+# by the mode bits (default_permissions) and entirely without allow_other;
+# chmod can open the file to them only with allow_other; a writable export
+# of a block device that is mounted is refused (O_EXCL)
+t_security() {
+	local loop
+	mkimg src 8; : >mp; chmod 755 .
+	fx_up -w --allow-other=on "$PWD/src" "$PWD/mp"
+	as_user cat mp >/dev/null 2>&1 && fail "another user read a -rw------- export"
+	chmod 644 mp || fail "chmod 644 with allow_other"
+	as_user cmp mp src || fail "another user cannot read after chmod 644"
+	as_user dd if=/dev/zero of=mp bs=4k count=1 conv=notrunc status=none 2>/dev/null &&
+		fail "another user wrote to a -rw-r--r-- export"
+	as_user chmod 666 mp 2>/dev/null && fail "another user changed the mode"
+	fx_down "$PWD/mp"
+	fx_up -w --allow-other=off "$PWD/src" "$PWD/mp"
+	chmod 644 mp 2>/dev/null && fail "chmod 644 without allow_other"
+	as_user stat mp >/dev/null 2>&1 && fail "another user got in without allow_other"
+	fx_down "$PWD/mp"
+	mkfs.ext4 -q -F src >/dev/null 2>&1
+	loop=$(losetup -f --show src); track_loop "$loop"
+	mkdir m; mount "$loop" m; track_mount "$PWD/m"
+	"$FX" -w "$loop" "$PWD/mp" 2>err && fail "a mounted block device exported writable"
+	log "$(cat err)"
+	umount m
+	return 0
+}
+
+# make install: the binary, the man page, and the mount(8) helper links
 t_install() {
 	make -s -C "$TOP" install DESTDIR="$PWD/dest" PREFIX=/usr >&2 || fail "make install"
 	[ -x dest/usr/sbin/fuseexport ] || fail "no dest/usr/sbin/fuseexport"
@@ -1640,6 +1668,7 @@ t "without root: through fusermount3, allow_other rules, fusermount3 -u, SIGTERM
 t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unshare" t_helper
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
 t "make install: binary, man page, mount(8) helper links (DESTDIR, PREFIX)" "make" t_install
+t "security: mode bits, allow_other, chmod rules, a mounted device refused" "$M setpriv loop ext4" t_security
 t "second export on one mount point refused" "$M" t_same_mp
 t "two writable exports of one source: second refused (lock)" "$M" t_lock_rw_rw
 t "two read-only exports of one source allowed" "$M" t_lock_ro_ro
