@@ -108,6 +108,7 @@ struct queue {
 struct export {
 	const char *source_path;
 	const char *mountpoint;		/* absolute once checked */
+	char *mountpoint_buf;		/* which realpath() allocated */
 	int source_fd;
 	bool is_blockdev, writable, growable, foreground, debug;
 	bool quiet;			/* a test harness: halts say nothing */
@@ -1196,7 +1197,7 @@ static void check_mountpoint(struct export *e)
 	if (exported_at(abs))
 		die("%s: already exported (end that export with: umount %s)",
 		    path, path);
-	e->mountpoint = abs;
+	e->mountpoint = e->mountpoint_buf = abs;
 }
 
 /* The full path of the first of names found on PATH, or NULL */
@@ -1520,9 +1521,13 @@ long fuseexport_request(struct export *e, const void *request, size_t len,
 
 void fuseexport_free(struct export *e)
 {
+	unsigned i;
+
 	close(e->source_fd);
-	free(e->queue->data);
+	for (i = 0; e->queue && i < e->queues; i++)
+		free(e->queue[i].data);
 	free(e->queue);
+	free(e->mountpoint_buf);
 	free(e);
 }
 
@@ -1530,6 +1535,7 @@ void fuseexport_free(struct export *e)
 int main(int argc, char *argv[])
 {
 	struct export *e = calloc(1, sizeof(*e));
+	int status;
 
 	if (!e)
 		die("out of memory:");
@@ -1539,6 +1545,8 @@ int main(int argc, char *argv[])
 	mount_export(e);
 	if (!e->foreground)
 		detach(e);
-	return run_export(e);
+	status = run_export(e);
+	fuseexport_free(e);
+	return status;
 }
 #endif
