@@ -1359,6 +1359,61 @@ t_security() {
 	return 0
 }
 
+# Command-line fuzz: random and malformed argument lists from a pool of
+# tokens never crash the program (no exit by signal, no hang) and never leave
+# a mount or a server behind; the seed is printed
+t_cmdline_fuzz() {
+	local seed=${FX_SEED:-$RANDOM} i n k m rc args pool before pid
+	mkimg src 4; : >mp; mkdir d; mkfifo f
+	before=$(sum src)
+	pool=(-w -g -q -q0 -q1 -q65 -q999999999999999999999 --queues= --queues=2
+		--allow-other --allow-other=on --allow-other=x --passthrough=on --passthrough=
+		--offset=1M --offset=-1 --offset=99T --size=0 --size=1K --size=1Q -o -o ro
+		-o rw,growable -o queues=0 -o size= -o bogus -o ,,, -o = -h -V -- - --bogus -x
+		"" " " "$PWD/src" "$PWD/src" "$PWD/mp" "$PWD/mp" "$PWD/d" "$PWD/f" /dev/null
+		"$PWD/nosuch" "$(printf 'a\tb\nc')" "$(head -c 300 /dev/zero | tr '\0' x)")
+	log "seed $seed (replay: FX_SEED=$seed)"
+	RANDOM=$seed
+	for i in $(seq ${FX_CMDLINE_RUNS:-300}); do
+		args=(); n=$((RANDOM % 6))
+		for k in $(seq $n); do args+=("${pool[RANDOM % ${#pool[@]}]}"); done
+		rc=0; timeout -s KILL 10 env --default-signal=INT,TERM,HUP "$FX" "${args[@]}" \
+			>/dev/null 2>err </dev/null || rc=$?
+		[ "$rc" -le 128 ] || fail "run $i: killed by signal $((rc - 128)) (137: hung): fuseexport ${args[*]}"
+		for m in "$PWD/mp" "$PWD/src"; do	# either may be the mount point
+			mounted "$m" || continue
+			[ "$rc" -eq 0 ] || fail "run $i: exit $rc yet mounted: ${args[*]}"
+			pid=$(fx_pid "$m")
+			umount "$m" || fail "run $i: cannot unmount after ${args[*]}"
+			[ -z "$pid" ] || wait_gone "$pid" 10 || fail "run $i: server stays after umount"
+		done
+	done
+	[ -z "$(fx_pid "$PWD/mp")$(fx_pid "$PWD/src")" ] || fail "a server is left running"
+	eq "$(sum src)" "$before" "source checksum"
+}
+
+# A short export session of the plain build under valgrind: no error, no leak
+t_valgrind() {
+	local vx=$TOP/fuseexport i
+	[ -x "$vx" ] || make -s -C "$TOP" fuseexport >&2
+	mkimg src 8; cp src expected; : >mp
+	valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
+		--log-file="$PWD/vg.log" "$vx" -f -w -q 2 "$PWD/src" "$PWD/mp" &
+	FXPID=$!; track_pid "$FXPID"; track_mount "$PWD/mp"
+	for i in $(seq 150); do fuse_mounted "$PWD/mp" && break; sleep 0.2; done
+	fuse_mounted "$PWD/mp" || fail "no export under valgrind: $(cat vg.log)"
+	cmp mp expected || fail "cmp"
+	head -c 262144 /dev/urandom >data
+	dd if=data of=mp bs=64k seek=3 conv=notrunc status=none
+	dd if=data of=expected bs=64k seek=3 conv=notrunc status=none
+	xfs_io -c "fpunch 0 64k" -c "seek -a -r 0" -c fsync mp >/dev/null
+	dd if=/dev/zero of=expected bs=64k count=1 conv=notrunc status=none
+	stat -f mp >/dev/null; touch mp; truncate -s 8M mp
+	umount "$PWD/mp"
+	wait "$FXPID" || { cat vg.log >&2; fail "valgrind: exit status $?"; }
+	cmp src expected || fail "the source after the session"
+}
+
 # make install: the binary, the man page, and the mount(8) helper links
 t_install() {
 	make -s -C "$TOP" install DESTDIR="$PWD/dest" PREFIX=/usr >&2 || fail "make install"
@@ -1386,6 +1441,12 @@ t_o_list() {
 t_window() {
 	mkimg src 32; cp src orig; : >mp
 	local off=$((5 * MiB)) len=$((12 * MiB))
+	case " $1 " in *" --passthrough=on "*)	# a window cannot pass through
+		"$FX" -w --offset=5M --size=12M $1 "$PWD/src" "$PWD/mp" 2>err &&
+			fail "--passthrough=on accepted a window"
+		grep -q "passthrough=on: " err || fail "refusal: $(cat err)"
+		set -- "${1/--passthrough=on/--passthrough=auto}" ;;
+	esac
 	fx_up -w --offset=5M --size=12M $1 "$PWD/src" "$PWD/mp"
 	eq "$(stat -c %s mp)" $len "size"
 	cmp mp <(range orig $off $len) || fail "reads"
@@ -1669,6 +1730,8 @@ t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unsh
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
 t "make install: binary, man page, mount(8) helper links (DESTDIR, PREFIX)" "make" t_install
 t "security: mode bits, allow_other, chmod rules, a mounted device refused" "$M setpriv loop ext4" t_security
+t "command-line fuzz: random argument lists never crash, hang or leave a mount" "$M" t_cmdline_fuzz
+t "valgrind: a short export session is clean" "$M valgrind xfs_io" t_valgrind
 t "second export on one mount point refused" "$M" t_same_mp
 t "two writable exports of one source: second refused (lock)" "$M" t_lock_rw_rw
 t "two read-only exports of one source allowed" "$M" t_lock_ro_ro
