@@ -22,8 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
@@ -50,10 +52,12 @@ static const char usage_text[] =
 "  -q, --queues=N          N queues and threads (default: online CPUs, max 64)\n"
 "      --allow-other=auto|on|off   let other users in (default: auto)\n"
 "      --passthrough=auto|on|off   kernel passthrough of reads and writes\n"
+"      --io-uring=auto|on|off      take requests through FUSE over io_uring\n"
 "      --offset=BYTES      export SOURCE from this offset (K, M, G, T suffixes)\n"
 "      --size=BYTES        export only this many bytes of SOURCE\n"
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
-"                          allow_other, queues=N, passthrough=MODE, offset=,\n"
+"                          allow_other, queues=N, passthrough=MODE,\n"
+"                          io_uring=MODE, offset=,\n"
 "                          size=; generic mount options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
@@ -67,6 +71,7 @@ enum {
 	 * directly */
 	REQ_HEAD = sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in),
 	ATTR_VALID_SECONDS = 1,
+	RING_DEPTH = 16,			/* entries per io_uring queue */
 };
 
 enum { AUTO = -1, OFF = 0, ON = 1 };
@@ -102,6 +107,28 @@ struct queue {
 		struct fuse_statfs_out statfs;
 	} reply;
 	struct iovec iov[2];			/* the reply as sent */
+	bool from_ring;				/* io_uring: the op struct came whole */
+};
+
+/* FUSE over io_uring: a ring per possible CPU, its thread pinned there,
+ * each of its entries a request's header and payload buffers */
+struct ring_entry {
+	struct fuse_uring_req_header header;
+	char *payload;				/* DATA_SIZE bytes */
+	struct iovec iov[2];
+};
+
+struct ring {
+	struct export *e;
+	unsigned qid;
+	pthread_t thread;
+	int fd;
+	struct queue q;		/* serve()'s buffers; q.data: the entry's payload */
+	uint32_t *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+	struct io_uring_sqe128 *sqes;
+	struct io_uring_cqe *cqes;
+	uint32_t pending;			/* SQEs filled, not yet submitted */
+	struct ring_entry entry[RING_DEPTH];
 };
 
 /* One export: the source, what the exported file looks like, the queues */
@@ -112,7 +139,7 @@ struct export {
 	int source_fd;
 	bool is_blockdev, writable, growable, foreground, debug;
 	bool quiet;			/* a test harness: halts say nothing */
-	int allow_other, passthrough;	/* AUTO, OFF or ON */
+	int allow_other, passthrough, io_uring;	/* AUTO, OFF or ON */
 	unsigned queues;
 	uint64_t offset;		/* the window's start in the source */
 	uint64_t window;		/* its length; 0: to the end */
@@ -130,6 +157,9 @@ struct export {
 					 * file: 0 not yet, < 0 refused */
 	int fuse_fd;
 	struct queue *queue;
+	bool uring;			/* FUSE over io_uring negotiated */
+	struct ring *rings;
+	unsigned nrings;
 	atomic_int running;		/* queue threads still serving */
 	atomic_int ready_fd;		/* tells the waiting parent we're live */
 	atomic_bool halted;
@@ -379,6 +409,13 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 	if (!e->no_passthrough && !(offered & FUSE_PASSTHROUGH))
 		e->no_passthrough = "the kernel offers no FUSE passthrough "
 				    "(Linux 6.9 and later, CONFIG_FUSE_PASSTHROUGH)";
+	if (e->io_uring != OFF && (offered & FUSE_OVER_IO_URING))
+		flags |= FUSE_OVER_IO_URING | FUSE_INIT_EXT;
+	else if (e->io_uring == ON)
+		return halt(e, "--io-uring=on: the kernel offers no FUSE over io_uring "
+			    "(Linux 6.14 and later, with "
+			    "/sys/module/fuse/parameters/enable_uring set to Y)");
+	e->uring = flags & FUSE_OVER_IO_URING;
 	if (!e->no_passthrough) {
 		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
 		out->max_stack_depth = 1;	/* the source is no FUSE file */
@@ -778,7 +815,7 @@ static int serve(struct export *e, struct queue *q, size_t len)
 	if (in->opcode < FUSE_OPCODE_END && operations[in->opcode].name)
 		op = &operations[in->opcode];
 	/* a longer op struct spilled into the payload buffer: fetch it back */
-	if (in->opcode != FUSE_WRITE && len > REQ_HEAD)
+	if (in->opcode != FUSE_WRITE && len > REQ_HEAD && !q->from_ring)
 		memcpy((char *)&q->req + REQ_HEAD, q->data,
 		       min_u64(len, sizeof(q->req)) - REQ_HEAD);
 	oplen = len - sizeof(*in);
@@ -833,11 +870,200 @@ static void tell_ready(struct export *e)
 	close(fd);
 }
 
+/* The number of possible CPUs, one past the highest that
+ * /sys/devices/system/cpu/possible lists ("0-3,5"), or 0 */
+static unsigned possible_cpus(void)
+{
+	FILE *f = fopen("/sys/devices/system/cpu/possible", "re");
+	unsigned n = 0, v;
+	int c = ',';
+
+	while (f && (c == ',' || c == '-') && fscanf(f, "%u", &v) == 1) {
+		n = v + 1 > n ? v + 1 : n;
+		c = fgetc(f);
+	}
+	if (f)
+		fclose(f);
+	return n;
+}
+
+/* Set up a ring: io_uring_setup with 128-byte SQEs, its three maps, and
+ * the entries' payload buffers. Returns 0 or -errno. */
+static int ring_setup(struct ring *r)
+{
+	struct io_uring_params p = { .flags = IORING_SETUP_SQE128 };
+	size_t sq_size, cq_size;
+	char *sq, *cq;
+	int i;
+
+	r->fd = syscall(__NR_io_uring_setup, RING_DEPTH, &p);
+	if (r->fd < 0)
+		return -errno;
+	sq_size = p.sq_off.array + p.sq_entries * sizeof(uint32_t);
+	cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+	if (p.features & IORING_FEAT_SINGLE_MMAP)
+		sq_size = cq_size = sq_size > cq_size ? sq_size : cq_size;
+	sq = mmap(NULL, sq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+		  r->fd, IORING_OFF_SQ_RING);
+	cq = p.features & IORING_FEAT_SINGLE_MMAP ? sq :
+	     mmap(NULL, cq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+		  r->fd, IORING_OFF_CQ_RING);
+	r->sqes = mmap(NULL, p.sq_entries * sizeof(*r->sqes), PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQES);
+	if (sq == MAP_FAILED || cq == MAP_FAILED || r->sqes == MAP_FAILED)
+		return -errno;
+	r->sq_tail = (uint32_t *)(sq + p.sq_off.tail);
+	r->sq_mask = (uint32_t *)(sq + p.sq_off.ring_mask);
+	r->sq_array = (uint32_t *)(sq + p.sq_off.array);
+	r->cq_head = (uint32_t *)(cq + p.cq_off.head);
+	r->cq_tail = (uint32_t *)(cq + p.cq_off.tail);
+	r->cq_mask = (uint32_t *)(cq + p.cq_off.ring_mask);
+	r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+	for (i = 0; i < RING_DEPTH; i++) {
+		struct ring_entry *ent = &r->entry[i];
+		ent->payload = malloc(DATA_SIZE);
+		if (!ent->payload)
+			return -ENOMEM;
+		ent->iov[0] = (struct iovec){ &ent->header, sizeof(ent->header) };
+		ent->iov[1] = (struct iovec){ ent->payload, DATA_SIZE };
+	}
+	r->q.e = r->e;
+	r->q.fd = -1;
+	r->q.from_ring = true;
+	return 0;
+}
+
+/* Queue a FUSE command for an entry: REGISTER it, or COMMIT its reply and
+ * FETCH the next request */
+static void ring_command(struct ring *r, struct ring_entry *ent, uint32_t op)
+{
+	uint32_t index = (*r->sq_tail + r->pending++) & *r->sq_mask;
+	struct io_uring_sqe128 *sqe = &r->sqes[index];
+	struct fuse_uring_cmd_req *req = (struct fuse_uring_cmd_req *)sqe->cmd;
+
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->opcode = IORING_OP_URING_CMD;
+	sqe->fd = r->e->fuse_fd;
+	sqe->cmd_op = op;
+	sqe->user_data = (uintptr_t)ent;
+	if (op == FUSE_IO_URING_CMD_REGISTER) {
+		sqe->addr = (uintptr_t)ent->iov;
+		sqe->len = 2;
+	}
+	req->qid = r->qid;
+	req->commit_id = ent->header.ring_ent_in_out.commit_id;
+	r->sq_array[index] = index;
+}
+
+/* Serve the request the kernel put in an entry, and queue its reply.
+ * Returns 0, or -EPROTO if the export halts. */
+static int ring_serve(struct ring *r, struct ring_entry *ent)
+{
+	struct export *e = r->e;
+	struct queue *q = &r->q;
+	struct fuse_in_header *in = (struct fuse_in_header *)ent->header.in_out;
+	struct fuse_out_header *out = (struct fuse_out_header *)ent->header.in_out;
+	uint32_t payload = ent->header.ring_ent_in_out.payload_sz;
+	size_t n = 0;
+	int k;
+
+	if (payload > DATA_SIZE || in->len < sizeof(*in) ||
+	    in->len > sizeof(*in) + sizeof(ent->header.op_in) + payload)
+		return halt(e, "halting: an io_uring request of %u bytes with a "
+			    "payload of %u", in->len, payload);
+	memcpy(&q->req, in, sizeof(*in));
+	memcpy((char *)&q->req + sizeof(*in), ent->header.op_in,
+	       sizeof(q->req) - sizeof(*in));
+	q->data = ent->payload;
+	k = serve(e, q, in->len);
+	if (k < 0)
+		return k;
+	if (k == 2) {
+		n = q->iov[1].iov_len;
+		if (q->iov[1].iov_base != ent->payload)
+			memcpy(ent->payload, q->iov[1].iov_base, n);
+	} else if (k == 0) {		/* no reply wanted: an empty one */
+		q->out = (struct fuse_out_header){ sizeof(q->out), 0, in->unique };
+	}
+	*out = q->out;
+	ent->header.ring_ent_in_out.payload_sz = n;
+	ring_command(r, ent, FUSE_IO_URING_CMD_COMMIT_AND_FETCH);
+	return 0;
+}
+
+/* A ring's thread, pinned to its CPU: register every entry, then serve
+ * what the kernel puts in them until it ends them all (-ENOTCONN at
+ * unmount) or the export halts */
+static void *ring_loop(void *arg)
+{
+	struct ring *r = arg;
+	struct export *e = r->e;
+	unsigned live = RING_DEPTH, i;
+	cpu_set_t cpu;
+
+	CPU_ZERO(&cpu);
+	CPU_SET(r->qid, &cpu);
+	pthread_setaffinity_np(pthread_self(), sizeof(cpu), &cpu);
+	for (i = 0; i < RING_DEPTH; i++)
+		ring_command(r, &r->entry[i], FUSE_IO_URING_CMD_REGISTER);
+	while (live && !atomic_load(&e->halted)) {
+		uint32_t head = *r->cq_head, tail;
+
+		__atomic_store_n(r->sq_tail, *r->sq_tail + r->pending, __ATOMIC_RELEASE);
+		if (syscall(__NR_io_uring_enter, r->fd, r->pending, 1,
+			    IORING_ENTER_GETEVENTS, NULL, 0) < 0 && errno != EINTR) {
+			halt(e, "halting: io_uring_enter: %s", strerror(errno));
+			break;
+		}
+		r->pending = 0;
+		tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+		for (; head != tail; head++) {
+			struct io_uring_cqe *cqe = &r->cqes[head & *r->cq_mask];
+			struct ring_entry *ent = (struct ring_entry *)(uintptr_t)cqe->user_data;
+
+			if (cqe->res == 0 && ring_serve(r, ent) == 0)
+				continue;
+			live--;		/* -ENOTCONN: the export is gone */
+			if (cqe->res && cqe->res != -ENOTCONN &&
+			    cqe->res != -ECONNABORTED && e->io_uring == ON)
+				halt(e, "--io-uring=on: the kernel refused a queue: %s",
+				     strerror(-cqe->res));
+		}
+		__atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+	}
+	if (atomic_load(&e->halted))
+		kill(getpid(), SIGUSR1);	/* wake main() */
+	return NULL;
+}
+
+/* Start a ring per possible CPU; the kernel takes requests through them
+ * once every queue has registered. Returns 0 or -errno. */
+static int start_rings(struct export *e)
+{
+	unsigned i;
+	int r;
+
+	e->nrings = possible_cpus();
+	e->rings = calloc(e->nrings, sizeof(*e->rings));
+	if (!e->nrings || !e->rings)
+		return -ENOMEM;
+	for (i = 0; i < e->nrings; i++) {
+		e->rings[i].e = e;
+		e->rings[i].qid = i;
+		if ((r = ring_setup(&e->rings[i])) < 0)
+			return r;
+		if ((r = -pthread_create(&e->rings[i].thread, NULL, ring_loop,
+					 &e->rings[i])) < 0)
+			return r;
+	}
+	return 0;
+}
+
 /* After the INIT reply: set up passthrough, say which path the export
  * takes, and tell the parent it is live. Returns 0, or -EPROTO to halt. */
 static int init_done(struct export *e)
 {
-	int id = e->no_passthrough ? 0 : open_backing(e);
+	int id = e->no_passthrough ? 0 : open_backing(e), r;
 
 	if (id < 0 && e->passthrough == ON)
 		return halt(e, "--passthrough=on: the kernel refused the source "
@@ -852,6 +1078,13 @@ static int init_done(struct export *e)
 			"the source\n", e->growable ? "reads, writes and mmap" :
 			e->writable ? "reads and mmap (writes come here, lest "
 			"they grow the export)" : "reads and mmap");
+	if (e->uring && (r = start_rings(e)) < 0)
+		return halt(e, "halting: starting the io_uring queues: %s",
+			    strerror(-r));
+	if (e->debug)
+		fprintf(stderr, "fuseexport: transport: %s\n", e->uring ?
+			"FUSE over io_uring, a ring per CPU" : "read(2) and "
+			"write(2) on /dev/fuse, a thread per queue");
 	tell_ready(e);
 	return 0;
 }
@@ -963,6 +1196,8 @@ static void parse_mount_options(struct export *e, char *list)
 			e->queues = parse_number("-o queues", value, 1, MAX_QUEUES);
 		else if (value && !strcmp(opt, "passthrough"))
 			e->passthrough = parse_mode("-o passthrough", value);
+		else if (value && !strcmp(opt, "io_uring"))
+			e->io_uring = parse_mode("-o io_uring", value);
 		else if (value && !strcmp(opt, "offset"))
 			e->offset = parse_number("-o offset", value, 0, INT64_MAX);
 		else if (value && !strcmp(opt, "size"))
@@ -985,7 +1220,8 @@ static bool mount_helper(const char *argv0)
 
 static void parse_options(struct export *e, int argc, char *argv[])
 {
-	enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_OFFSET, OPT_SIZE };
+	enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
+	       OPT_SIZE };
 	static const struct option longopts[] = {
 		{ "writable", no_argument, NULL, 'w' },
 		{ "growable", no_argument, NULL, 'g' },
@@ -994,6 +1230,7 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		{ "queues", required_argument, NULL, 'q' },
 		{ "allow-other", required_argument, NULL, OPT_ALLOW_OTHER },
 		{ "passthrough", required_argument, NULL, OPT_PASSTHROUGH },
+		{ "io-uring", required_argument, NULL, OPT_IO_URING },
 		{ "offset", required_argument, NULL, OPT_OFFSET },
 		{ "size", required_argument, NULL, OPT_SIZE },
 		{ "help", no_argument, NULL, 'h' },
@@ -1009,6 +1246,7 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
 	e->allow_other = AUTO;
 	e->passthrough = AUTO;
+	e->io_uring = AUTO;
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -1044,6 +1282,9 @@ static void parse_options(struct export *e, int argc, char *argv[])
 			break;
 		case OPT_PASSTHROUGH:
 			e->passthrough = parse_mode("--passthrough", optarg);
+			break;
+		case OPT_IO_URING:
+			e->io_uring = parse_mode("--io-uring", optarg);
 			break;
 		case OPT_OFFSET:
 			e->offset = parse_number("--offset", optarg, 0, INT64_MAX);
@@ -1473,6 +1714,9 @@ static int run_export(struct export *e)
 	}
 	for (i = 0; i < e->queues; i++)
 		pthread_join(e->queue[i].thread, NULL);
+	for (i = 0; e->rings && i < e->nrings; i++)
+		if (e->rings[i].thread)
+			pthread_join(e->rings[i].thread, NULL);
 	if (e->writable && fsync(e->source_fd) < 0)
 		fprintf(stderr, "fuseexport: %s: flush: %s\n", e->source_path,
 			strerror(errno));

@@ -346,6 +346,93 @@ struct fuse_batch_forget_in {
 	uint32_t dummy;
 };
 
+/*
+ * FUSE over io_uring (7.42): the kernel hands requests to entries that the
+ * server registered on per-CPU queues, through IORING_OP_URING_CMD on a
+ * ring with 128-byte SQEs, and takes each reply with the fetch of the next.
+ */
+#define FUSE_IO_URING_CMD_REGISTER	1
+#define FUSE_IO_URING_CMD_COMMIT_AND_FETCH 2
+
+struct fuse_uring_cmd_req {		/* in the SQE's command area */
+	uint64_t flags;
+	uint64_t commit_id;		/* the unique of the request answered */
+	uint16_t qid;
+	uint8_t padding[6];
+};
+
+struct fuse_uring_ent_in_out {
+	uint64_t flags;
+	uint64_t commit_id;
+	uint32_t payload_sz;		/* bytes used in the payload buffer */
+	uint32_t padding;
+	uint64_t reserved;
+};
+
+struct fuse_uring_req_header {		/* an entry's header buffer */
+	char in_out[128];		/* fuse_in_header, or fuse_out_header */
+	char op_in[128];		/* the opcode's own struct */
+	struct fuse_uring_ent_in_out ring_ent_in_out;
+};
+
+/* The io_uring ABI (include/uapi/linux/io_uring.h), as far as used here */
+#define IORING_SETUP_SQE128	(1U << 10)
+#define IORING_FEAT_SINGLE_MMAP	(1U << 0)
+#define IORING_ENTER_GETEVENTS	(1U << 0)
+#define IORING_OP_URING_CMD	46
+#define IORING_OFF_SQ_RING	0ULL
+#define IORING_OFF_CQ_RING	0x8000000ULL
+#define IORING_OFF_SQES		0x10000000ULL
+
+struct io_sqring_offsets {
+	uint32_t head, tail, ring_mask, ring_entries, flags, dropped, array, resv1;
+	uint64_t resv2;
+};
+
+struct io_cqring_offsets {
+	uint32_t head, tail, ring_mask, ring_entries, overflow, cqes, flags, resv1;
+	uint64_t resv2;
+};
+
+struct io_uring_params {
+	uint32_t sq_entries, cq_entries, flags, sq_thread_cpu, sq_thread_idle;
+	uint32_t features, wq_fd, resv[3];
+	struct io_sqring_offsets sq_off;
+	struct io_cqring_offsets cq_off;
+};
+
+struct io_uring_sqe128 {		/* an SQE of a ring set up with SQE128 */
+	uint8_t opcode;
+	uint8_t flags;
+	uint16_t ioprio;
+	int32_t fd;
+	uint32_t cmd_op;
+	uint32_t pad1;
+	uint64_t addr;
+	uint32_t len;
+	uint32_t uring_cmd_flags;
+	uint64_t user_data;
+	uint16_t buf_index;
+	uint16_t personality;
+	uint32_t file_index;
+	unsigned char cmd[80];		/* struct fuse_uring_cmd_req */
+};
+
+struct io_uring_cqe {
+	uint64_t user_data;
+	int32_t res;
+	uint32_t flags;
+};
+
+_Static_assert(sizeof(struct fuse_uring_cmd_req) == 24, "fuse_uring_cmd_req");
+_Static_assert(sizeof(struct fuse_uring_ent_in_out) == 32, "fuse_uring_ent_in_out");
+_Static_assert(sizeof(struct fuse_uring_req_header) == 288, "fuse_uring_req_header");
+_Static_assert(sizeof(struct io_uring_params) == 120, "io_uring_params");
+_Static_assert(sizeof(struct io_uring_sqe128) == 128, "io_uring_sqe128");
+_Static_assert(offsetof(struct io_uring_sqe128, cmd) == 48, "sqe cmd");
+_Static_assert(offsetof(struct io_uring_sqe128, user_data) == 32, "sqe user_data");
+_Static_assert(sizeof(struct io_uring_cqe) == 16, "io_uring_cqe");
+
 _Static_assert(sizeof(struct fuse_in_header) == 40, "fuse_in_header");
 _Static_assert(sizeof(struct fuse_out_header) == 16, "fuse_out_header");
 _Static_assert(sizeof(struct fuse_init_in) == 64, "fuse_init_in");
