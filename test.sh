@@ -1440,12 +1440,12 @@ t_io_uring() {
 	grep -q "enable_uring" err || fail "the refusal does not say how: $(cat err)"
 	eq "$(wc -l <err)" 1 "lines of the refusal"
 	mounted "$PWD/mp" && fail "mounted after the refusal"
-	fx_fg -d --passthrough=off "$PWD/src" "$PWD/mp"
+	fx_fg -d --passthrough=off --io-uring=auto "$PWD/src" "$PWD/mp"
 	grep -q "transport: read(2)" fg.err || fail "auto without the offer: $(grep transport fg.err)"
 	cmp src mp || fail "cmp over read(2)"
 	fx_down "$PWD/mp"
 	echo Y >$param
-	fx_fg -d --passthrough=off -q 1 "$PWD/src" "$PWD/mp"
+	fx_fg -d --passthrough=off -q 1 -o io_uring=auto "$PWD/src" "$PWD/mp"
 	grep -q "transport: FUSE over io_uring" fg.err || fail "auto with the offer: $(grep transport fg.err)"
 	cmp src mp || fail "cmp over io_uring"
 	dd if=mp of=/dev/null bs=4k iflag=direct status=none

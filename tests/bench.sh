@@ -3,7 +3,8 @@
 #
 # Runs the same fio jobs over one file on tmpfs: the file itself (the limit),
 # fuseexport with passthrough, fuseexport on the /dev/fuse path with one queue
-# and with one queue per CPU, and qemu-storage-daemon's FUSE export (Debian's
+# and with one queue per CPU, the same over FUSE's io_uring transport, and
+# qemu-storage-daemon's FUSE export (Debian's
 # qemu-system-common) as the peer. Prints IOPS, the ratios to the file itself
 # and to the peer, and the servers' resident memory during the QD32 job.
 # Only ratios from one run mean anything: the machine is shared and noisy.
@@ -48,8 +49,9 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
 fi
 
 DIR=$(mktemp -d /tmp/fuseexport-bench.XXXXXX) || exit 1
-SERVER=
+SERVER= URING=/sys/module/fuse/parameters/enable_uring URING_WAS=
 cleanup() {
+	[ -n "$URING_WAS" ] && echo "$URING_WAS" >"$URING"
 	[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null
 	umount -l "$DIR/mp" 2>/dev/null
 	umount -l "$DIR" 2>/dev/null
@@ -62,12 +64,13 @@ dd if=/dev/urandom of="$DIR/img" bs=1M count="$SIZE_MB" status=none || exit 1
 : >"$DIR/mp"
 
 # column name and how to start it; "file" is the source itself
-COLUMNS_ALL="file pt fuse-q1 fuse-qN qsd"
+COLUMNS_ALL="file pt fuse-q1 fuse-qN uring qsd"
 COLUMNS=${BENCH_COLUMNS:-$COLUMNS_ALL}
 declare -A START=(
 	[pt]="$FX -g --passthrough=on"
 	[fuse-q1]="$FX -w --passthrough=off -q 1"
 	[fuse-qN]="$FX -w --passthrough=off -q $(nproc)"
+	[uring]="$FX -w --passthrough=off --io-uring=on"
 )
 
 # start_column NAME: export the image as $DIR/mp; SERVER = the server's pid.
@@ -91,6 +94,11 @@ start_column() {
 		done
 		SERVER=$(cat "$DIR/qsd.pid" 2>/dev/null) ;;
 	*)
+		# FUSE over io_uring needs the kernel's switch (put back on exit)
+		if [ "$1" = uring ] && [ -w "$URING" ] && [ -z "$URING_WAS" ]; then
+			URING_WAS=$(cat "$URING")
+			echo Y >"$URING"
+		fi
 		${START[$1]} -f "$DIR/img" "$DIR/mp" 2>"$DIR/server.err" &
 		SERVER=$!
 		for i in $(seq 100); do
