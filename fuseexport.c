@@ -1,9 +1,12 @@
 /* fuseexport.c - one raw file or block device as one regular file, through FUSE
  *
  * Speaks the kernel's FUSE protocol (include/uapi/linux/fuse.h, 7.9 to 7.45)
- * on /dev/fuse itself, with no libfuse: it mounts with mount(2), then serves
- * requests with one thread per queue, each blocking in read(2) on its own
- * /dev/fuse fd. Modelled on QEMU's FUSE block export (block/export/fuse.c).
+ * on /dev/fuse itself, with no libfuse: it mounts with mount(2) (without
+ * root, through fusermount3), then serves requests with one thread per
+ * queue, each blocking in read(2) on its own /dev/fuse fd, or with a thread
+ * per CPU on FUSE over io_uring; reads and writes may bypass it altogether
+ * by kernel passthrough. Modelled on QEMU's FUSE block export
+ * (block/export/fuse.c). The usage text below is what -h prints.
  *
  * Copyright the fuseexport authors.
  * SPDX-License-Identifier: GPL-2.0-or-later
