@@ -565,7 +565,8 @@ static int fuse_open(struct export *e, struct queue *q, size_t len)
 	return sizeof(*out);
 }
 
-static int fuse_release(struct export *e, struct queue *q, size_t len)
+/* RELEASE and DESTROY: nothing to let go of, and nothing to say */
+static int fuse_nothing(struct export *e, struct queue *q, size_t len)
 {
 	(void)e, (void)q, (void)len;
 	return 0;
@@ -733,12 +734,6 @@ static int fuse_statfs(struct export *e, struct queue *q, size_t len)
 	return sizeof(*st);
 }
 
-static int fuse_destroy(struct export *e, struct queue *q, size_t len)
-{
-	(void)e, (void)q, (void)len;
-	return 0;
-}
-
 /* The dispatcher's table: name (for -d), the op struct a request must
  * carry, the handler (none: ENOSYS), and whether the kernel wants a reply */
 static const struct operation {
@@ -763,7 +758,7 @@ static const struct operation {
 	[FUSE_READ] = { "READ", sizeof(struct fuse_read_in), fuse_read, false },
 	[FUSE_WRITE] = { "WRITE", sizeof(struct fuse_write_in), fuse_write, false },
 	[FUSE_STATFS] = { "STATFS", 0, fuse_statfs, false },
-	[FUSE_RELEASE] = { "RELEASE", sizeof(struct fuse_release_in), fuse_release, false },
+	[FUSE_RELEASE] = { "RELEASE", sizeof(struct fuse_release_in), fuse_nothing, false },
 	[FUSE_FSYNC] = { "FSYNC", sizeof(struct fuse_fsync_in), fuse_fsync, false },
 	[FUSE_SETXATTR] = { "SETXATTR", 0, NULL, false },
 	[FUSE_GETXATTR] = { "GETXATTR", 0, NULL, false },
@@ -782,7 +777,7 @@ static const struct operation {
 	[FUSE_CREATE] = { "CREATE", 0, NULL, false },
 	[FUSE_INTERRUPT] = { "INTERRUPT", sizeof(struct fuse_interrupt_in), NULL, true },
 	[FUSE_BMAP] = { "BMAP", 0, NULL, false },
-	[FUSE_DESTROY] = { "DESTROY", 0, fuse_destroy, false },
+	[FUSE_DESTROY] = { "DESTROY", 0, fuse_nothing, false },
 	[FUSE_IOCTL] = { "IOCTL", 0, NULL, false },
 	[FUSE_POLL] = { "POLL", 0, NULL, false },
 	[FUSE_NOTIFY_REPLY] = { "NOTIFY_REPLY", 0, NULL, true },
