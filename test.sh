@@ -64,7 +64,7 @@ case $HELP in *--passthrough*)
 esac
 case $HELP in *--io-uring*)
 	if [ -e /sys/module/fuse/parameters/enable_uring ]; then
-		MODES="$MODES,--io-uring=on --passthrough=off"
+		MODES="$MODES,-q 2 --io-uring=on --passthrough=off"
 	fi ;;
 esac
 MODES=${FX_MODES:-$MODES}
