@@ -76,7 +76,12 @@ enum {
 	REQ_HEAD = sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in),
 	ATTR_VALID_SECONDS = 1,
 	RING_DEPTH = 16,			/* entries per io_uring queue */
+	/* a mapping of the source builds up page tables, as many as a page
+	 * per READ at worst: one over MAP_WHOLE is made anew every
+	 * MAP_REFRESH READs, which bounds them at a few MiB */
+	MAP_REFRESH = 1024,
 };
+#define MAP_WHOLE (4ULL << 30)
 
 enum { AUTO = -1, OFF = 0, ON = 1 };
 
@@ -148,6 +153,12 @@ struct export {
 	uint64_t offset;		/* the window's start in the source */
 	uint64_t window;		/* its length; 0: to the end */
 	_Atomic uint64_t size;		/* the exported file's size */
+	/* a fixed-size export's source, mapped: READ replies are written
+	 * from here (NULL: no mapping) */
+	char *_Atomic map;
+	char *map_base;			/* map's page-aligned start */
+	size_t map_len;			/* from map_base */
+	atomic_uint map_reads;		/* READs served from it */
 
 	pthread_mutex_t lock;		/* resizing, and the fields below */
 	uint32_t mode, uid, gid;
@@ -572,11 +583,45 @@ static int fuse_nothing(struct export *e, struct queue *q, size_t len)
 	return 0;
 }
 
-/* READ: the source's bytes, short at the end; sent from q->data by writev */
+/* Map a fixed-size export's source, so READ replies go to the kernel
+ * straight from the source's pages: one copy, not two. The server never
+ * touches the mapping itself; a page the source cannot give fails the
+ * writev, not the server. Without a mapping, READs use pread. */
+static void map_source(struct export *e)
+{
+	uint64_t size = atomic_load(&e->size);
+	uint64_t skew = e->offset % (uint64_t)sysconf(_SC_PAGESIZE);
+	char *m;
+
+	if (e->growable || !size || size > SIZE_MAX - skew)
+		return;
+	m = mmap(NULL, skew + size, PROT_READ, MAP_SHARED, e->source_fd,
+		 e->offset - skew);
+	if (m == MAP_FAILED)
+		return;
+	e->map_base = m;
+	e->map_len = skew + size;
+	atomic_store(&e->map, m + skew);
+}
+
+/* Map it anew over itself, dropping the page tables READs built up.
+ * Returns the mapping, or NULL (from now on) if that failed. */
+static char *remap_source(struct export *e, char *map)
+{
+	if (mmap(e->map_base, e->map_len, PROT_READ, MAP_SHARED | MAP_FIXED,
+		 e->source_fd, e->offset - (map - e->map_base)) != MAP_FAILED)
+		return map;
+	atomic_store(&e->map, NULL);
+	return NULL;
+}
+
+/* READ: the source's bytes, short at the end, sent by writev from the
+ * mapping or from q->data */
 static int fuse_read(struct export *e, struct queue *q, size_t len)
 {
 	const struct fuse_read_in *in = &q->req.read;
-	uint64_t size = atomic_load(&e->size);
+	uint64_t size = atomic_load(&e->size), n;
+	char *map = atomic_load(&e->map);
 	ssize_t r;
 
 	(void)len;
@@ -584,8 +629,19 @@ static int fuse_read(struct export *e, struct queue *q, size_t len)
 		return -EINVAL;
 	if (in->offset >= size)
 		return 0;
-	r = read_source(e, q->data, min_u64(in->size, size - in->offset),
-			in->offset);
+	n = min_u64(in->size, size - in->offset);
+	if (q->from_ring)	/* copied into the ring's buffer: pread does */
+		map = NULL;
+	else if (map && e->map_len > MAP_WHOLE &&
+		 atomic_fetch_add(&e->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
+		map = remap_source(e, map);
+	if (map) {
+		/* one copy, made by writev: a page the source cannot give
+		 * fails it with EFAULT, and the kernel gives the reader EIO */
+		q->iov[1].iov_base = map + in->offset;
+		return n;
+	}
+	r = read_source(e, q->data, n, in->offset);
 	q->iov[1].iov_base = q->data;
 	return r;
 }
@@ -1116,7 +1172,8 @@ static void *queue_loop(void *arg)
 				break;
 		} else if (errno == ENODEV) {
 			break;
-		} else if (errno != ENOENT) {	/* ENOENT: the request was aborted */
+		} else if (errno != ENOENT &&	/* ENOENT: the request was aborted */
+			   errno != EFAULT) {	/* a mapped page failed: EIO sent */
 			fprintf(stderr, "fuseexport: reply to request #%llu: %s\n",
 				(unsigned long long)q->req.in.unique,
 				strerror(errno));
@@ -1694,6 +1751,7 @@ static int run_export(struct export *e)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	map_source(e);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
 		if (sigwait(&set, &sig) != 0)

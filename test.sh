@@ -1191,6 +1191,30 @@ t_huge_source() {
 	eq "$(stat -c %s src)" $s "source size"
 }
 
+# READs of a fixed-size export are sent from a mapping of the source: right
+# after writes through the export, at an offset that is not page-aligned,
+# and on a source over 4 GiB, whose mapping is made anew every 1024 READs
+# so that the server's page tables stay small
+t_mapped_reads() {
+	local s=$((6 << 30)) stride=$((2 << 20)) n=3000 pte
+	truncate -s $s src; : >mp
+	"$PY" "$FXIO" strided write src $stride $n
+	fx_up --passthrough=off -w "$PWD/src" "$PWD/mp"
+	eq "$("$PY" "$FXIO" strided read mp $stride $n)" "$("$PY" "$FXIO" strided read src $stride $n)" \
+		"$n reads 2 MiB apart"
+	pte=$(awk '/^VmPTE:/ { print $2 }' /proc/$FXPID/status)
+	log "server page tables after $n reads 2 MiB apart: $pte KiB"
+	[ "$pte" -lt 8192 ] || fail "the server's page tables grew to $pte KiB"
+	"$PY" "$FXIO" strided write mp $stride $n again
+	eq "$("$PY" "$FXIO" strided read mp $stride $n)" "$("$PY" "$FXIO" strided read src $stride $n)" \
+		"reads after writes through the export"
+	fx_down "$PWD/mp"
+	mkimg src 8
+	fx_up --passthrough=off --offset=12345 --size=3M "$PWD/src" "$PWD/mp"
+	cmp mp <(range src 12345 $((3 * MiB))) || fail "a window at an unaligned offset"
+	fx_down "$PWD/mp"
+}
+
 t_odd_names() {
 	local src="$PWD/a b,c=d\\e" mp="$PWD/m p,ro,x"
 	mkimg "$src" 4; : >"$mp"
@@ -1314,7 +1338,8 @@ t_helper() { in_ns helper_ns; }
 
 # fsx-style torture: seeded random writes, reads, truncates, punches, zero
 # ranges, fsyncs and mmap access, every read checked against a model; one
-# process over the whole file, then four on disjoint stretches at once
+# process over the whole file, then four on disjoint stretches at once, on
+# a growable export and on a fixed-size one
 t_torture() {
 	local seed=${FX_SEED:-$RANDOM} ops=${FX_TORTURE_OPS:-1500}
 	mkimg src 8; : >mp
@@ -1322,6 +1347,11 @@ t_torture() {
 	log "seed $seed (replay: FX_SEED=$seed)"
 	"$PY" "$TOP/tests/torture.py" mp "$seed" "$ops" 1 >&2 || fail "one process, seed $seed"
 	"$PY" "$TOP/tests/torture.py" mp "$((seed + 1))" "$ops" 4 >&2 || fail "four processes, seed $((seed + 1))"
+	fx_down "$PWD/mp"
+	# fixed size: READs are sent from the source's mapping
+	fx_up -w $1 "$PWD/src" "$PWD/mp"
+	"$PY" "$TOP/tests/torture.py" mp "$((seed + 2))" "$ops" 4 >&2 ||
+		fail "four processes, fixed size, seed $((seed + 2))"
 	fx_down "$PWD/mp"
 }
 
@@ -1785,6 +1815,7 @@ t "image exported over itself" "$M" t_over_itself
 t "source and mount point metadata untouched" "$M" t_mode_untouched
 t "empty source" "$M python3" t_empty_source
 t "4 TiB sparse source: size, the last MiB, writes near and past the end" "$M xfs_io python3" t_huge_source
+t "reads sent from a mapping: after writes, unaligned window, page tables bounded" "$M python3" t_mapped_reads
 t "names with spaces, commas and backslashes" "$M" t_odd_names
 t "relative SOURCE and MOUNTPOINT" "$M" t_relative_paths
 

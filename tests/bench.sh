@@ -6,13 +6,14 @@
 # and with one queue per CPU, the same over FUSE's io_uring transport, and
 # qemu-storage-daemon's FUSE export (Debian's
 # qemu-system-common) as the peer. Prints IOPS, the ratios to the file itself
-# and to the peer, and the servers' resident memory during the QD32 job.
+# and to the peer, and the servers' own memory during the QD32 job.
 # Only ratios from one run mean anything: the machine is shared and noisy.
 #
 #   tests/bench.sh [--markdown]      (root; `make bench` runs it)
 #
 # Environment: BENCH_RUNTIME (seconds per job, 10), BENCH_SIZE_MB (1024),
-# BENCH_COLUMNS (names from the list below, default all), FUSEEXPORT.
+# BENCH_COLUMNS and BENCH_JOBS (names from the lists below, default all),
+# FUSEEXPORT.
 # A column whose program is missing is skipped, and said so.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -122,7 +123,7 @@ stop_column() {
 	SERVER=
 }
 
-JOBS="seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32"
+JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32}
 declare -A JOB=(
 	[seqread]="--rw=read --bs=1M"
 	[seqwrite]="--rw=write --bs=1M"
@@ -143,11 +144,15 @@ j = json.load(sys.stdin)["jobs"][0]
 print(round(j["read"]["iops"] + j["write"]["iops"]))' 2>/dev/null || echo 0
 }
 
-# max_rss PID: sample VmRSS (KiB) until told to stop, print the largest
+# max_rss PID: sample the server's own memory, RssAnon plus its page tables
+# (KiB), until told to stop; print the largest. VmRSS would also count the
+# source's pages that fuseexport maps to send READ replies from: the page
+# cache, shared with everyone, not the server's.
 max_rss() {
 	local max=0 kb
 	while [ ! -e "$DIR/stop-sampling" ]; do
-		kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
+		kb=$(awk '/^(RssAnon|VmPTE):/ { kb += $2 } END { print kb }' \
+			"/proc/$1/status" 2>/dev/null)
 		[ "${kb:-0}" -gt "$max" ] && max=$kb
 		sleep 0.2
 	done
@@ -219,6 +224,6 @@ for base in file qsd; do
 		row "$job" "${vals[@]}"
 	done
 done
-echo; echo "server resident memory during randread-qd32 (KiB)"
+echo; echo "server memory during randread-qd32: RssAnon + VmPTE (KiB)"
 vals=(); for col in $RAN; do vals+=("${RSS[$col]:--}"); done
 row rss $RAN; rule; row KiB "${vals[@]}"

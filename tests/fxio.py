@@ -9,6 +9,10 @@
 #   fxio.py mmap-write FILE OFFSET DATAFILE
 #       maps FILE shared read-write, copies DATAFILE into it at OFFSET,
 #       msync(2)s and unmaps
+#   fxio.py strided write|read FILE STRIDE COUNT [SALT]
+#       COUNT blocks of 4 KiB at every STRIDE bytes: writes into each one
+#       its own bytes (made from its number and SALT), or reads them all,
+#       one pread(2) each, and prints the sha256 of what came
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
@@ -47,6 +51,20 @@ def mmap_write(path, offset, datafile):
         m.close()
 
 
+def strided(how, path, stride, count, salt):
+    fd = os.open(path, os.O_RDWR if how == "write" else os.O_RDONLY)
+    digest = hashlib.sha256()
+    for i in range(count):
+        if how == "write":
+            block = hashlib.sha256(b"%d %s" % (i, salt.encode())).digest() * 128
+            os.pwrite(fd, block, i * stride)
+        else:
+            digest.update(os.pread(fd, 4096, i * stride))
+    os.close(fd)
+    if how == "read":
+        print(digest.hexdigest())
+
+
 def main(argv):
     if len(argv) >= 5 and argv[1] == "pwrite":
         byte = int(argv[5], 0) if len(argv) > 5 else 0x5A
@@ -55,8 +73,11 @@ def main(argv):
         mmap_read(argv[2])
     elif len(argv) == 5 and argv[1] == "mmap-write":
         mmap_write(argv[2], int(argv[3], 0), argv[4])
+    elif len(argv) in (6, 7) and argv[1] == "strided":
+        strided(argv[2], argv[3], int(argv[4], 0), int(argv[5], 0),
+                argv[6] if len(argv) > 6 else "")
     else:
-        sys.exit("usage: fxio.py pwrite|mmap-read|mmap-write ...")
+        sys.exit("usage: fxio.py pwrite|mmap-read|mmap-write|strided ...")
 
 
 if __name__ == "__main__":
