@@ -11,7 +11,8 @@
 #
 #   tests/bench.sh [--markdown]      (root; `make bench` runs it)
 #
-# Environment: BENCH_RUNTIME (seconds per job, 10), BENCH_SIZE_MB (1024),
+# Environment: BENCH_RUNTIME (seconds per job, 10), BENCH_ROUNDS (how many
+# times to run everything, keeping each cell's median; 1), BENCH_SIZE_MB (1024),
 # BENCH_COLUMNS and BENCH_JOBS (names from the lists below, default all),
 # FUSEEXPORT.
 # A column whose program is missing is skipped, and said so.
@@ -20,6 +21,7 @@
 set -u
 cd "$(dirname "$0")/.." || exit 1
 RUNTIME=${BENCH_RUNTIME:-10}
+ROUNDS=${BENCH_ROUNDS:-1}
 SIZE_MB=${BENCH_SIZE_MB:-1024}
 FX=$(realpath "${FUSEEXPORT:-./fuseexport}")
 MARKDOWN=
@@ -67,6 +69,11 @@ dd if=/dev/urandom of="$DIR/img" bs=1M count="$SIZE_MB" status=none || exit 1
 # column name and how to start it; "file" is the source itself
 COLUMNS_ALL="file pt fuse-q1 fuse-qN uring qsd"
 COLUMNS=${BENCH_COLUMNS:-$COLUMNS_ALL}
+for col in $COLUMNS; do
+	case " $COLUMNS_ALL " in *" $col "*) ;; *)
+		echo "bench.sh: no column $col (there are: $COLUMNS_ALL)" >&2; exit 1 ;;
+	esac
+done
 declare -A START=(
 	[pt]="$FX -g --passthrough=on"
 	[fuse-q1]="$FX -w --passthrough=off -q 1"
@@ -134,6 +141,10 @@ declare -A JOB=(
 	[randread-qd32]="--rw=randread --bs=4k --ioengine=libaio --iodepth=32 --direct=1"
 )
 
+for job in $JOBS; do
+	[ -n "${JOB[$job]:-}" ] || { echo "bench.sh: no job $job" >&2; exit 1; }
+done
+
 # run_job TARGET JOB: print the job's IOPS, reads and writes summed
 run_job() {
 	fio --name=bench --filename="$1" --size="${SIZE_MB}M" --ioengine=psync \
@@ -159,32 +170,43 @@ max_rss() {
 	echo "$max"
 }
 
-declare -A IOPS RSS
+# Job by job, each column started afresh for it, so that the figures of one
+# row are taken within a minute of each other on this noisy machine; with
+# BENCH_ROUNDS, all of it that many times and the median of each cell kept.
+declare -A IOPS RSS SKIPPED
 RAN=
-for col in $COLUMNS; do
-	if ! start_column "$col" </dev/null >/dev/null; then
-		echo "bench.sh: column $col skipped: $(cat "$DIR/why")" >&2
-		continue
-	fi
-	RAN="$RAN $col"
-	target=$DIR/mp
-	[ "$col" = file ] && target=$DIR/img
+for round in $(seq "$ROUNDS"); do
 	for job in $JOBS; do
-		if [ "$job" = randread-qd32 ] && [ -n "$SERVER" ]; then
-			rm -f "$DIR/stop-sampling"
-			max_rss "$SERVER" >"$DIR/rss" &
-			sampler=$!
-		fi
-		IOPS[$col,$job]=$(run_job "$target" "$job")
-		if [ "$job" = randread-qd32 ] && [ -n "$SERVER" ]; then
-			touch "$DIR/stop-sampling"
-			wait "$sampler"
-			RSS[$col]=$(cat "$DIR/rss")
-		fi
-		echo "bench.sh: $col $job ${IOPS[$col,$job]} IOPS" >&2
+		for col in $COLUMNS; do
+			[ -n "${SKIPPED[$col]:-}" ] && continue
+			if ! start_column "$col" </dev/null >/dev/null; then
+				echo "bench.sh: column $col skipped: $(cat "$DIR/why")" >&2
+				SKIPPED[$col]=1
+				continue
+			fi
+			case " $RAN " in *" $col "*) ;; *) RAN="$RAN $col" ;; esac
+			target=$DIR/mp
+			[ "$col" = file ] && target=$DIR/img
+			if [ "$job" = randread-qd32 ] && [ -n "$SERVER" ]; then
+				rm -f "$DIR/stop-sampling"
+				max_rss "$SERVER" >"$DIR/rss" &
+				sampler=$!
+			fi
+			iops=$(run_job "$target" "$job")
+			IOPS[$col,$job]="${IOPS[$col,$job]:-} $iops"
+			if [ "$job" = randread-qd32 ] && [ -n "$SERVER" ]; then
+				touch "$DIR/stop-sampling"
+				wait "$sampler"
+				RSS[$col]="${RSS[$col]:-} $(cat "$DIR/rss")"
+			fi
+			echo "bench.sh: round $round: $col $job $iops IOPS" >&2
+			stop_column
+		done
 	done
-	stop_column
 done
+median() { printf '%s\n' $1 | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+for key in "${!IOPS[@]}"; do IOPS[$key]=$(median "${IOPS[$key]}"); done
+for key in "${!RSS[@]}"; do RSS[$key]=$(median "${RSS[$key]}"); done
 
 # the tables: IOPS, then each column's ratio to the file and to the peer
 row() {
@@ -206,12 +228,13 @@ rule() {
 }
 
 echo "fuseexport bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs," \
-	"Linux $(uname -r), ${SIZE_MB} MiB file on tmpfs, ${RUNTIME}s per job"
+	"Linux $(uname -r), ${SIZE_MB} MiB file on tmpfs, ${RUNTIME}s per job," \
+	"median of $ROUNDS round(s)"
 echo
 echo "IOPS"
 row job $RAN; rule
 for job in $JOBS; do
-	vals=(); for col in $RAN; do vals+=("${IOPS[$col,$job]}"); done
+	vals=(); for col in $RAN; do vals+=("${IOPS[$col,$job]:-}"); done
 	row "$job" "${vals[@]}"
 done
 for base in file qsd; do
@@ -220,7 +243,7 @@ for base in file qsd; do
 	row job $RAN; rule
 	for job in $JOBS; do
 		vals=()
-		for col in $RAN; do vals+=("$(ratio "${IOPS[$col,$job]}" "${IOPS[$base,$job]}")"); done
+		for col in $RAN; do vals+=("$(ratio "${IOPS[$col,$job]:-}" "${IOPS[$base,$job]:-}")"); done
 		row "$job" "${vals[@]}"
 	done
 done
