@@ -77,7 +77,7 @@ enum {
 	ATTR_VALID_SECONDS = 1,
 	RING_DEPTH = 16,			/* entries per io_uring queue */
 	/* a mapping of the source builds up page tables, as many as a page
-	 * per READ at worst: one over MAP_WHOLE is made anew every
+	 * per READ at worst: one of over MAP_WHOLE is made anew every
 	 * MAP_REFRESH READs, which bounds them at a few MiB */
 	MAP_REFRESH = 1024,
 };
@@ -156,6 +156,8 @@ struct export {
 	/* a fixed-size export's source, mapped: READ replies are written
 	 * from here (NULL: no mapping) */
 	char *_Atomic map;
+	uint64_t map_size;		/* the bytes mapped: the size it had
+					 * then (truncate may grow it since) */
 	char *map_base;			/* map's page-aligned start */
 	size_t map_len;			/* from map_base */
 	atomic_uint map_reads;		/* READs served from it */
@@ -601,11 +603,15 @@ static void map_source(struct export *e)
 		return;
 	e->map_base = m;
 	e->map_len = skew + size;
+	e->map_size = size;
 	atomic_store(&e->map, m + skew);
 }
 
-/* Map it anew over itself, dropping the page tables READs built up.
- * Returns the mapping, or NULL (from now on) if that failed. */
+/* Map it anew over itself, dropping the page tables READs built up (on
+ * every kernel; MADV_DONTNEED frees them only with CONFIG_PT_RECLAIM).
+ * The kernel swaps the mappings under its mmap lock, so a writev in
+ * another thread meets one or the other, never a hole. Returns the
+ * mapping, or NULL (from now on) if that failed. */
 static char *remap_source(struct export *e, char *map)
 {
 	if (mmap(e->map_base, e->map_len, PROT_READ, MAP_SHARED | MAP_FIXED,
@@ -630,9 +636,10 @@ static int fuse_read(struct export *e, struct queue *q, size_t len)
 	if (in->offset >= size)
 		return 0;
 	n = min_u64(in->size, size - in->offset);
-	if (q->from_ring)	/* copied into the ring's buffer: pread does */
+	/* pread past what is mapped, and into a ring's buffer */
+	if (q->from_ring || in->offset + n > e->map_size)
 		map = NULL;
-	else if (map && e->map_len > MAP_WHOLE &&
+	else if (map && e->map_size > MAP_WHOLE &&
 		 atomic_fetch_add(&e->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
 		map = remap_source(e, map);
 	if (map) {

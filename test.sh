@@ -435,6 +435,13 @@ t_truncate() {
 	eq "$(stat -c %s mp)" $s "size after growing back"
 	truncate -s $((s / 2)) expected; truncate -s $s expected
 	cmp mp expected || fail "contents after truncate"
+	# past the size it started with (and mapped, for READs): data written
+	# there reads back, and zeros up to it
+	truncate -s $((s * 3 / 2)) mp || fail "truncate -s 96M"
+	head -c $MiB /dev/urandom >data
+	put mp $((s + MiB)) data; put expected $((s + MiB)) data
+	truncate -s $((s * 3 / 2)) expected
+	cmp mp expected || fail "contents after growing past the start size"
 	fx_down "$PWD/mp"
 	cmp src expected || fail "source after truncate"
 }
