@@ -158,8 +158,6 @@ struct export {
 	char *_Atomic map;
 	uint64_t map_size;		/* the bytes mapped: the size it had
 					 * then (truncate may grow it since) */
-	char *map_base;			/* map's page-aligned start */
-	size_t map_len;			/* from map_base */
 	atomic_uint map_reads;		/* READs served from it */
 
 	pthread_mutex_t lock;		/* resizing, and the fields below */
@@ -588,37 +586,27 @@ static int fuse_nothing(struct export *e, struct queue *q, size_t len)
 /* Map a fixed-size export's source, so READ replies go to the kernel
  * straight from the source's pages: one copy, not two. The server never
  * touches the mapping itself; a page the source cannot give fails the
- * writev, not the server. Without a mapping, READs use pread. */
-static void map_source(struct export *e)
+ * writev, not the server. With where, map it anew over itself, dropping
+ * the page tables READs built up (on every kernel; MADV_DONTNEED frees
+ * them only with CONFIG_PT_RECLAIM): the kernel swaps the two under its
+ * mmap lock, so a writev in another thread meets one or the other, never
+ * a hole. Returns the mapping, or NULL: then READs use pread. */
+static char *map_source(struct export *e, char *where)
 {
-	uint64_t size = atomic_load(&e->size);
 	uint64_t skew = e->offset % (uint64_t)sysconf(_SC_PAGESIZE);
 	char *m;
 
-	if (e->growable || !size || size > SIZE_MAX - skew)
-		return;
-	m = mmap(NULL, skew + size, PROT_READ, MAP_SHARED, e->source_fd,
+	if (!where) {		/* before the queues start */
+		e->map_size = atomic_load(&e->size);
+		if (e->growable || !e->map_size || e->map_size > SIZE_MAX - skew)
+			return NULL;
+	}
+	m = mmap(where ? where - skew : NULL, skew + e->map_size, PROT_READ,
+		 MAP_SHARED | (where ? MAP_FIXED : 0), e->source_fd,
 		 e->offset - skew);
-	if (m == MAP_FAILED)
-		return;
-	e->map_base = m;
-	e->map_len = skew + size;
-	e->map_size = size;
-	atomic_store(&e->map, m + skew);
-}
-
-/* Map it anew over itself, dropping the page tables READs built up (on
- * every kernel; MADV_DONTNEED frees them only with CONFIG_PT_RECLAIM).
- * The kernel swaps the mappings under its mmap lock, so a writev in
- * another thread meets one or the other, never a hole. Returns the
- * mapping, or NULL (from now on) if that failed. */
-static char *remap_source(struct export *e, char *map)
-{
-	if (mmap(e->map_base, e->map_len, PROT_READ, MAP_SHARED | MAP_FIXED,
-		 e->source_fd, e->offset - (map - e->map_base)) != MAP_FAILED)
-		return map;
-	atomic_store(&e->map, NULL);
-	return NULL;
+	m = m == MAP_FAILED ? NULL : m + skew;
+	atomic_store(&e->map, m);
+	return m;
 }
 
 /* READ: the source's bytes, short at the end, sent by writev from the
@@ -641,7 +629,7 @@ static int fuse_read(struct export *e, struct queue *q, size_t len)
 		map = NULL;
 	else if (map && e->map_size > MAP_WHOLE &&
 		 atomic_fetch_add(&e->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
-		map = remap_source(e, map);
+		map = map_source(e, map);	/* drops its page tables */
 	if (map) {
 		/* one copy, made by writev: a page the source cannot give
 		 * fails it with EFAULT, and the kernel gives the reader EIO */
@@ -1758,7 +1746,7 @@ static int run_export(struct export *e)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	map_source(e);
+	map_source(e, NULL);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
 		if (sigwait(&set, &sig) != 0)
