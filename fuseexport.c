@@ -415,7 +415,12 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 		offered |= (uint64_t)in->flags2 << 32;
 	flags = offered & (FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC |
 			   FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_MAX_PAGES |
-			   FUSE_INIT_EXT | FUSE_DIRECT_IO_ALLOW_MMAP);
+			   FUSE_INIT_EXT | FUSE_DIRECT_IO_ALLOW_MMAP |
+			   FUSE_HANDLE_KILLPRIV_V2);
+	/* FUSE_HANDLE_KILLPRIV_V2 makes us the one to clear setuid, setgid
+	 * and capabilities on write, truncate and chown: the export never has
+	 * any (SETATTR refuses those bits, there are no xattrs), and in return
+	 * the kernel stops looking for them on every write (SB_NOSEC). */
 	e->minor = min_u64(in->minor, FUSE_KERNEL_MINOR_VERSION);
 	/* Direct I/O keeps a single copy of the data cached, the source's;
 	 * without mmap on direct I/O files (before 6.6) use the page cache. */

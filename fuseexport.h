@@ -83,6 +83,7 @@ enum fuse_opcode {
 #define FUSE_WRITEBACK_CACHE	(1ULL << 16)
 #define FUSE_PARALLEL_DIROPS	(1ULL << 18)
 #define FUSE_MAX_PAGES		(1ULL << 22)
+#define FUSE_HANDLE_KILLPRIV_V2	(1ULL << 28)
 #define FUSE_INIT_EXT		(1ULL << 30)
 #define FUSE_DIRECT_IO_ALLOW_MMAP (1ULL << 36)
 #define FUSE_PASSTHROUGH	(1ULL << 37)

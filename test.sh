@@ -488,6 +488,13 @@ t_chmod() {
 	fx_up $1 -w --allow-other=on "$PWD/src" "$PWD/mp"
 	chmod 644 mp || fail "chmod 644 with allow_other"
 	eq "$(stat -c %A mp)" "-rw-r--r--" "mode after chmod 644 with allow_other"
+	# never setuid, setgid or a capability: why the kernel may skip
+	# looking for them on each write (FUSE_HANDLE_KILLPRIV_V2)
+	chmod 4644 mp 2>/dev/null && fail "chmod 4644 (setuid) succeeded"
+	chmod 2644 mp 2>/dev/null && fail "chmod 2644 (setgid) succeeded"
+	eq "$(stat -c %a mp)" 644 "mode after refused setuid and setgid"
+	python3 -c 'import os, sys; os.setxattr(sys.argv[1], "security.capability", b"\1\0\0\2" + bytes(16))' mp 2>/dev/null &&
+		fail "a security.capability xattr was set"
 	fx_down "$PWD/mp"
 	eq "$(stat -c %a src)" "$m" "source mode"
 }
