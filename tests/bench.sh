@@ -172,8 +172,10 @@ max_rss() {
 
 # Job by job, each column started afresh for it, so that the figures of one
 # row are taken within a minute of each other on this noisy machine; with
-# BENCH_ROUNDS, all of it that many times and the median of each cell kept.
-declare -A IOPS RSS SKIPPED
+# BENCH_ROUNDS, all of it that many times: each cell shows its median, each
+# ratio the median of the rounds' ratios (a round's figures are neighbours,
+# a cell's medians may come from rounds ten minutes apart).
+declare -A IOPS ALL RSS SKIPPED
 RAN=
 for round in $(seq "$ROUNDS"); do
 	for job in $JOBS; do
@@ -205,7 +207,10 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 median() { printf '%s\n' $1 | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
-for key in "${!IOPS[@]}"; do IOPS[$key]=$(median "${IOPS[$key]}"); done
+for key in "${!IOPS[@]}"; do
+	ALL[$key]=${IOPS[$key]}
+	IOPS[$key]=$(median "${IOPS[$key]}")
+done
 for key in "${!RSS[@]}"; do RSS[$key]=$(median "${RSS[$key]}"); done
 
 # the tables: IOPS, then each column's ratio to the file and to the peer
@@ -216,9 +221,11 @@ row() {
 		printf '%-14s' "$1"; shift; printf ' %12s' "$@"; echo
 	fi
 }
-ratio() { # ratio A B: A/B with two decimals, or - where B is missing
-	[ -n "$1" ] && [ -n "$2" ] && [ "$2" != 0 ] &&
-		python3 -c "print(f'{$1 / $2:.2f}x')" || echo -
+ratio() { # ratio "A1 A2 .." "B1 B2 ..": the median of round by round A/B
+	python3 -c 'import statistics, sys
+a, b = ([float(v) for v in s.split()] for s in sys.argv[1:])
+r = [x / y for x, y in zip(a, b) if y]
+print(f"{statistics.median_low(r):.2f}x" if r else "-")' "$1" "$2"
 }
 rule() {
 	[ -n "$MARKDOWN" ] || return 0
@@ -229,7 +236,7 @@ rule() {
 
 echo "fuseexport bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs," \
 	"Linux $(uname -r), ${SIZE_MB} MiB file on tmpfs, ${RUNTIME}s per job," \
-	"median of $ROUNDS round(s)"
+	"$ROUNDS round(s): IOPS medians, ratios medians of each round's"
 echo
 echo "IOPS"
 row job $RAN; rule
@@ -243,7 +250,7 @@ for base in file qsd; do
 	row job $RAN; rule
 	for job in $JOBS; do
 		vals=()
-		for col in $RAN; do vals+=("$(ratio "${IOPS[$col,$job]:-}" "${IOPS[$base,$job]:-}")"); done
+		for col in $RAN; do vals+=("$(ratio "${ALL[$col,$job]:-}" "${ALL[$base,$job]:-}")"); done
 		row "$job" "${vals[@]}"
 	done
 done
