@@ -12,7 +12,7 @@
 #   tests/bench.sh [--markdown]      (root; `make bench` runs it)
 #
 # Environment: BENCH_RUNTIME (seconds per job, 10), BENCH_ROUNDS (how many
-# times to run everything, keeping each cell's median; 1), BENCH_SIZE_MB (1024),
+# times to run everything: medians of cells and of ratios; 1), BENCH_SIZE_MB (1024),
 # BENCH_COLUMNS and BENCH_JOBS (names from the lists below, default all),
 # FUSEEXPORT.
 # A column whose program is missing is skipped, and said so.
