@@ -175,7 +175,7 @@ max_rss() {
 # BENCH_ROUNDS, all of it that many times: each cell shows its median, each
 # ratio the median of the rounds' ratios (a round's figures are neighbours,
 # a cell's medians may come from rounds ten minutes apart).
-declare -A IOPS ALL RSS SKIPPED
+declare -A ALL RSS SKIPPED	# ALL: each cell's IOPS, round by round
 RAN=
 for round in $(seq "$ROUNDS"); do
 	for job in $JOBS; do
@@ -195,7 +195,7 @@ for round in $(seq "$ROUNDS"); do
 				sampler=$!
 			fi
 			iops=$(run_job "$target" "$job")
-			IOPS[$col,$job]="${IOPS[$col,$job]:-} $iops"
+			ALL[$col,$job]="${ALL[$col,$job]:-} $iops"
 			if [ "$job" = randread-qd32 ] && [ -n "$SERVER" ]; then
 				touch "$DIR/stop-sampling"
 				wait "$sampler"
@@ -207,10 +207,6 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 median() { printf '%s\n' $1 | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
-for key in "${!IOPS[@]}"; do
-	ALL[$key]=${IOPS[$key]}
-	IOPS[$key]=$(median "${IOPS[$key]}")
-done
 for key in "${!RSS[@]}"; do RSS[$key]=$(median "${RSS[$key]}"); done
 
 # the tables: IOPS, then each column's ratio to the file and to the peer
@@ -241,7 +237,7 @@ echo
 echo "IOPS"
 row job $RAN; rule
 for job in $JOBS; do
-	vals=(); for col in $RAN; do vals+=("${IOPS[$col,$job]:-}"); done
+	vals=(); for col in $RAN; do vals+=("$(median "${ALL[$col,$job]:-}")"); done
 	row "$job" "${vals[@]}"
 done
 for base in file qsd; do
