@@ -115,6 +115,8 @@ def main():
             print(f"FAIL seed {seed}: {why}", flush=True)
         return 1 if why else 0
     stretch = size // workers // mmap.PAGESIZE * mmap.PAGESIZE
+    if not stretch:
+        sys.exit(f"torture.py: {path} is {size} bytes, too small for {workers} workers")
     pids = []
     for w in range(workers):
         pid = os.fork()
