@@ -12,6 +12,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #define _GNU_SOURCE
+#define _FILE_OFFSET_BITS 64	/* 32-bit builds: offsets past 4 GiB */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -80,6 +81,7 @@ enum {
 	 * per READ at worst: one of over MAP_WHOLE is made anew every
 	 * MAP_REFRESH READs, which bounds them at a few MiB */
 	MAP_REFRESH = 1024,
+	FH_WRITES = 1,				/* an open's fh: it may write */
 };
 #define MAP_WHOLE (4ULL << 30)
 
@@ -117,6 +119,8 @@ struct queue {
 	} reply;
 	struct iovec iov[2];			/* the reply as sent */
 	bool from_ring;				/* io_uring: the op struct came whole */
+	bool map_locked;			/* the reply is sent from the mapping:
+						 * map_lock is held until it is */
 };
 
 /* FUSE over io_uring: a ring per possible CPU, its thread pinned there,
@@ -147,6 +151,7 @@ struct export {
 	char *mountpoint_buf;		/* which realpath() allocated */
 	int source_fd;
 	bool is_blockdev, writable, growable, foreground, debug;
+	bool queues_given;		/* -q: exactly that many, or fail */
 	bool quiet;			/* a test harness: halts say nothing */
 	int allow_other, passthrough, io_uring;	/* AUTO, OFF or ON */
 	unsigned queues;
@@ -159,6 +164,12 @@ struct export {
 	uint64_t map_size;		/* the bytes mapped: the size it had
 					 * then (truncate may grow it since) */
 	atomic_uint map_reads;		/* READs served from it */
+	/* READs sent from the mapping hold map_lock shared until sent; a
+	 * shrink of the source holds it exclusive, and while shrinking is
+	 * set new READs take pread, so none meets a page that went away */
+	pthread_rwlock_t map_lock;
+	atomic_bool shrinking;
+	atomic_bool flush_failed;	/* a flush of the source failed once */
 
 	pthread_mutex_t lock;		/* resizing, and the fields below */
 	uint32_t mode, uid, gid;
@@ -180,9 +191,15 @@ struct export {
 	atomic_bool halted;
 };
 
-/* Setup errors: print "fuseexport: <fmt>" and exit 1. A format ending in ':'
- * gets ": strerror(errno)" appended, as suckless's eprintf does. */
-static void die(const char *fmt, ...)
+/* The export once mounted: a setup error after that unmounts it */
+static struct export *mounted_export;
+static void unmount_export(struct export *e, bool force);
+
+/* Setup errors: print "fuseexport: <fmt>", undo the mount if there is one,
+ * and exit 1. A format ending in ':' gets ": strerror(errno)" appended, as
+ * suckless's eprintf does. */
+static _Noreturn __attribute__((format(printf, 1, 2)))
+void die(const char *fmt, ...)
 {
 	int saved = errno;
 	size_t n = strlen(fmt);
@@ -195,12 +212,15 @@ static void die(const char *fmt, ...)
 	if (n && fmt[n - 1] == ':')
 		fprintf(stderr, " %s", strerror(saved));
 	fputc('\n', stderr);
+	if (mounted_export)
+		unmount_export(mounted_export, true);
 	exit(1);
 }
 
 /* Halt the export: the request stream can no longer be trusted. Always
  * returns -EPROTO, the handler's verdict. */
-static int halt(struct export *e, const char *fmt, ...)
+static __attribute__((format(printf, 2, 3)))
+int halt(struct export *e, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -270,30 +290,63 @@ static void grow_to(struct export *e, uint64_t end)
 		;
 }
 
-/* The exported size, which for a growable export is the source's own:
- * passthrough writes grow it without a word to us */
+/* The exported size. A growable export that passes through has the
+ * source's own, which passthrough writes change without a word to us;
+ * every other export's size changes only here, and is kept. */
 static uint64_t export_size(struct export *e)
 {
 	struct stat st;
 
-	if (e->growable && fstat(e->source_fd, &st) == 0)
-		grow_to(e, st.st_size);
+	if (e->growable && !e->no_passthrough && fstat(e->source_fd, &st) == 0)
+		atomic_store(&e->size, st.st_size);
 	return atomic_load(&e->size);
+}
+
+/* May the export change size? A disk or a window keeps its own. */
+static bool resizable(struct export *e)
+{
+	return !e->is_blockdev && !e->offset && !e->window;
 }
 
 /* Resize a regular-file source; the caller holds e->lock. Returns 0 or -errno. */
 static int resize_source(struct export *e, uint64_t size)
 {
-	if (size == atomic_load(&e->size))
+	uint64_t old = export_size(e);
+	int r = 0;
+
+	if (size == old)
 		return 0;
-	if (e->is_blockdev || e->offset || e->window)
-		return -EINVAL;		/* a disk or a window keeps its size */
+	if (!resizable(e))
+		return -EINVAL;
 	if (size > (uint64_t)INT64_MAX)
 		return -EFBIG;
+	if (size < old) {	/* wait for READs sending what goes away */
+		atomic_store(&e->shrinking, true);
+		pthread_rwlock_wrlock(&e->map_lock);
+	}
 	if (ftruncate(e->source_fd, size) < 0)
-		return -errno;
-	atomic_store(&e->size, size);
-	return 0;
+		r = -errno;
+	else
+		atomic_store(&e->size, size);
+	if (size < old) {
+		pthread_rwlock_unlock(&e->map_lock);
+		atomic_store(&e->shrinking, false);
+	}
+	return r;
+}
+
+/* Make the source's writes durable. Once a flush has failed, every later
+ * one fails with EIO: the kernel reports a writeback error once per open
+ * file, and all clients share ours, so the next to ask would hear nothing.
+ * Returns 0 or -errno. */
+static int flush_source(struct export *e, bool datasync)
+{
+	if (atomic_load(&e->flush_failed))
+		return -EIO;
+	if ((datasync ? fdatasync(e->source_fd) : fsync(e->source_fd)) == 0)
+		return 0;
+	atomic_store(&e->flush_failed, true);
+	return -errno;
 }
 
 /* Zero len bytes at pos of the source through the page cache, with the
@@ -413,7 +466,10 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 
 	if (len >= sizeof(*in) && (in->flags & FUSE_INIT_EXT))
 		offered |= (uint64_t)in->flags2 << 32;
-	flags = offered & (FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC |
+	/* no FUSE_ATOMIC_O_TRUNC: with it the kernel takes the size for 0
+	 * after an O_TRUNC open, whatever we keep, and a mapping of the
+	 * export faults (SIGBUS); without it O_TRUNC comes as a SETATTR */
+	flags = offered & (FUSE_ASYNC_READ |
 			   FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_MAX_PAGES |
 			   FUSE_INIT_EXT | FUSE_DIRECT_IO_ALLOW_MMAP |
 			   FUSE_HANDLE_KILLPRIV_V2);
@@ -493,6 +549,13 @@ static int fuse_setattr(struct export *e, struct queue *q, size_t len)
 	uint32_t valid = in->valid, mode = in->mode & 07777;
 	int r = 0;
 
+	/* an O_TRUNC open comes as size 0 without a file handle (truncate(2)
+	 * of the path to 0 looks the same): a fixed-size export keeps its
+	 * size, as a disk does */
+	if ((valid & FATTR_SIZE) && !in->size && !(valid & FATTR_FH) &&
+	    !e->growable)
+		valid &= ~FATTR_SIZE;
+
 	if ((valid & (FATTR_UID | FATTR_GID)) && !e->allow_other)
 		return -EPERM;
 	if (valid & FATTR_MODE) {
@@ -547,35 +610,27 @@ static int open_backing(struct export *e)
 	return id;
 }
 
-/* OPEN: writes only on writable exports; O_TRUNC empties a growable export
- * and leaves a fixed-size one alone, as a disk would be */
+/* OPEN: writes only on writable exports (O_TRUNC comes as a SETATTR).
+ * The file handle says whether the open may write: only such a close
+ * flushes the source. */
 static int fuse_open(struct export *e, struct queue *q, size_t len)
 {
 	uint32_t flags = q->req.open.flags;
 	struct fuse_open_out *out = &q->reply.open;
-	int r = 0;
+	int r;
 
 	(void)len;
-	if (!e->writable && ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)))
+	if (!e->writable && (flags & O_ACCMODE) != O_RDONLY)
 		return -EROFS;
-	if ((flags & O_TRUNC) && e->growable) {
-		pthread_mutex_lock(&e->lock);
-		r = resize_source(e, 0);
-		pthread_mutex_unlock(&e->lock);
-		if (r < 0)
-			return r;
-	}
 	memset(out, 0, sizeof(*out));
+	out->fh = (flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0;
 	out->open_flags = e->open_flags;
+	/* Every open of the inode must pass through, to the same backing
+	 * file, and every path of it (read, write, splice, mmap) then goes
+	 * there: so only exports whose writes may go anywhere do (read-only
+	 * and growable ones). */
 	if (!e->no_passthrough && (r = open_backing(e)) > 0) {
-		/* Every open of the inode must pass through, to the same
-		 * backing file. Writes to a fixed-size export still come
-		 * here (direct I/O), lest they grow the source; mmap and
-		 * reads go to the source all the same. */
 		out->open_flags = FOPEN_PASSTHROUGH;
-		if (!e->growable && (flags & O_ACCMODE) != O_RDONLY)
-			out->open_flags |= FOPEN_DIRECT_IO |
-					   FOPEN_PARALLEL_DIRECT_WRITES;
 		out->backing_id = r;
 	}
 	return sizeof(*out);
@@ -615,22 +670,30 @@ static char *map_source(struct export *e, char *where)
 }
 
 /* READ: the source's bytes, short at the end, sent by writev from the
- * mapping or from q->data */
+ * mapping (holding map_lock until sent) or from q->data */
 static int fuse_read(struct export *e, struct queue *q, size_t len)
 {
 	const struct fuse_read_in *in = &q->req.read;
-	uint64_t size = atomic_load(&e->size), n;
 	char *map = atomic_load(&e->map);
+	uint64_t size, n;
 	ssize_t r;
 
 	(void)len;
 	if (in->size > MAX_WRITE || in->offset > (uint64_t)INT64_MAX - in->size)
 		return -EINVAL;
+	/* pread into a ring's buffer, while the source shrinks, and for
+	 * O_DIRECT, which asks for the medium: a failing source is seen */
+	if (q->from_ring || (in->flags & O_DIRECT) || atomic_load(&e->shrinking))
+		map = NULL;
+	if (map) {
+		pthread_rwlock_rdlock(&e->map_lock);
+		q->map_locked = true;
+	}
+	size = export_size(e);
 	if (in->offset >= size)
 		return 0;
 	n = min_u64(in->size, size - in->offset);
-	/* pread past what is mapped, and into a ring's buffer */
-	if (q->from_ring || in->offset + n > e->map_size)
+	if (in->offset + n > e->map_size)	/* grown since it was mapped */
 		map = NULL;
 	else if (map && e->map_size > MAP_WHOLE &&
 		 atomic_fetch_add(&e->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
@@ -661,9 +724,9 @@ static int fuse_write(struct export *e, struct queue *q, size_t len)
 	if (in->offset > (uint64_t)INT64_MAX - n)
 		return -EFBIG;
 	if (!e->growable && in->offset + n > size) {
-		if (n && in->offset >= size)
+		n = in->offset < size ? size - in->offset : 0;
+		if (!n && in->size)
 			return -ENOSPC;
-		n = size - in->offset;
 	}
 	r = write_source(e, q->data, n, in->offset);
 	if (r < 0)
@@ -675,29 +738,22 @@ static int fuse_write(struct export *e, struct queue *q, size_t len)
 	return sizeof(q->reply.write);
 }
 
-/* FLUSH (every close): the source's data reaches its disk */
+/* FLUSH (every close): what a writing open wrote reaches the disk; a
+ * read-only close neither flushes nor takes another's error */
 static int fuse_flush(struct export *e, struct queue *q, size_t len)
 {
-	(void)q, (void)len;
-	if (e->writable && fdatasync(e->source_fd) < 0)
-		return -errno;
-	return 0;
+	(void)len;
+	return q->req.flush.fh & FH_WRITES ? flush_source(e, true) : 0;
 }
 
 static int fuse_fsync(struct export *e, struct queue *q, size_t len)
 {
-	int r;
-
 	(void)len;
-	if (q->req.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC)
-		r = fdatasync(e->source_fd);
-	else
-		r = fsync(e->source_fd);
-	return r < 0 ? -errno : 0;
+	return flush_source(e, q->req.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC);
 }
 
 /* FALLOCATE: punch hole and zero range read as zeros afterwards; plain
- * allocation reserves space, growing only a growable export */
+ * allocation reserves space, growing the export as truncate would */
 static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 {
 	const struct fuse_fallocate_in *in = &q->req.fallocate;
@@ -720,8 +776,8 @@ static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 	default:
 		return -EOPNOTSUPP;
 	}
-	if (pos + n > size && !(mode & FALLOC_FL_KEEP_SIZE) && !e->growable)
-		return -ENOSPC;		/* it would grow a fixed-size export */
+	if (pos + n > size && !(mode & FALLOC_FL_KEEP_SIZE) && !resizable(e))
+		return -ENOSPC;		/* a disk or a window cannot grow */
 	if (pos + n > size && (mode & FALLOC_FL_KEEP_SIZE)) {
 		if (pos >= size)
 			return 0;	/* nothing of the file lies there */
@@ -735,18 +791,19 @@ static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 			return r;
 		if (pos + n <= size)
 			return 0;
-		/* a growable export's zero range reaching past the end */
+		/* a zero range reaching past the end grows the export */
 		pos = size > pos ? size : pos;
 		n = in->offset + in->length - pos;
 		mode = 0;
 	}
 	if (e->is_blockdev)
 		return 0;		/* a disk's space is all there */
-	if (fallocate(e->source_fd, mode, e->offset + pos, n) < 0)
-		return -errno;
-	if (!(mode & FALLOC_FL_KEEP_SIZE))
+	pthread_mutex_lock(&e->lock);	/* a resize, as truncate's */
+	r = fallocate(e->source_fd, mode, e->offset + pos, n) < 0 ? -errno : 0;
+	if (r == 0 && !(mode & FALLOC_FL_KEEP_SIZE))
 		grow_to(e, pos + n);
-	return 0;
+	pthread_mutex_unlock(&e->lock);
+	return r;
 }
 
 /* LSEEK: SEEK_DATA and SEEK_HOLE as the source answers them */
@@ -903,6 +960,15 @@ static int serve(struct export *e, struct queue *q, size_t len)
 	return r > 0 ? 2 : 1;
 }
 
+/* After a reply went out, or could not: let a shrink of the source go on */
+static void reply_done(struct export *e, struct queue *q)
+{
+	if (q->map_locked) {
+		q->map_locked = false;
+		pthread_rwlock_unlock(&e->map_lock);
+	}
+}
+
 /* Tell the parent that waits in the foreground that the export is live,
  * and let go of its terminal */
 static void tell_ready(struct export *e)
@@ -1029,6 +1095,10 @@ static int ring_serve(struct ring *r, struct ring_entry *ent)
 	memcpy(&q->req, in, sizeof(*in));
 	memcpy((char *)&q->req + sizeof(*in), ent->header.op_in,
 	       sizeof(q->req) - sizeof(*in));
+	/* a WRITE's data is the payload, all of it and no more */
+	if (in->opcode == FUSE_WRITE && q->req.write.size != payload)
+		return halt(e, "halting: an io_uring WRITE of %u bytes with a "
+			    "payload of %u", q->req.write.size, payload);
 	q->data = ent->payload;
 	k = serve(e, q, in->len);
 	if (k < 0)
@@ -1130,9 +1200,8 @@ static int init_done(struct export *e)
 			"and write goes through /dev/fuse\n", e->no_passthrough);
 	else if (e->debug)
 		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
-			"the source\n", e->growable ? "reads, writes and mmap" :
-			e->writable ? "reads and mmap (writes come here, lest "
-			"they grow the export)" : "reads and mmap");
+			"the source\n", e->writable ? "reads, writes, splice "
+			"and mmap" : "reads, splice and mmap");
 	if (e->uring && (r = start_rings(e)) < 0)
 		return halt(e, "halting: starting the io_uring queues: %s",
 			    strerror(-r));
@@ -1154,7 +1223,8 @@ static void *queue_loop(void *arg)
 
 	while (!atomic_load(&e->halted)) {
 		ssize_t n = readv(q->fd, in, 2);
-		int k;
+		int k, err;
+		bool sent;
 
 		if (n < 0) {
 			if (errno == EINTR || errno == ENOENT || errno == EAGAIN)
@@ -1165,18 +1235,21 @@ static void *queue_loop(void *arg)
 			break;
 		}
 		k = serve(e, q, n);
+		sent = k <= 0 || writev(q->fd, q->iov, k) >= 0;
+		err = errno;
+		reply_done(e, q);
 		if (k < 0)
 			break;
-		if (k == 0 || writev(q->fd, q->iov, k) >= 0) {
+		if (sent) {
 			if (q->req.in.opcode == FUSE_INIT && init_done(e) < 0)
 				break;
-		} else if (errno == ENODEV) {
+		} else if (err == ENODEV) {
 			break;
-		} else if (errno != ENOENT &&	/* ENOENT: the request was aborted */
-			   errno != EFAULT) {	/* a mapped page failed: EIO sent */
+		} else if (err != ENOENT &&	/* ENOENT: the request was aborted */
+			   err != EFAULT) {	/* a mapped page failed: EIO sent */
 			fprintf(stderr, "fuseexport: reply to request #%llu: %s\n",
 				(unsigned long long)q->req.in.unique,
-				strerror(errno));
+				strerror(err));
 		}
 	}
 	if (atomic_fetch_sub(&e->running, 1) == 1 || atomic_load(&e->halted))
@@ -1249,7 +1322,8 @@ static void parse_mount_options(struct export *e, char *list)
 		else if (!value && !strcmp(opt, "allow_other"))
 			e->allow_other = ON;
 		else if (value && !strcmp(opt, "queues"))
-			e->queues = parse_number("-o queues", value, 1, MAX_QUEUES);
+			e->queues = parse_number("-o queues", value, 1, MAX_QUEUES),
+			e->queues_given = true;
 		else if (value && !strcmp(opt, "passthrough"))
 			e->passthrough = parse_mode("-o passthrough", value);
 		else if (value && !strcmp(opt, "io_uring"))
@@ -1262,6 +1336,14 @@ static void parse_mount_options(struct export *e, char *list)
 			die("-o %s%s%s: unknown option (see --help)", opt,
 			    value ? "=" : "", value ? value : "");
 	}
+}
+
+/* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
+static _Noreturn void print_and_exit(const char *text)
+{
+	if (fputs(text, stdout) == EOF || fflush(stdout) == EOF)
+		die("stdout:");
+	exit(0);
 }
 
 /* Called as mount.fuseexport or mount.fuse.fuseexport, by mount(8)? */
@@ -1332,6 +1414,7 @@ static void parse_options(struct export *e, int argc, char *argv[])
 			break;
 		case 'q':
 			e->queues = parse_number("--queues", optarg, 1, MAX_QUEUES);
+			e->queues_given = true;
 			break;
 		case OPT_ALLOW_OTHER:
 			e->allow_other = parse_mode("--allow-other", optarg);
@@ -1349,11 +1432,9 @@ static void parse_options(struct export *e, int argc, char *argv[])
 			e->window = parse_number("--size", optarg, 1, INT64_MAX);
 			break;
 		case 'h':
-			fputs(usage_text, stdout);
-			exit(0);
+			print_and_exit(usage_text);
 		case 'V':
-			puts("fuseexport " VERSION);
-			exit(0);
+			print_and_exit("fuseexport " VERSION "\n");
 		case ':':
 			die("%s: needs a value", argv[optind - 1]);
 			break;
@@ -1378,24 +1459,31 @@ static void open_source(struct export *e)
 	uint64_t source_size;
 	int ro = 0;
 
+	/* The path's type only says whether to ask for O_EXCL (a block device
+	 * is then refused while mounted); what was opened is what counts, and
+	 * O_NONBLOCK keeps a FIFO swapped in meanwhile from hanging the open */
 	if (stat(path, &st) < 0)
 		die("%s:", path);
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
 		die("%s: not a regular file or block device", path);
 	e->is_blockdev = S_ISBLK(st.st_mode);
-	if (e->growable && e->is_blockdev)
-		die("%s: --growable needs a regular file, not a block device", path);
-	if (e->growable && (e->offset || e->window))
-		die("%s: --growable does not go with --offset or --size", path);
-	/* O_EXCL on a block device: refused while it is mounted */
 	e->source_fd = open(path, (e->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC |
-			    O_NOCTTY | (e->writable && e->is_blockdev ? O_EXCL : 0));
+			    O_NOCTTY | O_NONBLOCK |
+			    (e->writable && e->is_blockdev ? O_EXCL : 0));
 	if (e->source_fd < 0)
 		die("%s:", path);
 	if (fstat(e->source_fd, &st) < 0)
 		die("%s:", path);
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
 		die("%s: not a regular file or block device", path);
+	if (e->is_blockdev != S_ISBLK(st.st_mode))
+		die("%s: changed while it was opened", path);
+	if (fcntl(e->source_fd, F_SETFL, 0) < 0)
+		die("%s:", path);
+	if (e->growable && e->is_blockdev)
+		die("%s: --growable needs a regular file, not a block device", path);
+	if (e->growable && (e->offset || e->window))
+		die("%s: --growable does not go with --offset or --size", path);
 	if (e->writable && e->is_blockdev && ioctl(e->source_fd, BLKROGET, &ro) == 0 && ro)
 		die("%s: a read-only block device cannot be exported writable", path);
 	if (flock(e->source_fd, (e->writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
@@ -1420,6 +1508,9 @@ static void open_source(struct export *e)
 		e->no_passthrough = "the kernel passes through to regular files only";
 	else if (e->offset || e->window)
 		e->no_passthrough = "a window's offsets are not the source's";
+	else if (e->writable && !e->growable)
+		e->no_passthrough = "a fixed-size export's writes must come here "
+				    "(passed through, they could grow the source)";
 	else if (geteuid() != 0)
 		e->no_passthrough = "registering a backing file needs root";
 	if (e->passthrough == ON && e->no_passthrough)
@@ -1432,6 +1523,7 @@ static void open_source(struct export *e)
 	e->mtime = st.st_mtim;
 	e->ctime = st.st_ctim;
 	pthread_mutex_init(&e->lock, NULL);
+	pthread_rwlock_init(&e->map_lock, NULL);
 	e->fuse_fd = -1;
 	atomic_store(&e->ready_fd, -1);
 }
@@ -1540,8 +1632,9 @@ static bool user_allow_other(void)
 }
 
 /* Append value to buf for fusermount3's option list, a backslash before
- * every comma and backslash, as libfuse does */
-static void append_escaped(char *buf, size_t size, const char *value)
+ * every comma and backslash, as libfuse does. Returns false if it did
+ * not fit. */
+static bool append_escaped(char *buf, size_t size, const char *value)
 {
 	size_t n = strlen(buf);
 
@@ -1551,6 +1644,7 @@ static void append_escaped(char *buf, size_t size, const char *value)
 		buf[n++] = *value;
 	}
 	buf[n] = 0;
+	return !*value;
 }
 
 /* Mount without root, as libfuse does: fusermount3 (setuid root) mounts on
@@ -1582,10 +1676,13 @@ static void mount_by_fusermount(struct export *e)
 			    "in /etc/fuse.conf");
 		e->allow_other = OFF;
 	}
-	append_escaped(opts, sizeof(opts), e->source_path);
-	snprintf(opts + strlen(opts), sizeof(opts) - strlen(opts),
-		 ",subtype=fuseexport,default_permissions,max_read=%u%s",
-		 MAX_WRITE, e->allow_other ? ",allow_other" : "");
+	if (!append_escaped(opts, sizeof(opts), e->source_path) ||
+	    (n = strlen(opts), (size_t)snprintf(opts + n, sizeof(opts) - n,
+			",subtype=fuseexport,default_permissions,max_read=%u%s%s",
+			MAX_WRITE, e->allow_other ? ",allow_other" : "",
+			e->writable ? "" : ",ro") >= sizeof(opts) - n))
+		die("%s: the path is too long for fusermount3's options",
+		    e->source_path);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sock) < 0 || pipe(errpipe) < 0)
 		die("socketpair:");
 	pid = fork();
@@ -1604,7 +1701,8 @@ static void mount_by_fusermount(struct export *e)
 	while ((n = recvmsg(sock[0], &msg, 0)) < 0 && errno == EINTR)
 		;
 	cmsg = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
-	if (cmsg && cmsg->cmsg_type == SCM_RIGHTS)
+	if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS &&
+	    cmsg->cmsg_len == CMSG_LEN(sizeof(int)))
 		memcpy(&e->fuse_fd, CMSG_DATA(cmsg), sizeof(int));
 	n = read(errpipe[0], err, sizeof(err) - 1);
 	err[n > 0 ? n : 0] = 0;
@@ -1614,6 +1712,7 @@ static void mount_by_fusermount(struct export *e)
 	close(errpipe[0]);
 	if (e->fuse_fd < 0)
 		die("%s", *err ? err : "fusermount3 failed to mount");
+	mounted_export = e;
 	fcntl(e->fuse_fd, F_SETFD, FD_CLOEXEC);
 	free(prog);
 }
@@ -1660,9 +1759,11 @@ static void mount_export(struct export *e)
 		 "default_permissions,max_read=%u%s", e->fuse_fd,
 		 S_IFREG | e->mode, e->uid, e->gid, MAX_WRITE,
 		 e->allow_other ? ",allow_other" : "");
+	/* a read-only export is a read-only mount: chmod, touch: EROFS */
 	if (mount(e->source_path, e->mountpoint, "fuse.fuseexport",
-		  MS_NOSUID | MS_NODEV, opts) < 0)
+		  MS_NOSUID | MS_NODEV | (e->writable ? 0 : MS_RDONLY), opts) < 0)
 		die("mount on %s:", e->mountpoint);
+	mounted_export = e;
 }
 
 /* End the export: unmount, or detach it while files are still open */
@@ -1709,6 +1810,8 @@ static void detach(struct export *e)
 	}
 }
 
+/* Start the queues: as many as asked with -q, else as many as /dev/fuse
+ * lets us clone (at least the first) */
 static void start_queues(struct export *e)
 {
 	unsigned i;
@@ -1726,10 +1829,19 @@ static void start_queues(struct export *e)
 		q->data = malloc(DATA_SIZE);
 		if (!q->data)
 			die("queue buffer:");
-		if (i > 0) {
-			q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-			if (q->fd < 0 || ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)
+		if (i > 0 && ((q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0 ||
+			      ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)) {
+			if (e->queues_given)
 				die("cloning /dev/fuse for queue %u:", i);
+			if (e->debug)
+				fprintf(stderr, "fuseexport: %u queues: cloning "
+					"/dev/fuse: %s\n", i, strerror(errno));
+			if (q->fd >= 0)
+				close(q->fd);
+			free(q->data);
+			atomic_fetch_sub(&e->running, e->queues - i);
+			e->queues = i;
+			break;
 		}
 		errno = pthread_create(&q->thread, NULL, queue_loop, q);
 		if (errno)
@@ -1737,13 +1849,14 @@ static void start_queues(struct export *e)
 	}
 }
 
-/* Serve until the export ends; returns the exit status */
+/* Serve until the export ends; returns the exit status: 1 if it halted
+ * or a flush of the source failed */
 static int run_export(struct export *e)
 {
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
-	int sig;
+	int sig, r;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -1757,11 +1870,17 @@ static int run_export(struct export *e)
 		if (sigwait(&set, &sig) != 0)
 			continue;
 		if (atomic_load(&e->halted)) {
-			unmount_export(e, true);	/* aborts the connection */
-			unmounted = true;
+			/* Queues may sleep in read(2) for good (without root
+			 * a lazy unmount aborts nothing): exiting closes every
+			 * /dev/fuse fd, which aborts the connection, so no
+			 * client is left waiting on us */
+			unmount_export(e, true);
+			if (e->writable)
+				flush_source(e, false);
+			exit(1);
 		} else if (sig != SIGUSR1 && !unmounted) {
 			if (e->writable)
-				fsync(e->source_fd);
+				flush_source(e, false);	/* failure: told below */
 			if (e->backing_id > 0)	/* open files keep their own */
 				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
 				      &e->backing_id);
@@ -1774,9 +1893,12 @@ static int run_export(struct export *e)
 	for (i = 0; e->rings && i < e->nrings; i++)
 		if (e->rings[i].thread)
 			pthread_join(e->rings[i].thread, NULL);
-	if (e->writable && fsync(e->source_fd) < 0)
-		fprintf(stderr, "fuseexport: %s: flush: %s\n", e->source_path,
-			strerror(errno));
+	if (e->writable && (r = flush_source(e, false)) < 0) {
+		fprintf(stderr, "fuseexport: %s: a flush of the source failed "
+			"(%s): writes since the last good one may be lost\n",
+			e->source_path, strerror(-r));
+		return 1;
+	}
 	return atomic_load(&e->halted) ? 1 : 0;
 }
 
@@ -1817,6 +1939,7 @@ long fuseexport_request(struct export *e, const void *request, size_t len,
 		memcpy((char *)reply + done, q->iov[i].iov_base, n);
 		done += n;
 	}
+	reply_done(e, q);
 	return k < 0 ? k : (long)done;
 }
 
@@ -1840,6 +1963,7 @@ int main(int argc, char *argv[])
 
 	if (!e)
 		die("out of memory:");
+	signal(SIGPIPE, SIG_IGN);	/* a closed stderr or parent: EPIPE */
 	parse_options(e, argc, argv);
 	check_mountpoint(e);
 	open_source(e);
