@@ -5,8 +5,15 @@
  * root, through fusermount3), then serves requests with one thread per
  * queue, each blocking in read(2) on its own /dev/fuse fd, or with a thread
  * per CPU on FUSE over io_uring; reads and writes may bypass it altogether
- * by kernel passthrough. Modelled on QEMU's FUSE block export
- * (block/export/fuse.c). The usage text below is what -h prints.
+ * by kernel passthrough. Every request, whichever transport brought it, is
+ * one struct request handled by serve(), whose handlers speak only to the
+ * top of a stack of sources: the file or block device at the bottom, a
+ * window on it. Modelled on QEMU's FUSE block export (block/export/fuse.c).
+ * The usage text below is what -h prints.
+ *
+ * The file reads top-down: the request and the source stack, the export's
+ * state, the file source, the window, the handlers, the dispatcher, the
+ * read(2) transport, the io_uring transport, options, mounting, main().
  *
  * Copyright the fuseexport authors.
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -70,7 +77,7 @@ static const char usage_text[] =
 enum {
 	MAX_QUEUES = 64,
 	MAX_WRITE = 1 << 20,			/* largest READ or WRITE payload */
-	DATA_SIZE = MAX_WRITE + 4096,		/* a queue's payload buffer */
+	DATA_SIZE = MAX_WRITE + 4096,		/* a request's payload buffer */
 	/* read(2) puts a request's first REQ_HEAD bytes in the header buffer
 	 * and the rest in the payload buffer: a WRITE's data lands there
 	 * directly */
@@ -81,18 +88,18 @@ enum {
 	 * per READ at worst: one of over MAP_WHOLE is made anew every
 	 * MAP_REFRESH READs, which bounds them at a few MiB */
 	MAP_REFRESH = 1024,
+	ZEROS_SIZE = 1 << 20,			/* the file source's zero pages */
 	FH_WRITES = 1,				/* an open's fh: it may write */
 };
 #define MAP_WHOLE (4ULL << 30)
 
 enum { AUTO = -1, OFF = 0, ON = 1 };
 
-struct queue {
-	struct export *e;
-	int fd;
-	pthread_t thread;
+/* A request in flight, whichever transport brought it: the header and op
+ * struct, the payload, and the reply as it will be sent (iov) */
+struct request {
 	struct {
-		struct fuse_in_header in;
+		struct fuse_in_header hdr;
 		union {
 			struct fuse_init_in init;
 			struct fuse_getattr_in getattr;
@@ -106,8 +113,11 @@ struct queue {
 			struct fuse_fallocate_in fallocate;
 			struct fuse_lseek_in lseek;
 		};
-	} req;
-	char *data;				/* DATA_SIZE bytes */
+	} in;
+	char *data;		/* DATA_SIZE bytes: a WRITE's payload, a READ's buffer */
+	bool zero_copy;		/* the transport sends iov as it stands, so a
+				 * reply may point into the source's mapping */
+	bool map_locked;	/* it does: map_lock is held until it is sent */
 	struct fuse_out_header out;
 	union {
 		struct fuse_init_out init;
@@ -117,10 +127,65 @@ struct queue {
 		struct fuse_lseek_out lseek;
 		struct fuse_statfs_out statfs;
 	} reply;
-	struct iovec iov[2];			/* the reply as sent */
-	bool from_ring;				/* io_uring: the op struct came whole */
-	bool map_locked;			/* the reply is sent from the mapping:
-						 * map_lock is held until it is */
+	struct iovec iov[2];
+};
+
+/*
+ * The source stack, after nbdkit's filters: every layer is a struct source,
+ * the operations below and the layer it stands on (none for the bottom). A
+ * layer that has nothing to say about an operation passes it down, with
+ * its own offsets turned into the lower one's. Handlers call only the top.
+ * What a layer allows is fixed when the stack is built.
+ */
+struct space {
+	uint64_t allocated;	/* bytes the source holds */
+	uint64_t free, avail;	/* room to grow, where it can: bytes */
+};
+
+struct source {
+	struct source *below;
+	bool writable, growable;
+	bool resizable;		/* truncate and fallocate may change its size */
+	int passthrough_fd;	/* a regular file the kernel may pass reads
+				 * and writes to at the same offsets, or -1 */
+
+	/* the size in bytes */
+	uint64_t (*size)(struct source *s);
+	/* up to n bytes at pos into buf: the number read, short only at the
+	 * end, or -errno */
+	ssize_t (*read)(struct source *s, void *buf, size_t n, uint64_t pos);
+	/* n bytes at pos in a shared mapping, for a reply to be sent from,
+	 * or NULL: read them instead */
+	const char *(*map)(struct source *s, uint64_t pos, uint64_t n);
+	/* n bytes of buf at pos: the number written (short only after a
+	 * fault the next write meets), or -errno */
+	ssize_t (*write)(struct source *s, const void *buf, size_t n, uint64_t pos);
+	/* writes so far reach the medium: 0 or -errno */
+	int (*flush)(struct source *s, bool datasync);
+	/* len bytes at pos read as zeros afterwards, a hole where it can
+	 * (punch) or allocated zeros (zero): 0 or -errno */
+	int (*punch)(struct source *s, uint64_t pos, uint64_t len);
+	int (*zero)(struct source *s, uint64_t pos, uint64_t len);
+	/* reserve len bytes at pos, growing the source past its end unless
+	 * keep_size: 0 or -errno */
+	int (*allocate)(struct source *s, uint64_t pos, uint64_t len, bool keep_size);
+	/* SEEK_DATA or SEEK_HOLE from pos: the offset found, or -errno
+	 * (-ENXIO: no data there) */
+	int64_t (*seek)(struct source *s, uint64_t pos, int whence);
+	/* change the size (resizable sources): 0 or -errno */
+	int (*resize)(struct source *s, uint64_t size);
+	/* what it holds and the room left: 0 or -errno */
+	int (*space)(struct source *s, struct space *sp);
+	/* let go of this layer and those below */
+	void (*close)(struct source *s);
+};
+
+/* A queue: a thread reading requests from its own /dev/fuse fd */
+struct queue {
+	struct export *e;
+	int fd;
+	pthread_t thread;
+	struct request req;
 };
 
 /* FUSE over io_uring: a ring per possible CPU, its thread pinned there,
@@ -136,7 +201,7 @@ struct ring {
 	unsigned qid;
 	pthread_t thread;
 	int fd;
-	struct queue q;		/* serve()'s buffers; q.data: the entry's payload */
+	struct request req;	/* the entry being served; req.data: its payload */
 	uint32_t *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
 	struct io_uring_sqe128 *sqes;
 	struct io_uring_cqe *cqes;
@@ -144,29 +209,27 @@ struct ring {
 	struct ring_entry entry[RING_DEPTH];
 };
 
-/* One export: the source, what the exported file looks like, the queues */
+/* One export: the source stack, what the exported file looks like, the
+ * queues. The booleans are decided before the first request is served. */
 struct export {
 	const char *source_path;
 	const char *mountpoint;		/* absolute once checked */
 	char *mountpoint_buf;		/* which realpath() allocated */
-	int source_fd;
-	bool is_blockdev, writable, growable, foreground, debug;
+	struct source *top;		/* the stack the handlers speak to */
+	bool writable, growable, foreground, debug;
 	bool queues_given;		/* -q: exactly that many, or fail */
 	bool quiet;			/* a test harness: halts say nothing */
-	int allow_other, passthrough, io_uring;	/* AUTO, OFF or ON */
+	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
+	bool allow_other;		/* decided at mount */
+	bool passthrough, uring;	/* decided by INIT, before its reply */
+	const char *no_passthrough;	/* why passthrough is off, if it is */
 	unsigned queues;
 	uint64_t offset;		/* the window's start in the source */
 	uint64_t window;		/* its length; 0: to the end */
-	_Atomic uint64_t size;		/* the exported file's size */
-	/* a fixed-size export's source, mapped: READ replies are written
-	 * from here (NULL: no mapping) */
-	char *_Atomic map;
-	uint64_t map_size;		/* the bytes mapped: the size it had
-					 * then (truncate may grow it since) */
-	atomic_uint map_reads;		/* READs served from it */
+
 	/* READs sent from the mapping hold map_lock shared until sent; a
-	 * shrink of the source holds it exclusive, and while shrinking is
-	 * set new READs take pread, so none meets a page that went away */
+	 * shrink holds it exclusive, and while shrinking is set new READs
+	 * read instead, so none meets a page that went away */
 	pthread_rwlock_t map_lock;
 	atomic_bool shrinking;
 	atomic_bool flush_failed;	/* a flush of the source failed once */
@@ -174,16 +237,14 @@ struct export {
 	pthread_mutex_t lock;		/* resizing, and the fields below */
 	uint32_t mode, uid, gid;
 	struct timespec atime, mtime, ctime;
+	int backing_id;			/* the source as passthrough backing
+					 * file: 0 not yet, < 0 refused */
 
 	uint32_t minor;			/* negotiated protocol minor */
 	bool initialized;
 	uint32_t open_flags;		/* for OPEN replies without passthrough */
-	const char *no_passthrough;	/* why passthrough is off, if it is */
-	int backing_id;			/* the source as passthrough backing
-					 * file: 0 not yet, < 0 refused */
 	int fuse_fd;
 	struct queue *queue;
-	bool uring;			/* FUSE over io_uring negotiated */
 	struct ring *rings;
 	unsigned nrings;
 	atomic_int running;		/* queue threads still serving */
@@ -240,15 +301,48 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
-/* Read n bytes at pos of the source, fewer at its end. Returns the number
- * read, or -errno if nothing could be read. */
-static ssize_t read_source(struct export *e, void *buf, size_t n, uint64_t pos)
+/*
+ * The file source: the bottom of every stack, a regular file or a block
+ * device, read and written with pread(2) and pwrite(2) at its own offsets.
+ */
+struct file_source {
+	struct source s;
+	int fd;
+	bool is_blockdev;
+	_Atomic uint64_t size;		/* a fixed-size source's, kept */
+	const char *zeros;		/* ZEROS_SIZE bytes of the zero page */
+	/* a fixed-size source, mapped: READ replies are sent from here
+	 * (NULL: no mapping) */
+	char *_Atomic map;
+	uint64_t map_size;		/* the bytes mapped: the size it had
+					 * then (truncate may grow it since) */
+	atomic_uint map_reads;		/* READs served from it */
+};
+
+static struct file_source *file_of(struct source *s)
 {
+	return (struct file_source *)s;
+}
+
+/* A growable file's size is the file's own, which passthrough writes
+ * change without a word to us; a fixed one's changes only here */
+static uint64_t file_size(struct source *s)
+{
+	struct file_source *f = file_of(s);
+	struct stat st;
+
+	if (s->growable && fstat(f->fd, &st) == 0)
+		return st.st_size;
+	return atomic_load(&f->size);
+}
+
+static ssize_t file_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct file_source *f = file_of(s);
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = pread(e->source_fd, (char *)buf + done, n - done,
-				  e->offset + pos + done);
+		ssize_t r = pread(f->fd, (char *)buf + done, n - done, pos + done);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -260,16 +354,55 @@ static ssize_t read_source(struct export *e, void *buf, size_t n, uint64_t pos)
 	return done;
 }
 
-/* Write n bytes at pos of the source. Returns the number written (short
- * only after a fault, which the next write will meet), or -errno. */
-static ssize_t write_source(struct export *e, const void *buf, size_t n,
-			    uint64_t pos)
+/* Map the source, so READ replies go to the kernel straight from its
+ * pages: one copy, not two. The server never touches the mapping itself;
+ * a page the source cannot give fails the writev, not the server. With
+ * where, map it anew over itself, dropping the page tables READs built up
+ * (on every kernel; MADV_DONTNEED frees them only with CONFIG_PT_RECLAIM):
+ * the kernel swaps the two under its mmap lock, so a writev in another
+ * thread meets one or the other, never a hole. Returns the mapping, or
+ * NULL: then READs use pread. */
+static char *map_file(struct file_source *f, char *where)
 {
+	char *m = mmap(where, f->map_size, PROT_READ,
+		       MAP_SHARED | (where ? MAP_FIXED : 0), f->fd, 0);
+
+	m = m == MAP_FAILED ? NULL : m;
+	atomic_store(&f->map, m);
+	return m;
+}
+
+static const char *file_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	struct file_source *f = file_of(s);
+	char *map = atomic_load(&f->map);
+
+	if (!map || pos + n > f->map_size)	/* grown since it was mapped */
+		return NULL;
+	if (f->map_size > MAP_WHOLE &&
+	    atomic_fetch_add(&f->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
+		map = map_file(f, map);		/* drops its page tables */
+	return map ? map + pos : NULL;
+}
+
+/* Raise the kept size to at least end */
+static void grow_to(struct file_source *f, uint64_t end)
+{
+	uint64_t size = atomic_load(&f->size);
+
+	while (size < end && !atomic_compare_exchange_weak(&f->size, &size, end))
+		;
+}
+
+static ssize_t file_write(struct source *s, const void *buf, size_t n,
+			  uint64_t pos)
+{
+	struct file_source *f = file_of(s);
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = pwrite(e->source_fd, (const char *)buf + done,
-				   n - done, e->offset + pos + done);
+		ssize_t r = pwrite(f->fd, (const char *)buf + done, n - done,
+				   pos + done);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -278,56 +411,390 @@ static ssize_t write_source(struct export *e, const void *buf, size_t n,
 			return done ? (ssize_t)done : -EIO;
 		done += r;
 	}
+	grow_to(f, pos + done);
 	return done;
 }
 
-/* Raise the exported size to at least end (growable exports) */
-static void grow_to(struct export *e, uint64_t end)
+static int file_flush(struct source *s, bool datasync)
 {
-	uint64_t size = atomic_load(&e->size);
+	struct file_source *f = file_of(s);
 
-	while (size < end && !atomic_compare_exchange_weak(&e->size, &size, end))
-		;
+	return (datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0 ? -errno : 0;
 }
 
-/* The exported size. A growable export that passes through has the
- * source's own, which passthrough writes change without a word to us;
- * every other export's size changes only here, and is kept. */
-static uint64_t export_size(struct export *e)
+/* Zero len bytes at pos by writing them: 0 or -errno */
+static int write_zeros(struct file_source *f, uint64_t pos, uint64_t len)
 {
+	while (len) {
+		ssize_t r = file_write(&f->s, f->zeros, min_u64(len, ZEROS_SIZE), pos);
+		if (r < 0)
+			return r;
+		pos += r;
+		len -= r;
+	}
+	return 0;
+}
+
+/* Make len bytes at pos read as zeros, leaving a hole (punch) or
+ * allocated zeros where the source can: 0 or -errno */
+static int zero_range(struct file_source *f, uint64_t pos, uint64_t len,
+		      bool punch)
+{
+	int mode = FALLOC_FL_KEEP_SIZE |
+		   (punch ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+	int r;
+
+	if (f->is_blockdev) {
+		/* a disk takes only whole sectors: zero the ragged ends */
+		int sector = 512;
+		uint64_t head, tail;
+
+		ioctl(f->fd, BLKSSZGET, &sector);
+		head = min_u64(len, (sector - pos % sector) % sector);
+		tail = (pos + len) % sector;
+		if (head + tail >= len) {
+			head = len;
+			tail = 0;
+		}
+		if (head && (r = write_zeros(f, pos, head)) < 0)
+			return r;
+		if (tail && (r = write_zeros(f, pos + len - tail, tail)) < 0)
+			return r;
+		pos += head;
+		len -= head + tail;
+		if (!len)
+			return 0;
+	}
+	if (fallocate(f->fd, mode, pos, len) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP && errno != EINVAL)
+		return -errno;
+	/* tmpfs punches holes but has no zero range; a hole reads as zeros */
+	if (!punch && !f->is_blockdev &&
+	    fallocate(f->fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, pos, len) == 0)
+		return 0;
+	if (f->is_blockdev) {
+		uint64_t range[2] = { pos, len };
+		if (ioctl(f->fd, BLKZEROOUT, range) == 0)
+			return 0;
+	}
+	return write_zeros(f, pos, len);
+}
+
+static int file_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	return zero_range(file_of(s), pos, len, true);
+}
+
+static int file_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	return zero_range(file_of(s), pos, len, false);
+}
+
+static int file_allocate(struct source *s, uint64_t pos, uint64_t len,
+			 bool keep_size)
+{
+	struct file_source *f = file_of(s);
+
+	if (f->is_blockdev)
+		return 0;		/* a disk's space is all there */
+	if (fallocate(f->fd, keep_size ? FALLOC_FL_KEEP_SIZE : 0, pos, len) < 0)
+		return -errno;
+	if (!keep_size)
+		grow_to(f, pos + len);
+	return 0;
+}
+
+static int64_t file_seek(struct source *s, uint64_t pos, int whence)
+{
+	off_t r = lseek(file_of(s)->fd, pos, whence);
+
+	return r < 0 ? -errno : r;
+}
+
+static int file_resize(struct source *s, uint64_t size)
+{
+	struct file_source *f = file_of(s);
+
+	if (ftruncate(f->fd, size) < 0)
+		return -errno;
+	atomic_store(&f->size, size);
+	return 0;
+}
+
+static int file_space(struct source *s, struct space *sp)
+{
+	struct file_source *f = file_of(s);
+	struct statfs sfs;
 	struct stat st;
 
-	if (e->growable && !e->no_passthrough && fstat(e->source_fd, &st) == 0)
-		atomic_store(&e->size, st.st_size);
-	return atomic_load(&e->size);
+	memset(sp, 0, sizeof(*sp));
+	if (f->is_blockdev) {
+		sp->allocated = file_size(s);
+		return 0;
+	}
+	if (fstat(f->fd, &st) < 0)
+		return -errno;
+	sp->allocated = (uint64_t)st.st_blocks * 512;
+	if (s->growable && fstatfs(f->fd, &sfs) == 0) {
+		sp->free = (uint64_t)sfs.f_bfree * sfs.f_bsize;
+		sp->avail = (uint64_t)sfs.f_bavail * sfs.f_bsize;
+	}
+	return 0;
 }
 
-/* May the export change size? A disk or a window keeps its own. */
-static bool resizable(struct export *e)
+static void file_close(struct source *s)
 {
-	return !e->is_blockdev && !e->offset && !e->window;
+	struct file_source *f = file_of(s);
+	char *map = atomic_load(&f->map);
+
+	if (map)
+		munmap(map, f->map_size);
+	munmap((void *)f->zeros, ZEROS_SIZE);
+	close(f->fd);
+	free(f);
 }
 
-/* Resize a regular-file source; the caller holds e->lock. Returns 0 or -errno. */
-static int resize_source(struct export *e, uint64_t size)
+/* Open and lock path as the bottom of a stack. The path's type only says
+ * whether to ask for O_EXCL (a block device is then refused while
+ * mounted); what was opened is what counts, and O_NONBLOCK keeps a FIFO
+ * swapped in meanwhile from hanging the open. Exits on failure. */
+static struct source *file_open(const char *path, bool writable, bool growable)
+{
+	struct file_source *f = calloc(1, sizeof(*f));
+	struct stat st;
+	uint64_t size;
+	int ro = 0;
+	void *zeros;
+
+	if (!f)
+		die("out of memory:");
+	if (stat(path, &st) < 0)
+		die("%s:", path);
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		die("%s: not a regular file or block device", path);
+	f->is_blockdev = S_ISBLK(st.st_mode);
+	f->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY |
+		     O_NONBLOCK | (writable && f->is_blockdev ? O_EXCL : 0));
+	if (f->fd < 0)
+		die("%s:", path);
+	if (fstat(f->fd, &st) < 0)
+		die("%s:", path);
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		die("%s: not a regular file or block device", path);
+	if (f->is_blockdev != S_ISBLK(st.st_mode))
+		die("%s: changed while it was opened", path);
+	if (fcntl(f->fd, F_SETFL, 0) < 0)
+		die("%s:", path);
+	if (growable && f->is_blockdev)
+		die("%s: --growable needs a regular file, not a block device", path);
+	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
+		die("%s: a read-only block device cannot be exported writable", path);
+	if (flock(f->fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
+		die(errno == EWOULDBLOCK ? "%s: in use by another export "
+		    "(a writer excludes everyone else)" : "%s: lock:", path);
+	size = st.st_size;
+	if (f->is_blockdev && ioctl(f->fd, BLKGETSIZE64, &size) < 0)
+		die("%s: BLKGETSIZE64:", path);
+	atomic_store(&f->size, size);
+	/* the zero page, mapped over and over: zeros to write cost nothing */
+	zeros = mmap(NULL, ZEROS_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (zeros == MAP_FAILED)
+		die("out of memory:");
+	f->zeros = zeros;
+	f->map_size = size;
+	if (!growable && size && size <= SIZE_MAX)
+		map_file(f, NULL);
+
+	f->s = (struct source){
+		.writable = writable, .growable = growable,
+		.resizable = !f->is_blockdev,
+		.passthrough_fd = f->is_blockdev ? -1 : f->fd,
+		.size = file_size, .read = file_read, .map = file_map,
+		.write = file_write, .flush = file_flush, .punch = file_punch,
+		.zero = file_zero, .allocate = file_allocate, .seek = file_seek,
+		.resize = file_resize, .space = file_space, .close = file_close,
+	};
+	return &f->s;
+}
+
+/*
+ * The window (--offset, --size): a fixed-size range of the layer below,
+ * the only place that knows its offset. Nothing outside it is ever read or
+ * written, whatever a request asks.
+ */
+struct window {
+	struct source s;
+	uint64_t offset, size;
+};
+
+static struct window *window_of(struct source *s)
+{
+	return (struct window *)s;
+}
+
+static uint64_t window_size(struct source *s)
+{
+	return window_of(s)->size;
+}
+
+/* The part of n bytes at pos that lies inside the window */
+static uint64_t inside(struct window *w, uint64_t pos, uint64_t n)
+{
+	return pos < w->size ? min_u64(n, w->size - pos) : 0;
+}
+
+static ssize_t window_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct window *w = window_of(s);
+
+	return s->below->read(s->below, buf, inside(w, pos, n), w->offset + pos);
+}
+
+static const char *window_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	struct window *w = window_of(s);
+
+	if (inside(w, pos, n) < n)
+		return NULL;
+	return s->below->map(s->below, w->offset + pos, n);
+}
+
+static ssize_t window_write(struct source *s, const void *buf, size_t n,
+			    uint64_t pos)
+{
+	struct window *w = window_of(s);
+
+	if (n && !inside(w, pos, n))
+		return -ENOSPC;
+	return s->below->write(s->below, buf, inside(w, pos, n), w->offset + pos);
+}
+
+static int window_flush(struct source *s, bool datasync)
+{
+	return s->below->flush(s->below, datasync);
+}
+
+static int window_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	struct window *w = window_of(s);
+
+	len = inside(w, pos, len);
+	return len ? s->below->punch(s->below, w->offset + pos, len) : 0;
+}
+
+static int window_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	struct window *w = window_of(s);
+
+	len = inside(w, pos, len);
+	return len ? s->below->zero(s->below, w->offset + pos, len) : 0;
+}
+
+/* the space is reserved; never a byte past the window's end */
+static int window_allocate(struct source *s, uint64_t pos, uint64_t len,
+			   bool keep_size)
+{
+	struct window *w = window_of(s);
+
+	if (!keep_size && inside(w, pos, len) < len)
+		return -ENOSPC;
+	len = inside(w, pos, len);
+	return len ? s->below->allocate(s->below, w->offset + pos, len, true) : 0;
+}
+
+static int64_t window_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct window *w = window_of(s);
+	int64_t r = s->below->seek(s->below, w->offset + pos, whence);
+
+	if (r < 0)
+		return r;
+	r = min_u64(r - w->offset, w->size);
+	if (whence == SEEK_DATA && (uint64_t)r >= w->size)
+		return -ENXIO;		/* the data lies past the window */
+	return r;
+}
+
+static int window_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;			/* a window keeps its size */
+}
+
+static int window_space(struct source *s, struct space *sp)
+{
+	int r = s->below->space(s->below, sp);
+
+	sp->allocated = min_u64(sp->allocated, window_of(s)->size);
+	sp->free = sp->avail = 0;	/* it cannot grow */
+	return r;
+}
+
+static void window_close(struct source *s)
+{
+	s->below->close(s->below);
+	free(s);
+}
+
+/* Stand a window of size bytes at offset on below (size 0: to its end).
+ * Exits if it does not lie inside. */
+static struct source *window_open(struct source *below, uint64_t offset,
+				  uint64_t size, const char *path)
+{
+	struct window *w = calloc(1, sizeof(*w));
+	uint64_t below_size = below->size(below);
+
+	if (!w)
+		die("out of memory:");
+	if (below->growable)
+		die("%s: --growable does not go with --offset or --size", path);
+	if (offset > below_size || (size && size > below_size - offset))
+		die("%s: the window %llu+%llu lies past its end (%llu bytes)",
+		    path, (unsigned long long)offset, (unsigned long long)size,
+		    (unsigned long long)below_size);
+	w->offset = offset;
+	w->size = size ? size : below_size - offset;
+	w->s = (struct source){
+		.below = below, .writable = below->writable,
+		.passthrough_fd = -1,
+		.size = window_size, .read = window_read, .map = window_map,
+		.write = window_write, .flush = window_flush,
+		.punch = window_punch, .zero = window_zero,
+		.allocate = window_allocate, .seek = window_seek,
+		.resize = window_resize, .space = window_space,
+		.close = window_close,
+	};
+	return &w->s;
+}
+
+/*
+ * What the export does with its stack: the size, resizing, and flushing,
+ * each in one place for every handler.
+ */
+
+static uint64_t export_size(struct export *e)
+{
+	return e->top->size(e->top);
+}
+
+/* Resize the export; the caller holds e->lock. Returns 0 or -errno. */
+static int resize_export(struct export *e, uint64_t size)
 {
 	uint64_t old = export_size(e);
-	int r = 0;
+	int r;
 
 	if (size == old)
 		return 0;
-	if (!resizable(e))
-		return -EINVAL;
+	if (!e->top->resizable)
+		return -EINVAL;		/* a disk or a window keeps its size */
 	if (size > (uint64_t)INT64_MAX)
 		return -EFBIG;
 	if (size < old) {	/* wait for READs sending what goes away */
 		atomic_store(&e->shrinking, true);
 		pthread_rwlock_wrlock(&e->map_lock);
 	}
-	if (ftruncate(e->source_fd, size) < 0)
-		r = -errno;
-	else
-		atomic_store(&e->size, size);
+	r = e->top->resize(e->top, size);
 	if (size < old) {
 		pthread_rwlock_unlock(&e->map_lock);
 		atomic_store(&e->shrinking, false);
@@ -339,81 +806,39 @@ static int resize_source(struct export *e, uint64_t size)
  * one fails with EIO: the kernel reports a writeback error once per open
  * file, and all clients share ours, so the next to ask would hear nothing.
  * Returns 0 or -errno. */
-static int flush_source(struct export *e, bool datasync)
+static int flush_export(struct export *e, bool datasync)
 {
-	if (atomic_load(&e->flush_failed))
-		return -EIO;
-	if ((datasync ? fdatasync(e->source_fd) : fsync(e->source_fd)) == 0)
-		return 0;
-	atomic_store(&e->flush_failed, true);
-	return -errno;
-}
-
-/* Zero len bytes at pos of the source through the page cache, with the
- * queue's payload buffer as the source of zeros. Returns 0 or -errno. */
-static int write_zeros(struct export *e, struct queue *q, uint64_t pos,
-		       uint64_t len)
-{
-	memset(q->data, 0, min_u64(len, DATA_SIZE));
-	while (len) {
-		ssize_t r = write_source(e, q->data, min_u64(len, DATA_SIZE), pos);
-		if (r < 0)
-			return r;
-		pos += r;
-		len -= r;
-	}
-	return 0;
-}
-
-/* Make len bytes at pos read as zeros, leaving a hole (punch) or
- * allocated zeros where the source can. Returns 0 or -errno. */
-static int zero_range(struct export *e, struct queue *q, uint64_t pos,
-		      uint64_t len, bool punch)
-{
-	int mode = FALLOC_FL_KEEP_SIZE |
-		   (punch ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
-	uint64_t head = 0, tail = 0;
 	int r;
 
-	if (e->is_blockdev) {
-		/* a disk takes only whole sectors: zero the ragged ends */
-		int sector = 512;
-		ioctl(e->source_fd, BLKSSZGET, &sector);
-		head = min_u64(len, (sector - (e->offset + pos) % sector) % sector);
-		tail = (e->offset + pos + len) % sector;
-		if (head + tail >= len) {
-			head = len;
-			tail = 0;
-		}
-		if (head && (r = write_zeros(e, q, pos, head)) < 0)
-			return r;
-		if (tail && (r = write_zeros(e, q, pos + len - tail, tail)) < 0)
-			return r;
-		pos += head;
-		len -= head + tail;
-		if (!len)
-			return 0;
-	}
-	if (fallocate(e->source_fd, mode, e->offset + pos, len) == 0)
-		return 0;
-	if (errno != EOPNOTSUPP && errno != EINVAL)
-		return -errno;
-	/* tmpfs punches holes but has no zero range; a hole reads as zeros */
-	if (!punch && !e->is_blockdev &&
-	    fallocate(e->source_fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
-		      e->offset + pos, len) == 0)
-		return 0;
-	if (e->is_blockdev) {
-		uint64_t range[2] = { e->offset + pos, len };
-		if (ioctl(e->source_fd, BLKZEROOUT, range) == 0)
-			return 0;
-	}
-	return write_zeros(e, q, pos, len);
+	if (atomic_load(&e->flush_failed))
+		return -EIO;
+	r = e->top->flush(e->top, datasync);
+	if (r < 0)
+		atomic_store(&e->flush_failed, true);
+	return r;
+}
+
+/* Passthrough is possible only where the stack is a bare regular file
+ * whose every path may go to the source, as root. Returns why not, or
+ * NULL: then INIT asks the kernel. */
+static const char *why_no_passthrough(struct export *e)
+{
+	if (e->want_passthrough == OFF)
+		return "--passthrough=off";
+	if (e->top->passthrough_fd < 0)
+		return "the kernel passes through only to a regular file at the "
+		       "same offsets (not a block device, not a window)";
+	if (e->writable && !e->growable)
+		return "a fixed-size export's writes must come here (passed "
+		       "through, they could grow the source)";
+	if (geteuid() != 0)
+		return "registering a backing file needs root";
+	return NULL;
 }
 
 static void fill_attr(struct export *e, struct fuse_attr *a)
 {
-	struct stat st;
+	struct space sp;
 	uint64_t size = export_size(e);
 	uint64_t sectors = (size + 511) / 512;
 
@@ -421,8 +846,8 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
 	a->ino = FUSE_ROOT_ID;
 	a->size = size;
 	a->blocks = sectors;
-	if (!e->is_blockdev && fstat(e->source_fd, &st) == 0)
-		a->blocks = min_u64(st.st_blocks, sectors);
+	if (e->top->space(e->top, &sp) == 0)
+		a->blocks = min_u64((sp.allocated + 511) / 512, sectors);
 	a->nlink = 1;
 	a->blksize = 4096;
 	pthread_mutex_lock(&e->lock);
@@ -439,17 +864,19 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
 }
 
 /*
- * The handlers, one per opcode. Each takes the request in q->req (and a
- * WRITE's payload in q->data), with len the bytes after the in_header, and
- * returns the length of its reply payload, put in q->reply unless it points
- * q->iov[1] elsewhere, or -errno.
+ * The handlers, one per opcode. Each takes the request in r->in (and a
+ * WRITE's payload in r->data), with len the bytes after the in_header, and
+ * returns the length of its reply payload, put in r->reply unless it points
+ * r->iov[1] elsewhere, or -errno.
  */
 
-/* INIT: agree on the protocol, ask for parallel requests and 1 MiB I/O */
-static int fuse_init(struct export *e, struct queue *q, size_t len)
+/* INIT: agree on the protocol, ask for parallel requests and 1 MiB I/O;
+ * whether passthrough and io_uring are used is settled here, before the
+ * reply lets any other request in */
+static int fuse_init(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_init_in *in = &q->req.init;
-	struct fuse_init_out *out = &q->reply.init;
+	const struct fuse_init_in *in = &r->in.init;
+	struct fuse_init_out *out = &r->reply.init;
 	uint64_t offered = in->flags, flags;
 	long page = sysconf(_SC_PAGESIZE);
 
@@ -482,22 +909,24 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 	 * without mmap on direct I/O files (before 6.6) use the page cache. */
 	if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
 		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	if (!e->no_passthrough && !(offered & FUSE_PASSTHROUGH))
+	if (e->passthrough && !(offered & FUSE_PASSTHROUGH)) {
+		e->passthrough = false;
 		e->no_passthrough = "the kernel offers no FUSE passthrough "
 				    "(Linux 6.9 and later, CONFIG_FUSE_PASSTHROUGH)";
-	if (e->io_uring != OFF && (offered & FUSE_OVER_IO_URING))
+		if (e->want_passthrough == ON)
+			return halt(e, "--passthrough=on: %s", e->no_passthrough);
+	}
+	if (e->passthrough) {
+		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
+		out->max_stack_depth = 1;	/* the source is no FUSE file */
+	}
+	e->uring = e->want_io_uring != OFF && (offered & FUSE_OVER_IO_URING);
+	if (e->uring)
 		flags |= FUSE_OVER_IO_URING | FUSE_INIT_EXT;
-	else if (e->io_uring == ON)
+	else if (e->want_io_uring == ON)
 		return halt(e, "--io-uring=on: the kernel offers no FUSE over io_uring "
 			    "(Linux 6.14 and later, with "
 			    "/sys/module/fuse/parameters/enable_uring set to Y)");
-	e->uring = flags & FUSE_OVER_IO_URING;
-	if (!e->no_passthrough) {
-		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
-		out->max_stack_depth = 1;	/* the source is no FUSE file */
-	} else if (e->passthrough == ON) {
-		return halt(e, "--passthrough=on: %s", e->no_passthrough);
-	}
 	e->initialized = true;
 
 	out->minor = e->minor;
@@ -513,15 +942,15 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 }
 
 /* LOOKUP: the root is the only inode, a file, so no name is found in it */
-static int fuse_lookup(struct export *e, struct queue *q, size_t len)
+static int fuse_lookup(struct export *e, struct request *r, size_t len)
 {
-	(void)e, (void)q, (void)len;
+	(void)e, (void)r, (void)len;
 	return -ENOENT;
 }
 
-static int fuse_getattr(struct export *e, struct queue *q, size_t len)
+static int fuse_getattr(struct export *e, struct request *r, size_t len)
 {
-	struct fuse_attr_out *out = &q->reply.attr;
+	struct fuse_attr_out *out = &r->reply.attr;
 
 	(void)len;
 	memset(out, 0, sizeof(*out));
@@ -543,11 +972,11 @@ static void set_time(struct timespec *t, uint64_t sec, uint32_t nsec, bool now)
 /* SETATTR: size on writable exports of regular files; permission bits
  * (no write bits read-only, none for group and other without allow_other);
  * owner only with allow_other; times always, kept for the export's life */
-static int fuse_setattr(struct export *e, struct queue *q, size_t len)
+static int fuse_setattr(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_setattr_in *in = &q->req.setattr;
+	const struct fuse_setattr_in *in = &r->in.setattr;
 	uint32_t valid = in->valid, mode = in->mode & 07777;
-	int r = 0;
+	int res = 0;
 
 	/* an O_TRUNC open comes as size 0 without a file handle (truncate(2)
 	 * of the path to 0 looks the same): a fixed-size export keeps its
@@ -555,7 +984,6 @@ static int fuse_setattr(struct export *e, struct queue *q, size_t len)
 	if ((valid & FATTR_SIZE) && !in->size && !(valid & FATTR_FH) &&
 	    !e->growable)
 		valid &= ~FATTR_SIZE;
-
 	if ((valid & (FATTR_UID | FATTR_GID)) && !e->allow_other)
 		return -EPERM;
 	if (valid & FATTR_MODE) {
@@ -571,8 +999,8 @@ static int fuse_setattr(struct export *e, struct queue *q, size_t len)
 
 	pthread_mutex_lock(&e->lock);
 	if (valid & FATTR_SIZE)
-		r = resize_source(e, in->size);
-	if (r == 0) {
+		res = resize_export(e, in->size);
+	if (res == 0) {
 		if (valid & FATTR_MODE)
 			e->mode = mode;
 		if (valid & FATTR_UID)
@@ -589,15 +1017,16 @@ static int fuse_setattr(struct export *e, struct queue *q, size_t len)
 			 !(valid & FATTR_CTIME));
 	}
 	pthread_mutex_unlock(&e->lock);
-	return r < 0 ? r : fuse_getattr(e, q, len);
+	return res < 0 ? res : fuse_getattr(e, r, len);
 }
 
 /* Register the source with the kernel as the passthrough backing file,
- * once for the export's life: one backing file for every open, as the
- * kernel wants. Returns the backing id, or -errno if it is refused. */
+ * once for the export's life, by whichever comes first of init_done() and
+ * the first OPEN: one backing file for every open, as the kernel wants.
+ * Returns the backing id, or -errno if it is refused. */
 static int open_backing(struct export *e)
 {
-	struct fuse_backing_map map = { .fd = e->source_fd };
+	struct fuse_backing_map map = { .fd = e->top->passthrough_fd };
 	int id;
 
 	pthread_mutex_lock(&e->lock);
@@ -613,11 +1042,11 @@ static int open_backing(struct export *e)
 /* OPEN: writes only on writable exports (O_TRUNC comes as a SETATTR).
  * The file handle says whether the open may write: only such a close
  * flushes the source. */
-static int fuse_open(struct export *e, struct queue *q, size_t len)
+static int fuse_open(struct export *e, struct request *r, size_t len)
 {
-	uint32_t flags = q->req.open.flags;
-	struct fuse_open_out *out = &q->reply.open;
-	int r;
+	uint32_t flags = r->in.open.flags;
+	struct fuse_open_out *out = &r->reply.open;
+	int id;
 
 	(void)len;
 	if (!e->writable && (flags & O_ACCMODE) != O_RDONLY)
@@ -627,95 +1056,61 @@ static int fuse_open(struct export *e, struct queue *q, size_t len)
 	out->open_flags = e->open_flags;
 	/* Every open of the inode must pass through, to the same backing
 	 * file, and every path of it (read, write, splice, mmap) then goes
-	 * there: so only exports whose writes may go anywhere do (read-only
-	 * and growable ones). */
-	if (!e->no_passthrough && (r = open_backing(e)) > 0) {
+	 * there: why_no_passthrough() lets only exports whose writes may
+	 * go anywhere do it. */
+	if (e->passthrough && (id = open_backing(e)) > 0) {
 		out->open_flags = FOPEN_PASSTHROUGH;
-		out->backing_id = r;
+		out->backing_id = id;
 	}
 	return sizeof(*out);
 }
 
 /* RELEASE and DESTROY: nothing to let go of, and nothing to say */
-static int fuse_nothing(struct export *e, struct queue *q, size_t len)
+static int fuse_nothing(struct export *e, struct request *r, size_t len)
 {
-	(void)e, (void)q, (void)len;
+	(void)e, (void)r, (void)len;
 	return 0;
 }
 
-/* Map a fixed-size export's source, so READ replies go to the kernel
- * straight from the source's pages: one copy, not two. The server never
- * touches the mapping itself; a page the source cannot give fails the
- * writev, not the server. With where, map it anew over itself, dropping
- * the page tables READs built up (on every kernel; MADV_DONTNEED frees
- * them only with CONFIG_PT_RECLAIM): the kernel swaps the two under its
- * mmap lock, so a writev in another thread meets one or the other, never
- * a hole. Returns the mapping, or NULL: then READs use pread. */
-static char *map_source(struct export *e, char *where)
-{
-	uint64_t skew = e->offset % (uint64_t)sysconf(_SC_PAGESIZE);
-	char *m;
-
-	if (!where) {		/* before the queues start */
-		e->map_size = atomic_load(&e->size);
-		if (e->growable || !e->map_size || e->map_size > SIZE_MAX - skew)
-			return NULL;
-	}
-	m = mmap(where ? where - skew : NULL, skew + e->map_size, PROT_READ,
-		 MAP_SHARED | (where ? MAP_FIXED : 0), e->source_fd,
-		 e->offset - skew);
-	m = m == MAP_FAILED ? NULL : m + skew;
-	atomic_store(&e->map, m);
-	return m;
-}
-
 /* READ: the source's bytes, short at the end, sent by writev from the
- * mapping (holding map_lock until sent) or from q->data */
-static int fuse_read(struct export *e, struct queue *q, size_t len)
+ * source's mapping (holding map_lock until sent) or from r->data. O_DIRECT
+ * asks for the medium, so a failing source is seen: never the mapping. */
+static int fuse_read(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_read_in *in = &q->req.read;
-	char *map = atomic_load(&e->map);
+	const struct fuse_read_in *in = &r->in.read;
+	const char *map = NULL;
 	uint64_t size, n;
-	ssize_t r;
 
 	(void)len;
 	if (in->size > MAX_WRITE || in->offset > (uint64_t)INT64_MAX - in->size)
 		return -EINVAL;
-	/* pread into a ring's buffer, while the source shrinks, and for
-	 * O_DIRECT, which asks for the medium: a failing source is seen */
-	if (q->from_ring || (in->flags & O_DIRECT) || atomic_load(&e->shrinking))
-		map = NULL;
-	if (map) {
+	if (r->zero_copy && !(in->flags & O_DIRECT) && !atomic_load(&e->shrinking)) {
 		pthread_rwlock_rdlock(&e->map_lock);
-		q->map_locked = true;
+		r->map_locked = true;
 	}
 	size = export_size(e);
 	if (in->offset >= size)
 		return 0;
 	n = min_u64(in->size, size - in->offset);
-	if (in->offset + n > e->map_size)	/* grown since it was mapped */
-		map = NULL;
-	else if (map && e->map_size > MAP_WHOLE &&
-		 atomic_fetch_add(&e->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
-		map = map_source(e, map);	/* drops its page tables */
+	if (r->map_locked)
+		map = e->top->map(e->top, in->offset, n);
 	if (map) {
 		/* one copy, made by writev: a page the source cannot give
 		 * fails it with EFAULT, and the kernel gives the reader EIO */
-		q->iov[1].iov_base = map + in->offset;
+		r->iov[1].iov_base = (void *)map;
 		return n;
 	}
-	r = read_source(e, q->data, n, in->offset);
-	q->iov[1].iov_base = q->data;
-	return r;
+	r->iov[1].iov_base = r->data;
+	return e->top->read(e->top, r->data, n, in->offset);
 }
 
-/* WRITE: the payload came into q->data. Past the end a fixed-size export
+/* WRITE: the payload came into r->data. Past the end a fixed-size export
  * says ENOSPC, or writes what fits; a growable one grows. */
-static int fuse_write(struct export *e, struct queue *q, size_t len)
+static int fuse_write(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_write_in *in = &q->req.write;
-	uint64_t size = atomic_load(&e->size), n = in->size;
-	ssize_t r;
+	const struct fuse_write_in *in = &r->in.write;
+	uint64_t n = in->size;
+	ssize_t res;
 
 	if (len - sizeof(*in) != n)
 		return -EINVAL;
@@ -723,43 +1118,45 @@ static int fuse_write(struct export *e, struct queue *q, size_t len)
 		return -EROFS;
 	if (in->offset > (uint64_t)INT64_MAX - n)
 		return -EFBIG;
-	if (!e->growable && in->offset + n > size) {
-		n = in->offset < size ? size - in->offset : 0;
-		if (!n && in->size)
-			return -ENOSPC;
+	if (!e->growable) {
+		uint64_t size = export_size(e);
+
+		if (in->offset + n > size) {
+			n = in->offset < size ? size - in->offset : 0;
+			if (!n && in->size)
+				return -ENOSPC;
+		}
 	}
-	r = write_source(e, q->data, n, in->offset);
-	if (r < 0)
-		return r;
-	if (e->growable)
-		grow_to(e, in->offset + r);
-	q->reply.write.size = r;
-	q->reply.write.padding = 0;
-	return sizeof(q->reply.write);
+	res = e->top->write(e->top, r->data, n, in->offset);
+	if (res < 0)
+		return res;
+	r->reply.write.size = res;
+	r->reply.write.padding = 0;
+	return sizeof(r->reply.write);
 }
 
 /* FLUSH (every close): what a writing open wrote reaches the disk; a
  * read-only close neither flushes nor takes another's error */
-static int fuse_flush(struct export *e, struct queue *q, size_t len)
+static int fuse_flush(struct export *e, struct request *r, size_t len)
 {
 	(void)len;
-	return q->req.flush.fh & FH_WRITES ? flush_source(e, true) : 0;
+	return r->in.flush.fh & FH_WRITES ? flush_export(e, true) : 0;
 }
 
-static int fuse_fsync(struct export *e, struct queue *q, size_t len)
+static int fuse_fsync(struct export *e, struct request *r, size_t len)
 {
 	(void)len;
-	return flush_source(e, q->req.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC);
+	return flush_export(e, r->in.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC);
 }
 
 /* FALLOCATE: punch hole and zero range read as zeros afterwards; plain
  * allocation reserves space, growing the export as truncate would */
-static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
+static int fuse_fallocate(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_fallocate_in *in = &q->req.fallocate;
+	const struct fuse_fallocate_in *in = &r->in.fallocate;
 	uint64_t size = export_size(e), pos = in->offset, n = in->length;
 	uint32_t mode = in->mode;
-	int r;
+	int res;
 
 	(void)len;
 	if (!e->writable)
@@ -776,7 +1173,7 @@ static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 	default:
 		return -EOPNOTSUPP;
 	}
-	if (pos + n > size && !(mode & FALLOC_FL_KEEP_SIZE) && !resizable(e))
+	if (pos + n > size && !(mode & FALLOC_FL_KEEP_SIZE) && !e->top->resizable)
 		return -ENOSPC;		/* a disk or a window cannot grow */
 	if (pos + n > size && (mode & FALLOC_FL_KEEP_SIZE)) {
 		if (pos >= size)
@@ -784,11 +1181,12 @@ static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 		n = size - pos;
 	}
 	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
-		uint64_t inside = pos < size ? min_u64(n, size - pos) : 0;
+		uint64_t part = pos < size ? min_u64(n, size - pos) : 0;
 
-		if (inside && (r = zero_range(e, q, pos, inside,
-					      mode & FALLOC_FL_PUNCH_HOLE)) < 0)
-			return r;
+		if (part && (res = mode & FALLOC_FL_PUNCH_HOLE ?
+			     e->top->punch(e->top, pos, part) :
+			     e->top->zero(e->top, pos, part)) < 0)
+			return res;
 		if (pos + n <= size)
 			return 0;
 		/* a zero range reaching past the end grows the export */
@@ -796,50 +1194,46 @@ static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 		n = in->offset + in->length - pos;
 		mode = 0;
 	}
-	if (e->is_blockdev)
-		return 0;		/* a disk's space is all there */
 	pthread_mutex_lock(&e->lock);	/* a resize, as truncate's */
-	r = fallocate(e->source_fd, mode, e->offset + pos, n) < 0 ? -errno : 0;
-	if (r == 0 && !(mode & FALLOC_FL_KEEP_SIZE))
-		grow_to(e, pos + n);
+	res = e->top->allocate(e->top, pos, n, mode & FALLOC_FL_KEEP_SIZE);
 	pthread_mutex_unlock(&e->lock);
-	return r;
+	return res;
 }
 
 /* LSEEK: SEEK_DATA and SEEK_HOLE as the source answers them */
-static int fuse_lseek(struct export *e, struct queue *q, size_t len)
+static int fuse_lseek(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_lseek_in *in = &q->req.lseek;
+	const struct fuse_lseek_in *in = &r->in.lseek;
 	uint64_t size = export_size(e);
-	off_t r;
+	int64_t res;
 
 	(void)len;
 	if (in->whence != SEEK_DATA && in->whence != SEEK_HOLE)
 		return -EINVAL;
 	if (in->offset >= size)
 		return -ENXIO;
-	r = lseek(e->source_fd, e->offset + in->offset, in->whence);
-	if (r < 0)
-		return -errno;
-	q->reply.lseek.offset = min_u64(r - e->offset, size);
-	if (in->whence == SEEK_DATA && q->reply.lseek.offset >= size)
-		return -ENXIO;		/* the data lies past the window */
-	return sizeof(q->reply.lseek);
+	res = e->top->seek(e->top, in->offset, in->whence);
+	if (res < 0)
+		return res;
+	r->reply.lseek.offset = min_u64(res, size);
+	if (in->whence == SEEK_DATA && r->reply.lseek.offset >= size)
+		return -ENXIO;
+	return sizeof(r->reply.lseek);
 }
 
 /* STATFS: the export in 512-byte blocks; free space only where it can grow */
-static int fuse_statfs(struct export *e, struct queue *q, size_t len)
+static int fuse_statfs(struct export *e, struct request *r, size_t len)
 {
-	struct fuse_kstatfs *st = &q->reply.statfs.st;
-	struct statfs sfs;
+	struct fuse_kstatfs *st = &r->reply.statfs.st;
+	struct space sp;
 
 	(void)len;
 	memset(st, 0, sizeof(*st));
 	st->bsize = st->frsize = 512;
 	st->blocks = (export_size(e) + 511) / 512;
-	if (e->growable && fstatfs(e->source_fd, &sfs) == 0) {
-		st->bfree = (uint64_t)sfs.f_bfree * sfs.f_bsize / 512;
-		st->bavail = (uint64_t)sfs.f_bavail * sfs.f_bsize / 512;
+	if (e->top->space(e->top, &sp) == 0) {
+		st->bfree = sp.free / 512;
+		st->bavail = sp.avail / 512;
 		st->blocks += st->bfree;	/* used: the export's size */
 	}
 	st->files = 1;
@@ -852,7 +1246,7 @@ static int fuse_statfs(struct export *e, struct queue *q, size_t len)
 static const struct operation {
 	const char *name;
 	size_t in_size;
-	int (*handle)(struct export *, struct queue *, size_t);
+	int (*handle)(struct export *, struct request *, size_t);
 	bool no_reply;
 } operations[FUSE_OPCODE_END] = {
 	[FUSE_LOOKUP] = { "LOOKUP", 0, fuse_lookup, false },
@@ -908,15 +1302,15 @@ static const struct operation {
 	[FUSE_COPY_FILE_RANGE_64] = { "COPY_FILE_RANGE_64", 0, NULL, false },
 };
 
-/* Serve the request of len bytes that read(2) left in q->req and q->data,
- * and build the reply in q->iov. Returns the number of iovecs to send (0:
- * no reply), or -errno if the export must halt. */
-static int serve(struct export *e, struct queue *q, size_t len)
+/* Serve the request of len bytes in r, and build the reply in r->iov.
+ * Returns the number of iovecs to send (0: no reply), or -errno if the
+ * export must halt. */
+static int serve(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_in_header *in = &q->req.in;
+	const struct fuse_in_header *in = &r->in.hdr;
 	const struct operation *op = NULL;
 	size_t oplen;
-	int r;
+	int res;
 
 	if (len < sizeof(*in))
 		return halt(e, "halting: a request of %zu bytes, shorter than its header",
@@ -926,45 +1320,41 @@ static int serve(struct export *e, struct queue *q, size_t len)
 			    in->len, len);
 	if (in->opcode < FUSE_OPCODE_END && operations[in->opcode].name)
 		op = &operations[in->opcode];
-	/* a longer op struct spilled into the payload buffer: fetch it back */
-	if (in->opcode != FUSE_WRITE && len > REQ_HEAD && !q->from_ring)
-		memcpy((char *)&q->req + REQ_HEAD, q->data,
-		       min_u64(len, sizeof(q->req)) - REQ_HEAD);
 	oplen = len - sizeof(*in);
 
-	q->iov[1].iov_base = &q->reply;
+	r->iov[1].iov_base = &r->reply;
 	if (!op || !op->handle)
-		r = -ENOSYS;
+		res = -ENOSYS;
 	else if (oplen < op->in_size)
-		r = -EINVAL;
+		res = -EINVAL;
 	else if (!e->initialized && in->opcode != FUSE_INIT)
-		r = -EIO;
+		res = -EIO;
 	else
-		r = op->handle(e, q, oplen);
+		res = op->handle(e, r, oplen);
 
 	if (e->debug)
 		fprintf(stderr, "fuseexport: %s #%llu (%zu bytes): %d%s%s\n",
 			op ? op->name : "unknown opcode",
-			(unsigned long long)in->unique, len, r,
-			r < 0 ? " " : "", r < 0 ? strerror(-r) : "");
+			(unsigned long long)in->unique, len, res,
+			res < 0 ? " " : "", res < 0 ? strerror(-res) : "");
 	if (atomic_load(&e->halted))
 		return -EPROTO;
 	if (op && op->no_reply)
 		return 0;
-	q->out.unique = in->unique;
-	q->out.error = r < 0 ? r : 0;
-	q->out.len = sizeof(q->out) + (r > 0 ? r : 0);
-	q->iov[0].iov_base = &q->out;
-	q->iov[0].iov_len = sizeof(q->out);
-	q->iov[1].iov_len = r > 0 ? r : 0;
-	return r > 0 ? 2 : 1;
+	r->out.unique = in->unique;
+	r->out.error = res < 0 ? res : 0;
+	r->out.len = sizeof(r->out) + (res > 0 ? res : 0);
+	r->iov[0].iov_base = &r->out;
+	r->iov[0].iov_len = sizeof(r->out);
+	r->iov[1].iov_len = res > 0 ? res : 0;
+	return res > 0 ? 2 : 1;
 }
 
 /* After a reply went out, or could not: let a shrink of the source go on */
-static void reply_done(struct export *e, struct queue *q)
+static void reply_done(struct export *e, struct request *r)
 {
-	if (q->map_locked) {
-		q->map_locked = false;
+	if (r->map_locked) {
+		r->map_locked = false;
 		pthread_rwlock_unlock(&e->map_lock);
 	}
 }
@@ -1008,6 +1398,148 @@ static unsigned possible_cpus(void)
 	return n;
 }
 
+/* Start a ring per possible CPU; the kernel takes requests through them
+ * once every queue has registered. Returns 0 or -errno. */
+static int start_rings(struct export *e);
+
+/* After the INIT reply: register the passthrough backing file, start the
+ * rings, say which path the export takes, and tell the parent it is live.
+ * Returns 0, or -EPROTO to halt. */
+static int init_done(struct export *e)
+{
+	int id = e->passthrough ? open_backing(e) : 0, res;
+
+	if (id < 0 && e->want_passthrough == ON)
+		return halt(e, "--passthrough=on: the kernel refused the source "
+			    "as backing file: %s", strerror(-id));
+	if (e->debug && id < 0)
+		fprintf(stderr, "fuseexport: passthrough off (the kernel refused "
+			"the source as backing file: %s): every read and write "
+			"goes through /dev/fuse\n", strerror(-id));
+	else if (e->debug && !e->passthrough)
+		fprintf(stderr, "fuseexport: passthrough off (%s): every read "
+			"and write goes through /dev/fuse\n", e->no_passthrough);
+	else if (e->debug)
+		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
+			"the source\n", e->writable ? "reads, writes, splice "
+			"and mmap" : "reads, splice and mmap");
+	if (e->uring && (res = start_rings(e)) < 0)
+		return halt(e, "halting: starting the io_uring queues: %s",
+			    strerror(-res));
+	if (e->debug)
+		fprintf(stderr, "fuseexport: transport: %s\n", e->uring ?
+			"FUSE over io_uring, a ring per CPU" : "read(2) and "
+			"write(2) on /dev/fuse, a thread per queue");
+	tell_ready(e);
+	return 0;
+}
+
+/*
+ * The read(2) transport: a thread per queue, each reading requests from
+ * its own /dev/fuse fd and writing the replies back to it.
+ */
+
+/* read(2) put a request's first REQ_HEAD bytes in r->in and the rest in
+ * r->data: an op struct longer than a WRITE's (INIT, SETATTR) is fetched
+ * back whole */
+static void unspill(struct request *r, size_t len)
+{
+	if (len > REQ_HEAD && r->in.hdr.opcode != FUSE_WRITE)
+		memcpy((char *)&r->in + REQ_HEAD, r->data,
+		       min_u64(len, sizeof(r->in)) - REQ_HEAD);
+}
+
+/* A queue: read a request, serve it, reply on the same fd, until the
+ * kernel says the export is gone (ENODEV) or it halts */
+static void *queue_loop(void *arg)
+{
+	struct queue *q = arg;
+	struct export *e = q->e;
+	struct request *r = &q->req;
+	struct iovec in[2] = { { &r->in, REQ_HEAD }, { r->data, DATA_SIZE } };
+
+	while (!atomic_load(&e->halted)) {
+		ssize_t n = readv(q->fd, in, 2);
+		int k, err;
+		bool sent;
+
+		if (n < 0) {
+			if (errno == EINTR || errno == ENOENT || errno == EAGAIN)
+				continue;	/* an interrupted request */
+			if (errno != ENODEV)
+				halt(e, "halting: reading /dev/fuse: %s",
+				     strerror(errno));
+			break;
+		}
+		unspill(r, n);
+		k = serve(e, r, n);
+		sent = k <= 0 || writev(q->fd, r->iov, k) >= 0;
+		err = errno;
+		reply_done(e, r);
+		if (k < 0)
+			break;
+		if (sent) {
+			if (r->in.hdr.opcode == FUSE_INIT && init_done(e) < 0)
+				break;
+		} else if (err == ENODEV) {
+			break;
+		} else if (err != ENOENT &&	/* ENOENT: the request was aborted */
+			   err != EFAULT) {	/* a mapped page failed: EIO sent */
+			fprintf(stderr, "fuseexport: reply to request #%llu: %s\n",
+				(unsigned long long)r->in.hdr.unique,
+				strerror(err));
+		}
+	}
+	if (atomic_fetch_sub(&e->running, 1) == 1 || atomic_load(&e->halted))
+		kill(getpid(), SIGUSR1);	/* wake main() */
+	return NULL;
+}
+
+/* Start the queues: as many as asked with -q, else as many as /dev/fuse
+ * lets us clone (at least the first). Exits on failure. */
+static void start_queues(struct export *e)
+{
+	unsigned i;
+
+	e->queue = calloc(e->queues, sizeof(*e->queue));
+	if (!e->queue)
+		die("queues:");
+	atomic_store(&e->running, e->queues);
+	for (i = 0; i < e->queues; i++) {
+		struct queue *q = &e->queue[i];
+		uint32_t session = e->fuse_fd;
+
+		q->e = e;
+		q->fd = e->fuse_fd;
+		q->req.data = malloc(DATA_SIZE);
+		q->req.zero_copy = true;
+		if (!q->req.data)
+			die("queue buffer:");
+		if (i > 0 && ((q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0 ||
+			      ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)) {
+			if (e->queues_given)
+				die("cloning /dev/fuse for queue %u:", i);
+			if (e->debug)
+				fprintf(stderr, "fuseexport: %u queues: cloning "
+					"/dev/fuse: %s\n", i, strerror(errno));
+			if (q->fd >= 0)
+				close(q->fd);
+			free(q->req.data);
+			atomic_fetch_sub(&e->running, e->queues - i);
+			e->queues = i;
+			break;
+		}
+		errno = pthread_create(&q->thread, NULL, queue_loop, q);
+		if (errno)
+			die("starting queue %u:", i);
+	}
+}
+
+/*
+ * The io_uring transport: a ring per possible CPU, whose entries carry
+ * requests and replies; serve() handles them as it does the queues'.
+ */
+
 /* Set up a ring: io_uring_setup with 128-byte SQEs, its three maps, and
  * the entries' payload buffers. Returns 0 or -errno. */
 static int ring_setup(struct ring *r)
@@ -1048,9 +1580,6 @@ static int ring_setup(struct ring *r)
 		ent->iov[0] = (struct iovec){ &ent->header, sizeof(ent->header) };
 		ent->iov[1] = (struct iovec){ ent->payload, DATA_SIZE };
 	}
-	r->q.e = r->e;
-	r->q.fd = -1;
-	r->q.from_ring = true;
 	return 0;
 }
 
@@ -1081,7 +1610,7 @@ static void ring_command(struct ring *r, struct ring_entry *ent, uint32_t op)
 static int ring_serve(struct ring *r, struct ring_entry *ent)
 {
 	struct export *e = r->e;
-	struct queue *q = &r->q;
+	struct request *req = &r->req;
 	struct fuse_in_header *in = (struct fuse_in_header *)ent->header.in_out;
 	struct fuse_out_header *out = (struct fuse_out_header *)ent->header.in_out;
 	uint32_t payload = ent->header.ring_ent_in_out.payload_sz;
@@ -1092,25 +1621,25 @@ static int ring_serve(struct ring *r, struct ring_entry *ent)
 	    in->len > sizeof(*in) + sizeof(ent->header.op_in) + payload)
 		return halt(e, "halting: an io_uring request of %u bytes with a "
 			    "payload of %u", in->len, payload);
-	memcpy(&q->req, in, sizeof(*in));
-	memcpy((char *)&q->req + sizeof(*in), ent->header.op_in,
-	       sizeof(q->req) - sizeof(*in));
+	memcpy(&req->in.hdr, in, sizeof(*in));
+	memcpy((char *)&req->in + sizeof(*in), ent->header.op_in,
+	       sizeof(req->in) - sizeof(*in));
 	/* a WRITE's data is the payload, all of it and no more */
-	if (in->opcode == FUSE_WRITE && q->req.write.size != payload)
+	if (in->opcode == FUSE_WRITE && req->in.write.size != payload)
 		return halt(e, "halting: an io_uring WRITE of %u bytes with a "
-			    "payload of %u", q->req.write.size, payload);
-	q->data = ent->payload;
-	k = serve(e, q, in->len);
+			    "payload of %u", req->in.write.size, payload);
+	req->data = ent->payload;	/* the reply is copied there: no mapping */
+	k = serve(e, req, in->len);
 	if (k < 0)
 		return k;
 	if (k == 2) {
-		n = q->iov[1].iov_len;
-		if (q->iov[1].iov_base != ent->payload)
-			memcpy(ent->payload, q->iov[1].iov_base, n);
+		n = req->iov[1].iov_len;
+		if (req->iov[1].iov_base != ent->payload)
+			memcpy(ent->payload, req->iov[1].iov_base, n);
 	} else if (k == 0) {		/* no reply wanted: an empty one */
-		q->out = (struct fuse_out_header){ sizeof(q->out), 0, in->unique };
+		req->out = (struct fuse_out_header){ sizeof(req->out), 0, in->unique };
 	}
-	*out = q->out;
+	*out = req->out;
 	ent->header.ring_ent_in_out.payload_sz = n;
 	ring_command(r, ent, FUSE_IO_URING_CMD_COMMIT_AND_FETCH);
 	return 0;
@@ -1150,7 +1679,7 @@ static void *ring_loop(void *arg)
 				continue;
 			live--;		/* -ENOTCONN: the export is gone */
 			if (cqe->res && cqe->res != -ENOTCONN &&
-			    cqe->res != -ECONNABORTED && e->io_uring == ON)
+			    cqe->res != -ECONNABORTED && e->want_io_uring == ON)
 				halt(e, "--io-uring=on: the kernel refused a queue: %s",
 				     strerror(-cqe->res));
 		}
@@ -1161,8 +1690,6 @@ static void *ring_loop(void *arg)
 	return NULL;
 }
 
-/* Start a ring per possible CPU; the kernel takes requests through them
- * once every queue has registered. Returns 0 or -errno. */
 static int start_rings(struct export *e)
 {
 	unsigned i;
@@ -1182,79 +1709,6 @@ static int start_rings(struct export *e)
 			return r;
 	}
 	return 0;
-}
-
-/* After the INIT reply: set up passthrough, say which path the export
- * takes, and tell the parent it is live. Returns 0, or -EPROTO to halt. */
-static int init_done(struct export *e)
-{
-	int id = e->no_passthrough ? 0 : open_backing(e), r;
-
-	if (id < 0 && e->passthrough == ON)
-		return halt(e, "--passthrough=on: the kernel refused the source "
-			    "as backing file: %s", strerror(-id));
-	if (id < 0)
-		e->no_passthrough = "the kernel refused the source as backing file";
-	if (e->debug && e->no_passthrough)
-		fprintf(stderr, "fuseexport: passthrough off (%s): every read "
-			"and write goes through /dev/fuse\n", e->no_passthrough);
-	else if (e->debug)
-		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
-			"the source\n", e->writable ? "reads, writes, splice "
-			"and mmap" : "reads, splice and mmap");
-	if (e->uring && (r = start_rings(e)) < 0)
-		return halt(e, "halting: starting the io_uring queues: %s",
-			    strerror(-r));
-	if (e->debug)
-		fprintf(stderr, "fuseexport: transport: %s\n", e->uring ?
-			"FUSE over io_uring, a ring per CPU" : "read(2) and "
-			"write(2) on /dev/fuse, a thread per queue");
-	tell_ready(e);
-	return 0;
-}
-
-/* A queue: read a request, serve it, reply on the same fd, until the
- * kernel says the export is gone (ENODEV) or it halts */
-static void *queue_loop(void *arg)
-{
-	struct queue *q = arg;
-	struct export *e = q->e;
-	struct iovec in[2] = { { &q->req, REQ_HEAD }, { q->data, DATA_SIZE } };
-
-	while (!atomic_load(&e->halted)) {
-		ssize_t n = readv(q->fd, in, 2);
-		int k, err;
-		bool sent;
-
-		if (n < 0) {
-			if (errno == EINTR || errno == ENOENT || errno == EAGAIN)
-				continue;	/* an interrupted request */
-			if (errno != ENODEV)
-				halt(e, "halting: reading /dev/fuse: %s",
-				     strerror(errno));
-			break;
-		}
-		k = serve(e, q, n);
-		sent = k <= 0 || writev(q->fd, q->iov, k) >= 0;
-		err = errno;
-		reply_done(e, q);
-		if (k < 0)
-			break;
-		if (sent) {
-			if (q->req.in.opcode == FUSE_INIT && init_done(e) < 0)
-				break;
-		} else if (err == ENODEV) {
-			break;
-		} else if (err != ENOENT &&	/* ENOENT: the request was aborted */
-			   err != EFAULT) {	/* a mapped page failed: EIO sent */
-			fprintf(stderr, "fuseexport: reply to request #%llu: %s\n",
-				(unsigned long long)q->req.in.unique,
-				strerror(err));
-		}
-	}
-	if (atomic_fetch_sub(&e->running, 1) == 1 || atomic_load(&e->halted))
-		kill(getpid(), SIGUSR1);	/* wake main() */
-	return NULL;
 }
 
 /* Parse a byte count with an optional K, M, G or T suffix; exit if bad */
@@ -1279,6 +1733,7 @@ static uint64_t parse_number(const char *what, const char *s, uint64_t min,
 	return v << shift;
 }
 
+/* Parse auto, on or off; exit if it is none of them */
 static int parse_mode(const char *what, const char *s)
 {
 	if (!strcmp(s, "auto"))
@@ -1291,6 +1746,89 @@ static int parse_mode(const char *what, const char *s)
 	return OFF;
 }
 
+/* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
+static _Noreturn void print_and_exit(const char *text)
+{
+	if (fputs(text, stdout) == EOF || fflush(stdout) == EOF)
+		die("stdout:");
+	exit(0);
+}
+
+/* The options, one row each: --NAME (NULL: none), NAME in an -o list
+ * (NULL: none), the short option or OPT_ id, whether it takes a value, and
+ * the value a bare -o NAME stands for. Both parsers apply them through
+ * set_option(), so each is parsed in one place. */
+enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
+       OPT_SIZE, OPT_READ_ONLY };
+static const struct option_row {
+	const char *name, *mount_name;
+	int id;
+	bool value;
+	const char *bare;
+} option_table[] = {
+	{ "writable", "rw", 'w', false, NULL },
+	{ NULL, "ro", OPT_READ_ONLY, false, NULL },
+	{ "growable", "growable", 'g', false, NULL },
+	{ "foreground", NULL, 'f', false, NULL },
+	{ "debug", NULL, 'd', false, NULL },
+	{ "queues", "queues", 'q', true, NULL },
+	{ "allow-other", "allow_other", OPT_ALLOW_OTHER, true, "on" },
+	{ "passthrough", "passthrough", OPT_PASSTHROUGH, true, NULL },
+	{ "io-uring", "io_uring", OPT_IO_URING, true, NULL },
+	{ "offset", "offset", OPT_OFFSET, true, NULL },
+	{ "size", "size", OPT_SIZE, true, NULL },
+	{ "help", NULL, 'h', false, NULL },
+	{ "version", NULL, 'V', false, NULL },
+};
+#define N_OPTIONS (sizeof(option_table) / sizeof(option_table[0]))
+
+/* Apply one option; what names it in messages ("--queues", "-o queues").
+ * Exits on a bad value. */
+static void set_option(struct export *e, int id, const char *value,
+		       const char *what)
+{
+	switch (id) {
+	case 'g':
+		e->growable = true;
+		/* fall through */
+	case 'w':
+		e->writable = true;
+		break;
+	case OPT_READ_ONLY:
+		e->writable = e->growable = false;
+		break;
+	case 'd':
+		e->debug = true;
+		/* fall through */
+	case 'f':
+		e->foreground = true;
+		break;
+	case 'q':
+		e->queues = parse_number(what, value, 1, MAX_QUEUES);
+		e->queues_given = true;
+		break;
+	case OPT_ALLOW_OTHER:
+		e->want_allow_other = parse_mode(what, value);
+		break;
+	case OPT_PASSTHROUGH:
+		e->want_passthrough = parse_mode(what, value);
+		break;
+	case OPT_IO_URING:
+		e->want_io_uring = parse_mode(what, value);
+		break;
+	case OPT_OFFSET:
+		e->offset = parse_number(what, value, 0, INT64_MAX);
+		break;
+	case OPT_SIZE:
+		e->window = parse_number(what, value, 1, INT64_MAX);
+		break;
+	case 'h':
+		print_and_exit(usage_text);
+	case 'V':
+		print_and_exit("fuseexport " VERSION "\n");
+	}
+}
+
 /* Take a mount-style option list (-o, and mount(8)'s helper calls) */
 static void parse_mount_options(struct export *e, char *list)
 {
@@ -1299,7 +1837,8 @@ static void parse_mount_options(struct export *e, char *list)
 		"exec", "noexec", "auto", "noauto", "user", "nouser", "users",
 		"owner", "group", "atime", "noatime", "relatime", NULL
 	};
-	char *opt, *value, *next;
+	char *opt, *value, *next, what[64];
+	const struct option_row *row;
 	int i;
 
 	for (opt = list; opt; opt = next) {
@@ -1313,37 +1852,16 @@ static void parse_mount_options(struct export *e, char *list)
 			;
 		if (!*opt || ignored[i] || !strncmp(opt, "x-", 2))
 			continue;	/* generic, for mount(8) or none */
-		if (!value && !strcmp(opt, "ro"))
-			e->writable = e->growable = false;
-		else if (!value && !strcmp(opt, "rw"))
-			e->writable = true;
-		else if (!value && !strcmp(opt, "growable"))
-			e->writable = e->growable = true;
-		else if (!value && !strcmp(opt, "allow_other"))
-			e->allow_other = ON;
-		else if (value && !strcmp(opt, "queues"))
-			e->queues = parse_number("-o queues", value, 1, MAX_QUEUES),
-			e->queues_given = true;
-		else if (value && !strcmp(opt, "passthrough"))
-			e->passthrough = parse_mode("-o passthrough", value);
-		else if (value && !strcmp(opt, "io_uring"))
-			e->io_uring = parse_mode("-o io_uring", value);
-		else if (value && !strcmp(opt, "offset"))
-			e->offset = parse_number("-o offset", value, 0, INT64_MAX);
-		else if (value && !strcmp(opt, "size"))
-			e->window = parse_number("-o size", value, 1, INT64_MAX);
-		else
+		for (row = option_table; row < option_table + N_OPTIONS; row++)
+			if (row->mount_name && !strcmp(opt, row->mount_name))
+				break;
+		if (row == option_table + N_OPTIONS || (value && !row->value) ||
+		    (!value && row->value && !row->bare))
 			die("-o %s%s%s: unknown option (see --help)", opt,
 			    value ? "=" : "", value ? value : "");
+		snprintf(what, sizeof(what), "-o %s", opt);
+		set_option(e, row->id, value ? value : row->bare, what);
 	}
-}
-
-/* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
-static _Noreturn void print_and_exit(const char *text)
-{
-	if (fputs(text, stdout) == EOF || fflush(stdout) == EOF)
-		die("stdout:");
-	exit(0);
 }
 
 /* Called as mount.fuseexport or mount.fuse.fuseexport, by mount(8)? */
@@ -1356,35 +1874,28 @@ static bool mount_helper(const char *argv0)
 	       !strcmp(name, "mount.fuse.fuseexport");
 }
 
+/* The command line, or mount(8)'s helper call; exits on a bad one */
 static void parse_options(struct export *e, int argc, char *argv[])
 {
-	enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
-	       OPT_SIZE };
-	static const struct option longopts[] = {
-		{ "writable", no_argument, NULL, 'w' },
-		{ "growable", no_argument, NULL, 'g' },
-		{ "foreground", no_argument, NULL, 'f' },
-		{ "debug", no_argument, NULL, 'd' },
-		{ "queues", required_argument, NULL, 'q' },
-		{ "allow-other", required_argument, NULL, OPT_ALLOW_OTHER },
-		{ "passthrough", required_argument, NULL, OPT_PASSTHROUGH },
-		{ "io-uring", required_argument, NULL, OPT_IO_URING },
-		{ "offset", required_argument, NULL, OPT_OFFSET },
-		{ "size", required_argument, NULL, OPT_SIZE },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 }
-	};
+	struct option longopts[N_OPTIONS + 1];
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
 	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
 	bool helper = mount_helper(argv[0]), fake = false;
+	char what[64];
+	unsigned i, k = 0;
 	int c;
 
+	memset(longopts, 0, sizeof(longopts));
+	for (i = 0; i < N_OPTIONS; i++)
+		if (option_table[i].name)
+			longopts[k++] = (struct option){ option_table[i].name,
+				option_table[i].value ? required_argument : no_argument,
+				NULL, option_table[i].id };
 	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
-	e->allow_other = AUTO;
-	e->passthrough = AUTO;
-	e->io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
+	e->want_allow_other = AUTO;
+	e->want_passthrough = AUTO;
+	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -1394,53 +1905,21 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		switch (c) {
 		case 'o':
 			parse_mount_options(e, optarg);
-			break;
+			continue;
 		case 'F':
 			fake = true;
-			break;
+			continue;
 		case 's': case 'n': case 'v': case 'N': case 't':
-			break;		/* sloppy, no mtab, verbose, namespace, type */
-		case 'g':
-			e->growable = true;
-			/* fall through */
-		case 'w':
-			e->writable = true;
-			break;
-		case 'd':
-			e->debug = true;
-			/* fall through */
-		case 'f':
-			e->foreground = true;
-			break;
-		case 'q':
-			e->queues = parse_number("--queues", optarg, 1, MAX_QUEUES);
-			e->queues_given = true;
-			break;
-		case OPT_ALLOW_OTHER:
-			e->allow_other = parse_mode("--allow-other", optarg);
-			break;
-		case OPT_PASSTHROUGH:
-			e->passthrough = parse_mode("--passthrough", optarg);
-			break;
-		case OPT_IO_URING:
-			e->io_uring = parse_mode("--io-uring", optarg);
-			break;
-		case OPT_OFFSET:
-			e->offset = parse_number("--offset", optarg, 0, INT64_MAX);
-			break;
-		case OPT_SIZE:
-			e->window = parse_number("--size", optarg, 1, INT64_MAX);
-			break;
-		case 'h':
-			print_and_exit(usage_text);
-		case 'V':
-			print_and_exit("fuseexport " VERSION "\n");
+			continue;	/* sloppy, no mtab, verbose, namespace, type */
 		case ':':
 			die("%s: needs a value", argv[optind - 1]);
-			break;
-		default:
-			die("%s: unknown option (see --help)", argv[optind - 1]);
 		}
+		for (i = 0; i < N_OPTIONS && option_table[i].id != c; i++)
+			;
+		if (c == '?' || i == N_OPTIONS)
+			die("%s: unknown option (see --help)", argv[optind - 1]);
+		snprintf(what, sizeof(what), "--%s", option_table[i].name);
+		set_option(e, c, optarg, what);
 	}
 	if (argc - optind != 2)
 		die("%s: expected SOURCE and MOUNTPOINT (see --help)",
@@ -1451,71 +1930,23 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		exit(0);
 }
 
-/* Open and lock the source, and take the exported file's attributes */
+/* Build the source stack (the file, then the window if there is one),
+ * settle whether passthrough is even possible, and take the exported
+ * file's attributes. Exits on failure. */
 static void open_source(struct export *e)
 {
-	const char *path = e->source_path;
 	struct stat st;
-	uint64_t source_size;
-	int ro = 0;
 
-	/* The path's type only says whether to ask for O_EXCL (a block device
-	 * is then refused while mounted); what was opened is what counts, and
-	 * O_NONBLOCK keeps a FIFO swapped in meanwhile from hanging the open */
-	if (stat(path, &st) < 0)
-		die("%s:", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-		die("%s: not a regular file or block device", path);
-	e->is_blockdev = S_ISBLK(st.st_mode);
-	e->source_fd = open(path, (e->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC |
-			    O_NOCTTY | O_NONBLOCK |
-			    (e->writable && e->is_blockdev ? O_EXCL : 0));
-	if (e->source_fd < 0)
-		die("%s:", path);
-	if (fstat(e->source_fd, &st) < 0)
-		die("%s:", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-		die("%s: not a regular file or block device", path);
-	if (e->is_blockdev != S_ISBLK(st.st_mode))
-		die("%s: changed while it was opened", path);
-	if (fcntl(e->source_fd, F_SETFL, 0) < 0)
-		die("%s:", path);
-	if (e->growable && e->is_blockdev)
-		die("%s: --growable needs a regular file, not a block device", path);
-	if (e->growable && (e->offset || e->window))
-		die("%s: --growable does not go with --offset or --size", path);
-	if (e->writable && e->is_blockdev && ioctl(e->source_fd, BLKROGET, &ro) == 0 && ro)
-		die("%s: a read-only block device cannot be exported writable", path);
-	if (flock(e->source_fd, (e->writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
-		die(errno == EWOULDBLOCK ? "%s: in use by another export "
-		    "(a writer excludes everyone else)" : "%s: lock:", path);
-
-	source_size = st.st_size;
-	if (e->is_blockdev && ioctl(e->source_fd, BLKGETSIZE64, &source_size) < 0)
-		die("%s: BLKGETSIZE64:", path);
-	if (e->offset > source_size ||
-	    (e->window && e->window > source_size - e->offset))
-		die("%s: the window %llu+%llu lies past its end (%llu bytes)",
-		    path, (unsigned long long)e->offset,
-		    (unsigned long long)e->window,
-		    (unsigned long long)source_size);
-	atomic_store(&e->size, e->window ? e->window : source_size - e->offset);
-
-	/* what keeps passthrough off before the kernel is even asked */
-	if (e->passthrough == OFF)
-		e->no_passthrough = "--passthrough=off";
-	else if (e->is_blockdev)
-		e->no_passthrough = "the kernel passes through to regular files only";
-	else if (e->offset || e->window)
-		e->no_passthrough = "a window's offsets are not the source's";
-	else if (e->writable && !e->growable)
-		e->no_passthrough = "a fixed-size export's writes must come here "
-				    "(passed through, they could grow the source)";
-	else if (geteuid() != 0)
-		e->no_passthrough = "registering a backing file needs root";
-	if (e->passthrough == ON && e->no_passthrough)
+	e->top = file_open(e->source_path, e->writable, e->growable);
+	if (e->offset || e->window)
+		e->top = window_open(e->top, e->offset, e->window, e->source_path);
+	e->no_passthrough = why_no_passthrough(e);
+	if (e->want_passthrough == ON && e->no_passthrough)
 		die("--passthrough=on: %s", e->no_passthrough);
+	e->passthrough = !e->no_passthrough;
 
+	if (stat(e->source_path, &st) < 0)
+		die("%s:", e->source_path);
 	e->mode = e->writable ? 0600 : 0400;
 	e->uid = getuid();
 	e->gid = getgid();
@@ -1545,7 +1976,7 @@ static void unescape(char *s)
 	*out = 0;
 }
 
-/* Is an export of ours already mounted at path? */
+/* Is a FUSE file system (an export, ours or not) mounted at path? */
 static bool exported_at(const char *path)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
@@ -1566,7 +1997,8 @@ static bool exported_at(const char *path)
 	return found;
 }
 
-/* MOUNTPOINT: an existing regular file, not already carrying an export */
+/* MOUNTPOINT: an existing regular file, not already carrying an export;
+ * exits if it is not */
 static void check_mountpoint(struct export *e)
 {
 	const char *path = e->mountpoint;
@@ -1647,18 +2079,34 @@ static bool append_escaped(char *buf, size_t size, const char *value)
 	return !*value;
 }
 
+/* Receive the /dev/fuse fd that fusermount3 sends over sock, as one
+ * SCM_RIGHTS message. Returns the fd, or -1. */
+static int receive_fd(int sock)
+{
+	char byte, cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { &byte, 1 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+			      .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *cmsg;
+	ssize_t n;
+	int fd = -1;
+
+	while ((n = recvmsg(sock, &msg, 0)) < 0 && errno == EINTR)
+		;
+	cmsg = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
+	if (cmsg && cmsg->cmsg_level == SOL_SOCKET &&
+	    cmsg->cmsg_type == SCM_RIGHTS && cmsg->cmsg_len == CMSG_LEN(sizeof(int)))
+		memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
+	return fd;
+}
+
 /* Mount without root, as libfuse does: fusermount3 (setuid root) mounts on
  * our behalf and hands back the /dev/fuse fd over a socket named by
  * _FUSE_COMMFD. Exits with fusermount3's own complaint on failure. */
 static void mount_by_fusermount(struct export *e)
 {
 	char opts[4352] = "fsname=", *prog = find_program(fusermounts);
-	char env[32], byte, err[512] = "";
-	char cbuf[CMSG_SPACE(sizeof(int))];
-	struct iovec iov = { &byte, 1 };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
-			      .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
-	struct cmsghdr *cmsg;
+	char env[32], err[512] = "";
 	struct stat st;
 	int sock[2], errpipe[2], status;
 	ssize_t n;
@@ -1670,12 +2118,10 @@ static void mount_by_fusermount(struct export *e)
 	if (!prog)
 		die("fusermount3: not found on PATH; install fuse3 (Debian: apt-get "
 		    "install fuse3), or export as root");
-	if (e->allow_other != OFF && !user_allow_other()) {
-		if (e->allow_other == ON)
-			die("--allow-other=on: without root it needs user_allow_other "
-			    "in /etc/fuse.conf");
-		e->allow_other = OFF;
-	}
+	if (e->want_allow_other == ON && !user_allow_other())
+		die("--allow-other=on: without root it needs user_allow_other "
+		    "in /etc/fuse.conf");
+	e->allow_other = e->want_allow_other != OFF && user_allow_other();
 	if (!append_escaped(opts, sizeof(opts), e->source_path) ||
 	    (n = strlen(opts), (size_t)snprintf(opts + n, sizeof(opts) - n,
 			",subtype=fuseexport,default_permissions,max_read=%u%s%s",
@@ -1698,12 +2144,7 @@ static void mount_by_fusermount(struct export *e)
 	}
 	close(sock[1]);
 	close(errpipe[1]);
-	while ((n = recvmsg(sock[0], &msg, 0)) < 0 && errno == EINTR)
-		;
-	cmsg = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
-	if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS &&
-	    cmsg->cmsg_len == CMSG_LEN(sizeof(int)))
-		memcpy(&e->fuse_fd, CMSG_DATA(cmsg), sizeof(int));
+	e->fuse_fd = receive_fd(sock[0]);
 	n = read(errpipe[0], err, sizeof(err) - 1);
 	err[n > 0 ? n : 0] = 0;
 	err[strcspn(err, "\n")] = 0;
@@ -1741,7 +2182,7 @@ static int fusermount_unmount(struct export *e, bool lazy)
 }
 
 /* Mount the export: with mount(2) on a new /dev/fuse fd as root, else
- * through fusermount3 */
+ * through fusermount3. Exits on failure. */
 static void mount_export(struct export *e)
 {
 	char opts[256];
@@ -1753,8 +2194,7 @@ static void mount_export(struct export *e)
 	e->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (e->fuse_fd < 0)
 		die("/dev/fuse:");
-	if (e->allow_other == AUTO)
-		e->allow_other = ON;	/* root may always allow others */
+	e->allow_other = e->want_allow_other != OFF;	/* root may always */
 	snprintf(opts, sizeof(opts), "fd=%d,rootmode=%o,user_id=%u,group_id=%u,"
 		 "default_permissions,max_read=%u%s", e->fuse_fd,
 		 S_IFREG | e->mode, e->uid, e->gid, MAX_WRITE,
@@ -1810,45 +2250,6 @@ static void detach(struct export *e)
 	}
 }
 
-/* Start the queues: as many as asked with -q, else as many as /dev/fuse
- * lets us clone (at least the first) */
-static void start_queues(struct export *e)
-{
-	unsigned i;
-
-	e->queue = calloc(e->queues, sizeof(*e->queue));
-	if (!e->queue)
-		die("queues:");
-	atomic_store(&e->running, e->queues);
-	for (i = 0; i < e->queues; i++) {
-		struct queue *q = &e->queue[i];
-		uint32_t session = e->fuse_fd;
-
-		q->e = e;
-		q->fd = e->fuse_fd;
-		q->data = malloc(DATA_SIZE);
-		if (!q->data)
-			die("queue buffer:");
-		if (i > 0 && ((q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0 ||
-			      ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)) {
-			if (e->queues_given)
-				die("cloning /dev/fuse for queue %u:", i);
-			if (e->debug)
-				fprintf(stderr, "fuseexport: %u queues: cloning "
-					"/dev/fuse: %s\n", i, strerror(errno));
-			if (q->fd >= 0)
-				close(q->fd);
-			free(q->data);
-			atomic_fetch_sub(&e->running, e->queues - i);
-			e->queues = i;
-			break;
-		}
-		errno = pthread_create(&q->thread, NULL, queue_loop, q);
-		if (errno)
-			die("starting queue %u:", i);
-	}
-}
-
 /* Serve until the export ends; returns the exit status: 1 if it halted
  * or a flush of the source failed */
 static int run_export(struct export *e)
@@ -1856,7 +2257,7 @@ static int run_export(struct export *e)
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
-	int sig, r;
+	int sig, res;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -1864,7 +2265,6 @@ static int run_export(struct export *e)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	map_source(e, NULL);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
 		if (sigwait(&set, &sig) != 0)
@@ -1876,11 +2276,11 @@ static int run_export(struct export *e)
 			 * client is left waiting on us */
 			unmount_export(e, true);
 			if (e->writable)
-				flush_source(e, false);
+				flush_export(e, false);
 			exit(1);
 		} else if (sig != SIGUSR1 && !unmounted) {
 			if (e->writable)
-				flush_source(e, false);	/* failure: told below */
+				flush_export(e, false);	/* failure: told below */
 			if (e->backing_id > 0)	/* open files keep their own */
 				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
 				      &e->backing_id);
@@ -1893,15 +2293,16 @@ static int run_export(struct export *e)
 	for (i = 0; e->rings && i < e->nrings; i++)
 		if (e->rings[i].thread)
 			pthread_join(e->rings[i].thread, NULL);
-	if (e->writable && (r = flush_source(e, false)) < 0) {
+	if (e->writable && (res = flush_export(e, false)) < 0) {
 		fprintf(stderr, "fuseexport: %s: a flush of the source failed "
 			"(%s): writes since the last good one may be lost\n",
-			e->source_path, strerror(-r));
+			e->source_path, strerror(-res));
 		return 1;
 	}
 	return atomic_load(&e->halted) ? 1 : 0;
 }
 
+/* The test harness's entry points: see fuseexport.h */
 struct export *fuseexport_new(int argc, char *argv[])
 {
 	struct export *e = calloc(1, sizeof(*e));
@@ -1912,34 +2313,38 @@ struct export *fuseexport_new(int argc, char *argv[])
 	open_source(e);
 	e->queues = 1;
 	e->queue = calloc(1, sizeof(*e->queue));
-	if (!e->queue || !(e->queue->data = malloc(DATA_SIZE)))
+	if (!e->queue || !(e->queue->req.data = malloc(DATA_SIZE)))
 		die("out of memory:");
 	e->queue->e = e;
 	e->queue->fd = -1;
 	e->quiet = true;
-	if (e->allow_other == AUTO)
-		e->allow_other = ON;
+	e->allow_other = e->want_allow_other != OFF;
+	e->passthrough = false;		/* no kernel to pass through */
 	return e;
 }
 
+/* Returns the reply's length, 0 for no reply, -EMSGSIZE for a request
+ * longer than read(2) could deliver, or -errno where a server would halt
+ * the export */
 long fuseexport_request(struct export *e, const void *request, size_t len,
 			void *reply, size_t reply_size)
 {
-	struct queue *q = e->queue;
+	struct request *r = &e->queue->req;
 	size_t head = min_u64(len, REQ_HEAD), done = 0;
 	int k, i;
 
 	if (len > REQ_HEAD + DATA_SIZE)
 		return -EMSGSIZE;	/* read(2) would have refused it */
-	memcpy(&q->req, request, head);
-	memcpy(q->data, (const char *)request + head, len - head);
-	k = serve(e, q, len);
+	memcpy(&r->in, request, head);
+	memcpy(r->data, (const char *)request + head, len - head);
+	unspill(r, len);
+	k = serve(e, r, len);
 	for (i = 0; i < k; i++) {
-		size_t n = min_u64(q->iov[i].iov_len, reply_size - done);
-		memcpy((char *)reply + done, q->iov[i].iov_base, n);
+		size_t n = min_u64(r->iov[i].iov_len, reply_size - done);
+		memcpy((char *)reply + done, r->iov[i].iov_base, n);
 		done += n;
 	}
-	reply_done(e, q);
+	reply_done(e, r);
 	return k < 0 ? k : (long)done;
 }
 
@@ -1947,9 +2352,9 @@ void fuseexport_free(struct export *e)
 {
 	unsigned i;
 
-	close(e->source_fd);
+	e->top->close(e->top);
 	for (i = 0; e->queue && i < e->queues; i++)
-		free(e->queue[i].data);
+		free(e->queue[i].req.data);
 	free(e->queue);
 	free(e->mountpoint_buf);
 	free(e);

@@ -468,9 +468,10 @@ _Static_assert(offsetof(struct fuse_init_out, max_stack_depth) == 36, "max_stack
  * program would, exiting with a message on bad input as the program does.
  * fuseexport_request() hands it one request as read(2) would have delivered
  * it, and copies the reply, if any, to reply (at most reply_size bytes).
- * It returns the reply's length, 0 for a request that gets no reply, or
- * -errno where a server would halt the export because the stream can no
- * longer be trusted.
+ * It returns the reply's length (the out_header included), 0 for a request
+ * that gets no reply, -EMSGSIZE for one longer than read(2) could have
+ * delivered, or -errno where a server would halt the export because the
+ * stream can no longer be trusted.
  */
 struct export;
 struct export *fuseexport_new(int argc, char *argv[]);
