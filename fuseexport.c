@@ -834,7 +834,9 @@ struct fault_rule {
 	unsigned number;		/* counted from 1 in the order given */
 	unsigned ops;			/* FAULT_ bits */
 	uint64_t offset, end;		/* the range a request must touch */
-	int error;			/* 0: none, only the delay */
+	int error;			/* 0: none, only the delay; EIO
+					 * unless given or there is a delay */
+	bool error_given;
 	uint64_t delay_us;
 	double probability;
 	uint64_t every, after, count;	/* 0: no such condition */
@@ -952,7 +954,10 @@ static const char *rule_item(struct fault_rule *r, const char *key,
 			       "ENODEV, ENXIO, EBUSY, EBADMSG, EOPNOTSUPP, ENOLINK) "
 			       "or none";
 		r->error = i < N_ERRNO_NAMES ? errno_names[i].error : 0;
+		r->error_given = true;
 	} else if (!strcmp(key, "delay")) {
+		if (!r->error_given)
+			r->error = 0;	/* a slow disk, not a failing one */
 		if (!scan_duration(value, &r->delay_us))
 			return "not a duration such as 250us, 20ms or 2s "
 			       "(at most an hour)";
