@@ -1629,31 +1629,74 @@ static int cache_resize(struct source *s, uint64_t size)
 	return r;
 }
 
-/* Space is not reserved below: a held write has nothing to reserve in */
+/* The space is reserved below at once (that changes no byte there); a
+ * new size is held like any other change */
 static int cache_allocate(struct source *s, uint64_t pos, uint64_t len,
 			  bool keep_size)
 {
 	struct cache *c = cache_of(s);
-	int r = 0;
+	int r;
 
 	pthread_mutex_lock(&c->lock);
-	if (c->crashed)
-		r = -EIO;
-	else if (!keep_size && pos + len > c->size)
+	r = c->crashed ? -EIO : s->below->allocate(s->below, pos, len, true);
+	if (r == 0 && !keep_size && pos + len > c->size)
 		c->size = pos + len;
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
 
-/* Below's holes may be held writes: all of it is data */
+/* The first block at or after index that holds written bytes (not just
+ * zeros), or UINT64_MAX; the caller holds the lock */
+static uint64_t next_written(struct cache *c, uint64_t index)
+{
+	uint64_t first = UINT64_MAX;
+	struct held *b;
+	size_t i;
+
+	for (i = 0; i < c->buckets; i++)
+		for (b = c->bucket[i]; b; b = b->next)
+			if (b->data && b->index >= index && b->index < first)
+				first = b->index;
+	return first;
+}
+
+/* Below's answer where it still stands, or what pos reads as (zeros past
+ * a shrink): SEEK_DATA's offset, SEEK_HOLE's, or UINT64_MAX for no data */
+static uint64_t seek_below(struct cache *c, uint64_t pos, int whence)
+{
+	int64_t r = pos < c->kept ? c->s.below->seek(c->s.below, pos, whence) : -ENXIO;
+
+	if (whence == SEEK_DATA)
+		return r < 0 || (uint64_t)r >= c->kept ? UINT64_MAX : (uint64_t)r;
+	return r < 0 || (uint64_t)r > c->kept ? c->kept > pos ? c->kept : pos : (uint64_t)r;
+}
+
+/* Data is below's or a held write; a hole is one below (or past a shrink)
+ * outside every block holding written bytes. Blocks of held zeros count
+ * as holes, and a block partly written as data whole: an answer may call
+ * a hole data, never the other way round. */
 static int64_t cache_seek(struct source *s, uint64_t pos, int whence)
 {
 	struct cache *c = cache_of(s);
+	uint64_t at, held;
+	struct held *b;
 	int64_t r;
 
 	pthread_mutex_lock(&c->lock);
-	r = c->crashed ? -EIO : whence == SEEK_HOLE ? (int64_t)c->size :
-	    pos < c->size ? (int64_t)pos : -ENXIO;
+	if (c->crashed) {
+		r = -EIO;
+	} else if (whence == SEEK_DATA) {
+		held = next_written(c, pos / BLOCK);
+		at = min_u64(seek_below(c, pos, SEEK_DATA),
+			     held == UINT64_MAX ? held : held * BLOCK);
+		at = at < pos ? pos : at;
+		r = at < c->size ? (int64_t)at : -ENXIO;
+	} else {
+		at = seek_below(c, pos, SEEK_HOLE);
+		while (at < c->size && (b = find_held(c, at / BLOCK)) && b->data)
+			at = seek_below(c, (at / BLOCK + 1) * BLOCK, SEEK_HOLE);
+		r = min_u64(at, c->size);
+	}
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
