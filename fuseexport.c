@@ -247,6 +247,8 @@ struct export {
 	const char *control_path;	/* --control: the FIFO, once made */
 	int control_fd, control_spare;	/* its read end, and a write end
 					 * kept so a writer's close is no EOF */
+	pthread_t control_thread;
+	bool control_running;
 	struct faults *faults;		/* the layers, if stacked */
 	struct cache *cache;
 
@@ -1840,13 +1842,18 @@ static void open_control(struct export *e)
 		die("--control=%s:", path);
 }
 
-/* Remove the FIFO: the export is over */
+/* Remove the FIFO and stop its thread: the export is over */
 static void close_control(struct export *e)
 {
 	if (!e->control_path)
 		return;
 	unlink(e->control_path);
 	control_made = NULL;
+	if (e->control_running) {	/* it stops only in read(2) */
+		pthread_cancel(e->control_thread);
+		pthread_join(e->control_thread, NULL);
+		e->control_running = false;
+	}
 }
 
 /* Carry out one command line; a bad one is reported and ignored */
@@ -1883,7 +1890,8 @@ static void control_command(struct export *e, char *line)
 }
 
 /* The control thread: read lines until the export ends; with the spare
- * write end open, read(2) never sees an EOF */
+ * write end open, read(2) never sees an EOF. close_control() cancels it
+ * while it waits in read(2), never while it carries out a command. */
 static void *control_loop(void *arg)
 {
 	struct export *e = arg;
@@ -1891,8 +1899,11 @@ static void *control_loop(void *arg)
 	size_t have = 0;
 	ssize_t n;
 
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 	for (;;) {
+		pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
 		n = read(e->control_fd, buf + have, sizeof(buf) - 1 - have);
+		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -3447,7 +3458,6 @@ static int run_export(struct export *e)
 {
 	sigset_t set;
 	bool unmounted = false;
-	pthread_t control;
 	unsigned i;
 	int sig, res;
 
@@ -3458,8 +3468,9 @@ static int run_export(struct export *e)
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	if (e->control_path &&
-	    (errno = pthread_create(&control, NULL, control_loop, e)))
+	    (errno = pthread_create(&e->control_thread, NULL, control_loop, e)))
 		die("--control: starting its thread:");
+	e->control_running = e->control_path != NULL;
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
 		if (sigwait(&set, &sig) != 0)
