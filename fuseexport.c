@@ -49,6 +49,8 @@
 
 static const char usage_text[] =
 "usage: fuseexport [OPTIONS] SOURCE MOUNTPOINT\n"
+"       fuseexport --partitions SOURCE\n"
+"       fuseexport --commit --snapshot=FILE SOURCE\n"
 "\n"
 "Export SOURCE (a raw image file or a block device) as the regular file\n"
 "MOUNTPOINT, which must exist and may be SOURCE itself. The export ends with\n"
@@ -67,10 +69,16 @@ static const char usage_text[] =
 "                                  (default: off)\n"
 "      --offset=BYTES      export SOURCE from this offset (K, M, G, T suffixes)\n"
 "      --size=BYTES        export only this many bytes of SOURCE\n"
+"      --partition=N       export partition N of SOURCE (MBR or GPT)\n"
+"      --partitions        print SOURCE's partition table and exit\n"
+"      --snapshot[=FILE]   copy-on-write: SOURCE is never written; changes\n"
+"                          live in memory, or in FILE (exported again: resumed)\n"
+"      --commit            with --snapshot=FILE: write FILE's changes into\n"
+"                          SOURCE, then remove FILE; nothing is mounted\n"
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
-"                          io_uring=MODE, offset=,\n"
-"                          size=; generic mount options are ignored\n"
+"                          io_uring=MODE, offset=, size=, partition=,\n"
+"                          snapshot[=FILE]; generic mount options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
 
@@ -148,6 +156,8 @@ struct source {
 	bool resizable;		/* truncate and fallocate may change its size */
 	int passthrough_fd;	/* a regular file the kernel may pass reads
 				 * and writes to at the same offsets, or -1 */
+	const char *no_passthrough;	/* and if not, why */
+	unsigned sector_size;	/* its logical sector: partition tables */
 
 	/* the size in bytes */
 	uint64_t (*size)(struct source *s);
@@ -226,6 +236,10 @@ struct export {
 	unsigned queues;
 	uint64_t offset;		/* the window's start in the source */
 	uint64_t window;		/* its length; 0: to the end */
+	unsigned partition;		/* --partition: its number, or 0 */
+	bool list_partitions;		/* --partitions: print them, export nothing */
+	bool snapshot, commit;		/* --snapshot, --commit */
+	const char *snapshot_file;	/* its FILE, or NULL: in memory */
 
 	/* READs sent from the mapping hold map_lock shared until sent; a
 	 * shrink holds it exclusive, and while shrinking is set new READs
@@ -255,6 +269,7 @@ struct export {
 /* The export once mounted: a setup error after that unmounts it */
 static struct export *mounted_export;
 static void unmount_export(struct export *e, bool force);
+static _Noreturn void print_and_exit(const char *text);
 
 /* Setup errors: print "fuseexport: <fmt>", undo the mount if there is one,
  * and exit 1. A format ending in ':' gets ": strerror(errno)" appended, as
@@ -564,7 +579,7 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 	struct file_source *f = calloc(1, sizeof(*f));
 	struct stat st;
 	uint64_t size;
-	int ro = 0;
+	int ro = 0, sector = 512;
 	void *zeros;
 
 	if (!f)
@@ -588,6 +603,8 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		die("%s:", path);
 	if (growable && f->is_blockdev)
 		die("%s: --growable needs a regular file, not a block device", path);
+	if (f->is_blockdev && (ioctl(f->fd, BLKSSZGET, &sector) < 0 || sector < 512))
+		sector = 512;
 	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
 		die("%s: a read-only block device cannot be exported writable", path);
 	if (flock(f->fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
@@ -610,6 +627,9 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		.writable = writable, .growable = growable,
 		.resizable = !f->is_blockdev,
 		.passthrough_fd = f->is_blockdev ? -1 : f->fd,
+		.no_passthrough = f->is_blockdev ? "the kernel passes through "
+				  "to regular files only" : NULL,
+		.sector_size = sector,
 		.size = file_size, .read = file_read, .map = file_map,
 		.write = file_write, .flush = file_flush, .punch = file_punch,
 		.zero = file_zero, .allocate = file_allocate, .seek = file_seek,
@@ -758,6 +778,8 @@ static struct source *window_open(struct source *below, uint64_t offset,
 	w->s = (struct source){
 		.below = below, .writable = below->writable,
 		.passthrough_fd = -1,
+		.no_passthrough = "a window's offsets are not the source's",
+		.sector_size = below->sector_size,
 		.size = window_size, .read = window_read, .map = window_map,
 		.write = window_write, .flush = window_flush,
 		.punch = window_punch, .zero = window_zero,
@@ -766,6 +788,649 @@ static struct source *window_open(struct source *below, uint64_t offset,
 		.close = window_close,
 	};
 	return &w->s;
+}
+
+/*
+ * Partitions (--partition=N, --partitions): a window whose numbers come
+ * from the source's partition table, read here as Linux reads it: MBR
+ * primaries 1-4 and logical partitions from 5 in the order of the
+ * extended chain; GPT (a protective MBR means GPT) by entry index, the
+ * backup header where the primary's CRC fails. LBAs count logical sectors.
+ */
+enum { MAX_PARTS = 128 };
+
+struct part {
+	unsigned number;
+	uint64_t start, sectors;	/* in logical sectors */
+	char type[40];			/* MBR id (0x83) or GPT type GUID */
+	char name[80];			/* GPT name, in UTF-8 */
+};
+
+struct table {
+	const char *kind;		/* "dos" or "gpt" */
+	unsigned sector;		/* bytes */
+	int count;
+	struct part part[MAX_PARTS];
+};
+
+static uint32_t le32(const unsigned char *p)
+{
+	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const unsigned char *p)
+{
+	return le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/* CRC-32 (IEEE 802.3, reflected), as GPT checks its header and entries */
+static uint32_t crc32(const unsigned char *p, size_t n)
+{
+	uint32_t c = ~0u;
+	int k;
+
+	while (n--)
+		for (c ^= *p++, k = 0; k < 8; k++)
+			c = c >> 1 ^ (0xedb88320 & -(c & 1));
+	return ~c;
+}
+
+/* Read n bytes at pos of s, all of them: 0 or -errno (-EIO if short) */
+static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	ssize_t r = s->read(s, buf, n, pos);
+
+	return r < 0 ? (int)r : (size_t)r < n ? -EIO : 0;
+}
+
+static void add_part(struct table *t, unsigned number, uint64_t start,
+		     uint64_t sectors)
+{
+	struct part *p = &t->part[t->count++];
+
+	memset(p, 0, sizeof(*p));
+	p->number = number;
+	p->start = start;
+	p->sectors = sectors;
+}
+
+/* GPT's header at lba, checked: the entries' LBA, count and size, or
+ * false if it is not a good one */
+static bool gpt_header(struct source *s, unsigned sector, uint64_t lba,
+		       unsigned char *h)
+{
+	uint32_t size, crc;
+
+	if (read_exact(s, h, sector, lba * sector) < 0 || memcmp(h, "EFI PART", 8))
+		return false;
+	size = le32(h + 12);
+	if (size < 92 || size > sector)
+		return false;
+	crc = le32(h + 16);
+	memset(h + 16, 0, 4);
+	return crc32(h, size) == crc && le32(h + 84) >= 128 &&
+	       le32(h + 84) <= 4096 && le32(h + 80) <= 65536;
+}
+
+/* A GPT type GUID, as sfdisk prints it (mixed endian) */
+static void guid_text(char *out, const unsigned char *g)
+{
+	sprintf(out, "%08X-%04X-%04X-%02X%02X-%02X%02X%02X%02X%02X%02X",
+		le32(g), g[4] | g[5] << 8, g[6] | g[7] << 8, g[8], g[9],
+		g[10], g[11], g[12], g[13], g[14], g[15]);
+}
+
+/* A GPT name: UTF-16LE, 36 units, into UTF-8 */
+static void name_text(char *out, const unsigned char *u)
+{
+	int i;
+
+	for (i = 0; i < 36; i++) {
+		unsigned c = u[2 * i] | u[2 * i + 1] << 8;
+
+		if (!c)
+			break;
+		if (c < 0x80) {
+			*out++ = c;
+		} else if (c < 0x800) {
+			*out++ = 0xc0 | c >> 6;
+			*out++ = 0x80 | (c & 0x3f);
+		} else {		/* surrogates come out as they are */
+			*out++ = 0xe0 | c >> 12;
+			*out++ = 0x80 | (c >> 6 & 0x3f);
+			*out++ = 0x80 | (c & 0x3f);
+		}
+	}
+	*out = 0;
+}
+
+/* GPT: the primary header at LBA 1, else the backup at the last LBA.
+ * Returns 0 or -errno (-EINVAL: no good header). */
+static int read_gpt(struct source *s, struct table *t)
+{
+	unsigned sector = t->sector;
+	unsigned char *h = malloc(sector), *ent = NULL;
+	uint64_t last = s->size(s) / sector - 1, lba;
+	uint32_t count, esize, i;
+	int r = -EINVAL;
+
+	if (!h)
+		return -ENOMEM;
+	if (!gpt_header(s, sector, 1, h) && !gpt_header(s, sector, last, h))
+		goto out;
+	lba = le64(h + 72);
+	count = le32(h + 80);
+	esize = le32(h + 84);
+	ent = malloc((size_t)count * esize);
+	if (!ent || lba > last) {
+		r = ent ? -EINVAL : -ENOMEM;
+		goto out;
+	}
+	if ((r = read_exact(s, ent, (size_t)count * esize, lba * sector)) < 0)
+		goto out;
+	r = -EINVAL;
+	if (crc32(ent, (size_t)count * esize) != le32(h + 88))
+		goto out;
+	for (i = 0; i < count && t->count < MAX_PARTS; i++) {
+		const unsigned char *e = ent + (size_t)i * esize;
+		static const unsigned char unused[16];
+		uint64_t first = le64(e + 32), end = le64(e + 40);
+
+		if (!memcmp(e, unused, 16))
+			continue;
+		if (end < first)
+			goto out;
+		add_part(t, i + 1, first, end - first + 1);
+		guid_text(t->part[t->count - 1].type, e);
+		name_text(t->part[t->count - 1].name, e + 56);
+	}
+	t->kind = "gpt";
+	r = 0;
+out:
+	free(h);
+	free(ent);
+	return r;
+}
+
+/* MBR, with the extended chain; a protective entry (0xee) hands over to
+ * GPT. Returns 0 or -errno (-EINVAL: no partition table). */
+static int read_table(struct source *s, struct table *t)
+{
+	unsigned char b[512];
+	uint64_t ext = 0, ebr;
+	unsigned logical = 5;
+	int i, r, hops;
+
+	memset(t, 0, sizeof(*t));
+	t->sector = s->sector_size;
+	if ((r = read_exact(s, b, sizeof(b), 0)) < 0)
+		return r;
+	if (b[510] != 0x55 || b[511] != 0xaa)
+		return -EINVAL;
+	for (i = 0; i < 4; i++)
+		if (b[446 + 16 * i + 4] == 0xee)
+			return read_gpt(s, t);
+	t->kind = "dos";
+	for (i = 0; i < 4; i++) {
+		const unsigned char *e = b + 446 + 16 * i;
+
+		if (!e[4] || !le32(e + 12))
+			continue;
+		add_part(t, i + 1, le32(e + 8), le32(e + 12));
+		sprintf(t->part[t->count - 1].type, "%x", e[4]);
+		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
+			ext = le32(e + 8);
+	}
+	/* each EBR holds a logical partition (relative to the EBR) and a
+	 * link to the next EBR (relative to the extended partition) */
+	for (ebr = ext, hops = 0; ebr && hops < MAX_PARTS && t->count < MAX_PARTS;
+	     hops++) {
+		const unsigned char *data = b + 446, *link = b + 462;
+
+		if ((r = read_exact(s, b, sizeof(b), ebr * t->sector)) < 0)
+			return r;
+		if (b[510] != 0x55 || b[511] != 0xaa)
+			return -EINVAL;
+		if (data[4] && le32(data + 12)) {
+			add_part(t, logical++, ebr + le32(data + 8), le32(data + 12));
+			sprintf(t->part[t->count - 1].type, "%x", data[4]);
+		}
+		ebr = link[4] && le32(link + 8) ? ext + le32(link + 8) : 0;
+	}
+	return 0;
+}
+
+/* The numbers of t's partitions, "1 2 5", for messages */
+static const char *part_numbers(const struct table *t)
+{
+	static char list[MAX_PARTS * 4 + 8];
+	size_t n = 0;
+	int i;
+
+	list[0] = 0;
+	for (i = 0; i < t->count; i++)
+		n += snprintf(list + n, sizeof(list) - n, "%s%u", i ? " " : "",
+			      t->part[i].number);
+	return t->count ? list : "none";
+}
+
+/* Read s's table, or exit saying why it cannot be */
+static void must_read_table(struct source *s, struct table *t, const char *path)
+{
+	int r = read_table(s, t);
+
+	if (r == -EINVAL)
+		die("%s: no partition table (MBR or GPT) that can be read", path);
+	if (r < 0)
+		die("%s: reading the partition table: %s", path, strerror(-r));
+}
+
+/* Stand a window on partition number of below. Exits if there is no such
+ * partition or it does not lie inside the source. */
+static struct source *partition_open(struct source *below, unsigned number,
+				     const char *path)
+{
+	struct table *t = malloc(sizeof(*t));
+	uint64_t size = below->size(below);
+	struct source *s;
+	int i;
+
+	if (!t)
+		die("out of memory:");
+	must_read_table(below, t, path);
+	for (i = 0; i < t->count && t->part[i].number != number; i++)
+		;
+	if (i == t->count)
+		die("%s: no partition %u (partitions: %s)", path, number,
+		    part_numbers(t));
+	if (t->part[i].start > size / t->sector ||
+	    t->part[i].sectors > size / t->sector - t->part[i].start ||
+	    !t->part[i].sectors)
+		die("%s: partition %u runs past the end of the source "
+		    "(partitions: %s)", path, number, part_numbers(t));
+	s = window_open(below, t->part[i].start * t->sector,
+			t->part[i].sectors * t->sector, path);
+	free(t);
+	return s;
+}
+
+/* A size for people: 100M, 1.5G, as partx prints it */
+static void human_size(char *out, size_t n, uint64_t bytes)
+{
+	static const char units[] = "BKMGTPE";
+	double v = bytes;
+	int u = 0;
+
+	while (v >= 1024 && u < 6)
+		v /= 1024, u++;
+	if (u && v < 10 && v != (uint64_t)v)
+		snprintf(out, n, "%.1f%c", v, units[u]);
+	else
+		snprintf(out, n, "%.0f%c", v, units[u]);
+}
+
+/* --partitions: print the table as partx --show does, and exit */
+static _Noreturn void list_partitions(const char *path)
+{
+	struct source *s = file_open(path, false, false);
+	struct table *t = malloc(sizeof(*t));
+	char size[16];
+	int i;
+
+	if (!t)
+		die("out of memory:");
+	must_read_table(s, t, path);
+	printf("%s partition table, %u-byte sectors\n", t->kind, t->sector);
+	printf("%3s %12s %12s %12s %6s %-36s %s\n", "NR", "START", "END",
+	       "SECTORS", "SIZE", "TYPE", "NAME");
+	for (i = 0; i < t->count; i++) {
+		const struct part *p = &t->part[i];
+
+		human_size(size, sizeof(size), p->sectors * t->sector);
+		printf("%3u %12llu %12llu %12llu %6s %-36s %s\n", p->number,
+		       (unsigned long long)p->start,
+		       (unsigned long long)(p->start + p->sectors - 1),
+		       (unsigned long long)p->sectors, size, p->type, p->name);
+	}
+	free(t);
+	s->close(s);
+	print_and_exit("");
+}
+
+/*
+ * The snapshot (--snapshot[=FILE]): copy-on-write over the layer below,
+ * which is never written. A changed block's bytes live in the delta file
+ * (FILE, or a memfd without one) at data + block * SNAP_BLOCK, and a bit
+ * in the map says which blocks changed; a block punched whole is a hole
+ * there, which reads as zeros. FILE is a header naming the source it was
+ * made for, the map, then the data, sparse: exporting again resumes it,
+ * and --commit writes it into the source.
+ */
+enum { SNAP_BLOCK = 4096, SNAP_LOCKS = 64, SNAP_MAP = 4096 };
+
+struct snap_header {
+	char magic[8];			/* "FXSNAP1" */
+	uint64_t size;			/* the layer below's size */
+	uint64_t dev, ino;		/* the source (rdev for a device) */
+	uint64_t offset;		/* the layer below's start in it */
+	uint32_t block;			/* SNAP_BLOCK */
+	uint32_t pad;
+};
+
+struct snapshot {
+	struct source s;
+	int fd;				/* the delta file */
+	uint64_t size, blocks, data;	/* data: where block 0 lies in it */
+	size_t map_len;
+	_Atomic uint64_t *map;		/* a bit per block: changed */
+	pthread_mutex_t copy[SNAP_LOCKS];	/* a block's copy-up, striped */
+};
+
+static struct snapshot *snap_of(struct source *s)
+{
+	return (struct snapshot *)s;
+}
+
+static bool changed(struct snapshot *n, uint64_t b)
+{
+	return atomic_load(&n->map[b / 64]) >> (b % 64) & 1;
+}
+
+/* The first block from b on that is not in state c, or n->blocks */
+static uint64_t run_end(struct snapshot *n, uint64_t b, bool c)
+{
+	while (b < n->blocks && changed(n, b) == c) {
+		if (b % 64 == 0 && b + 64 <= n->blocks &&
+		    atomic_load(&n->map[b / 64]) == (c ? ~0ULL : 0))
+			b += 64;
+		else
+			b++;
+	}
+	return min_u64(b, n->blocks);
+}
+
+/* pread or pwrite all n bytes at pos of the delta file: 0 or -errno */
+static int delta_io(struct snapshot *n, bool write, void *buf, size_t len,
+		    uint64_t pos)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = write ? pwrite(n->fd, (char *)buf + done, len - done, pos + done)
+				  : pread(n->fd, (char *)buf + done, len - done, pos + done);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		done += r;
+	}
+	return 0;
+}
+
+static uint64_t snap_size(struct source *s)
+{
+	return snap_of(s)->size;
+}
+
+static ssize_t snap_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct snapshot *sn = snap_of(s);
+	size_t done = 0;
+
+	n = pos < sn->size ? min_u64(n, sn->size - pos) : 0;
+	while (done < n) {
+		uint64_t p = pos + done, b = p / SNAP_BLOCK;
+		bool c = changed(sn, b);
+		size_t len = min_u64(n - done, run_end(sn, b, c) * SNAP_BLOCK - p);
+		ssize_t r;
+
+		if (c)
+			r = delta_io(sn, false, (char *)buf + done, len, sn->data + p);
+		else
+			r = s->below->read(s->below, (char *)buf + done, len, p);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		done += c ? len : (size_t)r;
+		if (!c && (size_t)r < len)
+			break;
+	}
+	return done;
+}
+
+/* unchanged blocks are sent from the layer below's mapping, as fast as
+ * a read-only export's */
+static const char *snap_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	struct snapshot *sn = snap_of(s);
+
+	if (!n || pos + n > sn->size ||
+	    run_end(sn, pos / SNAP_BLOCK, false) * SNAP_BLOCK < pos + n)
+		return NULL;
+	return s->below->map(s->below, pos, n);
+}
+
+/* Put len bytes of buf (NULL: zeros) at off in block b; the first change
+ * of a block copies it up from below. 0 or -errno. */
+static int put_block(struct snapshot *sn, uint64_t b, size_t off,
+		     const void *buf, size_t len)
+{
+	pthread_mutex_t *lock = &sn->copy[b % SNAP_LOCKS];
+	uint64_t at = sn->data + b * SNAP_BLOCK;
+	char block[SNAP_BLOCK];
+	int r = 0;
+
+	pthread_mutex_lock(lock);
+	if (!buf && len == SNAP_BLOCK) {	/* a whole block punched */
+		if (fallocate(sn->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      at, SNAP_BLOCK) < 0) {
+			memset(block, 0, sizeof(block));
+			r = delta_io(sn, true, block, SNAP_BLOCK, at);
+		}
+	} else if (changed(sn, b)) {
+		if (!buf)
+			memset(block, 0, len);
+		r = delta_io(sn, true, buf ? (void *)buf : block, len, at + off);
+	} else {
+		ssize_t got = buf && len == SNAP_BLOCK ? 0 :
+			sn->s.below->read(sn->s.below, block, SNAP_BLOCK,
+					  b * SNAP_BLOCK);
+		if (got < 0) {
+			r = got;
+		} else {
+			memset(block + got, 0, SNAP_BLOCK - got);
+			if (buf)
+				memcpy(block + off, buf, len);
+			else
+				memset(block + off, 0, len);
+			r = delta_io(sn, true, block, SNAP_BLOCK, at);
+		}
+	}
+	if (r == 0)
+		atomic_fetch_or(&sn->map[b / 64], 1ULL << (b % 64));
+	pthread_mutex_unlock(lock);
+	return r;
+}
+
+/* Put n bytes of buf (NULL: zeros) at pos, block by block: the number
+ * put (short only after an error), or -errno */
+static ssize_t snap_put(struct source *s, const void *buf, size_t n,
+			uint64_t pos)
+{
+	struct snapshot *sn = snap_of(s);
+	size_t done = 0;
+
+	if (pos >= sn->size)
+		return n ? -ENOSPC : 0;
+	n = min_u64(n, sn->size - pos);
+	while (done < n) {
+		uint64_t p = pos + done;
+		size_t off = p % SNAP_BLOCK, len = min_u64(n - done, SNAP_BLOCK - off);
+		int r;
+
+		r = put_block(sn, p / SNAP_BLOCK, off,
+			      buf ? (const char *)buf + done : NULL, len);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		done += len;
+	}
+	return done;
+}
+
+static ssize_t snap_write(struct source *s, const void *buf, size_t n,
+			  uint64_t pos)
+{
+	return snap_put(s, buf, n, pos);
+}
+
+static int snap_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	ssize_t r = snap_put(s, NULL, len, pos);
+
+	return r < 0 ? (int)r : 0;
+}
+
+static int snap_flush(struct source *s, bool datasync)
+{
+	(void)datasync;
+	return fdatasync(snap_of(s)->fd) < 0 ? -errno : 0;
+}
+
+static int snap_allocate(struct source *s, uint64_t pos, uint64_t len,
+			 bool keep_size)
+{
+	(void)s, (void)pos, (void)len;
+	return keep_size ? 0 : -ENOSPC;	/* a snapshot keeps its size */
+}
+
+/* SEEK_DATA or SEEK_HOLE over the combined view: changed runs answer
+ * from the delta file, unchanged ones from below */
+static int64_t snap_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct snapshot *sn = snap_of(s);
+
+	while (pos < sn->size) {
+		uint64_t b = pos / SNAP_BLOCK;
+		bool c = changed(sn, b);
+		uint64_t end = min_u64(run_end(sn, b, c) * SNAP_BLOCK, sn->size);
+		int64_t at;
+
+		if (c) {
+			at = lseek(sn->fd, sn->data + pos, whence);
+			at = at < 0 ? (errno == ENXIO ? INT64_MAX : -errno)
+				    : at - (int64_t)sn->data;
+		} else {
+			at = s->below->seek(s->below, pos, whence);
+			at = at == -ENXIO ? INT64_MAX : at;
+		}
+		if (at < 0)
+			return at;
+		if ((uint64_t)at < end)
+			return at;
+		pos = end;
+	}
+	return whence == SEEK_HOLE ? (int64_t)sn->size : -ENXIO;
+}
+
+static int snap_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;
+}
+
+static int snap_space(struct source *s, struct space *sp)
+{
+	int r = s->below->space(s->below, sp);
+
+	sp->free = sp->avail = 0;
+	return r;
+}
+
+static void snap_close(struct source *s)
+{
+	struct snapshot *sn = snap_of(s);
+
+	munmap((void *)sn->map, sn->map_len);
+	close(sn->fd);
+	s->below->close(s->below);
+	free(sn);
+}
+
+/* Where in FILE the map and the data lie, for a source of size bytes */
+static void snap_layout(struct snapshot *sn, uint64_t size)
+{
+	sn->size = size;
+	sn->blocks = (size + SNAP_BLOCK - 1) / SNAP_BLOCK;
+	sn->map_len = ((sn->blocks + 7) / 8 + SNAP_MAP - 1) / SNAP_MAP * SNAP_MAP;
+	if (!sn->map_len)
+		sn->map_len = SNAP_MAP;
+	sn->data = SNAP_MAP + sn->map_len;
+}
+
+/* Open FILE (NULL: memory) as the delta of a snapshot of id, creating it
+ * if it is new and checking that it was made for id if not. Exits on
+ * failure. Returns the delta's fd, locked. */
+static int snap_delta(const char *file, const struct snap_header *id,
+		      uint64_t length)
+{
+	struct snap_header h;
+	struct stat st;
+	int fd;
+
+	fd = file ? open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
+		  : memfd_create("fuseexport-snapshot", MFD_CLOEXEC);
+	if (fd < 0)
+		die("%s:", file ? file : "snapshot in memory");
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		die("%s: not a regular file", file);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		die("%s: in use by another export", file);
+	if (st.st_size == 0) {
+		if (pwrite(fd, id, sizeof(*id), 0) != sizeof(*id) ||
+		    ftruncate(fd, length) < 0)
+			die("%s:", file ? file : "snapshot in memory");
+		return fd;
+	}
+	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(&h, id, sizeof(h)) ||
+	    (uint64_t)st.st_size < length)
+		die("%s: made for another source (its size, device, inode or "
+		    "window differ), or not a snapshot file", file);
+	return fd;
+}
+
+/* Stand a snapshot on below, its changes in file (NULL: in memory); id
+ * names the source. Exits on failure. */
+static struct source *snapshot_open(struct source *below, const char *file,
+				    struct snap_header *id)
+{
+	struct snapshot *sn = calloc(1, sizeof(*sn));
+	void *map;
+	int i;
+
+	if (!sn)
+		die("out of memory:");
+	snap_layout(sn, below->size(below));
+	memcpy(id->magic, "FXSNAP1", 8);
+	id->size = sn->size;
+	id->block = SNAP_BLOCK;
+	sn->fd = snap_delta(file, id, sn->data + sn->blocks * SNAP_BLOCK);
+	map = mmap(NULL, sn->map_len, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   sn->fd, SNAP_MAP);
+	if (map == MAP_FAILED)
+		die("%s: mapping its block map:", file ? file : "snapshot");
+	sn->map = map;
+	for (i = 0; i < SNAP_LOCKS; i++)
+		pthread_mutex_init(&sn->copy[i], NULL);
+	sn->s = (struct source){
+		.below = below, .writable = true,
+		.passthrough_fd = -1,
+		.no_passthrough = "a snapshot keeps its changes apart from the source",
+		.sector_size = below->sector_size,
+		.size = snap_size, .read = snap_read, .map = snap_map,
+		.write = snap_write, .flush = snap_flush, .punch = snap_zero,
+		.zero = snap_zero, .allocate = snap_allocate, .seek = snap_seek,
+		.resize = snap_resize, .space = snap_space, .close = snap_close,
+	};
+	return &sn->s;
 }
 
 /*
@@ -825,9 +1490,8 @@ static const char *why_no_passthrough(struct export *e)
 {
 	if (e->want_passthrough == OFF)
 		return "--passthrough=off";
-	if (e->top->passthrough_fd < 0)
-		return "the kernel passes through only to a regular file at the "
-		       "same offsets (not a block device, not a window)";
+	if (e->top->no_passthrough)
+		return e->top->no_passthrough;
 	if (e->writable && !e->growable)
 		return "a fixed-size export's writes must come here (passed "
 		       "through, they could grow the source)";
@@ -1759,7 +2423,8 @@ static _Noreturn void print_and_exit(const char *text)
  * the value a bare -o NAME stands for. Both parsers apply them through
  * set_option(), so each is parsed in one place. */
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
-       OPT_SIZE, OPT_READ_ONLY };
+       OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
+       OPT_COMMIT };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -1777,6 +2442,10 @@ static const struct option_row {
 	{ "io-uring", "io_uring", OPT_IO_URING, true, NULL },
 	{ "offset", "offset", OPT_OFFSET, true, NULL },
 	{ "size", "size", OPT_SIZE, true, NULL },
+	{ "partition", "partition", OPT_PARTITION, true, NULL },
+	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
+	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
+	{ "commit", NULL, OPT_COMMIT, false, NULL },
 	{ "help", NULL, 'h', false, NULL },
 	{ "version", NULL, 'V', false, NULL },
 };
@@ -1821,6 +2490,19 @@ static void set_option(struct export *e, int id, const char *value,
 		break;
 	case OPT_SIZE:
 		e->window = parse_number(what, value, 1, INT64_MAX);
+		break;
+	case OPT_PARTITION:
+		e->partition = parse_number(what, value, 1, MAX_PARTS);
+		break;
+	case OPT_PARTITIONS:
+		e->list_partitions = true;
+		break;
+	case OPT_SNAPSHOT:
+		e->snapshot = e->writable = true;
+		e->snapshot_file = *value ? value : NULL;
+		break;
+	case OPT_COMMIT:
+		e->commit = true;
 		break;
 	case 'h':
 		print_and_exit(usage_text);
@@ -1884,14 +2566,15 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	bool helper = mount_helper(argv[0]), fake = false;
 	char what[64];
 	unsigned i, k = 0;
-	int c;
+	int c, args;
 
 	memset(longopts, 0, sizeof(longopts));
 	for (i = 0; i < N_OPTIONS; i++)
 		if (option_table[i].name)
 			longopts[k++] = (struct option){ option_table[i].name,
-				option_table[i].value ? required_argument : no_argument,
-				NULL, option_table[i].id };
+				!option_table[i].value ? no_argument :
+				option_table[i].bare ? optional_argument :
+				required_argument, NULL, option_table[i].id };
 	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
 	e->want_allow_other = AUTO;
 	e->want_passthrough = AUTO;
@@ -1919,27 +2602,111 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		if (c == '?' || i == N_OPTIONS)
 			die("%s: unknown option (see --help)", argv[optind - 1]);
 		snprintf(what, sizeof(what), "--%s", option_table[i].name);
-		set_option(e, c, optarg, what);
+		set_option(e, c, optarg ? optarg : option_table[i].bare, what);
 	}
-	if (argc - optind != 2)
-		die("%s: expected SOURCE and MOUNTPOINT (see --help)",
-		    argc - optind < 2 ? "too few arguments" : "too many arguments");
+	args = e->list_partitions || e->commit ? 1 : 2;
+	if (argc - optind != args)
+		die("%s: expected %s (see --help)", argc - optind < args ?
+		    "too few arguments" : "too many arguments",
+		    args == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
 	e->source_path = argv[optind];
-	e->mountpoint = argv[optind + 1];
+	e->mountpoint = args == 2 ? argv[optind + 1] : NULL;
+	if (e->partition && (e->offset || e->window))
+		die("--partition does not go with --offset or --size");
+	if (e->snapshot && e->growable)
+		die("--snapshot keeps the source's size: not with --growable");
+	if (e->commit && !e->snapshot_file)
+		die("--commit needs --snapshot=FILE");
 	if (fake)
 		exit(0);
 }
 
-/* Build the source stack (the file, then the window if there is one),
+/* The source's identity in a snapshot's header: its device and inode
+ * (a block device's own number). Exits if it cannot be had. */
+static void source_id(const char *path, struct snap_header *id)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		die("%s:", path);
+	id->dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
+	id->ino = S_ISBLK(st.st_mode) ? 0 : st.st_ino;
+}
+
+/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
+ * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
+ * removed once everything is in, so a commit that failed halfway, run
+ * again, finishes the job. Exits: 0 when done. */
+static _Noreturn void commit_snapshot(struct export *e)
+{
+	const char *file = e->snapshot_file;
+	struct snap_header h, id;
+	struct snapshot sn;
+	struct source *top;
+	char block[SNAP_BLOCK];
+	static const char zeros[SNAP_BLOCK];
+	uint64_t *map, b;
+	int fd = open(file, O_RDONLY | O_CLOEXEC), r;
+
+	if (fd < 0)
+		die("%s:", file);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		die("%s: in use by an export", file);
+	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) ||
+	    memcmp(h.magic, "FXSNAP1", 8) || h.block != SNAP_BLOCK)
+		die("%s: not a snapshot file", file);
+	top = file_open(e->source_path, true, false);
+	if (h.offset || h.size != top->size(top))
+		top = window_open(top, h.offset, h.size, e->source_path);
+	id = h;
+	source_id(e->source_path, &id);
+	if (memcmp(&id, &h, sizeof(h)))
+		die("%s: made for another source than %s", file, e->source_path);
+	snap_layout(&sn, h.size);
+	map = mmap(NULL, sn.map_len, PROT_READ, MAP_SHARED, fd, SNAP_MAP);
+	if (map == MAP_FAILED)
+		die("%s: mapping its block map:", file);
+	for (b = 0; b < sn.blocks; b++) {
+		size_t len = min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
+
+		if (!(map[b / 64] >> (b % 64) & 1))
+			continue;
+		if (pread(fd, block, len, sn.data + b * SNAP_BLOCK) != (ssize_t)len)
+			die("%s: reading block %llu:", file, (unsigned long long)b);
+		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK)
+					      : top->punch(top, b * SNAP_BLOCK, len);
+		if (r < 0)
+			die("%s: writing block %llu: %s", e->source_path,
+			    (unsigned long long)b, strerror(-r));
+	}
+	if ((r = top->flush(top, false)) < 0)
+		die("%s: flushing: %s", e->source_path, strerror(-r));
+	if (unlink(file) < 0)
+		die("%s: removing it after the commit:", file);
+	top->close(top);
+	exit(0);
+}
+
+/* Build the source stack (the file; a window or a partition; a snapshot),
  * settle whether passthrough is even possible, and take the exported
  * file's attributes. Exits on failure. */
 static void open_source(struct export *e)
 {
+	struct snap_header id = { .offset = e->offset };
 	struct stat st;
 
-	e->top = file_open(e->source_path, e->writable, e->growable);
-	if (e->offset || e->window)
+	e->top = file_open(e->source_path, e->writable && !e->snapshot,
+			   e->growable);
+	if (e->partition) {
+		e->top = partition_open(e->top, e->partition, e->source_path);
+		id.offset = window_of(e->top)->offset;
+	} else if (e->offset || e->window) {
 		e->top = window_open(e->top, e->offset, e->window, e->source_path);
+	}
+	if (e->snapshot) {
+		source_id(e->source_path, &id);
+		e->top = snapshot_open(e->top, e->snapshot_file, &id);
+	}
 	e->no_passthrough = why_no_passthrough(e);
 	if (e->want_passthrough == ON && e->no_passthrough)
 		die("--passthrough=on: %s", e->no_passthrough);
@@ -2370,6 +3137,10 @@ int main(int argc, char *argv[])
 		die("out of memory:");
 	signal(SIGPIPE, SIG_IGN);	/* a closed stderr or parent: EPIPE */
 	parse_options(e, argc, argv);
+	if (e->list_partitions)
+		list_partitions(e->source_path);
+	if (e->commit)
+		commit_snapshot(e);
 	check_mountpoint(e);
 	open_source(e);
 	mount_export(e);
