@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -98,6 +99,10 @@ enum {
 	 * MAP_REFRESH READs, which bounds them at a few MiB */
 	MAP_REFRESH = 1024,
 	ZEROS_SIZE = 1 << 20,			/* the file source's zero pages */
+	/* a queue may spin this long for the next request before it sleeps,
+	 * and the idle CPUs it may spin on are counted this often */
+	SPIN_NS = 50000,
+	SPIN_SAMPLE_NS = 100000000,
 	FH_WRITES = 1,				/* an open's fh: it may write */
 };
 #define MAP_WHOLE (4ULL << 30)
@@ -202,6 +207,8 @@ struct queue {
 	struct export *e;
 	int fd;
 	pthread_t thread;
+	int spin_score;		/* > 0: spinning has paid lately */
+	bool nonblocking;	/* the fd is, while the queue spins */
 	struct request req;
 };
 
@@ -238,6 +245,13 @@ struct export {
 	bool quiet;			/* a test harness: halts say nothing */
 	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
 	int cache;			/* CACHE_*: AUTO until INIT settles it */
+	int want_spin;			/* AUTO or OFF */
+	/* spinning for the next request: how many queues may spin now (the
+	 * idle CPUs), how many do, the time they spent, and /proc/stat's
+	 * idle and total ticks when the budget was last counted */
+	atomic_int spin_budget, spinners;
+	_Atomic uint64_t spin_ns;
+	uint64_t stat_idle, stat_total, stat_at;
 	bool allow_other;		/* decided at mount */
 	bool passthrough, uring;	/* decided by INIT, before its reply */
 	const char *no_passthrough;	/* why passthrough is off, if it is */
@@ -2242,6 +2256,88 @@ static void unspill(struct request *r, size_t len)
 		       min_u64(len, sizeof(r->in)) - REQ_HEAD);
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000ULL + t.tv_nsec;
+}
+
+/* Read the next request into iov. A queue with nothing to read may spin
+ * up to SPIN_NS on a non-blocking fd before it sleeps in a blocking read,
+ * which saves a wake-up from idle per request: but only while it pays (the
+ * queue's last requests came within that time) and while an idle CPU is
+ * there for it (spin_budget). Sleeping, the fd blocks again, so that the
+ * kernel wakes one queue per request. Returns readv(2)'s result. */
+static ssize_t next_request(struct export *e, struct queue *q, struct iovec *iov)
+{
+	uint64_t start;
+	ssize_t n;
+
+	if (q->spin_score > 0 &&
+	    atomic_fetch_add(&e->spinners, 1) < atomic_load(&e->spin_budget)) {
+		if (!q->nonblocking && fcntl(q->fd, F_SETFL, O_NONBLOCK) == 0)
+			q->nonblocking = true;
+		start = now_ns();
+		do
+			n = readv(q->fd, iov, 2);
+		while (n < 0 && errno == EAGAIN && now_ns() - start < SPIN_NS);
+		atomic_fetch_add(&e->spin_ns, now_ns() - start);
+		atomic_fetch_sub(&e->spinners, 1);
+		if (n >= 0 || errno != EAGAIN) {
+			q->spin_score += q->spin_score < 8;
+			return n;
+		}
+		q->spin_score -= 2;	/* it did not pay: spin less */
+	} else if (q->spin_score > 0) {
+		atomic_fetch_sub(&e->spinners, 1);
+	}
+	if (q->nonblocking && fcntl(q->fd, F_SETFL, 0) == 0)
+		q->nonblocking = false;
+	start = now_ns();
+	n = readv(q->fd, iov, 2);
+	if (e->want_spin != OFF && now_ns() - start < SPIN_NS)
+		q->spin_score = 2;	/* a spin would have caught it */
+	return n;
+}
+
+/* Count how many queues may spin: the idle CPUs over the last interval,
+ * the time spent spinning included (it is idle time otherwise), from
+ * /proc/stat; none where there is no /proc */
+static void count_spin_budget(struct export *e)
+{
+	unsigned long long v[8] = { 0 }, idle, total = 0;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t now = now_ns(), spun = atomic_exchange(&e->spin_ns, 0);
+	FILE *f = fopen("/proc/stat", "re");
+	int i, budget = 0;
+
+	if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+			 &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8) {
+		if (f)
+			fclose(f);
+		atomic_store(&e->spin_budget, 0);
+		return;
+	}
+	fclose(f);
+	for (i = 0; i < 8; i++)
+		total += v[i];
+	idle = v[3] + v[4];
+	if (e->stat_at && total > e->stat_total && now > e->stat_at) {
+		/* in thousandths of a CPU */
+		uint64_t spare = cpus * 1000 * (idle - e->stat_idle) /
+				 (total - e->stat_total) +
+				 spun * 1000 / (now - e->stat_at);
+		budget = (spare + 500) / 1000;
+		budget = budget > cpus - 1 ? cpus - 1 : budget;
+	}
+	atomic_store(&e->spin_budget, budget);
+	e->stat_idle = idle;
+	e->stat_total = total;
+	e->stat_at = now;
+}
+
 /* A queue: read a request, serve it, reply on the same fd, until the
  * kernel says the export is gone (ENODEV) or it halts */
 static void *queue_loop(void *arg)
@@ -2253,7 +2349,7 @@ static void *queue_loop(void *arg)
 
 	serving_thread();
 	while (!atomic_load(&e->halted)) {
-		ssize_t n = readv(q->fd, in, 2);
+		ssize_t n = next_request(e, q, in);
 		int k, err;
 		bool sent;
 
@@ -2555,7 +2651,7 @@ static _Noreturn void print_and_exit(const char *text)
  * set_option(), so each is parsed in one place. */
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
        OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
-       OPT_COMMIT, OPT_CACHE };
+       OPT_COMMIT, OPT_CACHE, OPT_SPIN };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -2578,6 +2674,7 @@ static const struct option_row {
 	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
 	{ "commit", NULL, OPT_COMMIT, false, NULL },
 	{ "cache", "cache", OPT_CACHE, true, NULL },
+	{ "spin", "spin", OPT_SPIN, true, NULL },
 	{ "help", NULL, 'h', false, NULL },
 	{ "version", NULL, 'V', false, NULL },
 };
@@ -2635,6 +2732,11 @@ static void set_option(struct export *e, int id, const char *value,
 		break;
 	case OPT_COMMIT:
 		e->commit = true;
+		break;
+	case OPT_SPIN:
+		e->want_spin = parse_mode(what, value);
+		if (e->want_spin == ON)
+			die("%s: '%s' is not auto or off", what, value);
 		break;
 	case OPT_CACHE:
 		for (e->cache = CACHE_NONE; e->cache <= CACHE_WRITEBACK &&
@@ -2722,6 +2824,7 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->want_passthrough = AUTO;
 	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
 	e->cache = CACHE_AUTO;
+	e->want_spin = AUTO;
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -3164,6 +3267,7 @@ static void detach(struct export *e)
  * or a flush of the source failed */
 static int run_export(struct export *e)
 {
+	struct timespec tick = { 0, SPIN_SAMPLE_NS };
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
@@ -3177,7 +3281,10 @@ static int run_export(struct export *e)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
-		if (sigwait(&set, &sig) != 0)
+		sig = sigtimedwait(&set, NULL, e->want_spin != OFF ? &tick : NULL);
+		if (sig < 0 && errno == EAGAIN)
+			count_spin_budget(e);
+		if (sig < 0)
 			continue;
 		if (atomic_load(&e->halted)) {
 			/* Queues may sleep in read(2) for good (without root
