@@ -69,6 +69,9 @@ static const char usage_text[] =
 "      --passthrough=auto|on|off   kernel passthrough of reads and writes\n"
 "      --io-uring=auto|on|off      take requests through FUSE over io_uring\n"
 "                                  (default: off)\n"
+"      --cache=auto|none|read|writeback  the kernel's page cache for the\n"
+"                          export (default auto: passthrough, else read)\n"
+"      --spin=auto|off     spin briefly for the next request while it pays\n"
 "      --offset=BYTES      export SOURCE from this offset (K, M, G, T suffixes)\n"
 "      --size=BYTES        export only this many bytes of SOURCE\n"
 "      --partition=N       export partition N of SOURCE (MBR or GPT)\n"
@@ -80,7 +83,8 @@ static const char usage_text[] =
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
 "                          io_uring=MODE, offset=, size=, partition=,\n"
-"                          snapshot[=FILE]; generic mount options are ignored\n"
+"                          snapshot[=FILE], cache=, spin=; generic mount\n"
+"                          options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
 
