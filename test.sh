@@ -919,6 +919,18 @@ wait_crashed() {
 	fail "the export still reads 5s after the crash"
 }
 
+# loop_off LOOP: detach LOOP and wait until it lets go of its backing
+# file (a udev probe holding it open defers the detach)
+loop_off() {
+	local i
+	losetup -d "$1" || fail "losetup -d $1"
+	for i in $(seq 100); do
+		losetup "$1" >/dev/null 2>&1 || return 0
+		sleep 0.1
+	done
+	fail "$1 still holds its backing file 10s after losetup -d"
+}
+
 # as_nonroot FUNCTION ARGS...: run FUNCTION as uid 65534, in a private mount
 # namespace with a 0666 /dev/fuse, in a directory of its own
 nonroot_run_ns() {
@@ -972,7 +984,7 @@ t_fault_badsector() {
 	else
 		log "the kernel log is not readable here: the sector is not checked"
 	fi
-	umount fs; losetup -d "$loop"
+	umount fs; loop_off "$loop"
 	fx_down "$PWD/mp"
 }
 
@@ -1219,7 +1231,7 @@ t_cache_ext4() {
 	echo "crash$torn" >ctl
 	wait_crashed mp
 	umount fs 2>&1 || fail "umount the ext4 after the crash"
-	losetup -d "$loop"
+	loop_off "$loop"
 	fx_down "$PWD/mp"
 	[ -e ctl ] && fail "the FIFO is left after the export ended"
 	fx_up $mode -w "$PWD/src" "$PWD/mp"
@@ -1228,7 +1240,7 @@ t_cache_ext4() {
 	mount "$loop" fs || fail "mount after the crash (journal replay)"
 	for i in $(seq 20); do cmp fs/f$i data$i || fail "fsync'ed file f$i"; done
 	log "unsynced files that survived: $(ls fs | grep -c '^u' || true) of 10"
-	umount fs; losetup -d "$loop"
+	umount fs; loop_off "$loop"
 	e2fsck -fn mp >fsck.out 2>&1 || fail "e2fsck -fn: $(cat fsck.out)"
 	fx_down "$PWD/mp"
 }
