@@ -1060,6 +1060,30 @@ fault_seed() {
 t_fault_seed() { fault_seed "$1"; }
 t_fault_seed_user() { as_nonroot fault_seed "$1"; }
 
+# Rules stand over a window and a snapshot: their offsets are the export's,
+# a failed write reaches neither, and the source is never written
+t_fault_layers() {
+	local mode=$1
+	mkimg src 16; cp src orig; : >mp
+	head -c 8192 /dev/urandom >data
+	fx_up $mode -w --offset=4M --size=8M --snapshot \
+		--fault=op=read,offset=1M,length=4K --fault=op=write,offset=2M,length=1,error=EROFS \
+		"$PWD/src" "$PWD/mp"
+	cmp -n $MiB mp <(range orig $((4 * MiB)) $MiB) || fail "reads before the bad range"
+	dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>dd.err &&
+		fail "a read of the bad range (the export's 1M) succeeded"
+	grep -q 'Input/output error' dd.err || fail "the reader saw: $(cat dd.err)"
+	dd if=mp of=/dev/null bs=4k skip=257 count=1 iflag=direct status=none || fail "the read after it"
+	put mp $((3 * MiB)) data
+	cmp <(range mp $((3 * MiB)) 8192) data || fail "a write into the snapshot"
+	dd if=data of=mp bs=8192 seek=256 count=1 conv=notrunc status=none 2>dd.err &&
+		fail "a write over the export's 2M succeeded"
+	grep -q 'Read-only file system' dd.err || fail "the writer saw: $(cat dd.err)"
+	cmp <(range mp $((2 * MiB)) 8192) <(range orig $((6 * MiB)) 8192) || fail "a failed write changed the snapshot"
+	fx_down "$PWD/mp"
+	cmp src orig || fail "the source was written"
+}
+
 # The control FIFO: mode 0600, the caller's; fault RULE, clear, an unknown
 # line reported; -d names the rule that fired; the FIFO goes with the export
 t_control() {
@@ -2183,6 +2207,7 @@ t "$p fault: a bad sector range under ext4 on a loop device: its file gets EIO, 
 t "$p fault: ENOSPC after 10 writes reaches dd and python; a failed write changes nothing" "$M python3" t_fault_enospc "$LAYER_MODE"
 t "$p fault: a read delay shows in fio's completion latency" "$M fio python3" t_fault_delay "$LAYER_MODE"
 t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_fault_seed "$LAYER_MODE"
+t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: SQLite crashed mid-run keeps every committed transaction" "$M sqlite3" t_cache_sqlite "$LAYER_MODE"
