@@ -285,6 +285,7 @@ struct export {
 					 * kept so a writer's close is no EOF */
 	pthread_t control_thread;
 	bool control_running;
+	atomic_bool control_stop;	/* the export is over: the thread ends */
 	struct faults *faults;		/* the layers, if stacked */
 	struct cache *volatile_cache;
 	unsigned partition;		/* --partition: its number, or 0 */
@@ -2597,9 +2598,10 @@ static void close_control(struct export *e)
 		return;
 	unlink(e->control_path);
 	control_made = NULL;
-	if (e->control_running) {	/* it stops only in read(2) */
-		pthread_cancel(e->control_thread);
-		pthread_join(e->control_thread, NULL);
+	if (e->control_running) {	/* wake it with an empty line */
+		atomic_store(&e->control_stop, true);
+		if (write(e->control_spare, "\n", 1) == 1)
+			pthread_join(e->control_thread, NULL);
 		e->control_running = false;
 	}
 }
@@ -2638,8 +2640,8 @@ static void control_command(struct export *e, char *line)
 }
 
 /* The control thread: read lines until the export ends; with the spare
- * write end open, read(2) never sees an EOF. close_control() cancels it
- * while it waits in read(2), never while it carries out a command. */
+ * write end open, read(2) never sees an EOF. close_control() sets
+ * control_stop and wakes it. */
 static void *control_loop(void *arg)
 {
 	struct export *e = arg;
@@ -2647,11 +2649,10 @@ static void *control_loop(void *arg)
 	size_t have = 0;
 	ssize_t n;
 
-	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 	for (;;) {
-		pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
 		n = read(e->control_fd, buf + have, sizeof(buf) - 1 - have);
-		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+		if (atomic_load(&e->control_stop))
+			break;
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
