@@ -904,19 +904,19 @@ static void name_text(char *out, const unsigned char *u)
 	*out = 0;
 }
 
-/* GPT: the primary header at LBA 1, else the backup at the last LBA.
- * Returns 0 or -errno (-EINVAL: no good header). */
-static int read_gpt(struct source *s, struct table *t)
+/* GPT's header at lba and the entries it names, into t, if both are
+ * good. Returns 0 or -errno (-EINVAL: not a good table). */
+static int gpt_at(struct source *s, struct table *t, uint64_t lba)
 {
 	unsigned sector = t->sector;
 	unsigned char *h = malloc(sector), *ent = NULL;
-	uint64_t last = s->size(s) / sector - 1, lba;
+	uint64_t last = s->size(s) / sector - 1;
 	uint32_t count, esize, i;
 	int r = -EINVAL;
 
 	if (!h)
 		return -ENOMEM;
-	if (!gpt_header(s, sector, 1, h) && !gpt_header(s, sector, last, h))
+	if (!gpt_header(s, sector, lba, h))
 		goto out;
 	lba = le64(h + 72);
 	count = le32(h + 80);
@@ -949,6 +949,21 @@ static int read_gpt(struct source *s, struct table *t)
 out:
 	free(h);
 	free(ent);
+	return r;
+}
+
+/* GPT: the primary header at LBA 1 with its entries, else the backup at
+ * the last LBA with its own, as Linux does: a primary whose header or
+ * entries fail their CRC is damaged. Returns 0 or -errno (-EINVAL: no
+ * good table). */
+static int read_gpt(struct source *s, struct table *t)
+{
+	int r = gpt_at(s, t, 1);
+
+	if (r < 0 && r != -ENOMEM) {
+		t->count = 0;
+		r = gpt_at(s, t, s->size(s) / t->sector - 1);
+	}
 	return r;
 }
 
