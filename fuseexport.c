@@ -835,12 +835,13 @@ static uint32_t crc32(const unsigned char *p, size_t n)
 	return ~c;
 }
 
-/* Read n bytes at pos of s, all of them: 0 or -errno (-EIO if short) */
+/* Read n bytes at pos of s, all of them: 0 or -errno (-EINVAL if short:
+ * a table that would lie past the end is no table) */
 static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	ssize_t r = s->read(s, buf, n, pos);
 
-	return r < 0 ? (int)r : (size_t)r < n ? -EIO : 0;
+	return r < 0 ? (int)r : (size_t)r < n ? -EINVAL : 0;
 }
 
 static void add_part(struct table *t, unsigned number, uint64_t start,
