@@ -998,15 +998,16 @@ static int read_table(struct source *s, struct table *t)
 			ext = le32(e + 8);
 	}
 	/* each EBR holds a logical partition (relative to the EBR) and a
-	 * link to the next EBR (relative to the extended partition) */
+	 * link to the next EBR (relative to the extended partition); a
+	 * chain that breaks ends there, the partitions found before it
+	 * kept, as Linux does: a rescue still reaches them */
 	for (ebr = ext, hops = 0; ebr && hops < MAX_PARTS && t->count < MAX_PARTS;
 	     hops++) {
 		const unsigned char *data = b + 446, *link = b + 462;
 
-		if ((r = read_exact(s, b, sizeof(b), ebr * t->sector)) < 0)
-			return r;
-		if (b[510] != 0x55 || b[511] != 0xaa)
-			return -EINVAL;
+		if (read_exact(s, b, sizeof(b), ebr * t->sector) < 0 ||
+		    b[510] != 0x55 || b[511] != 0xaa)
+			break;
 		if (data[4] && le32(data + 12)) {
 			add_part(t, logical++, ebr + le32(data + 8), le32(data + 12));
 			sprintf(t->part[t->count - 1].type, "%x", data[4]);
