@@ -2629,11 +2629,11 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->source_path = argv[optind];
 	e->mountpoint = args == 2 ? argv[optind + 1] : NULL;
 	if (e->partition && (e->offset || e->window))
-		die("--partition does not go with --offset or --size");
+		die("--partition: does not go with --offset or --size");
 	if (e->snapshot && e->growable)
 		die("--snapshot keeps the source's size: not with --growable");
 	if (e->commit && !e->snapshot_file)
-		die("--commit needs --snapshot=FILE");
+		die("--commit: needs --snapshot=FILE");
 	if (fake)
 		exit(0);
 }
