@@ -6,7 +6,7 @@
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -e
-pkgs="gcc make libc6-dev fio xfsprogs e2fsprogs qemu-utils musl-tools busybox-static
+pkgs="gcc make libc6-dev fio xfsprogs e2fsprogs qemu-utils musl-tools busybox-static fdisk gdisk
 	python3 util-linux mount fuse3 clang libclang-rt-14-dev valgrind"
 need=
 for p in $pkgs; do
