@@ -1104,10 +1104,11 @@ static _Noreturn void list_partitions(const char *path)
 		const struct part *p = &t->part[i];
 
 		human_size(size, sizeof(size), p->sectors * t->sector);
-		printf("%3u %12llu %12llu %12llu %6s %-36s %s\n", p->number,
+		printf("%3u %12llu %12llu %12llu %6s %-*s%s%s\n", p->number,
 		       (unsigned long long)p->start,
 		       (unsigned long long)(p->start + p->sectors - 1),
-		       (unsigned long long)p->sectors, size, p->type, p->name);
+		       (unsigned long long)p->sectors, size, *p->name ? 36 : 0,
+		       p->type, *p->name ? " " : "", p->name);
 	}
 	free(t);
 	s->close(s);
