@@ -1313,11 +1313,14 @@ static int snap_flush(struct source *s, bool datasync)
 	return fdatasync(snap_of(s)->fd) < 0 ? -errno : 0;
 }
 
+/* nothing to reserve: the delta takes its room as blocks change; but a
+ * snapshot keeps its size, so never past its end */
 static int snap_allocate(struct source *s, uint64_t pos, uint64_t len,
 			 bool keep_size)
 {
-	(void)s, (void)pos, (void)len;
-	return keep_size ? 0 : -ENOSPC;	/* a snapshot keeps its size */
+	struct snapshot *sn = snap_of(s);
+
+	return keep_size || (pos <= sn->size && len <= sn->size - pos) ? 0 : -ENOSPC;
 }
 
 /* SEEK_DATA or SEEK_HOLE over the combined view: changed runs answer
