@@ -1966,7 +1966,8 @@ t_snapshot_memory() {
 	head -c 3000 /dev/zero >z; put expected 1000 z
 	eq "$("$PY" "$FXIO" pwrite mp $s 4096)" ENOSPC "pwrite at the end"
 	truncate -s $((s / 2)) mp 2>/dev/null && fail "truncate resized a snapshot"
-	xfs_io -c "falloc $((s - 4096)) 1m" mp 2>/dev/null && fail "falloc grew a snapshot"
+	xio "$PWD/mp" "falloc $((40 * MiB)) 1m" "falloc -k $((s - 4096)) 1m"
+	xio_err 'No space left' "$PWD/mp" "falloc $((s - 4096)) 1m"
 	eq "$(stat -c %s mp)" $s "size"
 	cmp mp expected || fail "reads"
 	dd if=mp bs=1M iflag=direct status=none | cmp - expected || fail "O_DIRECT reads"
