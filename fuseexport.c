@@ -2664,6 +2664,7 @@ static _Noreturn void commit_snapshot(struct export *e)
 	struct snap_header h, id;
 	struct snapshot sn;
 	struct source *top;
+	struct stat st;
 	char block[SNAP_BLOCK];
 	static const char zeros[SNAP_BLOCK];
 	uint64_t *map, b;
@@ -2684,6 +2685,10 @@ static _Noreturn void commit_snapshot(struct export *e)
 	if (memcmp(&id, &h, sizeof(h)))
 		die("%s: made for another source than %s", file, e->source_path);
 	snap_layout(&sn, h.size);
+	if (fstat(fd, &st) < 0)
+		die("%s:", file);
+	if ((uint64_t)st.st_size < sn.data + sn.blocks * SNAP_BLOCK)
+		die("%s: not a snapshot file (shorter than its map and blocks)", file);
 	map = mmap(NULL, sn.map_len, PROT_READ, MAP_SHARED, fd, SNAP_MAP);
 	if (map == MAP_FAILED)
 		die("%s: mapping its block map:", file);
