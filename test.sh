@@ -2090,6 +2090,13 @@ t_snapshot_commit() {
 	bad --commit --snapshot="$PWD/junk.fx" "$PWD/src"
 	grep -q "not a snapshot file" err || fail "junk FILE: $(cat err)"
 	bad --snapshot="$PWD/junk.fx" "$PWD/src" "$PWD/mp"
+	# a FILE cut short after its header
+	fx_up --snapshot="$PWD/cut.fx" "$PWD/src" "$PWD/mp"
+	put mp 0 data
+	fx_down "$PWD/mp"
+	truncate -s 4096 cut.fx
+	bad --commit --snapshot="$PWD/cut.fx" "$PWD/src"
+	bad --snapshot="$PWD/cut.fx" "$PWD/src" "$PWD/mp"
 	bad -g --snapshot "$PWD/src" "$PWD/mp"
 	bad --snapshot --passthrough=on "$PWD/src" "$PWD/mp"
 	eq "$(sum src)" "$before" "the source after the refusals"
