@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -35,6 +36,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -67,6 +69,9 @@ static const char usage_text[] =
 "      --passthrough=auto|on|off   kernel passthrough of reads and writes\n"
 "      --io-uring=auto|on|off      take requests through FUSE over io_uring\n"
 "                                  (default: off)\n"
+"      --cache=auto|none|read|writeback  the kernel's page cache for the\n"
+"                          export (default auto: passthrough, else read)\n"
+"      --spin=auto|off     spin briefly for the next request while it pays\n"
 "      --offset=BYTES      export SOURCE from this offset (K, M, G, T suffixes)\n"
 "      --size=BYTES        export only this many bytes of SOURCE\n"
 "      --partition=N       export partition N of SOURCE (MBR or GPT)\n"
@@ -78,7 +83,8 @@ static const char usage_text[] =
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
 "                          io_uring=MODE, offset=, size=, partition=,\n"
-"                          snapshot[=FILE]; generic mount options are ignored\n"
+"                          snapshot[=FILE], cache=, spin=; generic mount\n"
+"                          options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
 
@@ -97,11 +103,18 @@ enum {
 	 * MAP_REFRESH READs, which bounds them at a few MiB */
 	MAP_REFRESH = 1024,
 	ZEROS_SIZE = 1 << 20,			/* the file source's zero pages */
+	/* a queue may spin this long for the next request before it sleeps,
+	 * and the idle CPUs it may spin on are counted this often */
+	SPIN_NS = 50000,
+	SPIN_SAMPLE_NS = 100000000,
 	FH_WRITES = 1,				/* an open's fh: it may write */
 };
 #define MAP_WHOLE (4ULL << 30)
 
 enum { AUTO = -1, OFF = 0, ON = 1 };
+/* --cache: who keeps the export's pages */
+enum { CACHE_AUTO = -1, CACHE_NONE, CACHE_READ, CACHE_WRITEBACK };
+static const char *const cache_names[] = { "none", "read", "writeback" };
 
 /* A request in flight, whichever transport brought it: the header and op
  * struct, the payload, and the reply as it will be sent (iov) */
@@ -186,6 +199,9 @@ struct source {
 	int (*resize)(struct source *s, uint64_t size);
 	/* what it holds and the room left: 0 or -errno */
 	int (*space)(struct source *s, struct space *sp);
+	/* the kernel caches the export's pages above: keep no second copy
+	 * of them below (NULL: nothing to keep, so nothing to do) */
+	void (*keep_no_copy)(struct source *s);
 	/* let go of this layer and those below */
 	void (*close)(struct source *s);
 };
@@ -195,6 +211,8 @@ struct queue {
 	struct export *e;
 	int fd;
 	pthread_t thread;
+	int spin_score;		/* > 0: spinning has paid lately */
+	bool nonblocking;	/* the fd is, while the queue spins */
 	struct request req;
 };
 
@@ -230,6 +248,14 @@ struct export {
 	bool queues_given;		/* -q: exactly that many, or fail */
 	bool quiet;			/* a test harness: halts say nothing */
 	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
+	int cache;			/* CACHE_*: AUTO until INIT settles it */
+	int want_spin;			/* AUTO or OFF */
+	/* spinning for the next request: how many queues may spin now (the
+	 * idle CPUs), how many do, the time they spent, and /proc/stat's
+	 * idle and total ticks when the budget was last counted */
+	atomic_int spin_budget, spinners;
+	_Atomic uint64_t spin_ns;
+	uint64_t stat_idle, stat_total, stat_at;
 	bool allow_other;		/* decided at mount */
 	bool passthrough, uring;	/* decided by INIT, before its reply */
 	const char *no_passthrough;	/* why passthrough is off, if it is */
@@ -332,6 +358,10 @@ struct file_source {
 	uint64_t map_size;		/* the bytes mapped: the size it had
 					 * then (truncate may grow it since) */
 	atomic_uint map_reads;		/* READs served from it */
+	/* the kernel caches above: aligned I/O goes to the source opened
+	 * O_DIRECT (-1: it cannot be), the rest is dropped behind */
+	int direct_fd;
+	bool drop_behind;
 };
 
 static struct file_source *file_of(struct source *s)
@@ -351,21 +381,37 @@ static uint64_t file_size(struct source *s)
 	return atomic_load(&f->size);
 }
 
+/* The fd for n bytes of buf at pos: the O_DIRECT one where there is one
+ * and everything is aligned to a page, else the plain one */
+static int io_fd(struct file_source *f, const void *buf, size_t n, uint64_t pos)
+{
+	if (f->direct_fd >= 0 && !(((uintptr_t)buf | n | pos) & 4095))
+		return f->direct_fd;
+	return f->fd;
+}
+
 static ssize_t file_read(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	struct file_source *f = file_of(s);
+	int fd = io_fd(f, buf, n, pos);
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = pread(f->fd, (char *)buf + done, n - done, pos + done);
+		ssize_t r = pread(fd, (char *)buf + done, n - done, pos + done);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && errno == EINVAL && fd != f->fd) {
+			fd = f->fd;	/* O_DIRECT refused this one */
+			continue;
+		}
 		if (r < 0)
 			return done ? (ssize_t)done : -errno;
 		if (r == 0)
 			break;
 		done += r;
 	}
+	if (f->drop_behind && fd == f->fd)
+		posix_fadvise(f->fd, pos, done, POSIX_FADV_DONTNEED);
 	return done;
 }
 
@@ -392,7 +438,9 @@ static const char *file_map(struct source *s, uint64_t pos, uint64_t n)
 	struct file_source *f = file_of(s);
 	char *map = atomic_load(&f->map);
 
-	if (!map || pos + n > f->map_size)	/* grown since it was mapped */
+	/* grown since it was mapped, or cached above: READs from the mapping
+	 * would keep a second copy in the source's page cache */
+	if (!map || pos + n > f->map_size || f->drop_behind)
 		return NULL;
 	if (f->map_size > MAP_WHOLE &&
 	    atomic_fetch_add(&f->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
@@ -413,13 +461,18 @@ static ssize_t file_write(struct source *s, const void *buf, size_t n,
 			  uint64_t pos)
 {
 	struct file_source *f = file_of(s);
+	int fd = io_fd(f, buf, n, pos);
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = pwrite(f->fd, (const char *)buf + done, n - done,
+		ssize_t r = pwrite(fd, (const char *)buf + done, n - done,
 				   pos + done);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && errno == EINVAL && fd != f->fd) {
+			fd = f->fd;	/* O_DIRECT refused this one */
+			continue;
+		}
 		if (r < 0)
 			return done ? (ssize_t)done : -errno;
 		if (r == 0)
@@ -558,11 +611,26 @@ static int file_space(struct source *s, struct space *sp)
 	return 0;
 }
 
+/* Reopen the source O_DIRECT through /proc (where there is one), and
+ * drop behind what goes through the page cache all the same */
+static void file_keep_no_copy(struct source *s)
+{
+	struct file_source *f = file_of(s);
+	char path[40];
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
+	f->direct_fd = open(path, (s->writable ? O_RDWR : O_RDONLY) | O_DIRECT |
+			    O_CLOEXEC | O_NOCTTY);
+	f->drop_behind = true;
+}
+
 static void file_close(struct source *s)
 {
 	struct file_source *f = file_of(s);
 	char *map = atomic_load(&f->map);
 
+	if (f->direct_fd >= 0)
+		close(f->direct_fd);
 	if (map)
 		munmap(map, f->map_size);
 	munmap((void *)f->zeros, ZEROS_SIZE);
@@ -633,8 +701,10 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		.size = file_size, .read = file_read, .map = file_map,
 		.write = file_write, .flush = file_flush, .punch = file_punch,
 		.zero = file_zero, .allocate = file_allocate, .seek = file_seek,
-		.resize = file_resize, .space = file_space, .close = file_close,
+		.resize = file_resize, .space = file_space,
+		.keep_no_copy = file_keep_no_copy, .close = file_close,
 	};
+	f->direct_fd = -1;
 	return &f->s;
 }
 
@@ -751,6 +821,12 @@ static int window_space(struct source *s, struct space *sp)
 	return r;
 }
 
+/* The layers that have nothing of their own to keep pass it down */
+static void pass_keep_no_copy(struct source *s)
+{
+	s->below->keep_no_copy(s->below);
+}
+
 static void window_close(struct source *s)
 {
 	s->below->close(s->below);
@@ -785,7 +861,7 @@ static struct source *window_open(struct source *below, uint64_t offset,
 		.punch = window_punch, .zero = window_zero,
 		.allocate = window_allocate, .seek = window_seek,
 		.resize = window_resize, .space = window_space,
-		.close = window_close,
+		.keep_no_copy = pass_keep_no_copy, .close = window_close,
 	};
 	return &w->s;
 }
@@ -1449,7 +1525,8 @@ static struct source *snapshot_open(struct source *below, const char *file,
 		.size = snap_size, .read = snap_read, .map = snap_map,
 		.write = snap_write, .flush = snap_flush, .punch = snap_zero,
 		.zero = snap_zero, .allocate = snap_allocate, .seek = snap_seek,
-		.resize = snap_resize, .space = snap_space, .close = snap_close,
+		.resize = snap_resize, .space = snap_space,
+		.keep_no_copy = pass_keep_no_copy, .close = snap_close,
 	};
 	return &sn->s;
 }
@@ -1511,6 +1588,10 @@ static const char *why_no_passthrough(struct export *e)
 {
 	if (e->want_passthrough == OFF)
 		return "--passthrough=off";
+	if (e->cache == CACHE_READ)
+		return "--cache=read asks for the kernel's page cache";
+	if (e->cache == CACHE_WRITEBACK)
+		return "--cache=writeback asks for the kernel's page cache";
 	if (e->top->no_passthrough)
 		return e->top->no_passthrough;
 	if (e->writable && !e->growable)
@@ -1590,10 +1671,6 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 	 * any (SETATTR refuses those bits, there are no xattrs), and in return
 	 * the kernel stops looking for them on every write (SB_NOSEC). */
 	e->minor = min_u64(in->minor, FUSE_KERNEL_MINOR_VERSION);
-	/* Direct I/O keeps a single copy of the data cached, the source's;
-	 * without mmap on direct I/O files (before 6.6) use the page cache. */
-	if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
-		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
 	if (e->passthrough && !(offered & FUSE_PASSTHROUGH)) {
 		e->passthrough = false;
 		e->no_passthrough = "the kernel offers no FUSE passthrough "
@@ -1601,6 +1678,23 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		if (e->want_passthrough == ON)
 			return halt(e, "--passthrough=on: %s", e->no_passthrough);
 	}
+	/* auto: passthrough where it applies, else the kernel's page cache */
+	if (e->cache == CACHE_AUTO)
+		e->cache = e->passthrough ? CACHE_NONE : CACHE_READ;
+	if (e->cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
+		e->cache = CACHE_READ;
+	if (e->cache == CACHE_WRITEBACK)
+		flags |= FUSE_WRITEBACK_CACHE;
+	/* Direct I/O keeps a single copy of the data cached, the source's;
+	 * without mmap on direct I/O files (before 6.6) use the page cache.
+	 * The cache modes keep the kernel's copy, across opens, and the
+	 * source keeps none. */
+	if (e->cache != CACHE_NONE)
+		e->open_flags = FOPEN_KEEP_CACHE;
+	else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
+		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	if (e->cache != CACHE_NONE)
+		e->top->keep_no_copy(e->top);
 	if (e->passthrough) {
 		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
 		out->max_stack_depth = 1;	/* the source is no FUSE file */
@@ -2087,6 +2181,29 @@ static unsigned possible_cpus(void)
  * once every queue has registered. Returns 0 or -errno. */
 static int start_rings(struct export *e);
 
+/* Tell the kernel the export's size. With a writeback cache it keeps the
+ * size it has, 0 from the mount, and never takes ours from GETATTR; a
+ * store of the last byte (the kernel wants one at least) raises it.
+ * Returns 0 or -errno. */
+static int notify_size(struct export *e)
+{
+	uint64_t size = export_size(e);
+	struct fuse_notify_store_out store = {
+		.nodeid = FUSE_ROOT_ID, .offset = size - 1, .size = 1 };
+	struct fuse_out_header out = {
+		sizeof(out) + sizeof(store) + 1, FUSE_NOTIFY_STORE, 0 };
+	char last;
+	struct iovec iov[3] = { { &out, sizeof(out) }, { &store, sizeof(store) },
+				{ &last, 1 } };
+	ssize_t r;
+
+	if (!size)
+		return 0;
+	if ((r = e->top->read(e->top, &last, 1, size - 1)) != 1)
+		return r < 0 ? (int)r : -EIO;
+	return writev(e->fuse_fd, iov, 3) < 0 ? -errno : 0;
+}
+
 /* After the INIT reply: register the passthrough backing file, start the
  * rings, say which path the export takes, and tell the parent it is live.
  * Returns 0, or -EPROTO to halt. */
@@ -2108,6 +2225,16 @@ static int init_done(struct export *e)
 		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
 			"the source\n", e->writable ? "reads, writes, splice "
 			"and mmap" : "reads, splice and mmap");
+	if (e->debug && !e->passthrough)
+		fprintf(stderr, "fuseexport: cache: %s\n", e->cache == CACHE_NONE ?
+			"none: direct I/O, the source's page cache alone" :
+			e->cache == CACHE_READ ? "read: the kernel caches the "
+			"export's pages, writes go through to the source" :
+			"writeback: the kernel caches the export's pages and "
+			"writes them back; fsync or close makes them durable");
+	if (e->cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
+		return halt(e, "halting: telling the kernel the size: %s",
+			    strerror(-res));
 	if (e->uring && (res = start_rings(e)) < 0)
 		return halt(e, "halting: starting the io_uring queues: %s",
 			    strerror(-res));
@@ -2117,6 +2244,26 @@ static int init_done(struct export *e)
 			"write(2) on /dev/fuse, a thread per queue");
 	tell_ready(e);
 	return 0;
+}
+
+/* A request's payload buffer: page-aligned, for O_DIRECT to the source,
+ * and locked in memory where we may, so that serving a request never
+ * waits on the reclaim that may be waiting on us (a loop device over a
+ * cached export). Returns it, or NULL. */
+static char *request_buffer(void)
+{
+	char *b = aligned_alloc(4096, DATA_SIZE);
+
+	if (b)
+		mlock(b, DATA_SIZE);	/* RLIMIT_MEMLOCK may say no */
+	return b;
+}
+
+/* A serving thread may be needed to clean pages (a loop device over the
+ * export): let it dip into reserves, where the kernel lets us */
+static void serving_thread(void)
+{
+	prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
 }
 
 /*
@@ -2134,6 +2281,88 @@ static void unspill(struct request *r, size_t len)
 		       min_u64(len, sizeof(r->in)) - REQ_HEAD);
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000ULL + t.tv_nsec;
+}
+
+/* Read the next request into iov. A queue with nothing to read may spin
+ * up to SPIN_NS on a non-blocking fd before it sleeps in a blocking read,
+ * which saves a wake-up from idle per request: but only while it pays (the
+ * queue's last requests came within that time) and while an idle CPU is
+ * there for it (spin_budget). Sleeping, the fd blocks again, so that the
+ * kernel wakes one queue per request. Returns readv(2)'s result. */
+static ssize_t next_request(struct export *e, struct queue *q, struct iovec *iov)
+{
+	uint64_t start;
+	ssize_t n;
+
+	if (q->spin_score > 0 &&
+	    atomic_fetch_add(&e->spinners, 1) < atomic_load(&e->spin_budget)) {
+		if (!q->nonblocking && fcntl(q->fd, F_SETFL, O_NONBLOCK) == 0)
+			q->nonblocking = true;
+		start = now_ns();
+		do
+			n = readv(q->fd, iov, 2);
+		while (n < 0 && errno == EAGAIN && now_ns() - start < SPIN_NS);
+		atomic_fetch_add(&e->spin_ns, now_ns() - start);
+		atomic_fetch_sub(&e->spinners, 1);
+		if (n >= 0 || errno != EAGAIN) {
+			q->spin_score += q->spin_score < 8;
+			return n;
+		}
+		q->spin_score -= 2;	/* it did not pay: spin less */
+	} else if (q->spin_score > 0) {
+		atomic_fetch_sub(&e->spinners, 1);
+	}
+	if (q->nonblocking && fcntl(q->fd, F_SETFL, 0) == 0)
+		q->nonblocking = false;
+	start = now_ns();
+	n = readv(q->fd, iov, 2);
+	if (e->want_spin != OFF && now_ns() - start < SPIN_NS)
+		q->spin_score = 2;	/* a spin would have caught it */
+	return n;
+}
+
+/* Count how many queues may spin: the idle CPUs over the last interval,
+ * the time spent spinning included (it is idle time otherwise), from
+ * /proc/stat; none where there is no /proc */
+static void count_spin_budget(struct export *e)
+{
+	unsigned long long v[8] = { 0 }, idle, total = 0;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t now = now_ns(), spun = atomic_exchange(&e->spin_ns, 0);
+	FILE *f = fopen("/proc/stat", "re");
+	int i, budget = 0;
+
+	if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+			 &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8) {
+		if (f)
+			fclose(f);
+		atomic_store(&e->spin_budget, 0);
+		return;
+	}
+	fclose(f);
+	for (i = 0; i < 8; i++)
+		total += v[i];
+	idle = v[3] + v[4];
+	if (e->stat_at && total > e->stat_total && now > e->stat_at) {
+		/* in thousandths of a CPU */
+		uint64_t spare = cpus * 1000 * (idle - e->stat_idle) /
+				 (total - e->stat_total) +
+				 spun * 1000 / (now - e->stat_at);
+		budget = (spare + 500) / 1000;
+		budget = budget > cpus - 1 ? cpus - 1 : budget;
+	}
+	atomic_store(&e->spin_budget, budget);
+	e->stat_idle = idle;
+	e->stat_total = total;
+	e->stat_at = now;
+}
+
 /* A queue: read a request, serve it, reply on the same fd, until the
  * kernel says the export is gone (ENODEV) or it halts */
 static void *queue_loop(void *arg)
@@ -2143,8 +2372,9 @@ static void *queue_loop(void *arg)
 	struct request *r = &q->req;
 	struct iovec in[2] = { { &r->in, REQ_HEAD }, { r->data, DATA_SIZE } };
 
+	serving_thread();
 	while (!atomic_load(&e->halted)) {
-		ssize_t n = readv(q->fd, in, 2);
+		ssize_t n = next_request(e, q, in);
 		int k, err;
 		bool sent;
 
@@ -2196,7 +2426,7 @@ static void start_queues(struct export *e)
 
 		q->e = e;
 		q->fd = e->fuse_fd;
-		q->req.data = malloc(DATA_SIZE);
+		q->req.data = request_buffer();
 		q->req.zero_copy = true;
 		if (!q->req.data)
 			die("queue buffer:");
@@ -2259,7 +2489,7 @@ static int ring_setup(struct ring *r)
 	r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
 	for (i = 0; i < RING_DEPTH; i++) {
 		struct ring_entry *ent = &r->entry[i];
-		ent->payload = malloc(DATA_SIZE);
+		ent->payload = request_buffer();
 		if (!ent->payload)
 			return -ENOMEM;
 		ent->iov[0] = (struct iovec){ &ent->header, sizeof(ent->header) };
@@ -2340,6 +2570,7 @@ static void *ring_loop(void *arg)
 	unsigned live = RING_DEPTH, i;
 	cpu_set_t cpu;
 
+	serving_thread();
 	CPU_ZERO(&cpu);
 	CPU_SET(r->qid, &cpu);
 	pthread_setaffinity_np(pthread_self(), sizeof(cpu), &cpu);
@@ -2445,7 +2676,7 @@ static _Noreturn void print_and_exit(const char *text)
  * set_option(), so each is parsed in one place. */
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
        OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
-       OPT_COMMIT };
+       OPT_COMMIT, OPT_CACHE, OPT_SPIN };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -2467,6 +2698,8 @@ static const struct option_row {
 	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
 	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
 	{ "commit", NULL, OPT_COMMIT, false, NULL },
+	{ "cache", "cache", OPT_CACHE, true, NULL },
+	{ "spin", "spin", OPT_SPIN, true, NULL },
 	{ "help", NULL, 'h', false, NULL },
 	{ "version", NULL, 'V', false, NULL },
 };
@@ -2524,6 +2757,21 @@ static void set_option(struct export *e, int id, const char *value,
 		break;
 	case OPT_COMMIT:
 		e->commit = true;
+		break;
+	case OPT_SPIN:
+		e->want_spin = parse_mode(what, value);
+		if (e->want_spin == ON)
+			die("%s: '%s' is not auto or off", what, value);
+		break;
+	case OPT_CACHE:
+		for (e->cache = CACHE_NONE; e->cache <= CACHE_WRITEBACK &&
+		     strcmp(value, cache_names[e->cache]); e->cache++)
+			;
+		if (!strcmp(value, "auto"))
+			e->cache = CACHE_AUTO;
+		else if (e->cache > CACHE_WRITEBACK)
+			die("%s: '%s' is not auto, none, read or writeback", what,
+			    value);
 		break;
 	case 'h':
 		print_and_exit(usage_text);
@@ -2600,6 +2848,8 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->want_allow_other = AUTO;
 	e->want_passthrough = AUTO;
 	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
+	e->cache = CACHE_AUTO;
+	e->want_spin = AUTO;
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -3047,6 +3297,7 @@ static void detach(struct export *e)
  * or a flush of the source failed */
 static int run_export(struct export *e)
 {
+	struct timespec tick = { 0, SPIN_SAMPLE_NS };
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
@@ -3060,7 +3311,10 @@ static int run_export(struct export *e)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
-		if (sigwait(&set, &sig) != 0)
+		sig = sigtimedwait(&set, NULL, e->want_spin != OFF ? &tick : NULL);
+		if (sig < 0 && errno == EAGAIN)
+			count_spin_budget(e);
+		if (sig < 0)
 			continue;
 		if (atomic_load(&e->halted)) {
 			/* Queues may sleep in read(2) for good (without root
@@ -3106,7 +3360,7 @@ struct export *fuseexport_new(int argc, char *argv[])
 	open_source(e);
 	e->queues = 1;
 	e->queue = calloc(1, sizeof(*e->queue));
-	if (!e->queue || !(e->queue->req.data = malloc(DATA_SIZE)))
+	if (!e->queue || !(e->queue->req.data = request_buffer()))
 		die("out of memory:");
 	e->queue->e = e;
 	e->queue->fd = -1;
