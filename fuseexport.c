@@ -1059,6 +1059,12 @@ static int read_table(struct source *s, struct table *t)
 		return r;
 	if (b[510] != 0x55 || b[511] != 0xaa)
 		return -EINVAL;
+	/* a boot indicator other than 0 or 0x80 means no table, as Linux
+	 * and partx judge it: the boot sector of a file system, say, whose
+	 * code would read as partitions */
+	for (i = 0; i < 4; i++)
+		if (b[446 + 16 * i] & 0x7f)
+			return -EINVAL;
 	for (i = 0; i < 4; i++)
 		if (b[446 + 16 * i + 4] == 0xee)
 			return read_gpt(s, t);
