@@ -1805,6 +1805,12 @@ t_partition_refusals() {
 	grep -q "no partition table (MBR or GPT) that can be read" err || fail "garbage: $(cat err)"
 	bad --partitions "$PWD/disk.img"
 	grep -q "no partition table (MBR or GPT) that can be read" err || fail "--partitions, garbage: $(cat err)"
+	# a boot sector: the signature, and code where a table would be
+	"$PY" -c 'import sys; b = bytearray(sys.stdin.buffer.read(1 << 20))
+b[0:11] = b"\xeb\x3c\x90MSDOS5.0"; b[446:510] = bytes((i * 37 + 11) % 256 for i in range(64))
+b[510:512] = b"\x55\xaa"; sys.stdout.buffer.write(b)' </dev/zero >disk.img
+	bad --partitions "$PWD/disk.img"
+	grep -q "no partition table (MBR or GPT) that can be read" err || fail "--partitions, a boot sector: $(cat err)"
 	head -c 100 /dev/urandom >disk.img
 	bad --partitions "$PWD/disk.img"
 	grep -q "no partition table (MBR or GPT) that can be read" err || fail "--partitions, 100 bytes: $(cat err)"
