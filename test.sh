@@ -897,6 +897,379 @@ t_sigkill() {
 }
 
 # ---------------------------------------------------------------------------
+# Fault rules, the volatile write cache and the control FIFO (issue 14), with
+# real clients. The cases without a loop device run as root and again as
+# uid 65534 through fusermount3 (as_nonroot).
+
+# fx_end MOUNTPOINT: end an export as whoever we are (root: fx_down)
+fx_end() {
+	if [ "$(id -u)" = 0 ]; then fx_down "$1"; return; fi
+	fusermount3 -u "$1" || fail "fusermount3 -u $1"
+	wait_gone "$FXPID" 10 || fail "server $FXPID still running after fusermount3 -u"
+}
+
+# wait_crashed MOUNTPOINT: until a read of the export fails (the control
+# thread took the crash)
+wait_crashed() {
+	local i
+	for i in $(seq 50); do
+		dd if="$1" of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null || return 0
+		sleep 0.1
+	done
+	fail "the export still reads 5s after the crash"
+}
+
+# loop_off LOOP: detach LOOP and wait until it lets go of its backing
+# file (a udev probe holding it open defers the detach)
+loop_off() {
+	local i
+	losetup -d "$1" || fail "losetup -d $1"
+	for i in $(seq 100); do
+		losetup "$1" >/dev/null 2>&1 || return 0
+		sleep 0.1
+	done
+	fail "$1 still holds its backing file 10s after losetup -d"
+}
+
+# as_nonroot FUNCTION ARGS...: run FUNCTION as uid 65534, in a private mount
+# namespace with a 0666 /dev/fuse, in a directory of its own
+nonroot_run_ns() {
+	mknod fuse c 10 229; chmod 666 fuse; mount --bind fuse /dev/fuse
+	mkdir u; chown 65534:65534 u; cd u
+	chmod a+w "$ROOT/.mounts" "$ROOT/.pids"
+	TESTDIR=$PWD PY=/usr/bin/python3 as_user env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+		bash -c 'set -eE; "$@"' _ "$@"
+}
+as_nonroot() { in_ns nonroot_run_ns "$@"; }
+
+# A bad sector: ext4 on a loop device over an export whose reads of one
+# file's blocks fail; the other file reads, the kernel names the sector
+t_fault_badsector() {
+	local mode=$1 loop blocks lo hi gb n dev last
+	mkdir files fs
+	head -c $((256 * 1024)) /dev/urandom >files/bad
+	head -c $((256 * 1024)) /dev/urandom >files/good
+	truncate -s 64M src; : >mp
+	mkfs.ext4 -q -F -b 4096 -d files src || fail "mkfs.ext4 -d"
+	blocks=$(debugfs -R "blocks /bad" src 2>/dev/null)
+	gb=$(debugfs -R "blocks /good" src 2>/dev/null)
+	[ -n "$blocks" ] && [ -n "$gb" ] || fail "debugfs found no blocks"
+	lo=$(tr ' ' '\n' <<<"$blocks" | grep . | sort -n | head -n1)
+	hi=$(tr ' ' '\n' <<<"$blocks" | grep . | sort -n | tail -n1)
+	for n in $gb; do
+		[ "$n" -lt "$lo" ] || [ "$n" -gt "$hi" ] || fail "good's block $n lies among bad's ($lo-$hi)"
+	done
+	log "bad's blocks $lo-$hi: faulting bytes $((lo * 4096))+$(((hi - lo + 1) * 4096))"
+	fx_up $mode --fault=op=read,offset=$((lo * 4096)),length=$(((hi - lo + 1) * 4096)),error=EIO "$PWD/src" "$PWD/mp"
+	loop=$(losetup -r -f --show mp) || fail "losetup over the export"
+	track_loop "$loop"; track_mount "$PWD/fs"
+	mount -o ro "$loop" fs || fail "mount the ext4"
+	last=$(dmesg 2>/dev/null | tail -n1)
+	cmp fs/good files/good || fail "a file outside the bad range"
+	cat fs/bad >/dev/null 2>cat.err && fail "a file in the bad range read"
+	grep -q 'Input/output error' cat.err || fail "the reader saw: $(cat cat.err)"
+	cmp fs/good files/good || fail "the good file after the bad one"
+	dev=${loop#/dev/}
+	if [ -n "$last" ]; then	# the kernel's lines since, rate limits aside
+		dmesg | awk -v last="$last" 'seen; $0 == last { seen = 1 }' >dmesg.new
+		if ! grep "I/O error, dev $dev, sector" dmesg.new >dmesg.err; then
+			grep -q 'blk_print_req_error: .* suppressed' dmesg.new ||
+				fail "no I/O error of $dev in the kernel log: $(cat dmesg.new)"
+			skip_test "the kernel's rate limit kept the I/O error out of its log"
+		fi
+		head -n 3 dmesg.err >&2
+		n=$(sed -n 's/.*, sector \([0-9]*\) .*/\1/p' dmesg.err | head -n1)
+		[ "$n" -ge $((lo * 8)) ] && [ "$n" -lt $(((hi + 1) * 8)) ] ||
+			fail "the kernel names sector $n, not one of $((lo * 8))-$(((hi + 1) * 8 - 1))"
+	else
+		log "the kernel log is not readable here: the sector is not checked"
+	fi
+	umount fs; loop_off "$loop"
+	fx_down "$PWD/mp"
+}
+
+# A disk that fills up: after 10 writes every write gets ENOSPC, and a
+# failed write changes nothing
+fault_enospc() {
+	local mode=$1
+	mkimg src 4; cp src expected; : >mp
+	fx_up $mode -w --fault=op=write,error=ENOSPC,after=10 "$PWD/src" "$PWD/mp"
+	dd if=/dev/zero of=mp bs=4k count=100 oflag=direct conv=notrunc 2>dd.err &&
+		fail "dd wrote 100 blocks past the rule"
+	cat dd.err >&2
+	grep -q 'No space left on device' dd.err || fail "dd saw: $(cat dd.err)"
+	grep -q '^10+0 records out' dd.err || fail "dd wrote other than 10 blocks: $(cat dd.err)"
+	eq "$("$PY" "$FXIO" pwrite mp $MiB 4096)" ENOSPC "python's pwrite"
+	cmp -n $MiB <(range mp $((40 * 1024)) $MiB) <(range expected $((40 * 1024)) $MiB) ||
+		fail "reads after ENOSPC"
+	fx_end "$PWD/mp"
+	head -c 40960 /dev/zero | cmp - <(range src 0 40960) || fail "the 10 writes let through"
+	cmp <(range src 40960 $((4 * MiB - 40960))) <(range expected 40960 $((4 * MiB - 40960))) ||
+		fail "a failed write changed the source"
+}
+t_fault_enospc() { fault_enospc "$1"; }
+t_fault_enospc_user() { as_nonroot fault_enospc "$1"; }
+
+# A slow disk: a 20 ms delay on reads shows in fio's completion latency
+fault_delay() {
+	local mode=$1 mean
+	mkimg src 4; : >mp
+	fx_up $mode --fault=op=read,delay=20ms "$PWD/src" "$PWD/mp"
+	fio --name=slow --filename="$PWD/mp" --readonly --rw=randread --bs=4k --direct=1 \
+		--ioengine=psync --size=4M --io_size=160k --output-format=json \
+		--output=fio.json >fio.err 2>&1 || fail "fio: $(cat fio.err)"
+	mean=$("$PY" -c 'import json, sys
+print(int(json.load(open("fio.json"))["jobs"][0]["read"]["clat_ns"]["mean"]))')
+	log "fio: clat mean ${mean} ns with a 20 ms delay rule"
+	[ "$mean" -ge 20000000 ] || fail "fio's clat mean is $mean ns, under the 20 ms delay"
+	fx_end "$PWD/mp"
+}
+t_fault_delay() { fault_delay "$1"; }
+t_fault_delay_user() { as_nonroot fault_delay "$1"; }
+
+# failures FILE: one pread(2) of 4 KiB at every 4 KiB, in order: a line of
+# . (read) and x (EIO)
+failures() {
+	"$PY" -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+out = ""
+for i in range(128):
+    try:
+        os.pread(fd, 4096, i * 4096)
+        out += "."
+    except OSError:
+        out += "x"
+print(out)' "$1"
+}
+
+# Random failures repeat with the seed: the same reads fail twice
+fault_seed() {
+	local mode=$1 seed a b c
+	mkimg src 4; : >mp
+	for seed in 1234 1234 99; do
+		fx_up $mode --fault=op=read,probability=0.3 --seed=$seed "$PWD/src" "$PWD/mp"
+		failures mp >>runs
+		fx_end "$PWD/mp"
+	done
+	{ read -r a; read -r b; read -r c; } <runs
+	log "seed 1234: $a"; log "seed 1234: $b"; log "seed 99:   $c"
+	case $a in *x*.*|*.*x*) ;; *) fail "probability=0.3 failed all or none: $a" ;; esac
+	eq "$b" "$a" "the failures of a second run with the same seed"
+	[ "$c" != "$a" ] || fail "another seed failed the same reads"
+}
+t_fault_seed() { fault_seed "$1"; }
+t_fault_seed_user() { as_nonroot fault_seed "$1"; }
+
+# Rules stand over a window and a snapshot: their offsets are the export's,
+# a failed write reaches neither, and the source is never written
+t_fault_layers() {
+	local mode=$1
+	mkimg src 16; cp src orig; : >mp
+	head -c 8192 /dev/urandom >data
+	fx_up $mode -w --offset=4M --size=8M --snapshot \
+		--fault=op=read,offset=1M,length=4K --fault=op=write,offset=2M,length=1,error=EROFS \
+		"$PWD/src" "$PWD/mp"
+	cmp -n $MiB mp <(range orig $((4 * MiB)) $MiB) || fail "reads before the bad range"
+	dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>dd.err &&
+		fail "a read of the bad range (the export's 1M) succeeded"
+	grep -q 'Input/output error' dd.err || fail "the reader saw: $(cat dd.err)"
+	dd if=mp of=/dev/null bs=4k skip=257 count=1 iflag=direct status=none || fail "the read after it"
+	put mp $((3 * MiB)) data
+	cmp <(range mp $((3 * MiB)) 8192) data || fail "a write into the snapshot"
+	dd if=data of=mp bs=8192 seek=256 count=1 conv=notrunc status=none 2>dd.err &&
+		fail "a write over the export's 2M succeeded"
+	grep -q 'Read-only file system' dd.err || fail "the writer saw: $(cat dd.err)"
+	cmp <(range mp $((2 * MiB)) 8192) <(range orig $((6 * MiB)) 8192) || fail "a failed write changed the snapshot"
+	fx_down "$PWD/mp"
+	cmp src orig || fail "the source was written"
+}
+
+# The control FIFO: mode 0600, the caller's; fault RULE, clear, an unknown
+# line reported; -d names the rule that fired; the FIFO goes with the export
+t_control() {
+	mkimg src 4; : >mp
+	fx_fg -d --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	[ -p ctl ] || fail "no FIFO at --control"
+	eq "$(stat -c %a:%u ctl)" "600:$(id -u)" "the FIFO's mode and owner"
+	cmp mp src || fail "reads before any rule"
+	echo "fault op=read,offset=1M,length=4K" >ctl
+	for i in $(seq 50); do
+		dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null || break
+		sleep 0.1
+	done
+	dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null &&
+		fail "a rule added through the FIFO did not fire"
+	cmp -n $MiB mp src || fail "reads outside the rule's range"
+	echo "bogus command" >ctl
+	echo "fault op=read,error=EWHAT" >ctl
+	echo clear >ctl
+	for i in $(seq 50); do cmp -s mp src && break; sleep 0.1; done
+	cmp mp src || fail "reads after clear"
+	grep -q "^fuseexport: control: 'bogus command': unknown command" fg.err ||
+		fail "the unknown line was not reported: $(cat fg.err)"
+	grep -q "^fuseexport: control: fault op=read,error=EWHAT: error=EWHAT: not an errno name" fg.err ||
+		fail "the bad rule was not reported: $(grep control fg.err)"
+	grep -q '^fuseexport: fault rule 1 (op=read,offset=1M,length=4K) fired on read 1048576+4096: error EIO' fg.err ||
+		fail "-d does not name the rule that fired: $(grep fault fg.err)"
+	grep -q '^fuseexport: passthrough off (fault rules' fg.err || fail "passthrough on with --control"
+	fx_down "$PWD/mp"
+	[ -e ctl ] && fail "the FIFO is left after the export ended"
+	return 0
+}
+
+# cache_client MOUNTPOINT SOURCE CONTROL CRASH: through the export, one
+# open file: writes, a punch, a shrink and regrowth, each seen at once and
+# kept from the source until fsync; then more of them and CRASH ("crash"
+# or "crash torn") on the FIFO, once they are all in
+cache_client() {
+	"$PY" - "$@" <<'PYEOF'
+import ctypes, os, random, sys, time
+mp, src, ctl, crash = sys.argv[1:]
+M = 1 << 20
+libc = ctypes.CDLL(None, use_errno=True)
+def fallocate(fd, mode, pos, n):
+    if libc.fallocate(fd, mode, ctypes.c_int64(pos), ctypes.c_int64(n)) < 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
+def source(): return open(src, "rb").read()
+orig = source()
+fd = os.open(mp, os.O_RDWR)
+a = random.Random(1).randbytes(10000)   # the same in every run
+os.pwrite(fd, a, 1000)
+assert os.pread(fd, 10000, 1000) == a, "a write is not read back"
+fallocate(fd, 3, M + 100, 70000)             # punch hole, keep size
+assert os.pread(fd, 70000, M + 100) == bytes(70000), "a punch is not zeros"
+os.ftruncate(fd, 6 * M); os.ftruncate(fd, 8 * M)
+assert os.pread(fd, 2 * M, 6 * M) == bytes(2 * M), "a shrunk tail regrown is not zeros"
+assert source() == orig, "the source changed before fsync"
+os.fsync(fd)
+want = bytearray(orig)
+want[1000:11000] = a
+want[M + 100:M + 70100] = bytes(70000)
+want[6 * M:] = bytes(2 * M)
+assert source() == bytes(want), "the source after fsync"
+b = bytes([0x5a]) * 65536
+os.pwrite(fd, b, 2 * M + 100)
+fallocate(fd, 0x10 | 1, 3 * M, 8192)          # zero range
+os.ftruncate(fd, 7 * M)
+assert os.fstat(fd).st_size == 7 * M
+with open(ctl, "w") as f: f.write(crash + "\n")
+for i in range(50):
+    try: os.pread(fd, 512, 0)
+    except OSError: break
+    time.sleep(0.1)
+else: sys.exit("the export still reads after the crash")
+open("flushed", "wb").write(want)
+PYEOF
+}
+
+# The volatile cache itself: held until fsync, seen at once; a crash drops
+# what is held, size changes included; crash torn keeps a seeded subset of
+# its sectors, the same one for the same seed
+t_cache_sectors() {
+	local mode=$1 run
+	mkimg src 8; cp src orig; : >mp
+	fx_up $mode -w --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	cache_client "$PWD/mp" "$PWD/src" "$PWD/ctl" crash || fail "the client"
+	fx_down "$PWD/mp"
+	eq "$(size_of src)" $((8 * MiB)) "the source's size after a crash dropped a shrink"
+	cmp src flushed || fail "the source holds more than was flushed before the crash"
+	for run in 1 2; do
+		cp orig src
+		fx_up $mode -w --write-cache=volatile --control="$PWD/ctl" --seed=42 "$PWD/src" "$PWD/mp"
+		cache_client "$PWD/mp" "$PWD/src" "$PWD/ctl" "crash torn" || fail "the client, torn run $run"
+		fx_down "$PWD/mp"
+		cp src torn$run
+	done
+	cmp torn1 torn2 || fail "crash torn kept other sectors with the same seed"
+	"$PY" - <<'PYEOF' || fail "crash torn"
+import sys
+M = 1 << 20
+torn, flushed = open("torn1", "rb").read(), open("flushed", "rb").read()
+new = bytearray(flushed)
+new[2 * M + 100:2 * M + 100 + 65536] = bytes([0x5a]) * 65536
+new[3 * M:3 * M + 8192] = bytes(8192)
+kept = dropped = 0
+for s in range(0, len(torn), 512):
+    t = torn[s:s + 512]
+    if t == flushed[s:s + 512] and t != new[s:s + 512]: dropped += 1
+    elif t == new[s:s + 512] and t != flushed[s:s + 512]: kept += 1
+    elif t != flushed[s:s + 512]: sys.exit("sector %d is neither before nor after" % (s // 512))
+print(": crash torn kept %d sectors and dropped %d" % (kept, dropped), file=sys.stderr)
+if not kept or not dropped: sys.exit("torn kept %d sectors, dropped %d" % (kept, dropped))
+PYEOF
+}
+
+# SQLite on a volatile export: transactions commit, the disk crashes
+# mid-run; exported again, the database is intact and holds every
+# transaction that committed before the crash
+cache_sqlite() {
+	local mode=$1 i last count writer
+	: >src; : >mp
+	fx_up $mode -g --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	sqlite3 mp "create table t(n integer primary key, v blob);" || fail "create table"
+	for i in $(seq 100000); do
+		echo "begin; insert into t values($i, randomblob(3000)); commit;"
+		echo ".print $i"
+	done | sqlite3 -bail mp >committed 2>sqlite.err &
+	writer=$!
+	for i in $(seq 100); do
+		[ "$(size_of src)" -gt 300000 ] && break
+		sleep 0.05
+	done
+	echo crash >ctl
+	wait_crashed mp
+	wait $writer && fail "sqlite3 went on after the crash"
+	log "sqlite3 after the crash: $(cat sqlite.err)"
+	last=$(tail -n1 committed)
+	[ -n "$last" ] && [ "$last" -ge 10 ] || fail "only ${last:-no} transactions before the crash"
+	fx_end "$PWD/mp"
+	[ -e ctl ] && fail "the FIFO is left after the export ended"
+	fx_up $mode -g "$PWD/src" "$PWD/mp"
+	eq "$(sqlite3 mp 'pragma integrity_check')" ok "integrity_check after the crash"
+	count=$(sqlite3 mp "select count(*) from t where n <= $last")
+	log "$last transactions committed before the crash, $count found"
+	eq "$count" "$last" "transactions found of those committed"
+	count=$(sqlite3 mp "select count(*) from t")
+	[ "$count" -le $((last + 1)) ] || fail "$count rows, $last committed"
+	fx_end "$PWD/mp"
+}
+t_cache_sqlite() { cache_sqlite "$1"; }
+t_cache_sqlite_user() { as_nonroot cache_sqlite "$1"; }
+
+# ext4 on a loop device over a volatile export: files fsync'ed, others not,
+# a crash; exported again, the journal replays, every fsync'ed file is
+# intact and e2fsck finds nothing
+t_cache_ext4() {
+	local mode=$1 loop i torn=${2:-}
+	truncate -s 64M src; : >mp; mkdir fs
+	mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 src || fail "mkfs.ext4"
+	fx_up $mode -w --write-cache=volatile --control="$PWD/ctl" --seed=$RANDOM "$PWD/src" "$PWD/mp"
+	loop=$(losetup -f --show mp) || fail "losetup over the export"
+	track_loop "$loop"; track_mount "$PWD/fs"
+	mount "$loop" fs || fail "mount the ext4"
+	for i in $(seq 20); do
+		head -c $((i * 8192)) /dev/urandom >data$i
+		dd if=data$i of=fs/f$i bs=64k conv=fsync status=none || fail "dd conv=fsync"
+	done
+	for i in $(seq 10); do head -c 100000 /dev/urandom >fs/u$i; done
+	echo "crash$torn" >ctl
+	wait_crashed mp
+	umount fs 2>&1 || fail "umount the ext4 after the crash"
+	loop_off "$loop"
+	fx_down "$PWD/mp"
+	[ -e ctl ] && fail "the FIFO is left after the export ended"
+	fx_up $mode -w "$PWD/src" "$PWD/mp"
+	loop=$(losetup -f --show mp) || fail "losetup again"
+	track_loop "$loop"
+	mount "$loop" fs || fail "mount after the crash (journal replay)"
+	for i in $(seq 20); do cmp fs/f$i data$i || fail "fsync'ed file f$i"; done
+	log "unsynced files that survived: $(ls fs | grep -c '^u' || true) of 10"
+	umount fs; loop_off "$loop"
+	e2fsck -fn mp >fsck.out 2>&1 || fail "e2fsck -fn: $(cat fsck.out)"
+	fx_down "$PWD/mp"
+}
+
+# ---------------------------------------------------------------------------
 # The rescue shell: busybox, the static binary, /dev/fuse, /proc, the image
 
 rescue_ns() {
@@ -2205,6 +2578,19 @@ b_growable_blockdev() {
 	bad -g "$loop" "$PWD/mp"
 	losetup -d "$loop"
 }
+b_control_exists() {
+	bad_setup; : >ctl
+	bad -w --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	grep -q 'exists already' err || fail "message: $(cat err)"
+	[ -f ctl ] || fail "the file at --control was replaced"
+}
+b_control_removed() {	# a setup failure after the FIFO was made
+	bad_setup; mkdir u; chmod 777 u; chmod 755 .; chmod 666 mp
+	bad --as 65534 --control="$PWD/u/ctl" "$PWD/src" "$PWD/mp"
+	grep -q 'not yours' err || fail "message: $(cat err)"
+	[ -e u/ctl ] && fail "the FIFO is left after a failed setup"
+	return 0
+}
 b_option() { bad_setup; bad "$@" "$PWD/src" "$PWD/mp"; }
 b_option_after() { bad_setup; bad "$PWD/src" "$PWD/mp" "$@"; }
 
@@ -2343,6 +2729,26 @@ for mode in "${fault_list[@]}"; do
 	t "$p server killed: no client hangs, dead export refused, source intact" "$M" t_sigkill "$mode"
 done
 
+# Fault rules, the volatile cache, the control FIFO: they change nothing on
+# the /dev/fuse path, so one mode serves (FX_LAYER_MODE picks another)
+LAYER_MODE=${FX_LAYER_MODE:-"-q 2 --passthrough=off"}
+p="[$LAYER_MODE]"
+U="without root:"
+t "$p fault: a bad sector range under ext4 on a loop device: its file gets EIO, the kernel names the sector" "$M loop ext4 debugfs" t_fault_badsector "$LAYER_MODE"
+t "$p fault: ENOSPC after 10 writes reaches dd and python; a failed write changes nothing" "$M python3" t_fault_enospc "$LAYER_MODE"
+t "$p fault: a read delay shows in fio's completion latency" "$M fio python3" t_fault_delay "$LAYER_MODE"
+t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_fault_seed "$LAYER_MODE"
+t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
+t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
+t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
+t "$p volatile cache: SQLite crashed mid-run keeps every committed transaction" "$M sqlite3" t_cache_sqlite "$LAYER_MODE"
+t "$p volatile cache: ext4 on a loop device crashed, journal replayed, fsync'ed files intact, e2fsck clean" "$M loop ext4" t_cache_ext4 "$LAYER_MODE"
+t "$p volatile cache: the same with crash torn" "$M loop ext4" t_cache_ext4 "$LAYER_MODE" " torn"
+t "$p $U fault: ENOSPC after 10 writes" "$M setpriv fusermount3 unshare python3" t_fault_enospc_user "$LAYER_MODE"
+t "$p $U fault: a read delay in fio's latency" "$M setpriv fusermount3 unshare fio python3" t_fault_delay_user "$LAYER_MODE"
+t "$p $U fault: probability with --seed" "$M setpriv fusermount3 unshare python3" t_fault_seed_user "$LAYER_MODE"
+t "$p $U volatile cache: SQLite crashed mid-run" "$M setpriv fusermount3 unshare sqlite3" t_cache_sqlite_user "$LAYER_MODE"
+
 t "rescue shell: busybox chroot with the static binary" "$M unshare chroot busybox musl-gcc" t_rescue
 t "without -f: stat right after return sees the export; server detached" "$M" t_live_on_return
 t "SIGTERM: flush, unmount, exit 0" "$M" t_signal TERM
@@ -2407,8 +2813,13 @@ t "$B fifo as mount point" "" b_fifo_mp
 t "$B character device as mount point" "root" b_chardev_mp
 t "$B mount point already exported" "$M" b_exported_mp
 t "$B -g on a block device" "$M loop" b_growable_blockdev
+t "$B --control on a path that exists" "" b_control_exists
+t "$B a setup failure after the --control FIFO was made removes it" "root setpriv" b_control_removed
 for o in "-q 0" "-q 65" "-q abc" "-q -1" "-q 4x" "-q ''" "--queues=18446744073709551617" \
-	"--queues=" "--allow-other=maybe" "--passthrough=sometimes" "--bogus" "-z" "-wz"; do
+	"--queues=" "--allow-other=maybe" "--passthrough=sometimes" "--bogus" "-z" "-wz" \
+	"--fault=op=reed" "--fault=error=EWHAT" "--fault=delay=5" "--fault=probability=1.5" \
+	"--fault=every=0" "--fault=colour=red" "--fault=" "--seed=x" "--write-cache=maybe" \
+	"--write-cache=volatile" "--control="; do
 	eval "set -- $o"
 	t "$B option $o" "" b_option "$@"
 done
