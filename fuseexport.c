@@ -1943,6 +1943,7 @@ static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
 		return r;
 	if (tail && (r = nbd_write(&n->s, n->zeros, tail, pos + len - tail)) < 0)
 		return r;
+	r = 0;
 	pos += head;
 	len -= head + tail;
 	nbd_lock(n, false);
