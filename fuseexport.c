@@ -804,6 +804,7 @@ enum {
 	NBD_BACKOFF_MIN_MS = 50,
 	NBD_BACKOFF_MAX_MS = 2000,
 	NBD_STATUS_MAX = 4 + 8 * (1 << 20),	/* the longest status chunk */
+	NBD_RECV_BUFFER = 64 << 10,	/* replies are read this much at once */
 };
 
 /* What a handshake agreed; every connection of a source must agree the
@@ -858,6 +859,9 @@ struct nbd_conn {
 	bool reader_started, closing;
 	pthread_cond_t idle;		/* the reader between attempts */
 	pthread_t reader;
+	/* the reader's: what it received and has not taken yet */
+	char *recv_buf;
+	size_t recv_pos, recv_len;
 };
 
 struct nbd_source {
@@ -903,19 +907,6 @@ static int read_full(int fd, void *buf, size_t n)
 	return 0;
 }
 
-/* Read and drop n bytes from fd: 0 or -errno */
-static int skip_full(int fd, uint64_t n)
-{
-	char buf[4096];
-	int r = 0;
-
-	while (n && r == 0) {
-		size_t k = min_u64(n, sizeof(buf));
-		r = read_full(fd, buf, k);
-		n -= k;
-	}
-	return r;
-}
 
 /* Send a, then b (blen may be 0), whole on the socket fd: 0 or -errno */
 static int send_full(int fd, const void *a, size_t alen, const void *b, size_t blen)
@@ -1343,6 +1334,51 @@ static int nbd_errno(uint32_t error)
 	}
 }
 
+/* Take n bytes of c's connection: from what was received before, and
+ * by reading a buffer's worth at a time (large payloads straight into
+ * buf), so that a reply costs one read(2), not one per field. Returns 0
+ * or -errno (-ECONNRESET: the stream ended). */
+static int conn_read(struct nbd_conn *c, void *buf, size_t n)
+{
+	size_t k = min_u64(n, c->recv_len - c->recv_pos);
+
+	memcpy(buf, c->recv_buf + c->recv_pos, k);
+	c->recv_pos += k;
+	buf = (char *)buf + k;
+	n -= k;
+	if (!n)
+		return 0;
+	if (n >= NBD_RECV_BUFFER / 2)
+		return read_full(c->fd, buf, n);
+	c->recv_pos = c->recv_len = 0;
+	while (c->recv_len < n) {
+		ssize_t r = read(c->fd, c->recv_buf + c->recv_len,
+				 NBD_RECV_BUFFER - c->recv_len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -ECONNRESET;
+		c->recv_len += r;
+	}
+	memcpy(buf, c->recv_buf, n);
+	c->recv_pos = n;
+	return 0;
+}
+
+/* Take and drop n bytes of c's connection: 0 or -errno */
+static int conn_skip(struct nbd_conn *c, uint64_t n)
+{
+	char buf[4096];
+	int r = 0;
+
+	while (n && r == 0) {
+		size_t k = min_u64(n, sizeof(buf));
+		r = conn_read(c, buf, k);
+		n -= k;
+	}
+	return r;
+}
+
 /* The request on c sent with cookie, or NULL */
 static struct nbd_cmd *nbd_find(struct nbd_conn *c, uint64_t cookie)
 {
@@ -1420,7 +1456,7 @@ static int nbd_read_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
 
 	if (type == NBD_REPLY_TYPE_OFFSET_HOLE ? length != 12 : length < 9)
 		return -EPROTO;
-	if ((r = read_full(c->fd, &h, type == NBD_REPLY_TYPE_OFFSET_HOLE ? 12 : 8)) < 0)
+	if ((r = conn_read(c, &h, type == NBD_REPLY_TYPE_OFFSET_HOLE ? 12 : 8)) < 0)
 		return r;
 	off = be64toh(h.offset);
 	n = type == NBD_REPLY_TYPE_OFFSET_HOLE ? be32toh(h.hole) : length - 8;
@@ -1428,13 +1464,13 @@ static int nbd_read_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
 	    n > cmd->length || off - cmd->offset > cmd->length - n ||
 	    !nbd_cover(cmd, off, off + n)) {
 		cmd->error = -EIO;
-		return type == NBD_REPLY_TYPE_OFFSET_DATA ? skip_full(c->fd, n) : 0;
+		return type == NBD_REPLY_TYPE_OFFSET_DATA ? conn_skip(c, n) : 0;
 	}
 	if (type == NBD_REPLY_TYPE_OFFSET_HOLE) {
 		memset(cmd->buf + (off - cmd->offset), 0, n);
 		return 0;
 	}
-	return read_full(c->fd, cmd->buf + (off - cmd->offset), n);
+	return conn_read(c, cmd->buf + (off - cmd->offset), n);
 }
 
 /* A BLOCK_STATUS chunk of length bytes for cmd: its extents, one by one,
@@ -1449,14 +1485,14 @@ static int nbd_status_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
 
 	if (length < 12 || (length - 4) % 8 || length > NBD_STATUS_MAX)
 		return -EPROTO;
-	if ((r = read_full(c->fd, &id, 4)) < 0)
+	if ((r = conn_read(c, &id, 4)) < 0)
 		return r;
 	bad = cmd->type != NBD_CMD_BLOCK_STATUS || be32toh(id) != c->meta_id ||
 	      cmd->got_status;
 	cmd->got_status = true;
 	for (length -= 4; length; length -= k * 8) {
 		k = min_u64(length / 8, 64);
-		if ((r = read_full(c->fd, ext, k * 8)) < 0)
+		if ((r = conn_read(c, ext, k * 8)) < 0)
 			return r;
 		for (i = 0; i < k && !bad; i++) {
 			uint64_t start = cmd->status_end, len = be32toh(ext[2 * i]);
@@ -1486,7 +1522,7 @@ static int nbd_error_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
 
 	if (length < 6 || length > sizeof(buf))
 		return -EPROTO;
-	if ((r = read_full(c->fd, buf, length)) < 0)
+	if ((r = conn_read(c, buf, length)) < 0)
 		return r;
 	memcpy(&error, buf, 4);
 	memcpy(&msg_len, buf + 4, 2);
@@ -1519,7 +1555,7 @@ static int nbd_take_reply(struct nbd_conn *c)
 	uint16_t flags, type;
 	int r;
 
-	if ((r = read_full(c->fd, &u, sizeof(u.simple))) < 0)
+	if ((r = conn_read(c, &u, sizeof(u.simple))) < 0)
 		return r;
 	if (be32toh(u.simple.magic) == NBD_SIMPLE_REPLY_MAGIC) {
 		error = be32toh(u.simple.error);
@@ -1531,7 +1567,7 @@ static int nbd_take_reply(struct nbd_conn *c)
 		if (error == NBD_ESHUTDOWN)
 			return -ESHUTDOWN;
 		if (!error && cmd->type == NBD_CMD_READ &&
-		    (r = read_full(c->fd, cmd->buf, cmd->length)) < 0)
+		    (r = conn_read(c, cmd->buf, cmd->length)) < 0)
 			return r;
 		if (!error && cmd->type == NBD_CMD_BLOCK_STATUS)
 			error = NBD_EIO;	/* its extents come only in chunks */
@@ -1540,7 +1576,7 @@ static int nbd_take_reply(struct nbd_conn *c)
 	}
 	if (be32toh(u.chunk.magic) != NBD_STRUCTURED_REPLY_MAGIC || !info->structured)
 		return -EPROTO;
-	if ((r = read_full(c->fd, (char *)&u + sizeof(u.simple),
+	if ((r = conn_read(c, (char *)&u + sizeof(u.simple),
 			   sizeof(u.chunk) - sizeof(u.simple))) < 0)
 		return r;
 	flags = be16toh(u.chunk.flags);
@@ -1596,6 +1632,7 @@ static void nbd_drop(struct nbd_conn *c, int err)
 	pthread_mutex_lock(&c->lock);
 	close(c->fd);
 	c->fd = -1;
+	c->recv_pos = c->recv_len = 0;
 	clock_gettime(CLOCK_MONOTONIC, &c->down_since);
 	for (cmd = c->inflight; cmd; cmd = cmd->next)
 		pthread_cond_signal(&cmd->wake);
@@ -2050,6 +2087,7 @@ static void nbd_close(struct source *s)
 			pthread_join(c->reader, NULL);
 		if (c->fd >= 0)
 			close(c->fd);
+		free(c->recv_buf);
 	}
 	munmap((void *)n->zeros, n->max_io);
 	free(n->conn);
@@ -2069,6 +2107,9 @@ static void nbd_init_conn(struct nbd_source *n, struct nbd_conn *c,
 	c->meta_id = meta_id;
 	c->generation = 1;
 	c->backoff_ms = NBD_BACKOFF_MIN_MS;
+	c->recv_buf = malloc(NBD_RECV_BUFFER);
+	if (!c->recv_buf)
+		die("out of memory:");
 	pthread_mutex_init(&c->send_lock, NULL);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->idle, &n->monotonic);
@@ -2153,7 +2194,8 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 int fuseexport_nbd_replies(int fd, int structured)
 {
 	struct nbd_source n = { .max_io = 1 << 20 };
-	struct nbd_conn c = { .n = &n, .fd = fd, .meta_id = 1, .generation = 1 };
+	struct nbd_conn c = { .n = &n, .fd = fd, .meta_id = 1, .generation = 1,
+			      .recv_buf = malloc(NBD_RECV_BUFFER) };
 	char *big = malloc(65536), *one = malloc(1), *data = calloc(1, 512);
 	struct nbd_cmd cmd[5] = {
 		{ .type = NBD_CMD_READ, .offset = 4096, .length = 65536, .buf = big },
@@ -2165,7 +2207,7 @@ int fuseexport_nbd_replies(int fd, int structured)
 	};
 	int i, answered = 0;
 
-	if (!big || !one || !data)
+	if (!big || !one || !data || !c.recv_buf)
 		die("out of memory:");
 	n.info.structured = structured;
 	n.info.has_meta = true;
@@ -2190,6 +2232,7 @@ int fuseexport_nbd_replies(int fd, int structured)
 	free(big);
 	free(one);
 	free(data);
+	free(c.recv_buf);
 	return answered;
 }
 
