@@ -784,15 +784,16 @@ static struct source *window_open(struct source *below, uint64_t offset,
  * fixed newstyle handshake, NBD_OPT_GO, structured replies and the
  * base:allocation context where the server has them. No TLS.
  *
- * A connection carries many requests at once: a caller takes a cookie,
- * sends its request under the send lock and sleeps on its own condition
- * variable; the connection's reader thread takes every reply, checks it
- * as if the server were hostile, puts a READ's data straight into the
- * caller's buffer and wakes the caller. With -q N and a server that allows
- * it (CAN_MULTI_CONN), N connections, used in turn. A connection that
- * drops is made again by its reader, with backoff; the requests in flight
- * are then sent again by their callers, and a caller whose connection has
- * been down longer than --retry gets EIO.
+ * A connection carries many requests at once: a caller takes a cookie and
+ * sends its request under the send lock; then one caller at a time, in
+ * the connection's receive role, takes every reply, checks it as if the
+ * server were hostile, puts a READ's data straight into its caller's
+ * buffer and wakes that caller, while the others sleep on their own
+ * condition variables. With -q N and a server that allows it
+ * (CAN_MULTI_CONN), N connections, used in turn. A connection that drops
+ * is made again by the caller in the receive role, with backoff; the
+ * requests in flight are then sent again by their callers, and a caller
+ * whose connection has been down longer than --retry gets EIO.
  */
 enum {
 	NBD_MAX_CONNS = 16,
@@ -856,10 +857,8 @@ struct nbd_conn {
 	unsigned backoff_ms;
 	struct nbd_cmd *inflight;
 	uint64_t next_cookie;
-	bool reader_started, closing;
-	pthread_cond_t idle;		/* the reader between attempts */
-	pthread_t reader;
-	/* the reader's: what it received and has not taken yet */
+	bool receiving;			/* a caller holds the receive role */
+	/* the receive role's: what it received and has not taken yet */
 	char *recv_buf;
 	size_t recv_pos, recv_len;
 };
@@ -1620,8 +1619,8 @@ static int nbd_take_reply(struct nbd_conn *c)
 	return 0;
 }
 
-/* Drop c's connection after err: every request in flight waits for the
- * next, or for --retry to run out */
+/* Drop c's connection after err (the caller holds the receive role):
+ * every request in flight waits for the next, or for --retry to run out */
 static void nbd_drop(struct nbd_conn *c, int err)
 {
 	struct nbd_source *n = c->n;
@@ -1638,35 +1637,41 @@ static void nbd_drop(struct nbd_conn *c, int err)
 		pthread_cond_signal(&cmd->wake);
 	pthread_mutex_unlock(&c->lock);
 	pthread_mutex_unlock(&c->send_lock);
-	if (n->debug && !c->closing)
+	if (n->debug)
 		fprintf(stderr, "fuseexport: %s: connection %u lost (%s); "
 			"reconnecting, requests wait up to %u s\n", n->uri,
 			c->index, err == -EPROTO ? "a reply that cannot be trusted" :
 			strerror(-err), n->retry);
 }
 
-/* Make c's connection again, with backoff, until it works or the source
- * closes; the requests in flight are then sent again by their callers */
-static void nbd_reconnect(struct nbd_conn *c)
+/* Has the time --retry gives c's lost connection run out? Its end goes
+ * to *deadline. c->lock held. */
+static bool nbd_expired(struct nbd_conn *c, struct timespec *deadline)
+{
+	struct timespec now;
+
+	*deadline = c->down_since;
+	deadline->tv_sec += c->n->retry;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > deadline->tv_sec ||
+	       (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+/* Make c's connection again (the caller holds the receive role): at once,
+ * then with backoff until --retry runs out; the requests in flight are
+ * then sent again by their callers. Returns 0, or -EIO if it ran out. */
+static int nbd_reconnect(struct nbd_conn *c)
 {
 	struct nbd_source *n = c->n;
+	struct timespec deadline, pause;
 	struct nbd_info info;
+	struct nbd_cmd *cmd;
 	char why[512];
+	unsigned ms;
+	bool expired;
 	int fd;
 
-	pthread_mutex_lock(&c->lock);
-	while (!c->closing) {
-		struct timespec t;
-
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		t.tv_nsec += (long)c->backoff_ms * 1000000;
-		t.tv_sec += t.tv_nsec / 1000000000;
-		t.tv_nsec %= 1000000000;
-		pthread_cond_timedwait(&c->idle, &c->lock, &t);
-		c->backoff_ms = min_u64(2 * c->backoff_ms, NBD_BACKOFF_MAX_MS);
-		if (c->closing)
-			break;
-		pthread_mutex_unlock(&c->lock);
+	for (;;) {
 		fd = nbd_connect(n, &info, why, sizeof(why));
 		if (fd >= 0 && !nbd_same(&info, &n->info)) {
 			close(fd);
@@ -1674,53 +1679,64 @@ static void nbd_reconnect(struct nbd_conn *c)
 			snprintf(why, sizeof(why), "the export changed (its size, "
 				 "flags or block sizes)");
 		}
-		if (fd < 0) {
-			if (n->debug)
-				fprintf(stderr, "fuseexport: %s: reconnecting "
-					"connection %u: %s\n", n->uri, c->index, why);
-			pthread_mutex_lock(&c->lock);
-			continue;
-		}
-		pthread_mutex_lock(&c->send_lock);
-		pthread_mutex_lock(&c->lock);
-		c->fd = fd;
-		c->meta_id = info.meta_id;
-		c->generation++;
-		for (struct nbd_cmd *cmd = c->inflight; cmd; cmd = cmd->next)
-			pthread_cond_signal(&cmd->wake);
-		pthread_mutex_unlock(&c->send_lock);
+		if (fd >= 0)
+			break;
 		if (n->debug)
-			fprintf(stderr, "fuseexport: %s: connection %u made again\n",
-				n->uri, c->index);
-		break;
+			fprintf(stderr, "fuseexport: %s: reconnecting connection "
+				"%u: %s\n", n->uri, c->index, why);
+		pthread_mutex_lock(&c->lock);
+		expired = nbd_expired(c, &deadline);
+		ms = c->backoff_ms;
+		c->backoff_ms = min_u64(2 * ms, NBD_BACKOFF_MAX_MS);
+		pthread_mutex_unlock(&c->lock);
+		if (expired)
+			return -EIO;
+		pause = (struct timespec){ ms / 1000, ms % 1000 * 1000000L };
+		nanosleep(&pause, NULL);
 	}
+	pthread_mutex_lock(&c->send_lock);
+	pthread_mutex_lock(&c->lock);
+	c->fd = fd;
+	c->meta_id = info.meta_id;
+	c->generation++;
+	for (cmd = c->inflight; cmd; cmd = cmd->next)
+		pthread_cond_signal(&cmd->wake);
 	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_unlock(&c->send_lock);
+	if (n->debug)
+		fprintf(stderr, "fuseexport: %s: connection %u made again\n",
+			n->uri, c->index);
+	return 0;
 }
 
-/* A connection's reader: takes every reply, and makes the connection
- * again when it drops, until the source closes */
-static void *nbd_reader(void *arg)
+/* With c's receive role, until cmd's reply is complete: take every reply
+ * that comes, waking the requests they answer, and make the connection
+ * again when it drops. Returns 0 (cmd done, or to be sent again), or
+ * -EIO when --retry ran out. */
+static int nbd_receive(struct nbd_conn *c, struct nbd_cmd *cmd)
 {
-	struct nbd_conn *c = arg;
-
 	for (;;) {
-		int r = nbd_take_reply(c);
+		bool done, down, sent;
+		int r;
 
-		if (r >= 0)
-			continue;
-		nbd_drop(c, r);
-		nbd_reconnect(c);
 		pthread_mutex_lock(&c->lock);
-		r = c->closing;
+		done = cmd->done;
+		down = c->fd < 0;
+		sent = cmd->sent == c->generation;
 		pthread_mutex_unlock(&c->lock);
-		if (r)
-			return NULL;
+		if (done || (!down && !sent))
+			return 0;
+		if (down)
+			return nbd_reconnect(c);
+		r = nbd_take_reply(c);
+		if (r < 0)
+			nbd_drop(c, r);
 	}
 }
 
 /* Put cmd on the wire, unless it is there already: the send lock keeps
  * the connection from changing meanwhile. A failed send shuts the
- * connection, and the reader, seeing it fail, makes it again. */
+ * connection; the receive role, seeing it fail, makes it again. */
 static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd)
 {
 	struct nbd_request req;
@@ -1758,44 +1774,48 @@ static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd)
 	pthread_mutex_unlock(&c->send_lock);
 }
 
-/* Run cmd on the next connection: send it, and send it again after every
- * reconnect, until its reply is complete. Returns 0 or -errno: -EIO once
- * its connection has been down for longer than --retry. */
+/* Run cmd on the next connection: send it (again after every reconnect),
+ * and wait for its reply. The callers of a connection take turns in its
+ * receive role: one at a time reads the replies for all, so that a lone
+ * request is answered without waking another thread, and hands the role
+ * on when its own reply is in. Returns 0 or -errno: -EIO once the
+ * connection has been down for longer than --retry. */
 static int nbd_run(struct nbd_source *n, struct nbd_cmd *cmd)
 {
 	struct nbd_conn *c = &n->conn[atomic_fetch_add(&n->next_conn, 1) % n->nconns];
+	struct timespec deadline;
+	struct nbd_cmd *other;
 	int r = 0;
 
 	pthread_cond_init(&cmd->wake, &n->monotonic);
 	cmd->done = false;
 	cmd->sent = cmd->sends = 0;
 	pthread_mutex_lock(&c->lock);
-	if (!c->reader_started) {	/* here, not at open: after detach()'s fork */
-		r = -pthread_create(&c->reader, NULL, nbd_reader, c);
-		c->reader_started = r == 0;
-	}
 	cmd->next = c->inflight;
 	c->inflight = cmd;
 	while (!cmd->done && r == 0) {
-		struct timespec now, deadline = c->down_since;
-
 		if (c->fd >= 0 && cmd->sent != c->generation) {
 			pthread_mutex_unlock(&c->lock);
 			nbd_send(c, cmd);
 			pthread_mutex_lock(&c->lock);
-			continue;
-		}
-		if (c->fd >= 0) {
+		} else if (!c->receiving) {
+			c->receiving = true;
+			pthread_mutex_unlock(&c->lock);
+			r = nbd_receive(c, cmd);
+			pthread_mutex_lock(&c->lock);
+			c->receiving = false;
+			for (other = c->inflight; other; other = other->next)
+				if (other != cmd) {	/* the role goes on */
+					pthread_cond_signal(&other->wake);
+					break;
+				}
+		} else if (c->fd >= 0) {
 			pthread_cond_wait(&cmd->wake, &c->lock);
-			continue;
-		}
-		deadline.tv_sec += n->retry;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec > deadline.tv_sec || (now.tv_sec == deadline.tv_sec &&
-						     now.tv_nsec >= deadline.tv_nsec))
+		} else if (nbd_expired(c, &deadline)) {
 			r = -EIO;
-		else
+		} else {
 			pthread_cond_timedwait(&cmd->wake, &c->lock, &deadline);
+		}
 	}
 	if (!cmd->done)
 		nbd_finish_locked(c, cmd, r);
@@ -2073,20 +2093,10 @@ static void nbd_close(struct source *s)
 	for (i = 0; i < n->nconns; i++) {
 		struct nbd_conn *c = &n->conn[i];
 
-		pthread_mutex_lock(&c->send_lock);
-		pthread_mutex_lock(&c->lock);
-		c->closing = true;
-		pthread_cond_signal(&c->idle);
 		if (c->fd >= 0) {
 			send_full(c->fd, &disc, sizeof(disc), NULL, 0);
-			shutdown(c->fd, SHUT_RDWR);
-		}
-		pthread_mutex_unlock(&c->lock);
-		pthread_mutex_unlock(&c->send_lock);
-		if (c->reader_started)
-			pthread_join(c->reader, NULL);
-		if (c->fd >= 0)
 			close(c->fd);
+		}
 		free(c->recv_buf);
 	}
 	munmap((void *)n->zeros, n->max_io);
@@ -2112,7 +2122,6 @@ static void nbd_init_conn(struct nbd_source *n, struct nbd_conn *c,
 		die("out of memory:");
 	pthread_mutex_init(&c->send_lock, NULL);
 	pthread_mutex_init(&c->lock, NULL);
-	pthread_cond_init(&c->idle, &n->monotonic);
 }
 
 /* Is path an NBD URI rather than a file? */
