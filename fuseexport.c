@@ -7,13 +7,15 @@
  * per CPU on FUSE over io_uring; reads and writes may bypass it altogether
  * by kernel passthrough. Every request, whichever transport brought it, is
  * one struct request handled by serve(), whose handlers speak only to the
- * top of a stack of sources: the file or block device at the bottom, a
+ * top of a stack of sources: the file or block device, or an NBD server's
+ * export (spoken to as the NBD protocol document says), at the bottom, a
  * window on it. Modelled on QEMU's FUSE block export (block/export/fuse.c).
  * The usage text below is what -h prints.
  *
  * The file reads top-down: the request and the source stack, the export's
- * state, the file source, the window, the handlers, the dispatcher, the
- * read(2) transport, the io_uring transport, options, mounting, main().
+ * state, the file source, the window, the NBD source, the handlers, the
+ * dispatcher, the read(2) transport, the io_uring transport, options,
+ * mounting, main().
  *
  * Copyright the fuseexport authors.
  * SPDX-License-Identifier: GPL-2.0-or-later

@@ -24,9 +24,11 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +60,11 @@ static void setup(void)
 
 	if (!mkdtemp(dir))
 		fail("mkdtemp");
+	/* a growable source must not fill the disk: a fallocate of the
+	 * whole range a request names would (EFBIG instead of SIGXFSZ) */
+	signal(SIGXFSZ, SIG_IGN);
+	if (setrlimit(RLIMIT_FSIZE, &(struct rlimit){ 64 << 20, 64 << 20 }) < 0)
+		fail("setrlimit");
 	snprintf(source, sizeof(source), "%s/src", dir);
 	snprintf(nbd_stream, sizeof(nbd_stream), "%s/nbd", dir);
 	for (i = 0; i < SOURCE_SIZE; i++)
