@@ -13,7 +13,7 @@
  * The usage text below is what -h prints.
  *
  * The file reads top-down: the request and the source stack, the export's
- * state, the file source, the window, the NBD source, the handlers, the
+ * state, the file source, the NBD source, the window, the handlers, the
  * dispatcher, the read(2) transport, the io_uring transport, options,
  * mounting, main().
  *
@@ -30,6 +30,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -41,6 +42,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -56,6 +58,8 @@
 
 static const char usage_text[] =
 "usage: fuseexport [OPTIONS] SOURCE MOUNTPOINT\n"
+"       fuseexport --partitions SOURCE\n"
+"       fuseexport --commit --snapshot=FILE SOURCE\n"
 "\n"
 "Export SOURCE (a raw image file, a block device, or an NBD server's export:\n"
 "nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH, no TLS) as the\n"
@@ -73,14 +77,24 @@ static const char usage_text[] =
 "      --passthrough=auto|on|off   kernel passthrough of reads and writes\n"
 "      --io-uring=auto|on|off      take requests through FUSE over io_uring\n"
 "                                  (default: off)\n"
+"      --cache=auto|none|read|writeback  the kernel's page cache for the\n"
+"                          export (default auto: passthrough, else read)\n"
+"      --spin=auto|off     spin briefly for the next request while it pays\n"
 "      --offset=BYTES      export SOURCE from this offset (K, M, G, T suffixes)\n"
 "      --size=BYTES        export only this many bytes of SOURCE\n"
+"      --partition=N       export partition N of SOURCE (MBR or GPT)\n"
+"      --partitions        print SOURCE's partition table and exit\n"
+"      --snapshot[=FILE]   copy-on-write: SOURCE is never written; changes\n"
+"                          live in memory, or in FILE (exported again: resumed)\n"
+"      --commit            with --snapshot=FILE: write FILE's changes into\n"
+"                          SOURCE, then remove FILE; nothing is mounted\n"
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
 "                          to be made again before they fail (default: 30)\n"
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
-"                          io_uring=MODE, offset=, size=, retry=;\n"
-"                          generic mount options are ignored\n"
+"                          io_uring=MODE, offset=, size=, partition=,\n"
+"                          snapshot[=FILE], cache=, spin=, retry=; generic\n"
+"                          mount options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
 
@@ -99,11 +113,18 @@ enum {
 	 * MAP_REFRESH READs, which bounds them at a few MiB */
 	MAP_REFRESH = 1024,
 	ZEROS_SIZE = 1 << 20,			/* the file source's zero pages */
+	/* a queue may spin this long for the next request before it sleeps,
+	 * and the idle CPUs it may spin on are counted this often */
+	SPIN_NS = 50000,
+	SPIN_SAMPLE_NS = 100000000,
 	FH_WRITES = 1,				/* an open's fh: it may write */
 };
 #define MAP_WHOLE (4ULL << 30)
 
 enum { AUTO = -1, OFF = 0, ON = 1 };
+/* --cache: who keeps the export's pages */
+enum { CACHE_AUTO = -1, CACHE_NONE, CACHE_READ, CACHE_WRITEBACK };
+static const char *const cache_names[] = { "none", "read", "writeback" };
 
 /* A request in flight, whichever transport brought it: the header and op
  * struct, the payload, and the reply as it will be sent (iov) */
@@ -158,6 +179,8 @@ struct source {
 	bool resizable;		/* truncate and fallocate may change its size */
 	int passthrough_fd;	/* a regular file the kernel may pass reads
 				 * and writes to at the same offsets, or -1 */
+	const char *no_passthrough;	/* and if not, why */
+	unsigned sector_size;	/* its logical sector: partition tables */
 
 	/* the size in bytes */
 	uint64_t (*size)(struct source *s);
@@ -186,6 +209,9 @@ struct source {
 	int (*resize)(struct source *s, uint64_t size);
 	/* what it holds and the room left: 0 or -errno */
 	int (*space)(struct source *s, struct space *sp);
+	/* the kernel caches the export's pages above: keep no second copy
+	 * of them below (NULL: nothing to keep, so nothing to do) */
+	void (*keep_no_copy)(struct source *s);
 	/* let go of this layer and those below */
 	void (*close)(struct source *s);
 };
@@ -195,6 +221,8 @@ struct queue {
 	struct export *e;
 	int fd;
 	pthread_t thread;
+	int spin_score;		/* > 0: spinning has paid lately */
+	bool nonblocking;	/* the fd is, while the queue spins */
 	struct request req;
 };
 
@@ -230,6 +258,14 @@ struct export {
 	bool queues_given;		/* -q: exactly that many, or fail */
 	bool quiet;			/* a test harness: halts say nothing */
 	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
+	int cache;			/* CACHE_*: AUTO until INIT settles it */
+	int want_spin;			/* AUTO or OFF */
+	/* spinning for the next request: how many queues may spin now (the
+	 * idle CPUs), how many do, the time they spent, and /proc/stat's
+	 * idle and total ticks when the budget was last counted */
+	atomic_int spin_budget, spinners;
+	_Atomic uint64_t spin_ns;
+	uint64_t stat_idle, stat_total, stat_at;
 	bool allow_other;		/* decided at mount */
 	bool passthrough, uring;	/* decided by INIT, before its reply */
 	const char *no_passthrough;	/* why passthrough is off, if it is */
@@ -237,6 +273,10 @@ struct export {
 	uint64_t offset;		/* the window's start in the source */
 	uint64_t window;		/* its length; 0: to the end */
 	unsigned retry;			/* NBD: seconds to wait for a reconnect */
+	unsigned partition;		/* --partition: its number, or 0 */
+	bool list_partitions;		/* --partitions: print them, export nothing */
+	bool snapshot, commit;		/* --snapshot, --commit */
+	const char *snapshot_file;	/* its FILE, or NULL: in memory */
 
 	/* READs sent from the mapping hold map_lock shared until sent; a
 	 * shrink holds it exclusive, and while shrinking is set new READs
@@ -266,6 +306,7 @@ struct export {
 /* The export once mounted: a setup error after that unmounts it */
 static struct export *mounted_export;
 static void unmount_export(struct export *e, bool force);
+static _Noreturn void print_and_exit(const char *text);
 
 /* Setup errors: print "fuseexport: <fmt>", undo the mount if there is one,
  * and exit 1. A format ending in ':' gets ": strerror(errno)" appended, as
@@ -328,6 +369,10 @@ struct file_source {
 	uint64_t map_size;		/* the bytes mapped: the size it had
 					 * then (truncate may grow it since) */
 	atomic_uint map_reads;		/* READs served from it */
+	/* the kernel caches above: aligned I/O goes to the source opened
+	 * O_DIRECT (-1: it cannot be), the rest is dropped behind */
+	int direct_fd;
+	bool drop_behind;
 };
 
 static struct file_source *file_of(struct source *s)
@@ -347,21 +392,37 @@ static uint64_t file_size(struct source *s)
 	return atomic_load(&f->size);
 }
 
+/* The fd for n bytes of buf at pos: the O_DIRECT one where there is one
+ * and everything is aligned to a page, else the plain one */
+static int io_fd(struct file_source *f, const void *buf, size_t n, uint64_t pos)
+{
+	if (f->direct_fd >= 0 && !(((uintptr_t)buf | n | pos) & 4095))
+		return f->direct_fd;
+	return f->fd;
+}
+
 static ssize_t file_read(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	struct file_source *f = file_of(s);
+	int fd = io_fd(f, buf, n, pos);
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = pread(f->fd, (char *)buf + done, n - done, pos + done);
+		ssize_t r = pread(fd, (char *)buf + done, n - done, pos + done);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && errno == EINVAL && fd != f->fd) {
+			fd = f->fd;	/* O_DIRECT refused this one */
+			continue;
+		}
 		if (r < 0)
 			return done ? (ssize_t)done : -errno;
 		if (r == 0)
 			break;
 		done += r;
 	}
+	if (f->drop_behind && fd == f->fd)
+		posix_fadvise(f->fd, pos, done, POSIX_FADV_DONTNEED);
 	return done;
 }
 
@@ -388,7 +449,9 @@ static const char *file_map(struct source *s, uint64_t pos, uint64_t n)
 	struct file_source *f = file_of(s);
 	char *map = atomic_load(&f->map);
 
-	if (!map || pos + n > f->map_size)	/* grown since it was mapped */
+	/* grown since it was mapped, or cached above: READs from the mapping
+	 * would keep a second copy in the source's page cache */
+	if (!map || pos + n > f->map_size || f->drop_behind)
 		return NULL;
 	if (f->map_size > MAP_WHOLE &&
 	    atomic_fetch_add(&f->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
@@ -409,13 +472,18 @@ static ssize_t file_write(struct source *s, const void *buf, size_t n,
 			  uint64_t pos)
 {
 	struct file_source *f = file_of(s);
+	int fd = io_fd(f, buf, n, pos);
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = pwrite(f->fd, (const char *)buf + done, n - done,
+		ssize_t r = pwrite(fd, (const char *)buf + done, n - done,
 				   pos + done);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && errno == EINVAL && fd != f->fd) {
+			fd = f->fd;	/* O_DIRECT refused this one */
+			continue;
+		}
 		if (r < 0)
 			return done ? (ssize_t)done : -errno;
 		if (r == 0)
@@ -554,11 +622,26 @@ static int file_space(struct source *s, struct space *sp)
 	return 0;
 }
 
+/* Reopen the source O_DIRECT through /proc (where there is one), and
+ * drop behind what goes through the page cache all the same */
+static void file_keep_no_copy(struct source *s)
+{
+	struct file_source *f = file_of(s);
+	char path[40];
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
+	f->direct_fd = open(path, (s->writable ? O_RDWR : O_RDONLY) | O_DIRECT |
+			    O_CLOEXEC | O_NOCTTY);
+	f->drop_behind = true;
+}
+
 static void file_close(struct source *s)
 {
 	struct file_source *f = file_of(s);
 	char *map = atomic_load(&f->map);
 
+	if (f->direct_fd >= 0)
+		close(f->direct_fd);
 	if (map)
 		munmap(map, f->map_size);
 	munmap((void *)f->zeros, ZEROS_SIZE);
@@ -575,7 +658,7 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 	struct file_source *f = calloc(1, sizeof(*f));
 	struct stat st;
 	uint64_t size;
-	int ro = 0;
+	int ro = 0, sector = 512;
 	void *zeros;
 
 	if (!f)
@@ -599,6 +682,8 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		die("%s:", path);
 	if (growable && f->is_blockdev)
 		die("%s: --growable needs a regular file, not a block device", path);
+	if (f->is_blockdev && (ioctl(f->fd, BLKSSZGET, &sector) < 0 || sector < 512))
+		sector = 512;
 	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
 		die("%s: a read-only block device cannot be exported writable", path);
 	if (flock(f->fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
@@ -621,162 +706,17 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		.writable = writable, .growable = growable,
 		.resizable = !f->is_blockdev,
 		.passthrough_fd = f->is_blockdev ? -1 : f->fd,
+		.no_passthrough = f->is_blockdev ? "the kernel passes through "
+				  "to regular files only" : NULL,
+		.sector_size = sector,
 		.size = file_size, .read = file_read, .map = file_map,
 		.write = file_write, .flush = file_flush, .punch = file_punch,
 		.zero = file_zero, .allocate = file_allocate, .seek = file_seek,
-		.resize = file_resize, .space = file_space, .close = file_close,
+		.resize = file_resize, .space = file_space,
+		.keep_no_copy = file_keep_no_copy, .close = file_close,
 	};
+	f->direct_fd = -1;
 	return &f->s;
-}
-
-/*
- * The window (--offset, --size): a fixed-size range of the layer below,
- * the only place that knows its offset. Nothing outside it is ever read or
- * written, whatever a request asks.
- */
-struct window {
-	struct source s;
-	uint64_t offset, size;
-};
-
-static struct window *window_of(struct source *s)
-{
-	return (struct window *)s;
-}
-
-static uint64_t window_size(struct source *s)
-{
-	return window_of(s)->size;
-}
-
-/* The part of n bytes at pos that lies inside the window */
-static uint64_t inside(struct window *w, uint64_t pos, uint64_t n)
-{
-	return pos < w->size ? min_u64(n, w->size - pos) : 0;
-}
-
-static ssize_t window_read(struct source *s, void *buf, size_t n, uint64_t pos)
-{
-	struct window *w = window_of(s);
-
-	return s->below->read(s->below, buf, inside(w, pos, n), w->offset + pos);
-}
-
-static const char *window_map(struct source *s, uint64_t pos, uint64_t n)
-{
-	struct window *w = window_of(s);
-
-	if (inside(w, pos, n) < n)
-		return NULL;
-	return s->below->map(s->below, w->offset + pos, n);
-}
-
-static ssize_t window_write(struct source *s, const void *buf, size_t n,
-			    uint64_t pos)
-{
-	struct window *w = window_of(s);
-
-	if (n && !inside(w, pos, n))
-		return -ENOSPC;
-	return s->below->write(s->below, buf, inside(w, pos, n), w->offset + pos);
-}
-
-static int window_flush(struct source *s, bool datasync)
-{
-	return s->below->flush(s->below, datasync);
-}
-
-static int window_punch(struct source *s, uint64_t pos, uint64_t len)
-{
-	struct window *w = window_of(s);
-
-	len = inside(w, pos, len);
-	return len ? s->below->punch(s->below, w->offset + pos, len) : 0;
-}
-
-static int window_zero(struct source *s, uint64_t pos, uint64_t len)
-{
-	struct window *w = window_of(s);
-
-	len = inside(w, pos, len);
-	return len ? s->below->zero(s->below, w->offset + pos, len) : 0;
-}
-
-/* the space is reserved; never a byte past the window's end */
-static int window_allocate(struct source *s, uint64_t pos, uint64_t len,
-			   bool keep_size)
-{
-	struct window *w = window_of(s);
-
-	if (!keep_size && inside(w, pos, len) < len)
-		return -ENOSPC;
-	len = inside(w, pos, len);
-	return len ? s->below->allocate(s->below, w->offset + pos, len, true) : 0;
-}
-
-static int64_t window_seek(struct source *s, uint64_t pos, int whence)
-{
-	struct window *w = window_of(s);
-	int64_t r = s->below->seek(s->below, w->offset + pos, whence);
-
-	if (r < 0)
-		return r;
-	r = min_u64(r - w->offset, w->size);
-	if (whence == SEEK_DATA && (uint64_t)r >= w->size)
-		return -ENXIO;		/* the data lies past the window */
-	return r;
-}
-
-static int window_resize(struct source *s, uint64_t size)
-{
-	(void)s, (void)size;
-	return -EINVAL;			/* a window keeps its size */
-}
-
-static int window_space(struct source *s, struct space *sp)
-{
-	int r = s->below->space(s->below, sp);
-
-	sp->allocated = min_u64(sp->allocated, window_of(s)->size);
-	sp->free = sp->avail = 0;	/* it cannot grow */
-	return r;
-}
-
-static void window_close(struct source *s)
-{
-	s->below->close(s->below);
-	free(s);
-}
-
-/* Stand a window of size bytes at offset on below (size 0: to its end).
- * Exits if it does not lie inside. */
-static struct source *window_open(struct source *below, uint64_t offset,
-				  uint64_t size, const char *path)
-{
-	struct window *w = calloc(1, sizeof(*w));
-	uint64_t below_size = below->size(below);
-
-	if (!w)
-		die("out of memory:");
-	if (below->growable)
-		die("%s: --growable does not go with --offset or --size", path);
-	if (offset > below_size || (size && size > below_size - offset))
-		die("%s: the window %llu+%llu lies past its end (%llu bytes)",
-		    path, (unsigned long long)offset, (unsigned long long)size,
-		    (unsigned long long)below_size);
-	w->offset = offset;
-	w->size = size ? size : below_size - offset;
-	w->s = (struct source){
-		.below = below, .writable = below->writable,
-		.passthrough_fd = -1,
-		.size = window_size, .read = window_read, .map = window_map,
-		.write = window_write, .flush = window_flush,
-		.punch = window_punch, .zero = window_zero,
-		.allocate = window_allocate, .seek = window_seek,
-		.resize = window_resize, .space = window_space,
-		.close = window_close,
-	};
-	return &w->s;
 }
 
 /*
@@ -2084,6 +2024,12 @@ static int nbd_space(struct source *s, struct space *sp)
 	return 0;
 }
 
+/* The kernel caches the pages: this side keeps no copy of them anyway */
+static void nbd_keep_no_copy(struct source *s)
+{
+	(void)s;
+}
+
 /* Say goodbye (NBD_CMD_DISC) on every connection and let go of them */
 static void nbd_close(struct source *s)
 {
@@ -2193,10 +2139,13 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 
 	n->s = (struct source){
 		.writable = writable, .passthrough_fd = -1,
+		.no_passthrough = "the bytes are on an NBD server",
+		.sector_size = 512,
 		.size = nbd_size, .read = nbd_read, .map = nbd_map,
 		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
 		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
-		.resize = nbd_resize, .space = nbd_space, .close = nbd_close,
+		.resize = nbd_resize, .space = nbd_space,
+		.keep_no_copy = nbd_keep_no_copy, .close = nbd_close,
 	};
 	return &n->s;
 }
@@ -2245,6 +2194,819 @@ int fuseexport_nbd_replies(int fd, int structured)
 	free(data);
 	free(c.recv_buf);
 	return answered;
+}
+
+/* The bottom of the stack: SOURCE's NBD connections, or its file or
+ * block device. Exits on failure. */
+static struct source *open_bottom(struct export *e, bool writable, bool growable)
+{
+	if (is_nbd_uri(e->source_path))
+		return nbd_open(e->source_path, writable, growable, e->queues,
+				e->retry, e->debug);
+	return file_open(e->source_path, writable, growable);
+}
+
+/*
+ * The window (--offset, --size): a fixed-size range of the layer below,
+ * the only place that knows its offset. Nothing outside it is ever read or
+ * written, whatever a request asks.
+ */
+struct window {
+	struct source s;
+	uint64_t offset, size;
+};
+
+static struct window *window_of(struct source *s)
+{
+	return (struct window *)s;
+}
+
+static uint64_t window_size(struct source *s)
+{
+	return window_of(s)->size;
+}
+
+/* The part of n bytes at pos that lies inside the window */
+static uint64_t inside(struct window *w, uint64_t pos, uint64_t n)
+{
+	return pos < w->size ? min_u64(n, w->size - pos) : 0;
+}
+
+static ssize_t window_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct window *w = window_of(s);
+
+	return s->below->read(s->below, buf, inside(w, pos, n), w->offset + pos);
+}
+
+static const char *window_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	struct window *w = window_of(s);
+
+	if (inside(w, pos, n) < n)
+		return NULL;
+	return s->below->map(s->below, w->offset + pos, n);
+}
+
+static ssize_t window_write(struct source *s, const void *buf, size_t n,
+			    uint64_t pos)
+{
+	struct window *w = window_of(s);
+
+	if (n && !inside(w, pos, n))
+		return -ENOSPC;
+	return s->below->write(s->below, buf, inside(w, pos, n), w->offset + pos);
+}
+
+static int window_flush(struct source *s, bool datasync)
+{
+	return s->below->flush(s->below, datasync);
+}
+
+static int window_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	struct window *w = window_of(s);
+
+	len = inside(w, pos, len);
+	return len ? s->below->punch(s->below, w->offset + pos, len) : 0;
+}
+
+static int window_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	struct window *w = window_of(s);
+
+	len = inside(w, pos, len);
+	return len ? s->below->zero(s->below, w->offset + pos, len) : 0;
+}
+
+/* the space is reserved; never a byte past the window's end */
+static int window_allocate(struct source *s, uint64_t pos, uint64_t len,
+			   bool keep_size)
+{
+	struct window *w = window_of(s);
+
+	if (!keep_size && inside(w, pos, len) < len)
+		return -ENOSPC;
+	len = inside(w, pos, len);
+	return len ? s->below->allocate(s->below, w->offset + pos, len, true) : 0;
+}
+
+static int64_t window_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct window *w = window_of(s);
+	int64_t r = s->below->seek(s->below, w->offset + pos, whence);
+
+	if (r < 0)
+		return r;
+	r = min_u64(r - w->offset, w->size);
+	if (whence == SEEK_DATA && (uint64_t)r >= w->size)
+		return -ENXIO;		/* the data lies past the window */
+	return r;
+}
+
+static int window_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;			/* a window keeps its size */
+}
+
+static int window_space(struct source *s, struct space *sp)
+{
+	int r = s->below->space(s->below, sp);
+
+	sp->allocated = min_u64(sp->allocated, window_of(s)->size);
+	sp->free = sp->avail = 0;	/* it cannot grow */
+	return r;
+}
+
+/* The layers that have nothing of their own to keep pass it down */
+static void pass_keep_no_copy(struct source *s)
+{
+	s->below->keep_no_copy(s->below);
+}
+
+static void window_close(struct source *s)
+{
+	s->below->close(s->below);
+	free(s);
+}
+
+/* Stand a window of size bytes at offset on below (size 0: to its end).
+ * Exits if it does not lie inside. */
+static struct source *window_open(struct source *below, uint64_t offset,
+				  uint64_t size, const char *path)
+{
+	struct window *w = calloc(1, sizeof(*w));
+	uint64_t below_size = below->size(below);
+
+	if (!w)
+		die("out of memory:");
+	if (below->growable)
+		die("%s: --growable does not go with --offset or --size", path);
+	if (offset > below_size || (size && size > below_size - offset))
+		die("%s: the window %llu+%llu lies past its end (%llu bytes)",
+		    path, (unsigned long long)offset, (unsigned long long)size,
+		    (unsigned long long)below_size);
+	w->offset = offset;
+	w->size = size ? size : below_size - offset;
+	w->s = (struct source){
+		.below = below, .writable = below->writable,
+		.passthrough_fd = -1,
+		.no_passthrough = "a window's offsets are not the source's",
+		.sector_size = below->sector_size,
+		.size = window_size, .read = window_read, .map = window_map,
+		.write = window_write, .flush = window_flush,
+		.punch = window_punch, .zero = window_zero,
+		.allocate = window_allocate, .seek = window_seek,
+		.resize = window_resize, .space = window_space,
+		.keep_no_copy = pass_keep_no_copy, .close = window_close,
+	};
+	return &w->s;
+}
+
+/*
+ * Partitions (--partition=N, --partitions): a window whose numbers come
+ * from the source's partition table, read here as Linux reads it: MBR
+ * primaries 1-4 and logical partitions from 5 in the order of the
+ * extended chain; GPT (a protective MBR means GPT) by entry index, the
+ * backup header where the primary's CRC fails. LBAs count logical sectors.
+ */
+enum { MAX_PARTS = 128 };
+
+struct part {
+	unsigned number;
+	uint64_t start, sectors;	/* in logical sectors */
+	char type[40];			/* MBR id (0x83) or GPT type GUID */
+	char name[80];			/* GPT name, in UTF-8 */
+};
+
+struct table {
+	const char *kind;		/* "dos" or "gpt" */
+	unsigned sector;		/* bytes */
+	int count;
+	struct part part[MAX_PARTS];
+};
+
+static uint32_t le32(const unsigned char *p)
+{
+	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const unsigned char *p)
+{
+	return le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/* CRC-32 (IEEE 802.3, reflected), as GPT checks its header and entries */
+static uint32_t crc32(const unsigned char *p, size_t n)
+{
+	uint32_t c = ~0u;
+	int k;
+
+	while (n--)
+		for (c ^= *p++, k = 0; k < 8; k++)
+			c = c >> 1 ^ (0xedb88320 & -(c & 1));
+	return ~c;
+}
+
+/* Read n bytes at pos of s, all of them: 0 or -errno (-EIO if short) */
+static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	ssize_t r = s->read(s, buf, n, pos);
+
+	return r < 0 ? (int)r : (size_t)r < n ? -EIO : 0;
+}
+
+static void add_part(struct table *t, unsigned number, uint64_t start,
+		     uint64_t sectors)
+{
+	struct part *p = &t->part[t->count++];
+
+	memset(p, 0, sizeof(*p));
+	p->number = number;
+	p->start = start;
+	p->sectors = sectors;
+}
+
+/* GPT's header at lba, checked: the entries' LBA, count and size, or
+ * false if it is not a good one */
+static bool gpt_header(struct source *s, unsigned sector, uint64_t lba,
+		       unsigned char *h)
+{
+	uint32_t size, crc;
+
+	if (read_exact(s, h, sector, lba * sector) < 0 || memcmp(h, "EFI PART", 8))
+		return false;
+	size = le32(h + 12);
+	if (size < 92 || size > sector)
+		return false;
+	crc = le32(h + 16);
+	memset(h + 16, 0, 4);
+	return crc32(h, size) == crc && le32(h + 84) >= 128 &&
+	       le32(h + 84) <= 4096 && le32(h + 80) <= 65536;
+}
+
+/* A GPT type GUID, as sfdisk prints it (mixed endian) */
+static void guid_text(char *out, const unsigned char *g)
+{
+	sprintf(out, "%08X-%04X-%04X-%02X%02X-%02X%02X%02X%02X%02X%02X",
+		le32(g), g[4] | g[5] << 8, g[6] | g[7] << 8, g[8], g[9],
+		g[10], g[11], g[12], g[13], g[14], g[15]);
+}
+
+/* A GPT name: UTF-16LE, 36 units, into UTF-8 */
+static void name_text(char *out, const unsigned char *u)
+{
+	int i;
+
+	for (i = 0; i < 36; i++) {
+		unsigned c = u[2 * i] | u[2 * i + 1] << 8;
+
+		if (!c)
+			break;
+		if (c < 0x80) {
+			*out++ = c;
+		} else if (c < 0x800) {
+			*out++ = 0xc0 | c >> 6;
+			*out++ = 0x80 | (c & 0x3f);
+		} else {		/* surrogates come out as they are */
+			*out++ = 0xe0 | c >> 12;
+			*out++ = 0x80 | (c >> 6 & 0x3f);
+			*out++ = 0x80 | (c & 0x3f);
+		}
+	}
+	*out = 0;
+}
+
+/* GPT: the primary header at LBA 1, else the backup at the last LBA.
+ * Returns 0 or -errno (-EINVAL: no good header). */
+static int read_gpt(struct source *s, struct table *t)
+{
+	unsigned sector = t->sector;
+	unsigned char *h = malloc(sector), *ent = NULL;
+	uint64_t last = s->size(s) / sector - 1, lba;
+	uint32_t count, esize, i;
+	int r = -EINVAL;
+
+	if (!h)
+		return -ENOMEM;
+	if (!gpt_header(s, sector, 1, h) && !gpt_header(s, sector, last, h))
+		goto out;
+	lba = le64(h + 72);
+	count = le32(h + 80);
+	esize = le32(h + 84);
+	ent = malloc((size_t)count * esize);
+	if (!ent || lba > last) {
+		r = ent ? -EINVAL : -ENOMEM;
+		goto out;
+	}
+	if ((r = read_exact(s, ent, (size_t)count * esize, lba * sector)) < 0)
+		goto out;
+	r = -EINVAL;
+	if (crc32(ent, (size_t)count * esize) != le32(h + 88))
+		goto out;
+	for (i = 0; i < count && t->count < MAX_PARTS; i++) {
+		const unsigned char *e = ent + (size_t)i * esize;
+		static const unsigned char unused[16];
+		uint64_t first = le64(e + 32), end = le64(e + 40);
+
+		if (!memcmp(e, unused, 16))
+			continue;
+		if (end < first)
+			goto out;
+		add_part(t, i + 1, first, end - first + 1);
+		guid_text(t->part[t->count - 1].type, e);
+		name_text(t->part[t->count - 1].name, e + 56);
+	}
+	t->kind = "gpt";
+	r = 0;
+out:
+	free(h);
+	free(ent);
+	return r;
+}
+
+/* MBR, with the extended chain; a protective entry (0xee) hands over to
+ * GPT. Returns 0 or -errno (-EINVAL: no partition table). */
+static int read_table(struct source *s, struct table *t)
+{
+	unsigned char b[512];
+	uint64_t ext = 0, ebr;
+	unsigned logical = 5;
+	int i, r, hops;
+
+	memset(t, 0, sizeof(*t));
+	t->sector = s->sector_size;
+	if ((r = read_exact(s, b, sizeof(b), 0)) < 0)
+		return r;
+	if (b[510] != 0x55 || b[511] != 0xaa)
+		return -EINVAL;
+	for (i = 0; i < 4; i++)
+		if (b[446 + 16 * i + 4] == 0xee)
+			return read_gpt(s, t);
+	t->kind = "dos";
+	for (i = 0; i < 4; i++) {
+		const unsigned char *e = b + 446 + 16 * i;
+
+		if (!e[4] || !le32(e + 12))
+			continue;
+		add_part(t, i + 1, le32(e + 8), le32(e + 12));
+		sprintf(t->part[t->count - 1].type, "%x", e[4]);
+		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
+			ext = le32(e + 8);
+	}
+	/* each EBR holds a logical partition (relative to the EBR) and a
+	 * link to the next EBR (relative to the extended partition) */
+	for (ebr = ext, hops = 0; ebr && hops < MAX_PARTS && t->count < MAX_PARTS;
+	     hops++) {
+		const unsigned char *data = b + 446, *link = b + 462;
+
+		if ((r = read_exact(s, b, sizeof(b), ebr * t->sector)) < 0)
+			return r;
+		if (b[510] != 0x55 || b[511] != 0xaa)
+			return -EINVAL;
+		if (data[4] && le32(data + 12)) {
+			add_part(t, logical++, ebr + le32(data + 8), le32(data + 12));
+			sprintf(t->part[t->count - 1].type, "%x", data[4]);
+		}
+		ebr = link[4] && le32(link + 8) ? ext + le32(link + 8) : 0;
+	}
+	return 0;
+}
+
+/* The numbers of t's partitions, "1 2 5", for messages */
+static const char *part_numbers(const struct table *t)
+{
+	static char list[MAX_PARTS * 4 + 8];
+	size_t n = 0;
+	int i;
+
+	list[0] = 0;
+	for (i = 0; i < t->count; i++)
+		n += snprintf(list + n, sizeof(list) - n, "%s%u", i ? " " : "",
+			      t->part[i].number);
+	return t->count ? list : "none";
+}
+
+/* Read s's table, or exit saying why it cannot be */
+static void must_read_table(struct source *s, struct table *t, const char *path)
+{
+	int r = read_table(s, t);
+
+	if (r == -EINVAL)
+		die("%s: no partition table (MBR or GPT) that can be read", path);
+	if (r < 0)
+		die("%s: reading the partition table: %s", path, strerror(-r));
+}
+
+/* Stand a window on partition number of below. Exits if there is no such
+ * partition or it does not lie inside the source. */
+static struct source *partition_open(struct source *below, unsigned number,
+				     const char *path)
+{
+	struct table *t = malloc(sizeof(*t));
+	uint64_t size = below->size(below);
+	struct source *s;
+	int i;
+
+	if (!t)
+		die("out of memory:");
+	must_read_table(below, t, path);
+	for (i = 0; i < t->count && t->part[i].number != number; i++)
+		;
+	if (i == t->count)
+		die("%s: no partition %u (partitions: %s)", path, number,
+		    part_numbers(t));
+	if (t->part[i].start > size / t->sector ||
+	    t->part[i].sectors > size / t->sector - t->part[i].start ||
+	    !t->part[i].sectors)
+		die("%s: partition %u runs past the end of the source "
+		    "(partitions: %s)", path, number, part_numbers(t));
+	s = window_open(below, t->part[i].start * t->sector,
+			t->part[i].sectors * t->sector, path);
+	free(t);
+	return s;
+}
+
+/* A size for people: 100M, 1.5G, as partx prints it */
+static void human_size(char *out, size_t n, uint64_t bytes)
+{
+	static const char units[] = "BKMGTPE";
+	double v = bytes;
+	int u = 0;
+
+	while (v >= 1024 && u < 6)
+		v /= 1024, u++;
+	if (u && v < 10 && v != (uint64_t)v)
+		snprintf(out, n, "%.1f%c", v, units[u]);
+	else
+		snprintf(out, n, "%.0f%c", v, units[u]);
+}
+
+/* --partitions: print the table as partx --show does, and exit */
+static _Noreturn void list_partitions(struct export *e)
+{
+	const char *path = e->source_path;
+	struct source *s = open_bottom(e, false, false);
+	struct table *t = malloc(sizeof(*t));
+	char size[16];
+	int i;
+
+	if (!t)
+		die("out of memory:");
+	must_read_table(s, t, path);
+	printf("%s partition table, %u-byte sectors\n", t->kind, t->sector);
+	printf("%3s %12s %12s %12s %6s %-36s %s\n", "NR", "START", "END",
+	       "SECTORS", "SIZE", "TYPE", "NAME");
+	for (i = 0; i < t->count; i++) {
+		const struct part *p = &t->part[i];
+
+		human_size(size, sizeof(size), p->sectors * t->sector);
+		printf("%3u %12llu %12llu %12llu %6s %-36s %s\n", p->number,
+		       (unsigned long long)p->start,
+		       (unsigned long long)(p->start + p->sectors - 1),
+		       (unsigned long long)p->sectors, size, p->type, p->name);
+	}
+	free(t);
+	s->close(s);
+	print_and_exit("");
+}
+
+/*
+ * The snapshot (--snapshot[=FILE]): copy-on-write over the layer below,
+ * which is never written. A changed block's bytes live in the delta file
+ * (FILE, or a memfd without one) at data + block * SNAP_BLOCK, and a bit
+ * in the map says which blocks changed; a block punched whole is a hole
+ * there, which reads as zeros. FILE is a header naming the source it was
+ * made for, the map, then the data, sparse: exporting again resumes it,
+ * and --commit writes it into the source.
+ */
+enum { SNAP_BLOCK = 4096, SNAP_LOCKS = 64, SNAP_MAP = 4096 };
+
+struct snap_header {
+	char magic[8];			/* "FXSNAP1" */
+	uint64_t size;			/* the layer below's size */
+	uint64_t dev, ino;		/* the source (rdev for a device) */
+	uint64_t offset;		/* the layer below's start in it */
+	uint32_t block;			/* SNAP_BLOCK */
+	uint32_t pad;
+};
+
+struct snapshot {
+	struct source s;
+	int fd;				/* the delta file */
+	uint64_t size, blocks, data;	/* data: where block 0 lies in it */
+	size_t map_len;
+	_Atomic uint64_t *map;		/* a bit per block: changed */
+	pthread_mutex_t copy[SNAP_LOCKS];	/* a block's copy-up, striped */
+};
+
+static struct snapshot *snap_of(struct source *s)
+{
+	return (struct snapshot *)s;
+}
+
+static bool changed(struct snapshot *n, uint64_t b)
+{
+	return atomic_load(&n->map[b / 64]) >> (b % 64) & 1;
+}
+
+/* The first block from b on that is not in state c, or n->blocks */
+static uint64_t run_end(struct snapshot *n, uint64_t b, bool c)
+{
+	while (b < n->blocks && changed(n, b) == c) {
+		if (b % 64 == 0 && b + 64 <= n->blocks &&
+		    atomic_load(&n->map[b / 64]) == (c ? ~0ULL : 0))
+			b += 64;
+		else
+			b++;
+	}
+	return min_u64(b, n->blocks);
+}
+
+/* pread or pwrite all n bytes at pos of the delta file: 0 or -errno */
+static int delta_io(struct snapshot *n, bool write, void *buf, size_t len,
+		    uint64_t pos)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = write ? pwrite(n->fd, (char *)buf + done, len - done, pos + done)
+				  : pread(n->fd, (char *)buf + done, len - done, pos + done);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		done += r;
+	}
+	return 0;
+}
+
+static uint64_t snap_size(struct source *s)
+{
+	return snap_of(s)->size;
+}
+
+static ssize_t snap_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct snapshot *sn = snap_of(s);
+	size_t done = 0;
+
+	n = pos < sn->size ? min_u64(n, sn->size - pos) : 0;
+	while (done < n) {
+		uint64_t p = pos + done, b = p / SNAP_BLOCK;
+		bool c = changed(sn, b);
+		size_t len = min_u64(n - done, run_end(sn, b, c) * SNAP_BLOCK - p);
+		ssize_t r;
+
+		if (c)
+			r = delta_io(sn, false, (char *)buf + done, len, sn->data + p);
+		else
+			r = s->below->read(s->below, (char *)buf + done, len, p);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		done += c ? len : (size_t)r;
+		if (!c && (size_t)r < len)
+			break;
+	}
+	return done;
+}
+
+/* unchanged blocks are sent from the layer below's mapping, as fast as
+ * a read-only export's */
+static const char *snap_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	struct snapshot *sn = snap_of(s);
+
+	if (!n || pos + n > sn->size ||
+	    run_end(sn, pos / SNAP_BLOCK, false) * SNAP_BLOCK < pos + n)
+		return NULL;
+	return s->below->map(s->below, pos, n);
+}
+
+/* Put len bytes of buf (NULL: zeros) at off in block b; the first change
+ * of a block copies it up from below. 0 or -errno. */
+static int put_block(struct snapshot *sn, uint64_t b, size_t off,
+		     const void *buf, size_t len)
+{
+	pthread_mutex_t *lock = &sn->copy[b % SNAP_LOCKS];
+	uint64_t at = sn->data + b * SNAP_BLOCK;
+	char block[SNAP_BLOCK];
+	int r = 0;
+
+	pthread_mutex_lock(lock);
+	if (!buf && len == SNAP_BLOCK) {	/* a whole block punched */
+		if (fallocate(sn->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      at, SNAP_BLOCK) < 0) {
+			memset(block, 0, sizeof(block));
+			r = delta_io(sn, true, block, SNAP_BLOCK, at);
+		}
+	} else if (changed(sn, b)) {
+		if (!buf)
+			memset(block, 0, len);
+		r = delta_io(sn, true, buf ? (void *)buf : block, len, at + off);
+	} else {
+		ssize_t got = buf && len == SNAP_BLOCK ? 0 :
+			sn->s.below->read(sn->s.below, block, SNAP_BLOCK,
+					  b * SNAP_BLOCK);
+		if (got < 0) {
+			r = got;
+		} else {
+			memset(block + got, 0, SNAP_BLOCK - got);
+			if (buf)
+				memcpy(block + off, buf, len);
+			else
+				memset(block + off, 0, len);
+			r = delta_io(sn, true, block, SNAP_BLOCK, at);
+		}
+	}
+	if (r == 0)
+		atomic_fetch_or(&sn->map[b / 64], 1ULL << (b % 64));
+	pthread_mutex_unlock(lock);
+	return r;
+}
+
+/* Put n bytes of buf (NULL: zeros) at pos, block by block: the number
+ * put (short only after an error), or -errno */
+static ssize_t snap_put(struct source *s, const void *buf, size_t n,
+			uint64_t pos)
+{
+	struct snapshot *sn = snap_of(s);
+	size_t done = 0;
+
+	if (pos >= sn->size)
+		return n ? -ENOSPC : 0;
+	n = min_u64(n, sn->size - pos);
+	while (done < n) {
+		uint64_t p = pos + done;
+		size_t off = p % SNAP_BLOCK, len = min_u64(n - done, SNAP_BLOCK - off);
+		int r;
+
+		r = put_block(sn, p / SNAP_BLOCK, off,
+			      buf ? (const char *)buf + done : NULL, len);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		done += len;
+	}
+	return done;
+}
+
+static ssize_t snap_write(struct source *s, const void *buf, size_t n,
+			  uint64_t pos)
+{
+	return snap_put(s, buf, n, pos);
+}
+
+static int snap_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	ssize_t r = snap_put(s, NULL, len, pos);
+
+	return r < 0 ? (int)r : 0;
+}
+
+static int snap_flush(struct source *s, bool datasync)
+{
+	(void)datasync;
+	return fdatasync(snap_of(s)->fd) < 0 ? -errno : 0;
+}
+
+static int snap_allocate(struct source *s, uint64_t pos, uint64_t len,
+			 bool keep_size)
+{
+	(void)s, (void)pos, (void)len;
+	return keep_size ? 0 : -ENOSPC;	/* a snapshot keeps its size */
+}
+
+/* SEEK_DATA or SEEK_HOLE over the combined view: changed runs answer
+ * from the delta file, unchanged ones from below */
+static int64_t snap_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct snapshot *sn = snap_of(s);
+
+	while (pos < sn->size) {
+		uint64_t b = pos / SNAP_BLOCK;
+		bool c = changed(sn, b);
+		uint64_t end = min_u64(run_end(sn, b, c) * SNAP_BLOCK, sn->size);
+		int64_t at;
+
+		if (c) {
+			at = lseek(sn->fd, sn->data + pos, whence);
+			at = at < 0 ? (errno == ENXIO ? INT64_MAX : -errno)
+				    : at - (int64_t)sn->data;
+		} else {
+			at = s->below->seek(s->below, pos, whence);
+			at = at == -ENXIO ? INT64_MAX : at;
+		}
+		if (at < 0)
+			return at;
+		if ((uint64_t)at < end)
+			return at;
+		pos = end;
+	}
+	return whence == SEEK_HOLE ? (int64_t)sn->size : -ENXIO;
+}
+
+static int snap_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;
+}
+
+static int snap_space(struct source *s, struct space *sp)
+{
+	int r = s->below->space(s->below, sp);
+
+	sp->free = sp->avail = 0;
+	return r;
+}
+
+static void snap_close(struct source *s)
+{
+	struct snapshot *sn = snap_of(s);
+
+	munmap((void *)sn->map, sn->map_len);
+	close(sn->fd);
+	s->below->close(s->below);
+	free(sn);
+}
+
+/* Where in FILE the map and the data lie, for a source of size bytes */
+static void snap_layout(struct snapshot *sn, uint64_t size)
+{
+	sn->size = size;
+	sn->blocks = (size + SNAP_BLOCK - 1) / SNAP_BLOCK;
+	sn->map_len = ((sn->blocks + 7) / 8 + SNAP_MAP - 1) / SNAP_MAP * SNAP_MAP;
+	if (!sn->map_len)
+		sn->map_len = SNAP_MAP;
+	sn->data = SNAP_MAP + sn->map_len;
+}
+
+/* Open FILE (NULL: memory) as the delta of a snapshot of id, creating it
+ * if it is new and checking that it was made for id if not. Exits on
+ * failure. Returns the delta's fd, locked. */
+static int snap_delta(const char *file, const struct snap_header *id,
+		      uint64_t length)
+{
+	struct snap_header h;
+	struct stat st;
+	int fd;
+
+	fd = file ? open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
+		  : memfd_create("fuseexport-snapshot", MFD_CLOEXEC);
+	if (fd < 0)
+		die("%s:", file ? file : "snapshot in memory");
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		die("%s: not a regular file", file);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		die("%s: in use by another export", file);
+	if (st.st_size == 0) {
+		if (pwrite(fd, id, sizeof(*id), 0) != sizeof(*id) ||
+		    ftruncate(fd, length) < 0)
+			die("%s:", file ? file : "snapshot in memory");
+		return fd;
+	}
+	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(&h, id, sizeof(h)) ||
+	    (uint64_t)st.st_size < length)
+		die("%s: made for another source (its size, device, inode or "
+		    "window differ), or not a snapshot file", file);
+	return fd;
+}
+
+/* Stand a snapshot on below, its changes in file (NULL: in memory); id
+ * names the source. Exits on failure. */
+static struct source *snapshot_open(struct source *below, const char *file,
+				    struct snap_header *id)
+{
+	struct snapshot *sn = calloc(1, sizeof(*sn));
+	void *map;
+	int i;
+
+	if (!sn)
+		die("out of memory:");
+	snap_layout(sn, below->size(below));
+	memcpy(id->magic, "FXSNAP1", 8);
+	id->size = sn->size;
+	id->block = SNAP_BLOCK;
+	sn->fd = snap_delta(file, id, sn->data + sn->blocks * SNAP_BLOCK);
+	map = mmap(NULL, sn->map_len, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   sn->fd, SNAP_MAP);
+	if (map == MAP_FAILED)
+		die("%s: mapping its block map:", file ? file : "snapshot");
+	sn->map = map;
+	for (i = 0; i < SNAP_LOCKS; i++)
+		pthread_mutex_init(&sn->copy[i], NULL);
+	sn->s = (struct source){
+		.below = below, .writable = true,
+		.passthrough_fd = -1,
+		.no_passthrough = "a snapshot keeps its changes apart from the source",
+		.sector_size = below->sector_size,
+		.size = snap_size, .read = snap_read, .map = snap_map,
+		.write = snap_write, .flush = snap_flush, .punch = snap_zero,
+		.zero = snap_zero, .allocate = snap_allocate, .seek = snap_seek,
+		.resize = snap_resize, .space = snap_space,
+		.keep_no_copy = pass_keep_no_copy, .close = snap_close,
+	};
+	return &sn->s;
 }
 
 /*
@@ -2304,9 +3066,12 @@ static const char *why_no_passthrough(struct export *e)
 {
 	if (e->want_passthrough == OFF)
 		return "--passthrough=off";
-	if (e->top->passthrough_fd < 0)
-		return "the kernel passes through only to a regular file at the "
-		       "same offsets (not a block device, not a window)";
+	if (e->cache == CACHE_READ)
+		return "--cache=read asks for the kernel's page cache";
+	if (e->cache == CACHE_WRITEBACK)
+		return "--cache=writeback asks for the kernel's page cache";
+	if (e->top->no_passthrough)
+		return e->top->no_passthrough;
 	if (e->writable && !e->growable)
 		return "a fixed-size export's writes must come here (passed "
 		       "through, they could grow the source)";
@@ -2384,10 +3149,6 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 	 * any (SETATTR refuses those bits, there are no xattrs), and in return
 	 * the kernel stops looking for them on every write (SB_NOSEC). */
 	e->minor = min_u64(in->minor, FUSE_KERNEL_MINOR_VERSION);
-	/* Direct I/O keeps a single copy of the data cached, the source's;
-	 * without mmap on direct I/O files (before 6.6) use the page cache. */
-	if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
-		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
 	if (e->passthrough && !(offered & FUSE_PASSTHROUGH)) {
 		e->passthrough = false;
 		e->no_passthrough = "the kernel offers no FUSE passthrough "
@@ -2395,6 +3156,23 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		if (e->want_passthrough == ON)
 			return halt(e, "--passthrough=on: %s", e->no_passthrough);
 	}
+	/* auto: passthrough where it applies, else the kernel's page cache */
+	if (e->cache == CACHE_AUTO)
+		e->cache = e->passthrough ? CACHE_NONE : CACHE_READ;
+	if (e->cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
+		e->cache = CACHE_READ;
+	if (e->cache == CACHE_WRITEBACK)
+		flags |= FUSE_WRITEBACK_CACHE;
+	/* Direct I/O keeps a single copy of the data cached, the source's;
+	 * without mmap on direct I/O files (before 6.6) use the page cache.
+	 * The cache modes keep the kernel's copy, across opens, and the
+	 * source keeps none. */
+	if (e->cache != CACHE_NONE)
+		e->open_flags = FOPEN_KEEP_CACHE;
+	else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
+		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	if (e->cache != CACHE_NONE)
+		e->top->keep_no_copy(e->top);
 	if (e->passthrough) {
 		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
 		out->max_stack_depth = 1;	/* the source is no FUSE file */
@@ -2881,6 +3659,29 @@ static unsigned possible_cpus(void)
  * once every queue has registered. Returns 0 or -errno. */
 static int start_rings(struct export *e);
 
+/* Tell the kernel the export's size. With a writeback cache it keeps the
+ * size it has, 0 from the mount, and never takes ours from GETATTR; a
+ * store of the last byte (the kernel wants one at least) raises it.
+ * Returns 0 or -errno. */
+static int notify_size(struct export *e)
+{
+	uint64_t size = export_size(e);
+	struct fuse_notify_store_out store = {
+		.nodeid = FUSE_ROOT_ID, .offset = size - 1, .size = 1 };
+	struct fuse_out_header out = {
+		sizeof(out) + sizeof(store) + 1, FUSE_NOTIFY_STORE, 0 };
+	char last;
+	struct iovec iov[3] = { { &out, sizeof(out) }, { &store, sizeof(store) },
+				{ &last, 1 } };
+	ssize_t r;
+
+	if (!size)
+		return 0;
+	if ((r = e->top->read(e->top, &last, 1, size - 1)) != 1)
+		return r < 0 ? (int)r : -EIO;
+	return writev(e->fuse_fd, iov, 3) < 0 ? -errno : 0;
+}
+
 /* After the INIT reply: register the passthrough backing file, start the
  * rings, say which path the export takes, and tell the parent it is live.
  * Returns 0, or -EPROTO to halt. */
@@ -2902,6 +3703,16 @@ static int init_done(struct export *e)
 		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
 			"the source\n", e->writable ? "reads, writes, splice "
 			"and mmap" : "reads, splice and mmap");
+	if (e->debug && !e->passthrough)
+		fprintf(stderr, "fuseexport: cache: %s\n", e->cache == CACHE_NONE ?
+			"none: direct I/O, the source's page cache alone" :
+			e->cache == CACHE_READ ? "read: the kernel caches the "
+			"export's pages, writes go through to the source" :
+			"writeback: the kernel caches the export's pages and "
+			"writes them back; fsync or close makes them durable");
+	if (e->cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
+		return halt(e, "halting: telling the kernel the size: %s",
+			    strerror(-res));
 	if (e->uring && (res = start_rings(e)) < 0)
 		return halt(e, "halting: starting the io_uring queues: %s",
 			    strerror(-res));
@@ -2911,6 +3722,26 @@ static int init_done(struct export *e)
 			"write(2) on /dev/fuse, a thread per queue");
 	tell_ready(e);
 	return 0;
+}
+
+/* A request's payload buffer: page-aligned, for O_DIRECT to the source,
+ * and locked in memory where we may, so that serving a request never
+ * waits on the reclaim that may be waiting on us (a loop device over a
+ * cached export). Returns it, or NULL. */
+static char *request_buffer(void)
+{
+	char *b = aligned_alloc(4096, DATA_SIZE);
+
+	if (b)
+		mlock(b, DATA_SIZE);	/* RLIMIT_MEMLOCK may say no */
+	return b;
+}
+
+/* A serving thread may be needed to clean pages (a loop device over the
+ * export): let it dip into reserves, where the kernel lets us */
+static void serving_thread(void)
+{
+	prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
 }
 
 /*
@@ -2928,6 +3759,88 @@ static void unspill(struct request *r, size_t len)
 		       min_u64(len, sizeof(r->in)) - REQ_HEAD);
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000ULL + t.tv_nsec;
+}
+
+/* Read the next request into iov. A queue with nothing to read may spin
+ * up to SPIN_NS on a non-blocking fd before it sleeps in a blocking read,
+ * which saves a wake-up from idle per request: but only while it pays (the
+ * queue's last requests came within that time) and while an idle CPU is
+ * there for it (spin_budget). Sleeping, the fd blocks again, so that the
+ * kernel wakes one queue per request. Returns readv(2)'s result. */
+static ssize_t next_request(struct export *e, struct queue *q, struct iovec *iov)
+{
+	uint64_t start;
+	ssize_t n;
+
+	if (q->spin_score > 0 &&
+	    atomic_fetch_add(&e->spinners, 1) < atomic_load(&e->spin_budget)) {
+		if (!q->nonblocking && fcntl(q->fd, F_SETFL, O_NONBLOCK) == 0)
+			q->nonblocking = true;
+		start = now_ns();
+		do
+			n = readv(q->fd, iov, 2);
+		while (n < 0 && errno == EAGAIN && now_ns() - start < SPIN_NS);
+		atomic_fetch_add(&e->spin_ns, now_ns() - start);
+		atomic_fetch_sub(&e->spinners, 1);
+		if (n >= 0 || errno != EAGAIN) {
+			q->spin_score += q->spin_score < 8;
+			return n;
+		}
+		q->spin_score -= 2;	/* it did not pay: spin less */
+	} else if (q->spin_score > 0) {
+		atomic_fetch_sub(&e->spinners, 1);
+	}
+	if (q->nonblocking && fcntl(q->fd, F_SETFL, 0) == 0)
+		q->nonblocking = false;
+	start = now_ns();
+	n = readv(q->fd, iov, 2);
+	if (e->want_spin != OFF && now_ns() - start < SPIN_NS)
+		q->spin_score = 2;	/* a spin would have caught it */
+	return n;
+}
+
+/* Count how many queues may spin: the idle CPUs over the last interval,
+ * the time spent spinning included (it is idle time otherwise), from
+ * /proc/stat; none where there is no /proc */
+static void count_spin_budget(struct export *e)
+{
+	unsigned long long v[8] = { 0 }, idle, total = 0;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t now = now_ns(), spun = atomic_exchange(&e->spin_ns, 0);
+	FILE *f = fopen("/proc/stat", "re");
+	int i, budget = 0;
+
+	if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+			 &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8) {
+		if (f)
+			fclose(f);
+		atomic_store(&e->spin_budget, 0);
+		return;
+	}
+	fclose(f);
+	for (i = 0; i < 8; i++)
+		total += v[i];
+	idle = v[3] + v[4];
+	if (e->stat_at && total > e->stat_total && now > e->stat_at) {
+		/* in thousandths of a CPU */
+		uint64_t spare = cpus * 1000 * (idle - e->stat_idle) /
+				 (total - e->stat_total) +
+				 spun * 1000 / (now - e->stat_at);
+		budget = (spare + 500) / 1000;
+		budget = budget > cpus - 1 ? cpus - 1 : budget;
+	}
+	atomic_store(&e->spin_budget, budget);
+	e->stat_idle = idle;
+	e->stat_total = total;
+	e->stat_at = now;
+}
+
 /* A queue: read a request, serve it, reply on the same fd, until the
  * kernel says the export is gone (ENODEV) or it halts */
 static void *queue_loop(void *arg)
@@ -2937,8 +3850,9 @@ static void *queue_loop(void *arg)
 	struct request *r = &q->req;
 	struct iovec in[2] = { { &r->in, REQ_HEAD }, { r->data, DATA_SIZE } };
 
+	serving_thread();
 	while (!atomic_load(&e->halted)) {
-		ssize_t n = readv(q->fd, in, 2);
+		ssize_t n = next_request(e, q, in);
 		int k, err;
 		bool sent;
 
@@ -2990,7 +3904,7 @@ static void start_queues(struct export *e)
 
 		q->e = e;
 		q->fd = e->fuse_fd;
-		q->req.data = malloc(DATA_SIZE);
+		q->req.data = request_buffer();
 		q->req.zero_copy = true;
 		if (!q->req.data)
 			die("queue buffer:");
@@ -3053,7 +3967,7 @@ static int ring_setup(struct ring *r)
 	r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
 	for (i = 0; i < RING_DEPTH; i++) {
 		struct ring_entry *ent = &r->entry[i];
-		ent->payload = malloc(DATA_SIZE);
+		ent->payload = request_buffer();
 		if (!ent->payload)
 			return -ENOMEM;
 		ent->iov[0] = (struct iovec){ &ent->header, sizeof(ent->header) };
@@ -3134,6 +4048,7 @@ static void *ring_loop(void *arg)
 	unsigned live = RING_DEPTH, i;
 	cpu_set_t cpu;
 
+	serving_thread();
 	CPU_ZERO(&cpu);
 	CPU_SET(r->qid, &cpu);
 	pthread_setaffinity_np(pthread_self(), sizeof(cpu), &cpu);
@@ -3238,7 +4153,8 @@ static _Noreturn void print_and_exit(const char *text)
  * the value a bare -o NAME stands for. Both parsers apply them through
  * set_option(), so each is parsed in one place. */
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
-       OPT_SIZE, OPT_READ_ONLY, OPT_RETRY };
+       OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
+       OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_RETRY };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -3257,6 +4173,12 @@ static const struct option_row {
 	{ "offset", "offset", OPT_OFFSET, true, NULL },
 	{ "size", "size", OPT_SIZE, true, NULL },
 	{ "retry", "retry", OPT_RETRY, true, NULL },
+	{ "partition", "partition", OPT_PARTITION, true, NULL },
+	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
+	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
+	{ "commit", NULL, OPT_COMMIT, false, NULL },
+	{ "cache", "cache", OPT_CACHE, true, NULL },
+	{ "spin", "spin", OPT_SPIN, true, NULL },
 	{ "help", NULL, 'h', false, NULL },
 	{ "version", NULL, 'V', false, NULL },
 };
@@ -3304,6 +4226,34 @@ static void set_option(struct export *e, int id, const char *value,
 		break;
 	case OPT_RETRY:
 		e->retry = parse_number(what, value, 0, 86400);
+		break;
+	case OPT_PARTITION:
+		e->partition = parse_number(what, value, 1, MAX_PARTS);
+		break;
+	case OPT_PARTITIONS:
+		e->list_partitions = true;
+		break;
+	case OPT_SNAPSHOT:
+		e->snapshot = e->writable = true;
+		e->snapshot_file = *value ? value : NULL;
+		break;
+	case OPT_COMMIT:
+		e->commit = true;
+		break;
+	case OPT_SPIN:
+		e->want_spin = parse_mode(what, value);
+		if (e->want_spin == ON)
+			die("%s: '%s' is not auto or off", what, value);
+		break;
+	case OPT_CACHE:
+		for (e->cache = CACHE_NONE; e->cache <= CACHE_WRITEBACK &&
+		     strcmp(value, cache_names[e->cache]); e->cache++)
+			;
+		if (!strcmp(value, "auto"))
+			e->cache = CACHE_AUTO;
+		else if (e->cache > CACHE_WRITEBACK)
+			die("%s: '%s' is not auto, none, read or writeback", what,
+			    value);
 		break;
 	case 'h':
 		print_and_exit(usage_text);
@@ -3367,19 +4317,22 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	bool helper = mount_helper(argv[0]), fake = false;
 	char what[64];
 	unsigned i, k = 0;
-	int c;
+	int c, args;
 
 	memset(longopts, 0, sizeof(longopts));
 	for (i = 0; i < N_OPTIONS; i++)
 		if (option_table[i].name)
 			longopts[k++] = (struct option){ option_table[i].name,
-				option_table[i].value ? required_argument : no_argument,
-				NULL, option_table[i].id };
+				!option_table[i].value ? no_argument :
+				option_table[i].bare ? optional_argument :
+				required_argument, NULL, option_table[i].id };
 	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
 	e->want_allow_other = AUTO;
 	e->want_passthrough = AUTO;
 	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
 	e->retry = 30;
+	e->cache = CACHE_AUTO;
+	e->want_spin = AUTO;
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -3403,36 +4356,124 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		if (c == '?' || i == N_OPTIONS)
 			die("%s: unknown option (see --help)", argv[optind - 1]);
 		snprintf(what, sizeof(what), "--%s", option_table[i].name);
-		set_option(e, c, optarg, what);
+		set_option(e, c, optarg ? optarg : option_table[i].bare, what);
 	}
-	if (argc - optind != 2)
-		die("%s: expected SOURCE and MOUNTPOINT (see --help)",
-		    argc - optind < 2 ? "too few arguments" : "too many arguments");
+	args = e->list_partitions || e->commit ? 1 : 2;
+	if (argc - optind != args)
+		die("%s: expected %s (see --help)", argc - optind < args ?
+		    "too few arguments" : "too many arguments",
+		    args == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
 	e->source_path = argv[optind];
-	e->mountpoint = argv[optind + 1];
+	e->mountpoint = args == 2 ? argv[optind + 1] : NULL;
+	if (e->partition && (e->offset || e->window))
+		die("--partition does not go with --offset or --size");
+	if (e->snapshot && e->growable)
+		die("--snapshot keeps the source's size: not with --growable");
+	if (e->commit && !e->snapshot_file)
+		die("--commit needs --snapshot=FILE");
 	if (fake)
 		exit(0);
 }
 
-/* Build the source stack (the file, then the window if there is one),
+/* The source's identity in a snapshot's header: its device and inode
+ * (a block device's own number). Exits if it cannot be had. */
+static void source_id(const char *path, struct snap_header *id)
+{
+	uint64_t hash = 14695981039346656037ULL;
+	struct stat st;
+
+	if (is_nbd_uri(path)) {		/* an NBD export: its URI, FNV-1a */
+		for (; *path; path++)
+			hash = (hash ^ (unsigned char)*path) * 1099511628211ULL;
+		id->dev = 0;
+		id->ino = hash;
+		return;
+	}
+	if (stat(path, &st) < 0)
+		die("%s:", path);
+	id->dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
+	id->ino = S_ISBLK(st.st_mode) ? 0 : st.st_ino;
+}
+
+/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
+ * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
+ * removed once everything is in, so a commit that failed halfway, run
+ * again, finishes the job. Exits: 0 when done. */
+static _Noreturn void commit_snapshot(struct export *e)
+{
+	const char *file = e->snapshot_file;
+	struct snap_header h, id;
+	struct snapshot sn;
+	struct source *top;
+	char block[SNAP_BLOCK];
+	static const char zeros[SNAP_BLOCK];
+	uint64_t *map, b;
+	int fd = open(file, O_RDONLY | O_CLOEXEC), r;
+
+	if (fd < 0)
+		die("%s:", file);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		die("%s: in use by an export", file);
+	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) ||
+	    memcmp(h.magic, "FXSNAP1", 8) || h.block != SNAP_BLOCK)
+		die("%s: not a snapshot file", file);
+	top = open_bottom(e, true, false);
+	if (h.offset || h.size != top->size(top))
+		top = window_open(top, h.offset, h.size, e->source_path);
+	id = h;
+	source_id(e->source_path, &id);
+	if (memcmp(&id, &h, sizeof(h)))
+		die("%s: made for another source than %s", file, e->source_path);
+	snap_layout(&sn, h.size);
+	map = mmap(NULL, sn.map_len, PROT_READ, MAP_SHARED, fd, SNAP_MAP);
+	if (map == MAP_FAILED)
+		die("%s: mapping its block map:", file);
+	for (b = 0; b < sn.blocks; b++) {
+		size_t len = min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
+
+		if (!(map[b / 64] >> (b % 64) & 1))
+			continue;
+		if (pread(fd, block, len, sn.data + b * SNAP_BLOCK) != (ssize_t)len)
+			die("%s: reading block %llu:", file, (unsigned long long)b);
+		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK)
+					      : top->punch(top, b * SNAP_BLOCK, len);
+		if (r < 0)
+			die("%s: writing block %llu: %s", e->source_path,
+			    (unsigned long long)b, strerror(-r));
+	}
+	if ((r = top->flush(top, false)) < 0)
+		die("%s: flushing: %s", e->source_path, strerror(-r));
+	if (unlink(file) < 0)
+		die("%s: removing it after the commit:", file);
+	top->close(top);
+	exit(0);
+}
+
+/* Build the source stack (the file; a window or a partition; a snapshot),
  * settle whether passthrough is even possible, and take the exported
  * file's attributes. Exits on failure. */
 static void open_source(struct export *e)
 {
+	struct snap_header id = { .offset = e->offset };
 	struct stat st;
-	bool nbd = is_nbd_uri(e->source_path);
 
-	e->top = nbd ? nbd_open(e->source_path, e->writable, e->growable,
-				e->queues, e->retry, e->debug) :
-		       file_open(e->source_path, e->writable, e->growable);
-	if (e->offset || e->window)
+	e->top = open_bottom(e, e->writable && !e->snapshot, e->growable);
+	if (e->partition) {
+		e->top = partition_open(e->top, e->partition, e->source_path);
+		id.offset = window_of(e->top)->offset;
+	} else if (e->offset || e->window) {
 		e->top = window_open(e->top, e->offset, e->window, e->source_path);
+	}
+	if (e->snapshot) {
+		source_id(e->source_path, &id);
+		e->top = snapshot_open(e->top, e->snapshot_file, &id);
+	}
 	e->no_passthrough = why_no_passthrough(e);
 	if (e->want_passthrough == ON && e->no_passthrough)
 		die("--passthrough=on: %s", e->no_passthrough);
 	e->passthrough = !e->no_passthrough;
 
-	if (nbd) {			/* the times are the export's start */
+	if (is_nbd_uri(e->source_path)) {	/* the times: the export's start */
 		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
 		st.st_atim = st.st_ctim = st.st_mtim;
 	} else if (stat(e->source_path, &st) < 0) {
@@ -3745,6 +4786,7 @@ static void detach(struct export *e)
  * or a flush of the source failed */
 static int run_export(struct export *e)
 {
+	struct timespec tick = { 0, SPIN_SAMPLE_NS };
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
@@ -3758,7 +4800,10 @@ static int run_export(struct export *e)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
-		if (sigwait(&set, &sig) != 0)
+		sig = sigtimedwait(&set, NULL, e->want_spin != OFF ? &tick : NULL);
+		if (sig < 0 && errno == EAGAIN)
+			count_spin_budget(e);
+		if (sig < 0)
 			continue;
 		if (atomic_load(&e->halted)) {
 			/* Queues may sleep in read(2) for good (without root
@@ -3804,7 +4849,7 @@ struct export *fuseexport_new(int argc, char *argv[])
 	open_source(e);
 	e->queues = 1;
 	e->queue = calloc(1, sizeof(*e->queue));
-	if (!e->queue || !(e->queue->req.data = malloc(DATA_SIZE)))
+	if (!e->queue || !(e->queue->req.data = request_buffer()))
 		die("out of memory:");
 	e->queue->e = e;
 	e->queue->fd = -1;
@@ -3861,6 +4906,10 @@ int main(int argc, char *argv[])
 		die("out of memory:");
 	signal(SIGPIPE, SIG_IGN);	/* a closed stderr or parent: EPIPE */
 	parse_options(e, argc, argv);
+	if (e->list_partitions)
+		list_partitions(e);
+	if (e->commit)
+		commit_snapshot(e);
 	check_mountpoint(e);
 	open_source(e);
 	mount_export(e);

@@ -91,6 +91,11 @@ enum fuse_opcode {
 #define FUSE_PASSTHROUGH	(1ULL << 37)
 #define FUSE_OVER_IO_URING	(1ULL << 41)
 
+/* Notifications: the server's own writes to /dev/fuse, unique 0, the
+ * code in the out_header's error field */
+#define FUSE_NOTIFY_INVAL_INODE	2
+#define FUSE_NOTIFY_STORE	4
+
 /* OPEN reply flags */
 #define FOPEN_DIRECT_IO		(1U << 0)
 #define FOPEN_KEEP_CACHE	(1U << 1)
@@ -125,6 +130,9 @@ enum fuse_opcode {
 #endif
 #ifndef BLKZEROOUT
 #define BLKZEROOUT		_IO(0x12, 127)
+#endif
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER	57
 #endif
 #ifndef FALLOC_FL_KEEP_SIZE
 #define FALLOC_FL_KEEP_SIZE	0x01
@@ -319,6 +327,19 @@ struct fuse_lseek_out {
 	uint64_t offset;
 };
 
+struct fuse_notify_inval_inode_out {
+	uint64_t ino;
+	int64_t off;
+	int64_t len;
+};
+
+struct fuse_notify_store_out {
+	uint64_t nodeid;
+	uint64_t offset;
+	uint32_t size;
+	uint32_t padding;
+};
+
 struct fuse_kstatfs {
 	uint64_t blocks;
 	uint64_t bfree;
@@ -456,6 +477,8 @@ _Static_assert(sizeof(struct fuse_fallocate_in) == 32, "fuse_fallocate_in");
 _Static_assert(sizeof(struct fuse_lseek_in) == 24, "fuse_lseek_in");
 _Static_assert(sizeof(struct fuse_lseek_out) == 8, "fuse_lseek_out");
 _Static_assert(sizeof(struct fuse_statfs_out) == 80, "fuse_statfs_out");
+_Static_assert(sizeof(struct fuse_notify_inval_inode_out) == 24, "fuse_notify_inval_inode_out");
+_Static_assert(sizeof(struct fuse_notify_store_out) == 24, "fuse_notify_store_out");
 _Static_assert(sizeof(struct fuse_interrupt_in) == 8, "fuse_interrupt_in");
 _Static_assert(sizeof(struct fuse_batch_forget_in) == 8, "fuse_batch_forget_in");
 _Static_assert(sizeof(struct fuse_backing_map) == 16, "fuse_backing_map");
