@@ -80,7 +80,8 @@ URING_WAS= TPID=
 # is undone.
 
 # fuseexport servers of ours: recorded, or running with an argument under $ROOT,
-# or chrooted under $ROOT (the rescue-shell test)
+# or chrooted under $ROOT (the rescue-shell test); and NBD servers with an
+# argument under $ROOT
 our_servers() {
 	local p a r pid
 	for p in /proc/[0-9]*; do
@@ -89,7 +90,7 @@ our_servers() {
 		[ ${#a[@]} -gt 0 ] || continue
 		r=$(readlink "$p/root" 2>/dev/null) || continue
 		case $r in "$ROOT"/*) echo "$pid"; continue ;; esac
-		case ${a[0]##*/} in fuseexport*) ;; *) continue ;; esac
+		case ${a[0]##*/} in fuseexport*|qemu-nbd|nbdkit|nbd-server) ;; *) continue ;; esac
 		if grep -qx "$pid" "$ROOT/.pids" 2>/dev/null; then echo "$pid"; continue; fi
 		for x in "${a[@]}"; do
 			case $x in "$ROOT"/*) echo "$pid"; break ;; esac
@@ -2479,6 +2480,344 @@ t_snapshot_commit() {
 	bad -g --snapshot "$PWD/src" "$PWD/mp"
 	bad --snapshot --passthrough=on "$PWD/src" "$PWD/mp"
 	eq "$(sum src)" "$before" "the source after the refusals"
+# NBD sources: real servers (qemu-nbd, nbdkit, nbd-server) on unix sockets and
+# loopback, started by each test and stopped by cleanup_all (our_servers)
+
+# wait_socket PATH: fail unless the server's unix socket appears
+wait_socket() {
+	local i
+	for i in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done
+	fail "no server socket $1: $(cat "$TESTDIR/nbd.err" 2>/dev/null)"
+}
+
+# wait_port PORT: fail unless something listens on 127.0.0.1:PORT or [::1]:PORT
+wait_port() {
+	local i
+	for i in $(seq 100); do
+		ss -Hltn "sport = :$1" | grep -q . && return 0
+		sleep 0.05
+	done
+	fail "nothing listens on port $1: $(cat "$TESTDIR/nbd.err" 2>/dev/null)"
+}
+
+free_port() {
+	"$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# qnbd IMAGE [QEMU-NBD OPTIONS...]: qemu-nbd serving IMAGE (raw, holes
+# punched on request) on ./nbd.sock unless the options say where; NBDPID
+qnbd() {
+	local img=$PWD/$1; shift
+	case " $* " in *" -b "*|*" -p "*) ;; *) rm -f nbd.sock; set -- -k "$PWD/nbd.sock" "$@" ;; esac
+	qemu-nbd -f raw -t -e 32 --discard=unmap "$@" "$img" 2>>"$TESTDIR/nbd.err" &
+	NBDPID=$!
+	case " $* " in *" -k "*) wait_socket "$PWD/nbd.sock" ;; esac
+}
+
+# nbdk ARGS...: nbdkit on ./nbd.sock with these plugin (and filter) args; NBDPID
+nbdk() {
+	rm -f nbd.sock
+	nbdkit -f -U "$PWD/nbd.sock" "$@" 2>>"$TESTDIR/nbd.err" &
+	NBDPID=$!
+	wait_socket "$PWD/nbd.sock"
+}
+
+# the whole behaviour of a writable NBD export against its image
+t_nbd_qemu() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock"
+	mkimg src 64; cp src expected; : >mp
+	qnbd src
+	fx_up $1 -w "$uri" "$PWD/mp"
+	eq "$(stat -c %s mp)" $((64 * MiB)) "size"
+	eq "$(stat -c %A mp)" "-rw-------" "writable mode"
+	cmp src mp || fail "cmp"
+	dd if=mp bs=1M iflag=direct status=none | cmp - src || fail "dd iflag=direct"
+	cmp <(range mp 12345 777777) <(range src 12345 777777) || fail "unaligned read"
+	head -c 300000 /dev/urandom >data
+	put mp 4097 data; put expected 4097 data
+	put mp $((64 * MiB - 300000)) data oflag=direct; put expected $((64 * MiB - 300000)) data
+	eq "$("$PY" "$FXIO" pwrite mp $((64 * MiB)) 4096)" ENOSPC "pwrite at the end"
+	cmp mp expected || fail "read back through the export"
+	xio "$PWD/mp" "fsync" "fdatasync"
+	fio_run --ioengine=psync
+	fio_run --ioengine=libaio --iodepth=16 --direct=1 --rw=randrw --bs=64k
+	cp mp copy
+	fx_down "$PWD/mp"
+	cmp src copy || fail "the image after fio"
+}
+
+# nbd:// over 127.0.0.1 and [::1], named exports, the default port's syntax
+t_nbd_tcp() {
+	local port
+	mkimg src 32; : >mp
+	port=$(free_port)
+	qnbd src -b 127.0.0.1 -p "$port" -x disk
+	wait_port "$port"
+	fx_up $1 "nbd://127.0.0.1:$port/disk" "$PWD/mp"
+	cmp src mp || fail "cmp over 127.0.0.1"
+	fx_down "$PWD/mp"
+	"$FX" "nbd://127.0.0.1:$port/nosuch" "$PWD/mp" 2>err && fail "a missing export accepted"
+	grep -q "nosuch" err || fail "the refusal does not name the export: $(cat err)"
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	if ip -6 addr show dev lo 2>/dev/null | grep -q '::1'; then
+		port=$(free_port)
+		qnbd src -b ::1 -p "$port" -x 'a disk'
+		wait_port "$port"
+		fx_up $1 -w "nbd://[::1]:$port/a%20disk" "$PWD/mp"
+		cmp src mp || fail "cmp over [::1]"
+		fx_down "$PWD/mp"
+	else
+		log "no ::1 here: IPv6 not tried"
+	fi
+}
+
+# with -q N and CAN_MULTI_CONN, N connections; without it one carries all
+t_nbd_multi_conn() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock"
+	mkimg src 64; : >mp
+	nbdk file "$PWD/src"
+	fx_fg -d -q 4 -w "$uri" "$PWD/mp"
+	grep -q "4 connections" fg.err || fail "-q 4 on a multi-conn server: $(head -n 1 fg.err)"
+	eq "$(ss -Hx | grep -c "$PWD/nbd.sock")" 4 "the server's connections"
+	fio_run --ioengine=psync
+	fx_down "$PWD/mp"
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	nbdk --filter=multi-conn file "$PWD/src" multi-conn-mode=disable
+	fx_fg -d -q 4 -w "$uri" "$PWD/mp"
+	grep -q "1 connection," fg.err || fail "-q 4 without multi-conn: $(head -n 1 fg.err)"
+	# many requests in flight on the one connection: parallel fio is not serialised
+	fio_run --ioengine=libaio --iodepth=16 --direct=1
+	fx_down "$PWD/mp"
+}
+
+t_nbd_ext4() {
+	mkdir fs; truncate -s 64M src; : >mp
+	qnbd src
+	fx_up $1 -w "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	mkfs.ext4 -q -F mp || fail "mkfs.ext4 on the export"
+	track_mount "$PWD/fs"
+	mount -o loop mp fs || fail "mount -o loop"
+	head -c $((8 * MiB)) /dev/urandom >fs/big
+	cp "$FX" fs/fx; seq 100000 >fs/seq
+	sync
+	umount fs || fail "umount the ext4"
+	e2fsck -fn mp >"$TESTDIR/fsck" 2>&1 || fail "e2fsck -fn: $(cat "$TESTDIR/fsck")"
+	fx_down "$PWD/mp"
+	e2fsck -fn src >"$TESTDIR/fsck" 2>&1 || fail "e2fsck -fn on the image: $(cat "$TESTDIR/fsck")"
+}
+
+# punch leaves a hole in the server's image; zero range reads as zeros;
+# SEEK_DATA/SEEK_HOLE come from base:allocation
+t_nbd_punch_seek() {
+	dd if=/dev/urandom of=src bs=1M count=8 status=none; : >mp
+	qnbd src
+	fx_up $1 -w "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	xio "$PWD/mp" "fpunch $MiB $MiB" "fzero $((4 * MiB)) 64k" "fpunch 12345 1000"
+	zeros mp $MiB $MiB
+	zeros mp $((4 * MiB)) 65536
+	zeros mp 12345 1000
+	qemu-img map --output=json -f raw src >map.json
+	grep -q "\"start\": $MiB, \"length\": $MiB,.*\"data\": false" map.json ||
+		fail "qemu-img map shows no hole at 1 MiB: $(cat map.json)"
+	xfs_io -c "seek -h 0" -c "seek -d $MiB" mp >seek.out
+	grep -q "HOLE.*$MiB" seek.out || fail "SEEK_HOLE: $(cat seek.out)"
+	grep -q "DATA.*$((2 * MiB))" seek.out || fail "SEEK_DATA: $(cat seek.out)"
+	cp mp copy
+	fx_down "$PWD/mp"
+	cmp src copy || fail "the image"
+}
+
+# the server killed and restarted under a running fio verify: the requests
+# in flight are sent again, nothing acknowledged is lost, no error
+t_nbd_reconnect() {
+	mkimg src 64; : >mp
+	qnbd src
+	fx_fg -d -w --retry=20 "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	fio --name=verify --filename="$PWD/mp" --rw=randwrite --bs=4k --size=16M \
+		--offset_increment=16M --numjobs=4 --verify=crc32c --do_verify=1 \
+		--verify_fatal=1 --group_reporting --minimal --ioengine=psync \
+		--loops=4 >fio.out 2>&1 &
+	local fio=$! i
+	sleep 1
+	kill -KILL "$NBDPID"
+	sleep 1
+	[ -d "/proc/$fio" ] || fail "fio ended before the server came back: $(cat fio.out)"
+	qnbd src
+	sleep 1
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	qnbd src
+	wait "$fio" || fail "fio verify across the reconnects: $(cat fio.out)"
+	grep -q "connection 0 lost" fg.err || fail "-d does not log the loss: $(cat fg.err)"
+	grep -q "made again" fg.err || fail "-d does not log the reconnect: $(cat fg.err)"
+	cp mp copy
+	fx_down "$PWD/mp"
+	cmp src copy || fail "the image after the reconnects"
+}
+
+# the server gone for good: requests fail with EIO after --retry, no hang
+t_nbd_gone() {
+	local t0 t1
+	mkimg src 8; : >mp
+	qnbd src
+	fx_up $1 --retry=2 "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	cmp src mp || fail "cmp"
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	t0=$(date +%s)
+	timeout 30 dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>err && fail "a read with the server gone succeeded"
+	t1=$(date +%s)
+	grep -q "Input/output error" err || fail "the read failed with: $(cat err)"
+	[ $((t1 - t0)) -le 10 ] || fail "the read took $((t1 - t0)) s with --retry=2"
+	# back again: the export works again
+	qnbd src
+	for i in $(seq 50); do dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null && break; sleep 0.2; done
+	cmp src mp || fail "cmp once the server is back"
+	fx_down "$PWD/mp"
+}
+
+# a read-only server: -w refused with one line, a read-only export works
+t_nbd_readonly() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" before
+	mkimg src 16; : >mp
+	before=$(sum src)
+	qnbd src -r
+	bad -w "$uri" "$PWD/mp"
+	grep -q "read-only" err || fail "the refusal: $(cat err)"
+	fx_up $1 "$uri" "$PWD/mp"
+	eq "$(stat -c %A mp)" "-r--------" "read-only mode"
+	cmp src mp || fail "cmp"
+	dd if=/dev/zero of=mp bs=4k count=1 conv=notrunc status=none 2>/dev/null && fail "a write succeeded"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "image"
+}
+
+# nbdkit's memory plugin (writable, sizes not a multiple of 512) and
+# sparse-random (data and holes, compared with qemu-img's own NBD client)
+t_nbd_nbdkit() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" s=1000001
+	: >mp
+	nbdk memory size=$s
+	fx_up $1 -w "$uri" "$PWD/mp"
+	eq "$(stat -c %s mp)" $s "size"
+	head -c $s /dev/urandom >expected
+	dd if=expected of=mp bs=64k conv=notrunc status=none || fail "write the whole export"
+	cmp mp expected || fail "read back"
+	eq "$("$PY" "$FXIO" pwrite mp $((s - 10)) 100 0x41)" 10 "bytes written by a pwrite straddling the end"
+	fx_down "$PWD/mp"
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	nbdk sparse-random size=64M seed=1234 percent=30 runlength=524288
+	qemu-img convert -f raw -O raw "$uri" ref || fail "qemu-img convert from nbdkit"
+	fx_up $1 "$uri" "$PWD/mp"
+	cmp mp ref || fail "cmp with qemu-img's copy"
+	"$PY" - "$PWD/mp" <<-'PY' >ours.txt || fail "walking SEEK_DATA/SEEK_HOLE"
+		import os, sys
+		fd = os.open(sys.argv[1], os.O_RDONLY); size = os.fstat(fd).st_size; pos = 0
+		while pos < size:
+		    try: d = os.lseek(fd, pos, os.SEEK_DATA)
+		    except OSError: break
+		    h = os.lseek(fd, d, os.SEEK_HOLE); print(d, h); pos = h
+	PY
+	qemu-img map --output=json -f raw "$uri" | "$PY" -c '
+import json, sys
+runs = []
+for m in json.load(sys.stdin):
+    if not m["data"]: continue
+    if runs and runs[-1][1] == m["start"]: runs[-1][1] += m["length"]
+    else: runs.append([m["start"], m["start"] + m["length"]])
+for r in runs: print(r[0], r[1])' >theirs.txt
+	[ "$(wc -l <ours.txt)" -gt 2 ] || fail "sparse-random shows no holes: $(cat ours.txt)"
+	cmp ours.txt theirs.txt || fail "SEEK_DATA/SEEK_HOLE differ from qemu-img map"
+	fx_down "$PWD/mp"
+}
+
+# a server that takes only whole 4 KiB blocks (at most 64 KiB at once):
+# unaligned reads and writes are aligned, read-modify-written and split
+t_nbd_block_size() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock"
+	: >mp
+	nbdk --filter=blocksize-policy memory size=16M blocksize-error-policy=error \
+		blocksize-minimum=4096 blocksize-preferred=65536 blocksize-maximum=65536
+	fx_up $1 -w "$uri" "$PWD/mp"
+	head -c $((16 * MiB)) /dev/urandom >expected
+	dd if=expected of=mp bs=1M conv=notrunc status=none || fail "write the whole export"
+	head -c 300001 /dev/urandom >data
+	put mp 4097 data; put expected 4097 data
+	put mp 100 data; put expected 100 data
+	cmp mp expected || fail "read back after unaligned writes"
+	cmp <(range mp 12345 777777) <(range expected 12345 777777) || fail "an unaligned read"
+	xio "$PWD/mp" "fzero 1000 10000" "fpunch 70000 5000"
+	head -c 10000 /dev/zero >z; put expected 1000 z
+	head -c 5000 /dev/zero >z; put expected 70000 z
+	cmp mp expected || fail "after unaligned zero and punch"
+	fio --name=verify --filename="$PWD/mp" --rw=randwrite --bs=512 --size=4M \
+		--offset_increment=4M --numjobs=4 --verify=crc32c --do_verify=1 \
+		--verify_fatal=1 --group_reporting --minimal --ioengine=psync \
+		--number_ios=2000 >fio.out 2>&1 || fail "fio bs=512 verify: $(cat fio.out)"
+	fx_down "$PWD/mp"
+	grep -i "error" "$TESTDIR/nbd.err" && fail "the server refused requests: $(cat "$TESTDIR/nbd.err")"
+	return 0
+}
+
+# nbd-server, the reference server, on a unix socket
+t_nbd_server() {
+	mkimg src 32; cp src expected; : >mp
+	cat >nbd.conf <<-EOF2
+		[generic]
+		unixsock = $PWD/nbd.sock
+		[disk]
+		exportname = $PWD/src
+	EOF2
+	rm -f nbd.sock
+	# it forks into the background, and a child per connection
+	nbd-server -C "$PWD/nbd.conf" 2>>"$TESTDIR/nbd.err" || fail "nbd-server: $(cat "$TESTDIR/nbd.err")"
+	wait_socket "$PWD/nbd.sock"
+	fx_up $1 -w "nbd+unix:///disk?socket=$PWD/nbd.sock" "$PWD/mp"
+	cmp src mp || fail "cmp"
+	head -c 300000 /dev/urandom >data
+	put mp 4097 data; put expected 4097 data
+	cmp mp expected || fail "read back"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "the image"
+}
+
+# a window on an NBD export: nothing outside it changes
+t_nbd_window() {
+	mkimg src 32; cp src orig; : >mp
+	qnbd src
+	fx_up $1 -w --offset=3M --size=5M "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	eq "$(stat -c %s mp)" $((5 * MiB)) "size"
+	cmp mp <(range src $((3 * MiB)) $((5 * MiB))) || fail "window content"
+	head -c $((5 * MiB)) /dev/urandom >data
+	dd if=data of=mp bs=1M conv=notrunc status=none || fail "write the window"
+	fx_down "$PWD/mp"
+	cmp <(range src 0 $((3 * MiB))) <(range orig 0 $((3 * MiB))) || fail "before the window"
+	cmp <(range src $((8 * MiB)) $((24 * MiB))) <(range orig $((8 * MiB)) $((24 * MiB))) || fail "after the window"
+	cmp <(range src $((3 * MiB)) $((5 * MiB))) data || fail "the window"
+}
+
+# bad URIs and servers: one line each, nothing mounted
+t_nbd_bad() {
+	bad_setup
+	local s=$PWD/nbd.sock
+	for u in "nbd://" "nbd://:10809" "nbd://host:0" "nbd://host:99999" "nbd://host:1x" \
+		"nbd://[::1" "nbd://user@127.0.0.1" "nbd+unix:///x" "nbd+unix://host/?socket=$s" \
+		"nbd+unix:///?socket=" "nbd://127.0.0.1/?socket=$s" "nbd://127.0.0.1/%zz" \
+		"nbd+unix:///?socket=$s&foo=1" "nbds://127.0.0.1" "nbds+unix:///?socket=$s" \
+		"nbd://127.0.0.1/#frag" "nbd+unix:///?socket=$s"; do
+		bad "$u" "$PWD/mp"
+	done
+	port=$(free_port)
+	bad "nbd://127.0.0.1:$port" "$PWD/mp"
+	grep -q "refused" err || fail "no server: $(cat err)"
+	# not an NBD server at all
+	"$PY" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+c, _ = s.accept(); c.sendall(b"HTTP/1.0 400 Bad\r\n\r\n" * 4); c.recv(100)' "$s" &
+	wait_socket "$s"
+	bad "nbd+unix:///?socket=$s" "$PWD/mp"
+	grep -q "not an NBD server" err || fail "not NBD: $(cat err)"
+	qnbd src
+	bad -g "nbd+unix:///?socket=$s" "$PWD/mp"
+	bad --offset=5M "nbd+unix:///?socket=$s" "$PWD/mp"
 }
 
 # ---------------------------------------------------------------------------
@@ -2793,6 +3132,20 @@ t "snapshot: SEEK_DATA/SEEK_HOLE see data written into holes and holes punched i
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
 t "snapshot of an unaligned window: the commit lands there alone, runs again the same; bad commits refused" "$M xfs_io" t_snapshot_commit
+NBD_MODE="-q 2"	# the NBD tests: one representative mode
+t "nbd: qemu-nbd on a unix socket: cmp, writes, fsync, fio verify" "$M qemu-nbd fio python3 xfs_io" t_nbd_qemu "$NBD_MODE"
+t "nbd: nbd:// over 127.0.0.1 and [::1], named exports" "$M qemu-nbd ss python3" t_nbd_tcp "$NBD_MODE"
+t "nbd: -q 4 makes 4 connections where multi-conn is offered, else one carries all" "$M nbdkit ss fio" t_nbd_multi_conn
+t "nbd: mkfs.ext4, mount -o loop, e2fsck -fn" "$M qemu-nbd ext4" t_nbd_ext4 "$NBD_MODE"
+t "nbd: punch leaves a hole in the image (qemu-img map), zero range, SEEK_DATA/SEEK_HOLE" "$M qemu-nbd qemu-img xfs_io" t_nbd_punch_seek "$NBD_MODE"
+t "nbd: server killed and restarted under fio verify: no error, nothing lost" "$M qemu-nbd fio" t_nbd_reconnect
+t "nbd: server gone for good: EIO after --retry, no hang; back again: works" "$M qemu-nbd" t_nbd_gone "$NBD_MODE"
+t "nbd: read-only server: -w refused, read-only export works" "$M qemu-nbd" t_nbd_readonly "$NBD_MODE"
+t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$M nbdkit qemu-img python3" t_nbd_nbdkit "$NBD_MODE"
+t "nbd: 4 KiB minimum block size: unaligned I/O aligned and read-modify-written" "$M nbdkit fio xfs_io" t_nbd_block_size "$NBD_MODE"
+t "nbd: nbd-server on a unix socket" "$M nbd-server" t_nbd_server "$NBD_MODE"
+t "nbd: a window on an NBD export" "$M qemu-nbd" t_nbd_window "$NBD_MODE"
+t "nbd: bad URIs and servers refused with one line" "python3 qemu-nbd" t_nbd_bad
 
 B="bad input:"
 t "$B no arguments" "" b_no_args
