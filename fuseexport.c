@@ -7,25 +7,31 @@
  * per CPU on FUSE over io_uring; reads and writes may bypass it altogether
  * by kernel passthrough. Every request, whichever transport brought it, is
  * one struct request handled by serve(), whose handlers speak only to the
- * top of a stack of sources: the file or block device at the bottom, a
- * window on it, fault rules, a volatile write cache. Modelled on QEMU's
- * FUSE block export (block/export/fuse.c).
+ * top of a stack of sources: the file or block device, or an NBD server's
+ * export (spoken to as the NBD protocol document says), at the bottom; a
+ * window or partition on it; a snapshot; fault rules; a volatile write
+ * cache. Modelled on QEMU's FUSE block export (block/export/fuse.c).
  * The usage text below is what -h prints.
  *
  * The file reads top-down: the request and the source stack, the export's
- * state, the file source, the window, the fault layer, the volatile
- * cache, the control FIFO, the handlers, the dispatcher, the
- * read(2) transport, the io_uring transport, options, mounting, main().
+ * state, the file source, the NBD source, the window, partitions, the
+ * snapshot, the fault layer, the volatile cache, the control FIFO, the
+ * handlers, the dispatcher, the read(2) transport, the io_uring transport,
+ * options, mounting, main().
  *
  * Copyright the fuseexport authors.
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #define _GNU_SOURCE
 #define _FILE_OFFSET_BITS 64	/* 32-bit builds: offsets past 4 GiB */
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -44,6 +50,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -56,11 +63,12 @@ static const char usage_text[] =
 "       fuseexport --partitions SOURCE\n"
 "       fuseexport --commit --snapshot=FILE SOURCE\n"
 "\n"
-"Export SOURCE (a raw image file or a block device) as the regular file\n"
-"MOUNTPOINT, which must exist and may be SOURCE itself. The export ends with\n"
-"umount MOUNTPOINT or SIGTERM to the server. Without root it mounts through\n"
-"fusermount3. As mount.fuseexport it takes mount(8)'s helper arguments:\n"
-"SOURCE MOUNTPOINT [-o OPTS] [-n] [-v].\n"
+"Export SOURCE (a raw image file, a block device, or an NBD server's export:\n"
+"nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH, no TLS) as the\n"
+"regular file MOUNTPOINT, which must exist and may be SOURCE itself. The\n"
+"export ends with umount MOUNTPOINT or SIGTERM to the server. Without root it\n"
+"mounts through fusermount3. As mount.fuseexport it takes mount(8)'s helper\n"
+"arguments: SOURCE MOUNTPOINT [-o OPTS] [-n] [-v].\n"
 "\n"
 "  -w, --writable          allow writes (default: read-only)\n"
 "  -g, --growable          writes past the end grow the image (implies -w)\n"
@@ -93,12 +101,14 @@ static const char usage_text[] =
 "      --write-cache=volatile      hold writes in memory until a flush\n"
 "      --control=PATH      make a FIFO at PATH taking the lines: fault RULE,\n"
 "                          clear, crash, crash torn\n"
+"      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
+"                          to be made again before they fail (default: 30)\n"
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
 "                          io_uring=MODE, offset=, size=, partition=,\n"
 "                          snapshot[=FILE], cache=, spin=, seed=,\n"
-"                          write_cache=, control=; generic mount options\n"
-"                          are ignored\n"
+"                          write_cache=, control=, retry=; generic mount\n"
+"                          options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
 
@@ -288,6 +298,7 @@ struct export {
 	atomic_bool control_stop;	/* the export is over: the thread ends */
 	struct faults *faults;		/* the layers, if stacked */
 	struct cache *volatile_cache;
+	unsigned retry;			/* NBD: seconds to wait for a reconnect */
 	unsigned partition;		/* --partition: its number, or 0 */
 	bool list_partitions;		/* --partitions: print them, export nothing */
 	bool snapshot, commit;		/* --snapshot, --commit */
@@ -760,6 +771,1493 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 }
 
 /*
+ * The NBD source (SOURCE nbd://HOST[:PORT][/EXPORT] or
+ * nbd+unix:///EXPORT?socket=PATH): the bottom of a stack whose bytes live
+ * on an NBD server, spoken to as the NBD project's doc/proto.md says: the
+ * fixed newstyle handshake, NBD_OPT_GO, structured replies and the
+ * base:allocation context where the server has them. No TLS.
+ *
+ * A connection carries many requests at once: a caller takes a cookie and
+ * sends its request under the send lock; then one caller at a time, in
+ * the connection's receive role, takes every reply, checks it as if the
+ * server were hostile, puts a READ's data straight into its caller's
+ * buffer and wakes that caller, while the others sleep on their own
+ * condition variables. With -q N and a server that allows it
+ * (CAN_MULTI_CONN), N connections, used in turn. A connection that drops
+ * is made again by the caller in the receive role, with backoff; the
+ * requests in flight are then sent again by their callers, and a caller
+ * whose connection has been down longer than --retry gets EIO.
+ */
+enum {
+	NBD_MAX_CONNS = 16,
+	NBD_MAX_IO = 32 << 20,		/* the most one READ or WRITE carries,
+					 * unless the server wants less */
+	NBD_MAX_PIECES = 32,		/* stretches a READ's chunks may make */
+	NBD_MAX_SENDS = 10,		/* sends of a request before EIO */
+	NBD_SETUP_SECONDS = 10,		/* for a connection and its handshake */
+	NBD_BACKOFF_MIN_MS = 50,
+	NBD_BACKOFF_MAX_MS = 2000,
+	NBD_STATUS_MAX = 4 + 8 * (1 << 20),	/* the longest status chunk */
+	NBD_RECV_BUFFER = 64 << 10,	/* replies are read this much at once */
+};
+
+/* What a handshake agreed; every connection of a source must agree the
+ * same, but for its meta context id */
+struct nbd_info {
+	uint64_t size;
+	uint16_t flags;			/* transmission flags */
+	bool structured, has_meta;
+	uint32_t meta_id;		/* base:allocation's, on this connection */
+	uint32_t min_block, max_payload;
+};
+
+/* A request in flight, on its caller's stack */
+struct nbd_cmd {
+	struct nbd_cmd *next;
+	pthread_cond_t wake;
+	uint64_t cookie;
+	uint16_t type, flags;
+	uint64_t offset;
+	uint32_t length;
+	char *buf;		/* READ: where its data goes; WRITE: the data */
+	unsigned sent;		/* the connection it went out on (0: none) */
+	unsigned sends;
+	bool done;
+	int error;		/* 0 or -errno */
+	/* READ with structured replies: the stretches its chunks covered */
+	unsigned npieces;
+	struct { uint64_t start, end; } piece[NBD_MAX_PIECES];
+	/* BLOCK_STATUS: the first offset from `from` whose state whence
+	 * (SEEK_DATA, SEEK_HOLE) looks for, or UINT64_MAX; and the end of the
+	 * extents reported */
+	int whence;
+	bool got_status;
+	uint64_t from, found, status_end;
+};
+
+struct nbd_source;
+
+struct nbd_conn {
+	struct nbd_source *n;
+	unsigned index;
+	pthread_mutex_t send_lock;	/* one request on the wire at a time;
+					 * held to change fd */
+	pthread_mutex_t lock;		/* the fields below */
+	int fd;				/* -1 while down */
+	uint32_t meta_id;
+	unsigned generation;		/* counts the connections made */
+	struct timespec down_since;	/* CLOCK_MONOTONIC */
+	unsigned backoff_ms;
+	struct nbd_cmd *inflight;
+	uint64_t next_cookie;
+	bool receiving;			/* a caller holds the receive role */
+	/* the receive role's: what it received and has not taken yet */
+	char *recv_buf;
+	size_t recv_pos, recv_len;
+};
+
+struct nbd_source {
+	struct source s;
+	const char *uri;
+	char *host, *port;		/* TCP */
+	char *socket_path;		/* a unix socket (abstract: starts with NUL) */
+	size_t socket_len;
+	char *export_name;
+	struct nbd_info info;		/* what the first connection agreed */
+	uint32_t max_io;		/* a multiple of info.min_block */
+	unsigned retry;			/* seconds a caller waits for a reconnect */
+	bool debug;
+	pthread_rwlock_t rmw_lock;	/* read-modify-writes of ragged blocks
+					 * exclusive, other writes shared */
+	const char *zeros;		/* max_io bytes of the zero page */
+	pthread_condattr_t monotonic;
+	unsigned nconns;
+	atomic_uint next_conn;
+	struct nbd_conn *conn;
+};
+
+static struct nbd_source *nbd_of(struct source *s)
+{
+	return (struct nbd_source *)s;
+}
+
+/* Read exactly n bytes from fd: 0, or -errno (-ECONNRESET: the stream
+ * ended) */
+static int read_full(int fd, void *buf, size_t n)
+{
+	while (n) {
+		ssize_t r = read(fd, buf, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ECONNRESET;
+		buf = (char *)buf + r;
+		n -= r;
+	}
+	return 0;
+}
+
+
+/* Send a, then b (blen may be 0), whole on the socket fd: 0 or -errno */
+static int send_full(int fd, const void *a, size_t alen, const void *b, size_t blen)
+{
+	struct iovec iov[2] = { { (void *)a, alen }, { (void *)b, blen } };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+
+	while (iov[0].iov_len + iov[1].iov_len) {
+		ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+		size_t k = r, i;
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		for (i = 0; i < 2; i++) {
+			size_t m = min_u64(k, iov[i].iov_len);
+			iov[i].iov_base = (char *)iov[i].iov_base + m;
+			iov[i].iov_len -= m;
+			k -= m;
+		}
+	}
+	return 0;
+}
+
+/* The value of a hex digit, or -1 */
+static int hex_digit(char c)
+{
+	const char *digits = "0123456789abcdef", *p;
+
+	c |= 0x20;
+	p = c ? strchr(digits, c) : NULL;
+	return p ? p - digits : -1;
+}
+
+/* The n bytes at s with their %XX escapes decoded, as a new string whose
+ * length goes to *len, or NULL if an escape is bad */
+static char *uri_decode(const char *s, size_t n, size_t *len)
+{
+	char *out = malloc(n + 1), *o = out;
+	size_t i;
+
+	if (!out)
+		die("out of memory:");
+	for (i = 0; i < n; i++) {
+		if (s[i] != '%') {
+			*o++ = s[i];
+		} else if (i + 2 < n && hex_digit(s[i + 1]) >= 0 &&
+			   hex_digit(s[i + 2]) >= 0) {
+			*o++ = hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2]);
+			i += 2;
+		} else {
+			free(out);
+			return NULL;
+		}
+	}
+	*o = 0;
+	*len = o - out;
+	return out;
+}
+
+/* Take an NBD URI apart as the NBD URI document has it:
+ * nbd://HOST[:PORT][/EXPORT] (HOST may be an [IPv6 address]) or
+ * nbd+unix:///EXPORT?socket=PATH. Exits with one line on a bad one. */
+static void nbd_parse_uri(struct nbd_source *n, const char *uri)
+{
+	const char *p, *auth_end, *path_end, *q;
+	bool unix_socket = !strncmp(uri, "nbd+unix://", 11);
+	size_t len;
+
+	if (!strncmp(uri, "nbds", 4))
+		die("%s: NBD over TLS is not supported (reach a remote server "
+		    "through an SSH-forwarded unix socket instead: see the README)", uri);
+	if (strncmp(uri, "nbd://", 6) && !unix_socket)
+		die("%s: not an NBD URI (nbd://HOST[:PORT][/EXPORT] or "
+		    "nbd+unix:///EXPORT?socket=PATH)", uri);
+	if (strchr(uri, '#'))
+		die("%s: an NBD URI has no #fragment", uri);
+	p = uri + (unix_socket ? 11 : 6);
+	auth_end = p + strcspn(p, "/?");
+	path_end = auth_end + strcspn(auth_end, "?");
+	if (unix_socket && auth_end != p)
+		die("%s: nbd+unix takes no host (nbd+unix:///EXPORT?socket=PATH)", uri);
+	if (!unix_socket) {
+		const char *host_end, *port;
+		char *end;
+		unsigned long v;
+
+		if (memchr(p, '@', auth_end - p))
+			die("%s: a user name is for TLS, which fuseexport does not speak", uri);
+		if (*p == '[') {
+			host_end = memchr(p, ']', auth_end - p);
+			if (!host_end)
+				die("%s: an [IPv6 address] without its ]", uri);
+			n->host = strndup(p + 1, host_end - p - 1);
+			host_end++;
+		} else {
+			host_end = p + strcspn(p, ":/?");
+			n->host = strndup(p, host_end - p);
+		}
+		if (!n->host)
+			die("out of memory:");
+		if (!*n->host)
+			die("%s: no host (nbd://HOST[:PORT][/EXPORT])", uri);
+		if (host_end < auth_end && *host_end != ':')
+			die("%s: a bad host", uri);
+		port = host_end < auth_end ? host_end + 1 : NBD_DEFAULT_PORT;
+		n->port = strndup(port, host_end < auth_end ? (size_t)(auth_end - port)
+							    : strlen(port));
+		if (!n->port)
+			die("out of memory:");
+		errno = 0;
+		v = strtoul(n->port, &end, 10);
+		if (!*n->port || *end || *n->port < '0' || *n->port > '9' ||
+		    errno || v < 1 || v > 65535)
+			die("%s: a bad port (1 to 65535)", uri);
+	}
+	if (*auth_end == '/') {
+		n->export_name = uri_decode(auth_end + 1, path_end - auth_end - 1, &len);
+		if (!n->export_name || strlen(n->export_name) != len)
+			die("%s: a bad %%-escape in the export name", uri);
+		if (len > NBD_MAX_STRING)
+			die("%s: the export name is over %d bytes", uri, NBD_MAX_STRING);
+	} else if (!(n->export_name = strdup(""))) {
+		die("out of memory:");
+	}
+	for (q = *path_end ? path_end + 1 : path_end; *q; q += *q == '&') {
+		const char *end = q + strcspn(q, "&");
+
+		if (!strncmp(q, "socket=", 7) && unix_socket && !n->socket_path) {
+			struct sockaddr_un sun;
+			char *path = uri_decode(q + 7, end - q - 7, &len), *abs;
+
+			if (!path || !len || (*path && strlen(path) != len))
+				die("%s: a bad socket path", uri);
+			if (*path && *path != '/') {	/* the server reconnects from / */
+				char *cwd = getcwd(NULL, 0);
+				if (!cwd || asprintf(&abs, "%s/%s", cwd, path) < 0)
+					die("getcwd:");
+				free(cwd);
+				free(path);
+				path = abs;
+				len = strlen(path);
+			}
+			if (len >= sizeof(sun.sun_path))
+				die("%s: the socket path is over %zu bytes", uri,
+				    sizeof(sun.sun_path) - 1);
+			n->socket_path = path;
+			n->socket_len = len;
+		} else if (!strncmp(q, "tls", 3)) {
+			die("%s: NBD over TLS is not supported", uri);
+		} else if (strncmp(q, "x-", 2)) {
+			die("%s: unknown query parameter '%.*s'", uri, (int)(end - q), q);
+		}
+		q = end;
+	}
+	if (unix_socket && !n->socket_path)
+		die("%s: nbd+unix needs ?socket=PATH", uri);
+}
+
+/* A socket of family connected to addr, with a timeout on the connect and
+ * the handshake. Returns it, or -errno. */
+static int nbd_dial_addr(int family, const struct sockaddr *addr, socklen_t len)
+{
+	struct timeval tv = { NBD_SETUP_SECONDS, 0 };
+	int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, err;
+
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (family != AF_UNIX)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(fd, addr, len) == 0)
+		return fd;
+	err = errno;
+	close(fd);
+	return -err;
+}
+
+/* Connect to the server the URI names. Returns the socket, or -1 with
+ * the reason in why. */
+static int nbd_dial(struct nbd_source *n, char *why, size_t size)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res, *ai;
+	int fd = -ENOENT, r;
+
+	if (n->socket_path) {
+		struct sockaddr_un sun = { .sun_family = AF_UNIX };
+
+		memcpy(sun.sun_path, n->socket_path, n->socket_len);
+		fd = nbd_dial_addr(AF_UNIX, (struct sockaddr *)&sun,
+				   offsetof(struct sockaddr_un, sun_path) + n->socket_len +
+				   (*n->socket_path ? 1 : 0));
+		if (fd < 0)
+			snprintf(why, size, "%s: %s", n->socket_path[0] ?
+				 n->socket_path : "abstract socket", strerror(-fd));
+		return fd < 0 ? -1 : fd;
+	}
+	r = getaddrinfo(n->host, n->port, &hints, &res);
+	if (r) {
+		snprintf(why, size, "%s: %s", n->host, r == EAI_SYSTEM ?
+			 strerror(errno) : gai_strerror(r));
+		return -1;
+	}
+	for (ai = res; ai && fd < 0; ai = ai->ai_next)
+		fd = nbd_dial_addr(ai->ai_family, ai->ai_addr, ai->ai_addrlen);
+	freeaddrinfo(res);
+	if (fd < 0)
+		snprintf(why, size, "%s port %s: %s", n->host, n->port, strerror(-fd));
+	return fd < 0 ? -1 : fd;
+}
+
+/* Send option opt with len bytes of data: 0 or -errno */
+static int nbd_send_option(int fd, uint32_t opt, const void *data, uint32_t len)
+{
+	struct nbd_option o = { htobe64(NBD_OPT_MAGIC), htobe32(opt), htobe32(len) };
+
+	return send_full(fd, &o, sizeof(o), data, len);
+}
+
+/* Read one reply to option opt: its type to *type, its data (at most size
+ * bytes, or it is refused) to buf and its length to *len. Returns 0 or
+ * -errno (-EPROTO: not a well-formed reply to opt). */
+static int nbd_option_reply(int fd, uint32_t opt, uint32_t *type, char *buf,
+			    size_t size, uint32_t *len)
+{
+	struct nbd_option_reply r;
+	int res = read_full(fd, &r, sizeof(r));
+
+	if (res < 0)
+		return res;
+	*type = be32toh(r.type);
+	*len = be32toh(r.length);
+	if (be64toh(r.magic) != NBD_REP_MAGIC || be32toh(r.option) != opt ||
+	    *len > size)
+		return -EPROTO;
+	return read_full(fd, buf, *len);
+}
+
+/* The fixed newstyle handshake on fd, up to NBD_OPT_GO: structured
+ * replies and base:allocation where the server has them, the export's
+ * size, flags and block sizes into *info. Returns 0, or -1 with the
+ * reason in why. */
+static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
+			 char *why, size_t size)
+{
+	static const char context[] = "base:allocation";
+	struct { uint64_t magic, opt_magic; uint16_t flags; } __attribute__((packed)) hello;
+	size_t name_len = strlen(n->export_name), k;
+	char buf[NBD_MAX_STRING + 64], *data;
+	uint32_t type, len, client, u32;
+	uint16_t u16;
+	bool got_export = false;
+	int r;
+
+	memset(info, 0, sizeof(*info));
+	info->min_block = 1;
+	info->max_payload = NBD_MAX_IO;
+	if ((r = read_full(fd, &hello, sizeof(hello))) < 0)
+		goto io_error;
+	if (be64toh(hello.magic) != NBD_MAGIC)
+		return snprintf(why, size, "not an NBD server"), -1;
+	if (be64toh(hello.opt_magic) == NBD_OLDSTYLE_MAGIC ||
+	    !(be16toh(hello.flags) & NBD_FLAG_FIXED_NEWSTYLE))
+		return snprintf(why, size, "the server speaks oldstyle or plain "
+				"newstyle NBD; fuseexport speaks fixed newstyle"), -1;
+	if (be64toh(hello.opt_magic) != NBD_OPT_MAGIC)
+		return snprintf(why, size, "not an NBD server"), -1;
+	client = htobe32(NBD_FLAG_FIXED_NEWSTYLE |
+			 (be16toh(hello.flags) & NBD_FLAG_NO_ZEROES));
+	if ((r = send_full(fd, &client, sizeof(client), NULL, 0)) < 0)
+		goto io_error;
+
+	/* structured replies: READs may skip holes, BLOCK_STATUS works */
+	if ((r = nbd_send_option(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0)) < 0 ||
+	    (r = nbd_option_reply(fd, NBD_OPT_STRUCTURED_REPLY, &type, buf,
+				  sizeof(buf), &len)) < 0)
+		goto io_error;
+	if (type != NBD_REP_ACK && !(type & NBD_REP_ERR))
+		goto bad_reply;
+	info->structured = type == NBD_REP_ACK;
+
+	/* base:allocation, for SEEK_DATA and SEEK_HOLE */
+	if (info->structured) {
+		data = buf;
+		u32 = htobe32(name_len);
+		memcpy(data, &u32, 4);
+		memcpy(data + 4, n->export_name, name_len);
+		k = 4 + name_len;
+		u32 = htobe32(1);
+		memcpy(data + k, &u32, 4);
+		u32 = htobe32(sizeof(context) - 1);
+		memcpy(data + k + 4, &u32, 4);
+		memcpy(data + k + 8, context, sizeof(context) - 1);
+		k += 8 + sizeof(context) - 1;
+		if ((r = nbd_send_option(fd, NBD_OPT_SET_META_CONTEXT, data, k)) < 0)
+			goto io_error;
+		for (;;) {
+			if ((r = nbd_option_reply(fd, NBD_OPT_SET_META_CONTEXT, &type,
+						  buf, sizeof(buf), &len)) < 0)
+				goto io_error;
+			if (type == NBD_REP_ACK || (type & NBD_REP_ERR))
+				break;
+			if (type != NBD_REP_META_CONTEXT || len < 4)
+				goto bad_reply;
+			if (len - 4 == sizeof(context) - 1 &&
+			    !memcmp(buf + 4, context, len - 4)) {
+				memcpy(&u32, buf, 4);
+				info->meta_id = be32toh(u32);
+				info->has_meta = true;
+			}
+		}
+		if (type != NBD_REP_ACK)
+			info->has_meta = false;
+	}
+
+	/* GO, asking for the export's size and flags and its block sizes */
+	u32 = htobe32(name_len);
+	memcpy(buf, &u32, 4);
+	memcpy(buf + 4, n->export_name, name_len);
+	k = 4 + name_len;
+	u16 = htobe16(2);
+	memcpy(buf + k, &u16, 2);
+	u16 = htobe16(NBD_INFO_EXPORT);
+	memcpy(buf + k + 2, &u16, 2);
+	u16 = htobe16(NBD_INFO_BLOCK_SIZE);
+	memcpy(buf + k + 4, &u16, 2);
+	if ((r = nbd_send_option(fd, NBD_OPT_GO, buf, k + 6)) < 0)
+		goto io_error;
+	for (;;) {
+		if ((r = nbd_option_reply(fd, NBD_OPT_GO, &type, buf,
+					  sizeof(buf), &len)) < 0)
+			goto io_error;
+		if (type == NBD_REP_ACK)
+			break;
+		if (type == NBD_REP_ERR_UNSUP)
+			return snprintf(why, size, "the server does not know "
+					"NBD_OPT_GO (too old)"), -1;
+		if (type & NBD_REP_ERR)
+			return snprintf(why, size, "the server refused export '%s': "
+					"%.*s", n->export_name, len ? (int)len : 5,
+					len ? buf : "error"), -1;
+		if (type != NBD_REP_INFO || len < 2)
+			goto bad_reply;
+		memcpy(&u16, buf, 2);
+		if (be16toh(u16) == NBD_INFO_EXPORT) {
+			struct nbd_info_export ie;
+			if (len != sizeof(ie))
+				goto bad_reply;
+			memcpy(&ie, buf, sizeof(ie));
+			info->size = be64toh(ie.size);
+			info->flags = be16toh(ie.flags);
+			got_export = true;
+		} else if (be16toh(u16) == NBD_INFO_BLOCK_SIZE) {
+			struct nbd_info_block_size ib;
+			if (len != sizeof(ib))
+				goto bad_reply;
+			memcpy(&ib, buf, sizeof(ib));
+			info->min_block = be32toh(ib.minimum);
+			info->max_payload = be32toh(ib.maximum);
+		}
+	}
+	if (!got_export)
+		goto bad_reply;
+	if (info->size > INT64_MAX || !info->min_block || info->min_block > 65536 ||
+	    (info->min_block & (info->min_block - 1)) ||
+	    info->max_payload < info->min_block)
+		return snprintf(why, size, "the server gave a bad size (%llu) or "
+				"block sizes (%u, %u)", (unsigned long long)info->size,
+				info->min_block, info->max_payload), -1;
+	return 0;
+
+bad_reply:
+	snprintf(why, size, "a bad reply in the handshake");
+	return -1;
+io_error:
+	snprintf(why, size, "handshake: %s", r == -EPROTO ?
+		 "a bad reply" : strerror(-r));
+	return -1;
+}
+
+/* A connection to the export, handshake done. Returns the socket, or -1
+ * with the reason in why. */
+static int nbd_connect(struct nbd_source *n, struct nbd_info *info, char *why,
+		       size_t size)
+{
+	struct timeval none = { 0, 0 };
+	int fd = nbd_dial(n, why, size);
+
+	if (fd < 0)
+		return -1;
+	if (nbd_handshake(n, fd, info, why, size) < 0) {
+		close(fd);
+		return -1;
+	}
+	/* from now on a request waits as long as the server takes */
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof(none));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+	return fd;
+}
+
+/* Did a new connection agree what the first did? */
+static bool nbd_same(const struct nbd_info *a, const struct nbd_info *b)
+{
+	const uint16_t used = NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH |
+			      NBD_FLAG_SEND_WRITE_ZEROES;
+
+	return a->size == b->size && (a->flags & used) == (b->flags & used) &&
+	       a->structured == b->structured && a->has_meta == b->has_meta &&
+	       a->min_block == b->min_block && a->max_payload == b->max_payload;
+}
+
+/* The errno an NBD error value stands for */
+static int nbd_errno(uint32_t error)
+{
+	switch (error) {
+	case NBD_EPERM: return EPERM;
+	case NBD_ENOMEM: return ENOMEM;
+	case NBD_EINVAL: return EINVAL;
+	case NBD_ENOSPC: return ENOSPC;
+	case NBD_EOVERFLOW: return EOVERFLOW;
+	case NBD_ENOTSUP: return EOPNOTSUPP;
+	default: return EIO;
+	}
+}
+
+/* Take n bytes of c's connection: from what was received before, and
+ * by reading a buffer's worth at a time (large payloads straight into
+ * buf), so that a reply costs one read(2), not one per field. Returns 0
+ * or -errno (-ECONNRESET: the stream ended). */
+static int conn_read(struct nbd_conn *c, void *buf, size_t n)
+{
+	size_t k = min_u64(n, c->recv_len - c->recv_pos);
+
+	memcpy(buf, c->recv_buf + c->recv_pos, k);
+	c->recv_pos += k;
+	buf = (char *)buf + k;
+	n -= k;
+	if (!n)
+		return 0;
+	if (n >= NBD_RECV_BUFFER / 2)
+		return read_full(c->fd, buf, n);
+	c->recv_pos = c->recv_len = 0;
+	while (c->recv_len < n) {
+		ssize_t r = read(c->fd, c->recv_buf + c->recv_len,
+				 NBD_RECV_BUFFER - c->recv_len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -ECONNRESET;
+		c->recv_len += r;
+	}
+	memcpy(buf, c->recv_buf, n);
+	c->recv_pos = n;
+	return 0;
+}
+
+/* Take and drop n bytes of c's connection: 0 or -errno */
+static int conn_skip(struct nbd_conn *c, uint64_t n)
+{
+	char buf[4096];
+	int r = 0;
+
+	while (n && r == 0) {
+		size_t k = min_u64(n, sizeof(buf));
+		r = conn_read(c, buf, k);
+		n -= k;
+	}
+	return r;
+}
+
+/* The request on c sent with cookie, or NULL */
+static struct nbd_cmd *nbd_find(struct nbd_conn *c, uint64_t cookie)
+{
+	struct nbd_cmd *cmd;
+
+	pthread_mutex_lock(&c->lock);
+	for (cmd = c->inflight; cmd; cmd = cmd->next)
+		if (cmd->cookie == cookie && cmd->sent == c->generation)
+			break;
+	pthread_mutex_unlock(&c->lock);
+	return cmd;
+}
+
+/* Take cmd off c's list and wake its caller with error (0 or -errno), or
+ * the error a chunk of its reply gave; c->lock held */
+static void nbd_finish_locked(struct nbd_conn *c, struct nbd_cmd *cmd, int error)
+{
+	struct nbd_cmd **p;
+
+	for (p = &c->inflight; *p && *p != cmd; p = &(*p)->next)
+		;
+	if (*p)
+		*p = cmd->next;
+	cmd->done = true;
+	if (!cmd->error)
+		cmd->error = error;
+	if (!cmd->error)
+		c->backoff_ms = NBD_BACKOFF_MIN_MS;	/* the server works */
+	pthread_cond_signal(&cmd->wake);
+}
+
+static void nbd_finish(struct nbd_conn *c, struct nbd_cmd *cmd, int error)
+{
+	pthread_mutex_lock(&c->lock);
+	nbd_finish_locked(c, cmd, error);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Note that a READ's reply covered [start, end). Returns false if that
+ * overlaps what earlier chunks covered, or makes too many pieces. */
+static bool nbd_cover(struct nbd_cmd *cmd, uint64_t start, uint64_t end)
+{
+	unsigned i;
+
+	for (i = 0; i < cmd->npieces; i++)
+		if (start < cmd->piece[i].end && cmd->piece[i].start < end)
+			return false;
+	for (i = 0; i < cmd->npieces; i++) {
+		if (cmd->piece[i].end == start) {
+			cmd->piece[i].end = end;
+			return true;
+		}
+		if (cmd->piece[i].start == end) {
+			cmd->piece[i].start = start;
+			return true;
+		}
+	}
+	if (cmd->npieces == NBD_MAX_PIECES)
+		return false;
+	cmd->piece[cmd->npieces].start = start;
+	cmd->piece[cmd->npieces++].end = end;
+	return true;
+}
+
+/* An OFFSET_DATA or OFFSET_HOLE chunk of length bytes for cmd: its data
+ * goes into cmd's buffer, or, if it lies outside the request or overlaps
+ * an earlier chunk, the request gets EIO. Returns 0 or -errno. */
+static int nbd_read_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
+			  uint16_t type, uint32_t length)
+{
+	struct { uint64_t offset; uint32_t hole; } __attribute__((packed)) h;
+	uint64_t off;
+	uint32_t n;
+	int r;
+
+	if (type == NBD_REPLY_TYPE_OFFSET_HOLE ? length != 12 : length < 9)
+		return -EPROTO;
+	if ((r = conn_read(c, &h, type == NBD_REPLY_TYPE_OFFSET_HOLE ? 12 : 8)) < 0)
+		return r;
+	off = be64toh(h.offset);
+	n = type == NBD_REPLY_TYPE_OFFSET_HOLE ? be32toh(h.hole) : length - 8;
+	if (cmd->type != NBD_CMD_READ || !n || off < cmd->offset ||
+	    n > cmd->length || off - cmd->offset > cmd->length - n ||
+	    !nbd_cover(cmd, off, off + n)) {
+		cmd->error = -EIO;
+		return type == NBD_REPLY_TYPE_OFFSET_DATA ? conn_skip(c, n) : 0;
+	}
+	if (type == NBD_REPLY_TYPE_OFFSET_HOLE) {
+		memset(cmd->buf + (off - cmd->offset), 0, n);
+		return 0;
+	}
+	return conn_read(c, cmd->buf + (off - cmd->offset), n);
+}
+
+/* A BLOCK_STATUS chunk of length bytes for cmd: its extents, one by one,
+ * looked through for cmd's whence. Returns 0 or -errno. */
+static int nbd_status_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
+			    uint32_t length)
+{
+	uint32_t id, ext[2 * 64];
+	bool bad;
+	size_t i, k;
+	int r;
+
+	if (length < 12 || (length - 4) % 8 || length > NBD_STATUS_MAX)
+		return -EPROTO;
+	if ((r = conn_read(c, &id, 4)) < 0)
+		return r;
+	bad = cmd->type != NBD_CMD_BLOCK_STATUS || be32toh(id) != c->meta_id ||
+	      cmd->got_status;
+	cmd->got_status = true;
+	for (length -= 4; length; length -= k * 8) {
+		k = min_u64(length / 8, 64);
+		if ((r = conn_read(c, ext, k * 8)) < 0)
+			return r;
+		for (i = 0; i < k && !bad; i++) {
+			uint64_t start = cmd->status_end, len = be32toh(ext[2 * i]);
+			bool hole = be32toh(ext[2 * i + 1]) & NBD_STATE_HOLE;
+
+			bad = !len;
+			cmd->status_end = start + len;
+			if (cmd->found == UINT64_MAX && start + len > cmd->from &&
+			    hole == (cmd->whence == SEEK_HOLE))
+				cmd->found = start > cmd->from ? start : cmd->from;
+		}
+	}
+	if (bad)
+		cmd->error = -EIO;
+	return 0;
+}
+
+/* An error chunk of length bytes: cmd gets its error. Returns 0 or -errno
+ * (-ESHUTDOWN: the server is going away). */
+static int nbd_error_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
+			   uint32_t length)
+{
+	char buf[6 + NBD_MAX_STRING + 8];
+	uint32_t error;
+	uint16_t msg_len;
+	int r;
+
+	if (length < 6 || length > sizeof(buf))
+		return -EPROTO;
+	if ((r = conn_read(c, buf, length)) < 0)
+		return r;
+	memcpy(&error, buf, 4);
+	memcpy(&msg_len, buf + 4, 2);
+	error = be32toh(error);
+	if (be16toh(msg_len) > length - 6)
+		return -EPROTO;
+	if (error == NBD_ESHUTDOWN)
+		return -ESHUTDOWN;
+	cmd->error = -nbd_errno(error);
+	return 0;
+}
+
+/* Read one reply, or one chunk of a structured reply, from c's connection
+ * and give it to the request it answers, waking that request's caller
+ * once its reply is complete. Everything is checked: a reply that answers
+ * no request in flight, or whose length cannot be trusted, makes the
+ * connection unusable; a chunk a request cannot get (the wrong type,
+ * outside it, overlapping another) gives that request EIO. Returns 0, or
+ * -errno when the connection can no longer be trusted or read (then it
+ * is dropped, and what was in flight is sent again on the next). */
+static int nbd_take_reply(struct nbd_conn *c)
+{
+	const struct nbd_info *info = &c->n->info;
+	union {
+		struct nbd_simple_reply simple;
+		struct nbd_structured_reply chunk;
+	} u;
+	struct nbd_cmd *cmd;
+	uint32_t length, error;
+	uint16_t flags, type;
+	int r;
+
+	if ((r = conn_read(c, &u, sizeof(u.simple))) < 0)
+		return r;
+	if (be32toh(u.simple.magic) == NBD_SIMPLE_REPLY_MAGIC) {
+		error = be32toh(u.simple.error);
+		cmd = nbd_find(c, be64toh(u.simple.cookie));
+		/* a READ's data follows only a simple reply: after one that
+		 * should not be there, nothing can be trusted */
+		if (!cmd || (cmd->type == NBD_CMD_READ && info->structured))
+			return -EPROTO;
+		if (error == NBD_ESHUTDOWN)
+			return -ESHUTDOWN;
+		if (!error && cmd->type == NBD_CMD_READ &&
+		    (r = conn_read(c, cmd->buf, cmd->length)) < 0)
+			return r;
+		if (!error && cmd->type == NBD_CMD_BLOCK_STATUS)
+			error = NBD_EIO;	/* its extents come only in chunks */
+		nbd_finish(c, cmd, error ? -nbd_errno(error) : 0);
+		return 0;
+	}
+	if (be32toh(u.chunk.magic) != NBD_STRUCTURED_REPLY_MAGIC || !info->structured)
+		return -EPROTO;
+	if ((r = conn_read(c, (char *)&u + sizeof(u.simple),
+			   sizeof(u.chunk) - sizeof(u.simple))) < 0)
+		return r;
+	flags = be16toh(u.chunk.flags);
+	type = be16toh(u.chunk.type);
+	length = be32toh(u.chunk.length);
+	cmd = nbd_find(c, be64toh(u.chunk.cookie));
+	if (!cmd)
+		return -EPROTO;
+	if (type & NBD_REPLY_TYPE_ERROR_BIT)
+		r = nbd_error_chunk(c, cmd, length);
+	else if (type == NBD_REPLY_TYPE_NONE)
+		r = length ? -EPROTO : 0;
+	else if (type == NBD_REPLY_TYPE_OFFSET_DATA || type == NBD_REPLY_TYPE_OFFSET_HOLE)
+		r = length > c->n->max_io + 8 ? -EPROTO :
+		    nbd_read_chunk(c, cmd, type, length);
+	else if (type == NBD_REPLY_TYPE_BLOCK_STATUS)
+		r = nbd_status_chunk(c, cmd, length);
+	else
+		r = -EPROTO;
+	if (r < 0)
+		return r;
+	if (!(flags & NBD_REPLY_FLAG_DONE)) {
+		if (type == NBD_REPLY_TYPE_NONE)
+			cmd->error = -EIO;	/* NONE is always the last */
+		return 0;
+	}
+	/* complete: a READ must have had every byte, a BLOCK_STATUS its
+	 * extents; the pieces are disjoint and inside the request */
+	if (cmd->type == NBD_CMD_READ) {
+		uint64_t covered = 0;
+		unsigned i;
+
+		for (i = 0; i < cmd->npieces; i++)
+			covered += cmd->piece[i].end - cmd->piece[i].start;
+		if (covered != cmd->length)
+			r = -EIO;
+	}
+	if (cmd->type == NBD_CMD_BLOCK_STATUS && !cmd->got_status)
+		r = -EIO;
+	nbd_finish(c, cmd, r);
+	return 0;
+}
+
+/* Drop c's connection after err (the caller holds the receive role):
+ * every request in flight waits for the next, or for --retry to run out */
+static void nbd_drop(struct nbd_conn *c, int err)
+{
+	struct nbd_source *n = c->n;
+	struct nbd_cmd *cmd;
+
+	shutdown(c->fd, SHUT_RDWR);	/* a sender blocked on it lets go */
+	pthread_mutex_lock(&c->send_lock);
+	pthread_mutex_lock(&c->lock);
+	close(c->fd);
+	c->fd = -1;
+	c->recv_pos = c->recv_len = 0;
+	clock_gettime(CLOCK_MONOTONIC, &c->down_since);
+	for (cmd = c->inflight; cmd; cmd = cmd->next)
+		pthread_cond_signal(&cmd->wake);
+	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_unlock(&c->send_lock);
+	if (n->debug)
+		fprintf(stderr, "fuseexport: %s: connection %u lost (%s); "
+			"reconnecting, requests wait up to %u s\n", n->uri,
+			c->index, err == -EPROTO ? "a reply that cannot be trusted" :
+			strerror(-err), n->retry);
+}
+
+/* Has the time --retry gives c's lost connection run out? Its end goes
+ * to *deadline. c->lock held. */
+static bool nbd_expired(struct nbd_conn *c, struct timespec *deadline)
+{
+	struct timespec now;
+
+	*deadline = c->down_since;
+	deadline->tv_sec += c->n->retry;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > deadline->tv_sec ||
+	       (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+/* Make c's connection again (the caller holds the receive role): at once,
+ * then with backoff until --retry runs out; the requests in flight are
+ * then sent again by their callers. Returns 0, or -EIO if it ran out. */
+static int nbd_reconnect(struct nbd_conn *c)
+{
+	struct nbd_source *n = c->n;
+	struct timespec deadline, pause;
+	struct nbd_info info;
+	struct nbd_cmd *cmd;
+	char why[512];
+	unsigned ms;
+	bool expired;
+	int fd;
+
+	for (;;) {
+		fd = nbd_connect(n, &info, why, sizeof(why));
+		if (fd >= 0 && !nbd_same(&info, &n->info)) {
+			close(fd);
+			fd = -1;
+			snprintf(why, sizeof(why), "the export changed (its size, "
+				 "flags or block sizes)");
+		}
+		if (fd >= 0)
+			break;
+		if (n->debug)
+			fprintf(stderr, "fuseexport: %s: reconnecting connection "
+				"%u: %s\n", n->uri, c->index, why);
+		pthread_mutex_lock(&c->lock);
+		expired = nbd_expired(c, &deadline);
+		ms = c->backoff_ms;
+		c->backoff_ms = min_u64(2 * ms, NBD_BACKOFF_MAX_MS);
+		pthread_mutex_unlock(&c->lock);
+		if (expired)
+			return -EIO;
+		pause = (struct timespec){ ms / 1000, ms % 1000 * 1000000L };
+		nanosleep(&pause, NULL);
+	}
+	pthread_mutex_lock(&c->send_lock);
+	pthread_mutex_lock(&c->lock);
+	c->fd = fd;
+	c->meta_id = info.meta_id;
+	c->generation++;
+	for (cmd = c->inflight; cmd; cmd = cmd->next)
+		pthread_cond_signal(&cmd->wake);
+	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_unlock(&c->send_lock);
+	if (n->debug)
+		fprintf(stderr, "fuseexport: %s: connection %u made again\n",
+			n->uri, c->index);
+	return 0;
+}
+
+/* With c's receive role, until cmd's reply is complete: take every reply
+ * that comes, waking the requests they answer, and make the connection
+ * again when it drops. Returns 0 (cmd done, or to be sent again), or
+ * -EIO when --retry ran out. */
+static int nbd_receive(struct nbd_conn *c, struct nbd_cmd *cmd)
+{
+	for (;;) {
+		bool done, down, sent;
+		int r;
+
+		pthread_mutex_lock(&c->lock);
+		done = cmd->done;
+		down = c->fd < 0;
+		sent = cmd->sent == c->generation;
+		pthread_mutex_unlock(&c->lock);
+		if (done || (!down && !sent))
+			return 0;
+		if (down)
+			return nbd_reconnect(c);
+		r = nbd_take_reply(c);
+		if (r < 0)
+			nbd_drop(c, r);
+	}
+}
+
+/* Put cmd on the wire, unless it is there already: the send lock keeps
+ * the connection from changing meanwhile. A failed send shuts the
+ * connection; the receive role, seeing it fail, makes it again. */
+static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd)
+{
+	struct nbd_request req;
+	int fd;
+
+	pthread_mutex_lock(&c->send_lock);
+	pthread_mutex_lock(&c->lock);
+	fd = c->fd;
+	if (fd < 0 || cmd->done || cmd->sent == c->generation) {
+		fd = -1;
+	} else if (cmd->sends++ == NBD_MAX_SENDS) {
+		nbd_finish_locked(c, cmd, -EIO);	/* the server never answers it */
+		fd = -1;
+	} else {
+		cmd->sent = c->generation;
+		cmd->cookie = ++c->next_cookie;
+		cmd->error = 0;
+		cmd->npieces = 0;
+		cmd->got_status = false;
+		cmd->found = UINT64_MAX;
+		cmd->status_end = cmd->offset;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (fd >= 0) {
+		req.magic = htobe32(NBD_REQUEST_MAGIC);
+		req.flags = htobe16(cmd->flags);
+		req.type = htobe16(cmd->type);
+		req.cookie = htobe64(cmd->cookie);
+		req.offset = htobe64(cmd->offset);
+		req.length = htobe32(cmd->length);
+		if (send_full(fd, &req, sizeof(req), cmd->buf,
+			      cmd->type == NBD_CMD_WRITE ? cmd->length : 0) < 0)
+			shutdown(fd, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&c->send_lock);
+}
+
+/* Run cmd on the next connection: send it (again after every reconnect),
+ * and wait for its reply. The callers of a connection take turns in its
+ * receive role: one at a time reads the replies for all, so that a lone
+ * request is answered without waking another thread, and hands the role
+ * on when its own reply is in. Returns 0 or -errno: -EIO once the
+ * connection has been down for longer than --retry. */
+static int nbd_run(struct nbd_source *n, struct nbd_cmd *cmd)
+{
+	struct nbd_conn *c = &n->conn[atomic_fetch_add(&n->next_conn, 1) % n->nconns];
+	struct timespec deadline;
+	struct nbd_cmd *other;
+	int r = 0;
+
+	pthread_cond_init(&cmd->wake, &n->monotonic);
+	cmd->done = false;
+	cmd->sent = cmd->sends = 0;
+	pthread_mutex_lock(&c->lock);
+	cmd->next = c->inflight;
+	c->inflight = cmd;
+	while (!cmd->done && r == 0) {
+		if (c->fd >= 0 && cmd->sent != c->generation) {
+			pthread_mutex_unlock(&c->lock);
+			nbd_send(c, cmd);
+			pthread_mutex_lock(&c->lock);
+		} else if (!c->receiving) {
+			c->receiving = true;
+			pthread_mutex_unlock(&c->lock);
+			r = nbd_receive(c, cmd);
+			pthread_mutex_lock(&c->lock);
+			c->receiving = false;
+			for (other = c->inflight; other; other = other->next)
+				if (other != cmd) {	/* the role goes on */
+					pthread_cond_signal(&other->wake);
+					break;
+				}
+		} else if (c->fd >= 0) {
+			pthread_cond_wait(&cmd->wake, &c->lock);
+		} else if (nbd_expired(c, &deadline)) {
+			r = -EIO;
+		} else {
+			pthread_cond_timedwait(&cmd->wake, &c->lock, &deadline);
+		}
+	}
+	if (!cmd->done)
+		nbd_finish_locked(c, cmd, r);
+	pthread_mutex_unlock(&c->lock);
+	pthread_cond_destroy(&cmd->wake);
+	return cmd->error;
+}
+
+/* One command: 0 or -errno */
+static int nbd_command(struct nbd_source *n, uint16_t type, uint16_t flags,
+		       uint64_t pos, uint32_t len, void *buf)
+{
+	struct nbd_cmd cmd = { .type = type, .flags = flags, .offset = pos,
+			       .length = len, .buf = buf };
+
+	return nbd_run(n, &cmd);
+}
+
+/* Writes that read-modify-write a ragged block exclude every other
+ * write; the rest only exclude those (no lock at all where the server
+ * takes any byte alone) */
+static void nbd_lock(struct nbd_source *n, bool exclusive)
+{
+	if (n->info.min_block == 1)
+		return;
+	if (exclusive)
+		pthread_rwlock_wrlock(&n->rmw_lock);
+	else
+		pthread_rwlock_rdlock(&n->rmw_lock);
+}
+
+static void nbd_unlock(struct nbd_source *n)
+{
+	if (n->info.min_block > 1)
+		pthread_rwlock_unlock(&n->rmw_lock);
+}
+
+static uint64_t nbd_size(struct source *s)
+{
+	return nbd_of(s)->info.size;
+}
+
+/* The bytes are on the server: READ replies are read, never mapped */
+static const char *nbd_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	(void)s, (void)pos, (void)n;
+	return NULL;
+}
+
+/* The block of the server's minimum size at start (cut at the end of the
+ * export) into a new buffer whose length goes to *len. Returns the buffer,
+ * or NULL with -errno in *err. */
+static char *nbd_read_block(struct nbd_source *n, uint64_t start, uint32_t *len,
+			    int *err)
+{
+	char *block = malloc(n->info.min_block);
+
+	*len = min_u64(n->info.min_block, n->info.size - start);
+	*err = block ? nbd_command(n, NBD_CMD_READ, 0, start, *len, block) : -ENOMEM;
+	if (*err < 0) {
+		free(block);
+		return NULL;
+	}
+	return block;
+}
+
+/* Is the stretch from pos to pos + n ragged: not whole blocks of the
+ * server's minimum size (the export's end counts as a block's end)? */
+static bool nbd_ragged(struct nbd_source *n, uint64_t pos, uint64_t len)
+{
+	uint64_t mask = n->info.min_block - 1;
+
+	return (pos & mask) || (len < n->info.min_block && pos + len != n->info.size);
+}
+
+/* Requests of at most max_io bytes, whole blocks of the server's minimum
+ * size, the ragged ends read through a block of their own */
+static ssize_t nbd_read(struct source *s, void *buf, size_t len, uint64_t pos)
+{
+	struct nbd_source *n = nbd_of(s);
+	uint64_t mask = n->info.min_block - 1;
+	size_t done = 0;
+	int r;
+
+	if (pos >= n->info.size)
+		return 0;
+	len = min_u64(len, n->info.size - pos);
+	while (done < len) {
+		uint64_t at = pos + done, k = len - done;
+
+		if (nbd_ragged(n, at, k)) {
+			uint32_t blen;
+			char *block = nbd_read_block(n, at & ~mask, &blen, &r);
+
+			if (!block)
+				return r;
+			k = min_u64(k, blen - (at & mask));
+			memcpy((char *)buf + done, block + (at & mask), k);
+			free(block);
+		} else {
+			if (at + k != n->info.size)
+				k &= ~mask;
+			k = min_u64(k, n->max_io);
+			r = nbd_command(n, NBD_CMD_READ, 0, at, k, (char *)buf + done);
+			if (r < 0)
+				return r;
+		}
+		done += k;
+	}
+	return done;
+}
+
+/* As nbd_read, a ragged block read, changed and written back whole */
+static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
+			 uint64_t pos)
+{
+	struct nbd_source *n = nbd_of(s);
+	uint64_t mask = n->info.min_block - 1;
+	bool rmw;
+	size_t done = 0;
+	int r = 0;
+
+	if (len && pos >= n->info.size)
+		return -ENOSPC;
+	len = min_u64(len, n->info.size - pos);
+	rmw = (pos & mask) || (((pos + len) & mask) && pos + len != n->info.size);
+	nbd_lock(n, rmw);
+	while (done < len && r == 0) {
+		uint64_t at = pos + done, k = len - done;
+
+		if (nbd_ragged(n, at, k)) {
+			uint32_t blen;
+			char *block = nbd_read_block(n, at & ~mask, &blen, &r);
+
+			if (!block)
+				break;
+			k = min_u64(k, blen - (at & mask));
+			memcpy(block + (at & mask), (const char *)buf + done, k);
+			r = nbd_command(n, NBD_CMD_WRITE, 0, at & ~mask, blen, block);
+			free(block);
+		} else {
+			if (at + k != n->info.size)
+				k &= ~mask;
+			k = min_u64(k, n->max_io);
+			r = nbd_command(n, NBD_CMD_WRITE, 0, at, k,
+					(char *)buf + done);
+		}
+		done += k;
+	}
+	nbd_unlock(n);
+	return r < 0 ? r : (ssize_t)done;
+}
+
+static int nbd_flush(struct source *s, bool datasync)
+{
+	struct nbd_source *n = nbd_of(s);
+
+	(void)datasync;
+	if (!(n->info.flags & NBD_FLAG_SEND_FLUSH))
+		return 0;		/* the server writes through */
+	return nbd_command(n, NBD_CMD_FLUSH, 0, 0, 0, NULL);
+}
+
+/* Make len bytes at pos read as zeros: WRITE_ZEROES where the server has
+ * it (NO_HOLE unless punch: without it the server may punch a hole), else
+ * written zeros; ragged block ends are written through nbd_write. (TRIM
+ * is never used: after one the bytes are the server's to choose.)
+ * Returns 0 or -errno. */
+static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
+			  bool punch)
+{
+	uint64_t mask = n->info.min_block - 1, head, tail;
+	int r = 0;
+
+	if (pos >= n->info.size)
+		return 0;
+	len = min_u64(len, n->info.size - pos);
+	head = min_u64(len, (n->info.min_block - (pos & mask)) & mask);
+	tail = pos + len == n->info.size ? 0 : (pos + len) & mask;
+	tail = head + tail > len ? len - head : tail;
+	if (head && (r = nbd_write(&n->s, n->zeros, head, pos)) < 0)
+		return r;
+	if (tail && (r = nbd_write(&n->s, n->zeros, tail, pos + len - tail)) < 0)
+		return r;
+	r = 0;
+	pos += head;
+	len -= head + tail;
+	nbd_lock(n, false);
+	while (len && r == 0) {
+		uint64_t k;
+
+		if (n->info.flags & NBD_FLAG_SEND_WRITE_ZEROES) {
+			k = min_u64(len, (1U << 31) & ~mask);
+			r = nbd_command(n, NBD_CMD_WRITE_ZEROES,
+					punch ? 0 : NBD_CMD_FLAG_NO_HOLE, pos, k, NULL);
+		} else {
+			k = min_u64(len, n->max_io);
+			r = nbd_command(n, NBD_CMD_WRITE, 0, pos, k, (void *)n->zeros);
+		}
+		pos += k;
+		len -= k;
+	}
+	nbd_unlock(n);
+	return r;
+}
+
+static int nbd_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	return nbd_zero_range(nbd_of(s), pos, len, true);
+}
+
+static int nbd_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	return nbd_zero_range(nbd_of(s), pos, len, false);
+}
+
+/* An NBD export's space is the server's: there is nothing to reserve */
+static int nbd_allocate(struct source *s, uint64_t pos, uint64_t len,
+			bool keep_size)
+{
+	return keep_size || pos + len <= nbd_size(s) ? 0 : -ENOSPC;
+}
+
+/* SEEK_DATA and SEEK_HOLE from base:allocation's extents, asked for a
+ * GiB at a time; without the context every byte is data */
+static int64_t nbd_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct nbd_source *n = nbd_of(s);
+	uint64_t size = n->info.size, mask = n->info.min_block - 1;
+	int r;
+
+	if (pos >= size)
+		return -ENXIO;
+	if (!n->info.has_meta)
+		return whence == SEEK_DATA ? (int64_t)pos : (int64_t)size;
+	while (pos < size) {
+		uint64_t start = pos & ~mask;
+		struct nbd_cmd cmd = { .type = NBD_CMD_BLOCK_STATUS, .offset = start,
+				       .length = min_u64(size - start, 1U << 30),
+				       .whence = whence, .from = pos };
+
+		if ((r = nbd_run(n, &cmd)) < 0)
+			return r;
+		if (cmd.found != UINT64_MAX)
+			return cmd.found >= size && whence == SEEK_DATA ? -ENXIO :
+			       (int64_t)min_u64(cmd.found, size);
+		if (cmd.status_end <= pos)
+			return -EIO;	/* no progress: the server says nothing */
+		pos = cmd.status_end;
+	}
+	return whence == SEEK_DATA ? -ENXIO : (int64_t)size;
+}
+
+static int nbd_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;			/* the server's export keeps its size */
+}
+
+static int nbd_space(struct source *s, struct space *sp)
+{
+	memset(sp, 0, sizeof(*sp));
+	sp->allocated = nbd_size(s);
+	return 0;
+}
+
+/* The kernel caches the pages: this side keeps no copy of them anyway */
+static void nbd_keep_no_copy(struct source *s)
+{
+	(void)s;
+}
+
+/* Say goodbye (NBD_CMD_DISC) on every connection and let go of them */
+static void nbd_close(struct source *s)
+{
+	struct nbd_source *n = nbd_of(s);
+	struct nbd_request disc = { htobe32(NBD_REQUEST_MAGIC), 0,
+				    htobe16(NBD_CMD_DISC), 0, 0, 0 };
+	unsigned i;
+
+	for (i = 0; i < n->nconns; i++) {
+		struct nbd_conn *c = &n->conn[i];
+
+		if (c->fd >= 0) {
+			send_full(c->fd, &disc, sizeof(disc), NULL, 0);
+			close(c->fd);
+		}
+		free(c->recv_buf);
+	}
+	munmap((void *)n->zeros, n->max_io);
+	free(n->conn);
+	free(n->host);
+	free(n->port);
+	free(n->socket_path);
+	free(n->export_name);
+	free(n);
+}
+
+static void nbd_init_conn(struct nbd_source *n, struct nbd_conn *c,
+			  unsigned index, int fd, uint32_t meta_id)
+{
+	c->n = n;
+	c->index = index;
+	c->fd = fd;
+	c->meta_id = meta_id;
+	c->generation = 1;
+	c->backoff_ms = NBD_BACKOFF_MIN_MS;
+	c->recv_buf = malloc(NBD_RECV_BUFFER);
+	if (!c->recv_buf)
+		die("out of memory:");
+	pthread_mutex_init(&c->send_lock, NULL);
+	pthread_mutex_init(&c->lock, NULL);
+}
+
+/* Is path an NBD URI rather than a file? */
+static bool is_nbd_uri(const char *path)
+{
+	return !strncmp(path, "nbd://", 6) || !strncmp(path, "nbd+unix://", 11) ||
+	       !strncmp(path, "nbds://", 7) || !strncmp(path, "nbds+unix://", 12);
+}
+
+/* Connect to the export uri names, with up to queues connections where
+ * the server allows more than one. Exits on failure. */
+static struct source *nbd_open(const char *uri, bool writable, bool growable,
+			       unsigned queues, unsigned retry, bool debug)
+{
+	struct nbd_source *n = calloc(1, sizeof(*n));
+	struct nbd_info info;
+	char why[512];
+	void *zeros;
+	unsigned i;
+	int fd;
+
+	if (!n)
+		die("out of memory:");
+	n->uri = uri;
+	n->retry = retry;
+	n->debug = debug;
+	nbd_parse_uri(n, uri);
+	if (growable)
+		die("%s: --growable needs a regular file; an NBD export keeps "
+		    "its size", uri);
+	fd = nbd_connect(n, &n->info, why, sizeof(why));
+	if (fd < 0)
+		die("%s: %s", uri, why);
+	if (writable && (n->info.flags & NBD_FLAG_READ_ONLY))
+		die("%s: the server exports it read-only: -w refused", uri);
+	n->max_io = min_u64(n->info.max_payload, NBD_MAX_IO) & ~(n->info.min_block - 1);
+	zeros = mmap(NULL, n->max_io, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (zeros == MAP_FAILED)
+		die("out of memory:");
+	n->zeros = zeros;
+	pthread_rwlock_init(&n->rmw_lock, NULL);
+	pthread_condattr_init(&n->monotonic);
+	pthread_condattr_setclock(&n->monotonic, CLOCK_MONOTONIC);
+	n->nconns = n->info.flags & NBD_FLAG_CAN_MULTI_CONN ?
+		    min_u64(queues ? queues : 1, NBD_MAX_CONNS) : 1;
+	n->conn = calloc(n->nconns, sizeof(*n->conn));
+	if (!n->conn)
+		die("out of memory:");
+	nbd_init_conn(n, &n->conn[0], 0, fd, n->info.meta_id);
+	for (i = 1; i < n->nconns; i++) {
+		fd = nbd_connect(n, &info, why, sizeof(why));
+		if (fd < 0)
+			die("%s: connection %u: %s", uri, i, why);
+		if (!nbd_same(&info, &n->info))
+			die("%s: connection %u: the server offers a different export",
+			    uri, i);
+		nbd_init_conn(n, &n->conn[i], i, fd, info.meta_id);
+	}
+	if (debug)
+		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
+			"structured replies %s, base:allocation %s, block sizes "
+			"%u to %u\n", uri, (unsigned long long)n->info.size,
+			n->info.flags & NBD_FLAG_READ_ONLY ? " read-only" : "",
+			n->nconns, n->nconns > 1 ? "s" : "",
+			n->info.structured ? "on" : "off",
+			n->info.has_meta ? "on" : "off", n->info.min_block, n->max_io);
+
+	n->s = (struct source){
+		.writable = writable, .passthrough_fd = -1,
+		.no_passthrough = "the bytes are on an NBD server",
+		.sector_size = 512,
+		.size = nbd_size, .read = nbd_read, .map = nbd_map,
+		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
+		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
+		.resize = nbd_resize, .space = nbd_space,
+		.keep_no_copy = nbd_keep_no_copy, .close = nbd_close,
+	};
+	return &n->s;
+}
+
+/* The test harness's entry to the reply parser: see fuseexport.h */
+int fuseexport_nbd_replies(int fd, int structured)
+{
+	struct nbd_source n = { .max_io = 1 << 20 };
+	struct nbd_conn c = { .n = &n, .fd = fd, .meta_id = 1, .generation = 1,
+			      .recv_buf = malloc(NBD_RECV_BUFFER) };
+	char *big = malloc(65536), *one = malloc(1), *data = calloc(1, 512);
+	struct nbd_cmd cmd[5] = {
+		{ .type = NBD_CMD_READ, .offset = 4096, .length = 65536, .buf = big },
+		{ .type = NBD_CMD_READ, .offset = 0, .length = 1, .buf = one },
+		{ .type = NBD_CMD_WRITE, .offset = 0, .length = 512, .buf = data },
+		{ .type = NBD_CMD_FLUSH },
+		{ .type = NBD_CMD_BLOCK_STATUS, .offset = 0, .length = 1 << 20,
+		  .whence = SEEK_HOLE, .from = 1000 },
+	};
+	int i, answered = 0;
+
+	if (!big || !one || !data || !c.recv_buf)
+		die("out of memory:");
+	n.info.structured = structured;
+	n.info.has_meta = true;
+	n.info.min_block = 1;
+	pthread_mutex_init(&c.lock, NULL);
+	for (i = 0; i < 5; i++) {
+		pthread_cond_init(&cmd[i].wake, NULL);
+		cmd[i].cookie = i + 1;
+		cmd[i].sent = 1;
+		cmd[i].found = UINT64_MAX;
+		cmd[i].status_end = cmd[i].offset;
+		cmd[i].next = c.inflight;
+		c.inflight = &cmd[i];
+	}
+	while (nbd_take_reply(&c) == 0)
+		;
+	for (i = 0; i < 5; i++) {
+		answered += cmd[i].done;
+		pthread_cond_destroy(&cmd[i].wake);
+	}
+	pthread_mutex_destroy(&c.lock);
+	free(big);
+	free(one);
+	free(data);
+	free(c.recv_buf);
+	return answered;
+}
+
+/* The bottom of the stack: SOURCE's NBD connections, or its file or
+ * block device. Exits on failure. */
+static struct source *open_bottom(struct export *e, bool writable, bool growable)
+{
+	if (is_nbd_uri(e->source_path))
+		return nbd_open(e->source_path, writable, growable, e->queues,
+				e->retry, e->debug);
+	return file_open(e->source_path, writable, growable);
+}
+
+/*
  * The window (--offset, --size): a fixed-size range of the layer below,
  * the only place that knows its offset. Nothing outside it is ever read or
  * written, whatever a request asks.
@@ -962,12 +2460,13 @@ static uint32_t crc32(const unsigned char *p, size_t n)
 	return ~c;
 }
 
-/* Read n bytes at pos of s, all of them: 0 or -errno (-EIO if short) */
+/* Read n bytes at pos of s, all of them: 0 or -errno (-EINVAL if short:
+ * a table that would lie past the end is no table) */
 static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	ssize_t r = s->read(s, buf, n, pos);
 
-	return r < 0 ? (int)r : (size_t)r < n ? -EIO : 0;
+	return r < 0 ? (int)r : (size_t)r < n ? -EINVAL : 0;
 }
 
 static void add_part(struct table *t, unsigned number, uint64_t start,
@@ -1031,19 +2530,19 @@ static void name_text(char *out, const unsigned char *u)
 	*out = 0;
 }
 
-/* GPT: the primary header at LBA 1, else the backup at the last LBA.
- * Returns 0 or -errno (-EINVAL: no good header). */
-static int read_gpt(struct source *s, struct table *t)
+/* GPT's header at lba and the entries it names, into t, if both are
+ * good. Returns 0 or -errno (-EINVAL: not a good table). */
+static int gpt_at(struct source *s, struct table *t, uint64_t lba)
 {
 	unsigned sector = t->sector;
 	unsigned char *h = malloc(sector), *ent = NULL;
-	uint64_t last = s->size(s) / sector - 1, lba;
+	uint64_t last = s->size(s) / sector - 1;
 	uint32_t count, esize, i;
 	int r = -EINVAL;
 
 	if (!h)
 		return -ENOMEM;
-	if (!gpt_header(s, sector, 1, h) && !gpt_header(s, sector, last, h))
+	if (!gpt_header(s, sector, lba, h))
 		goto out;
 	lba = le64(h + 72);
 	count = le32(h + 80);
@@ -1079,6 +2578,21 @@ out:
 	return r;
 }
 
+/* GPT: the primary header at LBA 1 with its entries, else the backup at
+ * the last LBA with its own, as Linux does: a primary whose header or
+ * entries fail their CRC is damaged. Returns 0 or -errno (-EINVAL: no
+ * good table). */
+static int read_gpt(struct source *s, struct table *t)
+{
+	int r = gpt_at(s, t, 1);
+
+	if (r < 0 && r != -ENOMEM) {
+		t->count = 0;
+		r = gpt_at(s, t, s->size(s) / t->sector - 1);
+	}
+	return r;
+}
+
 /* MBR, with the extended chain; a protective entry (0xee) hands over to
  * GPT. Returns 0 or -errno (-EINVAL: no partition table). */
 static int read_table(struct source *s, struct table *t)
@@ -1094,6 +2608,12 @@ static int read_table(struct source *s, struct table *t)
 		return r;
 	if (b[510] != 0x55 || b[511] != 0xaa)
 		return -EINVAL;
+	/* a boot indicator other than 0 or 0x80 means no table, as Linux
+	 * and partx judge it: the boot sector of a file system, say, whose
+	 * code would read as partitions */
+	for (i = 0; i < 4; i++)
+		if (b[446 + 16 * i] & 0x7f)
+			return -EINVAL;
 	for (i = 0; i < 4; i++)
 		if (b[446 + 16 * i + 4] == 0xee)
 			return read_gpt(s, t);
@@ -1109,15 +2629,16 @@ static int read_table(struct source *s, struct table *t)
 			ext = le32(e + 8);
 	}
 	/* each EBR holds a logical partition (relative to the EBR) and a
-	 * link to the next EBR (relative to the extended partition) */
+	 * link to the next EBR (relative to the extended partition); a
+	 * chain that breaks ends there, the partitions found before it
+	 * kept, as Linux does: a rescue still reaches them */
 	for (ebr = ext, hops = 0; ebr && hops < MAX_PARTS && t->count < MAX_PARTS;
 	     hops++) {
 		const unsigned char *data = b + 446, *link = b + 462;
 
-		if ((r = read_exact(s, b, sizeof(b), ebr * t->sector)) < 0)
-			return r;
-		if (b[510] != 0x55 || b[511] != 0xaa)
-			return -EINVAL;
+		if (read_exact(s, b, sizeof(b), ebr * t->sector) < 0 ||
+		    b[510] != 0x55 || b[511] != 0xaa)
+			break;
 		if (data[4] && le32(data + 12)) {
 			add_part(t, logical++, ebr + le32(data + 8), le32(data + 12));
 			sprintf(t->part[t->count - 1].type, "%x", data[4]);
@@ -1197,9 +2718,10 @@ static void human_size(char *out, size_t n, uint64_t bytes)
 }
 
 /* --partitions: print the table as partx --show does, and exit */
-static _Noreturn void list_partitions(const char *path)
+static _Noreturn void list_partitions(struct export *e)
 {
-	struct source *s = file_open(path, false, false);
+	const char *path = e->source_path;
+	struct source *s = open_bottom(e, false, false);
 	struct table *t = malloc(sizeof(*t));
 	char size[16];
 	int i;
@@ -1214,10 +2736,11 @@ static _Noreturn void list_partitions(const char *path)
 		const struct part *p = &t->part[i];
 
 		human_size(size, sizeof(size), p->sectors * t->sector);
-		printf("%3u %12llu %12llu %12llu %6s %-36s %s\n", p->number,
+		printf("%3u %12llu %12llu %12llu %6s %-*s%s%s\n", p->number,
 		       (unsigned long long)p->start,
 		       (unsigned long long)(p->start + p->sectors - 1),
-		       (unsigned long long)p->sectors, size, p->type, p->name);
+		       (unsigned long long)p->sectors, size, *p->name ? 36 : 0,
+		       p->type, *p->name ? " " : "", p->name);
 	}
 	free(t);
 	s->close(s);
@@ -1422,11 +2945,14 @@ static int snap_flush(struct source *s, bool datasync)
 	return fdatasync(snap_of(s)->fd) < 0 ? -errno : 0;
 }
 
+/* nothing to reserve: the delta takes its room as blocks change; but a
+ * snapshot keeps its size, so never past its end */
 static int snap_allocate(struct source *s, uint64_t pos, uint64_t len,
 			 bool keep_size)
 {
-	(void)s, (void)pos, (void)len;
-	return keep_size ? 0 : -ENOSPC;	/* a snapshot keeps its size */
+	struct snapshot *sn = snap_of(s);
+
+	return keep_size || (pos <= sn->size && len <= sn->size - pos) ? 0 : -ENOSPC;
 }
 
 /* SEEK_DATA or SEEK_HOLE over the combined view: changed runs answer
@@ -3812,7 +5338,7 @@ static _Noreturn void print_and_exit(const char *text)
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
        OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
        OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_FAULT, OPT_SEED, OPT_WRITE_CACHE,
-       OPT_CONTROL };
+       OPT_CONTROL, OPT_RETRY };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -3835,6 +5361,7 @@ static const struct option_row {
 	{ "seed", "seed", OPT_SEED, true, NULL },
 	{ "write-cache", "write_cache", OPT_WRITE_CACHE, true, NULL },
 	{ "control", "control", OPT_CONTROL, true, NULL },
+	{ "retry", "retry", OPT_RETRY, true, NULL },
 	{ "partition", "partition", OPT_PARTITION, true, NULL },
 	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
 	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
@@ -3909,6 +5436,9 @@ static void set_option(struct export *e, int id, const char *value,
 		if (!*value)
 			die("%s: needs a path", what);
 		e->control_path = value;
+		break;
+	case OPT_RETRY:
+		e->retry = parse_number(what, value, 0, 86400);
 		break;
 	case OPT_PARTITION:
 		e->partition = parse_number(what, value, 1, MAX_PARTS);
@@ -4016,6 +5546,7 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
 	clock_gettime(CLOCK_REALTIME, &now);
 	e->seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
+	e->retry = 30;
 	e->cache = CACHE_AUTO;
 	e->want_spin = AUTO;
 	opterr = 0;
@@ -4051,11 +5582,11 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->source_path = argv[optind];
 	e->mountpoint = args == 2 ? argv[optind + 1] : NULL;
 	if (e->partition && (e->offset || e->window))
-		die("--partition does not go with --offset or --size");
+		die("--partition: does not go with --offset or --size");
 	if (e->snapshot && e->growable)
 		die("--snapshot keeps the source's size: not with --growable");
 	if (e->commit && !e->snapshot_file)
-		die("--commit needs --snapshot=FILE");
+		die("--commit: needs --snapshot=FILE");
 	if (fake)
 		exit(0);
 }
@@ -4064,8 +5595,16 @@ static void parse_options(struct export *e, int argc, char *argv[])
  * (a block device's own number). Exits if it cannot be had. */
 static void source_id(const char *path, struct snap_header *id)
 {
+	uint64_t hash = 14695981039346656037ULL;
 	struct stat st;
 
+	if (is_nbd_uri(path)) {		/* an NBD export: its URI, FNV-1a */
+		for (; *path; path++)
+			hash = (hash ^ (unsigned char)*path) * 1099511628211ULL;
+		id->dev = 0;
+		id->ino = hash;
+		return;
+	}
 	if (stat(path, &st) < 0)
 		die("%s:", path);
 	id->dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
@@ -4082,6 +5621,7 @@ static _Noreturn void commit_snapshot(struct export *e)
 	struct snap_header h, id;
 	struct snapshot sn;
 	struct source *top;
+	struct stat st;
 	char block[SNAP_BLOCK];
 	static const char zeros[SNAP_BLOCK];
 	uint64_t *map, b;
@@ -4094,7 +5634,7 @@ static _Noreturn void commit_snapshot(struct export *e)
 	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) ||
 	    memcmp(h.magic, "FXSNAP1", 8) || h.block != SNAP_BLOCK)
 		die("%s: not a snapshot file", file);
-	top = file_open(e->source_path, true, false);
+	top = open_bottom(e, true, false);
 	if (h.offset || h.size != top->size(top))
 		top = window_open(top, h.offset, h.size, e->source_path);
 	id = h;
@@ -4102,6 +5642,10 @@ static _Noreturn void commit_snapshot(struct export *e)
 	if (memcmp(&id, &h, sizeof(h)))
 		die("%s: made for another source than %s", file, e->source_path);
 	snap_layout(&sn, h.size);
+	if (fstat(fd, &st) < 0)
+		die("%s:", file);
+	if ((uint64_t)st.st_size < sn.data + sn.blocks * SNAP_BLOCK)
+		die("%s: not a snapshot file (shorter than its map and blocks)", file);
 	map = mmap(NULL, sn.map_len, PROT_READ, MAP_SHARED, fd, SNAP_MAP);
 	if (map == MAP_FAILED)
 		die("%s: mapping its block map:", file);
@@ -4137,8 +5681,7 @@ static void open_source(struct export *e)
 
 	if (e->write_cache && !e->writable)
 		die("--write-cache=volatile: needs a writable export (-w or -g)");
-	e->top = file_open(e->source_path, e->writable && !e->snapshot,
-			   e->growable);
+	e->top = open_bottom(e, e->writable && !e->snapshot, e->growable);
 	if (e->partition) {
 		e->top = partition_open(e->top, e->partition, e->source_path);
 		id.offset = window_of(e->top)->offset;
@@ -4173,8 +5716,12 @@ static void open_source(struct export *e)
 		die("--passthrough=on: %s", e->no_passthrough);
 	e->passthrough = !e->no_passthrough;
 
-	if (stat(e->source_path, &st) < 0)
+	if (is_nbd_uri(e->source_path)) {	/* the times: the export's start */
+		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
+		st.st_atim = st.st_ctim = st.st_mtim;
+	} else if (stat(e->source_path, &st) < 0) {
 		die("%s:", e->source_path);
+	}
 	e->mode = e->writable ? 0600 : 0400;
 	e->uid = getuid();
 	e->gid = getgid();
@@ -4612,7 +6159,7 @@ int main(int argc, char *argv[])
 	signal(SIGPIPE, SIG_IGN);	/* a closed stderr or parent: EPIPE */
 	parse_options(e, argc, argv);
 	if (e->list_partitions)
-		list_partitions(e->source_path);
+		list_partitions(e);
 	if (e->commit)
 		commit_snapshot(e);
 	check_mountpoint(e);

@@ -80,7 +80,8 @@ URING_WAS= TPID=
 # is undone.
 
 # fuseexport servers of ours: recorded, or running with an argument under $ROOT,
-# or chrooted under $ROOT (the rescue-shell test)
+# or chrooted under $ROOT (the rescue-shell test); and NBD servers with an
+# argument under $ROOT
 our_servers() {
 	local p a r pid
 	for p in /proc/[0-9]*; do
@@ -89,7 +90,7 @@ our_servers() {
 		[ ${#a[@]} -gt 0 ] || continue
 		r=$(readlink "$p/root" 2>/dev/null) || continue
 		case $r in "$ROOT"/*) echo "$pid"; continue ;; esac
-		case ${a[0]##*/} in fuseexport*) ;; *) continue ;; esac
+		case ${a[0]##*/} in fuseexport*|qemu-nbd|nbdkit|nbd-server) ;; *) continue ;; esac
 		if grep -qx "$pid" "$ROOT/.pids" 2>/dev/null; then echo "$pid"; continue; fi
 		for x in "${a[@]}"; do
 			case $x in "$ROOT"/*) echo "$pid"; break ;; esac
@@ -1321,7 +1322,8 @@ t_help() {
 	"$FX" --help >out 2>err || fail "--help exit $?"
 	[ -s err ] && fail "--help wrote to stderr"
 	grep -q 'usage: fuseexport' out || fail "--help: no usage line"
-	for o in --writable --growable --foreground --debug --queues --allow-other --help --version; do
+	for o in --writable --growable --foreground --debug --queues --allow-other --partition --partitions \
+		--snapshot --commit --help --version; do
 		grep -q -- "$o" out || fail "--help does not mention $o"
 	done
 	"$FX" -h >out2 || fail "-h exit $?"
@@ -1809,6 +1811,7 @@ t_cmdline_fuzz() {
 	pool=(-w -g -q -q0 -q1 -q65 -q999999999999999999999 --queues= --queues=2
 		--allow-other --allow-other=on --allow-other=x --passthrough=on --passthrough=
 		--offset=1M --offset=-1 --offset=99T --size=0 --size=1K --size=1Q -o -o ro
+		--partition=1 --partition=0 --partitions --snapshot --commit -o snapshot
 		-o rw,growable -o queues=0 -o size= -o bogus -o ,,, -o = -h -V -- - --bogus -x
 		"" " " "$PWD/src" "$PWD/src" "$PWD/mp" "$PWD/mp" "$PWD/d" "$PWD/f" /dev/null
 		"$PWD/nosuch" "$(printf 'a\tb\nc')" "$(head -c 300 /dev/zero | tr '\0' x)")
@@ -1948,6 +1951,873 @@ t_window() {
 	bad --offset=30M --size=4M "$PWD/src" "$PWD/mp"
 	bad -g --offset=1M "$PWD/src" "$PWD/mp"
 	bad --size=0 "$PWD/src" "$PWD/mp"
+}
+
+# ---------------------------------------------------------------------------
+# Partitions (--partition, --partitions) and the snapshot (--snapshot,
+# --commit), on images made by sfdisk and sgdisk, with file systems made,
+# damaged and repaired by their own tools
+
+# mbr_img FILE: a sparse 200 MiB image with an MBR made by sfdisk: primary
+# partitions 1 (40M) and 2 (60M), and 3, extended, holding the logical 5
+# (30M) and 6 (30M, swap)
+mbr_img() {
+	rm -f "$1"; truncate -s 200M "$1"
+	sfdisk -q "$1" >&2 <<-EOF || fail "sfdisk $1"
+	label: dos
+	size=40M, type=83
+	size=60M, type=83
+	type=5
+	size=30M, type=83
+	size=30M, type=82
+	EOF
+}
+
+# gpt_img FILE MIB: a sparse image with a GPT made by sgdisk: partitions 1
+# (16M, "boot"), 2 (MIB MiB, "root fs") and 4 (8M, a Microsoft data type,
+# no name); entry 3 is left empty
+gpt_img() {
+	rm -f "$1"; truncate -s $(($2 + 40))M "$1"
+	sgdisk -n 1:2048:+16M -t 1:8300 -c 1:boot -n 2:0:+"$2"M -t 2:8300 -c 2:"root fs" \
+		-n 4:0:+8M -t 4:0700 "$1" >&2 || fail "sgdisk $1"
+}
+
+# sfdisk_rows DEVICE: "NUMBER START SECTORS TYPE" per partition, from sfdisk -d
+sfdisk_rows() {
+	sfdisk -d "$1" | awk -F'[ ,=]+' '$2 == ":" && $3 == "start" {
+		match($1, /[0-9]+$/); print substr($1, RSTART), $4, $6, $8 }'
+}
+
+# part DEVICE N start|sectors: partition N's start or size in sectors, as
+# sfdisk -d says
+part() {
+	sfdisk_rows "$1" | awk -v n="$2" -v f="$3" '$1 == n { print f == "start" ? $2 : $3 }'
+}
+
+# part_bytes DEVICE N [SECTOR]: partition N's bytes, read with dd skip=START
+part_bytes() {
+	dd if="$1" bs="${3:-512}" skip="$(part "$1" "$2" start)" count="$(part "$1" "$2" sectors)" status=none
+}
+
+# same_but A B START SECTORS...: A and B hold the same bytes outside the
+# given ranges of 512-byte sectors
+same_but() {
+	local a=$1 b=$2
+	shift 2
+	cp --sparse=always "$a" a.cut; cp --sparse=always "$b" b.cut
+	while [ $# -ge 2 ]; do
+		fallocate -p -o $(($1 * 512)) -l $(($2 * 512)) a.cut
+		fallocate -p -o $(($1 * 512)) -l $(($2 * 512)) b.cut
+		shift 2
+	done
+	cmp a.cut b.cut || fail "$b changed outside the ranges written"
+	rm a.cut b.cut
+}
+
+t_partitions_list() {
+	local img
+	mbr_img disk.img
+	gpt_img gpt.img 60
+	for img in disk.img gpt.img; do
+		"$FX" --partitions "$img" >out 2>err || fail "--partitions $img: exit $?: $(cat err)"
+		[ -s err ] && fail "--partitions $img wrote to stderr: $(cat err)"
+		cat out >&2
+		eq "$(sed -n 2p out | tr -s ' ' | sed 's/^ //')" "NR START END SECTORS SIZE TYPE NAME" "$img: header line"
+		eq "$(tail -n +3 out | awk '{ print $1, $2, $4, $6 }')" "$(sfdisk_rows "$img")" \
+			"$img: number, start, sectors and type, against sfdisk -d"
+		tail -n +3 out | awk '$3 != $2 + $4 - 1 { exit 1 }' || fail "$img: END is not START + SECTORS - 1"
+	done
+	eq "$(head -n1 out)" "gpt partition table, 512-byte sectors" "first line for the GPT"
+	eq "$(tail -n +3 out | awk '{ print $1 }' | tr '\n' ' ')" "1 2 4 " "GPT numbers (entry 3 empty)"
+	grep -Eq '^ +2 .* root fs$' out || fail "the GPT name of partition 2"
+	"$FX" --partitions disk.img >out
+	eq "$(head -n1 out)" "dos partition table, 512-byte sectors" "first line for the MBR"
+	eq "$(tail -n +3 out | awk '{ print $1 }' | tr '\n' ' ')" "1 2 3 5 6 " "MBR numbers (logical from 5)"
+	grep -Eq '^ +6 .* 30M +82 *$' out || fail "partition 6: size and type"
+}
+
+# mkfs.ext4 in a primary and in a logical partition, through --partition
+# exports: loop-mounted, files written, checked, and the export is the
+# image's own bytes at the partition's place; nothing else changes
+t_partition_ext4() {
+	local n start sectors
+	mbr_img disk.img; cp --sparse=always disk.img orig; : >mp; mkdir fs
+	for n in 2 5; do
+		start=$(part disk.img $n start); sectors=$(part disk.img $n sectors)
+		fx_up -w --partition=$n "$PWD/disk.img" "$PWD/mp"
+		eq "$(stat -c %s mp)" $((sectors * 512)) "partition $n's size"
+		mkfs.ext4 -q -F mp || fail "mkfs.ext4 on partition $n"
+		track_mount "$PWD/fs"
+		mount -o loop mp fs || fail "mount -o loop partition $n"
+		seq $n 100000 >fs/seq; mkdir fs/dir; cp "$FX" fs/dir/fx
+		umount fs || fail "umount the ext4 of partition $n"
+		e2fsck -fn mp >"$TESTDIR/fsck" 2>&1 || fail "e2fsck -fn: $(cat "$TESTDIR/fsck")"
+		cmp mp <(dd if=disk.img bs=512 skip="$start" count="$sectors" status=none) ||
+			fail "partition $n's export against dd skip=$start"
+		fx_down "$PWD/mp"
+	done
+	fx_up -o partition=5 "$PWD/disk.img" "$PWD/mp"
+	mount -o loop,ro mp fs || fail "mount -o loop,ro partition 5"
+	seq 5 100000 | cmp - fs/seq || fail "the file in partition 5"
+	cmp "$FX" fs/dir/fx || fail "the binary in partition 5"
+	umount fs
+	fx_down "$PWD/mp"
+	same_but orig disk.img "$(part disk.img 2 start)" "$(part disk.img 2 sectors)" \
+		"$(part disk.img 5 start)" "$(part disk.img 5 sectors)"
+	eq "$(sfdisk_rows disk.img)" "$(sfdisk_rows orig)" "the table after the exports"
+}
+
+# mkfs.xfs in a GPT partition through a --partition export
+t_partition_xfs() {
+	gpt_img disk.img 320; cp --sparse=always disk.img orig; : >mp; mkdir fs
+	fx_up -w --partition=2 "$PWD/disk.img" "$PWD/mp"
+	eq "$(stat -c %s mp)" $((320 * MiB)) "size"
+	mkfs.xfs -q -f mp || fail "mkfs.xfs"
+	track_mount "$PWD/fs"
+	mount -o loop mp fs || fail "mount -o loop"
+	seq 100000 >fs/seq; mkdir fs/dir; cp "$FX" fs/dir/fx
+	umount fs || fail "umount the xfs"
+	xfs_repair -n mp >"$TESTDIR/repair" 2>&1 || fail "xfs_repair -n: $(cat "$TESTDIR/repair")"
+	mount -o loop,ro mp fs || fail "mount -o loop,ro"
+	seq 100000 | cmp - fs/seq || fail "the file in the xfs"
+	cmp "$FX" fs/dir/fx || fail "the binary in the xfs"
+	umount fs
+	cmp mp <(part_bytes disk.img 2) || fail "the export against dd skip=START"
+	fx_down "$PWD/mp"
+	same_but orig disk.img "$(part disk.img 2 start)" "$(part disk.img 2 sectors)"
+	sgdisk -v disk.img >&2 || fail "sgdisk -v after the export"
+}
+
+# the primary GPT damaged (its header, or the entries it names): the
+# backup at the last LBA is used, numbers and places the same
+t_gpt_backup() {
+	local f start
+	gpt_img disk.img 60; : >mp
+	start=$(part disk.img 2 start)
+	dd if=/dev/urandom of=disk.img bs=1M seek=$((start / 2048)) count=2 conv=notrunc status=none
+	dd if=/dev/urandom of=disk.img bs=1M seek=$((start / 2048 + 59)) count=1 conv=notrunc status=none
+	"$FX" --partitions disk.img >good || fail "--partitions"
+	cp disk.img header; dd if=/dev/zero of=header bs=512 seek=1 count=1 conv=notrunc status=none
+	cp disk.img entries; dd if=/dev/zero of=entries bs=512 seek=2 count=32 conv=notrunc status=none
+	for f in header entries; do
+		"$FX" --partitions "$f" >out 2>err || fail "--partitions, primary $f zeroed: $(cat err)"
+		cmp out good || fail "--partitions, primary $f zeroed: $(cat out)"
+		fx_up --partition=2 "$PWD/$f" "$PWD/mp"
+		cmp mp <(part_bytes disk.img 2) || fail "partition 2, primary $f zeroed"
+		fx_down "$PWD/mp"
+	done
+	# and the backup gone too: no table
+	dd if=/dev/zero of=header bs=512 seek=$(($(stat -c %s header) / 512 - 1)) count=1 conv=notrunc status=none
+	bad --partition=2 "$PWD/header" "$PWD/mp"
+	grep -q "no partition table (MBR or GPT) that can be read" err || fail "refusal: $(cat err)"
+}
+
+# a block device of 4096-byte logical sectors with a GPT that sgdisk wrote
+# on it: LBAs count 4096 bytes; and a snapshot of its partition, committed
+t_partition_4k() {
+	local loop start sectors
+	truncate -s 100M img; : >mp
+	loop=$(losetup -b 4096 -f --show img) || fail "losetup -b 4096"
+	track_loop "$loop"
+	eq "$(blockdev --getss "$loop")" 4096 "the loop device's logical sector"
+	sgdisk -n 1:0:+20M -n 2:0:+30M -c 2:data "$loop" >&2 || fail "sgdisk on $loop"
+	"$FX" --partitions "$loop" >out 2>err || fail "--partitions $loop: $(cat err)"
+	eq "$(head -n1 out)" "gpt partition table, 4096-byte sectors" "first line"
+	eq "$(tail -n +3 out | awk '{ print $1, $2, $4, $6 }')" "$(sfdisk_rows "$loop")" "rows against sfdisk -d"
+	start=$(part "$loop" 2 start); sectors=$(part "$loop" 2 sectors)
+	eq $((sectors * 4096)) $((30 * MiB)) "partition 2's size in 4096-byte sectors"
+	head -c $((30 * MiB)) /dev/urandom >data
+	fx_up -w --partition=2 "$loop" "$PWD/mp"
+	eq "$(stat -c %s mp)" $((30 * MiB)) "size of the export"
+	dd if=data of=mp bs=1M conv=notrunc status=none || fail "dd into the partition"
+	fx_down "$PWD/mp"
+	cmp data <(dd if="$loop" bs=4096 skip="$start" count="$sectors" status=none) ||
+		fail "partition 2 on the device"
+	zeros "$loop" $(($(part "$loop" 1 start) * 4096)) $((20 * MiB))
+	# a snapshot of the partition: the device untouched until the commit
+	cp data expected
+	head -c 65536 /dev/urandom >more; put expected 12345 more
+	fx_up --partition=2 --snapshot="$PWD/p2.fx" "$loop" "$PWD/mp"
+	put mp 12345 more
+	cmp mp expected || fail "the snapshot"
+	fx_down "$PWD/mp"
+	cmp data <(dd if="$loop" bs=4096 skip="$start" count="$sectors" status=none) ||
+		fail "the device changed under a snapshot"
+	"$FX" --commit --snapshot="$PWD/p2.fx" "$loop" 2>err || fail "--commit: $(cat err)"
+	[ -e p2.fx ] && fail "FILE left after the commit"
+	cmp expected <(dd if="$loop" bs=4096 skip="$start" count="$sectors" status=none) ||
+		fail "the device after the commit"
+	losetup -d "$loop"
+}
+
+# bad tables and bad combinations: one line naming what exists, nothing
+# mounted, the image unchanged
+t_partition_refusals() {
+	local before
+	mbr_img disk.img; : >mp
+	before=$(sum disk.img)
+	bad --partition=9 "$PWD/disk.img" "$PWD/mp"
+	grep -q "no partition 9 (partitions: 1 2 3 5 6)" err || fail "no partition 9: $(cat err)"
+	bad --partition=4 "$PWD/disk.img" "$PWD/mp"
+	bad --partition=1 --offset=1M "$PWD/disk.img" "$PWD/mp"
+	bad --partition=1 --size=1M "$PWD/disk.img" "$PWD/mp"
+	bad -o partition=1,offset=4096 "$PWD/disk.img" "$PWD/mp"
+	bad --partition=0 "$PWD/disk.img" "$PWD/mp"
+	bad --partition=x "$PWD/disk.img" "$PWD/mp"
+	bad --partitions "$PWD/disk.img" "$PWD/mp"
+	eq "$(sum disk.img)" "$before" "the image after the refusals"
+	# cut short inside partition 6: 6 runs past the end, 5 is whole
+	truncate -s $((($(part disk.img 6 start) + 100) * 512)) disk.img
+	bad --partition=6 "$PWD/disk.img" "$PWD/mp"
+	grep -q "partition 6 runs past the end .*(partitions: 1 2 3 5 6)" err || fail "past the end: $(cat err)"
+	fx_up --partition=5 "$PWD/disk.img" "$PWD/mp"
+	cmp mp <(part_bytes disk.img 5) || fail "partition 5 of the cut image"
+	fx_down "$PWD/mp"
+	# garbage, and a file too short to hold a table
+	head -c $MiB /dev/urandom >disk.img; printf '\0\0' | dd of=disk.img bs=1 seek=510 conv=notrunc status=none
+	bad --partition=1 "$PWD/disk.img" "$PWD/mp"
+	grep -q "no partition table (MBR or GPT) that can be read" err || fail "garbage: $(cat err)"
+	bad --partitions "$PWD/disk.img"
+	grep -q "no partition table (MBR or GPT) that can be read" err || fail "--partitions, garbage: $(cat err)"
+	# a boot sector: the signature, and code where a table would be
+	"$PY" -c 'import sys; b = bytearray(sys.stdin.buffer.read(1 << 20))
+b[0:11] = b"\xeb\x3c\x90MSDOS5.0"; b[446:510] = bytes((i * 37 + 11) % 256 for i in range(64))
+b[510:512] = b"\x55\xaa"; sys.stdout.buffer.write(b)' </dev/zero >disk.img
+	bad --partitions "$PWD/disk.img"
+	grep -q "no partition table (MBR or GPT) that can be read" err || fail "--partitions, a boot sector: $(cat err)"
+	head -c 100 /dev/urandom >disk.img
+	bad --partitions "$PWD/disk.img"
+	grep -q "no partition table (MBR or GPT) that can be read" err || fail "--partitions, 100 bytes: $(cat err)"
+	# a broken extended chain: the partitions before it are still there
+	mbr_img disk.img
+	dd if=/dev/zero of=disk.img bs=512 seek="$(part disk.img 3 start)" count=1 conv=notrunc status=none
+	"$FX" --partitions "$PWD/disk.img" >out 2>err || fail "--partitions with a broken chain: $(cat err)"
+	eq "$(tail -n +3 out | awk '{ print $1 }' | tr '\n' ' ')" "1 2 3 " "numbers with a broken chain"
+	bad --partition=5 "$PWD/disk.img" "$PWD/mp"
+	grep -q "no partition 5 (partitions: 1 2 3)" err || fail "broken chain: $(cat err)"
+}
+
+# the server's descriptor of PATH is open read-only
+opened_ro() {
+	local fd flags
+	for fd in /proc/$FXPID/fd/*; do
+		[ "$(readlink "$fd")" = "$1" ] || continue
+		flags=$(awk '/^flags:/ { print $2 }' "/proc/$FXPID/fdinfo/${fd##*/}")
+		[ $((8#$flags & 3)) -eq 0 ] || fail "the server holds $1 open for writing (flags $flags)"
+		return 0
+	done
+	fail "the server does not hold $1 open"
+}
+
+# e2fsck through a snapshot of a damaged ext4 in partition 2 repairs it,
+# the image unchanged; the FILE resumes, is refused for another image or
+# while in use, and --commit makes the partition what the snapshot showed
+t_snapshot_ext4() {
+	local start sectors itable rc before f
+	mbr_img disk.img; : >mp; : >mp2; mkdir fs
+	start=$(part disk.img 2 start); sectors=$(part disk.img 2 sectors)
+	fx_up -w --partition=2 "$PWD/disk.img" "$PWD/mp"
+	mkfs.ext4 -q -F -b 1024 mp || fail "mkfs.ext4"
+	track_mount "$PWD/fs"
+	mount -o loop mp fs || fail "mount -o loop"
+	seq 100000 >fs/seq; mkdir fs/dir; cp "$FX" fs/dir/fx
+	umount fs
+	itable=$(dumpe2fs mp 2>/dev/null | awk '/^Group 0:/ { g = 1 } g && /Inode table at/ { sub(/-.*/, "", $4); print $4; exit }')
+	fx_down "$PWD/mp"
+	[ -n "$itable" ] || fail "no inode table in dumpe2fs's output"
+	# the primary superblock and the inode table's first block (the root
+	# directory's inode) zeroed
+	dd if=/dev/zero of=disk.img bs=1024 seek=$((start / 2 + 1)) count=1 conv=notrunc status=none
+	dd if=/dev/zero of=disk.img bs=1024 seek=$((start / 2 + itable)) count=1 conv=notrunc status=none
+	fx_up --partition=2 "$PWD/disk.img" "$PWD/mp"
+	rc=0; e2fsck -fn mp >"$TESTDIR/fsck" 2>&1 || rc=$?
+	[ $rc -ge 4 ] || fail "e2fsck -fn finds the damaged ext4 clean (exit $rc)"
+	fx_down "$PWD/mp"
+	cp --sparse=always disk.img damaged
+	before=$(sum disk.img)
+	fx_up --partition=2 --snapshot="$PWD/fix.fx" "$PWD/disk.img" "$PWD/mp"
+	[ -f fix.fx ] || fail "FILE not created"
+	eq "$(stat -c %A:%s mp)" "-rw-------:$((sectors * 512))" "mode and size of the snapshot"
+	opened_ro "$PWD/disk.img"
+	rc=0; e2fsck -fy mp >"$TESTDIR/fsck" 2>&1 || rc=$?
+	cat "$TESTDIR/fsck" >&2
+	[ $rc -ne 0 ] && [ $((rc & 12)) -eq 0 ] || fail "e2fsck -fy through the snapshot: exit $rc"
+	e2fsck -fn mp >"$TESTDIR/fsck" 2>&1 || fail "e2fsck -fn after the repair: $(cat "$TESTDIR/fsck")"
+	eq "$(sum disk.img)" "$before" "the image during the repair"
+	mount -o loop,ro mp fs || fail "mount the repaired ext4"
+	for f in fs/lost+found/*; do [ -f "$f" ] && seq 100000 | cmp -s - "$f" && break; done
+	seq 100000 | cmp - "$f" || fail "the file is not in lost+found: $(ls -l fs/lost+found)"
+	cmp "$FX" fs/lost+found/*/fx || fail "the directory is not in lost+found"
+	umount fs
+	cp mp repaired
+	# in use: another export or a commit of the same FILE is refused
+	refused --partition=2 --snapshot="$PWD/fix.fx" "$PWD/disk.img" "$PWD/mp2"
+	grep -q "fix.fx: in use" err || fail "second user of FILE: $(cat err)"
+	"$FX" --commit --snapshot="$PWD/fix.fx" "$PWD/disk.img" 2>err && fail "commit of a FILE in use"
+	fx_down "$PWD/mp"
+	eq "$(sum disk.img)" "$before" "the image after the snapshot export"
+	# resumed: the repaired view is there
+	fx_up --partition=2 --snapshot="$PWD/fix.fx" "$PWD/disk.img" "$PWD/mp"
+	cmp mp repaired || fail "the resumed snapshot"
+	fx_down "$PWD/mp"
+	# made for another source: another image, another partition
+	cp --sparse=always disk.img other
+	bad --partition=2 --snapshot="$PWD/fix.fx" "$PWD/other" "$PWD/mp"
+	grep -q "made for another source" err || fail "another image: $(cat err)"
+	bad --partition=5 --snapshot="$PWD/fix.fx" "$PWD/disk.img" "$PWD/mp"
+	grep -q "made for another source" err || fail "another partition: $(cat err)"
+	"$FX" --commit --snapshot="$PWD/fix.fx" "$PWD/other" 2>err && fail "commit into another image"
+	grep -q "made for another source" err || fail "commit into another image: $(cat err)"
+	cmp other damaged || fail "the other image after a refused commit"
+	eq "$(sum disk.img)" "$before" "the image after the refusals"
+	# the commit: partition 2 is what the snapshot showed, nothing else moved
+	"$FX" --commit --snapshot="$PWD/fix.fx" "$PWD/disk.img" >out 2>err || fail "--commit: exit $?: $(cat err)"
+	[ -s err ] && fail "--commit wrote to stderr: $(cat err)"
+	[ -e fix.fx ] && fail "FILE left after the commit"
+	mounted "$PWD/mp" && fail "--commit mounted something"
+	cmp repaired <(dd if=disk.img bs=512 skip="$start" count="$sectors" status=none) ||
+		fail "partition 2 after the commit"
+	same_but damaged disk.img "$start" "$sectors"
+	fx_up --partition=2 "$PWD/disk.img" "$PWD/mp"
+	e2fsck -fn mp >"$TESTDIR/fsck" 2>&1 || fail "e2fsck -fn after the commit: $(cat "$TESTDIR/fsck")"
+	fx_down "$PWD/mp"
+}
+
+# xfs_repair through a snapshot of an xfs whose AG 0 headers were zeroed
+t_snapshot_xfs() {
+	local start sectors rc before
+	gpt_img disk.img 320; : >mp; mkdir fs
+	start=$(part disk.img 2 start); sectors=$(part disk.img 2 sectors)
+	fx_up -w --partition=2 "$PWD/disk.img" "$PWD/mp"
+	mkfs.xfs -q -f mp || fail "mkfs.xfs"
+	track_mount "$PWD/fs"
+	mount -o loop mp fs || fail "mount -o loop"
+	seq 100000 >fs/seq; mkdir fs/dir; cp "$FX" fs/dir/fx
+	umount fs
+	fx_down "$PWD/mp"
+	# AG 0's free space (AGF) and inode (AGI) headers: sectors 1 and 2
+	dd if=/dev/zero of=disk.img bs=512 seek=$((start + 1)) count=2 conv=notrunc status=none
+	fx_up --partition=2 "$PWD/disk.img" "$PWD/mp"
+	rc=0; xfs_repair -n mp >"$TESTDIR/repair" 2>&1 || rc=$?
+	[ $rc -ne 0 ] || fail "xfs_repair -n finds the damaged xfs clean"
+	fx_down "$PWD/mp"
+	before=$(sum disk.img)
+	fx_up --partition=2 --snapshot="$PWD/fix.fx" "$PWD/disk.img" "$PWD/mp"
+	xfs_repair mp >"$TESTDIR/repair" 2>&1 || fail "xfs_repair through the snapshot: $(tail "$TESTDIR/repair")"
+	xfs_repair -n mp >"$TESTDIR/repair" 2>&1 || fail "xfs_repair -n after the repair: $(cat "$TESTDIR/repair")"
+	mount -o loop,ro mp fs || fail "mount the repaired xfs"
+	seq 100000 | cmp - fs/seq || fail "the file in the repaired xfs"
+	cmp "$FX" fs/dir/fx || fail "the binary in the repaired xfs"
+	umount fs
+	cp mp repaired
+	fx_down "$PWD/mp"
+	eq "$(sum disk.img)" "$before" "the image after the snapshot export"
+	fx_up --partition=2 --snapshot="$PWD/fix.fx" "$PWD/disk.img" "$PWD/mp"
+	cmp mp repaired || fail "the resumed snapshot"
+	fx_down "$PWD/mp"
+	"$FX" --commit --snapshot="$PWD/fix.fx" "$PWD/disk.img" 2>err || fail "--commit: exit $?: $(cat err)"
+	[ -e fix.fx ] && fail "FILE left after the commit"
+	cmp repaired <(dd if=disk.img bs=512 skip="$start" count="$sectors" status=none) ||
+		fail "partition 2 after the commit"
+	sgdisk -v disk.img >&2 || fail "sgdisk -v after the commit"
+}
+
+# a snapshot in memory: writes, punch and zero land there and read back;
+# size fixed; the source, open read-only, never changes, and the changes
+# are gone with the export
+t_snapshot_memory() {
+	local before s=$((64 * MiB))
+	mkimg src 64; cp src expected; : >mp
+	before=$(sum src)
+	fx_fg -d --snapshot "$PWD/src" "$PWD/mp"
+	grep -q '^fuseexport: passthrough off (a snapshot keeps its changes apart from the source)' fg.err ||
+		fail "-d says: $(grep passthrough fg.err)"
+	fx_down "$PWD/mp"
+	fx_up --snapshot "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %A:%s mp)" "-rw-------:$s" "mode and size"
+	opened_ro "$PWD/src"
+	head -c 300000 /dev/urandom >data
+	put mp 4097 data; put expected 4097 data
+	put mp $((30 * MiB)) data conv=notrunc,fsync; put expected $((30 * MiB)) data
+	put mp $((s - 300000)) data oflag=direct; put expected $((s - 300000)) data
+	xio "$PWD/mp" "fpunch $((17 * MiB)) 1m" "fzero $((5 * MiB + 4096)) 128k" "fpunch 1000 3000" "fsync"
+	head -c $MiB /dev/zero >z; put expected $((17 * MiB)) z
+	head -c 131072 /dev/zero >z; put expected $((5 * MiB + 4096)) z
+	head -c 3000 /dev/zero >z; put expected 1000 z
+	eq "$("$PY" "$FXIO" pwrite mp $s 4096)" ENOSPC "pwrite at the end"
+	truncate -s $((s / 2)) mp 2>/dev/null && fail "truncate resized a snapshot"
+	xio "$PWD/mp" "falloc $((40 * MiB)) 1m" "falloc -k $((s - 4096)) 1m"
+	xio_err 'No space left' "$PWD/mp" "falloc $((s - 4096)) 1m"
+	eq "$(stat -c %s mp)" $s "size"
+	cmp mp expected || fail "reads"
+	dd if=mp bs=1M iflag=direct status=none | cmp - expected || fail "O_DIRECT reads"
+	eq "$("$PY" "$FXIO" mmap-read mp)" "$(sum expected)" "mmap read"
+	eq "$(sum src)" "$before" "the source during the export"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "the source after the export"
+	fx_up -o snapshot,queues=2 "$PWD/src" "$PWD/mp"
+	cmp mp src || fail "a new snapshot still shows the last one's writes"
+	put mp 0 data
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "the source after -o snapshot"
+}
+
+# SEEK_DATA/SEEK_HOLE on a snapshot: data written into a hole of the
+# sparse source, and holes punched into its data, as a file with the same
+# changes has them
+t_snapshot_seek() {
+	local f layout before
+	mkimg src 64; cp --sparse=always src model; : >mp
+	layout=$(xfs_io -r -c "seek -a -r 0" src); before=$(sum src)
+	fx_up --snapshot "$PWD/src" "$PWD/mp"
+	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "seek -a -r before any change"
+	for f in "$PWD/mp" model; do
+		xio "$f" "pwrite -q $((8 * MiB)) 64k" "pwrite -q $((40 * MiB + 4096)) 4k" \
+			"fpunch 0 64k" "fpunch $((17 * MiB + 128 * 1024)) 256k" "fpunch $((63 * MiB)) 1m"
+	done
+	xfs_io -r -c "seek -a -r 0" mp >&2
+	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" model)" "seek -a -r after the changes"
+	eq "$(xfs_io -r -c "seek -d $((7 * MiB))" mp | awk '$1 == "DATA" { print $2 }')" $((8 * MiB)) "data written into a hole"
+	eq "$(xfs_io -r -c "seek -h $((8 * MiB))" mp | awk '$1 == "HOLE" { print $2 }')" $((8 * MiB + 65536)) "the hole after it"
+	eq "$(xfs_io -r -c "seek -d 0" mp | awk '$1 == "DATA" { print $2 }')" 65536 "the hole punched at 0"
+	eq "$(xfs_io -r -c "seek -h $((63 * MiB))" mp | awk '$1 == "HOLE" { print $2 }')" $((63 * MiB)) "the last MiB punched"
+	cmp mp model || fail "contents"
+	fx_down "$PWD/mp"
+	eq "$(xfs_io -r -c "seek -a -r 0" src)" "$layout" "the source's own data and holes"
+	eq "$(sum src)" "$before" "the source"
+}
+
+# a source nobody may write (a read-only bind mount): -w is refused, a
+# snapshot works; its commit is refused and keeps FILE
+snapshot_ro_ns() {
+	local before
+	mkdir ro; mkimg ro/src 16; cp ro/src expected; : >mp
+	mount --bind ro ro; mount -o remount,bind,ro ro
+	before=$(sum ro/src)
+	"$FX" -w "$PWD/ro/src" "$PWD/mp" 2>err && fail "-w on a read-only source accepted"
+	fx_up --snapshot="$PWD/ro.fx" "$PWD/ro/src" "$PWD/mp"
+	head -c $MiB /dev/urandom >data
+	put mp $((3 * MiB + 100)) data; put expected $((3 * MiB + 100)) data
+	cmp mp expected || fail "the snapshot of a read-only source"
+	fx_down "$PWD/mp"
+	eq "$(sum ro/src)" "$before" "the read-only source"
+	"$FX" --commit --snapshot="$PWD/ro.fx" "$PWD/ro/src" 2>err && fail "commit into a read-only source"
+	eq "$(wc -l <err)" 1 "lines of the refusal"
+	[ -f ro.fx ] || fail "a refused commit removed FILE"
+	fx_up --snapshot="$PWD/ro.fx" "$PWD/ro/src" "$PWD/mp"
+	cmp mp expected || fail "FILE after a refused commit"
+	fx_down "$PWD/mp"
+	umount ro
+}
+t_snapshot_ro_source() { in_ns snapshot_ro_ns; }
+
+# parallel writers on a snapshot: fio verify and the torture test, in
+# memory and in FILE; the source never changes
+t_snapshot_fio() {
+	local before seed=${FX_SEED:-$RANDOM}
+	mkimg src 64; : >mp
+	before=$(sum src)
+	fx_up -q 4 --passthrough=off --snapshot="$PWD/s.fx" "$PWD/src" "$PWD/mp"
+	fio_run --ioengine=psync --rw=randrw
+	fio_run --ioengine=libaio --iodepth=16 --direct=1 --rw=randrw --bs=64k
+	cp mp copy
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "the source after fio"
+	fx_up -q 4 --passthrough=off --snapshot="$PWD/s.fx" "$PWD/src" "$PWD/mp"
+	cmp mp copy || fail "the resumed snapshot after fio"
+	fx_down "$PWD/mp"
+	fx_up -q 4 --passthrough=off --snapshot "$PWD/src" "$PWD/mp"
+	log "seed $seed (replay: FX_SEED=$seed)"
+	"$PY" "$TOP/tests/torture.py" mp "$seed" "${FX_TORTURE_OPS:-1500}" 4 >&2 ||
+		fail "torture, four processes, seed $seed"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "the source after the torture"
+}
+
+# a snapshot of a window at an offset that is no multiple of 4 KiB,
+# committed: the changes land in the window and nowhere else; a commit
+# run again from a copy of FILE (as after a failure) ends the same; bad
+# commits are refused
+t_snapshot_commit() {
+	local off=$((3 * MiB + 512)) len=$((5 * MiB)) before
+	mkimg src 32; cp src expected; : >mp
+	before=$(sum src)
+	fx_up --offset=$off --size=$len --snapshot="$PWD/w.fx" "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %s mp)" $len "size"
+	cmp mp <(range src $off $len) || fail "reads"
+	head -c 200000 /dev/urandom >data
+	put mp 1 data; put expected $((off + 1)) data
+	head -c 5000 data >d5; put mp $((len - 5000)) d5; put expected $((off + len - 5000)) d5
+	xio "$PWD/mp" "fpunch $MiB 64k" "fzero $((2 * MiB)) 8k"
+	head -c 65536 /dev/zero >z; put expected $((off + MiB)) z
+	head -c 8192 /dev/zero >z; put expected $((off + 2 * MiB)) z
+	cmp mp <(range expected $off $len) || fail "the window through the snapshot"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "the source before the commit"
+	cp --sparse=always w.fx w.saved
+	"$FX" --commit --snapshot="$PWD/w.fx" "$PWD/src" 2>err || fail "--commit: $(cat err)"
+	[ -e w.fx ] && fail "FILE left after the commit"
+	cmp src expected || fail "the source after the commit"
+	mv w.saved w.fx
+	"$FX" --commit --snapshot="$PWD/w.fx" "$PWD/src" 2>err || fail "--commit again: $(cat err)"
+	cmp src expected || fail "the source after the second commit"
+	before=$(sum src)
+	bad --commit --snapshot="$PWD/w.fx" "$PWD/src"		# gone now
+	bad --commit --snapshot "$PWD/src"
+	grep -q -- "--commit: needs --snapshot=FILE" err || fail "commit without FILE: $(cat err)"
+	bad --commit "$PWD/src"
+	head -c 65536 /dev/urandom >junk.fx
+	bad --commit --snapshot="$PWD/junk.fx" "$PWD/src"
+	grep -q "not a snapshot file" err || fail "junk FILE: $(cat err)"
+	bad --snapshot="$PWD/junk.fx" "$PWD/src" "$PWD/mp"
+	# a FILE cut short after its header
+	fx_up --snapshot="$PWD/cut.fx" "$PWD/src" "$PWD/mp"
+	put mp 0 data
+	fx_down "$PWD/mp"
+	truncate -s 4096 cut.fx
+	bad --commit --snapshot="$PWD/cut.fx" "$PWD/src"
+	bad --snapshot="$PWD/cut.fx" "$PWD/src" "$PWD/mp"
+	bad -g --snapshot "$PWD/src" "$PWD/mp"
+	bad --snapshot --passthrough=on "$PWD/src" "$PWD/mp"
+	eq "$(sum src)" "$before" "the source after the refusals"
+# NBD sources: real servers (qemu-nbd, nbdkit, nbd-server) on unix sockets and
+# loopback, started by each test and stopped by cleanup_all (our_servers)
+
+# wait_socket PATH: fail unless the server's unix socket appears
+wait_socket() {
+	local i
+	for i in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done
+	fail "no server socket $1: $(cat "$TESTDIR/nbd.err" 2>/dev/null)"
+}
+
+# wait_port PORT: fail unless something listens on 127.0.0.1:PORT or [::1]:PORT
+wait_port() {
+	local i
+	for i in $(seq 100); do
+		ss -Hltn "sport = :$1" | grep -q . && return 0
+		sleep 0.05
+	done
+	fail "nothing listens on port $1: $(cat "$TESTDIR/nbd.err" 2>/dev/null)"
+}
+
+free_port() {
+	"$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# qnbd IMAGE [QEMU-NBD OPTIONS...]: qemu-nbd serving IMAGE (raw, holes
+# punched on request) on ./nbd.sock unless the options say where; NBDPID
+qnbd() {
+	local img=$PWD/$1; shift
+	case " $* " in *" -b "*|*" -p "*) ;; *) rm -f nbd.sock; set -- -k "$PWD/nbd.sock" "$@" ;; esac
+	qemu-nbd -f raw -t -e 32 --discard=unmap "$@" "$img" 2>>"$TESTDIR/nbd.err" &
+	NBDPID=$!
+	case " $* " in *" -k "*) wait_socket "$PWD/nbd.sock" ;; esac
+}
+
+# nbdk ARGS...: nbdkit on ./nbd.sock with these plugin (and filter) args; NBDPID
+nbdk() {
+	rm -f nbd.sock
+	nbdkit -f -U "$PWD/nbd.sock" "$@" 2>>"$TESTDIR/nbd.err" &
+	NBDPID=$!
+	wait_socket "$PWD/nbd.sock"
+}
+
+# the whole behaviour of a writable NBD export against its image
+t_nbd_qemu() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock"
+	mkimg src 64; cp src expected; : >mp
+	qnbd src
+	fx_up $1 -w "$uri" "$PWD/mp"
+	eq "$(stat -c %s mp)" $((64 * MiB)) "size"
+	eq "$(stat -c %A mp)" "-rw-------" "writable mode"
+	cmp src mp || fail "cmp"
+	dd if=mp bs=1M iflag=direct status=none | cmp - src || fail "dd iflag=direct"
+	cmp <(range mp 12345 777777) <(range src 12345 777777) || fail "unaligned read"
+	head -c 300000 /dev/urandom >data
+	put mp 4097 data; put expected 4097 data
+	put mp $((64 * MiB - 300000)) data oflag=direct; put expected $((64 * MiB - 300000)) data
+	eq "$("$PY" "$FXIO" pwrite mp $((64 * MiB)) 4096)" ENOSPC "pwrite at the end"
+	cmp mp expected || fail "read back through the export"
+	xio "$PWD/mp" "fsync" "fdatasync"
+	fio_run --ioengine=psync
+	fio_run --ioengine=libaio --iodepth=16 --direct=1 --rw=randrw --bs=64k
+	cp mp copy
+	fx_down "$PWD/mp"
+	cmp src copy || fail "the image after fio"
+}
+
+# nbd:// over 127.0.0.1 and [::1], named exports, the default port's syntax
+t_nbd_tcp() {
+	local port
+	mkimg src 32; : >mp
+	port=$(free_port)
+	qnbd src -b 127.0.0.1 -p "$port" -x disk
+	wait_port "$port"
+	fx_up $1 "nbd://127.0.0.1:$port/disk" "$PWD/mp"
+	cmp src mp || fail "cmp over 127.0.0.1"
+	fx_down "$PWD/mp"
+	"$FX" "nbd://127.0.0.1:$port/nosuch" "$PWD/mp" 2>err && fail "a missing export accepted"
+	grep -q "nosuch" err || fail "the refusal does not name the export: $(cat err)"
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	if ip -6 addr show dev lo 2>/dev/null | grep -q '::1'; then
+		port=$(free_port)
+		qnbd src -b ::1 -p "$port" -x 'a disk'
+		wait_port "$port"
+		fx_up $1 -w "nbd://[::1]:$port/a%20disk" "$PWD/mp"
+		cmp src mp || fail "cmp over [::1]"
+		fx_down "$PWD/mp"
+	else
+		log "no ::1 here: IPv6 not tried"
+	fi
+}
+
+# with -q N and CAN_MULTI_CONN, N connections; without it one carries all
+t_nbd_multi_conn() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock"
+	mkimg src 64; : >mp
+	nbdk file "$PWD/src"
+	fx_fg -d -q 4 -w "$uri" "$PWD/mp"
+	grep -q "4 connections" fg.err || fail "-q 4 on a multi-conn server: $(head -n 1 fg.err)"
+	eq "$(ss -Hx | grep -c "$PWD/nbd.sock")" 4 "the server's connections"
+	fio_run --ioengine=psync
+	fx_down "$PWD/mp"
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	nbdk --filter=multi-conn file "$PWD/src" multi-conn-mode=disable
+	fx_fg -d -q 4 -w "$uri" "$PWD/mp"
+	grep -q "1 connection," fg.err || fail "-q 4 without multi-conn: $(head -n 1 fg.err)"
+	# many requests in flight on the one connection: parallel fio is not serialised
+	fio_run --ioengine=libaio --iodepth=16 --direct=1
+	fx_down "$PWD/mp"
+}
+
+t_nbd_ext4() {
+	mkdir fs; truncate -s 64M src; : >mp
+	qnbd src
+	fx_up $1 -w "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	mkfs.ext4 -q -F mp || fail "mkfs.ext4 on the export"
+	track_mount "$PWD/fs"
+	mount -o loop mp fs || fail "mount -o loop"
+	head -c $((8 * MiB)) /dev/urandom >fs/big
+	cp "$FX" fs/fx; seq 100000 >fs/seq
+	sync
+	umount fs || fail "umount the ext4"
+	e2fsck -fn mp >"$TESTDIR/fsck" 2>&1 || fail "e2fsck -fn: $(cat "$TESTDIR/fsck")"
+	fx_down "$PWD/mp"
+	e2fsck -fn src >"$TESTDIR/fsck" 2>&1 || fail "e2fsck -fn on the image: $(cat "$TESTDIR/fsck")"
+}
+
+# punch leaves a hole in the server's image; zero range reads as zeros;
+# SEEK_DATA/SEEK_HOLE come from base:allocation
+t_nbd_punch_seek() {
+	dd if=/dev/urandom of=src bs=1M count=8 status=none; : >mp
+	qnbd src
+	fx_up $1 -w "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	xio "$PWD/mp" "fpunch $MiB $MiB" "fzero $((4 * MiB)) 64k" "fpunch 12345 1000"
+	zeros mp $MiB $MiB
+	zeros mp $((4 * MiB)) 65536
+	zeros mp 12345 1000
+	qemu-img map --output=json -f raw src >map.json
+	grep -q "\"start\": $MiB, \"length\": $MiB,.*\"data\": false" map.json ||
+		fail "qemu-img map shows no hole at 1 MiB: $(cat map.json)"
+	xfs_io -c "seek -h 0" -c "seek -d $MiB" mp >seek.out
+	grep -q "HOLE.*$MiB" seek.out || fail "SEEK_HOLE: $(cat seek.out)"
+	grep -q "DATA.*$((2 * MiB))" seek.out || fail "SEEK_DATA: $(cat seek.out)"
+	cp mp copy
+	fx_down "$PWD/mp"
+	cmp src copy || fail "the image"
+}
+
+# the server killed and restarted under a running fio verify: the requests
+# in flight are sent again, nothing acknowledged is lost, no error
+t_nbd_reconnect() {
+	mkimg src 64; : >mp
+	qnbd src
+	fx_fg -d -w --retry=20 "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	fio --name=verify --filename="$PWD/mp" --rw=randwrite --bs=4k --size=16M \
+		--offset_increment=16M --numjobs=4 --verify=crc32c --do_verify=1 \
+		--verify_fatal=1 --group_reporting --minimal --ioengine=psync \
+		--loops=4 >fio.out 2>&1 &
+	local fio=$! i
+	sleep 1
+	kill -KILL "$NBDPID"
+	sleep 1
+	[ -d "/proc/$fio" ] || fail "fio ended before the server came back: $(cat fio.out)"
+	qnbd src
+	sleep 1
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	qnbd src
+	wait "$fio" || fail "fio verify across the reconnects: $(cat fio.out)"
+	grep -q "connection 0 lost" fg.err || fail "-d does not log the loss: $(cat fg.err)"
+	grep -q "made again" fg.err || fail "-d does not log the reconnect: $(cat fg.err)"
+	cp mp copy
+	fx_down "$PWD/mp"
+	cmp src copy || fail "the image after the reconnects"
+}
+
+# the server gone for good: requests fail with EIO after --retry, no hang
+t_nbd_gone() {
+	local t0 t1
+	mkimg src 8; : >mp
+	qnbd src
+	fx_up $1 --retry=2 "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	cmp src mp || fail "cmp"
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	t0=$(date +%s)
+	timeout 30 dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>err && fail "a read with the server gone succeeded"
+	t1=$(date +%s)
+	grep -q "Input/output error" err || fail "the read failed with: $(cat err)"
+	[ $((t1 - t0)) -le 10 ] || fail "the read took $((t1 - t0)) s with --retry=2"
+	# back again: the export works again
+	qnbd src
+	for i in $(seq 50); do dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null && break; sleep 0.2; done
+	cmp src mp || fail "cmp once the server is back"
+	fx_down "$PWD/mp"
+}
+
+# a read-only server: -w refused with one line, a read-only export works
+t_nbd_readonly() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" before
+	mkimg src 16; : >mp
+	before=$(sum src)
+	qnbd src -r
+	bad -w "$uri" "$PWD/mp"
+	grep -q "read-only" err || fail "the refusal: $(cat err)"
+	fx_up $1 "$uri" "$PWD/mp"
+	eq "$(stat -c %A mp)" "-r--------" "read-only mode"
+	cmp src mp || fail "cmp"
+	dd if=/dev/zero of=mp bs=4k count=1 conv=notrunc status=none 2>/dev/null && fail "a write succeeded"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "image"
+}
+
+# nbdkit's memory plugin (writable, sizes not a multiple of 512) and
+# sparse-random (data and holes, compared with qemu-img's own NBD client)
+t_nbd_nbdkit() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" s=1000001
+	: >mp
+	nbdk memory size=$s
+	fx_up $1 -w "$uri" "$PWD/mp"
+	eq "$(stat -c %s mp)" $s "size"
+	head -c $s /dev/urandom >expected
+	dd if=expected of=mp bs=64k conv=notrunc status=none || fail "write the whole export"
+	cmp mp expected || fail "read back"
+	eq "$("$PY" "$FXIO" pwrite mp $((s - 10)) 100 0x41)" 10 "bytes written by a pwrite straddling the end"
+	fx_down "$PWD/mp"
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	nbdk sparse-random size=64M seed=1234 percent=30 runlength=524288
+	qemu-img convert -f raw -O raw "$uri" ref || fail "qemu-img convert from nbdkit"
+	fx_up $1 "$uri" "$PWD/mp"
+	cmp mp ref || fail "cmp with qemu-img's copy"
+	"$PY" - "$PWD/mp" <<-'PY' >ours.txt || fail "walking SEEK_DATA/SEEK_HOLE"
+		import os, sys
+		fd = os.open(sys.argv[1], os.O_RDONLY); size = os.fstat(fd).st_size; pos = 0
+		while pos < size:
+		    try: d = os.lseek(fd, pos, os.SEEK_DATA)
+		    except OSError: break
+		    h = os.lseek(fd, d, os.SEEK_HOLE); print(d, h); pos = h
+	PY
+	qemu-img map --output=json -f raw "$uri" | "$PY" -c '
+import json, sys
+runs = []
+for m in json.load(sys.stdin):
+    if not m["data"]: continue
+    if runs and runs[-1][1] == m["start"]: runs[-1][1] += m["length"]
+    else: runs.append([m["start"], m["start"] + m["length"]])
+for r in runs: print(r[0], r[1])' >theirs.txt
+	[ "$(wc -l <ours.txt)" -gt 2 ] || fail "sparse-random shows no holes: $(cat ours.txt)"
+	cmp ours.txt theirs.txt || fail "SEEK_DATA/SEEK_HOLE differ from qemu-img map"
+	fx_down "$PWD/mp"
+}
+
+# a server that takes only whole 4 KiB blocks (at most 64 KiB at once):
+# unaligned reads and writes are aligned, read-modify-written and split
+t_nbd_block_size() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock"
+	: >mp
+	nbdk --filter=blocksize-policy memory size=16M blocksize-error-policy=error \
+		blocksize-minimum=4096 blocksize-preferred=65536 blocksize-maximum=65536
+	fx_up $1 -w "$uri" "$PWD/mp"
+	head -c $((16 * MiB)) /dev/urandom >expected
+	dd if=expected of=mp bs=1M conv=notrunc status=none || fail "write the whole export"
+	head -c 300001 /dev/urandom >data
+	put mp 4097 data; put expected 4097 data
+	put mp 100 data; put expected 100 data
+	cmp mp expected || fail "read back after unaligned writes"
+	cmp <(range mp 12345 777777) <(range expected 12345 777777) || fail "an unaligned read"
+	xio "$PWD/mp" "fzero 1000 10000" "fpunch 70000 5000"
+	head -c 10000 /dev/zero >z; put expected 1000 z
+	head -c 5000 /dev/zero >z; put expected 70000 z
+	cmp mp expected || fail "after unaligned zero and punch"
+	fio --name=verify --filename="$PWD/mp" --rw=randwrite --bs=512 --size=4M \
+		--offset_increment=4M --numjobs=4 --verify=crc32c --do_verify=1 \
+		--verify_fatal=1 --group_reporting --minimal --ioengine=psync \
+		--number_ios=2000 >fio.out 2>&1 || fail "fio bs=512 verify: $(cat fio.out)"
+	fx_down "$PWD/mp"
+	grep -i "error" "$TESTDIR/nbd.err" && fail "the server refused requests: $(cat "$TESTDIR/nbd.err")"
+	return 0
+}
+
+# nbd-server, the reference server, on a unix socket
+t_nbd_server() {
+	mkimg src 32; cp src expected; : >mp
+	cat >nbd.conf <<-EOF2
+		[generic]
+		unixsock = $PWD/nbd.sock
+		[disk]
+		exportname = $PWD/src
+	EOF2
+	rm -f nbd.sock
+	# it forks into the background, and a child per connection
+	nbd-server -C "$PWD/nbd.conf" 2>>"$TESTDIR/nbd.err" || fail "nbd-server: $(cat "$TESTDIR/nbd.err")"
+	wait_socket "$PWD/nbd.sock"
+	fx_up $1 -w "nbd+unix:///disk?socket=$PWD/nbd.sock" "$PWD/mp"
+	cmp src mp || fail "cmp"
+	head -c 300000 /dev/urandom >data
+	put mp 4097 data; put expected 4097 data
+	cmp mp expected || fail "read back"
+	fx_down "$PWD/mp"
+	cmp src expected || fail "the image"
+}
+
+# a window on an NBD export: nothing outside it changes
+t_nbd_window() {
+	mkimg src 32; cp src orig; : >mp
+	qnbd src
+	fx_up $1 -w --offset=3M --size=5M "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	eq "$(stat -c %s mp)" $((5 * MiB)) "size"
+	cmp mp <(range src $((3 * MiB)) $((5 * MiB))) || fail "window content"
+	head -c $((5 * MiB)) /dev/urandom >data
+	dd if=data of=mp bs=1M conv=notrunc status=none || fail "write the window"
+	fx_down "$PWD/mp"
+	cmp <(range src 0 $((3 * MiB))) <(range orig 0 $((3 * MiB))) || fail "before the window"
+	cmp <(range src $((8 * MiB)) $((24 * MiB))) <(range orig $((8 * MiB)) $((24 * MiB))) || fail "after the window"
+	cmp <(range src $((3 * MiB)) $((5 * MiB))) data || fail "the window"
+}
+
+# bad URIs and servers: one line each, nothing mounted
+t_nbd_bad() {
+	bad_setup
+	local s=$PWD/nbd.sock
+	for u in "nbd://" "nbd://:10809" "nbd://host:0" "nbd://host:99999" "nbd://host:1x" \
+		"nbd://[::1" "nbd://user@127.0.0.1" "nbd+unix:///x" "nbd+unix://host/?socket=$s" \
+		"nbd+unix:///?socket=" "nbd://127.0.0.1/?socket=$s" "nbd://127.0.0.1/%zz" \
+		"nbd+unix:///?socket=$s&foo=1" "nbds://127.0.0.1" "nbds+unix:///?socket=$s" \
+		"nbd://127.0.0.1/#frag" "nbd+unix:///?socket=$s"; do
+		bad "$u" "$PWD/mp"
+	done
+	port=$(free_port)
+	bad "nbd://127.0.0.1:$port" "$PWD/mp"
+	grep -q "refused" err || fail "no server: $(cat err)"
+	# not an NBD server at all
+	"$PY" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+c, _ = s.accept(); c.sendall(b"HTTP/1.0 400 Bad\r\n\r\n" * 4); c.recv(100)' "$s" &
+	wait_socket "$s"
+	bad "nbd+unix:///?socket=$s" "$PWD/mp"
+	grep -q "not an NBD server" err || fail "not NBD: $(cat err)"
+	qnbd src
+	bad -g "nbd+unix:///?socket=$s" "$PWD/mp"
+	bad --offset=5M "nbd+unix:///?socket=$s" "$PWD/mp"
 }
 
 # ---------------------------------------------------------------------------
@@ -2248,6 +3118,34 @@ t "4 TiB sparse source: size, the last MiB, writes near and past the end" "$M xf
 t "reads sent from a mapping: after writes, unaligned window, page tables bounded" "$M python3" t_mapped_reads
 t "names with spaces, commas and backslashes" "$M" t_odd_names
 t "relative SOURCE and MOUNTPOINT" "$M" t_relative_paths
+
+t "--partitions: the table as sfdisk -d has it (MBR with logical partitions, GPT), exit 0" "sfdisk sgdisk" t_partitions_list
+t "--partition: mkfs.ext4 in a primary and a logical partition, loop-mounted; the export is dd skip=START" "$M sfdisk loop ext4" t_partition_ext4
+t "--partition: mkfs.xfs in a GPT partition, loop-mounted; the export is dd skip=START" "$M sgdisk sfdisk loop xfs" t_partition_xfs
+t "--partition: GPT with its primary header or entries zeroed: the backup is used" "$M sgdisk sfdisk" t_gpt_backup
+t "--partition: GPT on a 4096-byte-sector loop device, and a snapshot of it committed" "$M sgdisk sfdisk loop" t_partition_4k
+t "--partition: missing, past the end, garbage, with --offset: refused; a broken extended chain keeps the rest" "$M sfdisk" t_partition_refusals
+t "snapshot: e2fsck -fy repairs a damaged ext4 in partition 2, the image unchanged; resumed, wrong FILE refused, committed" "$M sfdisk loop ext4" t_snapshot_ext4
+t "snapshot: xfs_repair repairs a damaged xfs in a GPT partition, the image unchanged; resumed, committed" "$M sgdisk sfdisk loop xfs" t_snapshot_xfs
+t "snapshot in memory: writes, punch, zero read back; fixed size; the source read-only, unchanged; gone after" "$M xfs_io python3" t_snapshot_memory
+t "snapshot: SEEK_DATA/SEEK_HOLE see data written into holes and holes punched into data" "$M xfs_io" t_snapshot_seek
+t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
+t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
+t "snapshot of an unaligned window: the commit lands there alone, runs again the same; bad commits refused" "$M xfs_io" t_snapshot_commit
+NBD_MODE="-q 2"	# the NBD tests: one representative mode
+t "nbd: qemu-nbd on a unix socket: cmp, writes, fsync, fio verify" "$M qemu-nbd fio python3 xfs_io" t_nbd_qemu "$NBD_MODE"
+t "nbd: nbd:// over 127.0.0.1 and [::1], named exports" "$M qemu-nbd ss python3" t_nbd_tcp "$NBD_MODE"
+t "nbd: -q 4 makes 4 connections where multi-conn is offered, else one carries all" "$M nbdkit ss fio" t_nbd_multi_conn
+t "nbd: mkfs.ext4, mount -o loop, e2fsck -fn" "$M qemu-nbd ext4" t_nbd_ext4 "$NBD_MODE"
+t "nbd: punch leaves a hole in the image (qemu-img map), zero range, SEEK_DATA/SEEK_HOLE" "$M qemu-nbd qemu-img xfs_io" t_nbd_punch_seek "$NBD_MODE"
+t "nbd: server killed and restarted under fio verify: no error, nothing lost" "$M qemu-nbd fio" t_nbd_reconnect
+t "nbd: server gone for good: EIO after --retry, no hang; back again: works" "$M qemu-nbd" t_nbd_gone "$NBD_MODE"
+t "nbd: read-only server: -w refused, read-only export works" "$M qemu-nbd" t_nbd_readonly "$NBD_MODE"
+t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$M nbdkit qemu-img python3" t_nbd_nbdkit "$NBD_MODE"
+t "nbd: 4 KiB minimum block size: unaligned I/O aligned and read-modify-written" "$M nbdkit fio xfs_io" t_nbd_block_size "$NBD_MODE"
+t "nbd: nbd-server on a unix socket" "$M nbd-server" t_nbd_server "$NBD_MODE"
+t "nbd: a window on an NBD export" "$M qemu-nbd" t_nbd_window "$NBD_MODE"
+t "nbd: bad URIs and servers refused with one line" "python3 qemu-nbd" t_nbd_bad
 
 B="bad input:"
 t "$B no arguments" "" b_no_args

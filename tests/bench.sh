@@ -9,7 +9,9 @@
 # qemu-storage-daemon's FUSE export (Debian's qemu-system-common) as the
 # peer. Prints IOPS, the ratios to the source itself and to the peer, and the
 # servers' own memory during the QD32 job. Before every job but the cold one
-# the target is read once, so that what can be cached is.
+# the target is read once, so that what can be cached is. Then the NBD
+# pair: the same file served by qemu-nbd on a unix socket, exported by
+# fuseexport (nbd) and by nbdfuse (Debian's libnbd-bin), its peer.
 # Only ratios from one run mean anything: the machine is shared and noisy.
 #
 # BENCH_SOURCE picks the source: file (a file on tmpfs, the default), loop (a
@@ -46,6 +48,8 @@ fi
 need=
 command -v fio >/dev/null || need="$need fio"
 command -v qemu-storage-daemon >/dev/null || need="$need qemu-system-common"
+command -v qemu-nbd >/dev/null || need="$need qemu-utils"
+command -v nbdfuse >/dev/null || need="$need libnbd-bin"
 if [ -n "$need" ] && command -v apt-get >/dev/null; then
 	echo "bench.sh: installing$need" >&2
 	{ apt-get -o DPkg::Lock::Timeout=600 update -q &&
@@ -61,10 +65,12 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
 fi
 
 DIR=$(mktemp -d /tmp/fuseexport-bench.XXXXXX) || exit 1
-SERVER= URING=/sys/module/fuse/parameters/enable_uring URING_WAS= LOOP=
+SERVER= NBDSERVER= URING=/sys/module/fuse/parameters/enable_uring URING_WAS= LOOP=
 cleanup() {
 	[ -n "$URING_WAS" ] && echo "$URING_WAS" >"$URING"
 	[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null
+	umount -l "$DIR/nbdfuse" 2>/dev/null
+	[ -n "$NBDSERVER" ] && kill "$NBDSERVER" 2>/dev/null
 	umount -l "$DIR/mp" 2>/dev/null
 	[ -n "$LOOP" ] && losetup -d "$LOOP"
 	umount -l "$DIR" 2>/dev/null
@@ -84,8 +90,11 @@ window)	WINDOW="--offset=1M" SIZE=$((SIZE_MB - 1))M ;;
 *)	echo "bench.sh: BENCH_SOURCE is file, loop or window" >&2; exit 1 ;;
 esac
 
+mkdir "$DIR/nbdfuse"
+NBD_URI="nbd+unix:///?socket=$DIR/nbd.sock"
+
 # column name and how to start it; "file" is the source itself
-COLUMNS_ALL="file pt fuse-q1 spin-q1 fuse-qN uring read writeback qsd"
+COLUMNS_ALL="file pt fuse-q1 spin-q1 fuse-qN uring read writeback qsd nbd nbdfuse"
 COLUMNS=${BENCH_COLUMNS:-$COLUMNS_ALL}
 for col in $COLUMNS; do
 	case " $COLUMNS_ALL " in *" $col "*) ;; *)
@@ -101,6 +110,31 @@ declare -A START=(
 	[read]="$FX -w $WINDOW --cache=read -q $(nproc)"
 	[writeback]="$FX -w $WINDOW --cache=writeback -q $(nproc)"
 )
+
+# the file a column's jobs run on
+target_of() {
+	case $1 in
+	file) echo "$SRC" ;;
+	nbdfuse) echo "$DIR/nbdfuse/img" ;;
+	*) echo "$DIR/mp" ;;
+	esac
+}
+
+# start_nbd: qemu-nbd serving the image on $DIR/nbd.sock; NBDSERVER = its pid
+start_nbd() {
+	local i
+	command -v qemu-nbd >/dev/null ||
+		{ echo "qemu-nbd missing (qemu-utils)" >"$DIR/why"; return 1; }
+	rm -f "$DIR/nbd.sock"
+	qemu-nbd -f raw -t -e 16 -k "$DIR/nbd.sock" "$DIR/img" 2>"$DIR/nbd.err" &
+	NBDSERVER=$!
+	for i in $(seq 100); do
+		[ -S "$DIR/nbd.sock" ] && return 0
+		sleep 0.1
+	done
+	head -n 1 "$DIR/nbd.err" >"$DIR/why"
+	return 1
+}
 
 # start_column NAME: export the image as $DIR/mp; SERVER = the server's pid.
 # Returns non-zero, with why in $DIR/why, if the column cannot run here.
@@ -126,6 +160,29 @@ start_column() {
 			sleep 0.1
 		done
 		SERVER=$(cat "$DIR/qsd.pid" 2>/dev/null) ;;
+	nbd)
+		start_nbd || return 1
+		$FX -w -q 2 -f "$NBD_URI" "$DIR/mp" 2>"$DIR/server.err" &
+		SERVER=$!
+		for i in $(seq 100); do
+			findmnt -n "$DIR/mp" >/dev/null && break
+			kill -0 "$SERVER" 2>/dev/null || break
+			sleep 0.1
+		done ;;
+	nbdfuse)
+		command -v nbdfuse >/dev/null ||
+			{ echo "nbdfuse missing (libnbd-bin)" >"$DIR/why"; return 1; }
+		start_nbd || return 1
+		nbdfuse "$DIR/nbdfuse/img" "$NBD_URI" 2>"$DIR/server.err" &
+		SERVER=$!
+		for i in $(seq 100); do
+			[ -e "$DIR/nbdfuse/img" ] && return 0
+			kill -0 "$SERVER" 2>/dev/null || break
+			sleep 0.1
+		done
+		head -n 1 "$DIR/server.err" >"$DIR/why"
+		SERVER=
+		return 1 ;;
 	*)
 		# FUSE over io_uring needs the kernel's switch (put back on exit)
 		if [ "$1" = uring ] && [ -w "$URING" ] && [ -z "$URING_WAS" ]; then
@@ -148,11 +205,21 @@ start_column() {
 
 stop_column() {
 	[ -n "$SERVER" ] || return 0
-	# fuseexport ends with the umount; qemu-storage-daemon needs a signal
-	umount "$DIR/mp" 2>/dev/null
+	# fuseexport and nbdfuse end with the umount; qemu-storage-daemon
+	# needs a signal
+	if [ "$col" = nbdfuse ]; then
+		umount "$DIR/nbdfuse" 2>/dev/null
+	else
+		umount "$DIR/mp" 2>/dev/null
+	fi
 	[ "$col" = qsd ] && kill "$SERVER"
 	while kill -0 "$SERVER" 2>/dev/null; do sleep 0.1; done
 	SERVER=
+	if [ -n "$NBDSERVER" ]; then
+		kill "$NBDSERVER"
+		wait "$NBDSERVER" 2>/dev/null
+		NBDSERVER=
+	fi
 }
 
 JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32 randread-cold}
@@ -213,8 +280,7 @@ for round in $(seq "$ROUNDS"); do
 				continue
 			fi
 			case " $RAN " in *" $col "*) ;; *) RAN="$RAN $col" ;; esac
-			target=$DIR/mp
-			[ "$col" = file ] && target=$SRC
+			target=$(target_of "$col")
 			# warm what can be cached, or drop it for the cold job
 			if [ "$job" = randread-cold ]; then
 				sync; echo 3 >/proc/sys/vm/drop_caches
@@ -272,7 +338,7 @@ for job in $JOBS; do
 	vals=(); for col in $RAN; do vals+=("$(median "${ALL[$col,$job]:-}")"); done
 	row "$job" "${vals[@]}"
 done
-for base in file qsd; do
+for base in file qsd nbdfuse; do
 	case " $RAN " in *" $base "*) ;; *) continue ;; esac
 	echo; echo "ratio to $base"
 	row job $RAN; rule
