@@ -5670,10 +5670,10 @@ static _Noreturn void commit_snapshot(struct export *e)
 	exit(0);
 }
 
-/* Build the source stack (the file; a window or a partition; a snapshot;
- * the fault layer if rules may come; the volatile cache), settle whether
- * passthrough is even possible, and take the exported file's attributes.
- * Exits on failure. */
+/* Build the source stack (the file or NBD connection; a window or a
+ * partition; a snapshot; the fault layer if rules may come; the volatile
+ * cache), settle whether passthrough is even possible, and take the
+ * exported file's attributes. Exits on failure. */
 static void open_source(struct export *e)
 {
 	struct snap_header id = { .offset = e->offset };
