@@ -2480,6 +2480,8 @@ t_snapshot_commit() {
 	bad -g --snapshot "$PWD/src" "$PWD/mp"
 	bad --snapshot --passthrough=on "$PWD/src" "$PWD/mp"
 	eq "$(sum src)" "$before" "the source after the refusals"
+}
+
 # NBD sources: real servers (qemu-nbd, nbdkit, nbd-server) on unix sockets and
 # loopback, started by each test and stopped by cleanup_all (our_servers)
 
