@@ -4356,6 +4356,11 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		e->cache = CACHE_READ;
 	if (e->cache == CACHE_WRITEBACK)
 		flags |= FUSE_WRITEBACK_CACHE;
+	/* An O_DIRECT write to a cached file goes through the kernel's
+	 * asynchronous direct I/O when it may, which turns a write cut short
+	 * at the end of a fixed-size export into EIO: serve them in turn */
+	if (e->cache != CACHE_NONE)
+		flags &= ~FUSE_ASYNC_DIO;
 	/* Direct I/O keeps a single copy of the data cached, the source's;
 	 * without mmap on direct I/O files (before 6.6) use the page cache.
 	 * The cache modes keep the kernel's copy, across opens, and the
