@@ -811,7 +811,7 @@ t_grow_truncate() {
 	printf 'hello world\n' >mp
 	printf 'hi\n' >mp
 	printf 'hi\n' >want
-	cmp mp want || fail "after printf 'hello world\\n' >EXP; printf 'hi\\n' >EXP: $(od -An -c mp | head -n 2)"
+	cmp -s mp want || fail "after printf 'hello world\\n' >EXP; printf 'hi\\n' >EXP: $(od -An -c mp | head -n 2)"
 	eq "$(stat -c %s mp)" 3 "size after the second O_TRUNC"
 	eq "$(stat -c %s src)" 3 "source size after the second O_TRUNC"
 	xio "$PWD/mp" "pwrite 8192 4k" "truncate 0"
