@@ -4,6 +4,7 @@
 #   fxio.py pwrite FILE OFFSET LENGTH [BYTE]
 #       one pwrite(2) of LENGTH bytes (value BYTE, default 0x5a) at OFFSET;
 #       prints the count the kernel returned, or the errno name (ENOSPC, ...)
+#       of the pwrite or of the open
 #   fxio.py mmap-read FILE
 #       maps FILE shared read-only and prints the sha256 of the mapping
 #   fxio.py mmap-write FILE OFFSET DATAFILE
@@ -45,7 +46,11 @@ import time
 
 
 def pwrite(path, offset, length, byte=0x5A):
-    fd = os.open(path, os.O_WRONLY)
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as e:  # a read-only mount refuses the open
+        print(errno.errorcode.get(e.errno, str(e.errno)))
+        return
     try:
         print(os.pwrite(fd, bytes([byte]) * length, offset))
     except OSError as e:
