@@ -220,11 +220,24 @@ fx_fg() {
 	fail "fuseexport -f $* did not come up: $(cat "$TESTDIR/fg.err")"
 }
 
+# mount_held MOUNTPOINT: the other mount namespaces (say, a private one that
+# another program made while the export was mounted) that still hold a copy
+# of the mount, which keeps the export alive after our umount
+mount_held() {
+	local p ns seen=" $(readlink /proc/self/ns/mnt) "
+	for p in $(grep -lF " $1 " /proc/[0-9]*/mountinfo 2>/dev/null | cut -d/ -f3); do
+		ns=$(readlink "/proc/$p/ns/mnt" 2>/dev/null) || continue
+		case $seen in *" $ns "*) continue ;; esac
+		seen="$seen$ns "
+		printf ' (still mounted in %s, of pid %s: %s)' "$ns" "$p" "$(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-80)"
+	done
+}
+
 # fx_down MOUNTPOINT: umount; the server must exit (0 when it is our child)
 fx_down() {
 	umount "$1" || fail "umount $1"
 	mounted "$1" && fail "$1 still mounted after umount"
-	wait_gone "$FXPID" 10 || fail "server $FXPID still running 10s after umount"
+	wait_gone "$FXPID" 10 || fail "server $FXPID still running 10s after umount$(mount_held "$1")"
 	if [ -n "${FXPID:-}" ] && wait "$FXPID" 2>/dev/null; then :; else
 		local rc=$?
 		# not our child (detached server): its status is not ours to see
