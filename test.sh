@@ -1448,6 +1448,7 @@ long_source_ns() {
 	log "source path: ${#d} bytes, $((12 * 200)) commas"
 	rc=0; as_user timeout 20 "$FX" "$PWD/$d/src" "$PWD/u/mp" 2>err || rc=$?
 	[ $rc -ne 124 ] || fail "hangs"
+	log "exit $rc: $(cut -c1-200 err)"
 	pid=$(fx_pid "$PWD/u/mp"); [ -z "$pid" ] || track_pid "$pid"
 	if up_or_refused $rc err "$PWD/u/mp" "$pid" "a source path of 2400 commas"; then
 		opts=$(findmnt -n -o OPTIONS --mountpoint "$PWD/u/mp")
