@@ -29,9 +29,11 @@
 #       64 KiB at 32 MiB; prints the counts of whole, short and empty reads
 #       and of errors: exit status 1 on any error
 #   fxio.py fsync-error FILE
-#       client A (O_RDWR) writes 8 MiB at 0, client B opens read-only and
-#       closes, A fsyncs twice, a new client C (O_RDWR) fsyncs: prints
-#       each step's result, ok or the errno name
+#       client A (O_RDWR) writes 8 MiB at 512 (not page-aligned, so that
+#       a server writes them into the source's page cache rather than
+#       O_DIRECT), client B opens read-only and closes, A fsyncs twice, a
+#       new client C (O_RDWR) fsyncs and fdatasyncs: prints each step's
+#       result, ok, the errno name, or short=N for a short write
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
@@ -183,15 +185,15 @@ def shrink_race(path, seconds):
 def fsync_error(path):
     steps = []
 
-    def step(name, f):
+    def step(name, f, want=None):
         try:
-            f()
-            steps.append(f"{name}=ok")
+            got = f()
+            steps.append(f"{name}=ok" if want is None or got == want else f"{name}=short={got}")
         except OSError as e:
             steps.append(f"{name}={errno.errorcode.get(e.errno, e.errno)}")
 
     a = os.open(path, os.O_RDWR)
-    step("write", lambda: os.pwrite(a, os.urandom(8 << 20), 0))
+    step("write", lambda: os.pwrite(a, os.urandom(8 << 20), 512), 8 << 20)
     b = os.open(path, os.O_RDONLY)
     step("close-ro", lambda: os.close(b))
     step("fsync", lambda: os.fsync(a))
