@@ -4560,7 +4560,8 @@ static int fuse_read(struct export *e, struct request *r, size_t len)
 }
 
 /* WRITE: the payload came into r->data. Past the end a fixed-size export
- * says ENOSPC, or writes what fits; a growable one grows. */
+ * says ENOSPC, or writes what fits (a write-back from the kernel's cache:
+ * writes what fits and says ENOSPC); a growable one grows. */
 static int fuse_write(struct export *e, struct request *r, size_t len)
 {
 	const struct fuse_write_in *in = &r->in.write;
@@ -4585,6 +4586,10 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 	res = e->top->write(e->top, r->data, n, in->offset);
 	if (res < 0)
 		return res;
+	/* the kernel's writeback takes a short write for a whole one: what
+	 * lay past the end is refused outright, so that fsync says so */
+	if ((uint64_t)res < in->size && (in->write_flags & FUSE_WRITE_CACHE))
+		return -ENOSPC;
 	r->reply.write.size = res;
 	r->reply.write.padding = 0;
 	return sizeof(r->reply.write);
