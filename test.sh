@@ -1361,6 +1361,9 @@ t_start_fails() {
 		if up_or_refused $rc err "$PWD/mp" "$pid" "ulimit -n $n, -q 4"; then
 			fuse_mounted "$PWD/mp" || fail "ulimit -n $n: exit 0, nothing mounted"
 			cmp src mp || fail "ulimit -n $n: the export does not work"
+			sleep 0.2
+			fuse_mounted "$PWD/mp" && [ -d /proc/$pid ] ||
+				fail "ulimit -n $n: exit 0 and the export worked, then it went away: $(cat err)"
 			FXPID=$pid fx_down "$PWD/mp"
 		fi
 		(ulimit -n $n && exec env --default-signal=INT,TERM,HUP "$FX" -f -q 4 "$PWD/src" "$PWD/mp") 2>err &
@@ -1434,6 +1437,9 @@ nonroot_fail_ns() {
 		if up_or_refused $rc err "$PWD/u/mp" "$pid" "ulimit -n $n, -q 16"; then
 			fuse_mounted "$PWD/u/mp" || fail "ulimit -n $n: exit 0, nothing mounted"
 			as_user cmp u/mp u/src || fail "ulimit -n $n: exit 0, and the export does not work"
+			sleep 0.2
+			fuse_mounted "$PWD/u/mp" && [ -d /proc/$pid ] ||
+				fail "ulimit -n $n: exit 0 and the export worked, then it went away: $(cat err)"
 			as_user fusermount3 -u "$PWD/u/mp" || fail "fusermount3 -u"
 			wait_gone "$pid" 10 || fail "server still running after fusermount3 -u"
 		fi
