@@ -5,17 +5,34 @@
  * root, through fusermount3), then serves requests with one thread per
  * queue, each blocking in read(2) on its own /dev/fuse fd, or with a thread
  * per CPU on FUSE over io_uring; reads and writes may bypass it altogether
- * by kernel passthrough. Modelled on QEMU's FUSE block export
- * (block/export/fuse.c). The usage text below is what -h prints.
+ * by kernel passthrough. Every request, whichever transport brought it, is
+ * one struct request handled by serve(), whose handlers speak only to the
+ * top of a stack of sources: the file or block device, or an NBD server's
+ * export (spoken to as the NBD protocol document says), at the bottom; a
+ * window or partition on it; a snapshot; fault rules; a volatile write
+ * cache. Modelled on QEMU's FUSE block export (block/export/fuse.c).
+ * The usage text below is what -h prints.
+ *
+ * The file reads top-down: the request and the source stack, the export's
+ * state, the file source, the NBD source, the window, partitions, the
+ * snapshot, the fault layer, the volatile cache, the control FIFO, the
+ * handlers, the dispatcher, the read(2) transport, the io_uring transport,
+ * options, mounting, main().
  *
  * Copyright the fuseexport authors.
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #define _GNU_SOURCE
+#define _FILE_OFFSET_BITS 64	/* 32-bit builds: offsets past 4 GiB */
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -27,11 +44,13 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,12 +60,15 @@
 
 static const char usage_text[] =
 "usage: fuseexport [OPTIONS] SOURCE MOUNTPOINT\n"
+"       fuseexport --partitions SOURCE\n"
+"       fuseexport --commit --snapshot=FILE SOURCE\n"
 "\n"
-"Export SOURCE (a raw image file or a block device) as the regular file\n"
-"MOUNTPOINT, which must exist and may be SOURCE itself. The export ends with\n"
-"umount MOUNTPOINT or SIGTERM to the server. Without root it mounts through\n"
-"fusermount3. As mount.fuseexport it takes mount(8)'s helper arguments:\n"
-"SOURCE MOUNTPOINT [-o OPTS] [-n] [-v].\n"
+"Export SOURCE (a raw image file, a block device, or an NBD server's export:\n"
+"nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH, no TLS) as the\n"
+"regular file MOUNTPOINT, which must exist and may be SOURCE itself. The\n"
+"export ends with umount MOUNTPOINT or SIGTERM to the server. Without root it\n"
+"mounts through fusermount3. As mount.fuseexport it takes mount(8)'s helper\n"
+"arguments: SOURCE MOUNTPOINT [-o OPTS] [-n] [-v].\n"
 "\n"
 "  -w, --writable          allow writes (default: read-only)\n"
 "  -g, --growable          writes past the end grow the image (implies -w)\n"
@@ -57,19 +79,43 @@ static const char usage_text[] =
 "      --passthrough=auto|on|off   kernel passthrough of reads and writes\n"
 "      --io-uring=auto|on|off      take requests through FUSE over io_uring\n"
 "                                  (default: off)\n"
+"      --cache=auto|none|read|writeback  the kernel's page cache for the\n"
+"                          export (default auto: passthrough, else read)\n"
+"      --spin=auto|off     spin briefly for the next request while it pays\n"
 "      --offset=BYTES      export SOURCE from this offset (K, M, G, T suffixes)\n"
 "      --size=BYTES        export only this many bytes of SOURCE\n"
+"      --partition=N       export partition N of SOURCE (MBR or GPT)\n"
+"      --partitions        print SOURCE's partition table and exit\n"
+"      --snapshot[=FILE]   copy-on-write: SOURCE is never written; changes\n"
+"                          live in memory, or in FILE (exported again: resumed)\n"
+"      --commit            with --snapshot=FILE: write FILE's changes into\n"
+"                          SOURCE, then remove FILE; nothing is mounted\n"
+"      --fault=RULE        fail or delay the requests RULE matches; repeat\n"
+"                          for more rules, checked in order. RULE is\n"
+"                          key=value,...: op=read|write|flush|trim|zero|any\n"
+"                          (joined by +), offset=, length= (the range a\n"
+"                          request must touch), error=EIO|ENOSPC|...|none,\n"
+"                          delay=250us|20ms|2s, probability=0..1, every=N,\n"
+"                          after=N, count=N\n"
+"      --seed=N            seed every random choice (default: the clock)\n"
+"      --write-cache=volatile      hold writes in memory until a flush\n"
+"      --control=PATH      make a FIFO at PATH taking the lines: fault RULE,\n"
+"                          clear, crash, crash torn\n"
+"      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
+"                          to be made again before they fail (default: 30)\n"
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
-"                          io_uring=MODE, offset=,\n"
-"                          size=; generic mount options are ignored\n"
+"                          io_uring=MODE, offset=, size=, partition=,\n"
+"                          snapshot[=FILE], cache=, spin=, seed=,\n"
+"                          write_cache=, control=, retry=; generic mount\n"
+"                          options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
 
 enum {
 	MAX_QUEUES = 64,
 	MAX_WRITE = 1 << 20,			/* largest READ or WRITE payload */
-	DATA_SIZE = MAX_WRITE + 4096,		/* a queue's payload buffer */
+	DATA_SIZE = MAX_WRITE + 4096,		/* a request's payload buffer */
 	/* read(2) puts a request's first REQ_HEAD bytes in the header buffer
 	 * and the rest in the payload buffer: a WRITE's data lands there
 	 * directly */
@@ -80,17 +126,25 @@ enum {
 	 * per READ at worst: one of over MAP_WHOLE is made anew every
 	 * MAP_REFRESH READs, which bounds them at a few MiB */
 	MAP_REFRESH = 1024,
+	ZEROS_SIZE = 1 << 20,			/* the file source's zero pages */
+	/* a queue may spin this long for the next request before it sleeps,
+	 * and the idle CPUs it may spin on are counted this often */
+	SPIN_NS = 50000,
+	SPIN_SAMPLE_NS = 100000000,
+	FH_WRITES = 1,				/* an open's fh: it may write */
 };
 #define MAP_WHOLE (4ULL << 30)
 
 enum { AUTO = -1, OFF = 0, ON = 1 };
+/* --cache: who keeps the export's pages */
+enum { CACHE_AUTO = -1, CACHE_NONE, CACHE_READ, CACHE_WRITEBACK };
+static const char *const cache_names[] = { "none", "read", "writeback" };
 
-struct queue {
-	struct export *e;
-	int fd;
-	pthread_t thread;
+/* A request in flight, whichever transport brought it: the header and op
+ * struct, the payload, and the reply as it will be sent (iov) */
+struct request {
 	struct {
-		struct fuse_in_header in;
+		struct fuse_in_header hdr;
 		union {
 			struct fuse_init_in init;
 			struct fuse_getattr_in getattr;
@@ -104,8 +158,11 @@ struct queue {
 			struct fuse_fallocate_in fallocate;
 			struct fuse_lseek_in lseek;
 		};
-	} req;
-	char *data;				/* DATA_SIZE bytes */
+	} in;
+	char *data;		/* DATA_SIZE bytes: a WRITE's payload, a READ's buffer */
+	bool zero_copy;		/* the transport sends iov as it stands, so a
+				 * reply may point into the source's mapping */
+	bool map_locked;	/* it does: map_lock is held until it is sent */
 	struct fuse_out_header out;
 	union {
 		struct fuse_init_out init;
@@ -115,8 +172,72 @@ struct queue {
 		struct fuse_lseek_out lseek;
 		struct fuse_statfs_out statfs;
 	} reply;
-	struct iovec iov[2];			/* the reply as sent */
-	bool from_ring;				/* io_uring: the op struct came whole */
+	struct iovec iov[2];
+};
+
+/*
+ * The source stack, after nbdkit's filters: every layer is a struct source,
+ * the operations below and the layer it stands on (none for the bottom). A
+ * layer that has nothing to say about an operation passes it down, with
+ * its own offsets turned into the lower one's. Handlers call only the top.
+ * What a layer allows is fixed when the stack is built.
+ */
+struct space {
+	uint64_t allocated;	/* bytes the source holds */
+	uint64_t free, avail;	/* room to grow, where it can: bytes */
+};
+
+struct source {
+	struct source *below;
+	bool writable, growable;
+	bool resizable;		/* truncate and fallocate may change its size */
+	int passthrough_fd;	/* a regular file the kernel may pass reads
+				 * and writes to at the same offsets, or -1 */
+	const char *no_passthrough;	/* and if not, why */
+	unsigned sector_size;	/* its logical sector: partition tables */
+
+	/* the size in bytes */
+	uint64_t (*size)(struct source *s);
+	/* up to n bytes at pos into buf: the number read, short only at the
+	 * end, or -errno */
+	ssize_t (*read)(struct source *s, void *buf, size_t n, uint64_t pos);
+	/* n bytes at pos in a shared mapping, for a reply to be sent from,
+	 * or NULL: read them instead */
+	const char *(*map)(struct source *s, uint64_t pos, uint64_t n);
+	/* n bytes of buf at pos: the number written (short only after a
+	 * fault the next write meets), or -errno */
+	ssize_t (*write)(struct source *s, const void *buf, size_t n, uint64_t pos);
+	/* writes so far reach the medium: 0 or -errno */
+	int (*flush)(struct source *s, bool datasync);
+	/* len bytes at pos read as zeros afterwards, a hole where it can
+	 * (punch) or allocated zeros (zero): 0 or -errno */
+	int (*punch)(struct source *s, uint64_t pos, uint64_t len);
+	int (*zero)(struct source *s, uint64_t pos, uint64_t len);
+	/* reserve len bytes at pos, growing the source past its end unless
+	 * keep_size: 0 or -errno */
+	int (*allocate)(struct source *s, uint64_t pos, uint64_t len, bool keep_size);
+	/* SEEK_DATA or SEEK_HOLE from pos: the offset found, or -errno
+	 * (-ENXIO: no data there) */
+	int64_t (*seek)(struct source *s, uint64_t pos, int whence);
+	/* change the size (resizable sources): 0 or -errno */
+	int (*resize)(struct source *s, uint64_t size);
+	/* what it holds and the room left: 0 or -errno */
+	int (*space)(struct source *s, struct space *sp);
+	/* the kernel caches the export's pages above: keep no second copy
+	 * of them below (NULL: nothing to keep, so nothing to do) */
+	void (*keep_no_copy)(struct source *s);
+	/* let go of this layer and those below */
+	void (*close)(struct source *s);
+};
+
+/* A queue: a thread reading requests from its own /dev/fuse fd */
+struct queue {
+	struct export *e;
+	int fd;
+	pthread_t thread;
+	int spin_score;		/* > 0: spinning has paid lately */
+	bool nonblocking;	/* the fd is, while the queue spins */
+	struct request req;
 };
 
 /* FUSE over io_uring: a ring per possible CPU, its thread pinned there,
@@ -132,7 +253,7 @@ struct ring {
 	unsigned qid;
 	pthread_t thread;
 	int fd;
-	struct queue q;		/* serve()'s buffers; q.data: the entry's payload */
+	struct request req;	/* the entry being served; req.data: its payload */
 	uint32_t *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
 	struct io_uring_sqe128 *sqes;
 	struct io_uring_cqe *cqes;
@@ -140,39 +261,67 @@ struct ring {
 	struct ring_entry entry[RING_DEPTH];
 };
 
-/* One export: the source, what the exported file looks like, the queues */
+/* One export: the source stack, what the exported file looks like, the
+ * queues. The booleans are decided before the first request is served. */
 struct export {
 	const char *source_path;
 	const char *mountpoint;		/* absolute once checked */
 	char *mountpoint_buf;		/* which realpath() allocated */
-	int source_fd;
-	bool is_blockdev, writable, growable, foreground, debug;
+	struct source *top;		/* the stack the handlers speak to */
+	bool writable, growable, foreground, debug;
+	bool queues_given;		/* -q: exactly that many, or fail */
 	bool quiet;			/* a test harness: halts say nothing */
-	int allow_other, passthrough, io_uring;	/* AUTO, OFF or ON */
+	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
+	int cache;			/* CACHE_*: AUTO until INIT settles it */
+	int want_spin;			/* AUTO or OFF */
+	/* spinning for the next request: how many queues may spin now (the
+	 * idle CPUs), how many do, the time they spent, and /proc/stat's
+	 * idle and total ticks when the budget was last counted */
+	atomic_int spin_budget, spinners;
+	_Atomic uint64_t spin_ns;
+	uint64_t stat_idle, stat_total, stat_at;
+	bool allow_other;		/* decided at mount */
+	bool passthrough, uring;	/* decided by INIT, before its reply */
+	const char *no_passthrough;	/* why passthrough is off, if it is */
 	unsigned queues;
 	uint64_t offset;		/* the window's start in the source */
 	uint64_t window;		/* its length; 0: to the end */
-	_Atomic uint64_t size;		/* the exported file's size */
-	/* a fixed-size export's source, mapped: READ replies are written
-	 * from here (NULL: no mapping) */
-	char *_Atomic map;
-	uint64_t map_size;		/* the bytes mapped: the size it had
-					 * then (truncate may grow it since) */
-	atomic_uint map_reads;		/* READs served from it */
+	struct fault_rule *rules;	/* --fault, in order, until the fault
+					 * layer takes them */
+	uint64_t seed;			/* --seed, or from the clock */
+	bool write_cache;		/* --write-cache=volatile */
+	const char *control_path;	/* --control: the FIFO, once made */
+	int control_fd, control_spare;	/* its read end, and a write end
+					 * kept so a writer's close is no EOF */
+	pthread_t control_thread;
+	bool control_running;
+	atomic_bool control_stop;	/* the export is over: the thread ends */
+	struct faults *faults;		/* the layers, if stacked */
+	struct cache *volatile_cache;
+	unsigned retry;			/* NBD: seconds to wait for a reconnect */
+	unsigned partition;		/* --partition: its number, or 0 */
+	bool list_partitions;		/* --partitions: print them, export nothing */
+	bool snapshot, commit;		/* --snapshot, --commit */
+	const char *snapshot_file;	/* its FILE, or NULL: in memory */
+
+	/* READs sent from the mapping hold map_lock shared until sent; a
+	 * shrink holds it exclusive, and while shrinking is set new READs
+	 * read instead, so none meets a page that went away */
+	pthread_rwlock_t map_lock;
+	atomic_bool shrinking;
+	atomic_bool flush_failed;	/* a flush of the source failed once */
 
 	pthread_mutex_t lock;		/* resizing, and the fields below */
 	uint32_t mode, uid, gid;
 	struct timespec atime, mtime, ctime;
+	int backing_id;			/* the source as passthrough backing
+					 * file: 0 not yet, < 0 refused */
 
 	uint32_t minor;			/* negotiated protocol minor */
 	bool initialized;
 	uint32_t open_flags;		/* for OPEN replies without passthrough */
-	const char *no_passthrough;	/* why passthrough is off, if it is */
-	int backing_id;			/* the source as passthrough backing
-					 * file: 0 not yet, < 0 refused */
 	int fuse_fd;
 	struct queue *queue;
-	bool uring;			/* FUSE over io_uring negotiated */
 	struct ring *rings;
 	unsigned nrings;
 	atomic_int running;		/* queue threads still serving */
@@ -180,9 +329,18 @@ struct export {
 	atomic_bool halted;
 };
 
-/* Setup errors: print "fuseexport: <fmt>" and exit 1. A format ending in ':'
- * gets ": strerror(errno)" appended, as suckless's eprintf does. */
-static void die(const char *fmt, ...)
+/* The export once mounted: a setup error after that unmounts it */
+static struct export *mounted_export;
+static void unmount_export(struct export *e, bool force);
+/* The control FIFO once made: a setup error after that removes it */
+static const char *control_made;
+static _Noreturn void print_and_exit(const char *text);
+
+/* Setup errors: print "fuseexport: <fmt>", undo the mount if there is one,
+ * and exit 1. A format ending in ':' gets ": strerror(errno)" appended, as
+ * suckless's eprintf does. */
+static _Noreturn __attribute__((format(printf, 1, 2)))
+void die(const char *fmt, ...)
 {
 	int saved = errno;
 	size_t n = strlen(fmt);
@@ -195,12 +353,17 @@ static void die(const char *fmt, ...)
 	if (n && fmt[n - 1] == ':')
 		fprintf(stderr, " %s", strerror(saved));
 	fputc('\n', stderr);
+	if (mounted_export)
+		unmount_export(mounted_export, true);
+	if (control_made)
+		unlink(control_made);
 	exit(1);
 }
 
 /* Halt the export: the request stream can no longer be trusted. Always
  * returns -EPROTO, the handler's verdict. */
-static int halt(struct export *e, const char *fmt, ...)
+static __attribute__((format(printf, 2, 3)))
+int halt(struct export *e, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -220,90 +383,180 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
-/* Read n bytes at pos of the source, fewer at its end. Returns the number
- * read, or -errno if nothing could be read. */
-static ssize_t read_source(struct export *e, void *buf, size_t n, uint64_t pos)
+/* A byte count with an optional K, M, G or T suffix (powers of 1024) into
+ * *v: false if s is not one or it overflows */
+static bool scan_number(const char *s, uint64_t *v)
 {
+	static const char suffixes[] = "KMGT";
+	const char *p;
+	char *end;
+	unsigned long long n;
+	int shift = 0;
+
+	errno = 0;
+	n = strtoull(s, &end, 10);
+	if (*end && (p = strchr(suffixes, *end & ~0x20)) && !end[1])
+		shift = 10 * (p - suffixes + 1), end++;
+	if (errno || end == s || *end || *s == '-' ||
+	    (shift && n > (UINT64_MAX >> shift)))
+		return false;
+	*v = (uint64_t)n << shift;
+	return true;
+}
+
+/*
+ * The file source: the bottom of every stack, a regular file or a block
+ * device, read and written with pread(2) and pwrite(2) at its own offsets.
+ */
+struct file_source {
+	struct source s;
+	int fd;
+	bool is_blockdev;
+	_Atomic uint64_t size;		/* a fixed-size source's, kept */
+	const char *zeros;		/* ZEROS_SIZE bytes of the zero page */
+	/* a fixed-size source, mapped: READ replies are sent from here
+	 * (NULL: no mapping) */
+	char *_Atomic map;
+	uint64_t map_size;		/* the bytes mapped: the size it had
+					 * then (truncate may grow it since) */
+	atomic_uint map_reads;		/* READs served from it */
+	/* the kernel caches above: aligned I/O goes to the source opened
+	 * O_DIRECT (-1: it cannot be), the rest is dropped behind */
+	int direct_fd;
+	bool drop_behind;
+};
+
+static struct file_source *file_of(struct source *s)
+{
+	return (struct file_source *)s;
+}
+
+/* A growable file's size is the file's own, which passthrough writes
+ * change without a word to us; a fixed one's changes only here */
+static uint64_t file_size(struct source *s)
+{
+	struct file_source *f = file_of(s);
+	struct stat st;
+
+	if (s->growable && fstat(f->fd, &st) == 0)
+		return st.st_size;
+	return atomic_load(&f->size);
+}
+
+/* The fd for n bytes of buf at pos: the O_DIRECT one where there is one
+ * and everything is aligned to a page, else the plain one */
+static int io_fd(struct file_source *f, const void *buf, size_t n, uint64_t pos)
+{
+	if (f->direct_fd >= 0 && !(((uintptr_t)buf | n | pos) & 4095))
+		return f->direct_fd;
+	return f->fd;
+}
+
+static ssize_t file_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct file_source *f = file_of(s);
+	int fd = io_fd(f, buf, n, pos);
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = pread(e->source_fd, (char *)buf + done, n - done,
-				  e->offset + pos + done);
+		ssize_t r = pread(fd, (char *)buf + done, n - done, pos + done);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && errno == EINVAL && fd != f->fd) {
+			fd = f->fd;	/* O_DIRECT refused this one */
+			continue;
+		}
 		if (r < 0)
 			return done ? (ssize_t)done : -errno;
 		if (r == 0)
 			break;
 		done += r;
 	}
+	if (f->drop_behind && fd == f->fd)
+		posix_fadvise(f->fd, pos, done, POSIX_FADV_DONTNEED);
 	return done;
 }
 
-/* Write n bytes at pos of the source. Returns the number written (short
- * only after a fault, which the next write will meet), or -errno. */
-static ssize_t write_source(struct export *e, const void *buf, size_t n,
-			    uint64_t pos)
+/* Map the source, so READ replies go to the kernel straight from its
+ * pages: one copy, not two. The server never touches the mapping itself;
+ * a page the source cannot give fails the writev, not the server. With
+ * where, map it anew over itself, dropping the page tables READs built up
+ * (on every kernel; MADV_DONTNEED frees them only with CONFIG_PT_RECLAIM):
+ * the kernel swaps the two under its mmap lock, so a writev in another
+ * thread meets one or the other, never a hole. Returns the mapping, or
+ * NULL: then READs use pread. */
+static char *map_file(struct file_source *f, char *where)
 {
+	char *m = mmap(where, f->map_size, PROT_READ,
+		       MAP_SHARED | (where ? MAP_FIXED : 0), f->fd, 0);
+
+	m = m == MAP_FAILED ? NULL : m;
+	atomic_store(&f->map, m);
+	return m;
+}
+
+static const char *file_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	struct file_source *f = file_of(s);
+	char *map = atomic_load(&f->map);
+
+	/* grown since it was mapped, or cached above: READs from the mapping
+	 * would keep a second copy in the source's page cache */
+	if (!map || pos + n > f->map_size || f->drop_behind)
+		return NULL;
+	if (f->map_size > MAP_WHOLE &&
+	    atomic_fetch_add(&f->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
+		map = map_file(f, map);		/* drops its page tables */
+	return map ? map + pos : NULL;
+}
+
+/* Raise the kept size to at least end */
+static void grow_to(struct file_source *f, uint64_t end)
+{
+	uint64_t size = atomic_load(&f->size);
+
+	while (size < end && !atomic_compare_exchange_weak(&f->size, &size, end))
+		;
+}
+
+static ssize_t file_write(struct source *s, const void *buf, size_t n,
+			  uint64_t pos)
+{
+	struct file_source *f = file_of(s);
+	int fd = io_fd(f, buf, n, pos);
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = pwrite(e->source_fd, (const char *)buf + done,
-				   n - done, e->offset + pos + done);
+		ssize_t r = pwrite(fd, (const char *)buf + done, n - done,
+				   pos + done);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && errno == EINVAL && fd != f->fd) {
+			fd = f->fd;	/* O_DIRECT refused this one */
+			continue;
+		}
 		if (r < 0)
 			return done ? (ssize_t)done : -errno;
 		if (r == 0)
 			return done ? (ssize_t)done : -EIO;
 		done += r;
 	}
+	grow_to(f, pos + done);
 	return done;
 }
 
-/* Raise the exported size to at least end (growable exports) */
-static void grow_to(struct export *e, uint64_t end)
+static int file_flush(struct source *s, bool datasync)
 {
-	uint64_t size = atomic_load(&e->size);
+	struct file_source *f = file_of(s);
 
-	while (size < end && !atomic_compare_exchange_weak(&e->size, &size, end))
-		;
+	return (datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0 ? -errno : 0;
 }
 
-/* The exported size, which for a growable export is the source's own:
- * passthrough writes grow it without a word to us */
-static uint64_t export_size(struct export *e)
+/* Zero len bytes at pos by writing them: 0 or -errno */
+static int write_zeros(struct file_source *f, uint64_t pos, uint64_t len)
 {
-	struct stat st;
-
-	if (e->growable && fstat(e->source_fd, &st) == 0)
-		grow_to(e, st.st_size);
-	return atomic_load(&e->size);
-}
-
-/* Resize a regular-file source; the caller holds e->lock. Returns 0 or -errno. */
-static int resize_source(struct export *e, uint64_t size)
-{
-	if (size == atomic_load(&e->size))
-		return 0;
-	if (e->is_blockdev || e->offset || e->window)
-		return -EINVAL;		/* a disk or a window keeps its size */
-	if (size > (uint64_t)INT64_MAX)
-		return -EFBIG;
-	if (ftruncate(e->source_fd, size) < 0)
-		return -errno;
-	atomic_store(&e->size, size);
-	return 0;
-}
-
-/* Zero len bytes at pos of the source through the page cache, with the
- * queue's payload buffer as the source of zeros. Returns 0 or -errno. */
-static int write_zeros(struct export *e, struct queue *q, uint64_t pos,
-		       uint64_t len)
-{
-	memset(q->data, 0, min_u64(len, DATA_SIZE));
 	while (len) {
-		ssize_t r = write_source(e, q->data, min_u64(len, DATA_SIZE), pos);
+		ssize_t r = file_write(&f->s, f->zeros, min_u64(len, ZEROS_SIZE), pos);
 		if (r < 0)
 			return r;
 		pos += r;
@@ -313,54 +566,3714 @@ static int write_zeros(struct export *e, struct queue *q, uint64_t pos,
 }
 
 /* Make len bytes at pos read as zeros, leaving a hole (punch) or
- * allocated zeros where the source can. Returns 0 or -errno. */
-static int zero_range(struct export *e, struct queue *q, uint64_t pos,
-		      uint64_t len, bool punch)
+ * allocated zeros where the source can: 0 or -errno */
+static int zero_range(struct file_source *f, uint64_t pos, uint64_t len,
+		      bool punch)
 {
 	int mode = FALLOC_FL_KEEP_SIZE |
 		   (punch ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
-	uint64_t head = 0, tail = 0;
 	int r;
 
-	if (e->is_blockdev) {
+	if (f->is_blockdev) {
 		/* a disk takes only whole sectors: zero the ragged ends */
 		int sector = 512;
-		ioctl(e->source_fd, BLKSSZGET, &sector);
-		head = min_u64(len, (sector - (e->offset + pos) % sector) % sector);
-		tail = (e->offset + pos + len) % sector;
+		uint64_t head, tail;
+
+		ioctl(f->fd, BLKSSZGET, &sector);
+		head = min_u64(len, (sector - pos % sector) % sector);
+		tail = (pos + len) % sector;
 		if (head + tail >= len) {
 			head = len;
 			tail = 0;
 		}
-		if (head && (r = write_zeros(e, q, pos, head)) < 0)
+		if (head && (r = write_zeros(f, pos, head)) < 0)
 			return r;
-		if (tail && (r = write_zeros(e, q, pos + len - tail, tail)) < 0)
+		if (tail && (r = write_zeros(f, pos + len - tail, tail)) < 0)
 			return r;
 		pos += head;
 		len -= head + tail;
 		if (!len)
 			return 0;
 	}
-	if (fallocate(e->source_fd, mode, e->offset + pos, len) == 0)
+	if (fallocate(f->fd, mode, pos, len) == 0)
 		return 0;
 	if (errno != EOPNOTSUPP && errno != EINVAL)
 		return -errno;
 	/* tmpfs punches holes but has no zero range; a hole reads as zeros */
-	if (!punch && !e->is_blockdev &&
-	    fallocate(e->source_fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
-		      e->offset + pos, len) == 0)
+	if (!punch && !f->is_blockdev &&
+	    fallocate(f->fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, pos, len) == 0)
 		return 0;
-	if (e->is_blockdev) {
-		uint64_t range[2] = { e->offset + pos, len };
-		if (ioctl(e->source_fd, BLKZEROOUT, range) == 0)
+	if (f->is_blockdev) {
+		uint64_t range[2] = { pos, len };
+		if (ioctl(f->fd, BLKZEROOUT, range) == 0)
 			return 0;
 	}
-	return write_zeros(e, q, pos, len);
+	return write_zeros(f, pos, len);
+}
+
+static int file_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	return zero_range(file_of(s), pos, len, true);
+}
+
+static int file_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	return zero_range(file_of(s), pos, len, false);
+}
+
+static int file_allocate(struct source *s, uint64_t pos, uint64_t len,
+			 bool keep_size)
+{
+	struct file_source *f = file_of(s);
+
+	if (f->is_blockdev)
+		return 0;		/* a disk's space is all there */
+	if (fallocate(f->fd, keep_size ? FALLOC_FL_KEEP_SIZE : 0, pos, len) < 0)
+		return -errno;
+	if (!keep_size)
+		grow_to(f, pos + len);
+	return 0;
+}
+
+static int64_t file_seek(struct source *s, uint64_t pos, int whence)
+{
+	off_t r = lseek(file_of(s)->fd, pos, whence);
+
+	return r < 0 ? -errno : r;
+}
+
+static int file_resize(struct source *s, uint64_t size)
+{
+	struct file_source *f = file_of(s);
+
+	if (ftruncate(f->fd, size) < 0)
+		return -errno;
+	atomic_store(&f->size, size);
+	return 0;
+}
+
+static int file_space(struct source *s, struct space *sp)
+{
+	struct file_source *f = file_of(s);
+	struct statfs sfs;
+	struct stat st;
+
+	memset(sp, 0, sizeof(*sp));
+	if (f->is_blockdev) {
+		sp->allocated = file_size(s);
+		return 0;
+	}
+	if (fstat(f->fd, &st) < 0)
+		return -errno;
+	sp->allocated = (uint64_t)st.st_blocks * 512;
+	if (s->growable && fstatfs(f->fd, &sfs) == 0) {
+		sp->free = (uint64_t)sfs.f_bfree * sfs.f_bsize;
+		sp->avail = (uint64_t)sfs.f_bavail * sfs.f_bsize;
+	}
+	return 0;
+}
+
+/* Reopen the source O_DIRECT through /proc (where there is one), and
+ * drop behind what goes through the page cache all the same */
+static void file_keep_no_copy(struct source *s)
+{
+	struct file_source *f = file_of(s);
+	char path[40];
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
+	f->direct_fd = open(path, (s->writable ? O_RDWR : O_RDONLY) | O_DIRECT |
+			    O_CLOEXEC | O_NOCTTY);
+	f->drop_behind = true;
+}
+
+static void file_close(struct source *s)
+{
+	struct file_source *f = file_of(s);
+	char *map = atomic_load(&f->map);
+
+	if (f->direct_fd >= 0)
+		close(f->direct_fd);
+	if (map)
+		munmap(map, f->map_size);
+	munmap((void *)f->zeros, ZEROS_SIZE);
+	close(f->fd);
+	free(f);
+}
+
+/* Open and lock path as the bottom of a stack. The path's type only says
+ * whether to ask for O_EXCL (a block device is then refused while
+ * mounted); what was opened is what counts, and O_NONBLOCK keeps a FIFO
+ * swapped in meanwhile from hanging the open. Exits on failure. */
+static struct source *file_open(const char *path, bool writable, bool growable)
+{
+	struct file_source *f = calloc(1, sizeof(*f));
+	struct stat st;
+	uint64_t size;
+	int ro = 0, sector = 512;
+	void *zeros;
+
+	if (!f)
+		die("out of memory:");
+	if (stat(path, &st) < 0)
+		die("%s:", path);
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		die("%s: not a regular file or block device", path);
+	f->is_blockdev = S_ISBLK(st.st_mode);
+	f->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY |
+		     O_NONBLOCK | (writable && f->is_blockdev ? O_EXCL : 0));
+	if (f->fd < 0)
+		die("%s:", path);
+	if (fstat(f->fd, &st) < 0)
+		die("%s:", path);
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		die("%s: not a regular file or block device", path);
+	if (f->is_blockdev != S_ISBLK(st.st_mode))
+		die("%s: changed while it was opened", path);
+	if (fcntl(f->fd, F_SETFL, 0) < 0)
+		die("%s:", path);
+	if (growable && f->is_blockdev)
+		die("%s: --growable needs a regular file, not a block device", path);
+	if (f->is_blockdev && (ioctl(f->fd, BLKSSZGET, &sector) < 0 || sector < 512))
+		sector = 512;
+	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
+		die("%s: a read-only block device cannot be exported writable", path);
+	if (flock(f->fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
+		die(errno == EWOULDBLOCK ? "%s: in use by another export "
+		    "(a writer excludes everyone else)" : "%s: lock:", path);
+	size = st.st_size;
+	if (f->is_blockdev && ioctl(f->fd, BLKGETSIZE64, &size) < 0)
+		die("%s: BLKGETSIZE64:", path);
+	atomic_store(&f->size, size);
+	/* the zero page, mapped over and over: zeros to write cost nothing */
+	zeros = mmap(NULL, ZEROS_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (zeros == MAP_FAILED)
+		die("out of memory:");
+	f->zeros = zeros;
+	f->map_size = size;
+	if (!growable && size && size <= SIZE_MAX)
+		map_file(f, NULL);
+
+	f->s = (struct source){
+		.writable = writable, .growable = growable,
+		.resizable = !f->is_blockdev,
+		.passthrough_fd = f->is_blockdev ? -1 : f->fd,
+		.no_passthrough = f->is_blockdev ? "the kernel passes through "
+				  "to regular files only" : NULL,
+		.sector_size = sector,
+		.size = file_size, .read = file_read, .map = file_map,
+		.write = file_write, .flush = file_flush, .punch = file_punch,
+		.zero = file_zero, .allocate = file_allocate, .seek = file_seek,
+		.resize = file_resize, .space = file_space,
+		.keep_no_copy = file_keep_no_copy, .close = file_close,
+	};
+	f->direct_fd = -1;
+	return &f->s;
+}
+
+/*
+ * The NBD source (SOURCE nbd://HOST[:PORT][/EXPORT] or
+ * nbd+unix:///EXPORT?socket=PATH): the bottom of a stack whose bytes live
+ * on an NBD server, spoken to as the NBD project's doc/proto.md says: the
+ * fixed newstyle handshake, NBD_OPT_GO, structured replies and the
+ * base:allocation context where the server has them. No TLS.
+ *
+ * A connection carries many requests at once: a caller takes a cookie and
+ * sends its request under the send lock; then one caller at a time, in
+ * the connection's receive role, takes every reply, checks it as if the
+ * server were hostile, puts a READ's data straight into its caller's
+ * buffer and wakes that caller, while the others sleep on their own
+ * condition variables. With -q N and a server that allows it
+ * (CAN_MULTI_CONN), N connections, used in turn. A connection that drops
+ * is made again by the caller in the receive role, with backoff; the
+ * requests in flight are then sent again by their callers, and a caller
+ * whose connection has been down longer than --retry gets EIO.
+ */
+enum {
+	NBD_MAX_CONNS = 16,
+	NBD_MAX_IO = 32 << 20,		/* the most one READ or WRITE carries,
+					 * unless the server wants less */
+	NBD_MAX_PIECES = 32,		/* stretches a READ's chunks may make */
+	NBD_MAX_SENDS = 10,		/* sends of a request before EIO */
+	NBD_SETUP_SECONDS = 10,		/* for a connection and its handshake */
+	NBD_BACKOFF_MIN_MS = 50,
+	NBD_BACKOFF_MAX_MS = 2000,
+	NBD_STATUS_MAX = 4 + 8 * (1 << 20),	/* the longest status chunk */
+	NBD_RECV_BUFFER = 64 << 10,	/* replies are read this much at once */
+};
+
+/* What a handshake agreed; every connection of a source must agree the
+ * same, but for its meta context id */
+struct nbd_info {
+	uint64_t size;
+	uint16_t flags;			/* transmission flags */
+	bool structured, has_meta;
+	uint32_t meta_id;		/* base:allocation's, on this connection */
+	uint32_t min_block, max_payload;
+};
+
+/* A request in flight, on its caller's stack */
+struct nbd_cmd {
+	struct nbd_cmd *next;
+	pthread_cond_t wake;
+	uint64_t cookie;
+	uint16_t type, flags;
+	uint64_t offset;
+	uint32_t length;
+	char *buf;		/* READ: where its data goes; WRITE: the data */
+	unsigned sent;		/* the connection it went out on (0: none) */
+	unsigned sends;
+	bool done;
+	int error;		/* 0 or -errno */
+	/* READ with structured replies: the stretches its chunks covered */
+	unsigned npieces;
+	struct { uint64_t start, end; } piece[NBD_MAX_PIECES];
+	/* BLOCK_STATUS: the first offset from `from` whose state whence
+	 * (SEEK_DATA, SEEK_HOLE) looks for, or UINT64_MAX; and the end of the
+	 * extents reported */
+	int whence;
+	bool got_status;
+	uint64_t from, found, status_end;
+};
+
+struct nbd_source;
+
+struct nbd_conn {
+	struct nbd_source *n;
+	unsigned index;
+	pthread_mutex_t send_lock;	/* one request on the wire at a time;
+					 * held to change fd */
+	pthread_mutex_t lock;		/* the fields below */
+	int fd;				/* -1 while down */
+	uint32_t meta_id;
+	unsigned generation;		/* counts the connections made */
+	struct timespec down_since;	/* CLOCK_MONOTONIC */
+	unsigned backoff_ms;
+	struct nbd_cmd *inflight;
+	uint64_t next_cookie;
+	bool receiving;			/* a caller holds the receive role */
+	/* the receive role's: what it received and has not taken yet */
+	char *recv_buf;
+	size_t recv_pos, recv_len;
+};
+
+struct nbd_source {
+	struct source s;
+	const char *uri;
+	char *host, *port;		/* TCP */
+	char *socket_path;		/* a unix socket (abstract: starts with NUL) */
+	size_t socket_len;
+	char *export_name;
+	struct nbd_info info;		/* what the first connection agreed */
+	uint32_t max_io;		/* a multiple of info.min_block */
+	unsigned retry;			/* seconds a caller waits for a reconnect */
+	bool debug;
+	pthread_rwlock_t rmw_lock;	/* read-modify-writes of ragged blocks
+					 * exclusive, other writes shared */
+	const char *zeros;		/* max_io bytes of the zero page */
+	pthread_condattr_t monotonic;
+	unsigned nconns;
+	atomic_uint next_conn;
+	struct nbd_conn *conn;
+};
+
+static struct nbd_source *nbd_of(struct source *s)
+{
+	return (struct nbd_source *)s;
+}
+
+/* Read exactly n bytes from fd: 0, or -errno (-ECONNRESET: the stream
+ * ended) */
+static int read_full(int fd, void *buf, size_t n)
+{
+	while (n) {
+		ssize_t r = read(fd, buf, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ECONNRESET;
+		buf = (char *)buf + r;
+		n -= r;
+	}
+	return 0;
+}
+
+
+/* Send a, then b (blen may be 0), whole on the socket fd: 0 or -errno */
+static int send_full(int fd, const void *a, size_t alen, const void *b, size_t blen)
+{
+	struct iovec iov[2] = { { (void *)a, alen }, { (void *)b, blen } };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+
+	while (iov[0].iov_len + iov[1].iov_len) {
+		ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+		size_t k = r, i;
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		for (i = 0; i < 2; i++) {
+			size_t m = min_u64(k, iov[i].iov_len);
+			iov[i].iov_base = (char *)iov[i].iov_base + m;
+			iov[i].iov_len -= m;
+			k -= m;
+		}
+	}
+	return 0;
+}
+
+/* The value of a hex digit, or -1 */
+static int hex_digit(char c)
+{
+	const char *digits = "0123456789abcdef", *p;
+
+	c |= 0x20;
+	p = c ? strchr(digits, c) : NULL;
+	return p ? p - digits : -1;
+}
+
+/* The n bytes at s with their %XX escapes decoded, as a new string whose
+ * length goes to *len, or NULL if an escape is bad */
+static char *uri_decode(const char *s, size_t n, size_t *len)
+{
+	char *out = malloc(n + 1), *o = out;
+	size_t i;
+
+	if (!out)
+		die("out of memory:");
+	for (i = 0; i < n; i++) {
+		if (s[i] != '%') {
+			*o++ = s[i];
+		} else if (i + 2 < n && hex_digit(s[i + 1]) >= 0 &&
+			   hex_digit(s[i + 2]) >= 0) {
+			*o++ = hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2]);
+			i += 2;
+		} else {
+			free(out);
+			return NULL;
+		}
+	}
+	*o = 0;
+	*len = o - out;
+	return out;
+}
+
+/* Take an NBD URI apart as the NBD URI document has it:
+ * nbd://HOST[:PORT][/EXPORT] (HOST may be an [IPv6 address]) or
+ * nbd+unix:///EXPORT?socket=PATH. Exits with one line on a bad one. */
+static void nbd_parse_uri(struct nbd_source *n, const char *uri)
+{
+	const char *p, *auth_end, *path_end, *q;
+	bool unix_socket = !strncmp(uri, "nbd+unix://", 11);
+	size_t len;
+
+	if (!strncmp(uri, "nbds", 4))
+		die("%s: NBD over TLS is not supported (reach a remote server "
+		    "through an SSH-forwarded unix socket instead: see the README)", uri);
+	if (strncmp(uri, "nbd://", 6) && !unix_socket)
+		die("%s: not an NBD URI (nbd://HOST[:PORT][/EXPORT] or "
+		    "nbd+unix:///EXPORT?socket=PATH)", uri);
+	if (strchr(uri, '#'))
+		die("%s: an NBD URI has no #fragment", uri);
+	p = uri + (unix_socket ? 11 : 6);
+	auth_end = p + strcspn(p, "/?");
+	path_end = auth_end + strcspn(auth_end, "?");
+	if (unix_socket && auth_end != p)
+		die("%s: nbd+unix takes no host (nbd+unix:///EXPORT?socket=PATH)", uri);
+	if (!unix_socket) {
+		const char *host_end, *port;
+		char *end;
+		unsigned long v;
+
+		if (memchr(p, '@', auth_end - p))
+			die("%s: a user name is for TLS, which fuseexport does not speak", uri);
+		if (*p == '[') {
+			host_end = memchr(p, ']', auth_end - p);
+			if (!host_end)
+				die("%s: an [IPv6 address] without its ]", uri);
+			n->host = strndup(p + 1, host_end - p - 1);
+			host_end++;
+		} else {
+			host_end = p + strcspn(p, ":/?");
+			n->host = strndup(p, host_end - p);
+		}
+		if (!n->host)
+			die("out of memory:");
+		if (!*n->host)
+			die("%s: no host (nbd://HOST[:PORT][/EXPORT])", uri);
+		if (host_end < auth_end && *host_end != ':')
+			die("%s: a bad host", uri);
+		port = host_end < auth_end ? host_end + 1 : NBD_DEFAULT_PORT;
+		n->port = strndup(port, host_end < auth_end ? (size_t)(auth_end - port)
+							    : strlen(port));
+		if (!n->port)
+			die("out of memory:");
+		errno = 0;
+		v = strtoul(n->port, &end, 10);
+		if (!*n->port || *end || *n->port < '0' || *n->port > '9' ||
+		    errno || v < 1 || v > 65535)
+			die("%s: a bad port (1 to 65535)", uri);
+	}
+	if (*auth_end == '/') {
+		n->export_name = uri_decode(auth_end + 1, path_end - auth_end - 1, &len);
+		if (!n->export_name || strlen(n->export_name) != len)
+			die("%s: a bad %%-escape in the export name", uri);
+		if (len > NBD_MAX_STRING)
+			die("%s: the export name is over %d bytes", uri, NBD_MAX_STRING);
+	} else if (!(n->export_name = strdup(""))) {
+		die("out of memory:");
+	}
+	for (q = *path_end ? path_end + 1 : path_end; *q; q += *q == '&') {
+		const char *end = q + strcspn(q, "&");
+
+		if (!strncmp(q, "socket=", 7) && unix_socket && !n->socket_path) {
+			struct sockaddr_un sun;
+			char *path = uri_decode(q + 7, end - q - 7, &len), *abs;
+
+			if (!path || !len || (*path && strlen(path) != len))
+				die("%s: a bad socket path", uri);
+			if (*path && *path != '/') {	/* the server reconnects from / */
+				char *cwd = getcwd(NULL, 0);
+				if (!cwd || asprintf(&abs, "%s/%s", cwd, path) < 0)
+					die("getcwd:");
+				free(cwd);
+				free(path);
+				path = abs;
+				len = strlen(path);
+			}
+			if (len >= sizeof(sun.sun_path))
+				die("%s: the socket path is over %zu bytes", uri,
+				    sizeof(sun.sun_path) - 1);
+			n->socket_path = path;
+			n->socket_len = len;
+		} else if (!strncmp(q, "tls", 3)) {
+			die("%s: NBD over TLS is not supported", uri);
+		} else if (strncmp(q, "x-", 2)) {
+			die("%s: unknown query parameter '%.*s'", uri, (int)(end - q), q);
+		}
+		q = end;
+	}
+	if (unix_socket && !n->socket_path)
+		die("%s: nbd+unix needs ?socket=PATH", uri);
+}
+
+/* A socket of family connected to addr, with a timeout on the connect and
+ * the handshake. Returns it, or -errno. */
+static int nbd_dial_addr(int family, const struct sockaddr *addr, socklen_t len)
+{
+	struct timeval tv = { NBD_SETUP_SECONDS, 0 };
+	int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, err;
+
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (family != AF_UNIX)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(fd, addr, len) == 0)
+		return fd;
+	err = errno;
+	close(fd);
+	return -err;
+}
+
+/* Connect to the server the URI names. Returns the socket, or -1 with
+ * the reason in why. */
+static int nbd_dial(struct nbd_source *n, char *why, size_t size)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res, *ai;
+	int fd = -ENOENT, r;
+
+	if (n->socket_path) {
+		struct sockaddr_un sun = { .sun_family = AF_UNIX };
+
+		memcpy(sun.sun_path, n->socket_path, n->socket_len);
+		fd = nbd_dial_addr(AF_UNIX, (struct sockaddr *)&sun,
+				   offsetof(struct sockaddr_un, sun_path) + n->socket_len +
+				   (*n->socket_path ? 1 : 0));
+		if (fd < 0)
+			snprintf(why, size, "%s: %s", n->socket_path[0] ?
+				 n->socket_path : "abstract socket", strerror(-fd));
+		return fd < 0 ? -1 : fd;
+	}
+	r = getaddrinfo(n->host, n->port, &hints, &res);
+	if (r) {
+		snprintf(why, size, "%s: %s", n->host, r == EAI_SYSTEM ?
+			 strerror(errno) : gai_strerror(r));
+		return -1;
+	}
+	for (ai = res; ai && fd < 0; ai = ai->ai_next)
+		fd = nbd_dial_addr(ai->ai_family, ai->ai_addr, ai->ai_addrlen);
+	freeaddrinfo(res);
+	if (fd < 0)
+		snprintf(why, size, "%s port %s: %s", n->host, n->port, strerror(-fd));
+	return fd < 0 ? -1 : fd;
+}
+
+/* Send option opt with len bytes of data: 0 or -errno */
+static int nbd_send_option(int fd, uint32_t opt, const void *data, uint32_t len)
+{
+	struct nbd_option o = { htobe64(NBD_OPT_MAGIC), htobe32(opt), htobe32(len) };
+
+	return send_full(fd, &o, sizeof(o), data, len);
+}
+
+/* Read one reply to option opt: its type to *type, its data (at most size
+ * bytes, or it is refused) to buf and its length to *len. Returns 0 or
+ * -errno (-EPROTO: not a well-formed reply to opt). */
+static int nbd_option_reply(int fd, uint32_t opt, uint32_t *type, char *buf,
+			    size_t size, uint32_t *len)
+{
+	struct nbd_option_reply r;
+	int res = read_full(fd, &r, sizeof(r));
+
+	if (res < 0)
+		return res;
+	*type = be32toh(r.type);
+	*len = be32toh(r.length);
+	if (be64toh(r.magic) != NBD_REP_MAGIC || be32toh(r.option) != opt ||
+	    *len > size)
+		return -EPROTO;
+	return read_full(fd, buf, *len);
+}
+
+/* The fixed newstyle handshake on fd, up to NBD_OPT_GO: structured
+ * replies and base:allocation where the server has them, the export's
+ * size, flags and block sizes into *info. Returns 0, or -1 with the
+ * reason in why. */
+static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
+			 char *why, size_t size)
+{
+	static const char context[] = "base:allocation";
+	struct { uint64_t magic, opt_magic; uint16_t flags; } __attribute__((packed)) hello;
+	size_t name_len = strlen(n->export_name), k;
+	char buf[NBD_MAX_STRING + 64], *data;
+	uint32_t type, len, client, u32;
+	uint16_t u16;
+	bool got_export = false;
+	int r;
+
+	memset(info, 0, sizeof(*info));
+	info->min_block = 1;
+	info->max_payload = NBD_MAX_IO;
+	if ((r = read_full(fd, &hello, sizeof(hello))) < 0)
+		goto io_error;
+	if (be64toh(hello.magic) != NBD_MAGIC)
+		return snprintf(why, size, "not an NBD server"), -1;
+	if (be64toh(hello.opt_magic) == NBD_OLDSTYLE_MAGIC ||
+	    !(be16toh(hello.flags) & NBD_FLAG_FIXED_NEWSTYLE))
+		return snprintf(why, size, "the server speaks oldstyle or plain "
+				"newstyle NBD; fuseexport speaks fixed newstyle"), -1;
+	if (be64toh(hello.opt_magic) != NBD_OPT_MAGIC)
+		return snprintf(why, size, "not an NBD server"), -1;
+	client = htobe32(NBD_FLAG_FIXED_NEWSTYLE |
+			 (be16toh(hello.flags) & NBD_FLAG_NO_ZEROES));
+	if ((r = send_full(fd, &client, sizeof(client), NULL, 0)) < 0)
+		goto io_error;
+
+	/* structured replies: READs may skip holes, BLOCK_STATUS works */
+	if ((r = nbd_send_option(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0)) < 0 ||
+	    (r = nbd_option_reply(fd, NBD_OPT_STRUCTURED_REPLY, &type, buf,
+				  sizeof(buf), &len)) < 0)
+		goto io_error;
+	if (type != NBD_REP_ACK && !(type & NBD_REP_ERR))
+		goto bad_reply;
+	info->structured = type == NBD_REP_ACK;
+
+	/* base:allocation, for SEEK_DATA and SEEK_HOLE */
+	if (info->structured) {
+		data = buf;
+		u32 = htobe32(name_len);
+		memcpy(data, &u32, 4);
+		memcpy(data + 4, n->export_name, name_len);
+		k = 4 + name_len;
+		u32 = htobe32(1);
+		memcpy(data + k, &u32, 4);
+		u32 = htobe32(sizeof(context) - 1);
+		memcpy(data + k + 4, &u32, 4);
+		memcpy(data + k + 8, context, sizeof(context) - 1);
+		k += 8 + sizeof(context) - 1;
+		if ((r = nbd_send_option(fd, NBD_OPT_SET_META_CONTEXT, data, k)) < 0)
+			goto io_error;
+		for (;;) {
+			if ((r = nbd_option_reply(fd, NBD_OPT_SET_META_CONTEXT, &type,
+						  buf, sizeof(buf), &len)) < 0)
+				goto io_error;
+			if (type == NBD_REP_ACK || (type & NBD_REP_ERR))
+				break;
+			if (type != NBD_REP_META_CONTEXT || len < 4)
+				goto bad_reply;
+			if (len - 4 == sizeof(context) - 1 &&
+			    !memcmp(buf + 4, context, len - 4)) {
+				memcpy(&u32, buf, 4);
+				info->meta_id = be32toh(u32);
+				info->has_meta = true;
+			}
+		}
+		if (type != NBD_REP_ACK)
+			info->has_meta = false;
+	}
+
+	/* GO, asking for the export's size and flags and its block sizes */
+	u32 = htobe32(name_len);
+	memcpy(buf, &u32, 4);
+	memcpy(buf + 4, n->export_name, name_len);
+	k = 4 + name_len;
+	u16 = htobe16(2);
+	memcpy(buf + k, &u16, 2);
+	u16 = htobe16(NBD_INFO_EXPORT);
+	memcpy(buf + k + 2, &u16, 2);
+	u16 = htobe16(NBD_INFO_BLOCK_SIZE);
+	memcpy(buf + k + 4, &u16, 2);
+	if ((r = nbd_send_option(fd, NBD_OPT_GO, buf, k + 6)) < 0)
+		goto io_error;
+	for (;;) {
+		if ((r = nbd_option_reply(fd, NBD_OPT_GO, &type, buf,
+					  sizeof(buf), &len)) < 0)
+			goto io_error;
+		if (type == NBD_REP_ACK)
+			break;
+		if (type == NBD_REP_ERR_UNSUP)
+			return snprintf(why, size, "the server does not know "
+					"NBD_OPT_GO (too old)"), -1;
+		if (type & NBD_REP_ERR)
+			return snprintf(why, size, "the server refused export '%s': "
+					"%.*s", n->export_name, len ? (int)len : 5,
+					len ? buf : "error"), -1;
+		if (type != NBD_REP_INFO || len < 2)
+			goto bad_reply;
+		memcpy(&u16, buf, 2);
+		if (be16toh(u16) == NBD_INFO_EXPORT) {
+			struct nbd_info_export ie;
+			if (len != sizeof(ie))
+				goto bad_reply;
+			memcpy(&ie, buf, sizeof(ie));
+			info->size = be64toh(ie.size);
+			info->flags = be16toh(ie.flags);
+			got_export = true;
+		} else if (be16toh(u16) == NBD_INFO_BLOCK_SIZE) {
+			struct nbd_info_block_size ib;
+			if (len != sizeof(ib))
+				goto bad_reply;
+			memcpy(&ib, buf, sizeof(ib));
+			info->min_block = be32toh(ib.minimum);
+			info->max_payload = be32toh(ib.maximum);
+		}
+	}
+	if (!got_export)
+		goto bad_reply;
+	if (info->size > INT64_MAX || !info->min_block || info->min_block > 65536 ||
+	    (info->min_block & (info->min_block - 1)) ||
+	    info->max_payload < info->min_block)
+		return snprintf(why, size, "the server gave a bad size (%llu) or "
+				"block sizes (%u, %u)", (unsigned long long)info->size,
+				info->min_block, info->max_payload), -1;
+	return 0;
+
+bad_reply:
+	snprintf(why, size, "a bad reply in the handshake");
+	return -1;
+io_error:
+	snprintf(why, size, "handshake: %s", r == -EPROTO ?
+		 "a bad reply" : strerror(-r));
+	return -1;
+}
+
+/* A connection to the export, handshake done. Returns the socket, or -1
+ * with the reason in why. */
+static int nbd_connect(struct nbd_source *n, struct nbd_info *info, char *why,
+		       size_t size)
+{
+	struct timeval none = { 0, 0 };
+	int fd = nbd_dial(n, why, size);
+
+	if (fd < 0)
+		return -1;
+	if (nbd_handshake(n, fd, info, why, size) < 0) {
+		close(fd);
+		return -1;
+	}
+	/* from now on a request waits as long as the server takes */
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof(none));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+	return fd;
+}
+
+/* Did a new connection agree what the first did? */
+static bool nbd_same(const struct nbd_info *a, const struct nbd_info *b)
+{
+	const uint16_t used = NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH |
+			      NBD_FLAG_SEND_WRITE_ZEROES;
+
+	return a->size == b->size && (a->flags & used) == (b->flags & used) &&
+	       a->structured == b->structured && a->has_meta == b->has_meta &&
+	       a->min_block == b->min_block && a->max_payload == b->max_payload;
+}
+
+/* The errno an NBD error value stands for */
+static int nbd_errno(uint32_t error)
+{
+	switch (error) {
+	case NBD_EPERM: return EPERM;
+	case NBD_ENOMEM: return ENOMEM;
+	case NBD_EINVAL: return EINVAL;
+	case NBD_ENOSPC: return ENOSPC;
+	case NBD_EOVERFLOW: return EOVERFLOW;
+	case NBD_ENOTSUP: return EOPNOTSUPP;
+	default: return EIO;
+	}
+}
+
+/* Take n bytes of c's connection: from what was received before, and
+ * by reading a buffer's worth at a time (large payloads straight into
+ * buf), so that a reply costs one read(2), not one per field. Returns 0
+ * or -errno (-ECONNRESET: the stream ended). */
+static int conn_read(struct nbd_conn *c, void *buf, size_t n)
+{
+	size_t k = min_u64(n, c->recv_len - c->recv_pos);
+
+	memcpy(buf, c->recv_buf + c->recv_pos, k);
+	c->recv_pos += k;
+	buf = (char *)buf + k;
+	n -= k;
+	if (!n)
+		return 0;
+	if (n >= NBD_RECV_BUFFER / 2)
+		return read_full(c->fd, buf, n);
+	c->recv_pos = c->recv_len = 0;
+	while (c->recv_len < n) {
+		ssize_t r = read(c->fd, c->recv_buf + c->recv_len,
+				 NBD_RECV_BUFFER - c->recv_len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -ECONNRESET;
+		c->recv_len += r;
+	}
+	memcpy(buf, c->recv_buf, n);
+	c->recv_pos = n;
+	return 0;
+}
+
+/* Take and drop n bytes of c's connection: 0 or -errno */
+static int conn_skip(struct nbd_conn *c, uint64_t n)
+{
+	char buf[4096];
+	int r = 0;
+
+	while (n && r == 0) {
+		size_t k = min_u64(n, sizeof(buf));
+		r = conn_read(c, buf, k);
+		n -= k;
+	}
+	return r;
+}
+
+/* The request on c sent with cookie, or NULL */
+static struct nbd_cmd *nbd_find(struct nbd_conn *c, uint64_t cookie)
+{
+	struct nbd_cmd *cmd;
+
+	pthread_mutex_lock(&c->lock);
+	for (cmd = c->inflight; cmd; cmd = cmd->next)
+		if (cmd->cookie == cookie && cmd->sent == c->generation)
+			break;
+	pthread_mutex_unlock(&c->lock);
+	return cmd;
+}
+
+/* Take cmd off c's list and wake its caller with error (0 or -errno), or
+ * the error a chunk of its reply gave; c->lock held */
+static void nbd_finish_locked(struct nbd_conn *c, struct nbd_cmd *cmd, int error)
+{
+	struct nbd_cmd **p;
+
+	for (p = &c->inflight; *p && *p != cmd; p = &(*p)->next)
+		;
+	if (*p)
+		*p = cmd->next;
+	cmd->done = true;
+	if (!cmd->error)
+		cmd->error = error;
+	if (!cmd->error)
+		c->backoff_ms = NBD_BACKOFF_MIN_MS;	/* the server works */
+	pthread_cond_signal(&cmd->wake);
+}
+
+static void nbd_finish(struct nbd_conn *c, struct nbd_cmd *cmd, int error)
+{
+	pthread_mutex_lock(&c->lock);
+	nbd_finish_locked(c, cmd, error);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Note that a READ's reply covered [start, end). Returns false if that
+ * overlaps what earlier chunks covered, or makes too many pieces. */
+static bool nbd_cover(struct nbd_cmd *cmd, uint64_t start, uint64_t end)
+{
+	unsigned i;
+
+	for (i = 0; i < cmd->npieces; i++)
+		if (start < cmd->piece[i].end && cmd->piece[i].start < end)
+			return false;
+	for (i = 0; i < cmd->npieces; i++) {
+		if (cmd->piece[i].end == start) {
+			cmd->piece[i].end = end;
+			return true;
+		}
+		if (cmd->piece[i].start == end) {
+			cmd->piece[i].start = start;
+			return true;
+		}
+	}
+	if (cmd->npieces == NBD_MAX_PIECES)
+		return false;
+	cmd->piece[cmd->npieces].start = start;
+	cmd->piece[cmd->npieces++].end = end;
+	return true;
+}
+
+/* An OFFSET_DATA or OFFSET_HOLE chunk of length bytes for cmd: its data
+ * goes into cmd's buffer, or, if it lies outside the request or overlaps
+ * an earlier chunk, the request gets EIO. Returns 0 or -errno. */
+static int nbd_read_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
+			  uint16_t type, uint32_t length)
+{
+	struct { uint64_t offset; uint32_t hole; } __attribute__((packed)) h;
+	uint64_t off;
+	uint32_t n;
+	int r;
+
+	if (type == NBD_REPLY_TYPE_OFFSET_HOLE ? length != 12 : length < 9)
+		return -EPROTO;
+	if ((r = conn_read(c, &h, type == NBD_REPLY_TYPE_OFFSET_HOLE ? 12 : 8)) < 0)
+		return r;
+	off = be64toh(h.offset);
+	n = type == NBD_REPLY_TYPE_OFFSET_HOLE ? be32toh(h.hole) : length - 8;
+	if (cmd->type != NBD_CMD_READ || !n || off < cmd->offset ||
+	    n > cmd->length || off - cmd->offset > cmd->length - n ||
+	    !nbd_cover(cmd, off, off + n)) {
+		cmd->error = -EIO;
+		return type == NBD_REPLY_TYPE_OFFSET_DATA ? conn_skip(c, n) : 0;
+	}
+	if (type == NBD_REPLY_TYPE_OFFSET_HOLE) {
+		memset(cmd->buf + (off - cmd->offset), 0, n);
+		return 0;
+	}
+	return conn_read(c, cmd->buf + (off - cmd->offset), n);
+}
+
+/* A BLOCK_STATUS chunk of length bytes for cmd: its extents, one by one,
+ * looked through for cmd's whence. Returns 0 or -errno. */
+static int nbd_status_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
+			    uint32_t length)
+{
+	uint32_t id, ext[2 * 64];
+	bool bad;
+	size_t i, k;
+	int r;
+
+	if (length < 12 || (length - 4) % 8 || length > NBD_STATUS_MAX)
+		return -EPROTO;
+	if ((r = conn_read(c, &id, 4)) < 0)
+		return r;
+	bad = cmd->type != NBD_CMD_BLOCK_STATUS || be32toh(id) != c->meta_id ||
+	      cmd->got_status;
+	cmd->got_status = true;
+	for (length -= 4; length; length -= k * 8) {
+		k = min_u64(length / 8, 64);
+		if ((r = conn_read(c, ext, k * 8)) < 0)
+			return r;
+		for (i = 0; i < k && !bad; i++) {
+			uint64_t start = cmd->status_end, len = be32toh(ext[2 * i]);
+			bool hole = be32toh(ext[2 * i + 1]) & NBD_STATE_HOLE;
+
+			bad = !len;
+			cmd->status_end = start + len;
+			if (cmd->found == UINT64_MAX && start + len > cmd->from &&
+			    hole == (cmd->whence == SEEK_HOLE))
+				cmd->found = start > cmd->from ? start : cmd->from;
+		}
+	}
+	if (bad)
+		cmd->error = -EIO;
+	return 0;
+}
+
+/* An error chunk of length bytes: cmd gets its error. Returns 0 or -errno
+ * (-ESHUTDOWN: the server is going away). */
+static int nbd_error_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
+			   uint32_t length)
+{
+	char buf[6 + NBD_MAX_STRING + 8];
+	uint32_t error;
+	uint16_t msg_len;
+	int r;
+
+	if (length < 6 || length > sizeof(buf))
+		return -EPROTO;
+	if ((r = conn_read(c, buf, length)) < 0)
+		return r;
+	memcpy(&error, buf, 4);
+	memcpy(&msg_len, buf + 4, 2);
+	error = be32toh(error);
+	if (be16toh(msg_len) > length - 6)
+		return -EPROTO;
+	if (error == NBD_ESHUTDOWN)
+		return -ESHUTDOWN;
+	cmd->error = -nbd_errno(error);
+	return 0;
+}
+
+/* Read one reply, or one chunk of a structured reply, from c's connection
+ * and give it to the request it answers, waking that request's caller
+ * once its reply is complete. Everything is checked: a reply that answers
+ * no request in flight, or whose length cannot be trusted, makes the
+ * connection unusable; a chunk a request cannot get (the wrong type,
+ * outside it, overlapping another) gives that request EIO. Returns 0, or
+ * -errno when the connection can no longer be trusted or read (then it
+ * is dropped, and what was in flight is sent again on the next). */
+static int nbd_take_reply(struct nbd_conn *c)
+{
+	const struct nbd_info *info = &c->n->info;
+	union {
+		struct nbd_simple_reply simple;
+		struct nbd_structured_reply chunk;
+	} u;
+	struct nbd_cmd *cmd;
+	uint32_t length, error;
+	uint16_t flags, type;
+	int r;
+
+	if ((r = conn_read(c, &u, sizeof(u.simple))) < 0)
+		return r;
+	if (be32toh(u.simple.magic) == NBD_SIMPLE_REPLY_MAGIC) {
+		error = be32toh(u.simple.error);
+		cmd = nbd_find(c, be64toh(u.simple.cookie));
+		/* a READ's data follows only a simple reply: after one that
+		 * should not be there, nothing can be trusted */
+		if (!cmd || (cmd->type == NBD_CMD_READ && info->structured))
+			return -EPROTO;
+		if (error == NBD_ESHUTDOWN)
+			return -ESHUTDOWN;
+		if (!error && cmd->type == NBD_CMD_READ &&
+		    (r = conn_read(c, cmd->buf, cmd->length)) < 0)
+			return r;
+		if (!error && cmd->type == NBD_CMD_BLOCK_STATUS)
+			error = NBD_EIO;	/* its extents come only in chunks */
+		nbd_finish(c, cmd, error ? -nbd_errno(error) : 0);
+		return 0;
+	}
+	if (be32toh(u.chunk.magic) != NBD_STRUCTURED_REPLY_MAGIC || !info->structured)
+		return -EPROTO;
+	if ((r = conn_read(c, (char *)&u + sizeof(u.simple),
+			   sizeof(u.chunk) - sizeof(u.simple))) < 0)
+		return r;
+	flags = be16toh(u.chunk.flags);
+	type = be16toh(u.chunk.type);
+	length = be32toh(u.chunk.length);
+	cmd = nbd_find(c, be64toh(u.chunk.cookie));
+	if (!cmd)
+		return -EPROTO;
+	if (type & NBD_REPLY_TYPE_ERROR_BIT)
+		r = nbd_error_chunk(c, cmd, length);
+	else if (type == NBD_REPLY_TYPE_NONE)
+		r = length ? -EPROTO : 0;
+	else if (type == NBD_REPLY_TYPE_OFFSET_DATA || type == NBD_REPLY_TYPE_OFFSET_HOLE)
+		r = length > c->n->max_io + 8 ? -EPROTO :
+		    nbd_read_chunk(c, cmd, type, length);
+	else if (type == NBD_REPLY_TYPE_BLOCK_STATUS)
+		r = nbd_status_chunk(c, cmd, length);
+	else
+		r = -EPROTO;
+	if (r < 0)
+		return r;
+	if (!(flags & NBD_REPLY_FLAG_DONE)) {
+		if (type == NBD_REPLY_TYPE_NONE)
+			cmd->error = -EIO;	/* NONE is always the last */
+		return 0;
+	}
+	/* complete: a READ must have had every byte, a BLOCK_STATUS its
+	 * extents; the pieces are disjoint and inside the request */
+	if (cmd->type == NBD_CMD_READ) {
+		uint64_t covered = 0;
+		unsigned i;
+
+		for (i = 0; i < cmd->npieces; i++)
+			covered += cmd->piece[i].end - cmd->piece[i].start;
+		if (covered != cmd->length)
+			r = -EIO;
+	}
+	if (cmd->type == NBD_CMD_BLOCK_STATUS && !cmd->got_status)
+		r = -EIO;
+	nbd_finish(c, cmd, r);
+	return 0;
+}
+
+/* Drop c's connection after err (the caller holds the receive role):
+ * every request in flight waits for the next, or for --retry to run out */
+static void nbd_drop(struct nbd_conn *c, int err)
+{
+	struct nbd_source *n = c->n;
+	struct nbd_cmd *cmd;
+
+	shutdown(c->fd, SHUT_RDWR);	/* a sender blocked on it lets go */
+	pthread_mutex_lock(&c->send_lock);
+	pthread_mutex_lock(&c->lock);
+	close(c->fd);
+	c->fd = -1;
+	c->recv_pos = c->recv_len = 0;
+	clock_gettime(CLOCK_MONOTONIC, &c->down_since);
+	for (cmd = c->inflight; cmd; cmd = cmd->next)
+		pthread_cond_signal(&cmd->wake);
+	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_unlock(&c->send_lock);
+	if (n->debug)
+		fprintf(stderr, "fuseexport: %s: connection %u lost (%s); "
+			"reconnecting, requests wait up to %u s\n", n->uri,
+			c->index, err == -EPROTO ? "a reply that cannot be trusted" :
+			strerror(-err), n->retry);
+}
+
+/* Has the time --retry gives c's lost connection run out? Its end goes
+ * to *deadline. c->lock held. */
+static bool nbd_expired(struct nbd_conn *c, struct timespec *deadline)
+{
+	struct timespec now;
+
+	*deadline = c->down_since;
+	deadline->tv_sec += c->n->retry;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > deadline->tv_sec ||
+	       (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+/* Make c's connection again (the caller holds the receive role): at once,
+ * then with backoff until --retry runs out; the requests in flight are
+ * then sent again by their callers. Returns 0, or -EIO if it ran out. */
+static int nbd_reconnect(struct nbd_conn *c)
+{
+	struct nbd_source *n = c->n;
+	struct timespec deadline, pause;
+	struct nbd_info info;
+	struct nbd_cmd *cmd;
+	char why[512];
+	unsigned ms;
+	bool expired;
+	int fd;
+
+	for (;;) {
+		fd = nbd_connect(n, &info, why, sizeof(why));
+		if (fd >= 0 && !nbd_same(&info, &n->info)) {
+			close(fd);
+			fd = -1;
+			snprintf(why, sizeof(why), "the export changed (its size, "
+				 "flags or block sizes)");
+		}
+		if (fd >= 0)
+			break;
+		if (n->debug)
+			fprintf(stderr, "fuseexport: %s: reconnecting connection "
+				"%u: %s\n", n->uri, c->index, why);
+		pthread_mutex_lock(&c->lock);
+		expired = nbd_expired(c, &deadline);
+		ms = c->backoff_ms;
+		c->backoff_ms = min_u64(2 * ms, NBD_BACKOFF_MAX_MS);
+		pthread_mutex_unlock(&c->lock);
+		if (expired)
+			return -EIO;
+		pause = (struct timespec){ ms / 1000, ms % 1000 * 1000000L };
+		nanosleep(&pause, NULL);
+	}
+	pthread_mutex_lock(&c->send_lock);
+	pthread_mutex_lock(&c->lock);
+	c->fd = fd;
+	c->meta_id = info.meta_id;
+	c->generation++;
+	for (cmd = c->inflight; cmd; cmd = cmd->next)
+		pthread_cond_signal(&cmd->wake);
+	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_unlock(&c->send_lock);
+	if (n->debug)
+		fprintf(stderr, "fuseexport: %s: connection %u made again\n",
+			n->uri, c->index);
+	return 0;
+}
+
+/* With c's receive role, until cmd's reply is complete: take every reply
+ * that comes, waking the requests they answer, and make the connection
+ * again when it drops. Returns 0 (cmd done, or to be sent again), or
+ * -EIO when --retry ran out. */
+static int nbd_receive(struct nbd_conn *c, struct nbd_cmd *cmd)
+{
+	for (;;) {
+		bool done, down, sent;
+		int r;
+
+		pthread_mutex_lock(&c->lock);
+		done = cmd->done;
+		down = c->fd < 0;
+		sent = cmd->sent == c->generation;
+		pthread_mutex_unlock(&c->lock);
+		if (done || (!down && !sent))
+			return 0;
+		if (down)
+			return nbd_reconnect(c);
+		r = nbd_take_reply(c);
+		if (r < 0)
+			nbd_drop(c, r);
+	}
+}
+
+/* Put cmd on the wire, unless it is there already: the send lock keeps
+ * the connection from changing meanwhile. A failed send shuts the
+ * connection; the receive role, seeing it fail, makes it again. */
+static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd)
+{
+	struct nbd_request req;
+	int fd;
+
+	pthread_mutex_lock(&c->send_lock);
+	pthread_mutex_lock(&c->lock);
+	fd = c->fd;
+	if (fd < 0 || cmd->done || cmd->sent == c->generation) {
+		fd = -1;
+	} else if (cmd->sends++ == NBD_MAX_SENDS) {
+		nbd_finish_locked(c, cmd, -EIO);	/* the server never answers it */
+		fd = -1;
+	} else {
+		cmd->sent = c->generation;
+		cmd->cookie = ++c->next_cookie;
+		cmd->error = 0;
+		cmd->npieces = 0;
+		cmd->got_status = false;
+		cmd->found = UINT64_MAX;
+		cmd->status_end = cmd->offset;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (fd >= 0) {
+		req.magic = htobe32(NBD_REQUEST_MAGIC);
+		req.flags = htobe16(cmd->flags);
+		req.type = htobe16(cmd->type);
+		req.cookie = htobe64(cmd->cookie);
+		req.offset = htobe64(cmd->offset);
+		req.length = htobe32(cmd->length);
+		if (send_full(fd, &req, sizeof(req), cmd->buf,
+			      cmd->type == NBD_CMD_WRITE ? cmd->length : 0) < 0)
+			shutdown(fd, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&c->send_lock);
+}
+
+/* Run cmd on the next connection: send it (again after every reconnect),
+ * and wait for its reply. The callers of a connection take turns in its
+ * receive role: one at a time reads the replies for all, so that a lone
+ * request is answered without waking another thread, and hands the role
+ * on when its own reply is in. Returns 0 or -errno: -EIO once the
+ * connection has been down for longer than --retry. */
+static int nbd_run(struct nbd_source *n, struct nbd_cmd *cmd)
+{
+	struct nbd_conn *c = &n->conn[atomic_fetch_add(&n->next_conn, 1) % n->nconns];
+	struct timespec deadline;
+	struct nbd_cmd *other;
+	int r = 0;
+
+	pthread_cond_init(&cmd->wake, &n->monotonic);
+	cmd->done = false;
+	cmd->sent = cmd->sends = 0;
+	pthread_mutex_lock(&c->lock);
+	cmd->next = c->inflight;
+	c->inflight = cmd;
+	while (!cmd->done && r == 0) {
+		if (c->fd >= 0 && cmd->sent != c->generation) {
+			pthread_mutex_unlock(&c->lock);
+			nbd_send(c, cmd);
+			pthread_mutex_lock(&c->lock);
+		} else if (!c->receiving) {
+			c->receiving = true;
+			pthread_mutex_unlock(&c->lock);
+			r = nbd_receive(c, cmd);
+			pthread_mutex_lock(&c->lock);
+			c->receiving = false;
+			for (other = c->inflight; other; other = other->next)
+				if (other != cmd) {	/* the role goes on */
+					pthread_cond_signal(&other->wake);
+					break;
+				}
+		} else if (c->fd >= 0) {
+			pthread_cond_wait(&cmd->wake, &c->lock);
+		} else if (nbd_expired(c, &deadline)) {
+			r = -EIO;
+		} else {
+			pthread_cond_timedwait(&cmd->wake, &c->lock, &deadline);
+		}
+	}
+	if (!cmd->done)
+		nbd_finish_locked(c, cmd, r);
+	pthread_mutex_unlock(&c->lock);
+	pthread_cond_destroy(&cmd->wake);
+	return cmd->error;
+}
+
+/* One command: 0 or -errno */
+static int nbd_command(struct nbd_source *n, uint16_t type, uint16_t flags,
+		       uint64_t pos, uint32_t len, void *buf)
+{
+	struct nbd_cmd cmd = { .type = type, .flags = flags, .offset = pos,
+			       .length = len, .buf = buf };
+
+	return nbd_run(n, &cmd);
+}
+
+/* Writes that read-modify-write a ragged block exclude every other
+ * write; the rest only exclude those (no lock at all where the server
+ * takes any byte alone) */
+static void nbd_lock(struct nbd_source *n, bool exclusive)
+{
+	if (n->info.min_block == 1)
+		return;
+	if (exclusive)
+		pthread_rwlock_wrlock(&n->rmw_lock);
+	else
+		pthread_rwlock_rdlock(&n->rmw_lock);
+}
+
+static void nbd_unlock(struct nbd_source *n)
+{
+	if (n->info.min_block > 1)
+		pthread_rwlock_unlock(&n->rmw_lock);
+}
+
+static uint64_t nbd_size(struct source *s)
+{
+	return nbd_of(s)->info.size;
+}
+
+/* The bytes are on the server: READ replies are read, never mapped */
+static const char *nbd_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	(void)s, (void)pos, (void)n;
+	return NULL;
+}
+
+/* The block of the server's minimum size at start (cut at the end of the
+ * export) into a new buffer whose length goes to *len. Returns the buffer,
+ * or NULL with -errno in *err. */
+static char *nbd_read_block(struct nbd_source *n, uint64_t start, uint32_t *len,
+			    int *err)
+{
+	char *block = malloc(n->info.min_block);
+
+	*len = min_u64(n->info.min_block, n->info.size - start);
+	*err = block ? nbd_command(n, NBD_CMD_READ, 0, start, *len, block) : -ENOMEM;
+	if (*err < 0) {
+		free(block);
+		return NULL;
+	}
+	return block;
+}
+
+/* Is the stretch from pos to pos + n ragged: not whole blocks of the
+ * server's minimum size (the export's end counts as a block's end)? */
+static bool nbd_ragged(struct nbd_source *n, uint64_t pos, uint64_t len)
+{
+	uint64_t mask = n->info.min_block - 1;
+
+	return (pos & mask) || (len < n->info.min_block && pos + len != n->info.size);
+}
+
+/* Requests of at most max_io bytes, whole blocks of the server's minimum
+ * size, the ragged ends read through a block of their own */
+static ssize_t nbd_read(struct source *s, void *buf, size_t len, uint64_t pos)
+{
+	struct nbd_source *n = nbd_of(s);
+	uint64_t mask = n->info.min_block - 1;
+	size_t done = 0;
+	int r;
+
+	if (pos >= n->info.size)
+		return 0;
+	len = min_u64(len, n->info.size - pos);
+	while (done < len) {
+		uint64_t at = pos + done, k = len - done;
+
+		if (nbd_ragged(n, at, k)) {
+			uint32_t blen;
+			char *block = nbd_read_block(n, at & ~mask, &blen, &r);
+
+			if (!block)
+				return r;
+			k = min_u64(k, blen - (at & mask));
+			memcpy((char *)buf + done, block + (at & mask), k);
+			free(block);
+		} else {
+			if (at + k != n->info.size)
+				k &= ~mask;
+			k = min_u64(k, n->max_io);
+			r = nbd_command(n, NBD_CMD_READ, 0, at, k, (char *)buf + done);
+			if (r < 0)
+				return r;
+		}
+		done += k;
+	}
+	return done;
+}
+
+/* As nbd_read, a ragged block read, changed and written back whole */
+static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
+			 uint64_t pos)
+{
+	struct nbd_source *n = nbd_of(s);
+	uint64_t mask = n->info.min_block - 1;
+	bool rmw;
+	size_t done = 0;
+	int r = 0;
+
+	if (len && pos >= n->info.size)
+		return -ENOSPC;
+	len = min_u64(len, n->info.size - pos);
+	rmw = (pos & mask) || (((pos + len) & mask) && pos + len != n->info.size);
+	nbd_lock(n, rmw);
+	while (done < len && r == 0) {
+		uint64_t at = pos + done, k = len - done;
+
+		if (nbd_ragged(n, at, k)) {
+			uint32_t blen;
+			char *block = nbd_read_block(n, at & ~mask, &blen, &r);
+
+			if (!block)
+				break;
+			k = min_u64(k, blen - (at & mask));
+			memcpy(block + (at & mask), (const char *)buf + done, k);
+			r = nbd_command(n, NBD_CMD_WRITE, 0, at & ~mask, blen, block);
+			free(block);
+		} else {
+			if (at + k != n->info.size)
+				k &= ~mask;
+			k = min_u64(k, n->max_io);
+			r = nbd_command(n, NBD_CMD_WRITE, 0, at, k,
+					(char *)buf + done);
+		}
+		done += k;
+	}
+	nbd_unlock(n);
+	return r < 0 ? r : (ssize_t)done;
+}
+
+static int nbd_flush(struct source *s, bool datasync)
+{
+	struct nbd_source *n = nbd_of(s);
+
+	(void)datasync;
+	if (!(n->info.flags & NBD_FLAG_SEND_FLUSH))
+		return 0;		/* the server writes through */
+	return nbd_command(n, NBD_CMD_FLUSH, 0, 0, 0, NULL);
+}
+
+/* Make len bytes at pos read as zeros: WRITE_ZEROES where the server has
+ * it (NO_HOLE unless punch: without it the server may punch a hole), else
+ * written zeros; ragged block ends are written through nbd_write. (TRIM
+ * is never used: after one the bytes are the server's to choose.)
+ * Returns 0 or -errno. */
+static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
+			  bool punch)
+{
+	uint64_t mask = n->info.min_block - 1, head, tail;
+	int r = 0;
+
+	if (pos >= n->info.size)
+		return 0;
+	len = min_u64(len, n->info.size - pos);
+	head = min_u64(len, (n->info.min_block - (pos & mask)) & mask);
+	tail = pos + len == n->info.size ? 0 : (pos + len) & mask;
+	tail = head + tail > len ? len - head : tail;
+	if (head && (r = nbd_write(&n->s, n->zeros, head, pos)) < 0)
+		return r;
+	if (tail && (r = nbd_write(&n->s, n->zeros, tail, pos + len - tail)) < 0)
+		return r;
+	r = 0;
+	pos += head;
+	len -= head + tail;
+	nbd_lock(n, false);
+	while (len && r == 0) {
+		uint64_t k;
+
+		if (n->info.flags & NBD_FLAG_SEND_WRITE_ZEROES) {
+			k = min_u64(len, (1U << 31) & ~mask);
+			r = nbd_command(n, NBD_CMD_WRITE_ZEROES,
+					punch ? 0 : NBD_CMD_FLAG_NO_HOLE, pos, k, NULL);
+		} else {
+			k = min_u64(len, n->max_io);
+			r = nbd_command(n, NBD_CMD_WRITE, 0, pos, k, (void *)n->zeros);
+		}
+		pos += k;
+		len -= k;
+	}
+	nbd_unlock(n);
+	return r;
+}
+
+static int nbd_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	return nbd_zero_range(nbd_of(s), pos, len, true);
+}
+
+static int nbd_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	return nbd_zero_range(nbd_of(s), pos, len, false);
+}
+
+/* An NBD export's space is the server's: there is nothing to reserve */
+static int nbd_allocate(struct source *s, uint64_t pos, uint64_t len,
+			bool keep_size)
+{
+	return keep_size || pos + len <= nbd_size(s) ? 0 : -ENOSPC;
+}
+
+/* SEEK_DATA and SEEK_HOLE from base:allocation's extents, asked for a
+ * GiB at a time; without the context every byte is data */
+static int64_t nbd_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct nbd_source *n = nbd_of(s);
+	uint64_t size = n->info.size, mask = n->info.min_block - 1;
+	int r;
+
+	if (pos >= size)
+		return -ENXIO;
+	if (!n->info.has_meta)
+		return whence == SEEK_DATA ? (int64_t)pos : (int64_t)size;
+	while (pos < size) {
+		uint64_t start = pos & ~mask;
+		struct nbd_cmd cmd = { .type = NBD_CMD_BLOCK_STATUS, .offset = start,
+				       .length = min_u64(size - start, 1U << 30),
+				       .whence = whence, .from = pos };
+
+		if ((r = nbd_run(n, &cmd)) < 0)
+			return r;
+		if (cmd.found != UINT64_MAX)
+			return cmd.found >= size && whence == SEEK_DATA ? -ENXIO :
+			       (int64_t)min_u64(cmd.found, size);
+		if (cmd.status_end <= pos)
+			return -EIO;	/* no progress: the server says nothing */
+		pos = cmd.status_end;
+	}
+	return whence == SEEK_DATA ? -ENXIO : (int64_t)size;
+}
+
+static int nbd_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;			/* the server's export keeps its size */
+}
+
+static int nbd_space(struct source *s, struct space *sp)
+{
+	memset(sp, 0, sizeof(*sp));
+	sp->allocated = nbd_size(s);
+	return 0;
+}
+
+/* The kernel caches the pages: this side keeps no copy of them anyway */
+static void nbd_keep_no_copy(struct source *s)
+{
+	(void)s;
+}
+
+/* Say goodbye (NBD_CMD_DISC) on every connection and let go of them */
+static void nbd_close(struct source *s)
+{
+	struct nbd_source *n = nbd_of(s);
+	struct nbd_request disc = { htobe32(NBD_REQUEST_MAGIC), 0,
+				    htobe16(NBD_CMD_DISC), 0, 0, 0 };
+	unsigned i;
+
+	for (i = 0; i < n->nconns; i++) {
+		struct nbd_conn *c = &n->conn[i];
+
+		if (c->fd >= 0) {
+			send_full(c->fd, &disc, sizeof(disc), NULL, 0);
+			close(c->fd);
+		}
+		free(c->recv_buf);
+	}
+	munmap((void *)n->zeros, n->max_io);
+	free(n->conn);
+	free(n->host);
+	free(n->port);
+	free(n->socket_path);
+	free(n->export_name);
+	free(n);
+}
+
+static void nbd_init_conn(struct nbd_source *n, struct nbd_conn *c,
+			  unsigned index, int fd, uint32_t meta_id)
+{
+	c->n = n;
+	c->index = index;
+	c->fd = fd;
+	c->meta_id = meta_id;
+	c->generation = 1;
+	c->backoff_ms = NBD_BACKOFF_MIN_MS;
+	c->recv_buf = malloc(NBD_RECV_BUFFER);
+	if (!c->recv_buf)
+		die("out of memory:");
+	pthread_mutex_init(&c->send_lock, NULL);
+	pthread_mutex_init(&c->lock, NULL);
+}
+
+/* Is path an NBD URI rather than a file? */
+static bool is_nbd_uri(const char *path)
+{
+	return !strncmp(path, "nbd://", 6) || !strncmp(path, "nbd+unix://", 11) ||
+	       !strncmp(path, "nbds://", 7) || !strncmp(path, "nbds+unix://", 12);
+}
+
+/* Connect to the export uri names, with up to queues connections where
+ * the server allows more than one. Exits on failure. */
+static struct source *nbd_open(const char *uri, bool writable, bool growable,
+			       unsigned queues, unsigned retry, bool debug)
+{
+	struct nbd_source *n = calloc(1, sizeof(*n));
+	struct nbd_info info;
+	char why[512];
+	void *zeros;
+	unsigned i;
+	int fd;
+
+	if (!n)
+		die("out of memory:");
+	n->uri = uri;
+	n->retry = retry;
+	n->debug = debug;
+	nbd_parse_uri(n, uri);
+	if (growable)
+		die("%s: --growable needs a regular file; an NBD export keeps "
+		    "its size", uri);
+	fd = nbd_connect(n, &n->info, why, sizeof(why));
+	if (fd < 0)
+		die("%s: %s", uri, why);
+	if (writable && (n->info.flags & NBD_FLAG_READ_ONLY))
+		die("%s: the server exports it read-only: -w refused", uri);
+	n->max_io = min_u64(n->info.max_payload, NBD_MAX_IO) & ~(n->info.min_block - 1);
+	zeros = mmap(NULL, n->max_io, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (zeros == MAP_FAILED)
+		die("out of memory:");
+	n->zeros = zeros;
+	pthread_rwlock_init(&n->rmw_lock, NULL);
+	pthread_condattr_init(&n->monotonic);
+	pthread_condattr_setclock(&n->monotonic, CLOCK_MONOTONIC);
+	n->nconns = n->info.flags & NBD_FLAG_CAN_MULTI_CONN ?
+		    min_u64(queues ? queues : 1, NBD_MAX_CONNS) : 1;
+	n->conn = calloc(n->nconns, sizeof(*n->conn));
+	if (!n->conn)
+		die("out of memory:");
+	nbd_init_conn(n, &n->conn[0], 0, fd, n->info.meta_id);
+	for (i = 1; i < n->nconns; i++) {
+		fd = nbd_connect(n, &info, why, sizeof(why));
+		if (fd < 0)
+			die("%s: connection %u: %s", uri, i, why);
+		if (!nbd_same(&info, &n->info))
+			die("%s: connection %u: the server offers a different export",
+			    uri, i);
+		nbd_init_conn(n, &n->conn[i], i, fd, info.meta_id);
+	}
+	if (debug)
+		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
+			"structured replies %s, base:allocation %s, block sizes "
+			"%u to %u\n", uri, (unsigned long long)n->info.size,
+			n->info.flags & NBD_FLAG_READ_ONLY ? " read-only" : "",
+			n->nconns, n->nconns > 1 ? "s" : "",
+			n->info.structured ? "on" : "off",
+			n->info.has_meta ? "on" : "off", n->info.min_block, n->max_io);
+
+	n->s = (struct source){
+		.writable = writable, .passthrough_fd = -1,
+		.no_passthrough = "the bytes are on an NBD server",
+		.sector_size = 512,
+		.size = nbd_size, .read = nbd_read, .map = nbd_map,
+		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
+		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
+		.resize = nbd_resize, .space = nbd_space,
+		.keep_no_copy = nbd_keep_no_copy, .close = nbd_close,
+	};
+	return &n->s;
+}
+
+/* The test harness's entry to the reply parser: see fuseexport.h */
+int fuseexport_nbd_replies(int fd, int structured)
+{
+	struct nbd_source n = { .max_io = 1 << 20 };
+	struct nbd_conn c = { .n = &n, .fd = fd, .meta_id = 1, .generation = 1,
+			      .recv_buf = malloc(NBD_RECV_BUFFER) };
+	char *big = malloc(65536), *one = malloc(1), *data = calloc(1, 512);
+	struct nbd_cmd cmd[5] = {
+		{ .type = NBD_CMD_READ, .offset = 4096, .length = 65536, .buf = big },
+		{ .type = NBD_CMD_READ, .offset = 0, .length = 1, .buf = one },
+		{ .type = NBD_CMD_WRITE, .offset = 0, .length = 512, .buf = data },
+		{ .type = NBD_CMD_FLUSH },
+		{ .type = NBD_CMD_BLOCK_STATUS, .offset = 0, .length = 1 << 20,
+		  .whence = SEEK_HOLE, .from = 1000 },
+	};
+	int i, answered = 0;
+
+	if (!big || !one || !data || !c.recv_buf)
+		die("out of memory:");
+	n.info.structured = structured;
+	n.info.has_meta = true;
+	n.info.min_block = 1;
+	pthread_mutex_init(&c.lock, NULL);
+	for (i = 0; i < 5; i++) {
+		pthread_cond_init(&cmd[i].wake, NULL);
+		cmd[i].cookie = i + 1;
+		cmd[i].sent = 1;
+		cmd[i].found = UINT64_MAX;
+		cmd[i].status_end = cmd[i].offset;
+		cmd[i].next = c.inflight;
+		c.inflight = &cmd[i];
+	}
+	while (nbd_take_reply(&c) == 0)
+		;
+	for (i = 0; i < 5; i++) {
+		answered += cmd[i].done;
+		pthread_cond_destroy(&cmd[i].wake);
+	}
+	pthread_mutex_destroy(&c.lock);
+	free(big);
+	free(one);
+	free(data);
+	free(c.recv_buf);
+	return answered;
+}
+
+/* The bottom of the stack: SOURCE's NBD connections, or its file or
+ * block device. Exits on failure. */
+static struct source *open_bottom(struct export *e, bool writable, bool growable)
+{
+	if (is_nbd_uri(e->source_path))
+		return nbd_open(e->source_path, writable, growable, e->queues,
+				e->retry, e->debug);
+	return file_open(e->source_path, writable, growable);
+}
+
+/*
+ * The window (--offset, --size): a fixed-size range of the layer below,
+ * the only place that knows its offset. Nothing outside it is ever read or
+ * written, whatever a request asks.
+ */
+struct window {
+	struct source s;
+	uint64_t offset, size;
+};
+
+static struct window *window_of(struct source *s)
+{
+	return (struct window *)s;
+}
+
+static uint64_t window_size(struct source *s)
+{
+	return window_of(s)->size;
+}
+
+/* The part of n bytes at pos that lies inside the window */
+static uint64_t inside(struct window *w, uint64_t pos, uint64_t n)
+{
+	return pos < w->size ? min_u64(n, w->size - pos) : 0;
+}
+
+static ssize_t window_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct window *w = window_of(s);
+
+	return s->below->read(s->below, buf, inside(w, pos, n), w->offset + pos);
+}
+
+static const char *window_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	struct window *w = window_of(s);
+
+	if (inside(w, pos, n) < n)
+		return NULL;
+	return s->below->map(s->below, w->offset + pos, n);
+}
+
+static ssize_t window_write(struct source *s, const void *buf, size_t n,
+			    uint64_t pos)
+{
+	struct window *w = window_of(s);
+
+	if (n && !inside(w, pos, n))
+		return -ENOSPC;
+	return s->below->write(s->below, buf, inside(w, pos, n), w->offset + pos);
+}
+
+static int window_flush(struct source *s, bool datasync)
+{
+	return s->below->flush(s->below, datasync);
+}
+
+static int window_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	struct window *w = window_of(s);
+
+	len = inside(w, pos, len);
+	return len ? s->below->punch(s->below, w->offset + pos, len) : 0;
+}
+
+static int window_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	struct window *w = window_of(s);
+
+	len = inside(w, pos, len);
+	return len ? s->below->zero(s->below, w->offset + pos, len) : 0;
+}
+
+/* the space is reserved; never a byte past the window's end */
+static int window_allocate(struct source *s, uint64_t pos, uint64_t len,
+			   bool keep_size)
+{
+	struct window *w = window_of(s);
+
+	if (!keep_size && inside(w, pos, len) < len)
+		return -ENOSPC;
+	len = inside(w, pos, len);
+	return len ? s->below->allocate(s->below, w->offset + pos, len, true) : 0;
+}
+
+static int64_t window_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct window *w = window_of(s);
+	int64_t r = s->below->seek(s->below, w->offset + pos, whence);
+
+	if (r < 0)
+		return r;
+	r = min_u64(r - w->offset, w->size);
+	if (whence == SEEK_DATA && (uint64_t)r >= w->size)
+		return -ENXIO;		/* the data lies past the window */
+	return r;
+}
+
+static int window_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;			/* a window keeps its size */
+}
+
+static int window_space(struct source *s, struct space *sp)
+{
+	int r = s->below->space(s->below, sp);
+
+	sp->allocated = min_u64(sp->allocated, window_of(s)->size);
+	sp->free = sp->avail = 0;	/* it cannot grow */
+	return r;
+}
+
+/* The layers that have nothing of their own to keep pass it down */
+static void pass_keep_no_copy(struct source *s)
+{
+	s->below->keep_no_copy(s->below);
+}
+
+static void window_close(struct source *s)
+{
+	s->below->close(s->below);
+	free(s);
+}
+
+/* Stand a window of size bytes at offset on below (size 0: to its end).
+ * Exits if it does not lie inside. */
+static struct source *window_open(struct source *below, uint64_t offset,
+				  uint64_t size, const char *path)
+{
+	struct window *w = calloc(1, sizeof(*w));
+	uint64_t below_size = below->size(below);
+
+	if (!w)
+		die("out of memory:");
+	if (below->growable)
+		die("%s: --growable does not go with --offset or --size", path);
+	if (offset > below_size || (size && size > below_size - offset))
+		die("%s: the window %llu+%llu lies past its end (%llu bytes)",
+		    path, (unsigned long long)offset, (unsigned long long)size,
+		    (unsigned long long)below_size);
+	w->offset = offset;
+	w->size = size ? size : below_size - offset;
+	w->s = (struct source){
+		.below = below, .writable = below->writable,
+		.passthrough_fd = -1,
+		.no_passthrough = "a window's offsets are not the source's",
+		.sector_size = below->sector_size,
+		.size = window_size, .read = window_read, .map = window_map,
+		.write = window_write, .flush = window_flush,
+		.punch = window_punch, .zero = window_zero,
+		.allocate = window_allocate, .seek = window_seek,
+		.resize = window_resize, .space = window_space,
+		.keep_no_copy = pass_keep_no_copy, .close = window_close,
+	};
+	return &w->s;
+}
+
+/*
+ * Partitions (--partition=N, --partitions): a window whose numbers come
+ * from the source's partition table, read here as Linux reads it: MBR
+ * primaries 1-4 and logical partitions from 5 in the order of the
+ * extended chain; GPT (a protective MBR means GPT) by entry index, the
+ * backup header where the primary's CRC fails. LBAs count logical sectors.
+ */
+enum { MAX_PARTS = 128 };
+
+struct part {
+	unsigned number;
+	uint64_t start, sectors;	/* in logical sectors */
+	char type[40];			/* MBR id (0x83) or GPT type GUID */
+	char name[80];			/* GPT name, in UTF-8 */
+};
+
+struct table {
+	const char *kind;		/* "dos" or "gpt" */
+	unsigned sector;		/* bytes */
+	int count;
+	struct part part[MAX_PARTS];
+};
+
+static uint32_t le32(const unsigned char *p)
+{
+	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const unsigned char *p)
+{
+	return le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/* CRC-32 (IEEE 802.3, reflected), as GPT checks its header and entries */
+static uint32_t crc32(const unsigned char *p, size_t n)
+{
+	uint32_t c = ~0u;
+	int k;
+
+	while (n--)
+		for (c ^= *p++, k = 0; k < 8; k++)
+			c = c >> 1 ^ (0xedb88320 & -(c & 1));
+	return ~c;
+}
+
+/* Read n bytes at pos of s, all of them: 0 or -errno (-EINVAL if short:
+ * a table that would lie past the end is no table) */
+static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	ssize_t r = s->read(s, buf, n, pos);
+
+	return r < 0 ? (int)r : (size_t)r < n ? -EINVAL : 0;
+}
+
+static void add_part(struct table *t, unsigned number, uint64_t start,
+		     uint64_t sectors)
+{
+	struct part *p = &t->part[t->count++];
+
+	memset(p, 0, sizeof(*p));
+	p->number = number;
+	p->start = start;
+	p->sectors = sectors;
+}
+
+/* GPT's header at lba, checked: the entries' LBA, count and size, or
+ * false if it is not a good one */
+static bool gpt_header(struct source *s, unsigned sector, uint64_t lba,
+		       unsigned char *h)
+{
+	uint32_t size, crc;
+
+	if (read_exact(s, h, sector, lba * sector) < 0 || memcmp(h, "EFI PART", 8))
+		return false;
+	size = le32(h + 12);
+	if (size < 92 || size > sector)
+		return false;
+	crc = le32(h + 16);
+	memset(h + 16, 0, 4);
+	return crc32(h, size) == crc && le32(h + 84) >= 128 &&
+	       le32(h + 84) <= 4096 && le32(h + 80) <= 65536;
+}
+
+/* A GPT type GUID, as sfdisk prints it (mixed endian) */
+static void guid_text(char *out, const unsigned char *g)
+{
+	sprintf(out, "%08X-%04X-%04X-%02X%02X-%02X%02X%02X%02X%02X%02X",
+		le32(g), g[4] | g[5] << 8, g[6] | g[7] << 8, g[8], g[9],
+		g[10], g[11], g[12], g[13], g[14], g[15]);
+}
+
+/* A GPT name: UTF-16LE, 36 units, into UTF-8 */
+static void name_text(char *out, const unsigned char *u)
+{
+	int i;
+
+	for (i = 0; i < 36; i++) {
+		unsigned c = u[2 * i] | u[2 * i + 1] << 8;
+
+		if (!c)
+			break;
+		if (c < 0x80) {
+			*out++ = c;
+		} else if (c < 0x800) {
+			*out++ = 0xc0 | c >> 6;
+			*out++ = 0x80 | (c & 0x3f);
+		} else {		/* surrogates come out as they are */
+			*out++ = 0xe0 | c >> 12;
+			*out++ = 0x80 | (c >> 6 & 0x3f);
+			*out++ = 0x80 | (c & 0x3f);
+		}
+	}
+	*out = 0;
+}
+
+/* GPT's header at lba and the entries it names, into t, if both are
+ * good. Returns 0 or -errno (-EINVAL: not a good table). */
+static int gpt_at(struct source *s, struct table *t, uint64_t lba)
+{
+	unsigned sector = t->sector;
+	unsigned char *h = malloc(sector), *ent = NULL;
+	uint64_t last = s->size(s) / sector - 1;
+	uint32_t count, esize, i;
+	int r = -EINVAL;
+
+	if (!h)
+		return -ENOMEM;
+	if (!gpt_header(s, sector, lba, h))
+		goto out;
+	lba = le64(h + 72);
+	count = le32(h + 80);
+	esize = le32(h + 84);
+	ent = malloc((size_t)count * esize);
+	if (!ent || lba > last) {
+		r = ent ? -EINVAL : -ENOMEM;
+		goto out;
+	}
+	if ((r = read_exact(s, ent, (size_t)count * esize, lba * sector)) < 0)
+		goto out;
+	r = -EINVAL;
+	if (crc32(ent, (size_t)count * esize) != le32(h + 88))
+		goto out;
+	for (i = 0; i < count && t->count < MAX_PARTS; i++) {
+		const unsigned char *e = ent + (size_t)i * esize;
+		static const unsigned char unused[16];
+		uint64_t first = le64(e + 32), end = le64(e + 40);
+
+		if (!memcmp(e, unused, 16))
+			continue;
+		if (end < first)
+			goto out;
+		add_part(t, i + 1, first, end - first + 1);
+		guid_text(t->part[t->count - 1].type, e);
+		name_text(t->part[t->count - 1].name, e + 56);
+	}
+	t->kind = "gpt";
+	r = 0;
+out:
+	free(h);
+	free(ent);
+	return r;
+}
+
+/* GPT: the primary header at LBA 1 with its entries, else the backup at
+ * the last LBA with its own, as Linux does: a primary whose header or
+ * entries fail their CRC is damaged. Returns 0 or -errno (-EINVAL: no
+ * good table). */
+static int read_gpt(struct source *s, struct table *t)
+{
+	int r = gpt_at(s, t, 1);
+
+	if (r < 0 && r != -ENOMEM) {
+		t->count = 0;
+		r = gpt_at(s, t, s->size(s) / t->sector - 1);
+	}
+	return r;
+}
+
+/* MBR, with the extended chain; a protective entry (0xee) hands over to
+ * GPT. Returns 0 or -errno (-EINVAL: no partition table). */
+static int read_table(struct source *s, struct table *t)
+{
+	unsigned char b[512];
+	uint64_t ext = 0, ebr;
+	unsigned logical = 5;
+	int i, r, hops;
+
+	memset(t, 0, sizeof(*t));
+	t->sector = s->sector_size;
+	if ((r = read_exact(s, b, sizeof(b), 0)) < 0)
+		return r;
+	if (b[510] != 0x55 || b[511] != 0xaa)
+		return -EINVAL;
+	/* a boot indicator other than 0 or 0x80 means no table, as Linux
+	 * and partx judge it: the boot sector of a file system, say, whose
+	 * code would read as partitions */
+	for (i = 0; i < 4; i++)
+		if (b[446 + 16 * i] & 0x7f)
+			return -EINVAL;
+	for (i = 0; i < 4; i++)
+		if (b[446 + 16 * i + 4] == 0xee)
+			return read_gpt(s, t);
+	t->kind = "dos";
+	for (i = 0; i < 4; i++) {
+		const unsigned char *e = b + 446 + 16 * i;
+
+		if (!e[4] || !le32(e + 12))
+			continue;
+		add_part(t, i + 1, le32(e + 8), le32(e + 12));
+		sprintf(t->part[t->count - 1].type, "%x", e[4]);
+		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
+			ext = le32(e + 8);
+	}
+	/* each EBR holds a logical partition (relative to the EBR) and a
+	 * link to the next EBR (relative to the extended partition); a
+	 * chain that breaks ends there, the partitions found before it
+	 * kept, as Linux does: a rescue still reaches them */
+	for (ebr = ext, hops = 0; ebr && hops < MAX_PARTS && t->count < MAX_PARTS;
+	     hops++) {
+		const unsigned char *data = b + 446, *link = b + 462;
+
+		if (read_exact(s, b, sizeof(b), ebr * t->sector) < 0 ||
+		    b[510] != 0x55 || b[511] != 0xaa)
+			break;
+		if (data[4] && le32(data + 12)) {
+			add_part(t, logical++, ebr + le32(data + 8), le32(data + 12));
+			sprintf(t->part[t->count - 1].type, "%x", data[4]);
+		}
+		ebr = link[4] && le32(link + 8) ? ext + le32(link + 8) : 0;
+	}
+	return 0;
+}
+
+/* The numbers of t's partitions, "1 2 5", for messages */
+static const char *part_numbers(const struct table *t)
+{
+	static char list[MAX_PARTS * 4 + 8];
+	size_t n = 0;
+	int i;
+
+	list[0] = 0;
+	for (i = 0; i < t->count; i++)
+		n += snprintf(list + n, sizeof(list) - n, "%s%u", i ? " " : "",
+			      t->part[i].number);
+	return t->count ? list : "none";
+}
+
+/* Read s's table, or exit saying why it cannot be */
+static void must_read_table(struct source *s, struct table *t, const char *path)
+{
+	int r = read_table(s, t);
+
+	if (r == -EINVAL)
+		die("%s: no partition table (MBR or GPT) that can be read", path);
+	if (r < 0)
+		die("%s: reading the partition table: %s", path, strerror(-r));
+}
+
+/* Stand a window on partition number of below. Exits if there is no such
+ * partition or it does not lie inside the source. */
+static struct source *partition_open(struct source *below, unsigned number,
+				     const char *path)
+{
+	struct table *t = malloc(sizeof(*t));
+	uint64_t size = below->size(below);
+	struct source *s;
+	int i;
+
+	if (!t)
+		die("out of memory:");
+	must_read_table(below, t, path);
+	for (i = 0; i < t->count && t->part[i].number != number; i++)
+		;
+	if (i == t->count)
+		die("%s: no partition %u (partitions: %s)", path, number,
+		    part_numbers(t));
+	if (t->part[i].start > size / t->sector ||
+	    t->part[i].sectors > size / t->sector - t->part[i].start ||
+	    !t->part[i].sectors)
+		die("%s: partition %u runs past the end of the source "
+		    "(partitions: %s)", path, number, part_numbers(t));
+	s = window_open(below, t->part[i].start * t->sector,
+			t->part[i].sectors * t->sector, path);
+	free(t);
+	return s;
+}
+
+/* A size for people: 100M, 1.5G, as partx prints it */
+static void human_size(char *out, size_t n, uint64_t bytes)
+{
+	static const char units[] = "BKMGTPE";
+	double v = bytes;
+	int u = 0;
+
+	while (v >= 1024 && u < 6)
+		v /= 1024, u++;
+	if (u && v < 10 && v != (uint64_t)v)
+		snprintf(out, n, "%.1f%c", v, units[u]);
+	else
+		snprintf(out, n, "%.0f%c", v, units[u]);
+}
+
+/* --partitions: print the table as partx --show does, and exit */
+static _Noreturn void list_partitions(struct export *e)
+{
+	const char *path = e->source_path;
+	struct source *s = open_bottom(e, false, false);
+	struct table *t = malloc(sizeof(*t));
+	char size[16];
+	int i;
+
+	if (!t)
+		die("out of memory:");
+	must_read_table(s, t, path);
+	printf("%s partition table, %u-byte sectors\n", t->kind, t->sector);
+	printf("%3s %12s %12s %12s %6s %-36s %s\n", "NR", "START", "END",
+	       "SECTORS", "SIZE", "TYPE", "NAME");
+	for (i = 0; i < t->count; i++) {
+		const struct part *p = &t->part[i];
+
+		human_size(size, sizeof(size), p->sectors * t->sector);
+		printf("%3u %12llu %12llu %12llu %6s %-*s%s%s\n", p->number,
+		       (unsigned long long)p->start,
+		       (unsigned long long)(p->start + p->sectors - 1),
+		       (unsigned long long)p->sectors, size, *p->name ? 36 : 0,
+		       p->type, *p->name ? " " : "", p->name);
+	}
+	free(t);
+	s->close(s);
+	print_and_exit("");
+}
+
+/*
+ * The snapshot (--snapshot[=FILE]): copy-on-write over the layer below,
+ * which is never written. A changed block's bytes live in the delta file
+ * (FILE, or a memfd without one) at data + block * SNAP_BLOCK, and a bit
+ * in the map says which blocks changed; a block punched whole is a hole
+ * there, which reads as zeros. FILE is a header naming the source it was
+ * made for, the map, then the data, sparse: exporting again resumes it,
+ * and --commit writes it into the source.
+ */
+enum { SNAP_BLOCK = 4096, SNAP_LOCKS = 64, SNAP_MAP = 4096 };
+
+struct snap_header {
+	char magic[8];			/* "FXSNAP1" */
+	uint64_t size;			/* the layer below's size */
+	uint64_t dev, ino;		/* the source (rdev for a device) */
+	uint64_t offset;		/* the layer below's start in it */
+	uint32_t block;			/* SNAP_BLOCK */
+	uint32_t pad;
+};
+
+struct snapshot {
+	struct source s;
+	int fd;				/* the delta file */
+	uint64_t size, blocks, data;	/* data: where block 0 lies in it */
+	size_t map_len;
+	_Atomic uint64_t *map;		/* a bit per block: changed */
+	pthread_mutex_t copy[SNAP_LOCKS];	/* a block's copy-up, striped */
+};
+
+static struct snapshot *snap_of(struct source *s)
+{
+	return (struct snapshot *)s;
+}
+
+static bool changed(struct snapshot *n, uint64_t b)
+{
+	return atomic_load(&n->map[b / 64]) >> (b % 64) & 1;
+}
+
+/* The first block from b on that is not in state c, or n->blocks */
+static uint64_t run_end(struct snapshot *n, uint64_t b, bool c)
+{
+	while (b < n->blocks && changed(n, b) == c) {
+		if (b % 64 == 0 && b + 64 <= n->blocks &&
+		    atomic_load(&n->map[b / 64]) == (c ? ~0ULL : 0))
+			b += 64;
+		else
+			b++;
+	}
+	return min_u64(b, n->blocks);
+}
+
+/* pread or pwrite all n bytes at pos of the delta file: 0 or -errno */
+static int delta_io(struct snapshot *n, bool write, void *buf, size_t len,
+		    uint64_t pos)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = write ? pwrite(n->fd, (char *)buf + done, len - done, pos + done)
+				  : pread(n->fd, (char *)buf + done, len - done, pos + done);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		done += r;
+	}
+	return 0;
+}
+
+static uint64_t snap_size(struct source *s)
+{
+	return snap_of(s)->size;
+}
+
+static ssize_t snap_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct snapshot *sn = snap_of(s);
+	size_t done = 0;
+
+	n = pos < sn->size ? min_u64(n, sn->size - pos) : 0;
+	while (done < n) {
+		uint64_t p = pos + done, b = p / SNAP_BLOCK;
+		bool c = changed(sn, b);
+		size_t len = min_u64(n - done, run_end(sn, b, c) * SNAP_BLOCK - p);
+		ssize_t r;
+
+		if (c)
+			r = delta_io(sn, false, (char *)buf + done, len, sn->data + p);
+		else
+			r = s->below->read(s->below, (char *)buf + done, len, p);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		done += c ? len : (size_t)r;
+		if (!c && (size_t)r < len)
+			break;
+	}
+	return done;
+}
+
+/* unchanged blocks are sent from the layer below's mapping, as fast as
+ * a read-only export's */
+static const char *snap_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	struct snapshot *sn = snap_of(s);
+
+	if (!n || pos + n > sn->size ||
+	    run_end(sn, pos / SNAP_BLOCK, false) * SNAP_BLOCK < pos + n)
+		return NULL;
+	return s->below->map(s->below, pos, n);
+}
+
+/* Put len bytes of buf (NULL: zeros) at off in block b; the first change
+ * of a block copies it up from below. 0 or -errno. */
+static int put_block(struct snapshot *sn, uint64_t b, size_t off,
+		     const void *buf, size_t len)
+{
+	pthread_mutex_t *lock = &sn->copy[b % SNAP_LOCKS];
+	uint64_t at = sn->data + b * SNAP_BLOCK;
+	char block[SNAP_BLOCK];
+	int r = 0;
+
+	pthread_mutex_lock(lock);
+	if (!buf && len == SNAP_BLOCK) {	/* a whole block punched */
+		if (fallocate(sn->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      at, SNAP_BLOCK) < 0) {
+			memset(block, 0, sizeof(block));
+			r = delta_io(sn, true, block, SNAP_BLOCK, at);
+		}
+	} else if (changed(sn, b)) {
+		if (!buf)
+			memset(block, 0, len);
+		r = delta_io(sn, true, buf ? (void *)buf : block, len, at + off);
+	} else {
+		ssize_t got = buf && len == SNAP_BLOCK ? 0 :
+			sn->s.below->read(sn->s.below, block, SNAP_BLOCK,
+					  b * SNAP_BLOCK);
+		if (got < 0) {
+			r = got;
+		} else {
+			memset(block + got, 0, SNAP_BLOCK - got);
+			if (buf)
+				memcpy(block + off, buf, len);
+			else
+				memset(block + off, 0, len);
+			r = delta_io(sn, true, block, SNAP_BLOCK, at);
+		}
+	}
+	if (r == 0)
+		atomic_fetch_or(&sn->map[b / 64], 1ULL << (b % 64));
+	pthread_mutex_unlock(lock);
+	return r;
+}
+
+/* Put n bytes of buf (NULL: zeros) at pos, block by block: the number
+ * put (short only after an error), or -errno */
+static ssize_t snap_put(struct source *s, const void *buf, size_t n,
+			uint64_t pos)
+{
+	struct snapshot *sn = snap_of(s);
+	size_t done = 0;
+
+	if (pos >= sn->size)
+		return n ? -ENOSPC : 0;
+	n = min_u64(n, sn->size - pos);
+	while (done < n) {
+		uint64_t p = pos + done;
+		size_t off = p % SNAP_BLOCK, len = min_u64(n - done, SNAP_BLOCK - off);
+		int r;
+
+		r = put_block(sn, p / SNAP_BLOCK, off,
+			      buf ? (const char *)buf + done : NULL, len);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		done += len;
+	}
+	return done;
+}
+
+static ssize_t snap_write(struct source *s, const void *buf, size_t n,
+			  uint64_t pos)
+{
+	return snap_put(s, buf, n, pos);
+}
+
+static int snap_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	ssize_t r = snap_put(s, NULL, len, pos);
+
+	return r < 0 ? (int)r : 0;
+}
+
+static int snap_flush(struct source *s, bool datasync)
+{
+	(void)datasync;
+	return fdatasync(snap_of(s)->fd) < 0 ? -errno : 0;
+}
+
+/* nothing to reserve: the delta takes its room as blocks change; but a
+ * snapshot keeps its size, so never past its end */
+static int snap_allocate(struct source *s, uint64_t pos, uint64_t len,
+			 bool keep_size)
+{
+	struct snapshot *sn = snap_of(s);
+
+	return keep_size || (pos <= sn->size && len <= sn->size - pos) ? 0 : -ENOSPC;
+}
+
+/* SEEK_DATA or SEEK_HOLE over the combined view: changed runs answer
+ * from the delta file, unchanged ones from below */
+static int64_t snap_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct snapshot *sn = snap_of(s);
+
+	while (pos < sn->size) {
+		uint64_t b = pos / SNAP_BLOCK;
+		bool c = changed(sn, b);
+		uint64_t end = min_u64(run_end(sn, b, c) * SNAP_BLOCK, sn->size);
+		int64_t at;
+
+		if (c) {
+			at = lseek(sn->fd, sn->data + pos, whence);
+			at = at < 0 ? (errno == ENXIO ? INT64_MAX : -errno)
+				    : at - (int64_t)sn->data;
+		} else {
+			at = s->below->seek(s->below, pos, whence);
+			at = at == -ENXIO ? INT64_MAX : at;
+		}
+		if (at < 0)
+			return at;
+		if ((uint64_t)at < end)
+			return at;
+		pos = end;
+	}
+	return whence == SEEK_HOLE ? (int64_t)sn->size : -ENXIO;
+}
+
+static int snap_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;
+}
+
+static int snap_space(struct source *s, struct space *sp)
+{
+	int r = s->below->space(s->below, sp);
+
+	sp->free = sp->avail = 0;
+	return r;
+}
+
+static void snap_close(struct source *s)
+{
+	struct snapshot *sn = snap_of(s);
+
+	munmap((void *)sn->map, sn->map_len);
+	close(sn->fd);
+	s->below->close(s->below);
+	free(sn);
+}
+
+/* Where in FILE the map and the data lie, for a source of size bytes */
+static void snap_layout(struct snapshot *sn, uint64_t size)
+{
+	sn->size = size;
+	sn->blocks = (size + SNAP_BLOCK - 1) / SNAP_BLOCK;
+	sn->map_len = ((sn->blocks + 7) / 8 + SNAP_MAP - 1) / SNAP_MAP * SNAP_MAP;
+	if (!sn->map_len)
+		sn->map_len = SNAP_MAP;
+	sn->data = SNAP_MAP + sn->map_len;
+}
+
+/* Open FILE (NULL: memory) as the delta of a snapshot of id, creating it
+ * if it is new and checking that it was made for id if not. Exits on
+ * failure. Returns the delta's fd, locked. */
+static int snap_delta(const char *file, const struct snap_header *id,
+		      uint64_t length)
+{
+	struct snap_header h;
+	struct stat st;
+	int fd;
+
+	fd = file ? open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
+		  : memfd_create("fuseexport-snapshot", MFD_CLOEXEC);
+	if (fd < 0)
+		die("%s:", file ? file : "snapshot in memory");
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		die("%s: not a regular file", file);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		die("%s: in use by another export", file);
+	if (st.st_size == 0) {
+		if (pwrite(fd, id, sizeof(*id), 0) != sizeof(*id) ||
+		    ftruncate(fd, length) < 0)
+			die("%s:", file ? file : "snapshot in memory");
+		return fd;
+	}
+	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(&h, id, sizeof(h)) ||
+	    (uint64_t)st.st_size < length)
+		die("%s: made for another source (its size, device, inode or "
+		    "window differ), or not a snapshot file", file);
+	return fd;
+}
+
+/* Stand a snapshot on below, its changes in file (NULL: in memory); id
+ * names the source. Exits on failure. */
+static struct source *snapshot_open(struct source *below, const char *file,
+				    struct snap_header *id)
+{
+	struct snapshot *sn = calloc(1, sizeof(*sn));
+	void *map;
+	int i;
+
+	if (!sn)
+		die("out of memory:");
+	snap_layout(sn, below->size(below));
+	memcpy(id->magic, "FXSNAP1", 8);
+	id->size = sn->size;
+	id->block = SNAP_BLOCK;
+	sn->fd = snap_delta(file, id, sn->data + sn->blocks * SNAP_BLOCK);
+	map = mmap(NULL, sn->map_len, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   sn->fd, SNAP_MAP);
+	if (map == MAP_FAILED)
+		die("%s: mapping its block map:", file ? file : "snapshot");
+	sn->map = map;
+	for (i = 0; i < SNAP_LOCKS; i++)
+		pthread_mutex_init(&sn->copy[i], NULL);
+	sn->s = (struct source){
+		.below = below, .writable = true,
+		.passthrough_fd = -1,
+		.no_passthrough = "a snapshot keeps its changes apart from the source",
+		.sector_size = below->sector_size,
+		.size = snap_size, .read = snap_read, .map = snap_map,
+		.write = snap_write, .flush = snap_flush, .punch = snap_zero,
+		.zero = snap_zero, .allocate = snap_allocate, .seek = snap_seek,
+		.resize = snap_resize, .space = snap_space,
+		.keep_no_copy = pass_keep_no_copy, .close = snap_close,
+	};
+	return &sn->s;
+}
+
+/*
+ * The fault layer (--fault, --control): rules that fail or delay the
+ * requests they match, checked in order, the first to fire answering. A
+ * rule that fails a request answers it alone: nothing reaches the layer
+ * below, so a failed write changes nothing. After a crash (--control) every
+ * request fails with EIO. Random choices come from one seeded generator,
+ * so one seed gives the same failures for the same sequence of requests.
+ */
+enum { FAULT_READ = 1, FAULT_WRITE = 2, FAULT_FLUSH = 4, FAULT_TRIM = 8,
+       FAULT_ZERO = 16, FAULT_ANY = 31 };
+static const char *const fault_op_names[] = { "read", "write", "flush", "trim", "zero" };
+
+struct fault_rule {
+	struct fault_rule *next;
+	char *text;			/* as given, for -d */
+	unsigned number;		/* counted from 1 in the order given */
+	unsigned ops;			/* FAULT_ bits */
+	uint64_t offset, end;		/* the range a request must touch */
+	int error;			/* 0: none, only the delay; EIO
+					 * unless given or there is a delay */
+	bool error_given;
+	uint64_t delay_us;
+	double probability;
+	uint64_t every, after, count;	/* 0: no such condition */
+	uint64_t matched, fired;	/* under the layer's lock */
+};
+
+struct faults {
+	struct source s;
+	pthread_mutex_t lock;		/* the rules, their counters, random */
+	struct fault_rule *rules;
+	unsigned numbered;		/* rules ever added */
+	uint64_t random;		/* splitmix64's state */
+	bool debug;
+	atomic_bool crashed;
+};
+
+static const struct { const char *name; int error; } errno_names[] = {
+	{ "EIO", EIO }, { "ENOSPC", ENOSPC }, { "EROFS", EROFS },
+	{ "EINVAL", EINVAL }, { "EPERM", EPERM }, { "EACCES", EACCES },
+	{ "ENOMEM", ENOMEM }, { "ETIMEDOUT", ETIMEDOUT }, { "EAGAIN", EAGAIN },
+	{ "EDQUOT", EDQUOT }, { "EFBIG", EFBIG }, { "ENODEV", ENODEV },
+	{ "ENXIO", ENXIO }, { "EBUSY", EBUSY }, { "EBADMSG", EBADMSG },
+	{ "EOPNOTSUPP", EOPNOTSUPP }, { "ENOLINK", ENOLINK },
+	/* not ENOSYS: the kernel would stop sending that opcode for good */
+};
+#define N_ERRNO_NAMES (sizeof(errno_names) / sizeof(errno_names[0]))
+
+/* splitmix64: the next number of the sequence that *state stands at */
+static uint64_t next_random(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static const char *errno_name(int error)
+{
+	size_t i;
+
+	for (i = 0; i < N_ERRNO_NAMES; i++)
+		if (errno_names[i].error == error)
+			return errno_names[i].name;
+	return "none";
+}
+
+/* A duration such as 250us, 20ms or 2s, in microseconds, into *us: false
+ * if s is not one (or over an hour) */
+static bool scan_duration(const char *s, uint64_t *us)
+{
+	static const struct { const char *unit; uint64_t us; } units[] = {
+		{ "us", 1 }, { "ms", 1000 }, { "s", 1000000 },
+	};
+	unsigned long long n;
+	char *end;
+	size_t i;
+
+	errno = 0;
+	n = strtoull(s, &end, 10);
+	if (errno || end == s || *s == '-' || n > 3600000000ULL)
+		return false;
+	for (i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (!strcmp(end, units[i].unit) && n <= 3600000000ULL / units[i].us) {
+			*us = n * units[i].us;
+			return true;
+		}
+	return false;
+}
+
+/* One key=value of a rule into r. Returns NULL, or what is wrong. */
+static const char *rule_item(struct fault_rule *r, const char *key,
+			     const char *value)
+{
+	uint64_t v, length;
+	char *end, *ops, *op, *next;
+	size_t i;
+
+	if (!strcmp(key, "op")) {
+		r->ops = 0;
+		ops = strdup(value);
+		for (op = ops; op; op = next) {
+			next = strchr(op, '+');
+			if (next)
+				*next++ = 0;
+			for (i = 0; i < 5 && strcmp(op, fault_op_names[i]); i++)
+				;
+			if (i < 5)
+				r->ops |= 1 << i;
+			else if (!strcmp(op, "any"))
+				r->ops |= FAULT_ANY;
+			else
+				break;
+		}
+		free(ops);
+		return op ? "not read, write, flush, trim, zero or any "
+			    "(joined by +)" : NULL;
+	} else if (!strcmp(key, "offset") || !strcmp(key, "length")) {
+		if (!scan_number(value, &v) || (key[0] == 'l' && !v))
+			return key[0] == 'o' ? "not a number of bytes" :
+			       "not a number of bytes over 0";
+		length = r->end - r->offset;	/* the other one stays */
+		if (key[0] == 'o')
+			r->offset = v;
+		else
+			length = v;
+		r->end = r->offset + length < r->offset ? UINT64_MAX :
+			 r->offset + length;
+	} else if (!strcmp(key, "error")) {
+		for (i = 0; i < N_ERRNO_NAMES && strcmp(value, errno_names[i].name); i++)
+			;
+		if (i == N_ERRNO_NAMES && strcmp(value, "none"))
+			return "not an errno name (EIO, ENOSPC, EROFS, EINVAL, "
+			       "EPERM, EACCES, ENOMEM, ETIMEDOUT, EAGAIN, EDQUOT, EFBIG, "
+			       "ENODEV, ENXIO, EBUSY, EBADMSG, EOPNOTSUPP, ENOLINK) "
+			       "or none";
+		r->error = i < N_ERRNO_NAMES ? errno_names[i].error : 0;
+		r->error_given = true;
+	} else if (!strcmp(key, "delay")) {
+		if (!r->error_given)
+			r->error = 0;	/* a slow disk, not a failing one */
+		if (!scan_duration(value, &r->delay_us))
+			return "not a duration such as 250us, 20ms or 2s "
+			       "(at most an hour)";
+	} else if (!strcmp(key, "probability")) {
+		errno = 0;
+		r->probability = strtod(value, &end);
+		if (errno || end == value || *end || !(r->probability >= 0) ||
+		    r->probability > 1)
+			return "not a number from 0 to 1";
+	} else if (!strcmp(key, "every") || !strcmp(key, "after") ||
+		   !strcmp(key, "count")) {
+		if (!scan_number(value, &v) || (key[0] != 'a' && !v))
+			return key[0] == 'a' ? "not a count" :
+			       "not a count over 0";
+		*(key[0] == 'e' ? &r->every : key[0] == 'a' ? &r->after : &r->count) = v;
+	} else {
+		return "unknown key (op, offset, length, error, delay, probability, "
+		       "every, after, count)";
+	}
+	return NULL;
+}
+
+/* Parse RULE, a comma-separated key=value list. Returns the rule, or NULL
+ * with the offending item and what is wrong with it in why. */
+static struct fault_rule *parse_rule(const char *text, char *why, size_t why_size)
+{
+	struct fault_rule *r = calloc(1, sizeof(*r));
+	char *items = strdup(text), *item, *next, *value;
+	const char *wrong = NULL;
+
+	if (!r || !items || !(r->text = strdup(text))) {
+		snprintf(why, why_size, "out of memory");
+		goto bad;
+	}
+	*r = (struct fault_rule){ .text = r->text, .ops = FAULT_ANY,
+				  .end = UINT64_MAX, .error = EIO,
+				  .probability = 1 };
+	if (!*text)
+		wrong = "an empty rule";
+	for (item = items; *text && item && !wrong; item = next) {
+		next = strchr(item, ',');
+		if (next)
+			*next++ = 0;
+		value = strchr(item, '=');
+		if (value)
+			*value++ = 0;
+		wrong = value ? rule_item(r, item, value) : "not key=value";
+		if (wrong)
+			snprintf(why, why_size, "%s%s%s: %s", item, value ? "=" : "",
+				 value ? value : "", wrong);
+	}
+	if (wrong && !*text)
+		snprintf(why, why_size, "%s", wrong);
+	if (!wrong) {
+		free(items);
+		return r;
+	}
+bad:
+	free(items);
+	if (r)
+		free(r->text);
+	free(r);
+	return NULL;
+}
+
+static void free_rules(struct fault_rule *r)
+{
+	while (r) {
+		struct fault_rule *next = r->next;
+		free(r->text);
+		free(r);
+		r = next;
+	}
+}
+
+static struct faults *faults_of(struct source *s)
+{
+	return (struct faults *)s;
+}
+
+/* Append a rule; it is checked after those added before it */
+static void add_rule(struct faults *f, struct fault_rule *r)
+{
+	struct fault_rule **p;
+
+	pthread_mutex_lock(&f->lock);
+	for (p = &f->rules; *p; p = &(*p)->next)
+		;
+	r->number = ++f->numbered;
+	*p = r;
+	pthread_mutex_unlock(&f->lock);
+}
+
+static void clear_rules(struct faults *f)
+{
+	struct fault_rule *r;
+
+	pthread_mutex_lock(&f->lock);
+	r = f->rules;
+	f->rules = NULL;
+	pthread_mutex_unlock(&f->lock);
+	free_rules(r);
+}
+
+/* Count a request (op, len bytes at pos; a flush has no range) against the
+ * rules; the first that fires decides: its delay is slept, then its error
+ * returned. Returns 0 (go on below) or -errno. */
+static int fault_check(struct faults *f, unsigned op, uint64_t pos, uint64_t len)
+{
+	struct fault_rule *r;
+	struct timespec t;
+	uint64_t delay = 0, last = pos + (len ? len - 1 : 0);
+	int error = 0, i;
+
+	if (atomic_load(&f->crashed))
+		return -EIO;
+	pthread_mutex_lock(&f->lock);
+	for (r = f->rules; r; r = r->next) {
+		if (!(r->ops & op) ||
+		    (op != FAULT_FLUSH && (last < r->offset || pos >= r->end)))
+			continue;
+		r->matched++;
+		if (r->matched <= r->after ||
+		    (r->every && (r->matched - r->after) % r->every) ||
+		    (r->count && r->fired >= r->count) ||
+		    (r->probability < 1 &&
+		     (next_random(&f->random) >> 11) * 0x1p-53 >= r->probability))
+			continue;
+		r->fired++;
+		delay = r->delay_us;
+		error = r->error;
+		for (i = 0; (1U << i) != op; i++)
+			;
+		if (f->debug)
+			fprintf(stderr, "fuseexport: fault rule %u (%s) fired on %s "
+				"%llu+%llu: error %s, delay %llu us\n", r->number,
+				r->text, fault_op_names[i], (unsigned long long)pos,
+				(unsigned long long)len, errno_name(error),
+				(unsigned long long)delay);
+		break;
+	}
+	pthread_mutex_unlock(&f->lock);
+	t.tv_sec = delay / 1000000;
+	t.tv_nsec = delay % 1000000 * 1000;
+	while (delay && nanosleep(&t, &t) < 0 && errno == EINTR)
+		;
+	return -error;
+}
+
+static uint64_t fault_size(struct source *s)
+{
+	return s->below->size(s->below);
+}
+
+static ssize_t fault_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	int r = fault_check(faults_of(s), FAULT_READ, pos, n);
+
+	return r < 0 ? r : s->below->read(s->below, buf, n, pos);
+}
+
+/* never a mapping: every READ must meet the rules, those to come included */
+static const char *fault_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	(void)s, (void)pos, (void)n;
+	return NULL;
+}
+
+static ssize_t fault_write(struct source *s, const void *buf, size_t n,
+			   uint64_t pos)
+{
+	int r = fault_check(faults_of(s), FAULT_WRITE, pos, n);
+
+	return r < 0 ? r : s->below->write(s->below, buf, n, pos);
+}
+
+static int fault_flush(struct source *s, bool datasync)
+{
+	int r = fault_check(faults_of(s), FAULT_FLUSH, 0, 0);
+
+	return r < 0 ? r : s->below->flush(s->below, datasync);
+}
+
+static int fault_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	int r = fault_check(faults_of(s), FAULT_TRIM, pos, len);
+
+	return r < 0 ? r : s->below->punch(s->below, pos, len);
+}
+
+static int fault_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	int r = fault_check(faults_of(s), FAULT_ZERO, pos, len);
+
+	return r < 0 ? r : s->below->zero(s->below, pos, len);
+}
+
+/* The operations no rule names still fail after a crash */
+static int fault_allocate(struct source *s, uint64_t pos, uint64_t len,
+			  bool keep_size)
+{
+	if (atomic_load(&faults_of(s)->crashed))
+		return -EIO;
+	return s->below->allocate(s->below, pos, len, keep_size);
+}
+
+static int64_t fault_seek(struct source *s, uint64_t pos, int whence)
+{
+	if (atomic_load(&faults_of(s)->crashed))
+		return -EIO;
+	return s->below->seek(s->below, pos, whence);
+}
+
+static int fault_resize(struct source *s, uint64_t size)
+{
+	if (atomic_load(&faults_of(s)->crashed))
+		return -EIO;
+	return s->below->resize(s->below, size);
+}
+
+static int fault_space(struct source *s, struct space *sp)
+{
+	return s->below->space(s->below, sp);
+}
+
+static void fault_close(struct source *s)
+{
+	struct faults *f = faults_of(s);
+
+	free_rules(f->rules);
+	pthread_mutex_destroy(&f->lock);
+	s->below->close(s->below);
+	free(f);
+}
+
+/* Stand the fault layer on below with rules (which it takes over), its
+ * random choices seeded by seed. Exits on failure. */
+static struct faults *fault_open(struct source *below, struct fault_rule *rules,
+				 uint64_t seed, bool debug)
+{
+	struct faults *f = calloc(1, sizeof(*f));
+	struct fault_rule *r;
+
+	if (!f)
+		die("out of memory:");
+	pthread_mutex_init(&f->lock, NULL);
+	f->rules = rules;
+	for (r = rules; r; r = r->next)
+		r->number = ++f->numbered;
+	f->random = seed;
+	f->debug = debug;
+	f->s = (struct source){
+		.below = below, .writable = below->writable,
+		.growable = below->growable, .resizable = below->resizable,
+		.passthrough_fd = -1,
+		.no_passthrough = "fault rules and --control need every request "
+				  "to come here",
+		.sector_size = below->sector_size,
+		.size = fault_size, .read = fault_read, .map = fault_map,
+		.write = fault_write, .flush = fault_flush,
+		.punch = fault_punch, .zero = fault_zero,
+		.allocate = fault_allocate, .seek = fault_seek,
+		.resize = fault_resize, .space = fault_space,
+		.keep_no_copy = pass_keep_no_copy, .close = fault_close,
+	};
+	return f;
+}
+
+/*
+ * The volatile write cache (--write-cache=volatile), a disk's cache that
+ * loses power: writes, punches, zero ranges and size changes are held in
+ * memory, in 4 KiB blocks with a dirty bit per 512-byte sector, until a
+ * flush writes them below in order of offset and flushes below. Reads see
+ * them over what lies below. A crash drops what is held, or (torn) writes
+ * a seeded random half of its sectors below first. One mutex covers it all.
+ */
+enum { BLOCK = 4096, SECTOR = 512, SECTORS = BLOCK / SECTOR };
+enum { HELD_DATA, HELD_PUNCH, HELD_ZERO };	/* what a block holds */
+
+struct held {
+	struct held *next;		/* in its bucket */
+	uint64_t index;			/* its offset / BLOCK */
+	uint8_t dirty;			/* a bit per sector held here */
+	uint8_t kind;			/* HELD_PUNCH, HELD_ZERO: all zeros */
+	char *data;			/* BLOCK bytes, HELD_DATA only */
+};
+
+struct cache {
+	struct source s;
+	pthread_mutex_t lock;
+	struct held **bucket;		/* a hash table of blocks by index */
+	size_t buckets, count;
+	uint64_t size;			/* the size the export has */
+	uint64_t kept;			/* below's bytes from here on were
+					 * cut off by a shrink, not yet flushed */
+	uint64_t random;		/* splitmix64's state, for crash torn */
+	bool crashed;
+};
+
+static struct cache *cache_of(struct source *s)
+{
+	return (struct cache *)s;
+}
+
+static struct held **bucket_of(struct cache *c, uint64_t index)
+{
+	return &c->bucket[(index * 0x9e3779b97f4a7c15ULL >> 20) & (c->buckets - 1)];
+}
+
+static struct held *find_held(struct cache *c, uint64_t index)
+{
+	struct held *b = *bucket_of(c, index);
+
+	while (b && b->index != index)
+		b = b->next;
+	return b;
+}
+
+/* The block at index, made (holding nothing, with a data buffer if
+ * with_data) if it is not there. Returns it, or NULL: out of memory. */
+static struct held *get_held(struct cache *c, uint64_t index, bool with_data)
+{
+	struct held *b = find_held(c, index), **p;
+	size_t i;
+
+	if (b)
+		return b;
+	if (c->count >= c->buckets) {	/* double the table */
+		struct held **old = c->bucket, *next;
+		size_t n = c->buckets;
+
+		c->bucket = calloc(2 * n, sizeof(*c->bucket));
+		if (!c->bucket) {
+			c->bucket = old;
+			return NULL;
+		}
+		c->buckets = 2 * n;
+		for (i = 0; i < n; i++)
+			for (b = old[i]; b; b = next) {
+				next = b->next;
+				p = bucket_of(c, b->index);
+				b->next = *p;
+				*p = b;
+			}
+		free(old);
+	}
+	b = calloc(1, sizeof(*b));
+	if (!b || (with_data && !(b->data = malloc(BLOCK)))) {
+		free(b);
+		return NULL;
+	}
+	b->index = index;
+	p = bucket_of(c, index);
+	b->next = *p;
+	*p = b;
+	c->count++;
+	return b;
+}
+
+static void drop_held(struct cache *c, struct held *b)
+{
+	struct held **p = bucket_of(c, b->index);
+
+	while (*p != b)
+		p = &(*p)->next;
+	*p = b->next;
+	c->count--;
+	free(b->data);
+	free(b);
+}
+
+static int by_index(const void *a, const void *b)
+{
+	uint64_t x = (*(struct held *const *)a)->index;
+	uint64_t y = (*(struct held *const *)b)->index;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Every block held, in order of offset, in a new array of c->count
+ * entries, or NULL: out of memory (or nothing held) */
+static struct held **sorted_held(struct cache *c)
+{
+	struct held **all = malloc((c->count + 1) * sizeof(*all)), *b;
+	size_t i, n = 0;
+
+	for (i = 0; all && i < c->buckets; i++)
+		for (b = c->bucket[i]; b; b = b->next)
+			all[n++] = b;
+	if (all)
+		qsort(all, n, sizeof(*all), by_index);
+	return all;
+}
+
+/* Read n bytes at pos of what lies below into buf: zeros past where a
+ * shrink cut it off. Returns 0 or -errno. */
+static int read_below(struct cache *c, char *buf, size_t n, uint64_t pos)
+{
+	size_t part = pos < c->kept ? min_u64(n, c->kept - pos) : 0;
+	ssize_t r = part ? c->s.below->read(c->s.below, buf, part, pos) : 0;
+
+	if (r < 0)
+		return r;
+	memset(buf + r, 0, n - r);	/* short only at below's end */
+	return 0;
+}
+
+/* Make a block's bytes its own: a data buffer, holding zeros if it held
+ * zeros. Returns 0 or -ENOMEM. */
+static int own_data(struct held *b)
+{
+	if (!b->data && !(b->data = calloc(1, BLOCK)))
+		return -ENOMEM;
+	b->kind = HELD_DATA;
+	return 0;
+}
+
+/* Hold the sector at pos (in the block that holds it), filled from below
+ * if it is not held yet, before part of it is written. Returns 0 or -errno. */
+static int hold_sector(struct cache *c, uint64_t pos)
+{
+	struct held *b = get_held(c, pos / BLOCK, true);
+	unsigned k = pos % BLOCK / SECTOR;
+	int r;
+
+	if (!b || own_data(b) < 0)
+		return -ENOMEM;
+	if (b->dirty & (1 << k))
+		return 0;
+	r = read_below(c, b->data + k * SECTOR, SECTOR, pos - pos % SECTOR);
+	if (r == 0)
+		b->dirty |= 1 << k;
+	return r;
+}
+
+/* Hold len bytes at pos: buf's, or zeros of kind (a punch or a zero range)
+ * where buf is NULL. The partial sectors at either end are filled from
+ * below first, so a failure there changes nothing. Returns 0 or -errno. */
+static int hold(struct cache *c, const char *buf, uint64_t len, uint64_t pos,
+		int kind)
+{
+	uint64_t end = pos + len, at;
+	int r;
+
+	if (!len)
+		return 0;
+	if ((pos % SECTOR && (r = hold_sector(c, pos)) < 0) ||
+	    (end % SECTOR && (r = hold_sector(c, end - 1)) < 0))
+		return r;
+	for (at = pos; at < end; ) {
+		uint64_t index = at / BLOCK, from = at % BLOCK;
+		uint64_t to = min_u64(end - index * BLOCK, BLOCK);
+		struct held *b;
+		unsigned k;
+
+		if (!buf && from == 0 && to == BLOCK) {	/* zeros, whole */
+			b = get_held(c, index, false);
+			if (!b)
+				return -ENOMEM;
+			free(b->data);
+			b->data = NULL;
+			b->kind = kind;
+			b->dirty = 0xff;
+		} else {
+			b = get_held(c, index, true);
+			if (!b || own_data(b) < 0)
+				return -ENOMEM;
+			if (buf)
+				memcpy(b->data + from, buf + (at - pos), to - from);
+			else
+				memset(b->data + from, 0, to - from);
+			for (k = from / SECTOR; k * SECTOR < to; k++)
+				b->dirty |= 1 << k;
+		}
+		at = index * BLOCK + to;
+	}
+	return 0;
+}
+
+/* Is every sector that n bytes at pos touch held? */
+static bool all_held(struct cache *c, uint64_t pos, uint64_t n)
+{
+	uint64_t s;
+
+	for (s = pos / SECTOR; n && s <= (pos + n - 1) / SECTOR; s++) {
+		struct held *b = find_held(c, s / SECTORS);
+		if (!b || !(b->dirty & (1 << s % SECTORS)))
+			return false;
+	}
+	return true;
+}
+
+static uint64_t cache_size(struct source *s)
+{
+	struct cache *c = cache_of(s);
+	uint64_t size;
+
+	pthread_mutex_lock(&c->lock);
+	size = c->size;
+	pthread_mutex_unlock(&c->lock);
+	return size;
+}
+
+/* What lies below, then every held sector over it; a range held whole
+ * does not reach below */
+static ssize_t cache_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct cache *c = cache_of(s);
+	uint64_t at, end;
+	ssize_t r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->crashed)
+		r = -EIO;
+	n = pos < c->size ? min_u64(n, c->size - pos) : 0;
+	if (!r && !all_held(c, pos, n))
+		r = read_below(c, buf, n, pos);
+	end = pos + n;
+	for (at = pos - pos % SECTOR; !r && at < end; at += SECTOR) {
+		struct held *b = find_held(c, at / BLOCK);
+		uint64_t from = at > pos ? at : pos, to = min_u64(at + SECTOR, end);
+
+		if (!b || !(b->dirty & (1 << at % BLOCK / SECTOR)))
+			continue;
+		if (b->data)
+			memcpy((char *)buf + (from - pos),
+			       b->data + from % BLOCK, to - from);
+		else
+			memset((char *)buf + (from - pos), 0, to - from);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r < 0 ? r : (ssize_t)n;
+}
+
+static const char *cache_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	(void)s, (void)pos, (void)n;
+	return NULL;			/* the source lacks what is held */
+}
+
+static ssize_t cache_write(struct source *s, const void *buf, size_t n,
+			   uint64_t pos)
+{
+	struct cache *c = cache_of(s);
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	if (!s->growable)
+		n = pos < c->size ? min_u64(n, c->size - pos) : 0;
+	r = c->crashed ? -EIO : hold(c, buf, n, pos, HELD_DATA);
+	if (r == 0 && pos + n > c->size)
+		c->size = pos + n;
+	pthread_mutex_unlock(&c->lock);
+	return r < 0 ? r : (ssize_t)n;
+}
+
+/* Write every held block below, in order of offset, and drop it once it
+ * is there; the caller holds the lock. A size changed since the last
+ * flush is set first. Returns 0, or -errno with what failed still held. */
+static int write_back(struct cache *c)
+{
+	struct source *below = c->s.below;
+	struct held **all;
+	size_t i, n = c->count;
+	int r = 0;
+
+	if (c->kept < below->size(below) && (r = below->resize(below, c->kept)) < 0)
+		return r;
+	if (c->size != below->size(below) && (r = below->resize(below, c->size)) < 0)
+		return r;
+	c->kept = c->size;
+	if (!n)
+		return 0;
+	all = sorted_held(c);
+	if (!all)
+		return -ENOMEM;
+	for (i = 0; i < n && r == 0; i++) {
+		struct held *b = all[i];
+		uint64_t pos = b->index * BLOCK, len;
+		unsigned k, first;
+
+		if (pos >= c->size) {	/* beyond a shrink: nothing */
+			drop_held(c, b);
+			continue;
+		}
+		len = min_u64(BLOCK, c->size - pos);
+		if (!b->data)
+			r = b->kind == HELD_PUNCH ? below->punch(below, pos, len) :
+			    below->zero(below, pos, len);
+		for (k = 0; b->data && k < SECTORS && r == 0; k++) {
+			if (!(b->dirty & (1 << k)))
+				continue;
+			for (first = k; k + 1 < SECTORS && (b->dirty & (1 << (k + 1))); k++)
+				;
+			if (first * SECTOR >= len)
+				break;
+			r = below->write(below, b->data + first * SECTOR,
+					 min_u64((k + 1 - first) * SECTOR,
+						 len - first * SECTOR),
+					 pos + first * SECTOR);
+			r = r < 0 ? r : 0;
+		}
+		if (r == 0)
+			drop_held(c, b);
+	}
+	free(all);
+	return r;
+}
+
+static int cache_flush(struct source *s, bool datasync)
+{
+	struct cache *c = cache_of(s);
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	r = c->crashed ? -EIO : write_back(c);
+	if (r == 0)
+		r = s->below->flush(s->below, datasync);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+static int cache_zeros(struct source *s, uint64_t pos, uint64_t len, int kind)
+{
+	struct cache *c = cache_of(s);
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	len = pos < c->size ? min_u64(len, c->size - pos) : 0;
+	r = c->crashed ? -EIO : hold(c, NULL, len, pos, kind);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+static int cache_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	return cache_zeros(s, pos, len, HELD_PUNCH);
+}
+
+static int cache_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	return cache_zeros(s, pos, len, HELD_ZERO);
+}
+
+/* A shrink zeros the tail of the block it ends in and drops the blocks
+ * past it; what lies below past it reads as zeros until a flush */
+static int cache_resize(struct source *s, uint64_t size)
+{
+	struct cache *c = cache_of(s);
+	struct held **all;
+	size_t i, n;
+	int r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->crashed)
+		r = -EIO;
+	else if (size < c->size && size % BLOCK)
+		r = hold(c, NULL, min_u64(c->size, size - size % BLOCK + BLOCK) - size,
+			 size, HELD_ZERO);
+	if (r == 0 && size < c->size) {
+		n = c->count;
+		all = sorted_held(c);
+		for (i = 0; all && i < n; i++)
+			if (all[i]->index * BLOCK >= size)
+				drop_held(c, all[i]);
+		free(all);
+		c->kept = min_u64(c->kept, size);
+	}
+	if (r == 0)
+		c->size = size;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* The space is reserved below at once (that changes no byte there); a
+ * new size is held like any other change */
+static int cache_allocate(struct source *s, uint64_t pos, uint64_t len,
+			  bool keep_size)
+{
+	struct cache *c = cache_of(s);
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	r = c->crashed ? -EIO : s->below->allocate(s->below, pos, len, true);
+	if (r == 0 && !keep_size && pos + len > c->size)
+		c->size = pos + len;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* The first block at or after index that holds written bytes (not just
+ * zeros), or UINT64_MAX; the caller holds the lock */
+static uint64_t next_written(struct cache *c, uint64_t index)
+{
+	uint64_t first = UINT64_MAX;
+	struct held *b;
+	size_t i;
+
+	for (i = 0; i < c->buckets; i++)
+		for (b = c->bucket[i]; b; b = b->next)
+			if (b->data && b->index >= index && b->index < first)
+				first = b->index;
+	return first;
+}
+
+/* Below's answer where it still stands, or what pos reads as (zeros past
+ * a shrink): SEEK_DATA's offset, SEEK_HOLE's, or UINT64_MAX for no data */
+static uint64_t seek_below(struct cache *c, uint64_t pos, int whence)
+{
+	int64_t r = pos < c->kept ? c->s.below->seek(c->s.below, pos, whence) : -ENXIO;
+
+	if (whence == SEEK_DATA)
+		return r < 0 || (uint64_t)r >= c->kept ? UINT64_MAX : (uint64_t)r;
+	return r < 0 || (uint64_t)r > c->kept ? c->kept > pos ? c->kept : pos : (uint64_t)r;
+}
+
+/* Data is below's or a held write; a hole is one below (or past a shrink)
+ * outside every block holding written bytes. Blocks of held zeros count
+ * as holes, and a block partly written as data whole: an answer may call
+ * a hole data, never the other way round. */
+static int64_t cache_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct cache *c = cache_of(s);
+	uint64_t at, held;
+	struct held *b;
+	int64_t r;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->crashed) {
+		r = -EIO;
+	} else if (whence == SEEK_DATA) {
+		held = next_written(c, pos / BLOCK);
+		at = min_u64(seek_below(c, pos, SEEK_DATA),
+			     held == UINT64_MAX ? held : held * BLOCK);
+		at = at < pos ? pos : at;
+		r = at < c->size ? (int64_t)at : -ENXIO;
+	} else {
+		at = seek_below(c, pos, SEEK_HOLE);
+		while (at < c->size && (b = find_held(c, at / BLOCK)) && b->data)
+			at = seek_below(c, (at / BLOCK + 1) * BLOCK, SEEK_HOLE);
+		r = min_u64(at, c->size);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+static int cache_space(struct source *s, struct space *sp)
+{
+	return s->below->space(s->below, sp);
+}
+
+/* Drop every held block; the caller holds the lock */
+static void drop_all(struct cache *c)
+{
+	size_t i;
+
+	for (i = 0; i < c->buckets; i++)
+		while (c->bucket[i])
+			drop_held(c, c->bucket[i]);
+}
+
+/* Power lost: drop what is held; torn, write a seeded random half of the
+ * held sectors below first. Every request fails with EIO from now on. */
+static void cache_crash(struct cache *c, bool torn, bool debug)
+{
+	struct source *below = c->s.below;
+	struct held **all;
+	size_t i, n, kept = 0, dropped = 0;
+	static const char zeros[SECTOR];
+	unsigned k;
+
+	pthread_mutex_lock(&c->lock);
+	c->crashed = true;
+	n = c->count;
+	all = torn ? sorted_held(c) : NULL;
+	for (i = 0; all && i < n; i++) {
+		uint64_t pos = all[i]->index * BLOCK, end = below->size(below);
+
+		for (k = 0; k < SECTORS; k++) {
+			uint64_t at = pos + k * SECTOR;
+			if (!(all[i]->dirty & (1 << k)) || at >= end)
+				continue;
+			if (!(next_random(&c->random) & 1)) {
+				dropped++;
+				continue;
+			}
+			below->write(below, all[i]->data ? all[i]->data + k * SECTOR :
+				     zeros, min_u64(SECTOR, end - at), at);
+			kept++;
+		}
+	}
+	free(all);
+	if (!torn)
+		for (i = 0; i < c->buckets; i++) {
+			struct held *b;
+			for (b = c->bucket[i]; b; b = b->next)
+				dropped += __builtin_popcount(b->dirty);
+		}
+	drop_all(c);
+	pthread_mutex_unlock(&c->lock);
+	if (debug)
+		fprintf(stderr, "fuseexport: crash%s: %zu unflushed sectors "
+			"dropped, %zu written\n", torn ? " torn" : "", dropped, kept);
+}
+
+static void cache_close(struct source *s)
+{
+	struct cache *c = cache_of(s);
+
+	drop_all(c);
+	free(c->bucket);
+	pthread_mutex_destroy(&c->lock);
+	s->below->close(s->below);
+	free(c);
+}
+
+/* Stand a volatile write cache on below; seed picks the sectors a torn
+ * crash keeps. Exits on failure. */
+static struct cache *cache_open(struct source *below, uint64_t seed)
+{
+	struct cache *c = calloc(1, sizeof(*c));
+
+	if (!c || !(c->bucket = calloc(1024, sizeof(*c->bucket))))
+		die("out of memory:");
+	c->buckets = 1024;
+	pthread_mutex_init(&c->lock, NULL);
+	c->size = c->kept = below->size(below);
+	c->random = seed ^ 0x5eed;
+	c->s = (struct source){
+		.below = below, .writable = below->writable,
+		.growable = below->growable, .resizable = below->resizable,
+		.passthrough_fd = -1,
+		.no_passthrough = "a volatile write cache needs every request "
+				  "to come here",
+		.sector_size = below->sector_size,
+		.size = cache_size, .read = cache_read, .map = cache_map,
+		.write = cache_write, .flush = cache_flush,
+		.punch = cache_punch, .zero = cache_zero,
+		.allocate = cache_allocate, .seek = cache_seek,
+		.resize = cache_resize, .space = cache_space,
+		.keep_no_copy = pass_keep_no_copy, .close = cache_close,
+	};
+	return c;
+}
+
+/*
+ * The control FIFO (--control=PATH): one command a line, read by a thread
+ * of its own, as a test script writes them: `fault RULE`, `clear`,
+ * `crash`, `crash torn`.
+ */
+
+/* Power lost: the cache drops (or tears) what it holds, and from now on
+ * every request fails with EIO, until the export ends */
+static void crash_export(struct export *e, bool torn)
+{
+	if (e->volatile_cache)
+		cache_crash(e->volatile_cache, torn, e->debug);
+	atomic_store(&e->faults->crashed, true);
+	if (e->debug && !e->volatile_cache)
+		fprintf(stderr, "fuseexport: crash: every request fails from now on\n");
+}
+
+static bool export_crashed(struct export *e)
+{
+	return e->faults && atomic_load(&e->faults->crashed);
+}
+
+/* Make the FIFO (the caller's, mode 0600; refused if PATH is there) and
+ * open it, so that writers never wait for the thread. Exits on failure. */
+static void open_control(struct export *e)
+{
+	const char *path = e->control_path;
+
+	if (!path)
+		return;
+	if (mkfifo(path, 0600) < 0)
+		die(errno == EEXIST ? "--control=%s: exists already (the "
+		    "export makes the FIFO itself)" : "--control=%s:", path);
+	control_made = path;
+	e->control_fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (e->control_fd < 0)
+		die("--control=%s:", path);
+	e->control_spare = open(path, O_WRONLY | O_CLOEXEC);
+	if (e->control_spare < 0 || fchmod(e->control_fd, 0600) < 0 ||
+	    fcntl(e->control_fd, F_SETFL, 0) < 0)
+		die("--control=%s:", path);
+}
+
+/* Remove the FIFO and stop its thread: the export is over */
+static void close_control(struct export *e)
+{
+	if (!e->control_path)
+		return;
+	unlink(e->control_path);
+	control_made = NULL;
+	if (e->control_running) {	/* wake it with an empty line */
+		atomic_store(&e->control_stop, true);
+		if (write(e->control_spare, "\n", 1) == 1)
+			pthread_join(e->control_thread, NULL);
+		e->control_running = false;
+	}
+}
+
+/* Carry out one command line; a bad one is reported and ignored */
+static void control_command(struct export *e, char *line)
+{
+	size_t n = strlen(line);
+	struct fault_rule *rule;
+	char why[512];
+
+	while (n && (line[n - 1] == ' ' || line[n - 1] == '\t' || line[n - 1] == '\r'))
+		line[--n] = 0;
+	while (*line == ' ' || *line == '\t')
+		line++;
+	if (!*line)
+		return;
+	if (!strncmp(line, "fault ", 6)) {
+		rule = parse_rule(line + 6, why, sizeof(why));
+		if (rule)
+			add_rule(e->faults, rule);
+		else
+			fprintf(stderr, "fuseexport: control: fault %s: %s\n",
+				line + 6, why);
+		if (rule && e->debug)
+			fprintf(stderr, "fuseexport: control: fault rule %u: %s\n",
+				rule->number, rule->text);
+	} else if (!strcmp(line, "clear")) {
+		clear_rules(e->faults);
+	} else if (!strcmp(line, "crash") || !strcmp(line, "crash torn")) {
+		crash_export(e, line[5]);
+	} else {
+		fprintf(stderr, "fuseexport: control: '%s': unknown command "
+			"(fault RULE, clear, crash, crash torn)\n", line);
+	}
+}
+
+/* The control thread: read lines until the export ends; with the spare
+ * write end open, read(2) never sees an EOF. close_control() sets
+ * control_stop and wakes it. */
+static void *control_loop(void *arg)
+{
+	struct export *e = arg;
+	char buf[4096], *start, *nl;
+	size_t have = 0;
+	ssize_t n;
+
+	for (;;) {
+		n = read(e->control_fd, buf + have, sizeof(buf) - 1 - have);
+		if (atomic_load(&e->control_stop))
+			break;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		have += n;
+		for (start = buf; (nl = memchr(start, '\n', buf + have - start));
+		     start = nl + 1) {
+			*nl = 0;
+			control_command(e, start);
+		}
+		have -= start - buf;
+		memmove(buf, start, have);
+		if (have == sizeof(buf) - 1) {
+			fprintf(stderr, "fuseexport: control: a line over %zu "
+				"bytes, ignored\n", have);
+			have = 0;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * What the export does with its stack: the size, resizing, and flushing,
+ * each in one place for every handler.
+ */
+
+static uint64_t export_size(struct export *e)
+{
+	return e->top->size(e->top);
+}
+
+/* Resize the export; the caller holds e->lock. Returns 0 or -errno. */
+static int resize_export(struct export *e, uint64_t size)
+{
+	uint64_t old = export_size(e);
+	int r;
+
+	if (size == old)
+		return 0;
+	if (!e->top->resizable)
+		return -EINVAL;		/* a disk or a window keeps its size */
+	if (size > (uint64_t)INT64_MAX)
+		return -EFBIG;
+	if (size < old) {	/* wait for READs sending what goes away */
+		atomic_store(&e->shrinking, true);
+		pthread_rwlock_wrlock(&e->map_lock);
+	}
+	r = e->top->resize(e->top, size);
+	if (size < old) {
+		pthread_rwlock_unlock(&e->map_lock);
+		atomic_store(&e->shrinking, false);
+	}
+	return r;
+}
+
+/* Make the source's writes durable. Once a flush has failed, every later
+ * one fails with EIO: the kernel reports a writeback error once per open
+ * file, and all clients share ours, so the next to ask would hear nothing.
+ * Returns 0 or -errno. */
+static int flush_export(struct export *e, bool datasync)
+{
+	int r;
+
+	if (atomic_load(&e->flush_failed))
+		return -EIO;
+	r = e->top->flush(e->top, datasync);
+	if (r < 0)
+		atomic_store(&e->flush_failed, true);
+	return r;
+}
+
+/* Passthrough is possible only where the stack is a bare regular file
+ * whose every path may go to the source, as root. Returns why not, or
+ * NULL: then INIT asks the kernel. */
+static const char *why_no_passthrough(struct export *e)
+{
+	if (e->want_passthrough == OFF)
+		return "--passthrough=off";
+	if (e->cache == CACHE_READ)
+		return "--cache=read asks for the kernel's page cache";
+	if (e->cache == CACHE_WRITEBACK)
+		return "--cache=writeback asks for the kernel's page cache";
+	if (e->top->no_passthrough)
+		return e->top->no_passthrough;
+	if (e->writable && !e->growable)
+		return "a fixed-size export's writes must come here (passed "
+		       "through, they could grow the source)";
+	if (geteuid() != 0)
+		return "registering a backing file needs root";
+	return NULL;
 }
 
 static void fill_attr(struct export *e, struct fuse_attr *a)
 {
-	struct stat st;
+	struct space sp;
 	uint64_t size = export_size(e);
 	uint64_t sectors = (size + 511) / 512;
 
@@ -368,8 +4281,8 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
 	a->ino = FUSE_ROOT_ID;
 	a->size = size;
 	a->blocks = sectors;
-	if (!e->is_blockdev && fstat(e->source_fd, &st) == 0)
-		a->blocks = min_u64(st.st_blocks, sectors);
+	if (e->top->space(e->top, &sp) == 0)
+		a->blocks = min_u64((sp.allocated + 511) / 512, sectors);
 	a->nlink = 1;
 	a->blksize = 4096;
 	pthread_mutex_lock(&e->lock);
@@ -386,17 +4299,19 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
 }
 
 /*
- * The handlers, one per opcode. Each takes the request in q->req (and a
- * WRITE's payload in q->data), with len the bytes after the in_header, and
- * returns the length of its reply payload, put in q->reply unless it points
- * q->iov[1] elsewhere, or -errno.
+ * The handlers, one per opcode. Each takes the request in r->in (and a
+ * WRITE's payload in r->data), with len the bytes after the in_header, and
+ * returns the length of its reply payload, put in r->reply unless it points
+ * r->iov[1] elsewhere, or -errno.
  */
 
-/* INIT: agree on the protocol, ask for parallel requests and 1 MiB I/O */
-static int fuse_init(struct export *e, struct queue *q, size_t len)
+/* INIT: agree on the protocol, ask for parallel requests and 1 MiB I/O;
+ * whether passthrough and io_uring are used is settled here, before the
+ * reply lets any other request in */
+static int fuse_init(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_init_in *in = &q->req.init;
-	struct fuse_init_out *out = &q->reply.init;
+	const struct fuse_init_in *in = &r->in.init;
+	struct fuse_init_out *out = &r->reply.init;
 	uint64_t offered = in->flags, flags;
 	long page = sysconf(_SC_PAGESIZE);
 
@@ -413,7 +4328,10 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 
 	if (len >= sizeof(*in) && (in->flags & FUSE_INIT_EXT))
 		offered |= (uint64_t)in->flags2 << 32;
-	flags = offered & (FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC |
+	/* no FUSE_ATOMIC_O_TRUNC: with it the kernel takes the size for 0
+	 * after an O_TRUNC open, whatever we keep, and a mapping of the
+	 * export faults (SIGBUS); without it O_TRUNC comes as a SETATTR */
+	flags = offered & (FUSE_ASYNC_READ |
 			   FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_MAX_PAGES |
 			   FUSE_INIT_EXT | FUSE_DIRECT_IO_ALLOW_MMAP |
 			   FUSE_HANDLE_KILLPRIV_V2);
@@ -422,26 +4340,48 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 	 * any (SETATTR refuses those bits, there are no xattrs), and in return
 	 * the kernel stops looking for them on every write (SB_NOSEC). */
 	e->minor = min_u64(in->minor, FUSE_KERNEL_MINOR_VERSION);
-	/* Direct I/O keeps a single copy of the data cached, the source's;
-	 * without mmap on direct I/O files (before 6.6) use the page cache. */
-	if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
-		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	if (!e->no_passthrough && !(offered & FUSE_PASSTHROUGH))
+	if (e->passthrough && !(offered & FUSE_PASSTHROUGH)) {
+		e->passthrough = false;
 		e->no_passthrough = "the kernel offers no FUSE passthrough "
 				    "(Linux 6.9 and later, CONFIG_FUSE_PASSTHROUGH)";
-	if (e->io_uring != OFF && (offered & FUSE_OVER_IO_URING))
+		if (e->want_passthrough == ON)
+			return halt(e, "--passthrough=on: %s", e->no_passthrough);
+	}
+	/* auto: passthrough where it applies, else the kernel's page cache,
+	 * unless every request must meet fault rules or the volatile cache */
+	if (e->cache == CACHE_AUTO)
+		e->cache = e->passthrough || e->faults || e->volatile_cache ?
+			   CACHE_NONE : CACHE_READ;
+	if (e->cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
+		e->cache = CACHE_READ;
+	if (e->cache == CACHE_WRITEBACK)
+		flags |= FUSE_WRITEBACK_CACHE;
+	/* An O_DIRECT write to a cached file goes through the kernel's
+	 * asynchronous direct I/O when it may, which turns a write cut short
+	 * at the end of a fixed-size export into EIO: serve them in turn */
+	if (e->cache != CACHE_NONE)
+		flags &= ~FUSE_ASYNC_DIO;
+	/* Direct I/O keeps a single copy of the data cached, the source's;
+	 * without mmap on direct I/O files (before 6.6) use the page cache.
+	 * The cache modes keep the kernel's copy, across opens, and the
+	 * source keeps none. */
+	if (e->cache != CACHE_NONE)
+		e->open_flags = FOPEN_KEEP_CACHE;
+	else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
+		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	if (e->cache != CACHE_NONE)
+		e->top->keep_no_copy(e->top);
+	if (e->passthrough) {
+		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
+		out->max_stack_depth = 1;	/* the source is no FUSE file */
+	}
+	e->uring = e->want_io_uring != OFF && (offered & FUSE_OVER_IO_URING);
+	if (e->uring)
 		flags |= FUSE_OVER_IO_URING | FUSE_INIT_EXT;
-	else if (e->io_uring == ON)
+	else if (e->want_io_uring == ON)
 		return halt(e, "--io-uring=on: the kernel offers no FUSE over io_uring "
 			    "(Linux 6.14 and later, with "
 			    "/sys/module/fuse/parameters/enable_uring set to Y)");
-	e->uring = flags & FUSE_OVER_IO_URING;
-	if (!e->no_passthrough) {
-		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
-		out->max_stack_depth = 1;	/* the source is no FUSE file */
-	} else if (e->passthrough == ON) {
-		return halt(e, "--passthrough=on: %s", e->no_passthrough);
-	}
 	e->initialized = true;
 
 	out->minor = e->minor;
@@ -457,15 +4397,15 @@ static int fuse_init(struct export *e, struct queue *q, size_t len)
 }
 
 /* LOOKUP: the root is the only inode, a file, so no name is found in it */
-static int fuse_lookup(struct export *e, struct queue *q, size_t len)
+static int fuse_lookup(struct export *e, struct request *r, size_t len)
 {
-	(void)e, (void)q, (void)len;
+	(void)e, (void)r, (void)len;
 	return -ENOENT;
 }
 
-static int fuse_getattr(struct export *e, struct queue *q, size_t len)
+static int fuse_getattr(struct export *e, struct request *r, size_t len)
 {
-	struct fuse_attr_out *out = &q->reply.attr;
+	struct fuse_attr_out *out = &r->reply.attr;
 
 	(void)len;
 	memset(out, 0, sizeof(*out));
@@ -487,12 +4427,18 @@ static void set_time(struct timespec *t, uint64_t sec, uint32_t nsec, bool now)
 /* SETATTR: size on writable exports of regular files; permission bits
  * (no write bits read-only, none for group and other without allow_other);
  * owner only with allow_other; times always, kept for the export's life */
-static int fuse_setattr(struct export *e, struct queue *q, size_t len)
+static int fuse_setattr(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_setattr_in *in = &q->req.setattr;
+	const struct fuse_setattr_in *in = &r->in.setattr;
 	uint32_t valid = in->valid, mode = in->mode & 07777;
-	int r = 0;
+	int res = 0;
 
+	/* an O_TRUNC open comes as size 0 without a file handle (truncate(2)
+	 * of the path to 0 looks the same): a fixed-size export keeps its
+	 * size, as a disk does */
+	if ((valid & FATTR_SIZE) && !in->size && !(valid & FATTR_FH) &&
+	    !e->growable)
+		valid &= ~FATTR_SIZE;
 	if ((valid & (FATTR_UID | FATTR_GID)) && !e->allow_other)
 		return -EPERM;
 	if (valid & FATTR_MODE) {
@@ -508,8 +4454,8 @@ static int fuse_setattr(struct export *e, struct queue *q, size_t len)
 
 	pthread_mutex_lock(&e->lock);
 	if (valid & FATTR_SIZE)
-		r = resize_source(e, in->size);
-	if (r == 0) {
+		res = resize_export(e, in->size);
+	if (res == 0) {
 		if (valid & FATTR_MODE)
 			e->mode = mode;
 		if (valid & FATTR_UID)
@@ -526,15 +4472,16 @@ static int fuse_setattr(struct export *e, struct queue *q, size_t len)
 			 !(valid & FATTR_CTIME));
 	}
 	pthread_mutex_unlock(&e->lock);
-	return r < 0 ? r : fuse_getattr(e, q, len);
+	return res < 0 ? res : fuse_getattr(e, r, len);
 }
 
 /* Register the source with the kernel as the passthrough backing file,
- * once for the export's life: one backing file for every open, as the
- * kernel wants. Returns the backing id, or -errno if it is refused. */
+ * once for the export's life, by whichever comes first of init_done() and
+ * the first OPEN: one backing file for every open, as the kernel wants.
+ * Returns the backing id, or -errno if it is refused. */
 static int open_backing(struct export *e)
 {
-	struct fuse_backing_map map = { .fd = e->source_fd };
+	struct fuse_backing_map map = { .fd = e->top->passthrough_fd };
 	int id;
 
 	pthread_mutex_lock(&e->lock);
@@ -547,112 +4494,78 @@ static int open_backing(struct export *e)
 	return id;
 }
 
-/* OPEN: writes only on writable exports; O_TRUNC empties a growable export
- * and leaves a fixed-size one alone, as a disk would be */
-static int fuse_open(struct export *e, struct queue *q, size_t len)
+/* OPEN: writes only on writable exports (O_TRUNC comes as a SETATTR).
+ * The file handle says whether the open may write: only such a close
+ * flushes the source. */
+static int fuse_open(struct export *e, struct request *r, size_t len)
 {
-	uint32_t flags = q->req.open.flags;
-	struct fuse_open_out *out = &q->reply.open;
-	int r = 0;
+	uint32_t flags = r->in.open.flags;
+	struct fuse_open_out *out = &r->reply.open;
+	int id;
 
 	(void)len;
-	if (!e->writable && ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)))
+	if (!e->writable && (flags & O_ACCMODE) != O_RDONLY)
 		return -EROFS;
-	if ((flags & O_TRUNC) && e->growable) {
-		pthread_mutex_lock(&e->lock);
-		r = resize_source(e, 0);
-		pthread_mutex_unlock(&e->lock);
-		if (r < 0)
-			return r;
-	}
 	memset(out, 0, sizeof(*out));
+	out->fh = (flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0;
 	out->open_flags = e->open_flags;
-	if (!e->no_passthrough && (r = open_backing(e)) > 0) {
-		/* Every open of the inode must pass through, to the same
-		 * backing file. Writes to a fixed-size export still come
-		 * here (direct I/O), lest they grow the source; mmap and
-		 * reads go to the source all the same. */
+	/* Every open of the inode must pass through, to the same backing
+	 * file, and every path of it (read, write, splice, mmap) then goes
+	 * there: why_no_passthrough() lets only exports whose writes may
+	 * go anywhere do it. */
+	if (e->passthrough && (id = open_backing(e)) > 0) {
 		out->open_flags = FOPEN_PASSTHROUGH;
-		if (!e->growable && (flags & O_ACCMODE) != O_RDONLY)
-			out->open_flags |= FOPEN_DIRECT_IO |
-					   FOPEN_PARALLEL_DIRECT_WRITES;
-		out->backing_id = r;
+		out->backing_id = id;
 	}
 	return sizeof(*out);
 }
 
 /* RELEASE and DESTROY: nothing to let go of, and nothing to say */
-static int fuse_nothing(struct export *e, struct queue *q, size_t len)
+static int fuse_nothing(struct export *e, struct request *r, size_t len)
 {
-	(void)e, (void)q, (void)len;
+	(void)e, (void)r, (void)len;
 	return 0;
 }
 
-/* Map a fixed-size export's source, so READ replies go to the kernel
- * straight from the source's pages: one copy, not two. The server never
- * touches the mapping itself; a page the source cannot give fails the
- * writev, not the server. With where, map it anew over itself, dropping
- * the page tables READs built up (on every kernel; MADV_DONTNEED frees
- * them only with CONFIG_PT_RECLAIM): the kernel swaps the two under its
- * mmap lock, so a writev in another thread meets one or the other, never
- * a hole. Returns the mapping, or NULL: then READs use pread. */
-static char *map_source(struct export *e, char *where)
-{
-	uint64_t skew = e->offset % (uint64_t)sysconf(_SC_PAGESIZE);
-	char *m;
-
-	if (!where) {		/* before the queues start */
-		e->map_size = atomic_load(&e->size);
-		if (e->growable || !e->map_size || e->map_size > SIZE_MAX - skew)
-			return NULL;
-	}
-	m = mmap(where ? where - skew : NULL, skew + e->map_size, PROT_READ,
-		 MAP_SHARED | (where ? MAP_FIXED : 0), e->source_fd,
-		 e->offset - skew);
-	m = m == MAP_FAILED ? NULL : m + skew;
-	atomic_store(&e->map, m);
-	return m;
-}
-
 /* READ: the source's bytes, short at the end, sent by writev from the
- * mapping or from q->data */
-static int fuse_read(struct export *e, struct queue *q, size_t len)
+ * source's mapping (holding map_lock until sent) or from r->data. O_DIRECT
+ * asks for the medium, so a failing source is seen: never the mapping. */
+static int fuse_read(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_read_in *in = &q->req.read;
-	uint64_t size = atomic_load(&e->size), n;
-	char *map = atomic_load(&e->map);
-	ssize_t r;
+	const struct fuse_read_in *in = &r->in.read;
+	const char *map = NULL;
+	uint64_t size, n;
 
 	(void)len;
 	if (in->size > MAX_WRITE || in->offset > (uint64_t)INT64_MAX - in->size)
 		return -EINVAL;
+	if (r->zero_copy && !(in->flags & O_DIRECT) && !atomic_load(&e->shrinking)) {
+		pthread_rwlock_rdlock(&e->map_lock);
+		r->map_locked = true;
+	}
+	size = export_size(e);
 	if (in->offset >= size)
 		return 0;
 	n = min_u64(in->size, size - in->offset);
-	/* pread past what is mapped, and into a ring's buffer */
-	if (q->from_ring || in->offset + n > e->map_size)
-		map = NULL;
-	else if (map && e->map_size > MAP_WHOLE &&
-		 atomic_fetch_add(&e->map_reads, 1) % MAP_REFRESH == MAP_REFRESH - 1)
-		map = map_source(e, map);	/* drops its page tables */
+	if (r->map_locked)
+		map = e->top->map(e->top, in->offset, n);
 	if (map) {
 		/* one copy, made by writev: a page the source cannot give
 		 * fails it with EFAULT, and the kernel gives the reader EIO */
-		q->iov[1].iov_base = map + in->offset;
+		r->iov[1].iov_base = (void *)map;
 		return n;
 	}
-	r = read_source(e, q->data, n, in->offset);
-	q->iov[1].iov_base = q->data;
-	return r;
+	r->iov[1].iov_base = r->data;
+	return e->top->read(e->top, r->data, n, in->offset);
 }
 
-/* WRITE: the payload came into q->data. Past the end a fixed-size export
+/* WRITE: the payload came into r->data. Past the end a fixed-size export
  * says ENOSPC, or writes what fits; a growable one grows. */
-static int fuse_write(struct export *e, struct queue *q, size_t len)
+static int fuse_write(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_write_in *in = &q->req.write;
-	uint64_t size = atomic_load(&e->size), n = in->size;
-	ssize_t r;
+	const struct fuse_write_in *in = &r->in.write;
+	uint64_t n = in->size;
+	ssize_t res;
 
 	if (len - sizeof(*in) != n)
 		return -EINVAL;
@@ -660,50 +4573,45 @@ static int fuse_write(struct export *e, struct queue *q, size_t len)
 		return -EROFS;
 	if (in->offset > (uint64_t)INT64_MAX - n)
 		return -EFBIG;
-	if (!e->growable && in->offset + n > size) {
-		if (n && in->offset >= size)
-			return -ENOSPC;
-		n = size - in->offset;
+	if (!e->growable) {
+		uint64_t size = export_size(e);
+
+		if (in->offset + n > size) {
+			n = in->offset < size ? size - in->offset : 0;
+			if (!n && in->size)
+				return -ENOSPC;
+		}
 	}
-	r = write_source(e, q->data, n, in->offset);
-	if (r < 0)
-		return r;
-	if (e->growable)
-		grow_to(e, in->offset + r);
-	q->reply.write.size = r;
-	q->reply.write.padding = 0;
-	return sizeof(q->reply.write);
+	res = e->top->write(e->top, r->data, n, in->offset);
+	if (res < 0)
+		return res;
+	r->reply.write.size = res;
+	r->reply.write.padding = 0;
+	return sizeof(r->reply.write);
 }
 
-/* FLUSH (every close): the source's data reaches its disk */
-static int fuse_flush(struct export *e, struct queue *q, size_t len)
+/* FLUSH (every close): what a writing open wrote reaches the disk; a
+ * read-only close neither flushes nor takes another's error */
+static int fuse_flush(struct export *e, struct request *r, size_t len)
 {
-	(void)q, (void)len;
-	if (e->writable && fdatasync(e->source_fd) < 0)
-		return -errno;
-	return 0;
-}
-
-static int fuse_fsync(struct export *e, struct queue *q, size_t len)
-{
-	int r;
-
 	(void)len;
-	if (q->req.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC)
-		r = fdatasync(e->source_fd);
-	else
-		r = fsync(e->source_fd);
-	return r < 0 ? -errno : 0;
+	return r->in.flush.fh & FH_WRITES ? flush_export(e, true) : 0;
+}
+
+static int fuse_fsync(struct export *e, struct request *r, size_t len)
+{
+	(void)len;
+	return flush_export(e, r->in.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC);
 }
 
 /* FALLOCATE: punch hole and zero range read as zeros afterwards; plain
- * allocation reserves space, growing only a growable export */
-static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
+ * allocation reserves space, growing the export as truncate would */
+static int fuse_fallocate(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_fallocate_in *in = &q->req.fallocate;
+	const struct fuse_fallocate_in *in = &r->in.fallocate;
 	uint64_t size = export_size(e), pos = in->offset, n = in->length;
 	uint32_t mode = in->mode;
-	int r;
+	int res;
 
 	(void)len;
 	if (!e->writable)
@@ -720,69 +4628,67 @@ static int fuse_fallocate(struct export *e, struct queue *q, size_t len)
 	default:
 		return -EOPNOTSUPP;
 	}
-	if (pos + n > size && !(mode & FALLOC_FL_KEEP_SIZE) && !e->growable)
-		return -ENOSPC;		/* it would grow a fixed-size export */
+	if (pos + n > size && !(mode & FALLOC_FL_KEEP_SIZE) && !e->top->resizable)
+		return -ENOSPC;		/* a disk or a window cannot grow */
 	if (pos + n > size && (mode & FALLOC_FL_KEEP_SIZE)) {
 		if (pos >= size)
 			return 0;	/* nothing of the file lies there */
 		n = size - pos;
 	}
 	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
-		uint64_t inside = pos < size ? min_u64(n, size - pos) : 0;
+		uint64_t part = pos < size ? min_u64(n, size - pos) : 0;
 
-		if (inside && (r = zero_range(e, q, pos, inside,
-					      mode & FALLOC_FL_PUNCH_HOLE)) < 0)
-			return r;
+		if (part && (res = mode & FALLOC_FL_PUNCH_HOLE ?
+			     e->top->punch(e->top, pos, part) :
+			     e->top->zero(e->top, pos, part)) < 0)
+			return res;
 		if (pos + n <= size)
 			return 0;
-		/* a growable export's zero range reaching past the end */
+		/* a zero range reaching past the end grows the export */
 		pos = size > pos ? size : pos;
 		n = in->offset + in->length - pos;
 		mode = 0;
 	}
-	if (e->is_blockdev)
-		return 0;		/* a disk's space is all there */
-	if (fallocate(e->source_fd, mode, e->offset + pos, n) < 0)
-		return -errno;
-	if (!(mode & FALLOC_FL_KEEP_SIZE))
-		grow_to(e, pos + n);
-	return 0;
+	pthread_mutex_lock(&e->lock);	/* a resize, as truncate's */
+	res = e->top->allocate(e->top, pos, n, mode & FALLOC_FL_KEEP_SIZE);
+	pthread_mutex_unlock(&e->lock);
+	return res;
 }
 
 /* LSEEK: SEEK_DATA and SEEK_HOLE as the source answers them */
-static int fuse_lseek(struct export *e, struct queue *q, size_t len)
+static int fuse_lseek(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_lseek_in *in = &q->req.lseek;
+	const struct fuse_lseek_in *in = &r->in.lseek;
 	uint64_t size = export_size(e);
-	off_t r;
+	int64_t res;
 
 	(void)len;
 	if (in->whence != SEEK_DATA && in->whence != SEEK_HOLE)
 		return -EINVAL;
 	if (in->offset >= size)
 		return -ENXIO;
-	r = lseek(e->source_fd, e->offset + in->offset, in->whence);
-	if (r < 0)
-		return -errno;
-	q->reply.lseek.offset = min_u64(r - e->offset, size);
-	if (in->whence == SEEK_DATA && q->reply.lseek.offset >= size)
-		return -ENXIO;		/* the data lies past the window */
-	return sizeof(q->reply.lseek);
+	res = e->top->seek(e->top, in->offset, in->whence);
+	if (res < 0)
+		return res;
+	r->reply.lseek.offset = min_u64(res, size);
+	if (in->whence == SEEK_DATA && r->reply.lseek.offset >= size)
+		return -ENXIO;
+	return sizeof(r->reply.lseek);
 }
 
 /* STATFS: the export in 512-byte blocks; free space only where it can grow */
-static int fuse_statfs(struct export *e, struct queue *q, size_t len)
+static int fuse_statfs(struct export *e, struct request *r, size_t len)
 {
-	struct fuse_kstatfs *st = &q->reply.statfs.st;
-	struct statfs sfs;
+	struct fuse_kstatfs *st = &r->reply.statfs.st;
+	struct space sp;
 
 	(void)len;
 	memset(st, 0, sizeof(*st));
 	st->bsize = st->frsize = 512;
 	st->blocks = (export_size(e) + 511) / 512;
-	if (e->growable && fstatfs(e->source_fd, &sfs) == 0) {
-		st->bfree = (uint64_t)sfs.f_bfree * sfs.f_bsize / 512;
-		st->bavail = (uint64_t)sfs.f_bavail * sfs.f_bsize / 512;
+	if (e->top->space(e->top, &sp) == 0) {
+		st->bfree = sp.free / 512;
+		st->bavail = sp.avail / 512;
 		st->blocks += st->bfree;	/* used: the export's size */
 	}
 	st->files = 1;
@@ -795,7 +4701,7 @@ static int fuse_statfs(struct export *e, struct queue *q, size_t len)
 static const struct operation {
 	const char *name;
 	size_t in_size;
-	int (*handle)(struct export *, struct queue *, size_t);
+	int (*handle)(struct export *, struct request *, size_t);
 	bool no_reply;
 } operations[FUSE_OPCODE_END] = {
 	[FUSE_LOOKUP] = { "LOOKUP", 0, fuse_lookup, false },
@@ -851,15 +4757,15 @@ static const struct operation {
 	[FUSE_COPY_FILE_RANGE_64] = { "COPY_FILE_RANGE_64", 0, NULL, false },
 };
 
-/* Serve the request of len bytes that read(2) left in q->req and q->data,
- * and build the reply in q->iov. Returns the number of iovecs to send (0:
- * no reply), or -errno if the export must halt. */
-static int serve(struct export *e, struct queue *q, size_t len)
+/* Serve the request of len bytes in r, and build the reply in r->iov.
+ * Returns the number of iovecs to send (0: no reply), or -errno if the
+ * export must halt. */
+static int serve(struct export *e, struct request *r, size_t len)
 {
-	const struct fuse_in_header *in = &q->req.in;
+	const struct fuse_in_header *in = &r->in.hdr;
 	const struct operation *op = NULL;
 	size_t oplen;
-	int r;
+	int res;
 
 	if (len < sizeof(*in))
 		return halt(e, "halting: a request of %zu bytes, shorter than its header",
@@ -869,38 +4775,43 @@ static int serve(struct export *e, struct queue *q, size_t len)
 			    in->len, len);
 	if (in->opcode < FUSE_OPCODE_END && operations[in->opcode].name)
 		op = &operations[in->opcode];
-	/* a longer op struct spilled into the payload buffer: fetch it back */
-	if (in->opcode != FUSE_WRITE && len > REQ_HEAD && !q->from_ring)
-		memcpy((char *)&q->req + REQ_HEAD, q->data,
-		       min_u64(len, sizeof(q->req)) - REQ_HEAD);
 	oplen = len - sizeof(*in);
 
-	q->iov[1].iov_base = &q->reply;
+	r->iov[1].iov_base = &r->reply;
 	if (!op || !op->handle)
-		r = -ENOSYS;
+		res = -ENOSYS;
 	else if (oplen < op->in_size)
-		r = -EINVAL;
+		res = -EINVAL;
 	else if (!e->initialized && in->opcode != FUSE_INIT)
-		r = -EIO;
+		res = -EIO;
 	else
-		r = op->handle(e, q, oplen);
+		res = op->handle(e, r, oplen);
 
 	if (e->debug)
 		fprintf(stderr, "fuseexport: %s #%llu (%zu bytes): %d%s%s\n",
 			op ? op->name : "unknown opcode",
-			(unsigned long long)in->unique, len, r,
-			r < 0 ? " " : "", r < 0 ? strerror(-r) : "");
+			(unsigned long long)in->unique, len, res,
+			res < 0 ? " " : "", res < 0 ? strerror(-res) : "");
 	if (atomic_load(&e->halted))
 		return -EPROTO;
 	if (op && op->no_reply)
 		return 0;
-	q->out.unique = in->unique;
-	q->out.error = r < 0 ? r : 0;
-	q->out.len = sizeof(q->out) + (r > 0 ? r : 0);
-	q->iov[0].iov_base = &q->out;
-	q->iov[0].iov_len = sizeof(q->out);
-	q->iov[1].iov_len = r > 0 ? r : 0;
-	return r > 0 ? 2 : 1;
+	r->out.unique = in->unique;
+	r->out.error = res < 0 ? res : 0;
+	r->out.len = sizeof(r->out) + (res > 0 ? res : 0);
+	r->iov[0].iov_base = &r->out;
+	r->iov[0].iov_len = sizeof(r->out);
+	r->iov[1].iov_len = res > 0 ? res : 0;
+	return res > 0 ? 2 : 1;
+}
+
+/* After a reply went out, or could not: let a shrink of the source go on */
+static void reply_done(struct export *e, struct request *r)
+{
+	if (r->map_locked) {
+		r->map_locked = false;
+		pthread_rwlock_unlock(&e->map_lock);
+	}
 }
 
 /* Tell the parent that waits in the foreground that the export is live,
@@ -942,6 +4853,284 @@ static unsigned possible_cpus(void)
 	return n;
 }
 
+/* Start a ring per possible CPU; the kernel takes requests through them
+ * once every queue has registered. Returns 0 or -errno. */
+static int start_rings(struct export *e);
+
+/* Tell the kernel the export's size. With a writeback cache it keeps the
+ * size it has, 0 from the mount, and never takes ours from GETATTR; a
+ * store of the last byte (the kernel wants one at least) raises it.
+ * Returns 0 or -errno. */
+static int notify_size(struct export *e)
+{
+	uint64_t size = export_size(e);
+	struct fuse_notify_store_out store = {
+		.nodeid = FUSE_ROOT_ID, .offset = size - 1, .size = 1 };
+	struct fuse_out_header out = {
+		sizeof(out) + sizeof(store) + 1, FUSE_NOTIFY_STORE, 0 };
+	char last;
+	struct iovec iov[3] = { { &out, sizeof(out) }, { &store, sizeof(store) },
+				{ &last, 1 } };
+	ssize_t r;
+
+	if (!size)
+		return 0;
+	if ((r = e->top->read(e->top, &last, 1, size - 1)) != 1)
+		return r < 0 ? (int)r : -EIO;
+	return writev(e->fuse_fd, iov, 3) < 0 ? -errno : 0;
+}
+
+/* After the INIT reply: register the passthrough backing file, start the
+ * rings, say which path the export takes, and tell the parent it is live.
+ * Returns 0, or -EPROTO to halt. */
+static int init_done(struct export *e)
+{
+	int id = e->passthrough ? open_backing(e) : 0, res;
+
+	if (id < 0 && e->want_passthrough == ON)
+		return halt(e, "--passthrough=on: the kernel refused the source "
+			    "as backing file: %s", strerror(-id));
+	if (e->debug && id < 0)
+		fprintf(stderr, "fuseexport: passthrough off (the kernel refused "
+			"the source as backing file: %s): every read and write "
+			"goes through /dev/fuse\n", strerror(-id));
+	else if (e->debug && !e->passthrough)
+		fprintf(stderr, "fuseexport: passthrough off (%s): every read "
+			"and write goes through /dev/fuse\n", e->no_passthrough);
+	else if (e->debug)
+		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
+			"the source\n", e->writable ? "reads, writes, splice "
+			"and mmap" : "reads, splice and mmap");
+	if (e->debug && !e->passthrough)
+		fprintf(stderr, "fuseexport: cache: %s\n", e->cache == CACHE_NONE ?
+			"none: direct I/O, the source's page cache alone" :
+			e->cache == CACHE_READ ? "read: the kernel caches the "
+			"export's pages, writes go through to the source" :
+			"writeback: the kernel caches the export's pages and "
+			"writes them back; fsync or close makes them durable");
+	if (e->cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
+		return halt(e, "halting: telling the kernel the size: %s",
+			    strerror(-res));
+	if (e->uring && (res = start_rings(e)) < 0)
+		return halt(e, "halting: starting the io_uring queues: %s",
+			    strerror(-res));
+	if (e->debug)
+		fprintf(stderr, "fuseexport: transport: %s\n", e->uring ?
+			"FUSE over io_uring, a ring per CPU" : "read(2) and "
+			"write(2) on /dev/fuse, a thread per queue");
+	tell_ready(e);
+	return 0;
+}
+
+/* A request's payload buffer: page-aligned, for O_DIRECT to the source,
+ * and locked in memory where we may, so that serving a request never
+ * waits on the reclaim that may be waiting on us (a loop device over a
+ * cached export). Returns it, or NULL. */
+static char *request_buffer(void)
+{
+	char *b = aligned_alloc(4096, DATA_SIZE);
+
+	if (b)
+		mlock(b, DATA_SIZE);	/* RLIMIT_MEMLOCK may say no */
+	return b;
+}
+
+/* A serving thread may be needed to clean pages (a loop device over the
+ * export): let it dip into reserves, where the kernel lets us */
+static void serving_thread(void)
+{
+	prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
+}
+
+/*
+ * The read(2) transport: a thread per queue, each reading requests from
+ * its own /dev/fuse fd and writing the replies back to it.
+ */
+
+/* read(2) put a request's first REQ_HEAD bytes in r->in and the rest in
+ * r->data: an op struct longer than a WRITE's (INIT, SETATTR) is fetched
+ * back whole */
+static void unspill(struct request *r, size_t len)
+{
+	if (len > REQ_HEAD && r->in.hdr.opcode != FUSE_WRITE)
+		memcpy((char *)&r->in + REQ_HEAD, r->data,
+		       min_u64(len, sizeof(r->in)) - REQ_HEAD);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000ULL + t.tv_nsec;
+}
+
+/* Read the next request into iov. A queue with nothing to read may spin
+ * up to SPIN_NS on a non-blocking fd before it sleeps in a blocking read,
+ * which saves a wake-up from idle per request: but only while it pays (the
+ * queue's last requests came within that time) and while an idle CPU is
+ * there for it (spin_budget). Sleeping, the fd blocks again, so that the
+ * kernel wakes one queue per request. Returns readv(2)'s result. */
+static ssize_t next_request(struct export *e, struct queue *q, struct iovec *iov)
+{
+	uint64_t start;
+	ssize_t n;
+
+	if (q->spin_score > 0 &&
+	    atomic_fetch_add(&e->spinners, 1) < atomic_load(&e->spin_budget)) {
+		if (!q->nonblocking && fcntl(q->fd, F_SETFL, O_NONBLOCK) == 0)
+			q->nonblocking = true;
+		start = now_ns();
+		do
+			n = readv(q->fd, iov, 2);
+		while (n < 0 && errno == EAGAIN && now_ns() - start < SPIN_NS);
+		atomic_fetch_add(&e->spin_ns, now_ns() - start);
+		atomic_fetch_sub(&e->spinners, 1);
+		if (n >= 0 || errno != EAGAIN) {
+			q->spin_score += q->spin_score < 8;
+			return n;
+		}
+		q->spin_score -= 2;	/* it did not pay: spin less */
+	} else if (q->spin_score > 0) {
+		atomic_fetch_sub(&e->spinners, 1);
+	}
+	if (q->nonblocking && fcntl(q->fd, F_SETFL, 0) == 0)
+		q->nonblocking = false;
+	start = now_ns();
+	n = readv(q->fd, iov, 2);
+	if (e->want_spin != OFF && now_ns() - start < SPIN_NS)
+		q->spin_score = 2;	/* a spin would have caught it */
+	return n;
+}
+
+/* Count how many queues may spin: the idle CPUs over the last interval,
+ * the time spent spinning included (it is idle time otherwise), from
+ * /proc/stat; none where there is no /proc */
+static void count_spin_budget(struct export *e)
+{
+	unsigned long long v[8] = { 0 }, idle, total = 0;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t now = now_ns(), spun = atomic_exchange(&e->spin_ns, 0);
+	FILE *f = fopen("/proc/stat", "re");
+	int i, budget = 0;
+
+	if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+			 &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8) {
+		if (f)
+			fclose(f);
+		atomic_store(&e->spin_budget, 0);
+		return;
+	}
+	fclose(f);
+	for (i = 0; i < 8; i++)
+		total += v[i];
+	idle = v[3] + v[4];
+	if (e->stat_at && total > e->stat_total && now > e->stat_at) {
+		/* in thousandths of a CPU */
+		uint64_t spare = cpus * 1000 * (idle - e->stat_idle) /
+				 (total - e->stat_total) +
+				 spun * 1000 / (now - e->stat_at);
+		budget = (spare + 500) / 1000;
+		budget = budget > cpus - 1 ? cpus - 1 : budget;
+	}
+	atomic_store(&e->spin_budget, budget);
+	e->stat_idle = idle;
+	e->stat_total = total;
+	e->stat_at = now;
+}
+
+/* A queue: read a request, serve it, reply on the same fd, until the
+ * kernel says the export is gone (ENODEV) or it halts */
+static void *queue_loop(void *arg)
+{
+	struct queue *q = arg;
+	struct export *e = q->e;
+	struct request *r = &q->req;
+	struct iovec in[2] = { { &r->in, REQ_HEAD }, { r->data, DATA_SIZE } };
+
+	serving_thread();
+	while (!atomic_load(&e->halted)) {
+		ssize_t n = next_request(e, q, in);
+		int k, err;
+		bool sent;
+
+		if (n < 0) {
+			if (errno == EINTR || errno == ENOENT || errno == EAGAIN)
+				continue;	/* an interrupted request */
+			if (errno != ENODEV)
+				halt(e, "halting: reading /dev/fuse: %s",
+				     strerror(errno));
+			break;
+		}
+		unspill(r, n);
+		k = serve(e, r, n);
+		sent = k <= 0 || writev(q->fd, r->iov, k) >= 0;
+		err = errno;
+		reply_done(e, r);
+		if (k < 0)
+			break;
+		if (sent) {
+			if (r->in.hdr.opcode == FUSE_INIT && init_done(e) < 0)
+				break;
+		} else if (err == ENODEV) {
+			break;
+		} else if (err != ENOENT &&	/* ENOENT: the request was aborted */
+			   err != EFAULT) {	/* a mapped page failed: EIO sent */
+			fprintf(stderr, "fuseexport: reply to request #%llu: %s\n",
+				(unsigned long long)r->in.hdr.unique,
+				strerror(err));
+		}
+	}
+	if (atomic_fetch_sub(&e->running, 1) == 1 || atomic_load(&e->halted))
+		kill(getpid(), SIGUSR1);	/* wake main() */
+	return NULL;
+}
+
+/* Start the queues: as many as asked with -q, else as many as /dev/fuse
+ * lets us clone (at least the first). Exits on failure. */
+static void start_queues(struct export *e)
+{
+	unsigned i;
+
+	e->queue = calloc(e->queues, sizeof(*e->queue));
+	if (!e->queue)
+		die("queues:");
+	atomic_store(&e->running, e->queues);
+	for (i = 0; i < e->queues; i++) {
+		struct queue *q = &e->queue[i];
+		uint32_t session = e->fuse_fd;
+
+		q->e = e;
+		q->fd = e->fuse_fd;
+		q->req.data = request_buffer();
+		q->req.zero_copy = true;
+		if (!q->req.data)
+			die("queue buffer:");
+		if (i > 0 && ((q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0 ||
+			      ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)) {
+			if (e->queues_given)
+				die("cloning /dev/fuse for queue %u:", i);
+			if (e->debug)
+				fprintf(stderr, "fuseexport: %u queues: cloning "
+					"/dev/fuse: %s\n", i, strerror(errno));
+			if (q->fd >= 0)
+				close(q->fd);
+			free(q->req.data);
+			atomic_fetch_sub(&e->running, e->queues - i);
+			e->queues = i;
+			break;
+		}
+		errno = pthread_create(&q->thread, NULL, queue_loop, q);
+		if (errno)
+			die("starting queue %u:", i);
+	}
+}
+
+/*
+ * The io_uring transport: a ring per possible CPU, whose entries carry
+ * requests and replies; serve() handles them as it does the queues'.
+ */
+
 /* Set up a ring: io_uring_setup with 128-byte SQEs, its three maps, and
  * the entries' payload buffers. Returns 0 or -errno. */
 static int ring_setup(struct ring *r)
@@ -976,15 +5165,12 @@ static int ring_setup(struct ring *r)
 	r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
 	for (i = 0; i < RING_DEPTH; i++) {
 		struct ring_entry *ent = &r->entry[i];
-		ent->payload = malloc(DATA_SIZE);
+		ent->payload = request_buffer();
 		if (!ent->payload)
 			return -ENOMEM;
 		ent->iov[0] = (struct iovec){ &ent->header, sizeof(ent->header) };
 		ent->iov[1] = (struct iovec){ ent->payload, DATA_SIZE };
 	}
-	r->q.e = r->e;
-	r->q.fd = -1;
-	r->q.from_ring = true;
 	return 0;
 }
 
@@ -1015,7 +5201,7 @@ static void ring_command(struct ring *r, struct ring_entry *ent, uint32_t op)
 static int ring_serve(struct ring *r, struct ring_entry *ent)
 {
 	struct export *e = r->e;
-	struct queue *q = &r->q;
+	struct request *req = &r->req;
 	struct fuse_in_header *in = (struct fuse_in_header *)ent->header.in_out;
 	struct fuse_out_header *out = (struct fuse_out_header *)ent->header.in_out;
 	uint32_t payload = ent->header.ring_ent_in_out.payload_sz;
@@ -1026,21 +5212,25 @@ static int ring_serve(struct ring *r, struct ring_entry *ent)
 	    in->len > sizeof(*in) + sizeof(ent->header.op_in) + payload)
 		return halt(e, "halting: an io_uring request of %u bytes with a "
 			    "payload of %u", in->len, payload);
-	memcpy(&q->req, in, sizeof(*in));
-	memcpy((char *)&q->req + sizeof(*in), ent->header.op_in,
-	       sizeof(q->req) - sizeof(*in));
-	q->data = ent->payload;
-	k = serve(e, q, in->len);
+	memcpy(&req->in.hdr, in, sizeof(*in));
+	memcpy((char *)&req->in + sizeof(*in), ent->header.op_in,
+	       sizeof(req->in) - sizeof(*in));
+	/* a WRITE's data is the payload, all of it and no more */
+	if (in->opcode == FUSE_WRITE && req->in.write.size != payload)
+		return halt(e, "halting: an io_uring WRITE of %u bytes with a "
+			    "payload of %u", req->in.write.size, payload);
+	req->data = ent->payload;	/* the reply is copied there: no mapping */
+	k = serve(e, req, in->len);
 	if (k < 0)
 		return k;
 	if (k == 2) {
-		n = q->iov[1].iov_len;
-		if (q->iov[1].iov_base != ent->payload)
-			memcpy(ent->payload, q->iov[1].iov_base, n);
+		n = req->iov[1].iov_len;
+		if (req->iov[1].iov_base != ent->payload)
+			memcpy(ent->payload, req->iov[1].iov_base, n);
 	} else if (k == 0) {		/* no reply wanted: an empty one */
-		q->out = (struct fuse_out_header){ sizeof(q->out), 0, in->unique };
+		req->out = (struct fuse_out_header){ sizeof(req->out), 0, in->unique };
 	}
-	*out = q->out;
+	*out = req->out;
 	ent->header.ring_ent_in_out.payload_sz = n;
 	ring_command(r, ent, FUSE_IO_URING_CMD_COMMIT_AND_FETCH);
 	return 0;
@@ -1056,6 +5246,7 @@ static void *ring_loop(void *arg)
 	unsigned live = RING_DEPTH, i;
 	cpu_set_t cpu;
 
+	serving_thread();
 	CPU_ZERO(&cpu);
 	CPU_SET(r->qid, &cpu);
 	pthread_setaffinity_np(pthread_self(), sizeof(cpu), &cpu);
@@ -1080,7 +5271,7 @@ static void *ring_loop(void *arg)
 				continue;
 			live--;		/* -ENOTCONN: the export is gone */
 			if (cqe->res && cqe->res != -ENOTCONN &&
-			    cqe->res != -ECONNABORTED && e->io_uring == ON)
+			    cqe->res != -ECONNABORTED && e->want_io_uring == ON)
 				halt(e, "--io-uring=on: the kernel refused a queue: %s",
 				     strerror(-cqe->res));
 		}
@@ -1091,8 +5282,6 @@ static void *ring_loop(void *arg)
 	return NULL;
 }
 
-/* Start a ring per possible CPU; the kernel takes requests through them
- * once every queue has registered. Returns 0 or -errno. */
 static int start_rings(struct export *e)
 {
 	unsigned i;
@@ -1114,98 +5303,19 @@ static int start_rings(struct export *e)
 	return 0;
 }
 
-/* After the INIT reply: set up passthrough, say which path the export
- * takes, and tell the parent it is live. Returns 0, or -EPROTO to halt. */
-static int init_done(struct export *e)
-{
-	int id = e->no_passthrough ? 0 : open_backing(e), r;
-
-	if (id < 0 && e->passthrough == ON)
-		return halt(e, "--passthrough=on: the kernel refused the source "
-			    "as backing file: %s", strerror(-id));
-	if (id < 0)
-		e->no_passthrough = "the kernel refused the source as backing file";
-	if (e->debug && e->no_passthrough)
-		fprintf(stderr, "fuseexport: passthrough off (%s): every read "
-			"and write goes through /dev/fuse\n", e->no_passthrough);
-	else if (e->debug)
-		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
-			"the source\n", e->growable ? "reads, writes and mmap" :
-			e->writable ? "reads and mmap (writes come here, lest "
-			"they grow the export)" : "reads and mmap");
-	if (e->uring && (r = start_rings(e)) < 0)
-		return halt(e, "halting: starting the io_uring queues: %s",
-			    strerror(-r));
-	if (e->debug)
-		fprintf(stderr, "fuseexport: transport: %s\n", e->uring ?
-			"FUSE over io_uring, a ring per CPU" : "read(2) and "
-			"write(2) on /dev/fuse, a thread per queue");
-	tell_ready(e);
-	return 0;
-}
-
-/* A queue: read a request, serve it, reply on the same fd, until the
- * kernel says the export is gone (ENODEV) or it halts */
-static void *queue_loop(void *arg)
-{
-	struct queue *q = arg;
-	struct export *e = q->e;
-	struct iovec in[2] = { { &q->req, REQ_HEAD }, { q->data, DATA_SIZE } };
-
-	while (!atomic_load(&e->halted)) {
-		ssize_t n = readv(q->fd, in, 2);
-		int k;
-
-		if (n < 0) {
-			if (errno == EINTR || errno == ENOENT || errno == EAGAIN)
-				continue;	/* an interrupted request */
-			if (errno != ENODEV)
-				halt(e, "halting: reading /dev/fuse: %s",
-				     strerror(errno));
-			break;
-		}
-		k = serve(e, q, n);
-		if (k < 0)
-			break;
-		if (k == 0 || writev(q->fd, q->iov, k) >= 0) {
-			if (q->req.in.opcode == FUSE_INIT && init_done(e) < 0)
-				break;
-		} else if (errno == ENODEV) {
-			break;
-		} else if (errno != ENOENT &&	/* ENOENT: the request was aborted */
-			   errno != EFAULT) {	/* a mapped page failed: EIO sent */
-			fprintf(stderr, "fuseexport: reply to request #%llu: %s\n",
-				(unsigned long long)q->req.in.unique,
-				strerror(errno));
-		}
-	}
-	if (atomic_fetch_sub(&e->running, 1) == 1 || atomic_load(&e->halted))
-		kill(getpid(), SIGUSR1);	/* wake main() */
-	return NULL;
-}
-
 /* Parse a byte count with an optional K, M, G or T suffix; exit if bad */
 static uint64_t parse_number(const char *what, const char *s, uint64_t min,
 			     uint64_t max)
 {
-	static const char suffixes[] = "KMGT";
-	const char *p;
-	char *end;
-	unsigned long long v;
-	int shift = 0;
+	uint64_t v;
 
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (*end && (p = strchr(suffixes, *end & ~0x20)) && !end[1])
-		shift = 10 * (p - suffixes + 1), end++;
-	if (errno || end == s || *end || *s == '-' ||
-	    (shift && v > (max >> shift)) || (v << shift) > max ||
-	    (v << shift) < min)
+	if (!scan_number(s, &v) || v > max || v < min)
 		die("%s: '%s' is not a number from %llu to %llu", what, s,
 		    (unsigned long long)min, (unsigned long long)max);
-	return v << shift;
+	return v;
 }
 
+/* Parse auto, on or off; exit if it is none of them */
 static int parse_mode(const char *what, const char *s)
 {
 	if (!strcmp(s, "auto"))
@@ -1218,6 +5328,158 @@ static int parse_mode(const char *what, const char *s)
 	return OFF;
 }
 
+/* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
+static _Noreturn void print_and_exit(const char *text)
+{
+	if (fputs(text, stdout) == EOF || fflush(stdout) == EOF)
+		die("stdout:");
+	exit(0);
+}
+
+/* The options, one row each: --NAME (NULL: none), NAME in an -o list
+ * (NULL: none), the short option or OPT_ id, whether it takes a value, and
+ * the value a bare -o NAME stands for. Both parsers apply them through
+ * set_option(), so each is parsed in one place. */
+enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
+       OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
+       OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_FAULT, OPT_SEED, OPT_WRITE_CACHE,
+       OPT_CONTROL, OPT_RETRY };
+static const struct option_row {
+	const char *name, *mount_name;
+	int id;
+	bool value;
+	const char *bare;
+} option_table[] = {
+	{ "writable", "rw", 'w', false, NULL },
+	{ NULL, "ro", OPT_READ_ONLY, false, NULL },
+	{ "growable", "growable", 'g', false, NULL },
+	{ "foreground", NULL, 'f', false, NULL },
+	{ "debug", NULL, 'd', false, NULL },
+	{ "queues", "queues", 'q', true, NULL },
+	{ "allow-other", "allow_other", OPT_ALLOW_OTHER, true, "on" },
+	{ "passthrough", "passthrough", OPT_PASSTHROUGH, true, NULL },
+	{ "io-uring", "io_uring", OPT_IO_URING, true, NULL },
+	{ "offset", "offset", OPT_OFFSET, true, NULL },
+	{ "size", "size", OPT_SIZE, true, NULL },
+	/* a rule has commas, which end an -o option: --fault only */
+	{ "fault", NULL, OPT_FAULT, true, NULL },
+	{ "seed", "seed", OPT_SEED, true, NULL },
+	{ "write-cache", "write_cache", OPT_WRITE_CACHE, true, NULL },
+	{ "control", "control", OPT_CONTROL, true, NULL },
+	{ "retry", "retry", OPT_RETRY, true, NULL },
+	{ "partition", "partition", OPT_PARTITION, true, NULL },
+	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
+	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
+	{ "commit", NULL, OPT_COMMIT, false, NULL },
+	{ "cache", "cache", OPT_CACHE, true, NULL },
+	{ "spin", "spin", OPT_SPIN, true, NULL },
+	{ "help", NULL, 'h', false, NULL },
+	{ "version", NULL, 'V', false, NULL },
+};
+#define N_OPTIONS (sizeof(option_table) / sizeof(option_table[0]))
+
+/* Apply one option; what names it in messages ("--queues", "-o queues").
+ * Exits on a bad value. */
+static void set_option(struct export *e, int id, const char *value,
+		       const char *what)
+{
+	struct fault_rule *rule, **last;
+	char why[512];
+
+	switch (id) {
+	case 'g':
+		e->growable = true;
+		/* fall through */
+	case 'w':
+		e->writable = true;
+		break;
+	case OPT_READ_ONLY:
+		e->writable = e->growable = false;
+		break;
+	case 'd':
+		e->debug = true;
+		/* fall through */
+	case 'f':
+		e->foreground = true;
+		break;
+	case 'q':
+		e->queues = parse_number(what, value, 1, MAX_QUEUES);
+		e->queues_given = true;
+		break;
+	case OPT_ALLOW_OTHER:
+		e->want_allow_other = parse_mode(what, value);
+		break;
+	case OPT_PASSTHROUGH:
+		e->want_passthrough = parse_mode(what, value);
+		break;
+	case OPT_IO_URING:
+		e->want_io_uring = parse_mode(what, value);
+		break;
+	case OPT_OFFSET:
+		e->offset = parse_number(what, value, 0, INT64_MAX);
+		break;
+	case OPT_SIZE:
+		e->window = parse_number(what, value, 1, INT64_MAX);
+		break;
+	case OPT_FAULT:
+		rule = parse_rule(value, why, sizeof(why));
+		if (!rule)
+			die("%s=%s: %s", what, value, why);
+		for (last = &e->rules; *last; last = &(*last)->next)
+			;
+		*last = rule;
+		break;
+	case OPT_SEED:
+		e->seed = parse_number(what, value, 0, UINT64_MAX);
+		break;
+	case OPT_WRITE_CACHE:
+		if (strcmp(value, "volatile") && strcmp(value, "none"))
+			die("%s: '%s' is not volatile or none", what, value);
+		e->write_cache = !strcmp(value, "volatile");
+		break;
+	case OPT_CONTROL:
+		if (!*value)
+			die("%s: needs a path", what);
+		e->control_path = value;
+		break;
+	case OPT_RETRY:
+		e->retry = parse_number(what, value, 0, 86400);
+		break;
+	case OPT_PARTITION:
+		e->partition = parse_number(what, value, 1, MAX_PARTS);
+		break;
+	case OPT_PARTITIONS:
+		e->list_partitions = true;
+		break;
+	case OPT_SNAPSHOT:
+		e->snapshot = e->writable = true;
+		e->snapshot_file = *value ? value : NULL;
+		break;
+	case OPT_COMMIT:
+		e->commit = true;
+		break;
+	case OPT_SPIN:
+		e->want_spin = parse_mode(what, value);
+		if (e->want_spin == ON)
+			die("%s: '%s' is not auto or off", what, value);
+		break;
+	case OPT_CACHE:
+		for (e->cache = CACHE_NONE; e->cache <= CACHE_WRITEBACK &&
+		     strcmp(value, cache_names[e->cache]); e->cache++)
+			;
+		if (!strcmp(value, "auto"))
+			e->cache = CACHE_AUTO;
+		else if (e->cache > CACHE_WRITEBACK)
+			die("%s: '%s' is not auto, none, read or writeback", what,
+			    value);
+		break;
+	case 'h':
+		print_and_exit(usage_text);
+	case 'V':
+		print_and_exit("fuseexport " VERSION "\n");
+	}
+}
+
 /* Take a mount-style option list (-o, and mount(8)'s helper calls) */
 static void parse_mount_options(struct export *e, char *list)
 {
@@ -1226,7 +5488,8 @@ static void parse_mount_options(struct export *e, char *list)
 		"exec", "noexec", "auto", "noauto", "user", "nouser", "users",
 		"owner", "group", "atime", "noatime", "relatime", NULL
 	};
-	char *opt, *value, *next;
+	char *opt, *value, *next, what[64];
+	const struct option_row *row;
 	int i;
 
 	for (opt = list; opt; opt = next) {
@@ -1240,27 +5503,15 @@ static void parse_mount_options(struct export *e, char *list)
 			;
 		if (!*opt || ignored[i] || !strncmp(opt, "x-", 2))
 			continue;	/* generic, for mount(8) or none */
-		if (!value && !strcmp(opt, "ro"))
-			e->writable = e->growable = false;
-		else if (!value && !strcmp(opt, "rw"))
-			e->writable = true;
-		else if (!value && !strcmp(opt, "growable"))
-			e->writable = e->growable = true;
-		else if (!value && !strcmp(opt, "allow_other"))
-			e->allow_other = ON;
-		else if (value && !strcmp(opt, "queues"))
-			e->queues = parse_number("-o queues", value, 1, MAX_QUEUES);
-		else if (value && !strcmp(opt, "passthrough"))
-			e->passthrough = parse_mode("-o passthrough", value);
-		else if (value && !strcmp(opt, "io_uring"))
-			e->io_uring = parse_mode("-o io_uring", value);
-		else if (value && !strcmp(opt, "offset"))
-			e->offset = parse_number("-o offset", value, 0, INT64_MAX);
-		else if (value && !strcmp(opt, "size"))
-			e->window = parse_number("-o size", value, 1, INT64_MAX);
-		else
+		for (row = option_table; row < option_table + N_OPTIONS; row++)
+			if (row->mount_name && !strcmp(opt, row->mount_name))
+				break;
+		if (row == option_table + N_OPTIONS || (value && !row->value) ||
+		    (!value && row->value && !row->bare))
 			die("-o %s%s%s: unknown option (see --help)", opt,
 			    value ? "=" : "", value ? value : "");
+		snprintf(what, sizeof(what), "-o %s", opt);
+		set_option(e, row->id, value ? value : row->bare, what);
 	}
 }
 
@@ -1274,35 +5525,35 @@ static bool mount_helper(const char *argv0)
 	       !strcmp(name, "mount.fuse.fuseexport");
 }
 
+/* The command line, or mount(8)'s helper call; exits on a bad one */
 static void parse_options(struct export *e, int argc, char *argv[])
 {
-	enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
-	       OPT_SIZE };
-	static const struct option longopts[] = {
-		{ "writable", no_argument, NULL, 'w' },
-		{ "growable", no_argument, NULL, 'g' },
-		{ "foreground", no_argument, NULL, 'f' },
-		{ "debug", no_argument, NULL, 'd' },
-		{ "queues", required_argument, NULL, 'q' },
-		{ "allow-other", required_argument, NULL, OPT_ALLOW_OTHER },
-		{ "passthrough", required_argument, NULL, OPT_PASSTHROUGH },
-		{ "io-uring", required_argument, NULL, OPT_IO_URING },
-		{ "offset", required_argument, NULL, OPT_OFFSET },
-		{ "size", required_argument, NULL, OPT_SIZE },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 }
-	};
+	struct option longopts[N_OPTIONS + 1];
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
 	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
 	bool helper = mount_helper(argv[0]), fake = false;
-	int c;
+	struct timespec now;
+	char what[64];
+	unsigned i, k = 0;
+	int c, args;
 
+	memset(longopts, 0, sizeof(longopts));
+	for (i = 0; i < N_OPTIONS; i++)
+		if (option_table[i].name)
+			longopts[k++] = (struct option){ option_table[i].name,
+				!option_table[i].value ? no_argument :
+				option_table[i].bare ? optional_argument :
+				required_argument, NULL, option_table[i].id };
 	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
-	e->allow_other = AUTO;
-	e->passthrough = AUTO;
-	e->io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
+	e->want_allow_other = AUTO;
+	e->want_passthrough = AUTO;
+	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
+	clock_gettime(CLOCK_REALTIME, &now);
+	e->seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
+	e->retry = 30;
+	e->cache = CACHE_AUTO;
+	e->want_spin = AUTO;
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -1312,119 +5563,170 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		switch (c) {
 		case 'o':
 			parse_mount_options(e, optarg);
-			break;
+			continue;
 		case 'F':
 			fake = true;
-			break;
+			continue;
 		case 's': case 'n': case 'v': case 'N': case 't':
-			break;		/* sloppy, no mtab, verbose, namespace, type */
-		case 'g':
-			e->growable = true;
-			/* fall through */
-		case 'w':
-			e->writable = true;
-			break;
-		case 'd':
-			e->debug = true;
-			/* fall through */
-		case 'f':
-			e->foreground = true;
-			break;
-		case 'q':
-			e->queues = parse_number("--queues", optarg, 1, MAX_QUEUES);
-			break;
-		case OPT_ALLOW_OTHER:
-			e->allow_other = parse_mode("--allow-other", optarg);
-			break;
-		case OPT_PASSTHROUGH:
-			e->passthrough = parse_mode("--passthrough", optarg);
-			break;
-		case OPT_IO_URING:
-			e->io_uring = parse_mode("--io-uring", optarg);
-			break;
-		case OPT_OFFSET:
-			e->offset = parse_number("--offset", optarg, 0, INT64_MAX);
-			break;
-		case OPT_SIZE:
-			e->window = parse_number("--size", optarg, 1, INT64_MAX);
-			break;
-		case 'h':
-			fputs(usage_text, stdout);
-			exit(0);
-		case 'V':
-			puts("fuseexport " VERSION);
-			exit(0);
+			continue;	/* sloppy, no mtab, verbose, namespace, type */
 		case ':':
 			die("%s: needs a value", argv[optind - 1]);
-			break;
-		default:
-			die("%s: unknown option (see --help)", argv[optind - 1]);
 		}
+		for (i = 0; i < N_OPTIONS && option_table[i].id != c; i++)
+			;
+		if (c == '?' || i == N_OPTIONS)
+			die("%s: unknown option (see --help)", argv[optind - 1]);
+		snprintf(what, sizeof(what), "--%s", option_table[i].name);
+		set_option(e, c, optarg ? optarg : option_table[i].bare, what);
 	}
-	if (argc - optind != 2)
-		die("%s: expected SOURCE and MOUNTPOINT (see --help)",
-		    argc - optind < 2 ? "too few arguments" : "too many arguments");
+	args = e->list_partitions || e->commit ? 1 : 2;
+	if (argc - optind != args)
+		die("%s: expected %s (see --help)", argc - optind < args ?
+		    "too few arguments" : "too many arguments",
+		    args == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
 	e->source_path = argv[optind];
-	e->mountpoint = argv[optind + 1];
+	e->mountpoint = args == 2 ? argv[optind + 1] : NULL;
+	if (e->partition && (e->offset || e->window))
+		die("--partition: does not go with --offset or --size");
+	if (e->snapshot && e->growable)
+		die("--snapshot keeps the source's size: not with --growable");
+	if (e->commit && !e->snapshot_file)
+		die("--commit: needs --snapshot=FILE");
 	if (fake)
 		exit(0);
 }
 
-/* Open and lock the source, and take the exported file's attributes */
-static void open_source(struct export *e)
+/* The source's identity in a snapshot's header: its device and inode
+ * (a block device's own number). Exits if it cannot be had. */
+static void source_id(const char *path, struct snap_header *id)
 {
-	const char *path = e->source_path;
+	uint64_t hash = 14695981039346656037ULL;
 	struct stat st;
-	uint64_t source_size;
-	int ro = 0;
 
+	if (is_nbd_uri(path)) {		/* an NBD export: its URI, FNV-1a */
+		for (; *path; path++)
+			hash = (hash ^ (unsigned char)*path) * 1099511628211ULL;
+		id->dev = 0;
+		id->ino = hash;
+		return;
+	}
 	if (stat(path, &st) < 0)
 		die("%s:", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-		die("%s: not a regular file or block device", path);
-	e->is_blockdev = S_ISBLK(st.st_mode);
-	if (e->growable && e->is_blockdev)
-		die("%s: --growable needs a regular file, not a block device", path);
-	if (e->growable && (e->offset || e->window))
-		die("%s: --growable does not go with --offset or --size", path);
-	/* O_EXCL on a block device: refused while it is mounted */
-	e->source_fd = open(path, (e->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC |
-			    O_NOCTTY | (e->writable && e->is_blockdev ? O_EXCL : 0));
-	if (e->source_fd < 0)
-		die("%s:", path);
-	if (fstat(e->source_fd, &st) < 0)
-		die("%s:", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-		die("%s: not a regular file or block device", path);
-	if (e->writable && e->is_blockdev && ioctl(e->source_fd, BLKROGET, &ro) == 0 && ro)
-		die("%s: a read-only block device cannot be exported writable", path);
-	if (flock(e->source_fd, (e->writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
-		die(errno == EWOULDBLOCK ? "%s: in use by another export "
-		    "(a writer excludes everyone else)" : "%s: lock:", path);
+	id->dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
+	id->ino = S_ISBLK(st.st_mode) ? 0 : st.st_ino;
+}
 
-	source_size = st.st_size;
-	if (e->is_blockdev && ioctl(e->source_fd, BLKGETSIZE64, &source_size) < 0)
-		die("%s: BLKGETSIZE64:", path);
-	if (e->offset > source_size ||
-	    (e->window && e->window > source_size - e->offset))
-		die("%s: the window %llu+%llu lies past its end (%llu bytes)",
-		    path, (unsigned long long)e->offset,
-		    (unsigned long long)e->window,
-		    (unsigned long long)source_size);
-	atomic_store(&e->size, e->window ? e->window : source_size - e->offset);
+/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
+ * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
+ * removed once everything is in, so a commit that failed halfway, run
+ * again, finishes the job. Exits: 0 when done. */
+static _Noreturn void commit_snapshot(struct export *e)
+{
+	const char *file = e->snapshot_file;
+	struct snap_header h, id;
+	struct snapshot sn;
+	struct source *top;
+	struct stat st;
+	char block[SNAP_BLOCK];
+	static const char zeros[SNAP_BLOCK];
+	uint64_t *map, b;
+	int fd = open(file, O_RDONLY | O_CLOEXEC), r;
 
-	/* what keeps passthrough off before the kernel is even asked */
-	if (e->passthrough == OFF)
-		e->no_passthrough = "--passthrough=off";
-	else if (e->is_blockdev)
-		e->no_passthrough = "the kernel passes through to regular files only";
-	else if (e->offset || e->window)
-		e->no_passthrough = "a window's offsets are not the source's";
-	else if (geteuid() != 0)
-		e->no_passthrough = "registering a backing file needs root";
-	if (e->passthrough == ON && e->no_passthrough)
+	if (fd < 0)
+		die("%s:", file);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		die("%s: in use by an export", file);
+	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) ||
+	    memcmp(h.magic, "FXSNAP1", 8) || h.block != SNAP_BLOCK)
+		die("%s: not a snapshot file", file);
+	top = open_bottom(e, true, false);
+	if (h.offset || h.size != top->size(top))
+		top = window_open(top, h.offset, h.size, e->source_path);
+	id = h;
+	source_id(e->source_path, &id);
+	if (memcmp(&id, &h, sizeof(h)))
+		die("%s: made for another source than %s", file, e->source_path);
+	snap_layout(&sn, h.size);
+	if (fstat(fd, &st) < 0)
+		die("%s:", file);
+	if ((uint64_t)st.st_size < sn.data + sn.blocks * SNAP_BLOCK)
+		die("%s: not a snapshot file (shorter than its map and blocks)", file);
+	map = mmap(NULL, sn.map_len, PROT_READ, MAP_SHARED, fd, SNAP_MAP);
+	if (map == MAP_FAILED)
+		die("%s: mapping its block map:", file);
+	for (b = 0; b < sn.blocks; b++) {
+		size_t len = min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
+
+		if (!(map[b / 64] >> (b % 64) & 1))
+			continue;
+		if (pread(fd, block, len, sn.data + b * SNAP_BLOCK) != (ssize_t)len)
+			die("%s: reading block %llu:", file, (unsigned long long)b);
+		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK)
+					      : top->punch(top, b * SNAP_BLOCK, len);
+		if (r < 0)
+			die("%s: writing block %llu: %s", e->source_path,
+			    (unsigned long long)b, strerror(-r));
+	}
+	if ((r = top->flush(top, false)) < 0)
+		die("%s: flushing: %s", e->source_path, strerror(-r));
+	if (unlink(file) < 0)
+		die("%s: removing it after the commit:", file);
+	top->close(top);
+	exit(0);
+}
+
+/* Build the source stack (the file or NBD connection; a window or a
+ * partition; a snapshot; the fault layer if rules may come; the volatile
+ * cache), settle whether passthrough is even possible, and take the
+ * exported file's attributes. Exits on failure. */
+static void open_source(struct export *e)
+{
+	struct snap_header id = { .offset = e->offset };
+	struct stat st;
+
+	if (e->write_cache && !e->writable)
+		die("--write-cache=volatile: needs a writable export (-w or -g)");
+	e->top = open_bottom(e, e->writable && !e->snapshot, e->growable);
+	if (e->partition) {
+		e->top = partition_open(e->top, e->partition, e->source_path);
+		id.offset = window_of(e->top)->offset;
+	} else if (e->offset || e->window) {
+		e->top = window_open(e->top, e->offset, e->window, e->source_path);
+	}
+	if (e->snapshot) {
+		source_id(e->source_path, &id);
+		e->top = snapshot_open(e->top, e->snapshot_file, &id);
+	}
+	if (e->rules || e->control_path) {
+		e->faults = fault_open(e->top, e->rules, e->seed, e->debug);
+		e->rules = NULL;
+		e->top = &e->faults->s;
+	}
+	if (e->write_cache) {
+		e->volatile_cache = cache_open(e->top, e->seed);
+		e->top = &e->volatile_cache->s;
+	}
+	/* the kernel's page cache would answer reads the rules never see */
+	if ((e->faults || e->volatile_cache) &&
+	    (e->cache == CACHE_READ || e->cache == CACHE_WRITEBACK))
+		die("--cache=%s: fault rules, --control and --write-cache=volatile "
+		    "need every request to come here (--cache=none or auto)",
+		    cache_names[e->cache]);
+	if (e->debug && (e->faults || e->volatile_cache))
+		fprintf(stderr, "fuseexport: seed %llu (--seed=%llu repeats "
+			"every random choice)\n", (unsigned long long)e->seed,
+			(unsigned long long)e->seed);
+	e->no_passthrough = why_no_passthrough(e);
+	if (e->want_passthrough == ON && e->no_passthrough)
 		die("--passthrough=on: %s", e->no_passthrough);
+	e->passthrough = !e->no_passthrough;
 
+	if (is_nbd_uri(e->source_path)) {	/* the times: the export's start */
+		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
+		st.st_atim = st.st_ctim = st.st_mtim;
+	} else if (stat(e->source_path, &st) < 0) {
+		die("%s:", e->source_path);
+	}
 	e->mode = e->writable ? 0600 : 0400;
 	e->uid = getuid();
 	e->gid = getgid();
@@ -1432,6 +5734,7 @@ static void open_source(struct export *e)
 	e->mtime = st.st_mtim;
 	e->ctime = st.st_ctim;
 	pthread_mutex_init(&e->lock, NULL);
+	pthread_rwlock_init(&e->map_lock, NULL);
 	e->fuse_fd = -1;
 	atomic_store(&e->ready_fd, -1);
 }
@@ -1453,7 +5756,7 @@ static void unescape(char *s)
 	*out = 0;
 }
 
-/* Is an export of ours already mounted at path? */
+/* Is a FUSE file system (an export, ours or not) mounted at path? */
 static bool exported_at(const char *path)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
@@ -1474,7 +5777,8 @@ static bool exported_at(const char *path)
 	return found;
 }
 
-/* MOUNTPOINT: an existing regular file, not already carrying an export */
+/* MOUNTPOINT: an existing regular file, not already carrying an export;
+ * exits if it is not */
 static void check_mountpoint(struct export *e)
 {
 	const char *path = e->mountpoint;
@@ -1540,8 +5844,9 @@ static bool user_allow_other(void)
 }
 
 /* Append value to buf for fusermount3's option list, a backslash before
- * every comma and backslash, as libfuse does */
-static void append_escaped(char *buf, size_t size, const char *value)
+ * every comma and backslash, as libfuse does. Returns false if it did
+ * not fit. */
+static bool append_escaped(char *buf, size_t size, const char *value)
 {
 	size_t n = strlen(buf);
 
@@ -1551,6 +5856,28 @@ static void append_escaped(char *buf, size_t size, const char *value)
 		buf[n++] = *value;
 	}
 	buf[n] = 0;
+	return !*value;
+}
+
+/* Receive the /dev/fuse fd that fusermount3 sends over sock, as one
+ * SCM_RIGHTS message. Returns the fd, or -1. */
+static int receive_fd(int sock)
+{
+	char byte, cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { &byte, 1 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+			      .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *cmsg;
+	ssize_t n;
+	int fd = -1;
+
+	while ((n = recvmsg(sock, &msg, 0)) < 0 && errno == EINTR)
+		;
+	cmsg = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
+	if (cmsg && cmsg->cmsg_level == SOL_SOCKET &&
+	    cmsg->cmsg_type == SCM_RIGHTS && cmsg->cmsg_len == CMSG_LEN(sizeof(int)))
+		memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
+	return fd;
 }
 
 /* Mount without root, as libfuse does: fusermount3 (setuid root) mounts on
@@ -1559,12 +5886,7 @@ static void append_escaped(char *buf, size_t size, const char *value)
 static void mount_by_fusermount(struct export *e)
 {
 	char opts[4352] = "fsname=", *prog = find_program(fusermounts);
-	char env[32], byte, err[512] = "";
-	char cbuf[CMSG_SPACE(sizeof(int))];
-	struct iovec iov = { &byte, 1 };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
-			      .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
-	struct cmsghdr *cmsg;
+	char env[32], err[512] = "";
 	struct stat st;
 	int sock[2], errpipe[2], status;
 	ssize_t n;
@@ -1576,16 +5898,17 @@ static void mount_by_fusermount(struct export *e)
 	if (!prog)
 		die("fusermount3: not found on PATH; install fuse3 (Debian: apt-get "
 		    "install fuse3), or export as root");
-	if (e->allow_other != OFF && !user_allow_other()) {
-		if (e->allow_other == ON)
-			die("--allow-other=on: without root it needs user_allow_other "
-			    "in /etc/fuse.conf");
-		e->allow_other = OFF;
-	}
-	append_escaped(opts, sizeof(opts), e->source_path);
-	snprintf(opts + strlen(opts), sizeof(opts) - strlen(opts),
-		 ",subtype=fuseexport,default_permissions,max_read=%u%s",
-		 MAX_WRITE, e->allow_other ? ",allow_other" : "");
+	if (e->want_allow_other == ON && !user_allow_other())
+		die("--allow-other=on: without root it needs user_allow_other "
+		    "in /etc/fuse.conf");
+	e->allow_other = e->want_allow_other != OFF && user_allow_other();
+	if (!append_escaped(opts, sizeof(opts), e->source_path) ||
+	    (n = strlen(opts), (size_t)snprintf(opts + n, sizeof(opts) - n,
+			",subtype=fuseexport,default_permissions,max_read=%u%s%s",
+			MAX_WRITE, e->allow_other ? ",allow_other" : "",
+			e->writable ? "" : ",ro") >= sizeof(opts) - n))
+		die("%s: the path is too long for fusermount3's options",
+		    e->source_path);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sock) < 0 || pipe(errpipe) < 0)
 		die("socketpair:");
 	pid = fork();
@@ -1601,11 +5924,7 @@ static void mount_by_fusermount(struct export *e)
 	}
 	close(sock[1]);
 	close(errpipe[1]);
-	while ((n = recvmsg(sock[0], &msg, 0)) < 0 && errno == EINTR)
-		;
-	cmsg = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
-	if (cmsg && cmsg->cmsg_type == SCM_RIGHTS)
-		memcpy(&e->fuse_fd, CMSG_DATA(cmsg), sizeof(int));
+	e->fuse_fd = receive_fd(sock[0]);
 	n = read(errpipe[0], err, sizeof(err) - 1);
 	err[n > 0 ? n : 0] = 0;
 	err[strcspn(err, "\n")] = 0;
@@ -1614,6 +5933,7 @@ static void mount_by_fusermount(struct export *e)
 	close(errpipe[0]);
 	if (e->fuse_fd < 0)
 		die("%s", *err ? err : "fusermount3 failed to mount");
+	mounted_export = e;
 	fcntl(e->fuse_fd, F_SETFD, FD_CLOEXEC);
 	free(prog);
 }
@@ -1642,7 +5962,7 @@ static int fusermount_unmount(struct export *e, bool lazy)
 }
 
 /* Mount the export: with mount(2) on a new /dev/fuse fd as root, else
- * through fusermount3 */
+ * through fusermount3. Exits on failure. */
 static void mount_export(struct export *e)
 {
 	char opts[256];
@@ -1654,15 +5974,16 @@ static void mount_export(struct export *e)
 	e->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (e->fuse_fd < 0)
 		die("/dev/fuse:");
-	if (e->allow_other == AUTO)
-		e->allow_other = ON;	/* root may always allow others */
+	e->allow_other = e->want_allow_other != OFF;	/* root may always */
 	snprintf(opts, sizeof(opts), "fd=%d,rootmode=%o,user_id=%u,group_id=%u,"
 		 "default_permissions,max_read=%u%s", e->fuse_fd,
 		 S_IFREG | e->mode, e->uid, e->gid, MAX_WRITE,
 		 e->allow_other ? ",allow_other" : "");
+	/* a read-only export is a read-only mount: chmod, touch: EROFS */
 	if (mount(e->source_path, e->mountpoint, "fuse.fuseexport",
-		  MS_NOSUID | MS_NODEV, opts) < 0)
+		  MS_NOSUID | MS_NODEV | (e->writable ? 0 : MS_RDONLY), opts) < 0)
 		die("mount on %s:", e->mountpoint);
+	mounted_export = e;
 }
 
 /* End the export: unmount, or detach it while files are still open */
@@ -1699,6 +6020,7 @@ static void detach(struct export *e)
 		if (n == 1)
 			exit(0);
 		unmount_export(e, true);
+		close_control(e);
 		exit(1);		/* the server said why */
 	}
 	close(fds[0]);
@@ -1709,41 +6031,15 @@ static void detach(struct export *e)
 	}
 }
 
-static void start_queues(struct export *e)
-{
-	unsigned i;
-
-	e->queue = calloc(e->queues, sizeof(*e->queue));
-	if (!e->queue)
-		die("queues:");
-	atomic_store(&e->running, e->queues);
-	for (i = 0; i < e->queues; i++) {
-		struct queue *q = &e->queue[i];
-		uint32_t session = e->fuse_fd;
-
-		q->e = e;
-		q->fd = e->fuse_fd;
-		q->data = malloc(DATA_SIZE);
-		if (!q->data)
-			die("queue buffer:");
-		if (i > 0) {
-			q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-			if (q->fd < 0 || ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)
-				die("cloning /dev/fuse for queue %u:", i);
-		}
-		errno = pthread_create(&q->thread, NULL, queue_loop, q);
-		if (errno)
-			die("starting queue %u:", i);
-	}
-}
-
-/* Serve until the export ends; returns the exit status */
+/* Serve until the export ends; returns the exit status: 1 if it halted
+ * or a flush of the source failed */
 static int run_export(struct export *e)
 {
+	struct timespec tick = { 0, SPIN_SAMPLE_NS };
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
-	int sig;
+	int sig, res;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -1751,17 +6047,30 @@ static int run_export(struct export *e)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	map_source(e, NULL);
+	if (e->control_path &&
+	    (errno = pthread_create(&e->control_thread, NULL, control_loop, e)))
+		die("--control: starting its thread:");
+	e->control_running = e->control_path != NULL;
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
-		if (sigwait(&set, &sig) != 0)
+		sig = sigtimedwait(&set, NULL, e->want_spin != OFF ? &tick : NULL);
+		if (sig < 0 && errno == EAGAIN)
+			count_spin_budget(e);
+		if (sig < 0)
 			continue;
 		if (atomic_load(&e->halted)) {
-			unmount_export(e, true);	/* aborts the connection */
-			unmounted = true;
+			/* Queues may sleep in read(2) for good (without root
+			 * a lazy unmount aborts nothing): exiting closes every
+			 * /dev/fuse fd, which aborts the connection, so no
+			 * client is left waiting on us */
+			unmount_export(e, true);
+			if (e->writable && !export_crashed(e))
+				flush_export(e, false);
+			close_control(e);
+			exit(1);
 		} else if (sig != SIGUSR1 && !unmounted) {
-			if (e->writable)
-				fsync(e->source_fd);
+			if (e->writable && !export_crashed(e))
+				flush_export(e, false);	/* failure: told below */
 			if (e->backing_id > 0)	/* open files keep their own */
 				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
 				      &e->backing_id);
@@ -1774,12 +6083,18 @@ static int run_export(struct export *e)
 	for (i = 0; e->rings && i < e->nrings; i++)
 		if (e->rings[i].thread)
 			pthread_join(e->rings[i].thread, NULL);
-	if (e->writable && fsync(e->source_fd) < 0)
-		fprintf(stderr, "fuseexport: %s: flush: %s\n", e->source_path,
-			strerror(errno));
+	/* after a crash what was held is gone: nothing to flush */
+	if (e->writable && !export_crashed(e) &&
+	    (res = flush_export(e, false)) < 0) {
+		fprintf(stderr, "fuseexport: %s: a flush of the source failed "
+			"(%s): writes since the last good one may be lost\n",
+			e->source_path, strerror(-res));
+		return 1;
+	}
 	return atomic_load(&e->halted) ? 1 : 0;
 }
 
+/* The test harness's entry points: see fuseexport.h */
 struct export *fuseexport_new(int argc, char *argv[])
 {
 	struct export *e = calloc(1, sizeof(*e));
@@ -1790,33 +6105,38 @@ struct export *fuseexport_new(int argc, char *argv[])
 	open_source(e);
 	e->queues = 1;
 	e->queue = calloc(1, sizeof(*e->queue));
-	if (!e->queue || !(e->queue->data = malloc(DATA_SIZE)))
+	if (!e->queue || !(e->queue->req.data = request_buffer()))
 		die("out of memory:");
 	e->queue->e = e;
 	e->queue->fd = -1;
 	e->quiet = true;
-	if (e->allow_other == AUTO)
-		e->allow_other = ON;
+	e->allow_other = e->want_allow_other != OFF;
+	e->passthrough = false;		/* no kernel to pass through */
 	return e;
 }
 
+/* Returns the reply's length, 0 for no reply, -EMSGSIZE for a request
+ * longer than read(2) could deliver, or -errno where a server would halt
+ * the export */
 long fuseexport_request(struct export *e, const void *request, size_t len,
 			void *reply, size_t reply_size)
 {
-	struct queue *q = e->queue;
+	struct request *r = &e->queue->req;
 	size_t head = min_u64(len, REQ_HEAD), done = 0;
 	int k, i;
 
 	if (len > REQ_HEAD + DATA_SIZE)
 		return -EMSGSIZE;	/* read(2) would have refused it */
-	memcpy(&q->req, request, head);
-	memcpy(q->data, (const char *)request + head, len - head);
-	k = serve(e, q, len);
+	memcpy(&r->in, request, head);
+	memcpy(r->data, (const char *)request + head, len - head);
+	unspill(r, len);
+	k = serve(e, r, len);
 	for (i = 0; i < k; i++) {
-		size_t n = min_u64(q->iov[i].iov_len, reply_size - done);
-		memcpy((char *)reply + done, q->iov[i].iov_base, n);
+		size_t n = min_u64(r->iov[i].iov_len, reply_size - done);
+		memcpy((char *)reply + done, r->iov[i].iov_base, n);
 		done += n;
 	}
+	reply_done(e, r);
 	return k < 0 ? k : (long)done;
 }
 
@@ -1824,9 +6144,10 @@ void fuseexport_free(struct export *e)
 {
 	unsigned i;
 
-	close(e->source_fd);
+	e->top->close(e->top);
+	free_rules(e->rules);
 	for (i = 0; e->queue && i < e->queues; i++)
-		free(e->queue[i].data);
+		free(e->queue[i].req.data);
 	free(e->queue);
 	free(e->mountpoint_buf);
 	free(e);
@@ -1840,13 +6161,20 @@ int main(int argc, char *argv[])
 
 	if (!e)
 		die("out of memory:");
+	signal(SIGPIPE, SIG_IGN);	/* a closed stderr or parent: EPIPE */
 	parse_options(e, argc, argv);
+	if (e->list_partitions)
+		list_partitions(e);
+	if (e->commit)
+		commit_snapshot(e);
 	check_mountpoint(e);
 	open_source(e);
+	open_control(e);
 	mount_export(e);
 	if (!e->foreground)
 		detach(e);
 	status = run_export(e);
+	close_control(e);
 	fuseexport_free(e);
 	return status;
 }

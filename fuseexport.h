@@ -4,6 +4,8 @@
  * build needs no kernel headers (musl-gcc -static sees none) and so that the
  * newer parts (passthrough, io_uring) are there on older distributions.
  * Every struct size is pinned below; the kernel's layout never changes.
+ * It also carries the NBD protocol's constants and messages (the NBD
+ * project's doc/proto.md), for the NBD source.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -89,6 +91,11 @@ enum fuse_opcode {
 #define FUSE_PASSTHROUGH	(1ULL << 37)
 #define FUSE_OVER_IO_URING	(1ULL << 41)
 
+/* Notifications: the server's own writes to /dev/fuse, unique 0, the
+ * code in the out_header's error field */
+#define FUSE_NOTIFY_INVAL_INODE	2
+#define FUSE_NOTIFY_STORE	4
+
 /* OPEN reply flags */
 #define FOPEN_DIRECT_IO		(1U << 0)
 #define FOPEN_KEEP_CACHE	(1U << 1)
@@ -123,6 +130,9 @@ enum fuse_opcode {
 #endif
 #ifndef BLKZEROOUT
 #define BLKZEROOUT		_IO(0x12, 127)
+#endif
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER	57
 #endif
 #ifndef FALLOC_FL_KEEP_SIZE
 #define FALLOC_FL_KEEP_SIZE	0x01
@@ -317,6 +327,19 @@ struct fuse_lseek_out {
 	uint64_t offset;
 };
 
+struct fuse_notify_inval_inode_out {
+	uint64_t ino;
+	int64_t off;
+	int64_t len;
+};
+
+struct fuse_notify_store_out {
+	uint64_t nodeid;
+	uint64_t offset;
+	uint32_t size;
+	uint32_t padding;
+};
+
 struct fuse_kstatfs {
 	uint64_t blocks;
 	uint64_t bfree;
@@ -454,10 +477,139 @@ _Static_assert(sizeof(struct fuse_fallocate_in) == 32, "fuse_fallocate_in");
 _Static_assert(sizeof(struct fuse_lseek_in) == 24, "fuse_lseek_in");
 _Static_assert(sizeof(struct fuse_lseek_out) == 8, "fuse_lseek_out");
 _Static_assert(sizeof(struct fuse_statfs_out) == 80, "fuse_statfs_out");
+_Static_assert(sizeof(struct fuse_notify_inval_inode_out) == 24, "fuse_notify_inval_inode_out");
+_Static_assert(sizeof(struct fuse_notify_store_out) == 24, "fuse_notify_store_out");
 _Static_assert(sizeof(struct fuse_interrupt_in) == 8, "fuse_interrupt_in");
 _Static_assert(sizeof(struct fuse_batch_forget_in) == 8, "fuse_batch_forget_in");
 _Static_assert(sizeof(struct fuse_backing_map) == 16, "fuse_backing_map");
 _Static_assert(offsetof(struct fuse_init_out, max_stack_depth) == 36, "max_stack_depth");
+
+/*
+ * The NBD protocol (doc/proto.md of the NBD project), the subset a client
+ * of fixed newstyle servers speaks. Every field goes over the wire in
+ * network byte order: the structs are packed and their fields converted
+ * with htobe and betoh at every use.
+ */
+#define NBD_DEFAULT_PORT	"10809"
+#define NBD_MAGIC		0x4e42444d41474943ULL	/* "NBDMAGIC" */
+#define NBD_OPT_MAGIC		0x49484156454f5054ULL	/* "IHAVEOPT" */
+#define NBD_OLDSTYLE_MAGIC	0x00420281861253ULL	/* cliserv_magic */
+#define NBD_REP_MAGIC		0x3e889045565a9ULL
+#define NBD_REQUEST_MAGIC	0x25609513
+#define NBD_SIMPLE_REPLY_MAGIC	0x67446698
+#define NBD_STRUCTURED_REPLY_MAGIC 0x668e33ef
+
+/* handshake flags, and the client's answer */
+#define NBD_FLAG_FIXED_NEWSTYLE	(1 << 0)
+#define NBD_FLAG_NO_ZEROES	(1 << 1)
+
+/* options, and the server's replies to them */
+#define NBD_OPT_ABORT		2
+#define NBD_OPT_GO		7
+#define NBD_OPT_STRUCTURED_REPLY 8
+#define NBD_OPT_SET_META_CONTEXT 10
+#define NBD_REP_ACK		1
+#define NBD_REP_INFO		3
+#define NBD_REP_META_CONTEXT	4
+#define NBD_REP_ERR		(1U << 31)	/* every error reply has it */
+#define NBD_REP_ERR_UNSUP	(NBD_REP_ERR | 1)
+#define NBD_INFO_EXPORT		0
+#define NBD_INFO_BLOCK_SIZE	3
+#define NBD_MAX_STRING		4096		/* names and messages */
+
+/* transmission flags */
+#define NBD_FLAG_HAS_FLAGS	(1 << 0)
+#define NBD_FLAG_READ_ONLY	(1 << 1)
+#define NBD_FLAG_SEND_FLUSH	(1 << 2)
+#define NBD_FLAG_SEND_FUA	(1 << 3)
+#define NBD_FLAG_SEND_TRIM	(1 << 5)
+#define NBD_FLAG_SEND_WRITE_ZEROES (1 << 6)
+#define NBD_FLAG_CAN_MULTI_CONN	(1 << 8)
+
+/* commands and their flags */
+#define NBD_CMD_READ		0
+#define NBD_CMD_WRITE		1
+#define NBD_CMD_DISC		2
+#define NBD_CMD_FLUSH		3
+#define NBD_CMD_TRIM		4
+#define NBD_CMD_WRITE_ZEROES	6
+#define NBD_CMD_BLOCK_STATUS	7
+#define NBD_CMD_FLAG_FUA	(1 << 0)
+#define NBD_CMD_FLAG_NO_HOLE	(1 << 1)
+
+/* structured reply chunks */
+#define NBD_REPLY_FLAG_DONE	(1 << 0)
+#define NBD_REPLY_TYPE_NONE	0
+#define NBD_REPLY_TYPE_OFFSET_DATA 1
+#define NBD_REPLY_TYPE_OFFSET_HOLE 2
+#define NBD_REPLY_TYPE_BLOCK_STATUS 5
+#define NBD_REPLY_TYPE_ERROR_BIT (1 << 15)	/* every error chunk has it */
+#define NBD_STATE_HOLE		(1 << 0)	/* base:allocation */
+
+/* the error values a reply carries */
+#define NBD_EPERM		1
+#define NBD_EIO			5
+#define NBD_ENOMEM		12
+#define NBD_EINVAL		22
+#define NBD_ENOSPC		28
+#define NBD_EOVERFLOW		75
+#define NBD_ENOTSUP		95
+#define NBD_ESHUTDOWN		108
+
+struct nbd_option {
+	uint64_t magic;			/* NBD_OPT_MAGIC */
+	uint32_t option;
+	uint32_t length;		/* of the data that follows */
+} __attribute__((packed));
+
+struct nbd_option_reply {
+	uint64_t magic;			/* NBD_REP_MAGIC */
+	uint32_t option;
+	uint32_t type;
+	uint32_t length;
+} __attribute__((packed));
+
+struct nbd_info_export {		/* NBD_REP_INFO's NBD_INFO_EXPORT */
+	uint16_t type;
+	uint64_t size;
+	uint16_t flags;
+} __attribute__((packed));
+
+struct nbd_info_block_size {		/* NBD_REP_INFO's NBD_INFO_BLOCK_SIZE */
+	uint16_t type;
+	uint32_t minimum, preferred, maximum;
+} __attribute__((packed));
+
+struct nbd_request {
+	uint32_t magic;			/* NBD_REQUEST_MAGIC */
+	uint16_t flags;
+	uint16_t type;
+	uint64_t cookie;
+	uint64_t offset;
+	uint32_t length;
+} __attribute__((packed));
+
+struct nbd_simple_reply {
+	uint32_t magic;			/* NBD_SIMPLE_REPLY_MAGIC */
+	uint32_t error;
+	uint64_t cookie;
+} __attribute__((packed));
+
+struct nbd_structured_reply {
+	uint32_t magic;			/* NBD_STRUCTURED_REPLY_MAGIC */
+	uint16_t flags;
+	uint16_t type;
+	uint64_t cookie;
+	uint32_t length;		/* of the payload that follows */
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct nbd_option) == 16, "nbd_option");
+_Static_assert(sizeof(struct nbd_option_reply) == 20, "nbd_option_reply");
+_Static_assert(sizeof(struct nbd_info_export) == 12, "nbd_info_export");
+_Static_assert(sizeof(struct nbd_info_block_size) == 14, "nbd_info_block_size");
+_Static_assert(sizeof(struct nbd_request) == 28, "nbd_request");
+_Static_assert(sizeof(struct nbd_simple_reply) == 16, "nbd_simple_reply");
+_Static_assert(sizeof(struct nbd_structured_reply) == 20, "nbd_structured_reply");
 
 /*
  * What a test harness needs to drive the request handler without /dev/fuse
@@ -468,14 +620,26 @@ _Static_assert(offsetof(struct fuse_init_out, max_stack_depth) == 36, "max_stack
  * program would, exiting with a message on bad input as the program does.
  * fuseexport_request() hands it one request as read(2) would have delivered
  * it, and copies the reply, if any, to reply (at most reply_size bytes).
- * It returns the reply's length, 0 for a request that gets no reply, or
- * -errno where a server would halt the export because the stream can no
- * longer be trusted.
+ * It returns the reply's length (the out_header included), 0 for a request
+ * that gets no reply, -EMSGSIZE for one longer than read(2) could have
+ * delivered, or -errno where a server would halt the export because the
+ * stream can no longer be trusted.
  */
 struct export;
 struct export *fuseexport_new(int argc, char *argv[]);
 long fuseexport_request(struct export *e, const void *request, size_t len,
 			void *reply, size_t reply_size);
 void fuseexport_free(struct export *e);
+
+/*
+ * The NBD source's reply parser, for a fuzzer: fd holds what a server
+ * sent (after the handshake) to a connection with these requests in
+ * flight: cookie 1 a READ of 64 KiB at 4096, 2 a READ of 1 byte at 0,
+ * 3 a WRITE, 4 a FLUSH, 5 a BLOCK_STATUS for SEEK_HOLE from 1000 (the
+ * meta context id is 1). structured says whether structured replies were
+ * negotiated. Returns the number of requests answered before the stream
+ * ended or was found hostile.
+ */
+int fuseexport_nbd_replies(int fd, int structured);
 
 #endif

@@ -8,6 +8,11 @@
  * picks how the source is exported (a window, growable, read-only,
  * writable), and a valid INIT always goes first.
  *
+ * A first byte of 4 to 7 (mod 8) picks the NBD source's reply parser
+ * instead: the rest of the input is what a hostile server sends to a
+ * connection with requests in flight (see fuseexport_nbd_replies), with
+ * structured replies negotiated if the first byte is odd.
+ *
  * Built two ways: with clang -fsanitize=fuzzer as a libFuzzer target, or
  * with -DFUZZ_DRIVER as a plain program that writes the seed corpus
  * (--corpus DIR), replays files, and mutates the seeds for a bounded time:
@@ -19,9 +24,11 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,7 +42,7 @@ enum {
 	REPLY_SIZE = (1 << 20) + 4096,
 };
 
-static char source[64];
+static char source[64], nbd_stream[64];
 static unsigned char original[SOURCE_SIZE];
 static unsigned char *reply, *scratch;
 
@@ -53,7 +60,13 @@ static void setup(void)
 
 	if (!mkdtemp(dir))
 		fail("mkdtemp");
+	/* a growable source must not fill the disk: a fallocate of the
+	 * whole range a request names would (EFBIG instead of SIGXFSZ) */
+	signal(SIGXFSZ, SIG_IGN);
+	if (setrlimit(RLIMIT_FSIZE, &(struct rlimit){ 64 << 20, 64 << 20 }) < 0)
+		fail("setrlimit");
 	snprintf(source, sizeof(source), "%s/src", dir);
+	snprintf(nbd_stream, sizeof(nbd_stream), "%s/nbd", dir);
 	for (i = 0; i < SOURCE_SIZE; i++)
 		original[i] = i % 251 + (i >> 12);
 	reply = malloc(REPLY_SIZE);
@@ -107,6 +120,20 @@ static long request(struct export *e, const void *req, size_t len)
 	return r;
 }
 
+/* The bytes of an NBD server's replies, through the reply parser: no
+ * crash, no sanitizer report, never more answers than requests */
+static void nbd_replies(const unsigned char *data, size_t size, int structured)
+{
+	int fd = open(nbd_stream, O_RDWR | O_CREAT | O_TRUNC, 0600);
+
+	if (fd < 0 || write(fd, data, size) != (ssize_t)size ||
+	    lseek(fd, 0, SEEK_SET) != 0)
+		fail("writing the NBD stream");
+	if (fuseexport_nbd_replies(fd, structured) > 5)
+		fail("more requests answered than were in flight");
+	close(fd);
+}
+
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
 	static const char *const modes[][3] = {
@@ -132,6 +159,10 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 
 	if (!*source)
 		setup();
+	if (size && data[0] % 8 >= 4) {
+		nbd_replies(data + 1, size - 1, data[0] & 1);
+		return 0;
+	}
 	reset_source();
 	e = fuseexport_new(6, argv);
 	if (request(e, &init, sizeof(init)) <= 0)
@@ -182,6 +213,70 @@ static size_t add(unsigned char *buf, size_t n, uint32_t opcode,
 	buf[n] = len & 0xff;
 	buf[n + 1] = len >> 8;
 	return n + 2 + len;
+}
+
+/* Big-endian fields of NBD replies, appended at p; each returns the end */
+static unsigned char *be(unsigned char *p, uint64_t v, int bytes)
+{
+	while (bytes--)
+		*p++ = v >> (8 * bytes);
+	return p;
+}
+
+static unsigned char *simple_reply(unsigned char *p, uint32_t error, uint64_t cookie)
+{
+	return be(be(be(p, NBD_SIMPLE_REPLY_MAGIC, 4), error, 4), cookie, 8);
+}
+
+static unsigned char *chunk(unsigned char *p, uint16_t flags, uint16_t type,
+			    uint64_t cookie, uint32_t length)
+{
+	p = be(be(p, NBD_STRUCTURED_REPLY_MAGIC, 4), flags, 2);
+	return be(be(be(p, type, 2), cookie, 8), length, 4);
+}
+
+/* NBD reply streams: simple replies to every request in flight, then
+ * structured chunks of every type, each seed with one field made wrong */
+static size_t nbd_seed(unsigned char *buf, int variant)
+{
+	unsigned char *p = buf + 1;
+	int i;
+
+	buf[0] = variant % 2 ? 5 : 4;
+	if (variant % 2 == 0) {
+		p = simple_reply(p, 0, variant == 2 ? 9 : 1);
+		memset(p, 0x5a, 65536), p += 65536;
+		p = simple_reply(p, 0, 2);
+		*p++ = 7;
+		p = simple_reply(p, 5, 3);
+		p = simple_reply(p, 0, 4);
+		p = simple_reply(p, variant == 4 ? 0 : 22, 5);
+		return p - buf;
+	}
+	/* cookie 1: data, a hole, more data, NONE; 2: one byte, done */
+	p = chunk(p, 0, NBD_REPLY_TYPE_OFFSET_DATA, 1, 8 + 4096);
+	p = be(p, variant == 3 ? 4095 : 4096, 8);
+	memset(p, 0xa5, 4096), p += 4096;
+	p = chunk(p, 0, NBD_REPLY_TYPE_OFFSET_HOLE, 1, 12);
+	p = be(be(p, 8192, 8), variant == 5 ? 65536 : 32768, 4);
+	p = chunk(p, 0, NBD_REPLY_TYPE_OFFSET_DATA, 1, 8 + 28672);
+	p = be(p, 40960, 8);
+	memset(p, 0x3c, 28672), p += 28672;
+	p = chunk(p, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, 1, 0);
+	p = chunk(p, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, 2, 9);
+	p = be(p, 0, 8);
+	*p++ = 1;
+	/* cookie 3: an error with a message; 4: a simple reply */
+	p = chunk(p, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR_BIT | 1, 3, 6 + 5);
+	p = be(be(p, NBD_EIO, 4), variant == 7 ? 50 : 5, 2);
+	memcpy(p, "oops!", 5), p += 5;
+	p = simple_reply(p, 0, 4);
+	/* cookie 5: base:allocation (context 1), data then a hole */
+	p = chunk(p, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, 5, 4 + 4 * 8);
+	p = be(p, variant == 9 ? 2 : 1, 4);
+	for (i = 0; i < 4; i++)
+		p = be(be(p, 4096, 4), i == 2 ? NBD_STATE_HOLE : 0, 4);
+	return p - buf;
 }
 
 static void write_file(const char *dir, int index, const void *data, size_t len)
@@ -274,6 +369,21 @@ static int make_seeds(const char *dir, unsigned char **seeds, size_t *sizes, int
 			}
 		}
 	}
+	for (variant = 0; variant < 10; variant++) {
+		unsigned char *buf = malloc(80000);
+		if (!buf)
+			fail("malloc");
+		n = nbd_seed(buf, variant);
+		if (dir)
+			write_file(dir, count, buf, n);
+		if (count < max) {
+			seeds[count] = buf;
+			sizes[count] = n;
+		} else {
+			free(buf);
+		}
+		count++;
+	}
 	return count < max ? count : max;
 }
 
@@ -300,7 +410,7 @@ int main(int argc, char *argv[])
 	};
 	const char *corpus = NULL;
 	unsigned long seconds = 10, seed = time(NULL), runs = 0;
-	unsigned char *input = malloc(65536 + 64);
+	unsigned char *input = malloc(80000);
 	int nseeds, i;
 	time_t end;
 

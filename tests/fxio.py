@@ -49,7 +49,9 @@ import time
 
 def pwrite(path, offset, length, byte=0x5A):
     try:
-        fd = os.open(path, os.O_WRONLY)
+        # O_DSYNC: done when durable, so that with a writeback cache the
+        # write-back's verdict is the write's
+        fd = os.open(path, os.O_WRONLY | os.O_DSYNC)
     except OSError as e:  # a read-only mount refuses the open
         print(errno.errorcode.get(e.errno, str(e.errno)))
         return
