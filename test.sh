@@ -1077,8 +1077,7 @@ eio_direct_ns() {
 	fx_fg $mode -w --passthrough=off "$d/x/img" "$d/mp"
 	cmp mp x/img || fail "read before the failure"
 	xfs_io -x -c shutdown "$d/x" || fail "xfs_io shutdown"
-	dd if=x/img of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null &&
-		fail "the shut down xfs still reads"
+	refute "the shut down xfs still reads" dd if=x/img of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null
 	refute "O_DIRECT read of a failed source succeeded" dd if=mp of=/dev/null bs=4k count=1 iflag=direct 2>dd.err
 	cat dd.err >&2
 	grep -q "error reading 'mp': Input/output error" dd.err || fail "the O_DIRECT read itself did not fail with EIO: $(cat dd.err)"
@@ -1740,7 +1739,7 @@ t_help_full() {
 up_or_refused() {
 	local rc=$1 err=$2 mp=$3 pid=$4 what=$5
 	if [ "$rc" -ne 0 ]; then
-		mounted "$mp" && fail "$what: exit $rc, yet $mp is mounted: $(cat "$err")"
+		refute "$what: exit $rc, yet $mp is mounted: $(cat "$err")" mounted "$mp"
 		eq "$(wc -l <"$err")" 1 "$what: stderr lines"
 		grep -Eq '^fuseexport: .+: .+' "$err" || fail "$what: message: $(cat "$err")"
 		[ -z "$pid" ] || wait_gone "$pid" 5 || fail "$what: a server is left running"
