@@ -1893,6 +1893,32 @@ t_nbd_window() {
 	cmp <(range src $((3 * MiB)) $((5 * MiB))) data || fail "the window"
 }
 
+# a partition of an NBD export, and a snapshot over one: the server's
+# image changes only by --commit
+t_nbd_layers() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" before
+	truncate -s 32M src; : >mp
+	printf 'label: dos\nstart=2048, size=8192\nstart=10240, size=20480\n' | sfdisk -q src ||
+		fail "sfdisk"
+	head -c $((10 * MiB)) /dev/urandom >p2; put src $((10240 * 512)) p2
+	qnbd src
+	"$FX" --partitions "$uri" >parts || fail "--partitions over NBD: $(cat parts)"
+	grep -q ' 2 ' parts || fail "--partitions: $(cat parts)"
+	fx_up $1 --partition=2 "$uri" "$PWD/mp"
+	eq "$(stat -c %s mp)" $((20480 * 512)) "partition 2's size"
+	cmp <(range mp 0 $((10 * MiB))) p2 || fail "partition 2's bytes"
+	fx_down "$PWD/mp"
+	before=$(sum src)
+	fx_up $1 -w --snapshot="$PWD/snap" "$uri" "$PWD/mp"
+	head -c $MiB /dev/urandom >data
+	put mp $MiB data
+	cmp <(range mp $MiB $MiB) data || fail "the snapshot's write"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "the image under a snapshot"
+	"$FX" --commit --snapshot="$PWD/snap" "$uri" || fail "--commit over NBD"
+	cmp <(range src $MiB $MiB) data || fail "the image after --commit"
+}
+
 # bad URIs and servers: one line each, nothing mounted
 t_nbd_bad() {
 	bad_setup
@@ -2198,6 +2224,7 @@ t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$
 t "nbd: 4 KiB minimum block size: unaligned I/O aligned and read-modify-written" "$M nbdkit fio xfs_io" t_nbd_block_size "$NBD_MODE"
 t "nbd: nbd-server on a unix socket" "$M nbd-server" t_nbd_server "$NBD_MODE"
 t "nbd: a window on an NBD export" "$M qemu-nbd" t_nbd_window "$NBD_MODE"
+t "nbd: a partition of an NBD export; a snapshot over one, then --commit" "$M qemu-nbd sfdisk" t_nbd_layers "$NBD_MODE"
 t "nbd: bad URIs and servers refused with one line" "python3 qemu-nbd" t_nbd_bad
 
 B="bad input:"
