@@ -8,14 +8,16 @@
  * by kernel passthrough. Every request, whichever transport brought it, is
  * one struct request handled by serve(), whose handlers speak only to the
  * top of a stack of sources: the file or block device, or an NBD server's
- * export (spoken to as the NBD protocol document says), at the bottom, a
- * window on it. Modelled on QEMU's FUSE block export (block/export/fuse.c).
+ * export (spoken to as the NBD protocol document says), at the bottom; a
+ * window or partition on it; a snapshot; fault rules; a volatile write
+ * cache. Modelled on QEMU's FUSE block export (block/export/fuse.c).
  * The usage text below is what -h prints.
  *
  * The file reads top-down: the request and the source stack, the export's
- * state, the file source, the NBD source, the window, the handlers, the
- * dispatcher, the read(2) transport, the io_uring transport, options,
- * mounting, main().
+ * state, the file source, the NBD source, the window, partitions, the
+ * snapshot, the fault layer, the volatile cache, the control FIFO, the
+ * handlers, the dispatcher, the read(2) transport, the io_uring transport,
+ * options, mounting, main().
  *
  * Copyright the fuseexport authors.
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -88,13 +90,25 @@ static const char usage_text[] =
 "                          live in memory, or in FILE (exported again: resumed)\n"
 "      --commit            with --snapshot=FILE: write FILE's changes into\n"
 "                          SOURCE, then remove FILE; nothing is mounted\n"
+"      --fault=RULE        fail or delay the requests RULE matches; repeat\n"
+"                          for more rules, checked in order. RULE is\n"
+"                          key=value,...: op=read|write|flush|trim|zero|any\n"
+"                          (joined by +), offset=, length= (the range a\n"
+"                          request must touch), error=EIO|ENOSPC|...|none,\n"
+"                          delay=250us|20ms|2s, probability=0..1, every=N,\n"
+"                          after=N, count=N\n"
+"      --seed=N            seed every random choice (default: the clock)\n"
+"      --write-cache=volatile      hold writes in memory until a flush\n"
+"      --control=PATH      make a FIFO at PATH taking the lines: fault RULE,\n"
+"                          clear, crash, crash torn\n"
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
 "                          to be made again before they fail (default: 30)\n"
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
 "                          io_uring=MODE, offset=, size=, partition=,\n"
-"                          snapshot[=FILE], cache=, spin=, retry=; generic\n"
-"                          mount options are ignored\n"
+"                          snapshot[=FILE], cache=, spin=, seed=,\n"
+"                          write_cache=, control=, retry=; generic mount\n"
+"                          options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
 
@@ -272,6 +286,18 @@ struct export {
 	unsigned queues;
 	uint64_t offset;		/* the window's start in the source */
 	uint64_t window;		/* its length; 0: to the end */
+	struct fault_rule *rules;	/* --fault, in order, until the fault
+					 * layer takes them */
+	uint64_t seed;			/* --seed, or from the clock */
+	bool write_cache;		/* --write-cache=volatile */
+	const char *control_path;	/* --control: the FIFO, once made */
+	int control_fd, control_spare;	/* its read end, and a write end
+					 * kept so a writer's close is no EOF */
+	pthread_t control_thread;
+	bool control_running;
+	atomic_bool control_stop;	/* the export is over: the thread ends */
+	struct faults *faults;		/* the layers, if stacked */
+	struct cache *volatile_cache;
 	unsigned retry;			/* NBD: seconds to wait for a reconnect */
 	unsigned partition;		/* --partition: its number, or 0 */
 	bool list_partitions;		/* --partitions: print them, export nothing */
@@ -306,6 +332,8 @@ struct export {
 /* The export once mounted: a setup error after that unmounts it */
 static struct export *mounted_export;
 static void unmount_export(struct export *e, bool force);
+/* The control FIFO once made: a setup error after that removes it */
+static const char *control_made;
 static _Noreturn void print_and_exit(const char *text);
 
 /* Setup errors: print "fuseexport: <fmt>", undo the mount if there is one,
@@ -327,6 +355,8 @@ void die(const char *fmt, ...)
 	fputc('\n', stderr);
 	if (mounted_export)
 		unmount_export(mounted_export, true);
+	if (control_made)
+		unlink(control_made);
 	exit(1);
 }
 
@@ -351,6 +381,27 @@ int halt(struct export *e, const char *fmt, ...)
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {
 	return a < b ? a : b;
+}
+
+/* A byte count with an optional K, M, G or T suffix (powers of 1024) into
+ * *v: false if s is not one or it overflows */
+static bool scan_number(const char *s, uint64_t *v)
+{
+	static const char suffixes[] = "KMGT";
+	const char *p;
+	char *end;
+	unsigned long long n;
+	int shift = 0;
+
+	errno = 0;
+	n = strtoull(s, &end, 10);
+	if (*end && (p = strchr(suffixes, *end & ~0x20)) && !end[1])
+		shift = 10 * (p - suffixes + 1), end++;
+	if (errno || end == s || *end || *s == '-' ||
+	    (shift && n > (UINT64_MAX >> shift)))
+		return false;
+	*v = (uint64_t)n << shift;
+	return true;
 }
 
 /*
@@ -2416,12 +2467,13 @@ static uint32_t crc32(const unsigned char *p, size_t n)
 	return ~c;
 }
 
-/* Read n bytes at pos of s, all of them: 0 or -errno (-EIO if short) */
+/* Read n bytes at pos of s, all of them: 0 or -errno (-EINVAL if short:
+ * a table that would lie past the end is no table) */
 static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	ssize_t r = s->read(s, buf, n, pos);
 
-	return r < 0 ? (int)r : (size_t)r < n ? -EIO : 0;
+	return r < 0 ? (int)r : (size_t)r < n ? -EINVAL : 0;
 }
 
 static void add_part(struct table *t, unsigned number, uint64_t start,
@@ -2485,19 +2537,19 @@ static void name_text(char *out, const unsigned char *u)
 	*out = 0;
 }
 
-/* GPT: the primary header at LBA 1, else the backup at the last LBA.
- * Returns 0 or -errno (-EINVAL: no good header). */
-static int read_gpt(struct source *s, struct table *t)
+/* GPT's header at lba and the entries it names, into t, if both are
+ * good. Returns 0 or -errno (-EINVAL: not a good table). */
+static int gpt_at(struct source *s, struct table *t, uint64_t lba)
 {
 	unsigned sector = t->sector;
 	unsigned char *h = malloc(sector), *ent = NULL;
-	uint64_t last = s->size(s) / sector - 1, lba;
+	uint64_t last = s->size(s) / sector - 1;
 	uint32_t count, esize, i;
 	int r = -EINVAL;
 
 	if (!h)
 		return -ENOMEM;
-	if (!gpt_header(s, sector, 1, h) && !gpt_header(s, sector, last, h))
+	if (!gpt_header(s, sector, lba, h))
 		goto out;
 	lba = le64(h + 72);
 	count = le32(h + 80);
@@ -2533,6 +2585,21 @@ out:
 	return r;
 }
 
+/* GPT: the primary header at LBA 1 with its entries, else the backup at
+ * the last LBA with its own, as Linux does: a primary whose header or
+ * entries fail their CRC is damaged. Returns 0 or -errno (-EINVAL: no
+ * good table). */
+static int read_gpt(struct source *s, struct table *t)
+{
+	int r = gpt_at(s, t, 1);
+
+	if (r < 0 && r != -ENOMEM) {
+		t->count = 0;
+		r = gpt_at(s, t, s->size(s) / t->sector - 1);
+	}
+	return r;
+}
+
 /* MBR, with the extended chain; a protective entry (0xee) hands over to
  * GPT. Returns 0 or -errno (-EINVAL: no partition table). */
 static int read_table(struct source *s, struct table *t)
@@ -2548,6 +2615,12 @@ static int read_table(struct source *s, struct table *t)
 		return r;
 	if (b[510] != 0x55 || b[511] != 0xaa)
 		return -EINVAL;
+	/* a boot indicator other than 0 or 0x80 means no table, as Linux
+	 * and partx judge it: the boot sector of a file system, say, whose
+	 * code would read as partitions */
+	for (i = 0; i < 4; i++)
+		if (b[446 + 16 * i] & 0x7f)
+			return -EINVAL;
 	for (i = 0; i < 4; i++)
 		if (b[446 + 16 * i + 4] == 0xee)
 			return read_gpt(s, t);
@@ -2563,15 +2636,16 @@ static int read_table(struct source *s, struct table *t)
 			ext = le32(e + 8);
 	}
 	/* each EBR holds a logical partition (relative to the EBR) and a
-	 * link to the next EBR (relative to the extended partition) */
+	 * link to the next EBR (relative to the extended partition); a
+	 * chain that breaks ends there, the partitions found before it
+	 * kept, as Linux does: a rescue still reaches them */
 	for (ebr = ext, hops = 0; ebr && hops < MAX_PARTS && t->count < MAX_PARTS;
 	     hops++) {
 		const unsigned char *data = b + 446, *link = b + 462;
 
-		if ((r = read_exact(s, b, sizeof(b), ebr * t->sector)) < 0)
-			return r;
-		if (b[510] != 0x55 || b[511] != 0xaa)
-			return -EINVAL;
+		if (read_exact(s, b, sizeof(b), ebr * t->sector) < 0 ||
+		    b[510] != 0x55 || b[511] != 0xaa)
+			break;
 		if (data[4] && le32(data + 12)) {
 			add_part(t, logical++, ebr + le32(data + 8), le32(data + 12));
 			sprintf(t->part[t->count - 1].type, "%x", data[4]);
@@ -2669,10 +2743,11 @@ static _Noreturn void list_partitions(struct export *e)
 		const struct part *p = &t->part[i];
 
 		human_size(size, sizeof(size), p->sectors * t->sector);
-		printf("%3u %12llu %12llu %12llu %6s %-36s %s\n", p->number,
+		printf("%3u %12llu %12llu %12llu %6s %-*s%s%s\n", p->number,
 		       (unsigned long long)p->start,
 		       (unsigned long long)(p->start + p->sectors - 1),
-		       (unsigned long long)p->sectors, size, p->type, p->name);
+		       (unsigned long long)p->sectors, size, *p->name ? 36 : 0,
+		       p->type, *p->name ? " " : "", p->name);
 	}
 	free(t);
 	s->close(s);
@@ -2877,11 +2952,14 @@ static int snap_flush(struct source *s, bool datasync)
 	return fdatasync(snap_of(s)->fd) < 0 ? -errno : 0;
 }
 
+/* nothing to reserve: the delta takes its room as blocks change; but a
+ * snapshot keeps its size, so never past its end */
 static int snap_allocate(struct source *s, uint64_t pos, uint64_t len,
 			 bool keep_size)
 {
-	(void)s, (void)pos, (void)len;
-	return keep_size ? 0 : -ENOSPC;	/* a snapshot keeps its size */
+	struct snapshot *sn = snap_of(s);
+
+	return keep_size || (pos <= sn->size && len <= sn->size - pos) ? 0 : -ENOSPC;
 }
 
 /* SEEK_DATA or SEEK_HOLE over the combined view: changed runs answer
@@ -3014,6 +3092,1119 @@ static struct source *snapshot_open(struct source *below, const char *file,
 		.keep_no_copy = pass_keep_no_copy, .close = snap_close,
 	};
 	return &sn->s;
+}
+
+/*
+ * The fault layer (--fault, --control): rules that fail or delay the
+ * requests they match, checked in order, the first to fire answering. A
+ * rule that fails a request answers it alone: nothing reaches the layer
+ * below, so a failed write changes nothing. After a crash (--control) every
+ * request fails with EIO. Random choices come from one seeded generator,
+ * so one seed gives the same failures for the same sequence of requests.
+ */
+enum { FAULT_READ = 1, FAULT_WRITE = 2, FAULT_FLUSH = 4, FAULT_TRIM = 8,
+       FAULT_ZERO = 16, FAULT_ANY = 31 };
+static const char *const fault_op_names[] = { "read", "write", "flush", "trim", "zero" };
+
+struct fault_rule {
+	struct fault_rule *next;
+	char *text;			/* as given, for -d */
+	unsigned number;		/* counted from 1 in the order given */
+	unsigned ops;			/* FAULT_ bits */
+	uint64_t offset, end;		/* the range a request must touch */
+	int error;			/* 0: none, only the delay; EIO
+					 * unless given or there is a delay */
+	bool error_given;
+	uint64_t delay_us;
+	double probability;
+	uint64_t every, after, count;	/* 0: no such condition */
+	uint64_t matched, fired;	/* under the layer's lock */
+};
+
+struct faults {
+	struct source s;
+	pthread_mutex_t lock;		/* the rules, their counters, random */
+	struct fault_rule *rules;
+	unsigned numbered;		/* rules ever added */
+	uint64_t random;		/* splitmix64's state */
+	bool debug;
+	atomic_bool crashed;
+};
+
+static const struct { const char *name; int error; } errno_names[] = {
+	{ "EIO", EIO }, { "ENOSPC", ENOSPC }, { "EROFS", EROFS },
+	{ "EINVAL", EINVAL }, { "EPERM", EPERM }, { "EACCES", EACCES },
+	{ "ENOMEM", ENOMEM }, { "ETIMEDOUT", ETIMEDOUT }, { "EAGAIN", EAGAIN },
+	{ "EDQUOT", EDQUOT }, { "EFBIG", EFBIG }, { "ENODEV", ENODEV },
+	{ "ENXIO", ENXIO }, { "EBUSY", EBUSY }, { "EBADMSG", EBADMSG },
+	{ "EOPNOTSUPP", EOPNOTSUPP }, { "ENOLINK", ENOLINK },
+	/* not ENOSYS: the kernel would stop sending that opcode for good */
+};
+#define N_ERRNO_NAMES (sizeof(errno_names) / sizeof(errno_names[0]))
+
+/* splitmix64: the next number of the sequence that *state stands at */
+static uint64_t next_random(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static const char *errno_name(int error)
+{
+	size_t i;
+
+	for (i = 0; i < N_ERRNO_NAMES; i++)
+		if (errno_names[i].error == error)
+			return errno_names[i].name;
+	return "none";
+}
+
+/* A duration such as 250us, 20ms or 2s, in microseconds, into *us: false
+ * if s is not one (or over an hour) */
+static bool scan_duration(const char *s, uint64_t *us)
+{
+	static const struct { const char *unit; uint64_t us; } units[] = {
+		{ "us", 1 }, { "ms", 1000 }, { "s", 1000000 },
+	};
+	unsigned long long n;
+	char *end;
+	size_t i;
+
+	errno = 0;
+	n = strtoull(s, &end, 10);
+	if (errno || end == s || *s == '-' || n > 3600000000ULL)
+		return false;
+	for (i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (!strcmp(end, units[i].unit) && n <= 3600000000ULL / units[i].us) {
+			*us = n * units[i].us;
+			return true;
+		}
+	return false;
+}
+
+/* One key=value of a rule into r. Returns NULL, or what is wrong. */
+static const char *rule_item(struct fault_rule *r, const char *key,
+			     const char *value)
+{
+	uint64_t v, length;
+	char *end, *ops, *op, *next;
+	size_t i;
+
+	if (!strcmp(key, "op")) {
+		r->ops = 0;
+		ops = strdup(value);
+		for (op = ops; op; op = next) {
+			next = strchr(op, '+');
+			if (next)
+				*next++ = 0;
+			for (i = 0; i < 5 && strcmp(op, fault_op_names[i]); i++)
+				;
+			if (i < 5)
+				r->ops |= 1 << i;
+			else if (!strcmp(op, "any"))
+				r->ops |= FAULT_ANY;
+			else
+				break;
+		}
+		free(ops);
+		return op ? "not read, write, flush, trim, zero or any "
+			    "(joined by +)" : NULL;
+	} else if (!strcmp(key, "offset") || !strcmp(key, "length")) {
+		if (!scan_number(value, &v) || (key[0] == 'l' && !v))
+			return key[0] == 'o' ? "not a number of bytes" :
+			       "not a number of bytes over 0";
+		length = r->end - r->offset;	/* the other one stays */
+		if (key[0] == 'o')
+			r->offset = v;
+		else
+			length = v;
+		r->end = r->offset + length < r->offset ? UINT64_MAX :
+			 r->offset + length;
+	} else if (!strcmp(key, "error")) {
+		for (i = 0; i < N_ERRNO_NAMES && strcmp(value, errno_names[i].name); i++)
+			;
+		if (i == N_ERRNO_NAMES && strcmp(value, "none"))
+			return "not an errno name (EIO, ENOSPC, EROFS, EINVAL, "
+			       "EPERM, EACCES, ENOMEM, ETIMEDOUT, EAGAIN, EDQUOT, EFBIG, "
+			       "ENODEV, ENXIO, EBUSY, EBADMSG, EOPNOTSUPP, ENOLINK) "
+			       "or none";
+		r->error = i < N_ERRNO_NAMES ? errno_names[i].error : 0;
+		r->error_given = true;
+	} else if (!strcmp(key, "delay")) {
+		if (!r->error_given)
+			r->error = 0;	/* a slow disk, not a failing one */
+		if (!scan_duration(value, &r->delay_us))
+			return "not a duration such as 250us, 20ms or 2s "
+			       "(at most an hour)";
+	} else if (!strcmp(key, "probability")) {
+		errno = 0;
+		r->probability = strtod(value, &end);
+		if (errno || end == value || *end || !(r->probability >= 0) ||
+		    r->probability > 1)
+			return "not a number from 0 to 1";
+	} else if (!strcmp(key, "every") || !strcmp(key, "after") ||
+		   !strcmp(key, "count")) {
+		if (!scan_number(value, &v) || (key[0] != 'a' && !v))
+			return key[0] == 'a' ? "not a count" :
+			       "not a count over 0";
+		*(key[0] == 'e' ? &r->every : key[0] == 'a' ? &r->after : &r->count) = v;
+	} else {
+		return "unknown key (op, offset, length, error, delay, probability, "
+		       "every, after, count)";
+	}
+	return NULL;
+}
+
+/* Parse RULE, a comma-separated key=value list. Returns the rule, or NULL
+ * with the offending item and what is wrong with it in why. */
+static struct fault_rule *parse_rule(const char *text, char *why, size_t why_size)
+{
+	struct fault_rule *r = calloc(1, sizeof(*r));
+	char *items = strdup(text), *item, *next, *value;
+	const char *wrong = NULL;
+
+	if (!r || !items || !(r->text = strdup(text))) {
+		snprintf(why, why_size, "out of memory");
+		goto bad;
+	}
+	*r = (struct fault_rule){ .text = r->text, .ops = FAULT_ANY,
+				  .end = UINT64_MAX, .error = EIO,
+				  .probability = 1 };
+	if (!*text)
+		wrong = "an empty rule";
+	for (item = items; *text && item && !wrong; item = next) {
+		next = strchr(item, ',');
+		if (next)
+			*next++ = 0;
+		value = strchr(item, '=');
+		if (value)
+			*value++ = 0;
+		wrong = value ? rule_item(r, item, value) : "not key=value";
+		if (wrong)
+			snprintf(why, why_size, "%s%s%s: %s", item, value ? "=" : "",
+				 value ? value : "", wrong);
+	}
+	if (wrong && !*text)
+		snprintf(why, why_size, "%s", wrong);
+	if (!wrong) {
+		free(items);
+		return r;
+	}
+bad:
+	free(items);
+	if (r)
+		free(r->text);
+	free(r);
+	return NULL;
+}
+
+static void free_rules(struct fault_rule *r)
+{
+	while (r) {
+		struct fault_rule *next = r->next;
+		free(r->text);
+		free(r);
+		r = next;
+	}
+}
+
+static struct faults *faults_of(struct source *s)
+{
+	return (struct faults *)s;
+}
+
+/* Append a rule; it is checked after those added before it */
+static void add_rule(struct faults *f, struct fault_rule *r)
+{
+	struct fault_rule **p;
+
+	pthread_mutex_lock(&f->lock);
+	for (p = &f->rules; *p; p = &(*p)->next)
+		;
+	r->number = ++f->numbered;
+	*p = r;
+	pthread_mutex_unlock(&f->lock);
+}
+
+static void clear_rules(struct faults *f)
+{
+	struct fault_rule *r;
+
+	pthread_mutex_lock(&f->lock);
+	r = f->rules;
+	f->rules = NULL;
+	pthread_mutex_unlock(&f->lock);
+	free_rules(r);
+}
+
+/* Count a request (op, len bytes at pos; a flush has no range) against the
+ * rules; the first that fires decides: its delay is slept, then its error
+ * returned. Returns 0 (go on below) or -errno. */
+static int fault_check(struct faults *f, unsigned op, uint64_t pos, uint64_t len)
+{
+	struct fault_rule *r;
+	struct timespec t;
+	uint64_t delay = 0, last = pos + (len ? len - 1 : 0);
+	int error = 0, i;
+
+	if (atomic_load(&f->crashed))
+		return -EIO;
+	pthread_mutex_lock(&f->lock);
+	for (r = f->rules; r; r = r->next) {
+		if (!(r->ops & op) ||
+		    (op != FAULT_FLUSH && (last < r->offset || pos >= r->end)))
+			continue;
+		r->matched++;
+		if (r->matched <= r->after ||
+		    (r->every && (r->matched - r->after) % r->every) ||
+		    (r->count && r->fired >= r->count) ||
+		    (r->probability < 1 &&
+		     (next_random(&f->random) >> 11) * 0x1p-53 >= r->probability))
+			continue;
+		r->fired++;
+		delay = r->delay_us;
+		error = r->error;
+		for (i = 0; (1U << i) != op; i++)
+			;
+		if (f->debug)
+			fprintf(stderr, "fuseexport: fault rule %u (%s) fired on %s "
+				"%llu+%llu: error %s, delay %llu us\n", r->number,
+				r->text, fault_op_names[i], (unsigned long long)pos,
+				(unsigned long long)len, errno_name(error),
+				(unsigned long long)delay);
+		break;
+	}
+	pthread_mutex_unlock(&f->lock);
+	t.tv_sec = delay / 1000000;
+	t.tv_nsec = delay % 1000000 * 1000;
+	while (delay && nanosleep(&t, &t) < 0 && errno == EINTR)
+		;
+	return -error;
+}
+
+static uint64_t fault_size(struct source *s)
+{
+	return s->below->size(s->below);
+}
+
+static ssize_t fault_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	int r = fault_check(faults_of(s), FAULT_READ, pos, n);
+
+	return r < 0 ? r : s->below->read(s->below, buf, n, pos);
+}
+
+/* never a mapping: every READ must meet the rules, those to come included */
+static const char *fault_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	(void)s, (void)pos, (void)n;
+	return NULL;
+}
+
+static ssize_t fault_write(struct source *s, const void *buf, size_t n,
+			   uint64_t pos)
+{
+	int r = fault_check(faults_of(s), FAULT_WRITE, pos, n);
+
+	return r < 0 ? r : s->below->write(s->below, buf, n, pos);
+}
+
+static int fault_flush(struct source *s, bool datasync)
+{
+	int r = fault_check(faults_of(s), FAULT_FLUSH, 0, 0);
+
+	return r < 0 ? r : s->below->flush(s->below, datasync);
+}
+
+static int fault_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	int r = fault_check(faults_of(s), FAULT_TRIM, pos, len);
+
+	return r < 0 ? r : s->below->punch(s->below, pos, len);
+}
+
+static int fault_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	int r = fault_check(faults_of(s), FAULT_ZERO, pos, len);
+
+	return r < 0 ? r : s->below->zero(s->below, pos, len);
+}
+
+/* The operations no rule names still fail after a crash */
+static int fault_allocate(struct source *s, uint64_t pos, uint64_t len,
+			  bool keep_size)
+{
+	if (atomic_load(&faults_of(s)->crashed))
+		return -EIO;
+	return s->below->allocate(s->below, pos, len, keep_size);
+}
+
+static int64_t fault_seek(struct source *s, uint64_t pos, int whence)
+{
+	if (atomic_load(&faults_of(s)->crashed))
+		return -EIO;
+	return s->below->seek(s->below, pos, whence);
+}
+
+static int fault_resize(struct source *s, uint64_t size)
+{
+	if (atomic_load(&faults_of(s)->crashed))
+		return -EIO;
+	return s->below->resize(s->below, size);
+}
+
+static int fault_space(struct source *s, struct space *sp)
+{
+	return s->below->space(s->below, sp);
+}
+
+static void fault_close(struct source *s)
+{
+	struct faults *f = faults_of(s);
+
+	free_rules(f->rules);
+	pthread_mutex_destroy(&f->lock);
+	s->below->close(s->below);
+	free(f);
+}
+
+/* Stand the fault layer on below with rules (which it takes over), its
+ * random choices seeded by seed. Exits on failure. */
+static struct faults *fault_open(struct source *below, struct fault_rule *rules,
+				 uint64_t seed, bool debug)
+{
+	struct faults *f = calloc(1, sizeof(*f));
+	struct fault_rule *r;
+
+	if (!f)
+		die("out of memory:");
+	pthread_mutex_init(&f->lock, NULL);
+	f->rules = rules;
+	for (r = rules; r; r = r->next)
+		r->number = ++f->numbered;
+	f->random = seed;
+	f->debug = debug;
+	f->s = (struct source){
+		.below = below, .writable = below->writable,
+		.growable = below->growable, .resizable = below->resizable,
+		.passthrough_fd = -1,
+		.no_passthrough = "fault rules and --control need every request "
+				  "to come here",
+		.sector_size = below->sector_size,
+		.size = fault_size, .read = fault_read, .map = fault_map,
+		.write = fault_write, .flush = fault_flush,
+		.punch = fault_punch, .zero = fault_zero,
+		.allocate = fault_allocate, .seek = fault_seek,
+		.resize = fault_resize, .space = fault_space,
+		.keep_no_copy = pass_keep_no_copy, .close = fault_close,
+	};
+	return f;
+}
+
+/*
+ * The volatile write cache (--write-cache=volatile), a disk's cache that
+ * loses power: writes, punches, zero ranges and size changes are held in
+ * memory, in 4 KiB blocks with a dirty bit per 512-byte sector, until a
+ * flush writes them below in order of offset and flushes below. Reads see
+ * them over what lies below. A crash drops what is held, or (torn) writes
+ * a seeded random half of its sectors below first. One mutex covers it all.
+ */
+enum { BLOCK = 4096, SECTOR = 512, SECTORS = BLOCK / SECTOR };
+enum { HELD_DATA, HELD_PUNCH, HELD_ZERO };	/* what a block holds */
+
+struct held {
+	struct held *next;		/* in its bucket */
+	uint64_t index;			/* its offset / BLOCK */
+	uint8_t dirty;			/* a bit per sector held here */
+	uint8_t kind;			/* HELD_PUNCH, HELD_ZERO: all zeros */
+	char *data;			/* BLOCK bytes, HELD_DATA only */
+};
+
+struct cache {
+	struct source s;
+	pthread_mutex_t lock;
+	struct held **bucket;		/* a hash table of blocks by index */
+	size_t buckets, count;
+	uint64_t size;			/* the size the export has */
+	uint64_t kept;			/* below's bytes from here on were
+					 * cut off by a shrink, not yet flushed */
+	uint64_t random;		/* splitmix64's state, for crash torn */
+	bool crashed;
+};
+
+static struct cache *cache_of(struct source *s)
+{
+	return (struct cache *)s;
+}
+
+static struct held **bucket_of(struct cache *c, uint64_t index)
+{
+	return &c->bucket[(index * 0x9e3779b97f4a7c15ULL >> 20) & (c->buckets - 1)];
+}
+
+static struct held *find_held(struct cache *c, uint64_t index)
+{
+	struct held *b = *bucket_of(c, index);
+
+	while (b && b->index != index)
+		b = b->next;
+	return b;
+}
+
+/* The block at index, made (holding nothing, with a data buffer if
+ * with_data) if it is not there. Returns it, or NULL: out of memory. */
+static struct held *get_held(struct cache *c, uint64_t index, bool with_data)
+{
+	struct held *b = find_held(c, index), **p;
+	size_t i;
+
+	if (b)
+		return b;
+	if (c->count >= c->buckets) {	/* double the table */
+		struct held **old = c->bucket, *next;
+		size_t n = c->buckets;
+
+		c->bucket = calloc(2 * n, sizeof(*c->bucket));
+		if (!c->bucket) {
+			c->bucket = old;
+			return NULL;
+		}
+		c->buckets = 2 * n;
+		for (i = 0; i < n; i++)
+			for (b = old[i]; b; b = next) {
+				next = b->next;
+				p = bucket_of(c, b->index);
+				b->next = *p;
+				*p = b;
+			}
+		free(old);
+	}
+	b = calloc(1, sizeof(*b));
+	if (!b || (with_data && !(b->data = malloc(BLOCK)))) {
+		free(b);
+		return NULL;
+	}
+	b->index = index;
+	p = bucket_of(c, index);
+	b->next = *p;
+	*p = b;
+	c->count++;
+	return b;
+}
+
+static void drop_held(struct cache *c, struct held *b)
+{
+	struct held **p = bucket_of(c, b->index);
+
+	while (*p != b)
+		p = &(*p)->next;
+	*p = b->next;
+	c->count--;
+	free(b->data);
+	free(b);
+}
+
+static int by_index(const void *a, const void *b)
+{
+	uint64_t x = (*(struct held *const *)a)->index;
+	uint64_t y = (*(struct held *const *)b)->index;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Every block held, in order of offset, in a new array of c->count
+ * entries, or NULL: out of memory (or nothing held) */
+static struct held **sorted_held(struct cache *c)
+{
+	struct held **all = malloc((c->count + 1) * sizeof(*all)), *b;
+	size_t i, n = 0;
+
+	for (i = 0; all && i < c->buckets; i++)
+		for (b = c->bucket[i]; b; b = b->next)
+			all[n++] = b;
+	if (all)
+		qsort(all, n, sizeof(*all), by_index);
+	return all;
+}
+
+/* Read n bytes at pos of what lies below into buf: zeros past where a
+ * shrink cut it off. Returns 0 or -errno. */
+static int read_below(struct cache *c, char *buf, size_t n, uint64_t pos)
+{
+	size_t part = pos < c->kept ? min_u64(n, c->kept - pos) : 0;
+	ssize_t r = part ? c->s.below->read(c->s.below, buf, part, pos) : 0;
+
+	if (r < 0)
+		return r;
+	memset(buf + r, 0, n - r);	/* short only at below's end */
+	return 0;
+}
+
+/* Make a block's bytes its own: a data buffer, holding zeros if it held
+ * zeros. Returns 0 or -ENOMEM. */
+static int own_data(struct held *b)
+{
+	if (!b->data && !(b->data = calloc(1, BLOCK)))
+		return -ENOMEM;
+	b->kind = HELD_DATA;
+	return 0;
+}
+
+/* Hold the sector at pos (in the block that holds it), filled from below
+ * if it is not held yet, before part of it is written. Returns 0 or -errno. */
+static int hold_sector(struct cache *c, uint64_t pos)
+{
+	struct held *b = get_held(c, pos / BLOCK, true);
+	unsigned k = pos % BLOCK / SECTOR;
+	int r;
+
+	if (!b || own_data(b) < 0)
+		return -ENOMEM;
+	if (b->dirty & (1 << k))
+		return 0;
+	r = read_below(c, b->data + k * SECTOR, SECTOR, pos - pos % SECTOR);
+	if (r == 0)
+		b->dirty |= 1 << k;
+	return r;
+}
+
+/* Hold len bytes at pos: buf's, or zeros of kind (a punch or a zero range)
+ * where buf is NULL. The partial sectors at either end are filled from
+ * below first, so a failure there changes nothing. Returns 0 or -errno. */
+static int hold(struct cache *c, const char *buf, uint64_t len, uint64_t pos,
+		int kind)
+{
+	uint64_t end = pos + len, at;
+	int r;
+
+	if (!len)
+		return 0;
+	if ((pos % SECTOR && (r = hold_sector(c, pos)) < 0) ||
+	    (end % SECTOR && (r = hold_sector(c, end - 1)) < 0))
+		return r;
+	for (at = pos; at < end; ) {
+		uint64_t index = at / BLOCK, from = at % BLOCK;
+		uint64_t to = min_u64(end - index * BLOCK, BLOCK);
+		struct held *b;
+		unsigned k;
+
+		if (!buf && from == 0 && to == BLOCK) {	/* zeros, whole */
+			b = get_held(c, index, false);
+			if (!b)
+				return -ENOMEM;
+			free(b->data);
+			b->data = NULL;
+			b->kind = kind;
+			b->dirty = 0xff;
+		} else {
+			b = get_held(c, index, true);
+			if (!b || own_data(b) < 0)
+				return -ENOMEM;
+			if (buf)
+				memcpy(b->data + from, buf + (at - pos), to - from);
+			else
+				memset(b->data + from, 0, to - from);
+			for (k = from / SECTOR; k * SECTOR < to; k++)
+				b->dirty |= 1 << k;
+		}
+		at = index * BLOCK + to;
+	}
+	return 0;
+}
+
+/* Is every sector that n bytes at pos touch held? */
+static bool all_held(struct cache *c, uint64_t pos, uint64_t n)
+{
+	uint64_t s;
+
+	for (s = pos / SECTOR; n && s <= (pos + n - 1) / SECTOR; s++) {
+		struct held *b = find_held(c, s / SECTORS);
+		if (!b || !(b->dirty & (1 << s % SECTORS)))
+			return false;
+	}
+	return true;
+}
+
+static uint64_t cache_size(struct source *s)
+{
+	struct cache *c = cache_of(s);
+	uint64_t size;
+
+	pthread_mutex_lock(&c->lock);
+	size = c->size;
+	pthread_mutex_unlock(&c->lock);
+	return size;
+}
+
+/* What lies below, then every held sector over it; a range held whole
+ * does not reach below */
+static ssize_t cache_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	struct cache *c = cache_of(s);
+	uint64_t at, end;
+	ssize_t r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->crashed)
+		r = -EIO;
+	n = pos < c->size ? min_u64(n, c->size - pos) : 0;
+	if (!r && !all_held(c, pos, n))
+		r = read_below(c, buf, n, pos);
+	end = pos + n;
+	for (at = pos - pos % SECTOR; !r && at < end; at += SECTOR) {
+		struct held *b = find_held(c, at / BLOCK);
+		uint64_t from = at > pos ? at : pos, to = min_u64(at + SECTOR, end);
+
+		if (!b || !(b->dirty & (1 << at % BLOCK / SECTOR)))
+			continue;
+		if (b->data)
+			memcpy((char *)buf + (from - pos),
+			       b->data + from % BLOCK, to - from);
+		else
+			memset((char *)buf + (from - pos), 0, to - from);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r < 0 ? r : (ssize_t)n;
+}
+
+static const char *cache_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	(void)s, (void)pos, (void)n;
+	return NULL;			/* the source lacks what is held */
+}
+
+static ssize_t cache_write(struct source *s, const void *buf, size_t n,
+			   uint64_t pos)
+{
+	struct cache *c = cache_of(s);
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	if (!s->growable)
+		n = pos < c->size ? min_u64(n, c->size - pos) : 0;
+	r = c->crashed ? -EIO : hold(c, buf, n, pos, HELD_DATA);
+	if (r == 0 && pos + n > c->size)
+		c->size = pos + n;
+	pthread_mutex_unlock(&c->lock);
+	return r < 0 ? r : (ssize_t)n;
+}
+
+/* Write every held block below, in order of offset, and drop it once it
+ * is there; the caller holds the lock. A size changed since the last
+ * flush is set first. Returns 0, or -errno with what failed still held. */
+static int write_back(struct cache *c)
+{
+	struct source *below = c->s.below;
+	struct held **all;
+	size_t i, n = c->count;
+	int r = 0;
+
+	if (c->kept < below->size(below) && (r = below->resize(below, c->kept)) < 0)
+		return r;
+	if (c->size != below->size(below) && (r = below->resize(below, c->size)) < 0)
+		return r;
+	c->kept = c->size;
+	if (!n)
+		return 0;
+	all = sorted_held(c);
+	if (!all)
+		return -ENOMEM;
+	for (i = 0; i < n && r == 0; i++) {
+		struct held *b = all[i];
+		uint64_t pos = b->index * BLOCK, len;
+		unsigned k, first;
+
+		if (pos >= c->size) {	/* beyond a shrink: nothing */
+			drop_held(c, b);
+			continue;
+		}
+		len = min_u64(BLOCK, c->size - pos);
+		if (!b->data)
+			r = b->kind == HELD_PUNCH ? below->punch(below, pos, len) :
+			    below->zero(below, pos, len);
+		for (k = 0; b->data && k < SECTORS && r == 0; k++) {
+			if (!(b->dirty & (1 << k)))
+				continue;
+			for (first = k; k + 1 < SECTORS && (b->dirty & (1 << (k + 1))); k++)
+				;
+			if (first * SECTOR >= len)
+				break;
+			r = below->write(below, b->data + first * SECTOR,
+					 min_u64((k + 1 - first) * SECTOR,
+						 len - first * SECTOR),
+					 pos + first * SECTOR);
+			r = r < 0 ? r : 0;
+		}
+		if (r == 0)
+			drop_held(c, b);
+	}
+	free(all);
+	return r;
+}
+
+static int cache_flush(struct source *s, bool datasync)
+{
+	struct cache *c = cache_of(s);
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	r = c->crashed ? -EIO : write_back(c);
+	if (r == 0)
+		r = s->below->flush(s->below, datasync);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+static int cache_zeros(struct source *s, uint64_t pos, uint64_t len, int kind)
+{
+	struct cache *c = cache_of(s);
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	len = pos < c->size ? min_u64(len, c->size - pos) : 0;
+	r = c->crashed ? -EIO : hold(c, NULL, len, pos, kind);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+static int cache_punch(struct source *s, uint64_t pos, uint64_t len)
+{
+	return cache_zeros(s, pos, len, HELD_PUNCH);
+}
+
+static int cache_zero(struct source *s, uint64_t pos, uint64_t len)
+{
+	return cache_zeros(s, pos, len, HELD_ZERO);
+}
+
+/* A shrink zeros the tail of the block it ends in and drops the blocks
+ * past it; what lies below past it reads as zeros until a flush */
+static int cache_resize(struct source *s, uint64_t size)
+{
+	struct cache *c = cache_of(s);
+	struct held **all;
+	size_t i, n;
+	int r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->crashed)
+		r = -EIO;
+	else if (size < c->size && size % BLOCK)
+		r = hold(c, NULL, min_u64(c->size, size - size % BLOCK + BLOCK) - size,
+			 size, HELD_ZERO);
+	if (r == 0 && size < c->size) {
+		n = c->count;
+		all = sorted_held(c);
+		for (i = 0; all && i < n; i++)
+			if (all[i]->index * BLOCK >= size)
+				drop_held(c, all[i]);
+		free(all);
+		c->kept = min_u64(c->kept, size);
+	}
+	if (r == 0)
+		c->size = size;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* The space is reserved below at once (that changes no byte there); a
+ * new size is held like any other change */
+static int cache_allocate(struct source *s, uint64_t pos, uint64_t len,
+			  bool keep_size)
+{
+	struct cache *c = cache_of(s);
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	r = c->crashed ? -EIO : s->below->allocate(s->below, pos, len, true);
+	if (r == 0 && !keep_size && pos + len > c->size)
+		c->size = pos + len;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* The first block at or after index that holds written bytes (not just
+ * zeros), or UINT64_MAX; the caller holds the lock */
+static uint64_t next_written(struct cache *c, uint64_t index)
+{
+	uint64_t first = UINT64_MAX;
+	struct held *b;
+	size_t i;
+
+	for (i = 0; i < c->buckets; i++)
+		for (b = c->bucket[i]; b; b = b->next)
+			if (b->data && b->index >= index && b->index < first)
+				first = b->index;
+	return first;
+}
+
+/* Below's answer where it still stands, or what pos reads as (zeros past
+ * a shrink): SEEK_DATA's offset, SEEK_HOLE's, or UINT64_MAX for no data */
+static uint64_t seek_below(struct cache *c, uint64_t pos, int whence)
+{
+	int64_t r = pos < c->kept ? c->s.below->seek(c->s.below, pos, whence) : -ENXIO;
+
+	if (whence == SEEK_DATA)
+		return r < 0 || (uint64_t)r >= c->kept ? UINT64_MAX : (uint64_t)r;
+	return r < 0 || (uint64_t)r > c->kept ? c->kept > pos ? c->kept : pos : (uint64_t)r;
+}
+
+/* Data is below's or a held write; a hole is one below (or past a shrink)
+ * outside every block holding written bytes. Blocks of held zeros count
+ * as holes, and a block partly written as data whole: an answer may call
+ * a hole data, never the other way round. */
+static int64_t cache_seek(struct source *s, uint64_t pos, int whence)
+{
+	struct cache *c = cache_of(s);
+	uint64_t at, held;
+	struct held *b;
+	int64_t r;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->crashed) {
+		r = -EIO;
+	} else if (whence == SEEK_DATA) {
+		held = next_written(c, pos / BLOCK);
+		at = min_u64(seek_below(c, pos, SEEK_DATA),
+			     held == UINT64_MAX ? held : held * BLOCK);
+		at = at < pos ? pos : at;
+		r = at < c->size ? (int64_t)at : -ENXIO;
+	} else {
+		at = seek_below(c, pos, SEEK_HOLE);
+		while (at < c->size && (b = find_held(c, at / BLOCK)) && b->data)
+			at = seek_below(c, (at / BLOCK + 1) * BLOCK, SEEK_HOLE);
+		r = min_u64(at, c->size);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+static int cache_space(struct source *s, struct space *sp)
+{
+	return s->below->space(s->below, sp);
+}
+
+/* Drop every held block; the caller holds the lock */
+static void drop_all(struct cache *c)
+{
+	size_t i;
+
+	for (i = 0; i < c->buckets; i++)
+		while (c->bucket[i])
+			drop_held(c, c->bucket[i]);
+}
+
+/* Power lost: drop what is held; torn, write a seeded random half of the
+ * held sectors below first. Every request fails with EIO from now on. */
+static void cache_crash(struct cache *c, bool torn, bool debug)
+{
+	struct source *below = c->s.below;
+	struct held **all;
+	size_t i, n, kept = 0, dropped = 0;
+	static const char zeros[SECTOR];
+	unsigned k;
+
+	pthread_mutex_lock(&c->lock);
+	c->crashed = true;
+	n = c->count;
+	all = torn ? sorted_held(c) : NULL;
+	for (i = 0; all && i < n; i++) {
+		uint64_t pos = all[i]->index * BLOCK, end = below->size(below);
+
+		for (k = 0; k < SECTORS; k++) {
+			uint64_t at = pos + k * SECTOR;
+			if (!(all[i]->dirty & (1 << k)) || at >= end)
+				continue;
+			if (!(next_random(&c->random) & 1)) {
+				dropped++;
+				continue;
+			}
+			below->write(below, all[i]->data ? all[i]->data + k * SECTOR :
+				     zeros, min_u64(SECTOR, end - at), at);
+			kept++;
+		}
+	}
+	free(all);
+	if (!torn)
+		for (i = 0; i < c->buckets; i++) {
+			struct held *b;
+			for (b = c->bucket[i]; b; b = b->next)
+				dropped += __builtin_popcount(b->dirty);
+		}
+	drop_all(c);
+	pthread_mutex_unlock(&c->lock);
+	if (debug)
+		fprintf(stderr, "fuseexport: crash%s: %zu unflushed sectors "
+			"dropped, %zu written\n", torn ? " torn" : "", dropped, kept);
+}
+
+static void cache_close(struct source *s)
+{
+	struct cache *c = cache_of(s);
+
+	drop_all(c);
+	free(c->bucket);
+	pthread_mutex_destroy(&c->lock);
+	s->below->close(s->below);
+	free(c);
+}
+
+/* Stand a volatile write cache on below; seed picks the sectors a torn
+ * crash keeps. Exits on failure. */
+static struct cache *cache_open(struct source *below, uint64_t seed)
+{
+	struct cache *c = calloc(1, sizeof(*c));
+
+	if (!c || !(c->bucket = calloc(1024, sizeof(*c->bucket))))
+		die("out of memory:");
+	c->buckets = 1024;
+	pthread_mutex_init(&c->lock, NULL);
+	c->size = c->kept = below->size(below);
+	c->random = seed ^ 0x5eed;
+	c->s = (struct source){
+		.below = below, .writable = below->writable,
+		.growable = below->growable, .resizable = below->resizable,
+		.passthrough_fd = -1,
+		.no_passthrough = "a volatile write cache needs every request "
+				  "to come here",
+		.sector_size = below->sector_size,
+		.size = cache_size, .read = cache_read, .map = cache_map,
+		.write = cache_write, .flush = cache_flush,
+		.punch = cache_punch, .zero = cache_zero,
+		.allocate = cache_allocate, .seek = cache_seek,
+		.resize = cache_resize, .space = cache_space,
+		.keep_no_copy = pass_keep_no_copy, .close = cache_close,
+	};
+	return c;
+}
+
+/*
+ * The control FIFO (--control=PATH): one command a line, read by a thread
+ * of its own, as a test script writes them: `fault RULE`, `clear`,
+ * `crash`, `crash torn`.
+ */
+
+/* Power lost: the cache drops (or tears) what it holds, and from now on
+ * every request fails with EIO, until the export ends */
+static void crash_export(struct export *e, bool torn)
+{
+	if (e->volatile_cache)
+		cache_crash(e->volatile_cache, torn, e->debug);
+	atomic_store(&e->faults->crashed, true);
+	if (e->debug && !e->volatile_cache)
+		fprintf(stderr, "fuseexport: crash: every request fails from now on\n");
+}
+
+static bool export_crashed(struct export *e)
+{
+	return e->faults && atomic_load(&e->faults->crashed);
+}
+
+/* Make the FIFO (the caller's, mode 0600; refused if PATH is there) and
+ * open it, so that writers never wait for the thread. Exits on failure. */
+static void open_control(struct export *e)
+{
+	const char *path = e->control_path;
+
+	if (!path)
+		return;
+	if (mkfifo(path, 0600) < 0)
+		die(errno == EEXIST ? "--control=%s: exists already (the "
+		    "export makes the FIFO itself)" : "--control=%s:", path);
+	control_made = path;
+	e->control_fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (e->control_fd < 0)
+		die("--control=%s:", path);
+	e->control_spare = open(path, O_WRONLY | O_CLOEXEC);
+	if (e->control_spare < 0 || fchmod(e->control_fd, 0600) < 0 ||
+	    fcntl(e->control_fd, F_SETFL, 0) < 0)
+		die("--control=%s:", path);
+}
+
+/* Remove the FIFO and stop its thread: the export is over */
+static void close_control(struct export *e)
+{
+	if (!e->control_path)
+		return;
+	unlink(e->control_path);
+	control_made = NULL;
+	if (e->control_running) {	/* wake it with an empty line */
+		atomic_store(&e->control_stop, true);
+		if (write(e->control_spare, "\n", 1) == 1)
+			pthread_join(e->control_thread, NULL);
+		e->control_running = false;
+	}
+}
+
+/* Carry out one command line; a bad one is reported and ignored */
+static void control_command(struct export *e, char *line)
+{
+	size_t n = strlen(line);
+	struct fault_rule *rule;
+	char why[512];
+
+	while (n && (line[n - 1] == ' ' || line[n - 1] == '\t' || line[n - 1] == '\r'))
+		line[--n] = 0;
+	while (*line == ' ' || *line == '\t')
+		line++;
+	if (!*line)
+		return;
+	if (!strncmp(line, "fault ", 6)) {
+		rule = parse_rule(line + 6, why, sizeof(why));
+		if (rule)
+			add_rule(e->faults, rule);
+		else
+			fprintf(stderr, "fuseexport: control: fault %s: %s\n",
+				line + 6, why);
+		if (rule && e->debug)
+			fprintf(stderr, "fuseexport: control: fault rule %u: %s\n",
+				rule->number, rule->text);
+	} else if (!strcmp(line, "clear")) {
+		clear_rules(e->faults);
+	} else if (!strcmp(line, "crash") || !strcmp(line, "crash torn")) {
+		crash_export(e, line[5]);
+	} else {
+		fprintf(stderr, "fuseexport: control: '%s': unknown command "
+			"(fault RULE, clear, crash, crash torn)\n", line);
+	}
+}
+
+/* The control thread: read lines until the export ends; with the spare
+ * write end open, read(2) never sees an EOF. close_control() sets
+ * control_stop and wakes it. */
+static void *control_loop(void *arg)
+{
+	struct export *e = arg;
+	char buf[4096], *start, *nl;
+	size_t have = 0;
+	ssize_t n;
+
+	for (;;) {
+		n = read(e->control_fd, buf + have, sizeof(buf) - 1 - have);
+		if (atomic_load(&e->control_stop))
+			break;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		have += n;
+		for (start = buf; (nl = memchr(start, '\n', buf + have - start));
+		     start = nl + 1) {
+			*nl = 0;
+			control_command(e, start);
+		}
+		have -= start - buf;
+		memmove(buf, start, have);
+		if (have == sizeof(buf) - 1) {
+			fprintf(stderr, "fuseexport: control: a line over %zu "
+				"bytes, ignored\n", have);
+			have = 0;
+		}
+	}
+	return NULL;
 }
 
 /*
@@ -3163,13 +4354,20 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		if (e->want_passthrough == ON)
 			return halt(e, "--passthrough=on: %s", e->no_passthrough);
 	}
-	/* auto: passthrough where it applies, else the kernel's page cache */
+	/* auto: passthrough where it applies, else the kernel's page cache,
+	 * unless every request must meet fault rules or the volatile cache */
 	if (e->cache == CACHE_AUTO)
-		e->cache = e->passthrough ? CACHE_NONE : CACHE_READ;
+		e->cache = e->passthrough || e->faults || e->volatile_cache ?
+			   CACHE_NONE : CACHE_READ;
 	if (e->cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
 		e->cache = CACHE_READ;
 	if (e->cache == CACHE_WRITEBACK)
 		flags |= FUSE_WRITEBACK_CACHE;
+	/* An O_DIRECT write to a cached file goes through the kernel's
+	 * asynchronous direct I/O when it may, which turns a write cut short
+	 * at the end of a fixed-size export into EIO: serve them in turn */
+	if (e->cache != CACHE_NONE)
+		flags &= ~FUSE_ASYNC_DIO;
 	/* Direct I/O keeps a single copy of the data cached, the source's;
 	 * without mmap on direct I/O files (before 6.6) use the page cache.
 	 * The cache modes keep the kernel's copy, across opens, and the
@@ -3369,7 +4567,8 @@ static int fuse_read(struct export *e, struct request *r, size_t len)
 }
 
 /* WRITE: the payload came into r->data. Past the end a fixed-size export
- * says ENOSPC, or writes what fits; a growable one grows. */
+ * says ENOSPC, or writes what fits (a write-back from the kernel's cache:
+ * writes what fits and says ENOSPC); a growable one grows. */
 static int fuse_write(struct export *e, struct request *r, size_t len)
 {
 	const struct fuse_write_in *in = &r->in.write;
@@ -3394,6 +4593,10 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 	res = e->top->write(e->top, r->data, n, in->offset);
 	if (res < 0)
 		return res;
+	/* the kernel's writeback takes a short write for a whole one: what
+	 * lay past the end is refused outright, so that fsync says so */
+	if ((uint64_t)res < in->size && (in->write_flags & FUSE_WRITE_CACHE))
+		return -ENOSPC;
 	r->reply.write.size = res;
 	r->reply.write.padding = 0;
 	return sizeof(r->reply.write);
@@ -4116,22 +5319,12 @@ static int start_rings(struct export *e)
 static uint64_t parse_number(const char *what, const char *s, uint64_t min,
 			     uint64_t max)
 {
-	static const char suffixes[] = "KMGT";
-	const char *p;
-	char *end;
-	unsigned long long v;
-	int shift = 0;
+	uint64_t v;
 
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (*end && (p = strchr(suffixes, *end & ~0x20)) && !end[1])
-		shift = 10 * (p - suffixes + 1), end++;
-	if (errno || end == s || *end || *s == '-' ||
-	    (shift && v > (max >> shift)) || (v << shift) > max ||
-	    (v << shift) < min)
+	if (!scan_number(s, &v) || v > max || v < min)
 		die("%s: '%s' is not a number from %llu to %llu", what, s,
 		    (unsigned long long)min, (unsigned long long)max);
-	return v << shift;
+	return v;
 }
 
 /* Parse auto, on or off; exit if it is none of them */
@@ -4161,7 +5354,8 @@ static _Noreturn void print_and_exit(const char *text)
  * set_option(), so each is parsed in one place. */
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
        OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
-       OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_RETRY };
+       OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_FAULT, OPT_SEED, OPT_WRITE_CACHE,
+       OPT_CONTROL, OPT_RETRY };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -4179,6 +5373,11 @@ static const struct option_row {
 	{ "io-uring", "io_uring", OPT_IO_URING, true, NULL },
 	{ "offset", "offset", OPT_OFFSET, true, NULL },
 	{ "size", "size", OPT_SIZE, true, NULL },
+	/* a rule has commas, which end an -o option: --fault only */
+	{ "fault", NULL, OPT_FAULT, true, NULL },
+	{ "seed", "seed", OPT_SEED, true, NULL },
+	{ "write-cache", "write_cache", OPT_WRITE_CACHE, true, NULL },
+	{ "control", "control", OPT_CONTROL, true, NULL },
 	{ "retry", "retry", OPT_RETRY, true, NULL },
 	{ "partition", "partition", OPT_PARTITION, true, NULL },
 	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
@@ -4196,6 +5395,9 @@ static const struct option_row {
 static void set_option(struct export *e, int id, const char *value,
 		       const char *what)
 {
+	struct fault_rule *rule, **last;
+	char why[512];
+
 	switch (id) {
 	case 'g':
 		e->growable = true;
@@ -4230,6 +5432,27 @@ static void set_option(struct export *e, int id, const char *value,
 		break;
 	case OPT_SIZE:
 		e->window = parse_number(what, value, 1, INT64_MAX);
+		break;
+	case OPT_FAULT:
+		rule = parse_rule(value, why, sizeof(why));
+		if (!rule)
+			die("%s=%s: %s", what, value, why);
+		for (last = &e->rules; *last; last = &(*last)->next)
+			;
+		*last = rule;
+		break;
+	case OPT_SEED:
+		e->seed = parse_number(what, value, 0, UINT64_MAX);
+		break;
+	case OPT_WRITE_CACHE:
+		if (strcmp(value, "volatile") && strcmp(value, "none"))
+			die("%s: '%s' is not volatile or none", what, value);
+		e->write_cache = !strcmp(value, "volatile");
+		break;
+	case OPT_CONTROL:
+		if (!*value)
+			die("%s: needs a path", what);
+		e->control_path = value;
 		break;
 	case OPT_RETRY:
 		e->retry = parse_number(what, value, 0, 86400);
@@ -4322,6 +5545,7 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
 	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
 	bool helper = mount_helper(argv[0]), fake = false;
+	struct timespec now;
 	char what[64];
 	unsigned i, k = 0;
 	int c, args;
@@ -4337,6 +5561,8 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->want_allow_other = AUTO;
 	e->want_passthrough = AUTO;
 	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
+	clock_gettime(CLOCK_REALTIME, &now);
+	e->seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
 	e->retry = 30;
 	e->cache = CACHE_AUTO;
 	e->want_spin = AUTO;
@@ -4373,11 +5599,11 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->source_path = argv[optind];
 	e->mountpoint = args == 2 ? argv[optind + 1] : NULL;
 	if (e->partition && (e->offset || e->window))
-		die("--partition does not go with --offset or --size");
+		die("--partition: does not go with --offset or --size");
 	if (e->snapshot && e->growable)
 		die("--snapshot keeps the source's size: not with --growable");
 	if (e->commit && !e->snapshot_file)
-		die("--commit needs --snapshot=FILE");
+		die("--commit: needs --snapshot=FILE");
 	if (fake)
 		exit(0);
 }
@@ -4412,6 +5638,7 @@ static _Noreturn void commit_snapshot(struct export *e)
 	struct snap_header h, id;
 	struct snapshot sn;
 	struct source *top;
+	struct stat st;
 	char block[SNAP_BLOCK];
 	static const char zeros[SNAP_BLOCK];
 	uint64_t *map, b;
@@ -4432,6 +5659,10 @@ static _Noreturn void commit_snapshot(struct export *e)
 	if (memcmp(&id, &h, sizeof(h)))
 		die("%s: made for another source than %s", file, e->source_path);
 	snap_layout(&sn, h.size);
+	if (fstat(fd, &st) < 0)
+		die("%s:", file);
+	if ((uint64_t)st.st_size < sn.data + sn.blocks * SNAP_BLOCK)
+		die("%s: not a snapshot file (shorter than its map and blocks)", file);
 	map = mmap(NULL, sn.map_len, PROT_READ, MAP_SHARED, fd, SNAP_MAP);
 	if (map == MAP_FAILED)
 		die("%s: mapping its block map:", file);
@@ -4456,14 +5687,17 @@ static _Noreturn void commit_snapshot(struct export *e)
 	exit(0);
 }
 
-/* Build the source stack (the file; a window or a partition; a snapshot),
- * settle whether passthrough is even possible, and take the exported
- * file's attributes. Exits on failure. */
+/* Build the source stack (the file or NBD connection; a window or a
+ * partition; a snapshot; the fault layer if rules may come; the volatile
+ * cache), settle whether passthrough is even possible, and take the
+ * exported file's attributes. Exits on failure. */
 static void open_source(struct export *e)
 {
 	struct snap_header id = { .offset = e->offset };
 	struct stat st;
 
+	if (e->write_cache && !e->writable)
+		die("--write-cache=volatile: needs a writable export (-w or -g)");
 	e->top = open_bottom(e, e->writable && !e->snapshot, e->growable);
 	if (e->partition) {
 		e->top = partition_open(e->top, e->partition, e->source_path);
@@ -4475,6 +5709,25 @@ static void open_source(struct export *e)
 		source_id(e->source_path, &id);
 		e->top = snapshot_open(e->top, e->snapshot_file, &id);
 	}
+	if (e->rules || e->control_path) {
+		e->faults = fault_open(e->top, e->rules, e->seed, e->debug);
+		e->rules = NULL;
+		e->top = &e->faults->s;
+	}
+	if (e->write_cache) {
+		e->volatile_cache = cache_open(e->top, e->seed);
+		e->top = &e->volatile_cache->s;
+	}
+	/* the kernel's page cache would answer reads the rules never see */
+	if ((e->faults || e->volatile_cache) &&
+	    (e->cache == CACHE_READ || e->cache == CACHE_WRITEBACK))
+		die("--cache=%s: fault rules, --control and --write-cache=volatile "
+		    "need every request to come here (--cache=none or auto)",
+		    cache_names[e->cache]);
+	if (e->debug && (e->faults || e->volatile_cache))
+		fprintf(stderr, "fuseexport: seed %llu (--seed=%llu repeats "
+			"every random choice)\n", (unsigned long long)e->seed,
+			(unsigned long long)e->seed);
 	e->no_passthrough = why_no_passthrough(e);
 	if (e->want_passthrough == ON && e->no_passthrough)
 		die("--passthrough=on: %s", e->no_passthrough);
@@ -4779,6 +6032,7 @@ static void detach(struct export *e)
 		if (n == 1)
 			exit(0);
 		unmount_export(e, true);
+		close_control(e);
 		exit(1);		/* the server said why */
 	}
 	close(fds[0]);
@@ -4805,6 +6059,10 @@ static int run_export(struct export *e)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	if (e->control_path &&
+	    (errno = pthread_create(&e->control_thread, NULL, control_loop, e)))
+		die("--control: starting its thread:");
+	e->control_running = e->control_path != NULL;
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
 		sig = sigtimedwait(&set, NULL, e->want_spin != OFF ? &tick : NULL);
@@ -4818,11 +6076,12 @@ static int run_export(struct export *e)
 			 * /dev/fuse fd, which aborts the connection, so no
 			 * client is left waiting on us */
 			unmount_export(e, true);
-			if (e->writable)
+			if (e->writable && !export_crashed(e))
 				flush_export(e, false);
+			close_control(e);
 			exit(1);
 		} else if (sig != SIGUSR1 && !unmounted) {
-			if (e->writable)
+			if (e->writable && !export_crashed(e))
 				flush_export(e, false);	/* failure: told below */
 			if (e->backing_id > 0)	/* open files keep their own */
 				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
@@ -4836,7 +6095,9 @@ static int run_export(struct export *e)
 	for (i = 0; e->rings && i < e->nrings; i++)
 		if (e->rings[i].thread)
 			pthread_join(e->rings[i].thread, NULL);
-	if (e->writable && (res = flush_export(e, false)) < 0) {
+	/* after a crash what was held is gone: nothing to flush */
+	if (e->writable && !export_crashed(e) &&
+	    (res = flush_export(e, false)) < 0) {
 		fprintf(stderr, "fuseexport: %s: a flush of the source failed "
 			"(%s): writes since the last good one may be lost\n",
 			e->source_path, strerror(-res));
@@ -4896,6 +6157,7 @@ void fuseexport_free(struct export *e)
 	unsigned i;
 
 	e->top->close(e->top);
+	free_rules(e->rules);
 	for (i = 0; e->queue && i < e->queues; i++)
 		free(e->queue[i].req.data);
 	free(e->queue);
@@ -4919,10 +6181,12 @@ int main(int argc, char *argv[])
 		commit_snapshot(e);
 	check_mountpoint(e);
 	open_source(e);
+	open_control(e);
 	mount_export(e);
 	if (!e->foreground)
 		detach(e);
 	status = run_export(e);
+	close_control(e);
 	fuseexport_free(e);
 	return status;
 }

@@ -117,6 +117,7 @@ enum fuse_opcode {
 #define FATTR_KILL_SUIDGID	(1U << 11)
 
 #define FUSE_FSYNC_FDATASYNC	(1U << 0)
+#define FUSE_WRITE_CACHE	(1U << 0)	/* WRITE: from the writeback cache */
 
 /* Block device ioctls and fallocate modes, which musl's headers lack */
 #ifndef BLKROGET

@@ -1,15 +1,23 @@
 #!/bin/bash
 # tests/bench.sh - fuseexport's side-by-side benchmark
 #
-# Runs the same fio jobs over one file on tmpfs: the file itself (the limit),
-# fuseexport with passthrough, fuseexport on the /dev/fuse path with one queue
-# and with one queue per CPU, the same over FUSE's io_uring transport, and
-# qemu-storage-daemon's FUSE export (Debian's
-# qemu-system-common) as the peer; then the NBD pair: the same file served
-# by qemu-nbd on a unix socket, exported by fuseexport (nbd) and by nbdfuse
-# (Debian's libnbd-bin), its peer. Prints IOPS, the ratios to the file
-# itself and to the peers, and the servers' own memory during the QD32 job.
+# Runs the same fio jobs over one source on tmpfs: the source itself (the
+# limit), fuseexport with passthrough, fuseexport on the /dev/fuse path with
+# one queue (without and with spinning for the next request) and with one
+# queue per CPU, the same over FUSE's io_uring transport, the kernel's page
+# cache for reads (--cache=read) and for writes too (--cache=writeback), and
+# qemu-storage-daemon's FUSE export (Debian's qemu-system-common) as the
+# peer. Prints IOPS, the ratios to the source itself and to the peer, and the
+# servers' own memory during the QD32 job. Before every job but the cold one
+# the target is read once, so that what can be cached is. Then the NBD
+# pair: the same file served by qemu-nbd on a unix socket, exported by
+# fuseexport (nbd) and by nbdfuse (Debian's libnbd-bin), its peer.
 # Only ratios from one run mean anything: the machine is shared and noisy.
+#
+# BENCH_SOURCE picks the source: file (a file on tmpfs, the default), loop (a
+# loop device over it: the block-device rows) or window (--offset=1M of the
+# file: the window rows). Columns that cannot take it (passthrough: a
+# regular file at its own offsets) are skipped, and said so.
 #
 #   tests/bench.sh [--markdown]      (root; `make bench` runs it)
 #
@@ -25,6 +33,7 @@ cd "$(dirname "$0")/.." || exit 1
 RUNTIME=${BENCH_RUNTIME:-10}
 ROUNDS=${BENCH_ROUNDS:-1}
 SIZE_MB=${BENCH_SIZE_MB:-1024}
+SOURCE=${BENCH_SOURCE:-file}
 FX=$(realpath "${FUSEEXPORT:-./fuseexport}")
 MARKDOWN=
 [ "${1:-}" = --markdown ] && MARKDOWN=1
@@ -56,13 +65,14 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
 fi
 
 DIR=$(mktemp -d /tmp/fuseexport-bench.XXXXXX) || exit 1
-SERVER= NBDSERVER= URING=/sys/module/fuse/parameters/enable_uring URING_WAS=
+SERVER= NBDSERVER= URING=/sys/module/fuse/parameters/enable_uring URING_WAS= LOOP=
 cleanup() {
 	[ -n "$URING_WAS" ] && echo "$URING_WAS" >"$URING"
 	[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null
 	umount -l "$DIR/nbdfuse" 2>/dev/null
 	[ -n "$NBDSERVER" ] && kill "$NBDSERVER" 2>/dev/null
 	umount -l "$DIR/mp" 2>/dev/null
+	[ -n "$LOOP" ] && losetup -d "$LOOP"
 	umount -l "$DIR" 2>/dev/null
 	rmdir "$DIR" 2>/dev/null
 }
@@ -71,11 +81,20 @@ trap 'exit 130' INT TERM
 mount -t tmpfs -o size=$((SIZE_MB + 256))M tmpfs "$DIR" || exit 1
 dd if=/dev/urandom of="$DIR/img" bs=1M count="$SIZE_MB" status=none || exit 1
 : >"$DIR/mp"
+SRC=$DIR/img WINDOW= QSD_DRIVER=file SIZE=${SIZE_MB}M
+case $SOURCE in
+file) ;;
+loop)	LOOP=$(losetup -f --show "$DIR/img") || exit 1
+	SRC=$LOOP QSD_DRIVER=host_device ;;
+window)	WINDOW="--offset=1M" SIZE=$((SIZE_MB - 1))M ;;
+*)	echo "bench.sh: BENCH_SOURCE is file, loop or window" >&2; exit 1 ;;
+esac
+
 mkdir "$DIR/nbdfuse"
 NBD_URI="nbd+unix:///?socket=$DIR/nbd.sock"
 
 # column name and how to start it; "file" is the source itself
-COLUMNS_ALL="file pt fuse-q1 fuse-qN uring qsd nbd nbdfuse"
+COLUMNS_ALL="file pt fuse-q1 spin-q1 fuse-qN uring read writeback qsd nbd nbdfuse"
 COLUMNS=${BENCH_COLUMNS:-$COLUMNS_ALL}
 for col in $COLUMNS; do
 	case " $COLUMNS_ALL " in *" $col "*) ;; *)
@@ -84,15 +103,18 @@ for col in $COLUMNS; do
 done
 declare -A START=(
 	[pt]="$FX -g --passthrough=on"
-	[fuse-q1]="$FX -w --passthrough=off -q 1"
-	[fuse-qN]="$FX -w --passthrough=off -q $(nproc)"
-	[uring]="$FX -w --passthrough=off --io-uring=on"
+	[fuse-q1]="$FX -w $WINDOW --passthrough=off --cache=none --spin=off -q 1"
+	[spin-q1]="$FX -w $WINDOW --passthrough=off --cache=none -q 1"
+	[fuse-qN]="$FX -w $WINDOW --passthrough=off --cache=none --spin=off -q $(nproc)"
+	[uring]="$FX -w $WINDOW --passthrough=off --cache=none --io-uring=on"
+	[read]="$FX -w $WINDOW --cache=read -q $(nproc)"
+	[writeback]="$FX -w $WINDOW --cache=writeback -q $(nproc)"
 )
 
 # the file a column's jobs run on
 target_of() {
 	case $1 in
-	file) echo "$DIR/img" ;;
+	file) echo "$SRC" ;;
 	nbdfuse) echo "$DIR/nbdfuse/img" ;;
 	*) echo "$DIR/mp" ;;
 	esac
@@ -121,11 +143,15 @@ start_column() {
 	SERVER=
 	case $1 in
 	file) return 0 ;;
+	pt)	[ "$SOURCE" = file ] ||
+			{ echo "passthrough needs a regular file at its own offsets" >"$DIR/why"; return 1; } ;;&
+	qsd)	[ "$SOURCE" != window ] ||
+			{ echo "no window in this comparison" >"$DIR/why"; return 1; } ;;&
 	qsd)
 		command -v qemu-storage-daemon >/dev/null ||
 			{ echo "qemu-storage-daemon missing (qemu-system-common)" >"$DIR/why"; return 1; }
 		qemu-storage-daemon \
-			--blockdev node-name=file0,driver=file,filename="$DIR/img" \
+			--blockdev node-name=file0,driver=$QSD_DRIVER,filename="$SRC" \
 			--blockdev node-name=raw0,driver=raw,file=file0 \
 			--export type=fuse,id=exp0,node-name=raw0,mountpoint="$DIR/mp",writable=on \
 			--pidfile "$DIR/qsd.pid" >"$DIR/server.err" 2>&1 &
@@ -163,7 +189,7 @@ start_column() {
 			URING_WAS=$(cat "$URING")
 			echo Y >"$URING"
 		fi
-		${START[$1]} -f "$DIR/img" "$DIR/mp" 2>"$DIR/server.err" &
+		${START[$1]} -f "$SRC" "$DIR/mp" 2>"$DIR/server.err" &
 		SERVER=$!
 		for i in $(seq 100); do
 			findmnt -n "$DIR/mp" >/dev/null && break
@@ -196,7 +222,7 @@ stop_column() {
 	fi
 }
 
-JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32}
+JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32 randread-cold}
 declare -A JOB=(
 	[seqread]="--rw=read --bs=1M"
 	[seqwrite]="--rw=write --bs=1M"
@@ -205,6 +231,7 @@ declare -A JOB=(
 	[randread-2j]="--rw=randread --bs=4k --numjobs=2"
 	[randwrite-2j]="--rw=randwrite --bs=4k --numjobs=2"
 	[randread-qd32]="--rw=randread --bs=4k --ioengine=libaio --iodepth=32 --direct=1"
+	[randread-cold]="--rw=randread --bs=4k"
 )
 
 for job in $JOBS; do
@@ -213,7 +240,7 @@ done
 
 # run_job TARGET JOB: print the job's IOPS, reads and writes summed
 run_job() {
-	fio --name=bench --filename="$1" --size="${SIZE_MB}M" --ioengine=psync \
+	fio --name=bench --filename="$1" --size="$SIZE" --ioengine=psync \
 		${JOB[$2]} --time_based --runtime="$RUNTIME" --group_reporting \
 		--output-format=json 2>/dev/null |
 	python3 -c 'import json, sys
@@ -254,6 +281,12 @@ for round in $(seq "$ROUNDS"); do
 			fi
 			case " $RAN " in *" $col "*) ;; *) RAN="$RAN $col" ;; esac
 			target=$(target_of "$col")
+			# warm what can be cached, or drop it for the cold job
+			if [ "$job" = randread-cold ]; then
+				sync; echo 3 >/proc/sys/vm/drop_caches
+			else
+				dd if="$target" of=/dev/null bs=1M status=none
+			fi
 			if [ "$job" = randread-qd32 ] && [ -n "$SERVER" ]; then
 				rm -f "$DIR/stop-sampling"
 				max_rss "$SERVER" >"$DIR/rss" &
@@ -296,7 +329,7 @@ rule() {
 }
 
 echo "fuseexport bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs," \
-	"Linux $(uname -r), ${SIZE_MB} MiB file on tmpfs, ${RUNTIME}s per job," \
+	"Linux $(uname -r), ${SIZE_MB} MiB $SOURCE on tmpfs, ${RUNTIME}s per job," \
 	"$ROUNDS round(s): IOPS medians, ratios medians of each round's"
 echo
 echo "IOPS"

@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
 # torture.py - fsx-style torture of an exported file, every read checked
 #
-#   torture.py FILE SEED OPS [WORKERS]
+#   torture.py FILE SEED OPS [WORKERS [fixed|growable]]
 #
 # With WORKERS = 1, one process runs OPS seeded random operations over the
 # whole file: write, read, truncate, punch hole, zero range, fsync and mmap
 # reads and writes, overlapping freely, checking every read against an
 # in-memory model of the file. With more, each worker owns a disjoint
-# stretch of the file and does the same without resizing it. The seed is
-# printed so that a failure can be replayed; exit status 1 on a mismatch.
+# stretch of the file and does the same without resizing it.
+#
+# Splice reads too: copy_file_range within the file (the copy read back at
+# once) and sendfile out to a scratch file, also right before and after a
+# write through a shared mapping that stays mapped meanwhile; fsync and
+# fdatasync from other descriptors of the file (one read-only). Told what
+# kind of export FILE is, it reopens it with O_TRUNC now and then: a fixed
+# one keeps its size and bytes, a growable one (one worker only) is emptied.
+# The seed is printed so that a failure can be replayed; exit status 1 on a
+# mismatch or an unexpected error.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
@@ -17,6 +25,7 @@ import mmap
 import os
 import random
 import sys
+import tempfile
 
 PUNCH_HOLE, KEEP_SIZE, ZERO_RANGE = 0x02, 0x01, 0x10
 libc = ctypes.CDLL(None, use_errno=True)
@@ -29,14 +38,17 @@ def fallocate(fd, mode, off, length):
         raise OSError(e, os.strerror(e))
 
 
-def worker(path, seed, ops, lo, hi, resize):
+def worker(path, seed, ops, lo, hi, resize, kind=None):
     """Random operations on [lo, hi) of path; returns a failure or None."""
     rng = random.Random(seed)
     fd = os.open(path, os.O_RDWR)
+    others = [os.open(path, os.O_RDWR), os.open(path, os.O_RDONLY)]
+    scratch = tempfile.TemporaryFile()
     size = os.fstat(fd).st_size
     model = bytearray(os.pread(fd, size, 0))
     end = hi if not resize else size
     done = {}
+    otrunc = kind == "fixed" or (kind == "growable" and resize)
 
     def check(off, length, how):
         got = os.pread(fd, length, off) if how == "read" else mapped(off, length)
@@ -52,12 +64,57 @@ def worker(path, seed, ops, lo, hi, resize):
         with mmap.mmap(fd, off + length - base, offset=base) as m:
             return m[off - base:off - base + length]
 
+    def sent(off, length):
+        """[off, +length) of the file by sendfile into the scratch file"""
+        out = scratch.fileno()
+        os.ftruncate(out, 0)
+        os.lseek(out, 0, os.SEEK_SET)
+        got = 0
+        while got < length:
+            n = os.sendfile(out, fd, off + got, length - got)
+            if n == 0:
+                break
+            got += n
+        return os.pread(out, got, 0) if got else b""
+
+    def splice_check(off, length, how):
+        want = bytes(model[off:off + length])
+        got = sent(off, length)
+        if got != want:
+            return f"sendfile {how} [{off}, +{length}): {len(got)} bytes, " + (
+                "wrong bytes" if len(got) == len(want) else f"want {len(want)}")
+        return None
+
+    def copy(off, length, dst, how):
+        """copy_file_range [off, +length) to dst, read back at once"""
+        data = bytes(model[off:off + length])
+        got = 0
+        while got < length:
+            n = os.copy_file_range(fd, fd, length - got, off + got, dst + got)
+            if n == 0:
+                break
+            got += n
+        if got != length:
+            return f"copy_file_range {how} [{off}, +{length}) to {dst}: {got} bytes"
+        model[dst:dst + length] = data
+        why = check(dst, length, "read")
+        return why and f"copy_file_range {how} [{off}, +{length}) to {dst}: {why}"
+
+    def apart(length, top):
+        """two ranges of length in [lo, top) that do not overlap, or None"""
+        if top - lo < 2 * length:
+            return None
+        a = rng.randrange(lo, top - 2 * length + 1)
+        b = rng.randrange(a + length, top - length + 1)
+        return (a, b) if rng.random() < 0.5 else (b, a)
+
     for n in range(ops):
         limit = max(end, lo + 1)
         off = rng.randrange(lo, limit)
         length = rng.randrange(1, min(256 * 1024, limit - off) + 1)
         op = rng.choice(["write", "write", "read", "read", "mmap-read", "mmap-write",
-                         "punch", "zero", "fsync"] + (["truncate"] if resize else []))
+                         "punch", "zero", "fsync", "copy", "sendfile", "splice-mmap"] +
+                        (["truncate"] if resize else []) + (["otrunc"] if otrunc else []))
         done[op] = done.get(op, 0) + 1
         if op == "write":
             data = rng.randbytes(length)
@@ -88,7 +145,45 @@ def worker(path, seed, ops, lo, hi, resize):
             fallocate(fd, mode, off, length)
             model[off:off + length] = bytes(length)
         elif op == "fsync":
-            os.fsync(fd) if rng.random() < 0.5 else os.fdatasync(fd)
+            f = rng.choice([fd] + others)
+            os.fsync(f) if rng.random() < 0.5 else os.fdatasync(f)
+        elif op == "sendfile" and off < len(model):
+            why = splice_check(off, length, "")
+            if why:
+                return f"op {n}: {why}"
+        elif op == "copy":
+            length = min(length, 64 * 1024)
+            pair = apart(length, min(end, len(model)) if resize else hi)
+            why = pair and copy(pair[0], length, pair[1], "")
+            if why:
+                return f"op {n}: {why}"
+        elif op == "splice-mmap":
+            # splice reads before and after a write through a mapping that
+            # stays mapped: the page cache that splice reads through and
+            # the one the mapping writes into must be one
+            length = min(length, 64 * 1024)
+            pair = apart(length, min(end, len(model)) if resize else hi)
+            off, dst = pair or (None, None)
+            why = pair and (splice_check(off, length, "before an mmap write") or
+                            copy(off, length, dst, "before an mmap write"))
+            if why:
+                return f"op {n}: {why}"
+            if pair:
+                data = rng.randbytes(length)
+                base = off - off % mmap.PAGESIZE
+                with mmap.mmap(fd, off + length - base, offset=base) as m:
+                    m[off - base:off - base + length] = data
+                    model[off:off + length] = data
+                    why = (splice_check(off, length, "after an mmap write") or
+                           copy(off, length, dst, "after an mmap write"))
+            if why:
+                return f"op {n}: {why}"
+        elif op == "otrunc":
+            os.close(fd)
+            fd = os.open(path, os.O_RDWR | os.O_TRUNC)
+            if kind == "growable":
+                del model[:]
+                end = 0
         elif op == "truncate":
             new = rng.randrange(0, hi)
             os.ftruncate(fd, new)
@@ -98,7 +193,8 @@ def worker(path, seed, ops, lo, hi, resize):
         if os.fstat(fd).st_size != len(model):
             return f"op {n} ({op}): size {os.fstat(fd).st_size}, want {len(model)}"
     why = check(lo, min(end, len(model)) - lo, "final read") if end > lo else None
-    os.close(fd)
+    for f in [fd] + others:
+        os.close(f)
     print(f"seed {seed}: {ops} ops on [{lo}, {hi}): " +
           " ".join(f"{k}={v}" for k, v in sorted(done.items())), flush=True)
     return why
@@ -107,10 +203,13 @@ def worker(path, seed, ops, lo, hi, resize):
 def main():
     path, seed, ops = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    kind = sys.argv[5] if len(sys.argv) > 5 else None
+    if kind not in (None, "fixed", "growable"):
+        sys.exit(f"torture.py: {kind}: not fixed or growable")
     size = os.stat(path).st_size
     print(f"torture.py {path} seed {seed}, {ops} ops, {workers} worker(s)", flush=True)
     if workers == 1:
-        why = worker(path, seed, ops, 0, size, True)
+        why = worker(path, seed, ops, 0, size, True, kind)
         if why:
             print(f"FAIL seed {seed}: {why}", flush=True)
         return 1 if why else 0
@@ -121,7 +220,7 @@ def main():
     for w in range(workers):
         pid = os.fork()
         if pid == 0:
-            why = worker(path, seed + w, ops, w * stretch, (w + 1) * stretch, False)
+            why = worker(path, seed + w, ops, w * stretch, (w + 1) * stretch, False, kind)
             if why:
                 print(f"FAIL seed {seed + w}: {why}", flush=True)
             os._exit(1 if why else 0)
