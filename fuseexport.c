@@ -799,6 +799,9 @@ enum {
 	NBD_BACKOFF_MAX_MS = 2000,
 	NBD_STATUS_MAX = 4 + 8 * (1 << 20),	/* the longest status chunk */
 	NBD_RECV_BUFFER = 64 << 10,	/* replies are read this much at once */
+	NBD_SMALL_READ = 64 << 10,	/* at most this, a READ's data comes in
+					 * one chunk: a server need not look
+					 * for holes in it first */
 };
 
 /* What a handshake agreed; every connection of a source must agree the
@@ -865,6 +868,7 @@ struct nbd_source {
 	char *export_name;
 	struct nbd_info info;		/* what the first connection agreed */
 	uint32_t max_io;		/* a multiple of info.min_block */
+	uint16_t read_flags;		/* of small READs: DF where offered */
 	unsigned retry;			/* seconds a caller waits for a reconnect */
 	bool debug;
 	pthread_rwlock_t rmw_lock;	/* read-modify-writes of ragged blocks
@@ -1305,7 +1309,7 @@ static int nbd_connect(struct nbd_source *n, struct nbd_info *info, char *why,
 static bool nbd_same(const struct nbd_info *a, const struct nbd_info *b)
 {
 	const uint16_t used = NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH |
-			      NBD_FLAG_SEND_WRITE_ZEROES;
+			      NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_DF;
 
 	return a->size == b->size && (a->flags & used) == (b->flags & used) &&
 	       a->structured == b->structured && a->has_meta == b->has_meta &&
@@ -1912,7 +1916,8 @@ static ssize_t nbd_read(struct source *s, void *buf, size_t len, uint64_t pos)
 			if (at + k != n->info.size)
 				k &= ~mask;
 			k = min_u64(k, n->max_io);
-			r = nbd_command(n, NBD_CMD_READ, 0, at, k, (char *)buf + done);
+			r = nbd_command(n, NBD_CMD_READ, k <= NBD_SMALL_READ ?
+					n->read_flags : 0, at, k, (char *)buf + done);
 			if (r < 0)
 				return r;
 		}
@@ -2157,6 +2162,8 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	if (writable && (n->info.flags & NBD_FLAG_READ_ONLY))
 		die("%s: the server exports it read-only: -w refused", uri);
 	n->max_io = min_u64(n->info.max_payload, NBD_MAX_IO) & ~(n->info.min_block - 1);
+	if (n->info.flags & NBD_FLAG_SEND_DF)
+		n->read_flags = NBD_CMD_FLAG_DF;
 	zeros = mmap(NULL, n->max_io, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (zeros == MAP_FAILED)
 		die("out of memory:");

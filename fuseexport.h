@@ -525,6 +525,7 @@ _Static_assert(offsetof(struct fuse_init_out, max_stack_depth) == 36, "max_stack
 #define NBD_FLAG_SEND_FUA	(1 << 3)
 #define NBD_FLAG_SEND_TRIM	(1 << 5)
 #define NBD_FLAG_SEND_WRITE_ZEROES (1 << 6)
+#define NBD_FLAG_SEND_DF	(1 << 7)
 #define NBD_FLAG_CAN_MULTI_CONN	(1 << 8)
 
 /* commands and their flags */
@@ -537,6 +538,7 @@ _Static_assert(offsetof(struct fuse_init_out, max_stack_depth) == 36, "max_stack
 #define NBD_CMD_BLOCK_STATUS	7
 #define NBD_CMD_FLAG_FUA	(1 << 0)
 #define NBD_CMD_FLAG_NO_HOLE	(1 << 1)
+#define NBD_CMD_FLAG_DF		(1 << 2)	/* one content chunk */
 
 /* structured reply chunks */
 #define NBD_REPLY_FLAG_DONE	(1 << 0)

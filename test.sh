@@ -80,7 +80,7 @@ URING_WAS= TPID=
 
 # fuseexport servers of ours: recorded, or running with an argument under $ROOT,
 # or chrooted under $ROOT (the rescue-shell test); and NBD servers with an
-# argument under $ROOT
+# argument under $ROOT (python3: a fake server)
 our_servers() {
 	local p a r pid
 	for p in /proc/[0-9]*; do
@@ -89,7 +89,7 @@ our_servers() {
 		[ ${#a[@]} -gt 0 ] || continue
 		r=$(readlink "$p/root" 2>/dev/null) || continue
 		case $r in "$ROOT"/*) echo "$pid"; continue ;; esac
-		case ${a[0]##*/} in fuseexport*|"${FX##*/}"|qemu-nbd|nbdkit|nbd-server) ;; *) continue ;; esac
+		case ${a[0]##*/} in fuseexport*|"${FX##*/}"|qemu-nbd|nbdkit|nbd-server|python3) ;; *) continue ;; esac
 		if grep -qx "$pid" "$ROOT/.pids" 2>/dev/null; then echo "$pid"; continue; fi
 		for x in "${a[@]}"; do
 			case $x in "$ROOT"/*) echo "$pid"; break ;; esac
@@ -3260,6 +3260,86 @@ t_nbd_window() {
 	cmp <(range src $((3 * MiB)) $((5 * MiB))) data || fail "the window"
 }
 
+# a partition of an NBD export, and a snapshot over one: the server's
+# image changes only by --commit
+t_nbd_layers() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" before
+	truncate -s 32M src; : >mp
+	printf 'label: dos\nstart=2048, size=8192\nstart=10240, size=20480\n' | sfdisk -q src ||
+		fail "sfdisk"
+	head -c $((10 * MiB)) /dev/urandom >p2; put src $((10240 * 512)) p2
+	qnbd src
+	"$FX" --partitions "$uri" >parts || fail "--partitions over NBD: $(cat parts)"
+	grep -q ' 2 ' parts || fail "--partitions: $(cat parts)"
+	fx_up $1 --partition=2 "$uri" "$PWD/mp"
+	eq "$(stat -c %s mp)" $((20480 * 512)) "partition 2's size"
+	cmp <(range mp 0 $((10 * MiB))) p2 || fail "partition 2's bytes"
+	fx_down "$PWD/mp"
+	before=$(sum src)
+	fx_up $1 -w --snapshot="$PWD/snap" "$uri" "$PWD/mp"
+	head -c $MiB /dev/urandom >data
+	put mp $MiB data
+	cmp <(range mp $MiB $MiB) data || fail "the snapshot's write"
+	fx_down "$PWD/mp"
+	eq "$(sum src)" "$before" "the image under a snapshot"
+	"$FX" --commit --snapshot="$PWD/snap" "$uri" || fail "--commit over NBD"
+	cmp <(range src $MiB $MiB) data || fail "the image after --commit"
+}
+
+# a hostile server: a handshake as it should be, then replies that lie
+# (data outside the request, then a cookie never sent): the reads get EIO,
+# the export goes on and ends cleanly
+t_nbd_hostile() {
+	: >mp
+	"$PY" - "$PWD/nbd.sock" <<-'PY' 2>"$TESTDIR/nbd.err" &
+		import socket, struct, sys
+		s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+		def full(c, n):
+		    b = b""
+		    while len(b) < n:
+		        d = c.recv(n - len(b))
+		        if not d: raise EOFError
+		        b += d
+		    return b
+		def rep(c, opt, typ, data=b""):
+		    c.sendall(struct.pack(">QIII", 0x3e889045565a9, opt, typ, len(data)) + data)
+		lies = 0
+		while True:
+		    c, _ = s.accept()
+		    try:
+		        c.sendall(b"NBDMAGICIHAVEOPT" + struct.pack(">H", 3)); full(c, 4)
+		        while True:
+		            _, opt, n = struct.unpack(">QII", full(c, 16)); full(c, n)
+		            if opt == 7:
+		                rep(c, 7, 3, struct.pack(">HQH", 0, 1 << 20, 1 | 2))
+		                rep(c, 7, 1); break
+		            rep(c, opt, 1)
+		        while True:
+		            _, _, typ, cookie, off, n = struct.unpack(">IHHQQI", full(c, 28))
+		            lies += 1
+		            if lies % 2:	# data past the request: that read gets EIO
+		                c.sendall(struct.pack(">IHHQI", 0x668e33ef, 1, 1, cookie, 8 + n) +
+		                          struct.pack(">Q", off + 1) + bytes(n))
+		            else:		# a cookie never sent: the connection goes
+		                c.sendall(struct.pack(">IIQ", 0x67446698, 0, cookie + 7))
+		    except (EOFError, OSError):
+		        c.close()
+	PY
+	NBDPID=$!
+	wait_socket "$PWD/nbd.sock"
+	fx_up $1 --retry=2 "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	eq "$(stat -c %s mp)" $MiB "size"
+	timeout 60 dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>err &&
+		fail "a read of lies succeeded"
+	grep -q "Input/output error" err || fail "the read failed with: $(cat err)"
+	timeout 60 dd if=mp of=/dev/null bs=4k skip=5 count=1 iflag=direct status=none 2>err &&
+		fail "a second read of lies succeeded"
+	grep -q "Input/output error" err || fail "the second read failed with: $(cat err)"
+	[ -d "/proc/$FXPID" ] || fail "the server died"
+	fx_down "$PWD/mp"
+	kill "$NBDPID" 2>/dev/null || :
+}
+
 # bad URIs and servers: one line each, nothing mounted
 t_nbd_bad() {
 	bad_setup
@@ -3709,6 +3789,8 @@ t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$
 t "nbd: 4 KiB minimum block size: unaligned I/O aligned and read-modify-written" "$M nbdkit fio xfs_io" t_nbd_block_size "$NBD_MODE"
 t "nbd: nbd-server on a unix socket" "$M nbd-server" t_nbd_server "$NBD_MODE"
 t "nbd: a window on an NBD export" "$M qemu-nbd" t_nbd_window "$NBD_MODE"
+t "nbd: a partition of an NBD export; a snapshot over one, then --commit" "$M qemu-nbd sfdisk" t_nbd_layers "$NBD_MODE"
+t "nbd: a hostile server: lying replies give EIO, the export goes on" "$M python3" t_nbd_hostile "$NBD_MODE"
 t "nbd: bad URIs and servers refused with one line" "python3 qemu-nbd" t_nbd_bad
 
 B="bad input:"
