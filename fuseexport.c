@@ -326,6 +326,8 @@ struct export {
 	unsigned nrings;
 	atomic_int running;		/* queue threads still serving */
 	atomic_int ready_fd;		/* tells the waiting parent we're live */
+	int ready_pending;		/* the same, until every queue runs */
+	atomic_bool init_answered;	/* INIT answered: init_done() ran */
 	atomic_bool halted;
 };
 
@@ -709,7 +711,7 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 	struct file_source *f = calloc(1, sizeof(*f));
 	struct stat st;
 	uint64_t size;
-	int ro = 0, sector = 512;
+	int ro = 0, sector = 512, i;
 	void *zeros;
 
 	if (!f)
@@ -737,9 +739,16 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		sector = 512;
 	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
 		die("%s: a read-only block device cannot be exported writable", path);
-	if (flock(f->fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0)
-		die(errno == EWOULDBLOCK ? "%s: in use by another export "
-		    "(a writer excludes everyone else)" : "%s: lock:", path);
+	/* an export unmounted a moment ago may not have let go yet: wait
+	 * up to a second for it, so that a script may export again at once */
+	for (i = 0; flock(f->fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0; i++) {
+		if (errno != EWOULDBLOCK)
+			die("%s: lock:", path);
+		if (i == 20)
+			die("%s: in use by another export (a writer excludes "
+			    "everyone else)", path);
+		usleep(50000);
+	}
 	size = st.st_size;
 	if (f->is_blockdev && ioctl(f->fd, BLKGETSIZE64, &size) < 0)
 		die("%s: BLKGETSIZE64:", path);
@@ -4934,7 +4943,8 @@ static int init_done(struct export *e)
 		fprintf(stderr, "fuseexport: transport: %s\n", e->uring ?
 			"FUSE over io_uring, a ring per CPU" : "read(2) and "
 			"write(2) on /dev/fuse, a thread per queue");
-	tell_ready(e);
+	atomic_store(&e->init_answered, true);
+	tell_ready(e);		/* if every queue runs already */
 	return 0;
 }
 
@@ -5111,7 +5121,8 @@ static void start_queues(struct export *e)
 	e->queue = calloc(e->queues, sizeof(*e->queue));
 	if (!e->queue)
 		die("queues:");
-	atomic_store(&e->running, e->queues);
+	/* every fd and buffer first: a failure then leaves no thread that
+	 * could have answered INIT */
 	for (i = 0; i < e->queues; i++) {
 		struct queue *q = &e->queue[i];
 		uint32_t session = e->fuse_fd;
@@ -5132,14 +5143,22 @@ static void start_queues(struct export *e)
 			if (q->fd >= 0)
 				close(q->fd);
 			free(q->req.data);
-			atomic_fetch_sub(&e->running, e->queues - i);
 			e->queues = i;
 			break;
 		}
-		errno = pthread_create(&q->thread, NULL, queue_loop, q);
+	}
+	atomic_store(&e->running, e->queues);
+	for (i = 0; i < e->queues; i++) {
+		errno = pthread_create(&e->queue[i].thread, NULL, queue_loop,
+				       &e->queue[i]);
 		if (errno)
 			die("starting queue %u:", i);
 	}
+	/* the parent hears we are live once INIT is answered (init_done)
+	 * and every queue runs (here), whichever comes last */
+	atomic_store(&e->ready_fd, e->ready_pending);
+	if (atomic_load(&e->init_answered))
+		tell_ready(e);
 }
 
 /*
@@ -5753,6 +5772,7 @@ static void open_source(struct export *e)
 	pthread_rwlock_init(&e->map_lock, NULL);
 	e->fuse_fd = -1;
 	atomic_store(&e->ready_fd, -1);
+	e->ready_pending = -1;
 }
 
 /* Unescape a path field of /proc/self/mountinfo (\040 and the like) */
@@ -6040,7 +6060,7 @@ static void detach(struct export *e)
 		exit(1);		/* the server said why */
 	}
 	close(fds[0]);
-	atomic_store(&e->ready_fd, fds[1]);
+	e->ready_pending = fds[1];
 	setsid();
 	if (chdir("/") < 0) {
 		/* stay where we are */
