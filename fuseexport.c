@@ -4591,12 +4591,16 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 		}
 	}
 	res = e->top->write(e->top, r->data, n, in->offset);
+	/* A write-back from the kernel's cache that fails loses data the
+	 * writer was told is written, as a failed flush does: every later
+	 * fsync fails. The kernel takes a short one for a whole one: what
+	 * lay past the end is refused outright, so that fsync says so. */
+	if ((in->write_flags & FUSE_WRITE_CACHE) && (res < 0 || (uint64_t)res < in->size)) {
+		atomic_store(&e->flush_failed, true);
+		return res < 0 ? res : -ENOSPC;
+	}
 	if (res < 0)
 		return res;
-	/* the kernel's writeback takes a short write for a whole one: what
-	 * lay past the end is refused outright, so that fsync says so */
-	if ((uint64_t)res < in->size && (in->write_flags & FUSE_WRITE_CACHE))
-		return -ENOSPC;
 	r->reply.write.size = res;
 	r->reply.write.padding = 0;
 	return sizeof(r->reply.write);

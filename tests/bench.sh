@@ -240,7 +240,10 @@ done
 
 # run_job TARGET JOB: print the job's IOPS, reads and writes summed
 run_job() {
+	# fio drops the file's cached pages before a job unless told not to:
+	# only the cold job starts from nothing
 	fio --name=bench --filename="$1" --size="$SIZE" --ioengine=psync \
+		--invalidate=$([ "$2" = randread-cold ] && echo 1 || echo 0) \
 		${JOB[$2]} --time_based --runtime="$RUNTIME" --group_reporting \
 		--output-format=json 2>/dev/null |
 	python3 -c 'import json, sys
