@@ -18,6 +18,7 @@
 #   FUSEEXPORT_STATIC  static binary for the rescue-shell test (./fuseexport-static)
 #   FX_MODES           comma-separated option sets the behaviour tests run under,
 #                      e.g. "-q 1,-q 4 --passthrough=auto" (default: see MODES below)
+#   FX_NBD_MODE        the option set the NBD tests run under (default: -q 2)
 #   FX_ONLY            run only the tests whose name matches this extended regex
 #   FX_TIMEOUT         seconds a single test may take (default 150)
 #   FX_KEEP=1          keep the temporary directory (test logs) for a look
@@ -3002,7 +3003,8 @@ t_nbd_qemu() {
 	head -c 300000 /dev/urandom >data
 	put mp 4097 data; put expected 4097 data
 	put mp $((64 * MiB - 300000)) data oflag=direct; put expected $((64 * MiB - 300000)) data
-	eq "$("$PY" "$FXIO" pwrite mp $((64 * MiB)) 4096)" ENOSPC "pwrite at the end"
+	writeback "$1" ||	# there, refused at write-back: t_writeback_past_end
+		eq "$("$PY" "$FXIO" pwrite mp $((64 * MiB)) 4096)" ENOSPC "pwrite at the end"
 	cmp mp expected || fail "read back through the export"
 	xio "$PWD/mp" "fsync" "fdatasync"
 	fio_run --ioengine=psync
@@ -3167,7 +3169,8 @@ t_nbd_nbdkit() {
 	head -c $s /dev/urandom >expected
 	dd if=expected of=mp bs=64k conv=notrunc status=none || fail "write the whole export"
 	cmp mp expected || fail "read back"
-	eq "$("$PY" "$FXIO" pwrite mp $((s - 10)) 100 0x41)" 10 "bytes written by a pwrite straddling the end"
+	writeback "$1" ||	# there, refused at write-back: t_writeback_past_end
+		eq "$("$PY" "$FXIO" pwrite mp $((s - 10)) 100 0x41)" 10 "bytes written by a pwrite straddling the end"
 	fx_down "$PWD/mp"
 	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
 	nbdk sparse-random size=64M seed=1234 percent=30 runlength=524288
@@ -3290,6 +3293,9 @@ t_nbd_layers() {
 # (data outside the request, then a cookie never sent): the reads get EIO,
 # the export goes on and ends cleanly
 t_nbd_hostile() {
+	if writeback "$1"; then	# it reads the last byte before it is live
+		skip_test "with --cache=writeback the first lie halts the export at start"
+	fi
 	: >mp
 	"$PY" - "$PWD/nbd.sock" <<-'PY' 2>"$TESTDIR/nbd.err" &
 		import socket, struct, sys
@@ -3776,7 +3782,7 @@ t "snapshot: SEEK_DATA/SEEK_HOLE see data written into holes and holes punched i
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
 t "snapshot of an unaligned window: the commit lands there alone, runs again the same; bad commits refused" "$M xfs_io" t_snapshot_commit
-NBD_MODE="-q 2"	# the NBD tests: one representative mode
+NBD_MODE=${FX_NBD_MODE:--q 2}	# the NBD tests: one representative mode
 t "nbd: qemu-nbd on a unix socket: cmp, writes, fsync, fio verify" "$M qemu-nbd fio python3 xfs_io" t_nbd_qemu "$NBD_MODE"
 t "nbd: nbd:// over 127.0.0.1 and [::1], named exports" "$M qemu-nbd ss python3" t_nbd_tcp "$NBD_MODE"
 t "nbd: -q 4 makes 4 connections where multi-conn is offered, else one carries all" "$M nbdkit ss fio" t_nbd_multi_conn
