@@ -985,6 +985,21 @@ enospc_ns() {
 	mount -t tmpfs -o size=16m tmpfs small
 	mkimg small/img 4; cp small/img expected; : >mp
 	fx_fg $mode -g "$d/small/img" "$d/mp"
+	if writeback "$mode"; then
+		# the error comes at the fsync, and then it is a lost write-back:
+		# every later fsync fails and the server's exit status is 1
+		dd if=/dev/urandom of=mp bs=64k seek=64 count=1024 conv=notrunc,fsync status=none 2>dd.err &&
+			fail "writing until the source is full ended without an error"
+		grep -q 'No space left on device' dd.err || fail "the writer saw: $(cat dd.err)"
+		[ -d /proc/$FXPID ] || fail "server died"
+		cmp -n $((4 * MiB)) mp expected || fail "reads after ENOSPC"
+		umount "$d/mp"
+		wait_gone "$FXPID" 10 || fail "server still running 10s after umount"
+		wait "$FXPID" 2>/dev/null && fail "exit status 0 after a lost write-back"
+		cmp -n $((4 * MiB)) small/img expected || fail "source"
+		umount small
+		return
+	fi
 	# the error comes at the write, or with a writeback cache at the fsync
 	dd if=/dev/urandom of=mp bs=64k seek=64 count=1024 conv=notrunc,fsync status=none 2>dd.err &&
 		fail "writing until the source is full ended without an error"
@@ -1215,6 +1230,13 @@ t_fault_badsector() {
 	dev=${loop#/dev/}
 	if [ -n "$last" ]; then	# the kernel's lines since, rate limits aside
 		dmesg | awk -v last="$last" 'seen; $0 == last { seen = 1 }' >dmesg.new
+		if ! grep -q "I/O error, dev $dev, sector" dmesg.new; then
+			# the kernel prints at most 10 such lines in 5 s: earlier
+			# tests may have used them up; read again in a new window
+			sleep 6
+			cat fs/bad >/dev/null 2>&1 || :
+			dmesg | awk -v last="$last" 'seen; $0 == last { seen = 1 }' >dmesg.new
+		fi
 		if ! grep "I/O error, dev $dev, sector" dmesg.new >dmesg.err; then
 			grep -q 'blk_print_req_error: .* suppressed' dmesg.new ||
 				fail "no I/O error of $dev in the kernel log: $(cat dmesg.new)"
