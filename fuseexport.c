@@ -4593,13 +4593,10 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 	if (!e->growable) {
 		uint64_t size = export_size(e);
 
-		if (in->offset + n > size) {
+		if (in->offset + n > size)
 			n = in->offset < size ? size - in->offset : 0;
-			if (!n && in->size)
-				return -ENOSPC;
-		}
 	}
-	res = e->top->write(e->top, r->data, n, in->offset);
+	res = !n && in->size ? -ENOSPC : e->top->write(e->top, r->data, n, in->offset);
 	/* A write-back from the kernel's cache that fails loses data the
 	 * writer was told is written, as a failed flush does: every later
 	 * fsync fails. The kernel takes a short one for a whole one: what
