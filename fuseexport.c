@@ -331,6 +331,9 @@ struct export {
 	atomic_bool halted;
 };
 
+/* What main() alone calls, which a test harness's build leaves out */
+#define MAIN_ONLY __attribute__((unused))
+
 /* The export once mounted: a setup error after that unmounts it */
 static struct export *mounted_export;
 static void unmount_export(struct export *e, bool force);
@@ -2386,10 +2389,28 @@ static int window_space(struct source *s, struct space *sp)
 	return r;
 }
 
-/* The layers that have nothing of their own to keep pass it down */
+/* The layers that have nothing of their own to say pass it down */
 static void pass_keep_no_copy(struct source *s)
 {
 	s->below->keep_no_copy(s->below);
+}
+
+static uint64_t pass_size(struct source *s)
+{
+	return s->below->size(s->below);
+}
+
+static int pass_space(struct source *s, struct space *sp)
+{
+	return s->below->space(s->below, sp);
+}
+
+/* never a mapping: a layer that must see every READ, or holds data the
+ * source lacks */
+static const char *no_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	(void)s, (void)pos, (void)n;
+	return NULL;
 }
 
 static void window_close(struct source *s)
@@ -2734,7 +2755,7 @@ static void human_size(char *out, size_t n, uint64_t bytes)
 }
 
 /* --partitions: print the table as partx --show does, and exit */
-static _Noreturn void list_partitions(struct export *e)
+static MAIN_ONLY _Noreturn void list_partitions(struct export *e)
 {
 	const char *path = e->source_path;
 	struct source *s = open_bottom(e, false, false);
@@ -3394,23 +3415,11 @@ static int fault_check(struct faults *f, unsigned op, uint64_t pos, uint64_t len
 	return -error;
 }
 
-static uint64_t fault_size(struct source *s)
-{
-	return s->below->size(s->below);
-}
-
 static ssize_t fault_read(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	int r = fault_check(faults_of(s), FAULT_READ, pos, n);
 
 	return r < 0 ? r : s->below->read(s->below, buf, n, pos);
-}
-
-/* never a mapping: every READ must meet the rules, those to come included */
-static const char *fault_map(struct source *s, uint64_t pos, uint64_t n)
-{
-	(void)s, (void)pos, (void)n;
-	return NULL;
 }
 
 static ssize_t fault_write(struct source *s, const void *buf, size_t n,
@@ -3465,11 +3474,6 @@ static int fault_resize(struct source *s, uint64_t size)
 	return s->below->resize(s->below, size);
 }
 
-static int fault_space(struct source *s, struct space *sp)
-{
-	return s->below->space(s->below, sp);
-}
-
 static void fault_close(struct source *s)
 {
 	struct faults *f = faults_of(s);
@@ -3503,11 +3507,12 @@ static struct faults *fault_open(struct source *below, struct fault_rule *rules,
 		.no_passthrough = "fault rules and --control need every request "
 				  "to come here",
 		.sector_size = below->sector_size,
-		.size = fault_size, .read = fault_read, .map = fault_map,
+		/* no mapping: every READ must meet the rules, those to come */
+		.size = pass_size, .read = fault_read, .map = no_map,
 		.write = fault_write, .flush = fault_flush,
 		.punch = fault_punch, .zero = fault_zero,
 		.allocate = fault_allocate, .seek = fault_seek,
-		.resize = fault_resize, .space = fault_space,
+		.resize = fault_resize, .space = pass_space,
 		.keep_no_copy = pass_keep_no_copy, .close = fault_close,
 	};
 	return f;
@@ -3779,11 +3784,6 @@ static ssize_t cache_read(struct source *s, void *buf, size_t n, uint64_t pos)
 	return r < 0 ? r : (ssize_t)n;
 }
 
-static const char *cache_map(struct source *s, uint64_t pos, uint64_t n)
-{
-	(void)s, (void)pos, (void)n;
-	return NULL;			/* the source lacks what is held */
-}
 
 static ssize_t cache_write(struct source *s, const void *buf, size_t n,
 			   uint64_t pos)
@@ -3991,10 +3991,6 @@ static int64_t cache_seek(struct source *s, uint64_t pos, int whence)
 	return r;
 }
 
-static int cache_space(struct source *s, struct space *sp)
-{
-	return s->below->space(s->below, sp);
-}
 
 /* Drop every held block; the caller holds the lock */
 static void drop_all(struct cache *c)
@@ -4080,11 +4076,12 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
 		.no_passthrough = "a volatile write cache needs every request "
 				  "to come here",
 		.sector_size = below->sector_size,
-		.size = cache_size, .read = cache_read, .map = cache_map,
+		/* no mapping: the source lacks what is held */
+		.size = cache_size, .read = cache_read, .map = no_map,
 		.write = cache_write, .flush = cache_flush,
 		.punch = cache_punch, .zero = cache_zero,
 		.allocate = cache_allocate, .seek = cache_seek,
-		.resize = cache_resize, .space = cache_space,
+		.resize = cache_resize, .space = pass_space,
 		.keep_no_copy = pass_keep_no_copy, .close = cache_close,
 	};
 	return c;
@@ -4114,7 +4111,7 @@ static bool export_crashed(struct export *e)
 
 /* Make the FIFO (the caller's, mode 0600; refused if PATH is there) and
  * open it, so that writers never wait for the thread. Exits on failure. */
-static void open_control(struct export *e)
+static MAIN_ONLY void open_control(struct export *e)
 {
 	const char *path = e->control_path;
 
@@ -5652,7 +5649,7 @@ static void source_id(const char *path, struct snap_header *id)
  * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
  * removed once everything is in, so a commit that failed halfway, run
  * again, finishes the job. Exits: 0 when done. */
-static _Noreturn void commit_snapshot(struct export *e)
+static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 {
 	const char *file = e->snapshot_file;
 	struct snap_header h, id;
@@ -5812,7 +5809,7 @@ static bool exported_at(const char *path)
 
 /* MOUNTPOINT: an existing regular file, not already carrying an export;
  * exits if it is not */
-static void check_mountpoint(struct export *e)
+static MAIN_ONLY void check_mountpoint(struct export *e)
 {
 	const char *path = e->mountpoint;
 	struct stat st;
@@ -5996,7 +5993,7 @@ static int fusermount_unmount(struct export *e, bool lazy)
 
 /* Mount the export: with mount(2) on a new /dev/fuse fd as root, else
  * through fusermount3. Exits on failure. */
-static void mount_export(struct export *e)
+static MAIN_ONLY void mount_export(struct export *e)
 {
 	char opts[256];
 
@@ -6032,7 +6029,7 @@ static void unmount_export(struct export *e, bool force)
 
 /* Go to the background: the parent returns only once the export is live
  * (the child answered INIT), or unmounts and fails if the child died */
-static void detach(struct export *e)
+static MAIN_ONLY void detach(struct export *e)
 {
 	int fds[2];
 	pid_t pid;
@@ -6066,7 +6063,7 @@ static void detach(struct export *e)
 
 /* Serve until the export ends; returns the exit status: 1 if it halted
  * or a flush of the source failed */
-static int run_export(struct export *e)
+static MAIN_ONLY int run_export(struct export *e)
 {
 	struct timespec tick = { 0, SPIN_SAMPLE_NS };
 	sigset_t set;

@@ -109,6 +109,7 @@ declare -A START=(
 	[uring]="$FX -w $WINDOW --passthrough=off --cache=none --io-uring=on"
 	[read]="$FX -w $WINDOW --cache=read -q $(nproc)"
 	[writeback]="$FX -w $WINDOW --cache=writeback -q $(nproc)"
+	[nbd]="$FX -w -q 2"
 )
 
 # the file a column's jobs run on
@@ -139,7 +140,7 @@ start_nbd() {
 # start_column NAME: export the image as $DIR/mp; SERVER = the server's pid.
 # Returns non-zero, with why in $DIR/why, if the column cannot run here.
 start_column() {
-	local i
+	local i src
 	SERVER=
 	case $1 in
 	file) return 0 ;;
@@ -160,15 +161,6 @@ start_column() {
 			sleep 0.1
 		done
 		SERVER=$(cat "$DIR/qsd.pid" 2>/dev/null) ;;
-	nbd)
-		start_nbd || return 1
-		$FX -w -q 2 -f "$NBD_URI" "$DIR/mp" 2>"$DIR/server.err" &
-		SERVER=$!
-		for i in $(seq 100); do
-			findmnt -n "$DIR/mp" >/dev/null && break
-			kill -0 "$SERVER" 2>/dev/null || break
-			sleep 0.1
-		done ;;
 	nbdfuse)
 		command -v nbdfuse >/dev/null ||
 			{ echo "nbdfuse missing (libnbd-bin)" >"$DIR/why"; return 1; }
@@ -189,7 +181,13 @@ start_column() {
 			URING_WAS=$(cat "$URING")
 			echo Y >"$URING"
 		fi
-		${START[$1]} -f "$SRC" "$DIR/mp" 2>"$DIR/server.err" &
+		# the NBD column exports qemu-nbd's export of the image
+		src=$SRC
+		if [ "$1" = nbd ]; then
+			start_nbd || return 1
+			src=$NBD_URI
+		fi
+		${START[$1]} -f "$src" "$DIR/mp" 2>"$DIR/server.err" &
 		SERVER=$!
 		for i in $(seq 100); do
 			findmnt -n "$DIR/mp" >/dev/null && break

@@ -291,6 +291,22 @@ static void write_file(const char *dir, int index, const void *data, size_t len)
 }
 
 /* Write the seeds to dir (if any) and/or keep them in seeds; returns count */
+/* Seed number count: write it into dir (if any), and keep it in seeds while
+ * there is room for it, else free it. Returns the next number. */
+static int keep_seed(const char *dir, unsigned char **seeds, size_t *sizes,
+		     int max, int count, unsigned char *buf, size_t n)
+{
+	if (dir)
+		write_file(dir, count, buf, n);
+	if (count < max) {
+		seeds[count] = buf;
+		sizes[count] = n;
+	} else {
+		free(buf);
+	}
+	return count + 1;
+}
+
 static int make_seeds(const char *dir, unsigned char **seeds, size_t *sizes, int max)
 {
 	const uint64_t big = UINT64_MAX - 100;
@@ -357,15 +373,7 @@ static int make_seeds(const char *dir, unsigned char **seeds, size_t *sizes, int
 					reqs[i].len, reqs[i].payload, variant);
 				/* and a read of the whole file after it */
 				n = add(buf, n, FUSE_READ, &rd, sizeof(rd), 0, 0);
-				if (dir)
-					write_file(dir, count, buf, n);
-				if (count < max) {
-					seeds[count] = buf;
-					sizes[count] = n;
-				} else {
-					free(buf);
-				}
-				count++;
+				count = keep_seed(dir, seeds, sizes, max, count, buf, n);
 			}
 		}
 	}
@@ -374,15 +382,7 @@ static int make_seeds(const char *dir, unsigned char **seeds, size_t *sizes, int
 		if (!buf)
 			fail("malloc");
 		n = nbd_seed(buf, variant);
-		if (dir)
-			write_file(dir, count, buf, n);
-		if (count < max) {
-			seeds[count] = buf;
-			sizes[count] = n;
-		} else {
-			free(buf);
-		}
-		count++;
+		count = keep_seed(dir, seeds, sizes, max, count, buf, n);
 	}
 	return count < max ? count : max;
 }
