@@ -328,6 +328,7 @@ struct export {
 	atomic_int ready_fd;		/* tells the waiting parent we're live */
 	int ready_pending;		/* the same, until every queue runs */
 	atomic_bool init_answered;	/* INIT answered: init_done() ran */
+	atomic_bool stale;		/* the kernel's cache is to be dropped */
 	atomic_bool halted;
 };
 
@@ -337,6 +338,7 @@ struct export {
 /* The export once mounted: a setup error after that unmounts it */
 static struct export *mounted_export;
 static void unmount_export(struct export *e, bool force);
+static int drop_kernel_cache(struct export *e);
 /* The control FIFO once made: a setup error after that removes it */
 static const char *control_made;
 static _Noreturn void print_and_exit(const char *text);
@@ -883,6 +885,10 @@ struct nbd_source {
 	uint16_t read_flags;		/* of small READs: DF where offered */
 	unsigned retry;			/* seconds a caller waits for a reconnect */
 	bool debug;
+	/* told after a reconnect: the server may serve other bytes than the
+	 * kernel cached before (NULL: nobody to tell) */
+	void (*reconnected)(void *arg);
+	void *reconnected_arg;
 	pthread_rwlock_t rmw_lock;	/* read-modify-writes of ragged blocks
 					 * exclusive, other writes shared */
 	const char *zeros;		/* max_io bytes of the zero page */
@@ -1715,6 +1721,8 @@ static int nbd_reconnect(struct nbd_conn *c)
 	if (n->debug)
 		fprintf(stderr, "fuseexport: %s: connection %u made again\n",
 			n->uri, c->index);
+	if (n->reconnected)
+		n->reconnected(n->reconnected_arg);
 	return 0;
 }
 
@@ -4172,6 +4180,7 @@ static void control_command(struct export *e, char *line)
 		clear_rules(e->faults);
 	} else if (!strcmp(line, "crash") || !strcmp(line, "crash torn")) {
 		crash_export(e, line[5]);
+		drop_kernel_cache(e);	/* mapped pages: gone with the rest */
 	} else {
 		fprintf(stderr, "fuseexport: control: '%s': unknown command "
 			"(fault RULE, clear, crash, crash torn)\n", line);
@@ -4897,6 +4906,38 @@ static int notify_size(struct export *e)
 	if ((r = e->top->read(e->top, &last, 1, size - 1)) != 1)
 		return r < 0 ? (int)r : -EIO;
 	return writev(e->fuse_fd, iov, 3) < 0 ? -errno : 0;
+}
+
+/* Drop what the kernel caches of the export, its pages and attributes,
+ * when the source's bytes may have changed behind its back. Never from a
+ * serving thread: the kernel waits there for pages that READs have
+ * locked, and those READs wait for a serving thread. Returns 0 or -errno
+ * (-ENOENT: the kernel holds nothing of it). */
+static int drop_kernel_cache(struct export *e)
+{
+	struct fuse_notify_inval_inode_out inval = { .ino = FUSE_ROOT_ID };
+	struct fuse_out_header out = {
+		sizeof(out) + sizeof(inval), FUSE_NOTIFY_INVAL_INODE, 0 };
+	struct iovec iov[2] = { { &out, sizeof(out) }, { &inval, sizeof(inval) } };
+
+	if (!atomic_load(&e->init_answered))
+		return 0;	/* nothing cached yet: off 0, len 0 is all */
+	if (writev(e->fuse_fd, iov, 2) < 0)
+		return -errno;
+	if (e->debug)
+		fprintf(stderr, "fuseexport: the source may have changed: "
+			"the kernel's cache of it dropped\n");
+	return 0;
+}
+
+/* An NBD source made a connection again: its server may serve other
+ * bytes now. main() drops the kernel's cache (see above). */
+static void source_reconnected(void *arg)
+{
+	struct export *e = arg;
+
+	atomic_store(&e->stale, true);
+	kill(getpid(), SIGUSR1);
 }
 
 /* After the INIT reply: register the passthrough backing file, start the
@@ -6066,6 +6107,7 @@ static MAIN_ONLY void detach(struct export *e)
 static MAIN_ONLY int run_export(struct export *e)
 {
 	struct timespec tick = { 0, SPIN_SAMPLE_NS };
+	struct source *bottom;
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
@@ -6081,6 +6123,12 @@ static MAIN_ONLY int run_export(struct export *e)
 	    (errno = pthread_create(&e->control_thread, NULL, control_loop, e)))
 		die("--control: starting its thread:");
 	e->control_running = e->control_path != NULL;
+	for (bottom = e->top; bottom->below; bottom = bottom->below)
+		;
+	if (is_nbd_uri(e->source_path)) {
+		nbd_of(bottom)->reconnected = source_reconnected;
+		nbd_of(bottom)->reconnected_arg = e;
+	}
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
 		sig = sigtimedwait(&set, NULL, e->want_spin != OFF ? &tick : NULL);
@@ -6088,6 +6136,8 @@ static MAIN_ONLY int run_export(struct export *e)
 			count_spin_budget(e);
 		if (sig < 0)
 			continue;
+		if (atomic_exchange(&e->stale, false))
+			drop_kernel_cache(e);
 		if (atomic_load(&e->halted)) {
 			/* Queues may sleep in read(2) for good (without root
 			 * a lazy unmount aborts nothing): exiting closes every

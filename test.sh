@@ -3144,6 +3144,31 @@ t_nbd_reconnect() {
 	cmp src copy || fail "the image after the reconnects"
 }
 
+# a reconnect may bring other bytes (the server restarted over a changed
+# image): the kernel's cache of the export is dropped, so reads see them
+t_nbd_cache_reconnect() {
+	local i
+	mkimg src 8; : >mp
+	qnbd src
+	fx_fg -d --cache=read --retry=20 "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	dd if=mp of=before bs=64k count=1 status=none
+	cmp -n 65536 src before || fail "the first read"
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	dd if=/dev/urandom of=src bs=64k count=1 conv=notrunc status=none
+	qnbd src
+	# a read the cache cannot answer meets the lost connection
+	dd if=mp of=/dev/null bs=4k skip=100 count=1 iflag=direct status=none ||
+		fail "a read after the restart: $(cat fg.err)"
+	for i in $(seq 50); do
+		grep -q "cache of it dropped" fg.err && break
+		sleep 0.1
+	done
+	grep -q "made again" fg.err || fail "no reconnect: $(cat fg.err)"
+	dd if=mp of=after bs=64k count=1 status=none
+	cmp -n 65536 src after || fail "reads after the reconnect still see what was cached before"
+	fx_down "$PWD/mp"
+}
+
 # the server gone for good: requests fail with EIO after --retry, no hang
 t_nbd_gone() {
 	local t0 t1
@@ -3811,6 +3836,7 @@ t "nbd: -q 4 makes 4 connections where multi-conn is offered, else one carries a
 t "nbd: mkfs.ext4, mount -o loop, e2fsck -fn" "$M qemu-nbd ext4" t_nbd_ext4 "$NBD_MODE"
 t "nbd: punch leaves a hole in the image (qemu-img map), zero range, SEEK_DATA/SEEK_HOLE" "$M qemu-nbd qemu-img xfs_io" t_nbd_punch_seek "$NBD_MODE"
 t "nbd: server killed and restarted under fio verify: no error, nothing lost" "$M qemu-nbd fio" t_nbd_reconnect
+t "nbd: --cache=read: after a reconnect the kernel's cache is dropped, reads see what the server serves now" "$M qemu-nbd" t_nbd_cache_reconnect
 t "nbd: server gone for good: EIO after --retry, no hang; back again: works" "$M qemu-nbd" t_nbd_gone "$NBD_MODE"
 t "nbd: read-only server: -w refused, read-only export works" "$M qemu-nbd" t_nbd_readonly "$NBD_MODE"
 t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$M nbdkit qemu-img python3" t_nbd_nbdkit "$NBD_MODE"
