@@ -187,6 +187,10 @@ struct space {
 	uint64_t free, avail;	/* room to grow, where it can: bytes */
 };
 
+/* A write's flags: WRITE_FUA, durable before it returns, as a disk's
+ * Force Unit Access (a layer may flush more to get there) */
+enum { WRITE_FUA = 1 };
+
 struct source {
 	struct source *below;
 	bool writable, growable;
@@ -204,9 +208,10 @@ struct source {
 	/* n bytes at pos in a shared mapping, for a reply to be sent from,
 	 * or NULL: read them instead */
 	const char *(*map)(struct source *s, uint64_t pos, uint64_t n);
-	/* n bytes of buf at pos: the number written (short only after a
-	 * fault the next write meets), or -errno */
-	ssize_t (*write)(struct source *s, const void *buf, size_t n, uint64_t pos);
+	/* n bytes of buf at pos, with WRITE_* flags: the number written
+	 * (short only after a fault the next write meets), or -errno */
+	ssize_t (*write)(struct source *s, const void *buf, size_t n, uint64_t pos,
+			 unsigned flags);
 	/* writes so far reach the medium: 0 or -errno */
 	int (*flush)(struct source *s, bool datasync);
 	/* len bytes at pos read as zeros afterwards, a hole where it can
@@ -524,8 +529,10 @@ static void grow_to(struct file_source *f, uint64_t end)
 		;
 }
 
+/* FUA: fdatasync once the bytes are written (pwritev2's RWF_DSYNC could
+ * flush less on some file systems, but musl has no pwritev2) */
 static ssize_t file_write(struct source *s, const void *buf, size_t n,
-			  uint64_t pos)
+			  uint64_t pos, unsigned flags)
 {
 	struct file_source *f = file_of(s);
 	int fd = io_fd(f, buf, n, pos);
@@ -547,6 +554,8 @@ static ssize_t file_write(struct source *s, const void *buf, size_t n,
 		done += r;
 	}
 	grow_to(f, pos + done);
+	if ((flags & WRITE_FUA) && fdatasync(f->fd) < 0)
+		return -errno;
 	return done;
 }
 
@@ -561,7 +570,7 @@ static int file_flush(struct source *s, bool datasync)
 static int write_zeros(struct file_source *f, uint64_t pos, uint64_t len)
 {
 	while (len) {
-		ssize_t r = file_write(&f->s, f->zeros, min_u64(len, ZEROS_SIZE), pos);
+		ssize_t r = file_write(&f->s, f->zeros, min_u64(len, ZEROS_SIZE), pos, 0);
 		if (r < 0)
 			return r;
 		pos += r;
@@ -1321,7 +1330,8 @@ static int nbd_connect(struct nbd_source *n, struct nbd_info *info, char *why,
 static bool nbd_same(const struct nbd_info *a, const struct nbd_info *b)
 {
 	const uint16_t used = NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH |
-			      NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_DF;
+			      NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_WRITE_ZEROES |
+			      NBD_FLAG_SEND_DF;
 
 	return a->size == b->size && (a->flags & used) == (b->flags & used) &&
 	       a->structured == b->structured && a->has_meta == b->has_meta &&
@@ -1938,13 +1948,27 @@ static ssize_t nbd_read(struct source *s, void *buf, size_t len, uint64_t pos)
 	return done;
 }
 
-/* As nbd_read, a ragged block read, changed and written back whole */
+static int nbd_flush(struct source *s, bool datasync)
+{
+	struct nbd_source *n = nbd_of(s);
+
+	(void)datasync;
+	if (!(n->info.flags & NBD_FLAG_SEND_FLUSH))
+		return 0;		/* the server writes through */
+	return nbd_command(n, NBD_CMD_FLUSH, 0, 0, 0, NULL);
+}
+
+/* As nbd_read, a ragged block read, changed and written back whole. FUA:
+ * every WRITE carries NBD_CMD_FLAG_FUA where the server takes it, else a
+ * FLUSH follows them. */
 static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
-			 uint64_t pos)
+			 uint64_t pos, unsigned flags)
 {
 	struct nbd_source *n = nbd_of(s);
 	uint64_t mask = n->info.min_block - 1;
-	bool rmw;
+	bool fua = flags & WRITE_FUA, rmw;
+	uint16_t cmd_flags = fua && (n->info.flags & NBD_FLAG_SEND_FUA) ?
+			     NBD_CMD_FLAG_FUA : 0;
 	size_t done = 0;
 	int r = 0;
 
@@ -1964,29 +1988,22 @@ static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
 				break;
 			k = min_u64(k, blen - (at & mask));
 			memcpy(block + (at & mask), (const char *)buf + done, k);
-			r = nbd_command(n, NBD_CMD_WRITE, 0, at & ~mask, blen, block);
+			r = nbd_command(n, NBD_CMD_WRITE, cmd_flags, at & ~mask,
+					blen, block);
 			free(block);
 		} else {
 			if (at + k != n->info.size)
 				k &= ~mask;
 			k = min_u64(k, n->max_io);
-			r = nbd_command(n, NBD_CMD_WRITE, 0, at, k,
+			r = nbd_command(n, NBD_CMD_WRITE, cmd_flags, at, k,
 					(char *)buf + done);
 		}
 		done += k;
 	}
 	nbd_unlock(n);
+	if (r == 0 && fua && !cmd_flags)
+		r = nbd_flush(s, true);
 	return r < 0 ? r : (ssize_t)done;
-}
-
-static int nbd_flush(struct source *s, bool datasync)
-{
-	struct nbd_source *n = nbd_of(s);
-
-	(void)datasync;
-	if (!(n->info.flags & NBD_FLAG_SEND_FLUSH))
-		return 0;		/* the server writes through */
-	return nbd_command(n, NBD_CMD_FLUSH, 0, 0, 0, NULL);
 }
 
 /* Make len bytes at pos read as zeros: WRITE_ZEROES where the server has
@@ -2006,9 +2023,9 @@ static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
 	head = min_u64(len, (n->info.min_block - (pos & mask)) & mask);
 	tail = pos + len == n->info.size ? 0 : (pos + len) & mask;
 	tail = head + tail > len ? len - head : tail;
-	if (head && (r = nbd_write(&n->s, n->zeros, head, pos)) < 0)
+	if (head && (r = nbd_write(&n->s, n->zeros, head, pos, 0)) < 0)
 		return r;
-	if (tail && (r = nbd_write(&n->s, n->zeros, tail, pos + len - tail)) < 0)
+	if (tail && (r = nbd_write(&n->s, n->zeros, tail, pos + len - tail, 0)) < 0)
 		return r;
 	r = 0;
 	pos += head;
@@ -2201,11 +2218,13 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	if (debug)
 		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
 			"structured replies %s, base:allocation %s, block sizes "
-			"%u to %u\n", uri, (unsigned long long)n->info.size,
+			"%u to %u, FUA %s\n", uri,
+			(unsigned long long)n->info.size,
 			n->info.flags & NBD_FLAG_READ_ONLY ? " read-only" : "",
 			n->nconns, n->nconns > 1 ? "s" : "",
 			n->info.structured ? "on" : "off",
-			n->info.has_meta ? "on" : "off", n->info.min_block, n->max_io);
+			n->info.has_meta ? "on" : "off", n->info.min_block, n->max_io,
+			n->info.flags & NBD_FLAG_SEND_FUA ? "on" : "off");
 
 	n->s = (struct source){
 		.writable = writable, .passthrough_fd = -1,
@@ -2319,13 +2338,14 @@ static const char *window_map(struct source *s, uint64_t pos, uint64_t n)
 }
 
 static ssize_t window_write(struct source *s, const void *buf, size_t n,
-			    uint64_t pos)
+			    uint64_t pos, unsigned flags)
 {
 	struct window *w = window_of(s);
 
 	if (n && !inside(w, pos, n))
 		return -ENOSPC;
-	return s->below->write(s->below, buf, inside(w, pos, n), w->offset + pos);
+	return s->below->write(s->below, buf, inside(w, pos, n), w->offset + pos,
+			       flags);
 }
 
 static int window_flush(struct source *s, bool datasync)
@@ -2963,10 +2983,15 @@ static ssize_t snap_put(struct source *s, const void *buf, size_t n,
 	return done;
 }
 
+/* FUA: the delta is flushed, its map with it (the source is untouched) */
 static ssize_t snap_write(struct source *s, const void *buf, size_t n,
-			  uint64_t pos)
+			  uint64_t pos, unsigned flags)
 {
-	return snap_put(s, buf, n, pos);
+	ssize_t r = snap_put(s, buf, n, pos);
+
+	if (r > 0 && (flags & WRITE_FUA) && fdatasync(snap_of(s)->fd) < 0)
+		return -errno;
+	return r;
 }
 
 static int snap_zero(struct source *s, uint64_t pos, uint64_t len)
@@ -3423,11 +3448,11 @@ static ssize_t fault_read(struct source *s, void *buf, size_t n, uint64_t pos)
 }
 
 static ssize_t fault_write(struct source *s, const void *buf, size_t n,
-			   uint64_t pos)
+			   uint64_t pos, unsigned flags)
 {
 	int r = fault_check(faults_of(s), FAULT_WRITE, pos, n);
 
-	return r < 0 ? r : s->below->write(s->below, buf, n, pos);
+	return r < 0 ? r : s->below->write(s->below, buf, n, pos, flags);
 }
 
 static int fault_flush(struct source *s, bool datasync)
@@ -3785,11 +3810,14 @@ static ssize_t cache_read(struct source *s, void *buf, size_t n, uint64_t pos)
 }
 
 
+/* A FUA write is held as any other (what is held over it is then up to
+ * date) and written through at once, with FUA, as a disk's volatile cache
+ * does: a crash loses the rest, never it */
 static ssize_t cache_write(struct source *s, const void *buf, size_t n,
-			   uint64_t pos)
+			   uint64_t pos, unsigned flags)
 {
 	struct cache *c = cache_of(s);
-	int r;
+	ssize_t r;
 
 	pthread_mutex_lock(&c->lock);
 	if (!s->growable)
@@ -3797,8 +3825,11 @@ static ssize_t cache_write(struct source *s, const void *buf, size_t n,
 	r = c->crashed ? -EIO : hold(c, buf, n, pos, HELD_DATA);
 	if (r == 0 && pos + n > c->size)
 		c->size = pos + n;
+	if (r == 0)
+		r = n && (flags & WRITE_FUA) ?
+		    s->below->write(s->below, buf, n, pos, WRITE_FUA) : (ssize_t)n;
 	pthread_mutex_unlock(&c->lock);
-	return r < 0 ? r : (ssize_t)n;
+	return r;
 }
 
 /* Write every held block below, in order of offset, and drop it once it
@@ -3844,7 +3875,7 @@ static int write_back(struct cache *c)
 			r = below->write(below, b->data + first * SECTOR,
 					 min_u64((k + 1 - first) * SECTOR,
 						 len - first * SECTOR),
-					 pos + first * SECTOR);
+					 pos + first * SECTOR, 0);
 			r = r < 0 ? r : 0;
 		}
 		if (r == 0)
@@ -4028,7 +4059,7 @@ static void cache_crash(struct cache *c, bool torn, bool debug)
 				continue;
 			}
 			below->write(below, all[i]->data ? all[i]->data + k * SECTOR :
-				     zeros, min_u64(SECTOR, end - at), at);
+				     zeros, min_u64(SECTOR, end - at), at, 0);
 			kept++;
 		}
 	}
@@ -4579,6 +4610,7 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 {
 	const struct fuse_write_in *in = &r->in.write;
 	uint64_t n = in->size;
+	unsigned fua;
 	ssize_t res;
 
 	if (len - sizeof(*in) != n)
@@ -4593,7 +4625,12 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 		if (in->offset + n > size)
 			n = in->offset < size ? size - in->offset : 0;
 	}
-	res = !n && in->size ? -ENOSPC : e->top->write(e->top, r->data, n, in->offset);
+	/* the opener's O_DSYNC (O_SYNC has it too) asks for this write to be
+	 * durable when it returns; a write-back from the kernel's cache
+	 * carries no open flags (the FSYNC that follows does that part) */
+	fua = in->flags & O_DSYNC ? WRITE_FUA : 0;
+	res = !n && in->size ? -ENOSPC :
+	      e->top->write(e->top, r->data, n, in->offset, fua);
 	/* A write-back from the kernel's cache that fails loses data the
 	 * writer was told is written, as a failed flush does: every later
 	 * fsync fails. The kernel takes a short one for a whole one: what
@@ -5690,7 +5727,7 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 			continue;
 		if (pread(fd, block, len, sn.data + b * SNAP_BLOCK) != (ssize_t)len)
 			die("%s: reading block %llu:", file, (unsigned long long)b);
-		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK)
+		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK, 0)
 					      : top->punch(top, b * SNAP_BLOCK, len);
 		if (r < 0)
 			die("%s: writing block %llu: %s", e->source_path,
