@@ -199,6 +199,7 @@ struct source {
 				 * and writes to at the same offsets, or -1 */
 	const char *no_passthrough;	/* and if not, why */
 	unsigned sector_size;	/* its logical sector: partition tables */
+	unsigned io_size;	/* the I/O size it prefers: st_blksize */
 
 	/* the size in bytes */
 	uint64_t (*size)(struct source *s);
@@ -780,7 +781,7 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		.passthrough_fd = f->is_blockdev ? -1 : f->fd,
 		.no_passthrough = f->is_blockdev ? "the kernel passes through "
 				  "to regular files only" : NULL,
-		.sector_size = sector,
+		.sector_size = sector, .io_size = 4096,
 		.size = file_size, .read = file_read, .map = file_map,
 		.write = file_write, .flush = file_flush, .punch = file_punch,
 		.zero = file_zero, .allocate = file_allocate, .seek = file_seek,
@@ -823,6 +824,7 @@ enum {
 	NBD_SMALL_READ = 64 << 10,	/* at most this, a READ's data comes in
 					 * one chunk: a server need not look
 					 * for holes in it first */
+	NBD_IO_SIZE_MAX = 1 << 20,	/* the most st_blksize says */
 };
 
 /* What a handshake agreed; every connection of a source must agree the
@@ -832,7 +834,7 @@ struct nbd_info {
 	uint16_t flags;			/* transmission flags */
 	bool structured, has_meta;
 	uint32_t meta_id;		/* base:allocation's, on this connection */
-	uint32_t min_block, max_payload;
+	uint32_t min_block, preferred, max_payload;
 };
 
 /* A request in flight, on its caller's stack */
@@ -1182,6 +1184,7 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 
 	memset(info, 0, sizeof(*info));
 	info->min_block = 1;
+	info->preferred = 4096;
 	info->max_payload = NBD_MAX_IO;
 	if ((r = read_full(fd, &hello, sizeof(hello))) < 0)
 		goto io_error;
@@ -1284,6 +1287,7 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 				goto bad_reply;
 			memcpy(&ib, buf, sizeof(ib));
 			info->min_block = be32toh(ib.minimum);
+			info->preferred = be32toh(ib.preferred);
 			info->max_payload = be32toh(ib.maximum);
 		}
 	}
@@ -2173,7 +2177,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	struct nbd_info info;
 	char why[512];
 	void *zeros;
-	unsigned i;
+	unsigned i, io_size;
 	int fd;
 
 	if (!n)
@@ -2191,6 +2195,13 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	if (writable && (n->info.flags & NBD_FLAG_READ_ONLY))
 		die("%s: the server exports it read-only: -w refused", uri);
 	n->max_io = min_u64(n->info.max_payload, NBD_MAX_IO) & ~(n->info.min_block - 1);
+	/* st_blksize: the server's preferred block size (4096 if it gave
+	 * none or not a power of two), at least its minimum and 512 bytes */
+	io_size = n->info.preferred;
+	if (!io_size || (io_size & (io_size - 1)))
+		io_size = 4096;
+	io_size = io_size < n->info.min_block ? n->info.min_block : io_size;
+	io_size = io_size < 512 ? 512 : min_u64(io_size, NBD_IO_SIZE_MAX);
 	if (n->info.flags & NBD_FLAG_SEND_DF)
 		n->read_flags = NBD_CMD_FLAG_DF;
 	zeros = mmap(NULL, n->max_io, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -2218,18 +2229,19 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	if (debug)
 		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
 			"structured replies %s, base:allocation %s, block sizes "
-			"%u to %u, FUA %s\n", uri,
+			"%u to %u (preferred %u), FUA %s\n", uri,
 			(unsigned long long)n->info.size,
 			n->info.flags & NBD_FLAG_READ_ONLY ? " read-only" : "",
 			n->nconns, n->nconns > 1 ? "s" : "",
 			n->info.structured ? "on" : "off",
 			n->info.has_meta ? "on" : "off", n->info.min_block, n->max_io,
+			n->info.preferred,
 			n->info.flags & NBD_FLAG_SEND_FUA ? "on" : "off");
 
 	n->s = (struct source){
 		.writable = writable, .passthrough_fd = -1,
 		.no_passthrough = "the bytes are on an NBD server",
-		.sector_size = 512,
+		.sector_size = 512, .io_size = io_size,
 		.size = nbd_size, .read = nbd_read, .map = nbd_map,
 		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
 		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
@@ -2461,7 +2473,7 @@ static struct source *window_open(struct source *below, uint64_t offset,
 		.below = below, .writable = below->writable,
 		.passthrough_fd = -1,
 		.no_passthrough = "a window's offsets are not the source's",
-		.sector_size = below->sector_size,
+		.sector_size = below->sector_size, .io_size = below->io_size,
 		.size = window_size, .read = window_read, .map = window_map,
 		.write = window_write, .flush = window_flush,
 		.punch = window_punch, .zero = window_zero,
@@ -3139,7 +3151,7 @@ static struct source *snapshot_open(struct source *below, const char *file,
 		.below = below, .writable = true,
 		.passthrough_fd = -1,
 		.no_passthrough = "a snapshot keeps its changes apart from the source",
-		.sector_size = below->sector_size,
+		.sector_size = below->sector_size, .io_size = below->io_size,
 		.size = snap_size, .read = snap_read, .map = snap_map,
 		.write = snap_write, .flush = snap_flush, .punch = snap_zero,
 		.zero = snap_zero, .allocate = snap_allocate, .seek = snap_seek,
@@ -3531,7 +3543,7 @@ static struct faults *fault_open(struct source *below, struct fault_rule *rules,
 		.passthrough_fd = -1,
 		.no_passthrough = "fault rules and --control need every request "
 				  "to come here",
-		.sector_size = below->sector_size,
+		.sector_size = below->sector_size, .io_size = below->io_size,
 		/* no mapping: every READ must meet the rules, those to come */
 		.size = pass_size, .read = fault_read, .map = no_map,
 		.write = fault_write, .flush = fault_flush,
@@ -4106,7 +4118,7 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
 		.passthrough_fd = -1,
 		.no_passthrough = "a volatile write cache needs every request "
 				  "to come here",
-		.sector_size = below->sector_size,
+		.sector_size = below->sector_size, .io_size = below->io_size,
 		/* no mapping: the source lacks what is held */
 		.size = cache_size, .read = cache_read, .map = no_map,
 		.write = cache_write, .flush = cache_flush,
@@ -4328,7 +4340,7 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
 	if (e->top->space(e->top, &sp) == 0)
 		a->blocks = min_u64((sp.allocated + 511) / 512, sectors);
 	a->nlink = 1;
-	a->blksize = 4096;
+	a->blksize = e->top->io_size;
 	pthread_mutex_lock(&e->lock);
 	a->mode = S_IFREG | e->mode;
 	a->uid = e->uid;
