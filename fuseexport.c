@@ -187,6 +187,10 @@ struct space {
 	uint64_t free, avail;	/* room to grow, where it can: bytes */
 };
 
+/* A write's flags: WRITE_FUA, durable before it returns, as a disk's
+ * Force Unit Access (a layer may flush more to get there) */
+enum { WRITE_FUA = 1 };
+
 struct source {
 	struct source *below;
 	bool writable, growable;
@@ -195,6 +199,7 @@ struct source {
 				 * and writes to at the same offsets, or -1 */
 	const char *no_passthrough;	/* and if not, why */
 	unsigned sector_size;	/* its logical sector: partition tables */
+	unsigned io_size;	/* the I/O size it prefers: st_blksize */
 
 	/* the size in bytes */
 	uint64_t (*size)(struct source *s);
@@ -204,9 +209,10 @@ struct source {
 	/* n bytes at pos in a shared mapping, for a reply to be sent from,
 	 * or NULL: read them instead */
 	const char *(*map)(struct source *s, uint64_t pos, uint64_t n);
-	/* n bytes of buf at pos: the number written (short only after a
-	 * fault the next write meets), or -errno */
-	ssize_t (*write)(struct source *s, const void *buf, size_t n, uint64_t pos);
+	/* n bytes of buf at pos, with WRITE_* flags: the number written
+	 * (short only after a fault the next write meets), or -errno */
+	ssize_t (*write)(struct source *s, const void *buf, size_t n, uint64_t pos,
+			 unsigned flags);
 	/* writes so far reach the medium: 0 or -errno */
 	int (*flush)(struct source *s, bool datasync);
 	/* len bytes at pos read as zeros afterwards, a hole where it can
@@ -526,8 +532,10 @@ static void grow_to(struct file_source *f, uint64_t end)
 		;
 }
 
+/* FUA: fdatasync once the bytes are written (pwritev2's RWF_DSYNC could
+ * flush less on some file systems, but musl has no pwritev2) */
 static ssize_t file_write(struct source *s, const void *buf, size_t n,
-			  uint64_t pos)
+			  uint64_t pos, unsigned flags)
 {
 	struct file_source *f = file_of(s);
 	int fd = io_fd(f, buf, n, pos);
@@ -549,6 +557,8 @@ static ssize_t file_write(struct source *s, const void *buf, size_t n,
 		done += r;
 	}
 	grow_to(f, pos + done);
+	if ((flags & WRITE_FUA) && fdatasync(f->fd) < 0)
+		return -errno;
 	return done;
 }
 
@@ -563,7 +573,7 @@ static int file_flush(struct source *s, bool datasync)
 static int write_zeros(struct file_source *f, uint64_t pos, uint64_t len)
 {
 	while (len) {
-		ssize_t r = file_write(&f->s, f->zeros, min_u64(len, ZEROS_SIZE), pos);
+		ssize_t r = file_write(&f->s, f->zeros, min_u64(len, ZEROS_SIZE), pos, 0);
 		if (r < 0)
 			return r;
 		pos += r;
@@ -773,7 +783,7 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		.passthrough_fd = f->is_blockdev ? -1 : f->fd,
 		.no_passthrough = f->is_blockdev ? "the kernel passes through "
 				  "to regular files only" : NULL,
-		.sector_size = sector,
+		.sector_size = sector, .io_size = 4096,
 		.size = file_size, .read = file_read, .map = file_map,
 		.write = file_write, .flush = file_flush, .punch = file_punch,
 		.zero = file_zero, .allocate = file_allocate, .seek = file_seek,
@@ -816,6 +826,7 @@ enum {
 	NBD_SMALL_READ = 64 << 10,	/* at most this, a READ's data comes in
 					 * one chunk: a server need not look
 					 * for holes in it first */
+	NBD_IO_SIZE_MAX = 1 << 20,	/* the most st_blksize says */
 };
 
 /* What a handshake agreed; every connection of a source must agree the
@@ -825,7 +836,7 @@ struct nbd_info {
 	uint16_t flags;			/* transmission flags */
 	bool structured, has_meta;
 	uint32_t meta_id;		/* base:allocation's, on this connection */
-	uint32_t min_block, max_payload;
+	uint32_t min_block, preferred, max_payload;
 };
 
 /* A request in flight, on its caller's stack */
@@ -1179,6 +1190,7 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 
 	memset(info, 0, sizeof(*info));
 	info->min_block = 1;
+	info->preferred = 4096;
 	info->max_payload = NBD_MAX_IO;
 	if ((r = read_full(fd, &hello, sizeof(hello))) < 0)
 		goto io_error;
@@ -1281,6 +1293,7 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 				goto bad_reply;
 			memcpy(&ib, buf, sizeof(ib));
 			info->min_block = be32toh(ib.minimum);
+			info->preferred = be32toh(ib.preferred);
 			info->max_payload = be32toh(ib.maximum);
 		}
 	}
@@ -1327,7 +1340,8 @@ static int nbd_connect(struct nbd_source *n, struct nbd_info *info, char *why,
 static bool nbd_same(const struct nbd_info *a, const struct nbd_info *b)
 {
 	const uint16_t used = NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH |
-			      NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_DF;
+			      NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_WRITE_ZEROES |
+			      NBD_FLAG_SEND_DF;
 
 	return a->size == b->size && (a->flags & used) == (b->flags & used) &&
 	       a->structured == b->structured && a->has_meta == b->has_meta &&
@@ -1946,13 +1960,27 @@ static ssize_t nbd_read(struct source *s, void *buf, size_t len, uint64_t pos)
 	return done;
 }
 
-/* As nbd_read, a ragged block read, changed and written back whole */
+static int nbd_flush(struct source *s, bool datasync)
+{
+	struct nbd_source *n = nbd_of(s);
+
+	(void)datasync;
+	if (!(n->info.flags & NBD_FLAG_SEND_FLUSH))
+		return 0;		/* the server writes through */
+	return nbd_command(n, NBD_CMD_FLUSH, 0, 0, 0, NULL);
+}
+
+/* As nbd_read, a ragged block read, changed and written back whole. FUA:
+ * every WRITE carries NBD_CMD_FLAG_FUA where the server takes it, else a
+ * FLUSH follows them. */
 static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
-			 uint64_t pos)
+			 uint64_t pos, unsigned flags)
 {
 	struct nbd_source *n = nbd_of(s);
 	uint64_t mask = n->info.min_block - 1;
-	bool rmw;
+	bool fua = flags & WRITE_FUA, rmw;
+	uint16_t cmd_flags = fua && (n->info.flags & NBD_FLAG_SEND_FUA) ?
+			     NBD_CMD_FLAG_FUA : 0;
 	size_t done = 0;
 	int r = 0;
 
@@ -1972,29 +2000,22 @@ static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
 				break;
 			k = min_u64(k, blen - (at & mask));
 			memcpy(block + (at & mask), (const char *)buf + done, k);
-			r = nbd_command(n, NBD_CMD_WRITE, 0, at & ~mask, blen, block);
+			r = nbd_command(n, NBD_CMD_WRITE, cmd_flags, at & ~mask,
+					blen, block);
 			free(block);
 		} else {
 			if (at + k != n->info.size)
 				k &= ~mask;
 			k = min_u64(k, n->max_io);
-			r = nbd_command(n, NBD_CMD_WRITE, 0, at, k,
+			r = nbd_command(n, NBD_CMD_WRITE, cmd_flags, at, k,
 					(char *)buf + done);
 		}
 		done += k;
 	}
 	nbd_unlock(n);
+	if (r == 0 && fua && !cmd_flags)
+		r = nbd_flush(s, true);
 	return r < 0 ? r : (ssize_t)done;
-}
-
-static int nbd_flush(struct source *s, bool datasync)
-{
-	struct nbd_source *n = nbd_of(s);
-
-	(void)datasync;
-	if (!(n->info.flags & NBD_FLAG_SEND_FLUSH))
-		return 0;		/* the server writes through */
-	return nbd_command(n, NBD_CMD_FLUSH, 0, 0, 0, NULL);
 }
 
 /* Make len bytes at pos read as zeros: WRITE_ZEROES where the server has
@@ -2014,9 +2035,9 @@ static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
 	head = min_u64(len, (n->info.min_block - (pos & mask)) & mask);
 	tail = pos + len == n->info.size ? 0 : (pos + len) & mask;
 	tail = head + tail > len ? len - head : tail;
-	if (head && (r = nbd_write(&n->s, n->zeros, head, pos)) < 0)
+	if (head && (r = nbd_write(&n->s, n->zeros, head, pos, 0)) < 0)
 		return r;
-	if (tail && (r = nbd_write(&n->s, n->zeros, tail, pos + len - tail)) < 0)
+	if (tail && (r = nbd_write(&n->s, n->zeros, tail, pos + len - tail, 0)) < 0)
 		return r;
 	r = 0;
 	pos += head;
@@ -2164,7 +2185,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	struct nbd_info info;
 	char why[512];
 	void *zeros;
-	unsigned i;
+	unsigned i, io_size;
 	int fd;
 
 	if (!n)
@@ -2182,6 +2203,13 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	if (writable && (n->info.flags & NBD_FLAG_READ_ONLY))
 		die("%s: the server exports it read-only: -w refused", uri);
 	n->max_io = min_u64(n->info.max_payload, NBD_MAX_IO) & ~(n->info.min_block - 1);
+	/* st_blksize: the server's preferred block size (4096 if it gave
+	 * none or not a power of two), at least its minimum and 512 bytes */
+	io_size = n->info.preferred;
+	if (!io_size || (io_size & (io_size - 1)))
+		io_size = 4096;
+	io_size = io_size < n->info.min_block ? n->info.min_block : io_size;
+	io_size = io_size < 512 ? 512 : min_u64(io_size, NBD_IO_SIZE_MAX);
 	if (n->info.flags & NBD_FLAG_SEND_DF)
 		n->read_flags = NBD_CMD_FLAG_DF;
 	zeros = mmap(NULL, n->max_io, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -2209,16 +2237,19 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	if (debug)
 		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
 			"structured replies %s, base:allocation %s, block sizes "
-			"%u to %u\n", uri, (unsigned long long)n->info.size,
+			"%u to %u (preferred %u), FUA %s\n", uri,
+			(unsigned long long)n->info.size,
 			n->info.flags & NBD_FLAG_READ_ONLY ? " read-only" : "",
 			n->nconns, n->nconns > 1 ? "s" : "",
 			n->info.structured ? "on" : "off",
-			n->info.has_meta ? "on" : "off", n->info.min_block, n->max_io);
+			n->info.has_meta ? "on" : "off", n->info.min_block, n->max_io,
+			n->info.preferred,
+			n->info.flags & NBD_FLAG_SEND_FUA ? "on" : "off");
 
 	n->s = (struct source){
 		.writable = writable, .passthrough_fd = -1,
 		.no_passthrough = "the bytes are on an NBD server",
-		.sector_size = 512,
+		.sector_size = 512, .io_size = io_size,
 		.size = nbd_size, .read = nbd_read, .map = nbd_map,
 		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
 		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
@@ -2327,13 +2358,14 @@ static const char *window_map(struct source *s, uint64_t pos, uint64_t n)
 }
 
 static ssize_t window_write(struct source *s, const void *buf, size_t n,
-			    uint64_t pos)
+			    uint64_t pos, unsigned flags)
 {
 	struct window *w = window_of(s);
 
 	if (n && !inside(w, pos, n))
 		return -ENOSPC;
-	return s->below->write(s->below, buf, inside(w, pos, n), w->offset + pos);
+	return s->below->write(s->below, buf, inside(w, pos, n), w->offset + pos,
+			       flags);
 }
 
 static int window_flush(struct source *s, bool datasync)
@@ -2449,7 +2481,7 @@ static struct source *window_open(struct source *below, uint64_t offset,
 		.below = below, .writable = below->writable,
 		.passthrough_fd = -1,
 		.no_passthrough = "a window's offsets are not the source's",
-		.sector_size = below->sector_size,
+		.sector_size = below->sector_size, .io_size = below->io_size,
 		.size = window_size, .read = window_read, .map = window_map,
 		.write = window_write, .flush = window_flush,
 		.punch = window_punch, .zero = window_zero,
@@ -2971,10 +3003,15 @@ static ssize_t snap_put(struct source *s, const void *buf, size_t n,
 	return done;
 }
 
+/* FUA: the delta is flushed, its map with it (the source is untouched) */
 static ssize_t snap_write(struct source *s, const void *buf, size_t n,
-			  uint64_t pos)
+			  uint64_t pos, unsigned flags)
 {
-	return snap_put(s, buf, n, pos);
+	ssize_t r = snap_put(s, buf, n, pos);
+
+	if (r > 0 && (flags & WRITE_FUA) && fdatasync(snap_of(s)->fd) < 0)
+		return -errno;
+	return r;
 }
 
 static int snap_zero(struct source *s, uint64_t pos, uint64_t len)
@@ -3122,7 +3159,7 @@ static struct source *snapshot_open(struct source *below, const char *file,
 		.below = below, .writable = true,
 		.passthrough_fd = -1,
 		.no_passthrough = "a snapshot keeps its changes apart from the source",
-		.sector_size = below->sector_size,
+		.sector_size = below->sector_size, .io_size = below->io_size,
 		.size = snap_size, .read = snap_read, .map = snap_map,
 		.write = snap_write, .flush = snap_flush, .punch = snap_zero,
 		.zero = snap_zero, .allocate = snap_allocate, .seek = snap_seek,
@@ -3431,11 +3468,11 @@ static ssize_t fault_read(struct source *s, void *buf, size_t n, uint64_t pos)
 }
 
 static ssize_t fault_write(struct source *s, const void *buf, size_t n,
-			   uint64_t pos)
+			   uint64_t pos, unsigned flags)
 {
 	int r = fault_check(faults_of(s), FAULT_WRITE, pos, n);
 
-	return r < 0 ? r : s->below->write(s->below, buf, n, pos);
+	return r < 0 ? r : s->below->write(s->below, buf, n, pos, flags);
 }
 
 static int fault_flush(struct source *s, bool datasync)
@@ -3514,7 +3551,7 @@ static struct faults *fault_open(struct source *below, struct fault_rule *rules,
 		.passthrough_fd = -1,
 		.no_passthrough = "fault rules and --control need every request "
 				  "to come here",
-		.sector_size = below->sector_size,
+		.sector_size = below->sector_size, .io_size = below->io_size,
 		/* no mapping: every READ must meet the rules, those to come */
 		.size = pass_size, .read = fault_read, .map = no_map,
 		.write = fault_write, .flush = fault_flush,
@@ -3793,11 +3830,14 @@ static ssize_t cache_read(struct source *s, void *buf, size_t n, uint64_t pos)
 }
 
 
+/* A FUA write is held as any other (what is held over it is then up to
+ * date) and written through at once, with FUA, as a disk's volatile cache
+ * does: a crash loses the rest, never it */
 static ssize_t cache_write(struct source *s, const void *buf, size_t n,
-			   uint64_t pos)
+			   uint64_t pos, unsigned flags)
 {
 	struct cache *c = cache_of(s);
-	int r;
+	ssize_t r;
 
 	pthread_mutex_lock(&c->lock);
 	if (!s->growable)
@@ -3805,8 +3845,11 @@ static ssize_t cache_write(struct source *s, const void *buf, size_t n,
 	r = c->crashed ? -EIO : hold(c, buf, n, pos, HELD_DATA);
 	if (r == 0 && pos + n > c->size)
 		c->size = pos + n;
+	if (r == 0)
+		r = n && (flags & WRITE_FUA) ?
+		    s->below->write(s->below, buf, n, pos, WRITE_FUA) : (ssize_t)n;
 	pthread_mutex_unlock(&c->lock);
-	return r < 0 ? r : (ssize_t)n;
+	return r;
 }
 
 /* Write every held block below, in order of offset, and drop it once it
@@ -3852,7 +3895,7 @@ static int write_back(struct cache *c)
 			r = below->write(below, b->data + first * SECTOR,
 					 min_u64((k + 1 - first) * SECTOR,
 						 len - first * SECTOR),
-					 pos + first * SECTOR);
+					 pos + first * SECTOR, 0);
 			r = r < 0 ? r : 0;
 		}
 		if (r == 0)
@@ -4036,7 +4079,7 @@ static void cache_crash(struct cache *c, bool torn, bool debug)
 				continue;
 			}
 			below->write(below, all[i]->data ? all[i]->data + k * SECTOR :
-				     zeros, min_u64(SECTOR, end - at), at);
+				     zeros, min_u64(SECTOR, end - at), at, 0);
 			kept++;
 		}
 	}
@@ -4083,7 +4126,7 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
 		.passthrough_fd = -1,
 		.no_passthrough = "a volatile write cache needs every request "
 				  "to come here",
-		.sector_size = below->sector_size,
+		.sector_size = below->sector_size, .io_size = below->io_size,
 		/* no mapping: the source lacks what is held */
 		.size = cache_size, .read = cache_read, .map = no_map,
 		.write = cache_write, .flush = cache_flush,
@@ -4306,7 +4349,7 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
 	if (e->top->space(e->top, &sp) == 0)
 		a->blocks = min_u64((sp.allocated + 511) / 512, sectors);
 	a->nlink = 1;
-	a->blksize = 4096;
+	a->blksize = e->top->io_size;
 	pthread_mutex_lock(&e->lock);
 	a->mode = S_IFREG | e->mode;
 	a->uid = e->uid;
@@ -4588,6 +4631,7 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 {
 	const struct fuse_write_in *in = &r->in.write;
 	uint64_t n = in->size;
+	unsigned fua;
 	ssize_t res;
 
 	if (len - sizeof(*in) != n)
@@ -4602,7 +4646,12 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 		if (in->offset + n > size)
 			n = in->offset < size ? size - in->offset : 0;
 	}
-	res = !n && in->size ? -ENOSPC : e->top->write(e->top, r->data, n, in->offset);
+	/* the opener's O_DSYNC (O_SYNC has it too) asks for this write to be
+	 * durable when it returns; a write-back from the kernel's cache
+	 * carries no open flags (the FSYNC that follows does that part) */
+	fua = in->flags & O_DSYNC ? WRITE_FUA : 0;
+	res = !n && in->size ? -ENOSPC :
+	      e->top->write(e->top, r->data, n, in->offset, fua);
 	/* A write-back from the kernel's cache that fails loses data the
 	 * writer was told is written, as a failed flush does: every later
 	 * fsync fails. The kernel takes a short one for a whole one: what
@@ -5731,7 +5780,7 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 			continue;
 		if (pread(fd, block, len, sn.data + b * SNAP_BLOCK) != (ssize_t)len)
 			die("%s: reading block %llu:", file, (unsigned long long)b);
-		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK)
+		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK, 0)
 					      : top->punch(top, b * SNAP_BLOCK, len);
 		if (r < 0)
 			die("%s: writing block %llu: %s", e->source_path,

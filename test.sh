@@ -1464,6 +1464,38 @@ if not kept or not dropped: sys.exit("torn kept %d sectors, dropped %d" % (kept,
 PYEOF
 }
 
+# O_DSYNC through the volatile cache, as FUA through a disk's: written
+# through at once, it survives a crash, while a plain write held beside it
+# is lost. Both files stay open until the crash (a close flushes), and
+# --cache=none: the page cache would follow the write with an FSYNC.
+t_cache_dsync() {
+	mkimg src 8; cp src orig; : >mp
+	fx_up $1 --cache=none -w --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	"$PY" - "$PWD/mp" "$PWD/src" "$PWD/ctl" <<'PYEOF' || fail "the client"
+import os, sys, time
+mp, src, ctl = sys.argv[1:]
+M = 1 << 20
+plain, dsync = os.open(mp, os.O_RDWR), os.open(mp, os.O_WRONLY | os.O_DSYNC)
+a, b = os.urandom(8192), os.urandom(12345)
+os.pwrite(plain, a, M)
+os.pwrite(dsync, b, 3 * M + 100)
+assert os.pread(plain, 8192, M) == a, "the plain write is not read back"
+assert os.pread(plain, 12345, 3 * M + 100) == b, "the O_DSYNC write is not read back"
+want = bytearray(open("orig", "rb").read())
+want[3 * M + 100:3 * M + 100 + 12345] = b
+assert open(src, "rb").read() == want, "the source does not hold the O_DSYNC write alone"
+with open(ctl, "w") as f: f.write("crash\n")
+for i in range(50):
+    try: os.pread(plain, 512, 0)
+    except OSError: break
+    time.sleep(0.1)
+else: sys.exit("the export still reads after the crash")
+open("want", "wb").write(want)
+PYEOF
+	fx_down "$PWD/mp"
+	cmp src want || fail "the source after the crash"
+}
+
 # SQLite on a volatile export: transactions commit, the disk crashes
 # mid-run; exported again, the database is intact and holds every
 # transaction that committed before the crash
@@ -3273,6 +3305,78 @@ t_nbd_block_size() {
 	return 0
 }
 
+# fua_check MOUNTPOINT LOG OFFSET DSYNC: pwrite 4 KiB at OFFSET through a
+# file opened O_DSYNC (DSYNC=1) or not, and print nbdkit's log lines (log
+# filter) that the write made, before the file is closed (a close flushes)
+fua_check() {
+	"$PY" - "$@" <<'PYEOF'
+import os, sys
+mp, log, off, dsync = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+fd = os.open(mp, os.O_WRONLY | (os.O_DSYNC if dsync else 0))
+seen = len(open(log).readlines())
+if os.pwrite(fd, os.urandom(4096), off) != 4096: sys.exit("a short pwrite")
+sys.stdout.write("".join(open(log).readlines()[seen:]))
+os.close(fd)
+PYEOF
+}
+
+# O_DSYNC writes reach the server as NBD_CMD_WRITE with FUA (nbdkit's log
+# filter says fua=1), plain ones without, in every cache mode (writeback:
+# O_DIRECT ones; a buffered write is written back without the opener's
+# flags, and the FSYNC after it flushes); a server that offers no FUA gets
+# a FLUSH right after the write, before the writer closes
+t_nbd_fua() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" cache off=0 hex
+	mkimg src 16; : >mp
+	nbdk --filter=log file "$PWD/src" logfile="$PWD/nbd.log"
+	for cache in none read writeback; do
+		fx_up -q 2 -w --cache=$cache "$uri" "$PWD/mp"
+		off=$((off + MiB)); hex=$(printf '%#x' $off)
+		dd if=/dev/urandom of=mp bs=4k count=1 oflag=seek_bytes,dsync$([ $cache = writeback ] && echo ,direct) \
+			seek=$off conv=notrunc status=none || fail "dd oflag=dsync, --cache=$cache"
+		grep -q "Write id=[0-9]* offset=$hex count=0x1000 fua=1 " nbd.log ||
+			fail "--cache=$cache: an O_DSYNC write was sent without FUA: $(grep "offset=$hex " nbd.log)"
+		off=$((off + MiB)); hex=$(printf '%#x' $off)
+		dd if=/dev/urandom of=mp bs=4k count=1 oflag=seek_bytes seek=$off conv=notrunc status=none ||
+			fail "dd, --cache=$cache"
+		fx_down "$PWD/mp"
+		grep -q "Write id=[0-9]* offset=$hex count=0x1000 fua=0 " nbd.log ||
+			fail "--cache=$cache: a plain write not seen as one: $(grep "offset=$hex " nbd.log)"
+	done
+	fx_up -q 2 -w --cache=none "$uri" "$PWD/mp"
+	fua_check mp nbd.log $((10 * MiB)) 0 >plain.log || fail "the plain pwrite"
+	grep -q "Write .* fua=0 " plain.log || fail "a plain pwrite: $(cat plain.log)"
+	refute "a plain pwrite was flushed: $(cat plain.log)" grep -q Flush plain.log
+	fx_down "$PWD/mp"
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	# the fua filter's default mode offers no FUA (1.32 refuses fuamode=none)
+	nbdk --filter=log --filter=fua file "$PWD/src" logfile="$PWD/nbd.log"
+	fx_up -q 2 -w --cache=none "$uri" "$PWD/mp"
+	fua_check mp nbd.log $((11 * MiB)) 1 >dsync.log || fail "the O_DSYNC pwrite"
+	grep -A 10 "Write .* fua=0 " dsync.log | grep -q "Flush id" ||
+		fail "no FLUSH after an O_DSYNC write to a server without FUA: $(cat dsync.log)"
+	fx_down "$PWD/mp"
+}
+
+# the server's preferred block size is st_blksize (the kernel asks again
+# only for a stat that wants more than %o: %s), within 512 bytes to 1 MiB;
+# a file source says 4096
+t_nbd_blksize() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" p
+	: >mp
+	for p in 64K:65536 512:512 4M:$MiB; do
+		nbdk --filter=blocksize-policy memory size=16M blocksize-preferred=${p%:*}
+		fx_up $1 -w "$uri" "$PWD/mp"
+		eq "$(stat -c '%s %o' mp)" "$((16 * MiB)) ${p#*:}" "size and st_blksize, preferred ${p%:*}"
+		fx_down "$PWD/mp"
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	done
+	truncate -s 16M src
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	eq "$(stat -c '%s %o' mp)" "$((16 * MiB)) 4096" "size and st_blksize of a file source"
+	fx_down "$PWD/mp"
+}
+
 # nbd-server, the reference server, on a unix socket
 t_nbd_server() {
 	mkimg src 32; cp src expected; : >mp
@@ -3769,6 +3873,7 @@ t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_
 t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
+t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
 t "$p volatile cache: SQLite crashed mid-run keeps every committed transaction" "$M sqlite3" t_cache_sqlite "$LAYER_MODE"
 t "$p volatile cache: ext4 on a loop device crashed, journal replayed, fsync'ed files intact, e2fsck clean" "$M loop ext4" t_cache_ext4 "$LAYER_MODE"
 t "$p volatile cache: the same with crash torn" "$M loop ext4" t_cache_ext4 "$LAYER_MODE" " torn"
@@ -3841,6 +3946,8 @@ t "nbd: server gone for good: EIO after --retry, no hang; back again: works" "$M
 t "nbd: read-only server: -w refused, read-only export works" "$M qemu-nbd" t_nbd_readonly "$NBD_MODE"
 t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$M nbdkit qemu-img python3" t_nbd_nbdkit "$NBD_MODE"
 t "nbd: 4 KiB minimum block size: unaligned I/O aligned and read-modify-written" "$M nbdkit fio xfs_io" t_nbd_block_size "$NBD_MODE"
+t "nbd: O_DSYNC writes carry FUA (--cache=none, read, writeback O_DIRECT), plain ones not; no FUA offered: a FLUSH follows" "$M nbdkit python3" t_nbd_fua
+t "nbd: the server's preferred block size is st_blksize (512 to 1 MiB); a file's is 4096" "$M nbdkit" t_nbd_blksize "$NBD_MODE"
 t "nbd: nbd-server on a unix socket" "$M nbd-server" t_nbd_server "$NBD_MODE"
 t "nbd: a window on an NBD export" "$M qemu-nbd" t_nbd_window "$NBD_MODE"
 t "nbd: a partition of an NBD export; a snapshot over one, then --commit" "$M qemu-nbd sfdisk" t_nbd_layers "$NBD_MODE"
