@@ -5876,22 +5876,27 @@ static void unescape(char *s)
 	*out = 0;
 }
 
-/* Is a FUSE file system (an export, ours or not) mounted at path? */
-static bool exported_at(const char *path)
+/* The last (topmost) FUSE mount on path in /proc/self/mountinfo: true if
+ * there is one, its device ("0:42") into dev (32 bytes) if asked */
+static bool mount_dev(const char *path, char *dev)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char line[4096], mnt[4096], type[256];
+	char line[4096], mnt[4096], type[256], id[32];
 	bool found = false;
 
 	if (!f)
 		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
+	while (fgets(line, sizeof(line), f)) {
 		const char *dash = strstr(line, " - ");
-		if (!dash || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 ||
+		if (!dash || sscanf(line, "%*s %*s %31s %*s %4095s", id, mnt) != 2 ||
 		    sscanf(dash + 3, "%255s", type) != 1)
 			continue;
 		unescape(mnt);
-		found = !strcmp(mnt, path) && !strncmp(type, "fuse", 4);
+		if (strcmp(mnt, path) || strncmp(type, "fuse", 4))
+			continue;
+		found = true;
+		if (dev)
+			memcpy(dev, id, sizeof(id));
 	}
 	fclose(f);
 	return found;
@@ -5915,7 +5920,7 @@ static MAIN_ONLY void check_mountpoint(struct export *e)
 	abs = realpath(path, NULL);
 	if (!abs)
 		die("%s:", path);
-	if (exported_at(abs))
+	if (mount_dev(abs, NULL))	/* a FUSE file system, ours or not */
 		die("%s: already exported (end that export with: umount %s)",
 		    path, path);
 	e->mountpoint = e->mountpoint_buf = abs;
@@ -6153,6 +6158,37 @@ static MAIN_ONLY void detach(struct export *e)
 
 /* Serve until the export ends; returns the exit status: 1 if it halted
  * or a flush of the source failed */
+/* Dirty pages of a writeback export: the kernel holds every FUSE file
+ * system to 1% of the dirty limit, strictly, lest a server it cannot
+ * trust pin memory, which caps cached writes far below the source's
+ * speed. Root may lift that in /sys/class/bdi, and a server root started
+ * is trusted as a disk is: no strict limit, up to the whole dirty limit.
+ * Elsewhere (no root, no strict_limit before Linux 6.2) it stays. */
+static MAIN_ONLY void lift_dirty_limit(struct export *e)
+{
+	static const char *const knob[][2] = {
+		{ "strict_limit", "0" }, { "max_ratio", "100" } };
+	char dev[32], path[96];
+	unsigned i, lifted = 0;
+	int fd;
+
+	if (e->cache != CACHE_WRITEBACK || !mount_dev(e->mountpoint, dev))
+		return;
+	for (i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "/sys/class/bdi/%s/%s", dev, knob[i][0]);
+		fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd >= 0 && write(fd, knob[i][1], strlen(knob[i][1])) > 0)
+			lifted++;
+		if (fd >= 0)
+			close(fd);
+	}
+	if (e->debug)
+		fprintf(stderr, "fuseexport: writeback: the kernel's dirty page "
+			"limit for FUSE %s (/sys/class/bdi/%s)\n", lifted == 2 ?
+			"lifted: no strict limit, max_ratio 100" : lifted ?
+			"lifted in part" : "kept (root lifts it)", dev);
+}
+
 static MAIN_ONLY int run_export(struct export *e)
 {
 	struct timespec tick = { 0, SPIN_SAMPLE_NS };
@@ -6172,6 +6208,7 @@ static MAIN_ONLY int run_export(struct export *e)
 	    (errno = pthread_create(&e->control_thread, NULL, control_loop, e)))
 		die("--control: starting its thread:");
 	e->control_running = e->control_path != NULL;
+	lift_dirty_limit(e);
 	for (bottom = e->top; bottom->below; bottom = bottom->below)
 		;
 	if (is_nbd_uri(e->source_path)) {

@@ -3559,6 +3559,27 @@ t_cache_once() {
 	fx_down "$PWD/mp"
 }
 
+# As root a writeback export's bdi is no longer held to FUSE's strict 1%
+# of the dirty limit; a read cache dirties nothing and keeps the kernel's
+t_writeback_dirty_limit() {
+	local mode bdi
+	mkimg src 4; : >mp
+	for mode in writeback read; do
+		fx_fg -d -w --cache=$mode "$PWD/src" "$PWD/mp"
+		bdi=/sys/class/bdi/$(mountpoint -d mp) || fail "no device for the export"
+		[ -e "$bdi/max_ratio" ] || skip_test "no $bdi/max_ratio"
+		if [ $mode = writeback ]; then
+			eq "$(cat "$bdi/max_ratio")" 100 "max_ratio with a writeback cache"
+			[ ! -e "$bdi/strict_limit" ] ||
+				eq "$(cat "$bdi/strict_limit")" 0 "strict_limit with a writeback cache"
+			grep -q "dirty page limit for FUSE lifted" fg.err || fail "-d does not say so: $(cat fg.err)"
+		else
+			eq "$(cat "$bdi/max_ratio")" 1 "max_ratio with a read cache"
+		fi
+		fx_down "$PWD/mp"
+	done
+}
+
 # A write past the end of a fixed-size export with a writeback cache: the
 # kernel owns the size, so the error comes when the data is written back
 # (fsync: ENOSPC), and nothing past the end reaches the source
@@ -3907,6 +3928,7 @@ t "command-line fuzz: random argument lists never crash, hang or leave a mount" 
 t "valgrind: a short export session is clean" "$M valgrind xfs_io" t_valgrind
 t "io_uring: taken when offered, served by the ring threads; auto falls back, on refuses" "$M uring" t_io_uring
 t "--cache=read: the export's pages cached by the kernel, none kept by the source (fincore)" "$M fincore" t_cache_once
+t "--cache=writeback as root: the export's bdi not held to FUSE's strict 1% dirty limit" "$M" t_writeback_dirty_limit
 t "--cache=writeback: a write past the end is refused at fsync, nothing reaches the source" "$M python3" t_writeback_past_end
 t "--cache=writeback: ext4 on a loop device written past a memory-limited cgroup, no hang" "$M loop ext4" t_pressure
 t "second export on one mount point refused" "$M" t_same_mp
