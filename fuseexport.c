@@ -127,6 +127,11 @@ enum {
 	 * MAP_REFRESH READs, which bounds them at a few MiB */
 	MAP_REFRESH = 1024,
 	ZEROS_SIZE = 1 << 20,			/* the file source's zero pages */
+	/* a cached export's smaller reads of the source read this much
+	 * around them: a block device's own readahead size (BLKRAGET), a
+	 * regular file's the kernel's default, at most the maximum */
+	READ_AROUND_DEFAULT = 128 << 10,
+	READ_AROUND_MAX = 4 << 20,
 	/* a queue may spin this long for the next request before it sleeps,
 	 * and the idle CPUs it may spin on are counted this often */
 	SPIN_NS = 50000,
@@ -437,6 +442,11 @@ struct file_source {
 	 * O_DIRECT (-1: it cannot be), the rest is dropped behind */
 	int direct_fd;
 	bool drop_behind;
+	/* and a smaller read brings the source's readahead size around it
+	 * into the source's page cache, as a fault on the mapping would for
+	 * --cache=none: its neighbours wait there until they are read and
+	 * dropped behind, so a page is cached once, here or above */
+	uint64_t read_around;
 };
 
 static struct file_source *file_of(struct source *s)
@@ -465,11 +475,33 @@ static int io_fd(struct file_source *f, const void *buf, size_t n, uint64_t pos)
 	return f->fd;
 }
 
+/* Are n bytes at pos all in fd's page cache? Read them into buf if so
+ * (a read that waits on nothing: RWF_NOWAIT); false also where the
+ * kernel cannot say (before Linux 4.14) */
+static bool cached_read(int fd, void *buf, size_t n, uint64_t pos)
+{
+	struct iovec iov = { buf, n };
+	unsigned long half = sizeof(long) * 4;	/* pos in two halves */
+
+	return syscall(SYS_preadv2, fd, &iov, 1, (unsigned long)pos,
+		       (unsigned long)(pos >> half >> half), 0x8 /* RWF_NOWAIT */) ==
+	       (ssize_t)n;
+}
+
 static ssize_t file_read(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	struct file_source *f = file_of(s);
 	int fd = io_fd(f, buf, n, pos);
 	size_t done = 0;
+
+	if (n < f->read_around) {
+		fd = f->fd;
+		if (cached_read(fd, buf, n, pos))
+			done = n;
+		else
+			posix_fadvise(fd, pos - pos % f->read_around, f->read_around,
+				      POSIX_FADV_WILLNEED);
+	}
 
 	while (done < n) {
 		ssize_t r = pread(fd, (char *)buf + done, n - done, pos + done);
@@ -697,10 +729,15 @@ static void file_keep_no_copy(struct source *s)
 	struct file_source *f = file_of(s);
 	char path[40];
 
+	long sectors = 0;
+
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
 	f->direct_fd = open(path, (s->writable ? O_RDWR : O_RDONLY) | O_DIRECT |
 			    O_CLOEXEC | O_NOCTTY);
 	f->drop_behind = true;
+	if (!f->is_blockdev || ioctl(f->fd, BLKRAGET, &sectors) < 0)
+		sectors = READ_AROUND_DEFAULT / 512;
+	f->read_around = min_u64((uint64_t)sectors * 512, READ_AROUND_MAX);
 }
 
 static void file_close(struct source *s)

@@ -3550,6 +3550,20 @@ t_cache_once() {
 	log "read: export $(resident mp), source $(resident src) bytes cached"
 	[ "$(resident mp)" -ge $((size * 3 / 4)) ] || fail "the export's pages are not cached"
 	[ "$(resident src)" -le $((size / 8)) ] || fail "the source keeps a second copy: $(resident src) bytes"
+	# small random reads: the source reads around them, but what was
+	# read through the export is dropped from the source's cache
+	echo 1 >/proc/sys/vm/drop_caches
+	"$PY" - mp <<-'EOF' || fail "random reads through the export"
+	import os, random, sys
+	fd = os.open(sys.argv[1], os.O_RDONLY)
+	blocks = os.fstat(fd).st_size // 4096
+	for b in random.Random(7).sample(range(blocks), blocks // 4):
+	    assert len(os.pread(fd, 4096, b * 4096)) == 4096
+	EOF
+	log "random reads: export $(resident mp), source $(resident src) bytes cached"
+	[ "$(resident mp)" -ge $((size / 4)) ] || fail "the export's pages are not cached"
+	[ $(($(resident mp) + $(resident src))) -le $((size + size / 16)) ] ||
+		fail "pages cached twice: export $(resident mp), source $(resident src) bytes"
 	fx_down "$PWD/mp"
 	fx_up --cache=none "$PWD/src" "$PWD/mp"
 	echo 1 >/proc/sys/vm/drop_caches
