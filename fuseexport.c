@@ -4458,11 +4458,6 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		e->cache = CACHE_READ;
 	if (e->cache == CACHE_WRITEBACK)
 		flags |= FUSE_WRITEBACK_CACHE;
-	/* An O_DIRECT write to a cached file goes through the kernel's
-	 * asynchronous direct I/O when it may, which turns a write cut short
-	 * at the end of a fixed-size export into EIO: serve them in turn */
-	if (e->cache != CACHE_NONE)
-		flags &= ~FUSE_ASYNC_DIO;
 	/* Direct I/O keeps a single copy of the data cached, the source's;
 	 * without mmap on direct I/O files (before 6.6) use the page cache.
 	 * The cache modes keep the kernel's copy, across opens, and the
@@ -4683,6 +4678,12 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 		if (in->offset + n > size)
 			n = in->offset < size ? size - in->offset : 0;
 	}
+	/* An O_DIRECT write to a cached export comes through the kernel's
+	 * asynchronous direct I/O, which takes a write cut short for EIO:
+	 * one that straddles the end is refused whole, ENOSPC */
+	if (n < in->size && e->cache != CACHE_NONE && (in->flags & O_DIRECT) &&
+	    !(in->write_flags & FUSE_WRITE_CACHE))
+		n = 0;
 	/* the opener's O_DSYNC (O_SYNC has it too) asks for this write to be
 	 * durable when it returns; a write-back from the kernel's cache
 	 * carries no open flags (the FSYNC that follows does that part) */

@@ -4,8 +4,10 @@
 # Runs the same fio jobs over one source on tmpfs: the source itself (the
 # limit), fuseexport with passthrough, fuseexport on the /dev/fuse path with
 # one queue (without and with spinning for the next request) and with one
-# queue per CPU, the same over FUSE's io_uring transport, the kernel's page
-# cache for reads (--cache=read) and for writes too (--cache=writeback), and
+# queue per CPU (without spinning, and as --cache=none does by default), the
+# same over FUSE's io_uring transport, the kernel's page cache for reads
+# (--cache=read) and for writes too (--cache=writeback), all three with one
+# queue per CPU, and
 # qemu-storage-daemon's FUSE export (Debian's qemu-system-common) as the
 # peer. Prints IOPS, the ratios to the source itself and to the peer, and the
 # servers' own memory during the QD32 job. Before every job but the cold one
@@ -98,7 +100,7 @@ mkdir "$DIR/nbdfuse"
 NBD_URI="nbd+unix:///?socket=$DIR/nbd.sock"
 
 # column name and how to start it; "file" is the source itself
-COLUMNS_ALL="file pt fuse-q1 spin-q1 fuse-qN uring read writeback qsd nbd nbdfuse"
+COLUMNS_ALL="file pt fuse-q1 spin-q1 fuse-qN none uring read writeback qsd nbd nbdfuse"
 COLUMNS=${BENCH_COLUMNS:-$COLUMNS_ALL}
 for col in $COLUMNS; do
 	case " $COLUMNS_ALL " in *" $col "*) ;; *)
@@ -110,6 +112,7 @@ declare -A START=(
 	[fuse-q1]="$FX -w $WINDOW --passthrough=off --cache=none --spin=off -q 1"
 	[spin-q1]="$FX -w $WINDOW --passthrough=off --cache=none -q 1"
 	[fuse-qN]="$FX -w $WINDOW --passthrough=off --cache=none --spin=off -q $(nproc)"
+	[none]="$FX -w $WINDOW --passthrough=off --cache=none -q $(nproc)"
 	[uring]="$FX -w $WINDOW --passthrough=off --cache=none --io-uring=on"
 	[read]="$FX -w $WINDOW --cache=read -q $(nproc)"
 	[writeback]="$FX -w $WINDOW --cache=writeback -q $(nproc)"
