@@ -3425,6 +3425,25 @@ t_nbd_window() {
 	cmp <(range src $((3 * MiB)) $((5 * MiB))) data || fail "the window"
 }
 
+# fault rules over an NBD source: the rule's range fails, the rest reads and
+# writes through to the server
+t_nbd_faults() {
+	mkimg src 8; : >mp
+	qnbd src
+	fx_up $1 -w --fault=op=read,offset=1M,length=4K,error=EIO \
+		--fault=op=write,offset=2M,length=1,error=ENOSPC \
+		"nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	refute "a read of the faulty range succeeded" dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>err
+	grep -q "Input/output error" err || fail "the faulty read: $(cat err)"
+	cmp -n $MiB src mp || fail "reads before the faulty range"
+	refute "a write over the rule's range succeeded" dd if=/dev/zero of=mp bs=4k seek=512 count=1 oflag=direct conv=notrunc status=none 2>err
+	grep -q "No space left" err || fail "the faulty write: $(cat err)"
+	head -c 4096 /dev/urandom >blk
+	dd if=blk of=mp bs=4k seek=1000 conv=notrunc oflag=direct status=none || fail "a write beside the rules"
+	fx_down "$PWD/mp"
+	cmp blk <(range src $((1000 * 4096)) 4096) || fail "the write beside the rules did not reach the server"
+}
+
 # a partition of an NBD export, and a snapshot over one: the server's
 # image changes only by --commit
 t_nbd_layers() {
@@ -3997,6 +4016,7 @@ t "nbd: O_DSYNC writes carry FUA (--cache=none, read, writeback O_DIRECT), plain
 t "nbd: the server's preferred block size is st_blksize (512 to 1 MiB); a file's is 4096" "$M nbdkit" t_nbd_blksize "$NBD_MODE"
 t "nbd: nbd-server on a unix socket" "$M nbd-server" t_nbd_server "$NBD_MODE"
 t "nbd: a window on an NBD export" "$M qemu-nbd" t_nbd_window "$NBD_MODE"
+t "nbd: fault rules over an NBD export: the rules' ranges fail, the rest reaches the server" "$M qemu-nbd" t_nbd_faults "$NBD_MODE"
 t "nbd: a partition of an NBD export; a snapshot over one, then --commit" "$M qemu-nbd sfdisk" t_nbd_layers "$NBD_MODE"
 t "nbd: a hostile server: lying replies give EIO, the export goes on" "$M python3" t_nbd_hostile "$NBD_MODE"
 t "nbd: bad URIs and servers refused with one line" "python3 qemu-nbd" t_nbd_bad
