@@ -1441,6 +1441,31 @@ PYEOF
 # The volatile cache itself: held until fsync, seen at once; a crash drops
 # what is held, size changes included; crash torn keeps a seeded subset of
 # its sectors, the same one for the same seed
+# A crash on the control FIFO: pages a client mapped before it are dropped
+# with the rest (the kernel told), so the mapping faults (SIGBUS) as every
+# read fails
+t_cache_crash_mapped() {
+	mkimg src 4; : >mp
+	fx_up $1 -w --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	"$PY" - mp ctl <<-'EOF' || fail "the mapping after the crash"
+	import mmap, os, signal, sys, time
+	fd = os.open(sys.argv[1], os.O_RDONLY)
+	m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+	assert m[0:4096] == os.pread(fd, 4096, 0)
+	with open(sys.argv[2], "w") as f: f.write("crash\n")
+	pid = os.fork()
+	if pid == 0:
+	    for i in range(50):
+	        m[0:4096]
+	        time.sleep(0.1)
+	    os._exit(0)
+	_, status = os.waitpid(pid, 0)
+	if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS):
+	    sys.exit("the mapping still reads what was cached before the crash")
+	EOF
+	fx_down "$PWD/mp"
+}
+
 t_cache_sectors() {
 	local mode=$1 run
 	mkimg src 8; cp src orig; : >mp
@@ -3939,6 +3964,7 @@ t "$p fault: rules over a window and a snapshot: the export's offsets, the sourc
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
+t "$p volatile cache: crash drops the pages a client mapped (SIGBUS), not only what the server held" "$M python3" t_cache_crash_mapped "$LAYER_MODE"
 t "$p volatile cache: SQLite crashed mid-run keeps every committed transaction" "$M sqlite3" t_cache_sqlite "$LAYER_MODE"
 t "$p volatile cache: ext4 on a loop device crashed, journal replayed, fsync'ed files intact, e2fsck clean" "$M loop ext4" t_cache_ext4 "$LAYER_MODE"
 t "$p volatile cache: the same with crash torn" "$M loop ext4" t_cache_ext4 "$LAYER_MODE" " torn"
