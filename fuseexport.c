@@ -5002,13 +5002,14 @@ static int notify_size(struct export *e)
  * (-ENOENT: the kernel holds nothing of it). */
 static int drop_kernel_cache(struct export *e)
 {
-	struct fuse_notify_inval_inode_out inval = { .ino = FUSE_ROOT_ID };
+	struct fuse_notify_inval_inode_out inval = {
+		.ino = FUSE_ROOT_ID, .off = 0, .len = 0 };	/* all of it */
 	struct fuse_out_header out = {
 		sizeof(out) + sizeof(inval), FUSE_NOTIFY_INVAL_INODE, 0 };
 	struct iovec iov[2] = { { &out, sizeof(out) }, { &inval, sizeof(inval) } };
 
 	if (!atomic_load(&e->init_answered))
-		return 0;	/* nothing cached yet: off 0, len 0 is all */
+		return 0;	/* nothing cached yet */
 	if (writev(e->fuse_fd, iov, 2) < 0)
 		return -errno;
 	if (e->debug)
