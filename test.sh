@@ -1398,8 +1398,8 @@ t_control() {
 # kept from the source until fsync; then more of them and CRASH ("crash"
 # or "crash torn") on the FIFO, once they are all in
 cache_client() {
-	"$PY" - "$@" <<'PYEOF'
-import ctypes, os, random, sys, time
+	PYTHONPATH="$TOP/tests" "$PY" - "$@" <<'PYEOF'
+import ctypes, fxio, os, random, sys
 mp, src, ctl, crash = sys.argv[1:]
 M = 1 << 20
 libc = ctypes.CDLL(None, use_errno=True)
@@ -1428,12 +1428,7 @@ os.pwrite(fd, b, 2 * M + 100)
 fallocate(fd, 0x10 | 1, 3 * M, 8192)          # zero range
 os.ftruncate(fd, 7 * M)
 assert os.fstat(fd).st_size == 7 * M
-with open(ctl, "w") as f: f.write(crash + "\n")
-for i in range(50):
-    try: os.pread(fd, 512, 0)
-    except OSError: break
-    time.sleep(0.1)
-else: sys.exit("the export still reads after the crash")
+fxio.crash(ctl, fd, crash)
 open("flushed", "wb").write(want)
 PYEOF
 }
@@ -1507,8 +1502,8 @@ PYEOF
 t_cache_dsync() {
 	mkimg src 8; cp src orig; : >mp
 	fx_up $1 --cache=none -w --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
-	"$PY" - "$PWD/mp" "$PWD/src" "$PWD/ctl" <<'PYEOF' || fail "the client"
-import os, sys, time
+	PYTHONPATH="$TOP/tests" "$PY" - "$PWD/mp" "$PWD/src" "$PWD/ctl" <<'PYEOF' || fail "the client"
+import fxio, os, sys
 mp, src, ctl = sys.argv[1:]
 M = 1 << 20
 plain, dsync = os.open(mp, os.O_RDWR), os.open(mp, os.O_WRONLY | os.O_DSYNC)
@@ -1520,12 +1515,7 @@ assert os.pread(plain, 12345, 3 * M + 100) == b, "the O_DSYNC write is not read 
 want = bytearray(open("orig", "rb").read())
 want[3 * M + 100:3 * M + 100 + 12345] = b
 assert open(src, "rb").read() == want, "the source does not hold the O_DSYNC write alone"
-with open(ctl, "w") as f: f.write("crash\n")
-for i in range(50):
-    try: os.pread(plain, 512, 0)
-    except OSError: break
-    time.sleep(0.1)
-else: sys.exit("the export still reads after the crash")
+fxio.crash(ctl, plain)
 open("want", "wb").write(want)
 PYEOF
 	fx_down "$PWD/mp"

@@ -35,6 +35,10 @@
 #       new client C (O_RDWR) fsyncs and fdatasyncs: prints each step's
 #       result, ok, the errno name, or short=N for a short write
 #
+# And for the Python clients test.sh runs itself (PYTHONPATH=tests):
+#   crash(control, fd, command): send command ("crash", "crash torn") to an
+#       export's control FIFO and wait until a read of fd fails
+#
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 import errno
@@ -209,6 +213,18 @@ def fsync_error(path):
         except OSError:
             pass  # a writer's close may report the error too
     print(" ".join(steps))
+
+
+def crash(control, fd, command="crash"):
+    with open(control, "w") as f:
+        f.write(command + "\n")
+    for _ in range(50):
+        try:
+            os.pread(fd, 512, 0)
+        except OSError:
+            return
+        time.sleep(0.1)
+    sys.exit("the export still reads after the crash")
 
 
 def main(argv):
