@@ -235,7 +235,7 @@ struct source {
 	/* what it holds and the room left: 0 or -errno */
 	int (*space)(struct source *s, struct space *sp);
 	/* the kernel caches the export's pages above: keep no second copy
-	 * of them below (NULL: nothing to keep, so nothing to do) */
+	 * of them below */
 	void (*keep_no_copy)(struct source *s);
 	/* let go of this layer and those below */
 	void (*close)(struct source *s);
@@ -399,6 +399,14 @@ int halt(struct export *e, const char *fmt, ...)
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {
 	return a < b ? a : b;
+}
+
+/* The resize of a source whose size is not its own to change (an NBD
+ * server's export, a window, a snapshot): EINVAL, as for a block device */
+static int no_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;
 }
 
 /* A byte count with an optional K, M, G or T suffix (powers of 1024) into
@@ -728,7 +736,6 @@ static void file_keep_no_copy(struct source *s)
 {
 	struct file_source *f = file_of(s);
 	char path[40];
-
 	long sectors = 0;
 
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
@@ -968,7 +975,6 @@ static int read_full(int fd, void *buf, size_t n)
 	}
 	return 0;
 }
-
 
 /* Send a, then b (blen may be 0), whole on the socket fd: 0 or -errno */
 static int send_full(int fd, const void *a, size_t alen, const void *b, size_t blen)
@@ -2145,12 +2151,6 @@ static int64_t nbd_seek(struct source *s, uint64_t pos, int whence)
 	return whence == SEEK_DATA ? -ENXIO : (int64_t)size;
 }
 
-static int nbd_resize(struct source *s, uint64_t size)
-{
-	(void)s, (void)size;
-	return -EINVAL;			/* the server's export keeps its size */
-}
-
 static int nbd_space(struct source *s, struct space *sp)
 {
 	memset(sp, 0, sizeof(*sp));
@@ -2290,7 +2290,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 		.size = nbd_size, .read = nbd_read, .map = nbd_map,
 		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
 		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
-		.resize = nbd_resize, .space = nbd_space,
+		.resize = no_resize, .space = nbd_space,
 		.keep_no_copy = nbd_keep_no_copy, .close = nbd_close,
 	};
 	return &n->s;
@@ -2451,12 +2451,6 @@ static int64_t window_seek(struct source *s, uint64_t pos, int whence)
 	return r;
 }
 
-static int window_resize(struct source *s, uint64_t size)
-{
-	(void)s, (void)size;
-	return -EINVAL;			/* a window keeps its size */
-}
-
 static int window_space(struct source *s, struct space *sp)
 {
 	int r = s->below->space(s->below, sp);
@@ -2523,7 +2517,7 @@ static struct source *window_open(struct source *below, uint64_t offset,
 		.write = window_write, .flush = window_flush,
 		.punch = window_punch, .zero = window_zero,
 		.allocate = window_allocate, .seek = window_seek,
-		.resize = window_resize, .space = window_space,
+		.resize = no_resize, .space = window_space,
 		.keep_no_copy = pass_keep_no_copy, .close = window_close,
 	};
 	return &w->s;
@@ -3103,12 +3097,6 @@ static int64_t snap_seek(struct source *s, uint64_t pos, int whence)
 	return whence == SEEK_HOLE ? (int64_t)sn->size : -ENXIO;
 }
 
-static int snap_resize(struct source *s, uint64_t size)
-{
-	(void)s, (void)size;
-	return -EINVAL;
-}
-
 static int snap_space(struct source *s, struct space *sp)
 {
 	int r = s->below->space(s->below, sp);
@@ -3200,7 +3188,7 @@ static struct source *snapshot_open(struct source *below, const char *file,
 		.size = snap_size, .read = snap_read, .map = snap_map,
 		.write = snap_write, .flush = snap_flush, .punch = snap_zero,
 		.zero = snap_zero, .allocate = snap_allocate, .seek = snap_seek,
-		.resize = snap_resize, .space = snap_space,
+		.resize = no_resize, .space = snap_space,
 		.keep_no_copy = pass_keep_no_copy, .close = snap_close,
 	};
 	return &sn->s;
@@ -3866,7 +3854,6 @@ static ssize_t cache_read(struct source *s, void *buf, size_t n, uint64_t pos)
 	return r < 0 ? r : (ssize_t)n;
 }
 
-
 /* A FUA write is held as any other (what is held over it is then up to
  * date) and written through at once, with FUA, as a disk's volatile cache
  * does: a crash loses the rest, never it */
@@ -4078,7 +4065,6 @@ static int64_t cache_seek(struct source *s, uint64_t pos, int whence)
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
-
 
 /* Drop every held block; the caller holds the lock */
 static void drop_all(struct cache *c)
@@ -4462,12 +4448,12 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 	 * without mmap on direct I/O files (before 6.6) use the page cache.
 	 * The cache modes keep the kernel's copy, across opens, and the
 	 * source keeps none. */
-	if (e->cache != CACHE_NONE)
+	if (e->cache != CACHE_NONE) {
 		e->open_flags = FOPEN_KEEP_CACHE;
-	else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP)
-		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	if (e->cache != CACHE_NONE)
 		e->top->keep_no_copy(e->top);
+	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
+		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	}
 	if (e->passthrough) {
 		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
 		out->max_stack_depth = 1;	/* the source is no FUSE file */
