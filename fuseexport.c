@@ -2528,22 +2528,43 @@ static struct source *window_open(struct source *below, uint64_t offset,
  * from the source's partition table, read here as Linux reads it: MBR
  * primaries 1-4 and logical partitions from 5 in the order of the
  * extended chain; GPT (a protective MBR means GPT) by entry index, the
- * backup header where the primary's CRC fails. LBAs count logical sectors.
+ * backup header where the primary fails. A GPT header is checked as
+ * Linux's is_gpt_valid() checks it (block/partitions/efi.c): its size,
+ * CRC and own LBA, the usable LBAs inside the source, entries of 128
+ * bytes and no more of them than 4 MiB holds (what Linux reads at most),
+ * their CRC. Where Linux stops at number 255 (DISK_MAX_PARTS), every
+ * entry a table holds is a partition here, and logical partitions count
+ * up to the same PART_MAX. LBAs count logical sectors. A table is walked,
+ * never held: a few KiB of memory, whatever it says.
  */
-enum { MAX_PARTS = 128 };
+enum {
+	GPT_ENTRY = 128,		/* the only entry size Linux takes */
+	PART_MAX = (4 << 20) / GPT_ENTRY,	/* 32768: the highest number */
+	GPT_NAME = 36,			/* UTF-16 units in an entry's name */
+	GPT_SLICE = 32,			/* entries read at a time */
+};
 
 struct part {
 	unsigned number;
 	uint64_t start, sectors;	/* in logical sectors */
-	char type[40];			/* MBR id (0x83) or GPT type GUID */
-	char name[80];			/* GPT name, in UTF-8 */
+	char type[40];			/* MBR id (83) or GPT type GUID */
+	char name[GPT_NAME * 3 + 1];	/* GPT name in UTF-8: 3 bytes a
+					 * unit at most (see name_text) */
 };
 
+/* A table found and checked, and how far a walk through it has got */
 struct table {
 	const char *kind;		/* "dos" or "gpt" */
 	unsigned sector;		/* bytes */
-	int count;
-	struct part part[MAX_PARTS];
+	unsigned next;			/* GPT: the entry index next; MBR: the
+					 * slot (1-4), then the number, next */
+	uint32_t count;			/* GPT: entries */
+	uint64_t lba;			/* GPT: the entries' LBA; MBR: the
+					 * extended partition's, or 0 */
+	uint64_t ebr;			/* MBR: the EBR next, or 0 */
+	unsigned hops;			/* MBR: EBRs read */
+	unsigned char mbr[512];		/* sector 0 */
+	unsigned char buf[GPT_SLICE * GPT_ENTRY];	/* entries or an EBR */
 };
 
 static uint32_t le32(const unsigned char *p)
@@ -2556,10 +2577,11 @@ static uint64_t le64(const unsigned char *p)
 	return le32(p) | (uint64_t)le32(p + 4) << 32;
 }
 
-/* CRC-32 (IEEE 802.3, reflected), as GPT checks its header and entries */
-static uint32_t crc32(const unsigned char *p, size_t n)
+/* CRC-32 (IEEE 802.3, reflected), as GPT checks its header and entries:
+ * that of n more bytes at p after crc, the CRC so far (0 to begin) */
+static uint32_t crc32(uint32_t crc, const unsigned char *p, size_t n)
 {
-	uint32_t c = ~0u;
+	uint32_t c = ~crc;
 	int k;
 
 	while (n--)
@@ -2577,22 +2599,12 @@ static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
 	return r < 0 ? (int)r : (size_t)r < n ? -EINVAL : 0;
 }
 
-static void add_part(struct table *t, unsigned number, uint64_t start,
-		     uint64_t sectors)
-{
-	struct part *p = &t->part[t->count++];
-
-	memset(p, 0, sizeof(*p));
-	p->number = number;
-	p->start = start;
-	p->sectors = sectors;
-}
-
-/* GPT's header at lba, checked: the entries' LBA, count and size, or
- * false if it is not a good one */
+/* GPT's header at lba, read into h (a sector) and checked as Linux checks
+ * it: true if it is a good one */
 static bool gpt_header(struct source *s, unsigned sector, uint64_t lba,
 		       unsigned char *h)
 {
+	uint64_t last = s->size(s) / sector - 1;
 	uint32_t size, crc;
 
 	if (read_exact(s, h, sector, lba * sector) < 0 || memcmp(h, "EFI PART", 8))
@@ -2602,117 +2614,77 @@ static bool gpt_header(struct source *s, unsigned sector, uint64_t lba,
 		return false;
 	crc = le32(h + 16);
 	memset(h + 16, 0, 4);
-	return crc32(h, size) == crc && le32(h + 84) >= 128 &&
-	       le32(h + 84) <= 4096 && le32(h + 80) <= 65536;
+	return crc32(0, h, size) == crc && le64(h + 24) == lba &&
+	       le64(h + 40) <= le64(h + 48) && le64(h + 48) <= last &&
+	       le64(h + 72) <= last && le32(h + 80) >= 1 &&
+	       le32(h + 80) <= PART_MAX && le32(h + 84) == GPT_ENTRY;
 }
 
-/* A GPT type GUID, as sfdisk prints it (mixed endian) */
-static void guid_text(char *out, const unsigned char *g)
+/* Read GPT entries index to index + n of t into t->buf: 0 or -errno */
+static int gpt_slice(struct source *s, struct table *t, uint32_t index,
+		     uint32_t n)
 {
-	sprintf(out, "%08X-%04X-%04X-%02X%02X-%02X%02X%02X%02X%02X%02X",
-		le32(g), g[4] | g[5] << 8, g[6] | g[7] << 8, g[8], g[9],
-		g[10], g[11], g[12], g[13], g[14], g[15]);
+	return read_exact(s, t->buf, (size_t)n * GPT_ENTRY,
+			  t->lba * t->sector + (uint64_t)index * GPT_ENTRY);
 }
 
-/* A GPT name: UTF-16LE, 36 units, into UTF-8 */
-static void name_text(char *out, const unsigned char *u)
-{
-	int i;
-
-	for (i = 0; i < 36; i++) {
-		unsigned c = u[2 * i] | u[2 * i + 1] << 8;
-
-		if (!c)
-			break;
-		if (c < 0x80) {
-			*out++ = c;
-		} else if (c < 0x800) {
-			*out++ = 0xc0 | c >> 6;
-			*out++ = 0x80 | (c & 0x3f);
-		} else {		/* surrogates come out as they are */
-			*out++ = 0xe0 | c >> 12;
-			*out++ = 0x80 | (c >> 6 & 0x3f);
-			*out++ = 0x80 | (c & 0x3f);
-		}
-	}
-	*out = 0;
-}
-
-/* GPT's header at lba and the entries it names, into t, if both are
- * good. Returns 0 or -errno (-EINVAL: not a good table). */
+/* GPT's header at lba into t, if it and the entries it names are good
+ * (the entries read a slice at a time for their CRC). Returns 0 or -errno
+ * (-EINVAL: not a good table). */
 static int gpt_at(struct source *s, struct table *t, uint64_t lba)
 {
-	unsigned sector = t->sector;
-	unsigned char *h = malloc(sector), *ent = NULL;
-	uint64_t last = s->size(s) / sector - 1;
-	uint32_t count, esize, i;
+	unsigned char *h = malloc(t->sector);
+	uint32_t crc = 0, i, n;
 	int r = -EINVAL;
 
 	if (!h)
 		return -ENOMEM;
-	if (!gpt_header(s, sector, lba, h))
+	if (!gpt_header(s, t->sector, lba, h))
 		goto out;
-	lba = le64(h + 72);
-	count = le32(h + 80);
-	esize = le32(h + 84);
-	ent = malloc((size_t)count * esize);
-	if (!ent || lba > last) {
-		r = ent ? -EINVAL : -ENOMEM;
-		goto out;
-	}
-	if ((r = read_exact(s, ent, (size_t)count * esize, lba * sector)) < 0)
-		goto out;
-	r = -EINVAL;
-	if (crc32(ent, (size_t)count * esize) != le32(h + 88))
-		goto out;
-	for (i = 0; i < count && t->count < MAX_PARTS; i++) {
-		const unsigned char *e = ent + (size_t)i * esize;
-		static const unsigned char unused[16];
-		uint64_t first = le64(e + 32), end = le64(e + 40);
-
-		if (!memcmp(e, unused, 16))
-			continue;
-		if (end < first)
+	t->lba = le64(h + 72);
+	t->count = le32(h + 80);
+	for (i = 0; i < t->count; i += n) {
+		n = min_u64(GPT_SLICE, t->count - i);
+		if ((r = gpt_slice(s, t, i, n)) < 0)
 			goto out;
-		add_part(t, i + 1, first, end - first + 1);
-		guid_text(t->part[t->count - 1].type, e);
-		name_text(t->part[t->count - 1].name, e + 56);
+		crc = crc32(crc, t->buf, (size_t)n * GPT_ENTRY);
 	}
+	r = crc == le32(h + 88) ? 0 : -EINVAL;
 	t->kind = "gpt";
-	r = 0;
+	t->next = 0;
 out:
 	free(h);
-	free(ent);
 	return r;
 }
 
 /* GPT: the primary header at LBA 1 with its entries, else the backup at
- * the last LBA with its own, as Linux does: a primary whose header or
- * entries fail their CRC is damaged. Returns 0 or -errno (-EINVAL: no
- * good table). */
+ * the last LBA with its own (where Linux needs its gpt option to look):
+ * a primary whose header or entries fail is damaged. Returns 0 or -errno
+ * (-EINVAL: no good table). */
 static int read_gpt(struct source *s, struct table *t)
 {
-	int r = gpt_at(s, t, 1);
+	uint64_t sectors = s->size(s) / t->sector;
+	int r;
 
-	if (r < 0 && r != -ENOMEM) {
-		t->count = 0;
-		r = gpt_at(s, t, s->size(s) / t->sector - 1);
-	}
+	if (sectors < 3)
+		return -EINVAL;
+	r = gpt_at(s, t, 1);
+	if (r < 0 && r != -ENOMEM)
+		r = gpt_at(s, t, sectors - 1);
 	return r;
 }
 
-/* MBR, with the extended chain; a protective entry (0xee) hands over to
- * GPT. Returns 0 or -errno (-EINVAL: no partition table). */
+/* Find s's table and check it, ready for next_part: MBR, with the extended
+ * chain; a protective entry (0xee) hands over to GPT. Returns 0 or -errno
+ * (-EINVAL: no partition table). */
 static int read_table(struct source *s, struct table *t)
 {
-	unsigned char b[512];
-	uint64_t ext = 0, ebr;
-	unsigned logical = 5;
-	int i, r, hops;
+	const unsigned char *b = t->mbr;
+	int i, r;
 
-	memset(t, 0, sizeof(*t));
+	memset(t, 0, offsetof(struct table, mbr));
 	t->sector = s->sector_size;
-	if ((r = read_exact(s, b, sizeof(b), 0)) < 0)
+	if ((r = read_exact(s, t->mbr, sizeof(t->mbr), 0)) < 0)
 		return r;
 	if (b[510] != 0x55 || b[511] != 0xaa)
 		return -EINVAL;
@@ -2726,59 +2698,190 @@ static int read_table(struct source *s, struct table *t)
 		if (b[446 + 16 * i + 4] == 0xee)
 			return read_gpt(s, t);
 	t->kind = "dos";
-	for (i = 0; i < 4; i++) {
-		const unsigned char *e = b + 446 + 16 * i;
+	t->next = 1;
+	return 0;
+}
 
-		if (!e[4] || !le32(e + 12))
-			continue;
-		add_part(t, i + 1, le32(e + 8), le32(e + 12));
-		sprintf(t->part[t->count - 1].type, "%x", e[4]);
-		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
-			ext = le32(e + 8);
-	}
-	/* each EBR holds a logical partition (relative to the EBR) and a
-	 * link to the next EBR (relative to the extended partition); a
-	 * chain that breaks ends there, the partitions found before it
-	 * kept, as Linux does: a rescue still reaches them */
-	for (ebr = ext, hops = 0; ebr && hops < MAX_PARTS && t->count < MAX_PARTS;
-	     hops++) {
-		const unsigned char *data = b + 446, *link = b + 462;
+/* A GPT type GUID, as sfdisk prints it (mixed endian) */
+static void guid_text(char *out, const unsigned char *g)
+{
+	sprintf(out, "%08X-%04X-%04X-%02X%02X-%02X%02X%02X%02X%02X%02X",
+		le32(g), g[4] | g[5] << 8, g[6] | g[7] << 8, g[8], g[9],
+		g[10], g[11], g[12], g[13], g[14], g[15]);
+}
 
-		if (read_exact(s, b, sizeof(b), ebr * t->sector) < 0 ||
-		    b[510] != 0x55 || b[511] != 0xaa)
-			break;
-		if (data[4] && le32(data + 12)) {
-			add_part(t, logical++, ebr + le32(data + 8), le32(data + 12));
-			sprintf(t->part[t->count - 1].type, "%x", data[4]);
+/* A GPT name, GPT_NAME UTF-16LE units up to the first 0, into out as
+ * UTF-8: a unit makes 3 bytes at most, and a surrogate pair 4 for its
+ * two. A unit that is no character (a surrogate without its other half)
+ * or a control character becomes U+FFFD, so that what is printed is
+ * text, and on one line. */
+static void name_text(char *out, const unsigned char *u)
+{
+	unsigned i, c, low;
+
+	for (i = 0; i < GPT_NAME && (c = u[2 * i] | u[2 * i + 1] << 8); i++) {
+		low = i + 1 < GPT_NAME ? u[2 * i + 2] | u[2 * i + 3] << 8 : 0;
+		if (c >= 0xd800 && c < 0xdc00 && low >= 0xdc00 && low < 0xe000) {
+			c = 0x10000 + ((c - 0xd800) << 10) + (low - 0xdc00);
+			i++;
+		} else if ((c >= 0xd800 && c < 0xe000) || c < 0x20 ||
+			   (c >= 0x7f && c < 0xa0)) {
+			c = 0xfffd;
 		}
-		ebr = link[4] && le32(link + 8) ? ext + le32(link + 8) : 0;
+		if (c < 0x80) {
+			*out++ = c;
+		} else if (c < 0x800) {
+			*out++ = 0xc0 | c >> 6;
+			*out++ = 0x80 | (c & 0x3f);
+		} else if (c < 0x10000) {
+			*out++ = 0xe0 | c >> 12;
+			*out++ = 0x80 | (c >> 6 & 0x3f);
+			*out++ = 0x80 | (c & 0x3f);
+		} else {
+			*out++ = 0xf0 | c >> 18;
+			*out++ = 0x80 | (c >> 12 & 0x3f);
+			*out++ = 0x80 | (c >> 6 & 0x3f);
+			*out++ = 0x80 | (c & 0x3f);
+		}
+	}
+	*out = 0;
+}
+
+/* The next used GPT entry of t into p: 1, 0 at the end, or -errno. An
+ * entry that ends before it starts is no partition. */
+static int next_gpt(struct source *s, struct table *t, struct part *p)
+{
+	static const unsigned char unused[16];
+
+	for (; t->next < t->count; t->next++) {
+		const unsigned char *e = t->buf + t->next % GPT_SLICE * GPT_ENTRY;
+		uint64_t first, end;
+		int r;
+
+		if (t->next % GPT_SLICE == 0 &&
+		    (r = gpt_slice(s, t, t->next,
+				   min_u64(GPT_SLICE, t->count - t->next))) < 0)
+			return r;
+		first = le64(e + 32);
+		end = le64(e + 40);
+		if (!memcmp(e, unused, 16) || end < first)
+			continue;
+		p->number = ++t->next;
+		p->start = first;
+		p->sectors = end - first + 1;
+		guid_text(p->type, e);
+		name_text(p->name, e + 56);
+		return 1;
 	}
 	return 0;
 }
 
-/* The numbers of t's partitions, "1 2 5", for messages */
-static const char *part_numbers(const struct table *t)
+/* The next MBR partition of t into p: the primaries, then a logical one
+ * from each EBR of the chain. Returns 1, or 0 at the end. */
+static int next_mbr(struct source *s, struct table *t, struct part *p)
 {
-	static char list[MAX_PARTS * 4 + 8];
-	size_t n = 0;
-	int i;
+	const unsigned char *e;
 
-	list[0] = 0;
-	for (i = 0; i < t->count; i++)
-		n += snprintf(list + n, sizeof(list) - n, "%s%u", i ? " " : "",
-			      t->part[i].number);
-	return t->count ? list : "none";
+	p->name[0] = 0;
+	while (t->next <= 4) {
+		e = t->mbr + 446 + 16 * (t->next - 1);
+		p->number = t->next++;
+		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
+			t->lba = t->ebr = le32(e + 8);
+		if (!e[4] || !le32(e + 12))
+			continue;
+		p->start = le32(e + 8);
+		p->sectors = le32(e + 12);
+		sprintf(p->type, "%x", e[4]);
+		return 1;
+	}
+	/* each EBR holds a logical partition (relative to the EBR) and a
+	 * link to the next EBR (relative to the extended partition); a
+	 * chain that breaks ends there, the partitions found before it
+	 * kept, as Linux does: a rescue still reaches them. It ends at
+	 * PART_MAX too, the end of a chain that loops. */
+	while (t->ebr && t->hops < PART_MAX && t->next <= PART_MAX) {
+		const unsigned char *data = t->buf + 446, *link = t->buf + 462;
+		uint64_t ebr = t->ebr;
+
+		t->hops++;
+		if (read_exact(s, t->buf, 512, ebr * t->sector) < 0 ||
+		    t->buf[510] != 0x55 || t->buf[511] != 0xaa)
+			break;
+		t->ebr = link[4] && le32(link + 8) ? t->lba + le32(link + 8) : 0;
+		if (data[4] && le32(data + 12)) {
+			p->number = t->next++;
+			p->start = ebr + le32(data + 8);
+			p->sectors = le32(data + 12);
+			sprintf(p->type, "%x", data[4]);
+			return 1;
+		}
+	}
+	t->ebr = 0;
+	return 0;
 }
 
-/* Read s's table, or exit saying why it cannot be */
-static void must_read_table(struct source *s, struct table *t, const char *path)
+/* The next partition of t, found by read_table, into p, in the order of
+ * their numbers: 1, 0 at the end, or -errno */
+static int next_part(struct source *s, struct table *t, struct part *p)
+{
+	return *t->kind == 'g' ? next_gpt(s, t, p) : next_mbr(s, t, p);
+}
+
+/* Partition number of s into p, t its table: 0, or -errno (-ENOENT: the
+ * table has no such partition; -EINVAL: there is no table) */
+static int find_part(struct source *s, struct table *t, unsigned number,
+		     struct part *p)
 {
 	int r = read_table(s, t);
 
+	while (r >= 0 && (r = next_part(s, t, p)) > 0)
+		if (p->number == number)
+			return 0;
+	return r < 0 ? r : -ENOENT;
+}
+
+/* The numbers of s's partitions, "1 2 5-8" (a run of four or more as a
+ * range), for a message: a string to free */
+static char *part_numbers(struct source *s, struct table *t)
+{
+	unsigned first = 0, last = 0;
+	char *list = NULL;
+	size_t len;
+	FILE *f = open_memstream(&list, &len);
+	struct part p;
+	int r;
+
+	if (!f)
+		die("out of memory:");
+	r = read_table(s, t);
+	while (r >= 0 && (r = next_part(s, t, &p)) >= 0) {
+		if (r && first && p.number == last + 1) {
+			last++;
+			continue;
+		}
+		if (first && last >= first + 3)
+			fprintf(f, "%s%u-%u", ftell(f) ? " " : "", first, last);
+		else
+			for (; first && first <= last; first++)
+				fprintf(f, "%s%u", ftell(f) ? " " : "", first);
+		if (!r)
+			break;
+		first = last = p.number;
+	}
+	if (!ftell(f))
+		fputs(r < 0 ? "unknown" : "none", f);
+	if (fclose(f))
+		die("out of memory:");
+	return list;
+}
+
+/* Why s has no table t can use, as a message; exits */
+static _Noreturn void table_error(int r, const char *path)
+{
 	if (r == -EINVAL)
 		die("%s: no partition table (MBR or GPT) that can be read", path);
-	if (r < 0)
-		die("%s: reading the partition table: %s", path, strerror(-r));
+	die("%s: reading the partition table: %s", path, strerror(-r));
 }
 
 /* Stand a window on partition number of below. Exits if there is no such
@@ -2789,23 +2892,22 @@ static struct source *partition_open(struct source *below, unsigned number,
 	struct table *t = malloc(sizeof(*t));
 	uint64_t size = below->size(below);
 	struct source *s;
-	int i;
+	struct part p;
+	int r;
 
 	if (!t)
 		die("out of memory:");
-	must_read_table(below, t, path);
-	for (i = 0; i < t->count && t->part[i].number != number; i++)
-		;
-	if (i == t->count)
+	r = find_part(below, t, number, &p);
+	if (r == -ENOENT)
 		die("%s: no partition %u (partitions: %s)", path, number,
-		    part_numbers(t));
-	if (t->part[i].start > size / t->sector ||
-	    t->part[i].sectors > size / t->sector - t->part[i].start ||
-	    !t->part[i].sectors)
+		    part_numbers(below, t));
+	if (r < 0)
+		table_error(r, path);
+	if (p.start > size / t->sector || !p.sectors ||
+	    p.sectors > size / t->sector - p.start)
 		die("%s: partition %u runs past the end of the source "
-		    "(partitions: %s)", path, number, part_numbers(t));
-	s = window_open(below, t->part[i].start * t->sector,
-			t->part[i].sectors * t->sector, path);
+		    "(partitions: %s)", path, number, part_numbers(below, t));
+	s = window_open(below, p.start * t->sector, p.sectors * t->sector, path);
 	free(t);
 	return s;
 }
@@ -2825,34 +2927,104 @@ static void human_size(char *out, size_t n, uint64_t bytes)
 		snprintf(out, n, "%.0f%c", v, units[u]);
 }
 
-/* --partitions: print the table as partx --show does, and exit */
-static MAIN_ONLY _Noreturn void list_partitions(struct export *e)
+/* Print s's table on out as partx --show does: 0 or -errno (-EINVAL: no
+ * table) */
+static int print_table(struct source *s, FILE *out)
 {
-	const char *path = e->source_path;
-	struct source *s = open_bottom(e, false, false);
 	struct table *t = malloc(sizeof(*t));
+	struct part p;
 	char size[16];
-	int i;
+	int r;
 
 	if (!t)
-		die("out of memory:");
-	must_read_table(s, t, path);
-	printf("%s partition table, %u-byte sectors\n", t->kind, t->sector);
-	printf("%3s %12s %12s %12s %6s %-36s %s\n", "NR", "START", "END",
-	       "SECTORS", "SIZE", "TYPE", "NAME");
-	for (i = 0; i < t->count; i++) {
-		const struct part *p = &t->part[i];
-
-		human_size(size, sizeof(size), p->sectors * t->sector);
-		printf("%3u %12llu %12llu %12llu %6s %-*s%s%s\n", p->number,
-		       (unsigned long long)p->start,
-		       (unsigned long long)(p->start + p->sectors - 1),
-		       (unsigned long long)p->sectors, size, *p->name ? 36 : 0,
-		       p->type, *p->name ? " " : "", p->name);
+		return -ENOMEM;
+	if ((r = read_table(s, t)) < 0)
+		goto out;
+	fprintf(out, "%s partition table, %u-byte sectors\n", t->kind, t->sector);
+	fprintf(out, "%3s %12s %12s %12s %6s %-36s %s\n", "NR", "START", "END",
+		"SECTORS", "SIZE", "TYPE", "NAME");
+	while ((r = next_part(s, t, &p)) > 0) {
+		human_size(size, sizeof(size), p.sectors * t->sector);
+		fprintf(out, "%3u %12llu %12llu %12llu %6s %-*s%s%s\n", p.number,
+			(unsigned long long)p.start,
+			(unsigned long long)(p.start + p.sectors - 1),
+			(unsigned long long)p.sectors, size, *p.name ? 36 : 0,
+			p.type, *p.name ? " " : "", p.name);
 	}
+out:
 	free(t);
+	return r;
+}
+
+/* --partitions: print the table, and exit */
+static MAIN_ONLY _Noreturn void list_partitions(struct export *e)
+{
+	struct source *s = open_bottom(e, false, false);
+	int r = print_table(s, stdout);
+
+	if (r < 0)
+		table_error(r, e->source_path);
 	s->close(s);
 	print_and_exit("");
+}
+
+/* A source whose bytes a fuzzer's read function gives */
+struct fuzz_source {
+	struct source s;
+	uint64_t size;
+	ssize_t (*read)(void *buf, size_t n, uint64_t pos);
+};
+
+static ssize_t fuzz_read(struct source *s, void *buf, size_t n, uint64_t pos)
+{
+	return ((struct fuzz_source *)s)->read(buf, n, pos);
+}
+
+static uint64_t fuzz_size(struct source *s)
+{
+	return ((struct fuzz_source *)s)->size;
+}
+
+int fuseexport_fuzz_partitions(uint64_t size, unsigned sector,
+			       ssize_t (*read)(void *buf, size_t n, uint64_t pos),
+			       FILE *out)
+{
+	struct fuzz_source f = {
+		.s = { .sector_size = sector, .size = fuzz_size, .read = fuzz_read },
+		.size = size, .read = read,
+	};
+	struct table *t = malloc(sizeof(*t)), *u = malloc(sizeof(*u));
+	unsigned last = 0;
+	struct part p, q;
+	int r, count = 0;
+
+	if (!t || !u) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((r = print_table(&f.s, out)) < 0)
+		goto out;
+	r = read_table(&f.s, t);
+	while (r >= 0 && (r = next_part(&f.s, t, &p)) > 0) {
+		/* numbers rise, and --partition finds the first few as
+		 * the walk did */
+		if (p.number <= last || (count < 4 &&
+		    (find_part(&f.s, u, p.number, &q) || q.start != p.start ||
+		     q.sectors != p.sectors || strcmp(q.name, p.name)))) {
+			r = -EPROTO;
+			goto out;
+		}
+		last = p.number;
+		count++;
+	}
+	if (r == 0 && find_part(&f.s, u, last + 1, &q) != -ENOENT)
+		r = -EPROTO;
+	free(part_numbers(&f.s, u));
+	r = r < 0 ? r : count;
+out:
+	free(t);
+	free(u);
+	return r;
 }
 
 /*
@@ -5590,7 +5762,7 @@ static void set_option(struct export *e, int id, const char *value,
 		e->retry = parse_number(what, value, 0, 86400);
 		break;
 	case OPT_PARTITION:
-		e->partition = parse_number(what, value, 1, MAX_PARTS);
+		e->partition = parse_number(what, value, 1, PART_MAX);
 		break;
 	case OPT_PARTITIONS:
 		e->list_partitions = true;

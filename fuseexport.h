@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
 #include <sys/ioctl.h>
 
 #define FUSE_KERNEL_VERSION 7
@@ -644,5 +646,18 @@ void fuseexport_free(struct export *e);
  * ended or was found hostile.
  */
 int fuseexport_nbd_replies(int fd, int structured);
+
+/*
+ * The partition table code, for a fuzzer: a source of size bytes whose
+ * logical sector is sector bytes, its bytes given by read (n at pos into
+ * buf: the number read, short only at the end, or -errno). Prints the
+ * table into out as --partitions does, and looks partitions up as
+ * --partition does: the first few that were printed, and one number past
+ * the last. Returns the number of partitions, -EPROTO if a lookup does
+ * not find what the walk found, or -errno (-EINVAL: no table).
+ */
+int fuseexport_fuzz_partitions(uint64_t size, unsigned sector,
+			       ssize_t (*read)(void *buf, size_t n, uint64_t pos),
+			       FILE *out);
 
 #endif
