@@ -2581,6 +2581,63 @@ t_partitions_list() {
 	grep -Eq '^ +6 .* 30M +82 *$' out || fail "partition 6: size and type"
 }
 
+# GPT names as long as a name gets, in 128 entries: 36 CJK units (108
+# bytes of UTF-8) in the last entry, a surrogate pair in the first, and
+# then, written by hand, lone surrogates and control characters, each
+# printed as U+FFFD: what --partitions prints is UTF-8, a line a
+# partition, and --partition exports the partition of the last entry
+t_gpt_names() {
+	local long i args=
+	long=$(printf '数%.0s' $(seq 36))
+	rm -f disk.img; truncate -s 100M disk.img; : >mp
+	for i in $(seq 1 128); do args="$args -n $i:0:+256K"; done
+	sgdisk $args -c 1:"données😀x" -c 128:"$long" disk.img >&2 || fail "sgdisk"
+	head -c $((256 * 1024)) /dev/urandom >data
+	dd if=data of=disk.img bs=512 seek="$(part disk.img 128 start)" conv=notrunc status=none
+	"$FX" --partitions disk.img >out 2>err || fail "--partitions: exit $?: $(cat err)"
+	eq "$(tail -n +3 out | awk '{ print $1, $2, $4, $6 }')" "$(sfdisk_rows disk.img)" \
+		"rows against sfdisk -d"
+	eq "$(awk '$1 == 128 { print $7 }' out)" "$long" "the name of 36 CJK units"
+	eq "$(awk '$1 == 1 { print $7 }' out)" "données😀x" "the name with a surrogate pair"
+	fx_up --partition=128 "$PWD/disk.img" "$PWD/mp"
+	cmp mp data || fail "partition 128"
+	fx_down "$PWD/mp"
+	# lone surrogates (high, low, high at the end), a newline, a C1
+	# control (NEL): one line, U+FFFD for each
+	"$PY" "$TOP/tests/gptedit.py" disk.img name=2:D800,0061,DC00,000A,0085,0062,DBFF ||
+		fail "gptedit.py"
+	"$FX" --partitions disk.img >out 2>err || fail "--partitions, lone surrogates: exit $?: $(cat err)"
+	eq "$(tail -n +3 out | wc -l)" 128 "rows with a newline in a name"
+	eq "$(awk '$1 == 2 { print $7 }' out)" "�a���b�" "lone surrogates and control characters"
+	"$PY" -c 'import sys; sys.stdin.buffer.read().decode()' <out ||
+		fail "--partitions printed what is not UTF-8"
+}
+
+# a GPT of 1152 entries (sgdisk -S) holding partitions 1001 to 1128, past
+# what Linux reads: each one exportable; a number not there is refused,
+# naming them as a range; numbers past the most a table holds are refused
+t_gpt_many_entries() {
+	local i args=
+	rm -f disk.img; truncate -s 200M disk.img; : >mp
+	for i in $(seq 1001 1128); do args="$args -n $i:0:+1M"; done
+	sgdisk -S 1152 $args disk.img >&2 || fail "sgdisk -S 1152"
+	head -c $MiB /dev/urandom >data
+	dd if=data of=disk.img bs=512 seek="$(part disk.img 1128 start)" conv=notrunc status=none
+	bad --partition=1 "$PWD/disk.img" "$PWD/mp"
+	grep -q "no partition 1 (partitions: 1001-1128)$" err || fail "no partition 1: $(cat err)"
+	"$FX" --partitions disk.img >out 2>err || fail "--partitions: exit $?: $(cat err)"
+	eq "$(tail -n +3 out | awk '{ print $1, $2, $4, $6 }')" "$(sfdisk_rows disk.img)" \
+		"rows against sfdisk -d"
+	fx_up --partition=1128 "$PWD/disk.img" "$PWD/mp"
+	cmp mp data || fail "partition 1128"
+	fx_down "$PWD/mp"
+	fx_up -o partition=1001 "$PWD/disk.img" "$PWD/mp"
+	cmp mp <(part_bytes disk.img 1001) || fail "partition 1001"
+	fx_down "$PWD/mp"
+	bad --partition=32769 "$PWD/disk.img" "$PWD/mp"
+	grep -q "from 1 to 32768" err || fail "--partition=32769: $(cat err)"
+}
+
 # mkfs.ext4 in a primary and in a logical partition, through --partition
 # exports: loop-mounted, files written, checked, and the export is the
 # image's own bytes at the partition's place; nothing else changes
@@ -2740,6 +2797,27 @@ b[510:512] = b"\x55\xaa"; sys.stdout.buffer.write(b)' </dev/zero >disk.img
 	eq "$(tail -n +3 out | awk '{ print $1 }' | tr '\n' ' ')" "1 2 3 " "numbers with a broken chain"
 	bad --partition=5 "$PWD/disk.img" "$PWD/mp"
 	grep -q "no partition 5 (partitions: 1 2 3)" err || fail "broken chain: $(cat err)"
+}
+
+# GPT sizes bounded as Linux bounds them (block/partitions/efi.c): entries
+# of 128 bytes only, no more of them than 4 MiB holds. A primary rewritten
+# with its entries 256 or 4096 bytes apart, or with 32769 or 65536
+# entries, CRCs right and the backup gone, is no table; 32768 entries are
+# one, and partition 2 is found in it
+t_gpt_sizes() {
+	local edit
+	for edit in esize=256 esize=4096 count=32769 "esize=4096 count=65536" count=32768; do
+		gpt_img disk.img 20
+		"$PY" "$TOP/tests/gptedit.py" disk.img $edit || fail "gptedit.py $edit"
+		if [ "$edit" = count=32768 ]; then
+			"$FX" --partitions disk.img >out 2>err || fail "--partitions, $edit: $(cat err)"
+			eq "$(tail -n +3 out | awk '{ print $1 }' | tr '\n' ' ')" "1 2 4 " "numbers, $edit"
+			continue
+		fi
+		bad --partitions "$PWD/disk.img"
+		grep -q "no partition table (MBR or GPT) that can be read" err ||
+			fail "--partitions, $edit: $(cat err)"
+	done
 }
 
 # the server's descriptor of PATH is open read-only
@@ -4004,11 +4082,14 @@ t "names with spaces, commas and backslashes" "$M" t_odd_names
 t "relative SOURCE and MOUNTPOINT" "$M" t_relative_paths
 
 t "--partitions: the table as sfdisk -d has it (MBR with logical partitions, GPT), exit 0" "sfdisk sgdisk" t_partitions_list
+t "--partitions: GPT names of 36 units, surrogate pairs, lone surrogates and controls: UTF-8, a line each; 128 entries" "$M sfdisk sgdisk python3" t_gpt_names
+t "--partition: a GPT of 1152 entries holding 1001-1128: each exported, others refused naming them" "$M sfdisk sgdisk" t_gpt_many_entries
 t "--partition: mkfs.ext4 in a primary and a logical partition, loop-mounted; the export is dd skip=START" "$M sfdisk loop ext4" t_partition_ext4
 t "--partition: mkfs.xfs in a GPT partition, loop-mounted; the export is dd skip=START" "$M sgdisk sfdisk loop xfs" t_partition_xfs
 t "--partition: GPT with its primary header or entries zeroed: the backup is used" "$M sgdisk sfdisk" t_gpt_backup
 t "--partition: GPT on a 4096-byte-sector loop device, and a snapshot of it committed" "$M sgdisk sfdisk loop" t_partition_4k
 t "--partition: missing, past the end, garbage, with --offset: refused; a broken extended chain keeps the rest" "$M sfdisk" t_partition_refusals
+t "--partitions: GPT entries not 128 bytes, or more than 4 MiB of them, are no table (as Linux)" "sgdisk python3" t_gpt_sizes
 t "snapshot: e2fsck -fy repairs a damaged ext4 in partition 2, the image unchanged; resumed, wrong FILE refused, committed" "$M sfdisk loop ext4" t_snapshot_ext4
 t "snapshot: xfs_repair repairs a damaged xfs in a GPT partition, the image unchanged; resumed, committed" "$M sgdisk sfdisk loop xfs" t_snapshot_xfs
 t "snapshot in memory: writes, punch, zero read back; fixed size; the source read-only, unchanged; gone after" "$M xfs_io python3" t_snapshot_memory
