@@ -2786,10 +2786,10 @@ static int next_mbr(struct source *s, struct table *t, struct part *p)
 	while (t->next <= 4) {
 		e = t->mbr + 446 + 16 * (t->next - 1);
 		p->number = t->next++;
-		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
-			t->lba = t->ebr = le32(e + 8);
 		if (!e[4] || !le32(e + 12))
 			continue;
+		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
+			t->lba = t->ebr = le32(e + 8);
 		p->start = le32(e + 8);
 		p->sectors = le32(e + 12);
 		sprintf(p->type, "%x", e[4]);
