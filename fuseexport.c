@@ -2581,12 +2581,20 @@ static uint64_t le64(const unsigned char *p)
  * that of n more bytes at p after crc, the CRC so far (0 to begin) */
 static uint32_t crc32(uint32_t crc, const unsigned char *p, size_t n)
 {
+	/* the CRC of each 4-bit value: two steps a byte, from 64 bytes */
+	static const uint32_t nibble[16] = {
+		0x00000000, 0x1db71064, 0x3b6e20c8, 0x26d930ac,
+		0x76dc4190, 0x6b6b51f4, 0x4db26158, 0x5005713c,
+		0xedb88320, 0xf00f9344, 0xd6d6a3e8, 0xcb61b38c,
+		0x9b64c2b0, 0x86d3d2d4, 0xa00ae278, 0xbdbdf21c,
+	};
 	uint32_t c = ~crc;
-	int k;
 
-	while (n--)
-		for (c ^= *p++, k = 0; k < 8; k++)
-			c = c >> 1 ^ (0xedb88320 & -(c & 1));
+	while (n--) {
+		c ^= *p++;
+		c = c >> 4 ^ nibble[c & 15];
+		c = c >> 4 ^ nibble[c & 15];
+	}
 	return ~c;
 }
 
