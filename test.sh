@@ -2817,7 +2817,9 @@ t_snapshot_ext4() {
 	eq "$(sum disk.img)" "$before" "the image after the refusals"
 	# the commit: partition 2 is what the snapshot showed, nothing else moved
 	"$FX" --commit --snapshot="$PWD/fix.fx" "$PWD/disk.img" >out 2>err || fail "--commit: exit $?: $(cat err)"
-	refute "--commit wrote to stderr: $(cat err)" [ -s err ]
+	refute "--commit wrote to stdout: $(cat out)" [ -s out ]
+	grep -Eqx "fuseexport: committed [0-9.]+[BKMG] in [0-9]+ blocks to $PWD/disk.img" err ||
+		fail "--commit's summary: $(cat err)"
 	refute "FILE left after the commit" [ -e fix.fx ]
 	refute "--commit mounted something" mounted "$PWD/mp"
 	cmp repaired <(dd if=disk.img bs=512 skip="$start" count="$sectors" status=none) ||
@@ -3003,6 +3005,17 @@ t_snapshot_commit() {
 	"$FX" --commit --snapshot="$PWD/w.fx" "$PWD/src" 2>err || fail "--commit: $(cat err)"
 	refute "FILE left after the commit" [ -e w.fx ]
 	cmp src expected || fail "the source after the commit"
+	# 49 blocks from 1, 2 at the end, 16 punched, 2 zeroed: 69 of 4 KiB
+	eq "$(cat err)" "fuseexport: committed 276K in 69 blocks to $PWD/src" "--commit's summary"
+	# on a terminal, progress too: bytes of all and a rate
+	mv w.saved w.fx; cp --sparse=always w.fx w.saved
+	script -qec "$FX --commit --snapshot=$PWD/w.fx $PWD/src" /dev/null >tty.out 2>&1 ||
+		fail "--commit on a terminal: $(cat tty.out)"
+	grep -aq "fuseexport: committing: [0-9.]*[BKMG] of 276K, [0-9.]*[BKMG]/s" tty.out ||
+		fail "no progress on a terminal: $(od -c tty.out | head)"
+	grep -aq "fuseexport: committed 276K in 69 blocks to $PWD/src" tty.out ||
+		fail "no summary on a terminal: $(cat tty.out)"
+	cmp src expected || fail "the source after the commit on a terminal"
 	mv w.saved w.fx
 	"$FX" --commit --snapshot="$PWD/w.fx" "$PWD/src" 2>err || fail "--commit again: $(cat err)"
 	cmp src expected || fail "the source after the second commit"
@@ -4015,7 +4028,7 @@ t "snapshot in memory: writes, punch, zero read back; fixed size; the source rea
 t "snapshot: SEEK_DATA/SEEK_HOLE see data written into holes and holes punched into data" "$M xfs_io" t_snapshot_seek
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
-t "snapshot of an unaligned window: the commit lands there alone, runs again the same; bad commits refused" "$M xfs_io" t_snapshot_commit
+t "snapshot of an unaligned window: the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad commits refused" "$M xfs_io script" t_snapshot_commit
 NBD_MODE=${FX_NBD_MODE:--q 2}	# the NBD tests: one representative mode
 t "nbd: qemu-nbd on a unix socket: cmp, writes, fsync, fio verify" "$M qemu-nbd fio python3 xfs_io" t_nbd_qemu "$NBD_MODE"
 t "nbd: nbd:// over 127.0.0.1 and [::1], named exports" "$M qemu-nbd ss python3" t_nbd_tcp "$NBD_MODE"
