@@ -3321,20 +3321,22 @@ static bool snap_attach(struct snapshot *sn, const char *file,
 }
 
 /* Stand a snapshot on below, its changes in file (NULL: in memory); id
- * names the source. Exits on failure. */
+ * names the source, its size and magic filled in here. NULL with why
+ * (one line) if FILE is refused; exits if memory runs out. */
 static struct source *snapshot_open(struct source *below, const char *file,
-				    struct snap_header *id)
+				    struct snap_header *id, char *why, size_t n)
 {
 	struct snapshot *sn = snap_new(below->size(below));
-	char why[PATH_MAX + 200];
 
 	if (!sn)
 		die("out of memory:");
 	memcpy(id->magic, "FXSNAP1", 8);
 	id->size = sn->size;
 	id->block = SNAP_BLOCK;
-	if (!snap_attach(sn, file, id, why, sizeof(why)))
-		die("%s", why);
+	if (!snap_attach(sn, file, id, why, n)) {
+		snap_free(sn);
+		return NULL;
+	}
 	sn->s = (struct source){
 		.below = below, .writable = true,
 		.passthrough_fd = -1,
@@ -3347,6 +3349,35 @@ static struct source *snapshot_open(struct source *below, const char *file,
 		.keep_no_copy = pass_keep_no_copy, .close = snap_close,
 	};
 	return &sn->s;
+}
+
+static void source_id(const char *path, struct snap_header *id);
+
+/* For a fuzzer (see fuseexport.h): resume FILE over the regular file
+ * source as the program would; if taken, read it all, seek, write a
+ * block and flush. 1 if taken, 0 if refused (why, one line, in why). */
+int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
+			     size_t n)
+{
+	struct snap_header id = { .offset = 0 };
+	struct source *below = file_open(source, false, false), *s;
+	static char buf[1 << 16];
+	uint64_t pos, size;
+
+	source_id(source, &id);
+	s = snapshot_open(below, file, &id, why, n);
+	if (!s) {
+		below->close(below);
+		return 0;
+	}
+	size = s->size(s);
+	for (pos = 0; pos < size; pos += sizeof(buf))
+		s->read(s, buf, sizeof(buf), pos);
+	s->seek(s, 0, SEEK_DATA);
+	s->seek(s, 0, SEEK_HOLE);
+	s->write(s, buf, 1000, size / 2, WRITE_FUA);
+	s->close(s);
+	return 1;
 }
 
 /*
@@ -6014,6 +6045,7 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 static void open_source(struct export *e)
 {
 	struct snap_header id = { .offset = e->offset };
+	char why[PATH_MAX + 200];
 	struct stat st;
 
 	if (e->write_cache && !e->writable)
@@ -6027,7 +6059,9 @@ static void open_source(struct export *e)
 	}
 	if (e->snapshot) {
 		source_id(e->source_path, &id);
-		e->top = snapshot_open(e->top, e->snapshot_file, &id);
+		e->top = snapshot_open(e->top, e->snapshot_file, &id, why, sizeof(why));
+		if (!e->top)
+			die("%s", why);
 	}
 	if (e->rules || e->control_path) {
 		e->faults = fault_open(e->top, e->rules, e->seed, e->debug);

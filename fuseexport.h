@@ -645,4 +645,14 @@ void fuseexport_free(struct export *e);
  */
 int fuseexport_nbd_replies(int fd, int structured);
 
+/*
+ * The snapshot FILE's reader, for a fuzzer: resume FILE (written by the
+ * fuzzer) as a snapshot of the regular file source, exactly as an export
+ * would, and if it is taken, read all of it, seek, write and flush.
+ * Returns 1 if FILE was taken, 0 if refused, with why (one line, at most
+ * n bytes) in why.
+ */
+int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
+			     size_t n);
+
 #endif
