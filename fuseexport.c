@@ -87,9 +87,11 @@ static const char usage_text[] =
 "      --partition=N       export partition N of SOURCE (MBR or GPT)\n"
 "      --partitions        print SOURCE's partition table and exit\n"
 "      --snapshot[=FILE]   copy-on-write: SOURCE is never written; changes\n"
-"                          live in memory, or in FILE (exported again: resumed)\n"
+"                          live in memory, or in FILE (exported again: resumed;\n"
+"                          a flush makes them durable there, as on a disk)\n"
 "      --commit            with --snapshot=FILE: write FILE's changes into\n"
-"                          SOURCE, then remove FILE; nothing is mounted\n"
+"                          SOURCE, then remove FILE and say so on stderr\n"
+"                          (progress too, on a terminal); nothing is mounted\n"
 "      --fault=RULE        fail or delay the requests RULE matches; repeat\n"
 "                          for more rules, checked in order. RULE is\n"
 "                          key=value,...: op=read|write|flush|trim|zero|any\n"
@@ -3040,13 +3042,30 @@ out:
  * which is never written. A changed block's bytes live in the delta file
  * (FILE, or a memfd without one) at data + block * SNAP_BLOCK, and a bit
  * in the map says which blocks changed; a block punched whole is a hole
- * there, which reads as zeros. FILE is a header naming the source it was
- * made for, the map, then the data, sparse: exporting again resumes it,
- * and --commit writes it into the source.
+ * there, which reads as zeros. FILE is a 4 KiB header naming the source
+ * it was made for, the map (a bit per block, in 4 KiB pieces), then the
+ * data, sparse: exporting again resumes it, and --commit writes it into
+ * the source. The layout is fixed and little-endian, whatever the
+ * machine's page size or byte order.
+ *
+ * Crash safety: FILE's map only ever names blocks whose data is durable.
+ * The live map is in memory; a flush (fsync, fdatasync, a FUA write)
+ * copies the map pieces that gained bits, fdatasyncs FILE, which makes
+ * durable the data of every block those copies name, then writes the
+ * copies with pwrite and fdatasyncs again. Bits are only ever set, so a
+ * crash at any point, a torn map write included, leaves a map whose
+ * every bit names durable data: a block reads as its last flushed bytes
+ * or bytes written since, never as zeros nobody wrote. Why not the old
+ * way, the map mapped shared: write-back orders nothing, it may put the
+ * map out before the data, and a kernel with 16 or 64 KiB pages refuses
+ * a mapping at offset 4096. Why not a journal: that writes every block
+ * twice, this writes only the map's changed pieces, and a flush that set
+ * no new bit costs one fdatasync, as before.
  */
-enum { SNAP_BLOCK = 4096, SNAP_LOCKS = 64, SNAP_MAP = 4096 };
+enum { SNAP_BLOCK = 4096, SNAP_LOCKS = 64, SNAP_MAP = 4096,
+       SNAP_WORDS = SNAP_MAP / 8 };	/* a map piece's 64-bit words */
 
-struct snap_header {
+struct snap_header {			/* little-endian in FILE */
 	char magic[8];			/* "FXSNAP1" */
 	uint64_t size;			/* the layer below's size */
 	uint64_t dev, ino;		/* the source (rdev for a device) */
@@ -3058,9 +3077,14 @@ struct snap_header {
 struct snapshot {
 	struct source s;
 	int fd;				/* the delta file */
+	bool durable;			/* FILE, not memory: the map is saved */
 	uint64_t size, blocks, data;	/* data: where block 0 lies in it */
-	size_t map_len;
-	_Atomic uint64_t *map;		/* a bit per block: changed */
+	size_t map_len, pieces;		/* the map's bytes, its 4 KiB pieces */
+	_Atomic uint64_t *map;		/* a bit per block: changed (live) */
+	uint64_t *saved;		/* what the next flush writes, LE */
+	atomic_bool *dirty;		/* a piece has bits FILE lacks */
+	bool *writing;			/* the pieces this flush writes */
+	pthread_mutex_t flush;		/* one map save at a time */
 	pthread_mutex_t copy[SNAP_LOCKS];	/* a block's copy-up, striped */
 };
 
@@ -3069,9 +3093,28 @@ static struct snapshot *snap_of(struct source *s)
 	return (struct snapshot *)s;
 }
 
+/* A header between host and FILE order (the same swap both ways) */
+static void header_order(struct snap_header *h)
+{
+	h->size = htole64(h->size);
+	h->dev = htole64(h->dev);
+	h->ino = htole64(h->ino);
+	h->offset = htole64(h->offset);
+	h->block = htole32(h->block);
+}
+
 static bool changed(struct snapshot *n, uint64_t b)
 {
 	return atomic_load(&n->map[b / 64]) >> (b % 64) & 1;
+}
+
+/* Block b changed: set its bit, and mark its piece for the next flush */
+static void mark_changed(struct snapshot *n, uint64_t b)
+{
+	uint64_t bit = 1ULL << (b % 64);
+
+	if (!(atomic_fetch_or(&n->map[b / 64], bit) & bit))
+		atomic_store(&n->dirty[b / 64 / SNAP_WORDS], true);
 }
 
 /* The first block from b on that is not in state c, or n->blocks */
@@ -3184,7 +3227,7 @@ static int put_block(struct snapshot *sn, uint64_t b, size_t off,
 		}
 	}
 	if (r == 0)
-		atomic_fetch_or(&sn->map[b / 64], 1ULL << (b % 64));
+		mark_changed(sn, b);
 	pthread_mutex_unlock(lock);
 	return r;
 }
@@ -3214,14 +3257,53 @@ static ssize_t snap_put(struct source *s, const void *buf, size_t n,
 	return done;
 }
 
-/* FUA: the delta is flushed, its map with it (the source is untouched) */
+/* A flush: the data of the blocks changed so far first, then the map
+ * pieces that name them (see above). Nothing to do in memory. A piece
+ * whose write failed is written by the next flush. 0 or -errno. */
+static int snap_flush(struct source *s, bool datasync)
+{
+	struct snapshot *sn = snap_of(s);
+	size_t i, j, k;
+	bool any = false;
+	int r = 0;
+
+	(void)datasync;
+	if (!sn->durable)
+		return 0;
+	pthread_mutex_lock(&sn->flush);
+	for (i = 0; i < sn->pieces; i++) {
+		sn->writing[i] = atomic_exchange(&sn->dirty[i], false);
+		for (k = i * SNAP_WORDS; sn->writing[i] && k < (i + 1) * SNAP_WORDS; k++)
+			sn->saved[k] = htole64(atomic_load(&sn->map[k]));
+		any |= sn->writing[i];
+	}
+	if (fdatasync(sn->fd) < 0)
+		r = -errno;
+	for (i = 0; r == 0 && i < sn->pieces; i = j) {
+		for (j = i; j < sn->pieces && sn->writing[j] == sn->writing[i]; j++)
+			;
+		if (sn->writing[i])
+			r = delta_io(sn, true, sn->saved + i * SNAP_WORDS,
+				     (j - i) * SNAP_MAP, SNAP_MAP + i * SNAP_MAP);
+	}
+	if (r == 0 && any && fdatasync(sn->fd) < 0)
+		r = -errno;
+	for (i = 0; r < 0 && i < sn->pieces; i++)
+		if (sn->writing[i])
+			atomic_store(&sn->dirty[i], true);
+	pthread_mutex_unlock(&sn->flush);
+	return r;
+}
+
+/* FUA: the write is flushed, as a flush would, with its map bit */
 static ssize_t snap_write(struct source *s, const void *buf, size_t n,
 			  uint64_t pos, unsigned flags)
 {
 	ssize_t r = snap_put(s, buf, n, pos);
+	int f;
 
-	if (r > 0 && (flags & WRITE_FUA) && fdatasync(snap_of(s)->fd) < 0)
-		return -errno;
+	if (r > 0 && (flags & WRITE_FUA) && (f = snap_flush(s, true)) < 0)
+		return f;
 	return r;
 }
 
@@ -3230,12 +3312,6 @@ static int snap_zero(struct source *s, uint64_t pos, uint64_t len)
 	ssize_t r = snap_put(s, NULL, len, pos);
 
 	return r < 0 ? (int)r : 0;
-}
-
-static int snap_flush(struct source *s, bool datasync)
-{
-	(void)datasync;
-	return fdatasync(snap_of(s)->fd) < 0 ? -errno : 0;
 }
 
 /* nothing to reserve: the delta takes its room as blocks change; but a
@@ -3285,81 +3361,164 @@ static int snap_space(struct source *s, struct space *sp)
 	return r;
 }
 
-static void snap_close(struct source *s)
+/* Free a snapshot's state, closing FILE if it is open */
+static void snap_free(struct snapshot *sn)
 {
-	struct snapshot *sn = snap_of(s);
+	int i;
 
-	munmap((void *)sn->map, sn->map_len);
-	close(sn->fd);
-	s->below->close(s->below);
+	if (sn->fd >= 0)
+		close(sn->fd);
+	for (i = 0; i < SNAP_LOCKS; i++)
+		pthread_mutex_destroy(&sn->copy[i]);
+	pthread_mutex_destroy(&sn->flush);
+	free((void *)sn->map);
+	free(sn->saved);
+	free((void *)sn->dirty);
+	free(sn->writing);
 	free(sn);
 }
 
-/* Where in FILE the map and the data lie, for a source of size bytes */
-static void snap_layout(struct snapshot *sn, uint64_t size)
+static void snap_close(struct source *s)
 {
-	sn->size = size;
-	sn->blocks = (size + SNAP_BLOCK - 1) / SNAP_BLOCK;
-	sn->map_len = ((sn->blocks + 7) / 8 + SNAP_MAP - 1) / SNAP_MAP * SNAP_MAP;
-	if (!sn->map_len)
-		sn->map_len = SNAP_MAP;
-	sn->data = SNAP_MAP + sn->map_len;
+	s->below->close(s->below);
+	snap_free(snap_of(s));
 }
 
-/* Open FILE (NULL: memory) as the delta of a snapshot of id, creating it
- * if it is new and checking that it was made for id if not. Exits on
- * failure. Returns the delta's fd, locked. */
-static int snap_delta(const char *file, const struct snap_header *id,
-		      uint64_t length)
-{
-	struct snap_header h;
-	struct stat st;
-	int fd;
-
-	fd = file ? open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
-		  : memfd_create("fuseexport-snapshot", MFD_CLOEXEC);
-	if (fd < 0)
-		die("%s:", file ? file : "snapshot in memory");
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-		die("%s: not a regular file", file);
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
-		die("%s: in use by another export", file);
-	if (st.st_size == 0) {
-		if (pwrite(fd, id, sizeof(*id), 0) != sizeof(*id) ||
-		    ftruncate(fd, length) < 0)
-			die("%s:", file ? file : "snapshot in memory");
-		return fd;
-	}
-	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(&h, id, sizeof(h)) ||
-	    (uint64_t)st.st_size < length)
-		die("%s: made for another source (its size, device, inode or "
-		    "window differ), or not a snapshot file", file);
-	return fd;
-}
-
-/* Stand a snapshot on below, its changes in file (NULL: in memory); id
- * names the source. Exits on failure. */
-static struct source *snapshot_open(struct source *below, const char *file,
-				    struct snap_header *id)
+/* A snapshot's state for a layer below of size bytes: where in FILE the
+ * map and the data lie, and an empty map; no FILE yet. NULL when memory
+ * runs out. */
+static struct snapshot *snap_new(uint64_t size)
 {
 	struct snapshot *sn = calloc(1, sizeof(*sn));
-	void *map;
 	int i;
 
 	if (!sn)
+		return NULL;
+	sn->fd = -1;
+	sn->size = size;
+	sn->blocks = size / SNAP_BLOCK + (size % SNAP_BLOCK != 0);
+	sn->pieces = sn->blocks ? (sn->blocks - 1) / (SNAP_MAP * 8) + 1 : 1;
+	sn->map_len = sn->pieces * SNAP_MAP;
+	sn->data = SNAP_MAP + sn->map_len;
+	pthread_mutex_init(&sn->flush, NULL);
+	for (i = 0; i < SNAP_LOCKS; i++)
+		pthread_mutex_init(&sn->copy[i], NULL);
+	sn->map = calloc(1, sn->map_len);
+	sn->saved = calloc(1, sn->map_len);
+	sn->dirty = calloc(sn->pieces, sizeof(*sn->dirty));
+	sn->writing = calloc(sn->pieces, sizeof(*sn->writing));
+	if (!sn->map || !sn->saved || !sn->dirty || !sn->writing) {
+		snap_free(sn);
+		return NULL;
+	}
+	return sn;
+}
+
+/* Check FILE's header (sn->fd open) against id, in host order, and its
+ * length, and read its map. NULL, or why FILE is refused. */
+static const char *snap_load(struct snapshot *sn, const struct snap_header *id)
+{
+	struct snap_header h, want = *id;
+	struct stat st;
+	size_t i;
+
+	header_order(&want);
+	if (fstat(sn->fd, &st) < 0 || pread(sn->fd, &h, sizeof(h), 0) != sizeof(h) ||
+	    memcmp(h.magic, "FXSNAP1", 8))
+		return "not a snapshot file";
+	if (memcmp(&h, &want, sizeof(h)))
+		return "made for another source (its size, device, inode or "
+		       "window differ)";
+	if ((uint64_t)st.st_size < sn->data + sn->blocks * SNAP_BLOCK)
+		return "not a snapshot file (shorter than its map and blocks)";
+	if (delta_io(sn, false, sn->saved, sn->map_len, SNAP_MAP) < 0)
+		return "not a snapshot file (its map cannot be read)";
+	for (i = 0; i < sn->map_len / 8; i++) {
+		uint64_t w = le64toh(sn->saved[i]);
+		uint64_t valid = sn->blocks > i * 64 ? sn->blocks - i * 64 : 0;
+
+		if (valid < 64 && w >> valid)
+			return "not a snapshot file (its map names blocks past "
+			       "the source's end)";
+		atomic_store(&sn->map[i], w);
+	}
+	return NULL;
+}
+
+/* fsync the directory that holds path, so that a new FILE stays: 0 or
+ * -1 (errno set; EINVAL, a directory that cannot be synced, is no
+ * failure) */
+static int sync_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	int fd, r;
+
+	if (!slash)
+		strcpy(dir, ".");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash == path ? 1 : slash - path), path);
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	r = fsync(fd) < 0 && errno != EINVAL ? -1 : 0;
+	close(fd);
+	return r;
+}
+
+/* Open FILE (NULL: memory) as sn's delta for a snapshot of id (host
+ * order). A new FILE (empty, or never given its header: a crash while it
+ * was made) gets its header and length, durable before it is used; an
+ * old one is checked and its map read. Returns false with why (one line,
+ * FILE's name first) if not. */
+static bool snap_attach(struct snapshot *sn, const char *file,
+			const struct snap_header *id, char *why, size_t n)
+{
+	static const struct snap_header none;
+	const char *name = file ? file : "snapshot in memory", *bad;
+	struct snap_header h = *id;
+	struct stat st;
+
+	sn->fd = file ? open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
+		      : memfd_create("fuseexport-snapshot", MFD_CLOEXEC);
+	sn->durable = file;
+	if (sn->fd < 0 || fstat(sn->fd, &st) < 0)
+		return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
+	if (!S_ISREG(st.st_mode))
+		return snprintf(why, n, "%s: not a regular file", name), false;
+	if (flock(sn->fd, LOCK_EX | LOCK_NB) < 0)
+		return snprintf(why, n, "%s: in use by another export", name), false;
+	if (st.st_size && (pread(sn->fd, &h, sizeof(h), 0) != sizeof(h) ||
+			   memcmp(&h, &none, sizeof(h)))) {
+		bad = snap_load(sn, id);
+		return bad ? snprintf(why, n, "%s: %s", name, bad), false : true;
+	}
+	h = *id;
+	header_order(&h);
+	if (pwrite(sn->fd, &h, sizeof(h), 0) != sizeof(h) ||
+	    ftruncate(sn->fd, sn->data + sn->blocks * SNAP_BLOCK) < 0 ||
+	    (file && (fsync(sn->fd) < 0 || sync_dir(file) < 0)))
+		return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
+	return true;
+}
+
+/* Stand a snapshot on below, its changes in file (NULL: in memory); id
+ * names the source, its size and magic filled in here. NULL with why
+ * (one line) if FILE is refused; exits if memory runs out. */
+static struct source *snapshot_open(struct source *below, const char *file,
+				    struct snap_header *id, char *why, size_t n)
+{
+	struct snapshot *sn = snap_new(below->size(below));
+
+	if (!sn)
 		die("out of memory:");
-	snap_layout(sn, below->size(below));
 	memcpy(id->magic, "FXSNAP1", 8);
 	id->size = sn->size;
 	id->block = SNAP_BLOCK;
-	sn->fd = snap_delta(file, id, sn->data + sn->blocks * SNAP_BLOCK);
-	map = mmap(NULL, sn->map_len, PROT_READ | PROT_WRITE, MAP_SHARED,
-		   sn->fd, SNAP_MAP);
-	if (map == MAP_FAILED)
-		die("%s: mapping its block map:", file ? file : "snapshot");
-	sn->map = map;
-	for (i = 0; i < SNAP_LOCKS; i++)
-		pthread_mutex_init(&sn->copy[i], NULL);
+	if (!snap_attach(sn, file, id, why, n)) {
+		snap_free(sn);
+		return NULL;
+	}
 	sn->s = (struct source){
 		.below = below, .writable = true,
 		.passthrough_fd = -1,
@@ -3372,6 +3531,35 @@ static struct source *snapshot_open(struct source *below, const char *file,
 		.keep_no_copy = pass_keep_no_copy, .close = snap_close,
 	};
 	return &sn->s;
+}
+
+static void source_id(const char *path, struct snap_header *id);
+
+/* For a fuzzer (see fuseexport.h): resume FILE over the regular file
+ * source as the program would; if taken, read it all, seek, write a
+ * block and flush. 1 if taken, 0 if refused (why, one line, in why). */
+int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
+			     size_t n)
+{
+	struct snap_header id = { .offset = 0 };
+	struct source *below = file_open(source, false, false), *s;
+	static char buf[1 << 16];
+	uint64_t pos, size;
+
+	source_id(source, &id);
+	s = snapshot_open(below, file, &id, why, n);
+	if (!s) {
+		below->close(below);
+		return 0;
+	}
+	size = s->size(s);
+	for (pos = 0; pos < size; pos += sizeof(buf))
+		s->read(s, buf, sizeof(buf), pos);
+	s->seek(s, 0, SEEK_DATA);
+	s->seek(s, 0, SEEK_HOLE);
+	s->write(s, buf, 1000, size / 2, WRITE_FUA);
+	s->close(s);
+	return 1;
 }
 
 /*
@@ -5940,28 +6128,42 @@ static void source_id(const char *path, struct snap_header *id)
 	id->ino = S_ISBLK(st.st_mode) ? 0 : st.st_ino;
 }
 
+static double seconds_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (t.tv_sec - t0->tv_sec) + (t.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
 /* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
  * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
  * removed once everything is in, so a commit that failed halfway, run
- * again, finishes the job. Exits: 0 when done. */
+ * again, finishes the job. On a terminal, progress on stderr (bytes of
+ * all, rate) from the first block on, every half second; then one line that says what was
+ * done, always. Exits: 0 when done. */
 static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 {
-	const char *file = e->snapshot_file;
+	const char *file = e->snapshot_file, *why;
 	struct snap_header h, id;
-	struct snapshot sn;
+	struct snapshot *sn;
 	struct source *top;
-	struct stat st;
-	char block[SNAP_BLOCK];
+	struct timespec t0;
+	char block[SNAP_BLOCK], done_s[32], total_s[32], rate_s[32];
 	static const char zeros[SNAP_BLOCK];
-	uint64_t *map, b;
+	uint64_t b, count = 0, total = 0, done = 0;
+	bool tty = isatty(STDERR_FILENO);
+	double next = 0, t;
 	int fd = open(file, O_RDONLY | O_CLOEXEC), r;
 
 	if (fd < 0)
 		die("%s:", file);
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
 		die("%s: in use by an export", file);
-	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) ||
-	    memcmp(h.magic, "FXSNAP1", 8) || h.block != SNAP_BLOCK)
+	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(h.magic, "FXSNAP1", 8))
+		die("%s: not a snapshot file", file);
+	header_order(&h);
+	if (h.block != SNAP_BLOCK)
 		die("%s: not a snapshot file", file);
 	top = open_bottom(e, true, false);
 	if (h.offset || h.size != top->size(top))
@@ -5970,32 +6172,51 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 	source_id(e->source_path, &id);
 	if (memcmp(&id, &h, sizeof(h)))
 		die("%s: made for another source than %s", file, e->source_path);
-	snap_layout(&sn, h.size);
-	if (fstat(fd, &st) < 0)
-		die("%s:", file);
-	if ((uint64_t)st.st_size < sn.data + sn.blocks * SNAP_BLOCK)
-		die("%s: not a snapshot file (shorter than its map and blocks)", file);
-	map = mmap(NULL, sn.map_len, PROT_READ, MAP_SHARED, fd, SNAP_MAP);
-	if (map == MAP_FAILED)
-		die("%s: mapping its block map:", file);
-	for (b = 0; b < sn.blocks; b++) {
+	if (!(sn = snap_new(h.size)))
+		die("out of memory:");
+	sn->fd = fd;
+	if ((why = snap_load(sn, &id)))
+		die("%s: %s", file, why);
+	for (b = 0; b < sn->blocks; b++)
+		if (changed(sn, b)) {
+			count++;
+			total += min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
+		}
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (b = 0; b < sn->blocks; b++) {
 		size_t len = min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
 
-		if (!(map[b / 64] >> (b % 64) & 1))
+		if (!changed(sn, b))
 			continue;
-		if (pread(fd, block, len, sn.data + b * SNAP_BLOCK) != (ssize_t)len)
-			die("%s: reading block %llu:", file, (unsigned long long)b);
+		if ((r = delta_io(sn, false, block, len, sn->data + b * SNAP_BLOCK)) < 0)
+			die("%s: reading block %llu: %s", file, (unsigned long long)b,
+			    strerror(-r));
 		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK, 0)
 					      : top->punch(top, b * SNAP_BLOCK, len);
 		if (r < 0)
 			die("%s: writing block %llu: %s", e->source_path,
 			    (unsigned long long)b, strerror(-r));
+		done += len;
+		if (tty && (t = seconds_since(&t0)) >= next) {
+			next = t + 0.5;
+			human_size(done_s, sizeof(done_s), done);
+			human_size(total_s, sizeof(total_s), total);
+			human_size(rate_s, sizeof(rate_s), t > 0 ? done / t : 0);
+			fprintf(stderr, "\rfuseexport: committing: %s of %s, %s/s\033[K",
+				done_s, total_s, rate_s);
+		}
 	}
+	if (next > 0)
+		fputs("\r\033[K", stderr);
 	if ((r = top->flush(top, false)) < 0)
 		die("%s: flushing: %s", e->source_path, strerror(-r));
 	if (unlink(file) < 0)
 		die("%s: removing it after the commit:", file);
 	top->close(top);
+	snap_free(sn);
+	human_size(total_s, sizeof(total_s), total);
+	fprintf(stderr, "fuseexport: committed %s in %llu blocks to %s\n",
+		total_s, (unsigned long long)count, e->source_path);
 	exit(0);
 }
 
@@ -6006,6 +6227,7 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 static void open_source(struct export *e)
 {
 	struct snap_header id = { .offset = e->offset };
+	char why[PATH_MAX + 200];
 	struct stat st;
 
 	if (e->write_cache && !e->writable)
@@ -6019,7 +6241,9 @@ static void open_source(struct export *e)
 	}
 	if (e->snapshot) {
 		source_id(e->source_path, &id);
-		e->top = snapshot_open(e->top, e->snapshot_file, &id);
+		e->top = snapshot_open(e->top, e->snapshot_file, &id, why, sizeof(why));
+		if (!e->top)
+			die("%s", why);
 	}
 	if (e->rules || e->control_path) {
 		e->faults = fault_open(e->top, e->rules, e->seed, e->debug);

@@ -660,4 +660,14 @@ int fuseexport_fuzz_partitions(uint64_t size, unsigned sector,
 			       ssize_t (*read)(void *buf, size_t n, uint64_t pos),
 			       FILE *out);
 
+/*
+ * The snapshot FILE's reader, for a fuzzer: resume FILE (written by the
+ * fuzzer) as a snapshot of the regular file source, exactly as an export
+ * would, and if it is taken, read all of it, seek, write and flush.
+ * Returns 1 if FILE was taken, 0 if refused, with why (one line, at most
+ * n bytes) in why.
+ */
+int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
+			     size_t n);
+
 #endif
