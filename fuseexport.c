@@ -4253,37 +4253,57 @@ static void control_command(struct export *e, char *line)
 	}
 }
 
+/* The control FIFO's lines: the bytes of the line under way, and whether
+ * it is over the limit, to be dropped whole up to its newline */
+enum { CONTROL_LINE_MAX = 4095 };	/* a line's bytes, its newline not counted */
+struct line_reader {
+	char buf[CONTROL_LINE_MAX + 1];
+	size_t have;
+	bool too_long;
+};
+
+/* Take the n bytes just put at lr->buf + lr->have: carry out each line
+ * they end; a line over CONTROL_LINE_MAX bytes is reported once and
+ * dropped whole, its tail too, never run as a line of its own */
+static void control_lines(struct export *e, struct line_reader *lr, size_t n)
+{
+	char *start = lr->buf, *end = lr->buf + lr->have + n, *nl;
+
+	for (; (nl = memchr(start, '\n', end - start)); start = nl + 1) {
+		*nl = 0;
+		if (lr->too_long)
+			lr->too_long = false;	/* its end: dropped with the rest */
+		else
+			control_command(e, start);
+	}
+	lr->have = lr->too_long ? 0 : end - start;
+	memmove(lr->buf, start, lr->have);
+	if (lr->have == sizeof(lr->buf)) {	/* no newline in sight */
+		fprintf(stderr, "fuseexport: control: a line over %d bytes: "
+			"dropped whole\n", CONTROL_LINE_MAX);
+		lr->too_long = true;
+		lr->have = 0;
+	}
+}
+
 /* The control thread: read lines until the export ends; with the spare
  * write end open, read(2) never sees an EOF. close_control() sets
  * control_stop and wakes it. */
 static void *control_loop(void *arg)
 {
 	struct export *e = arg;
-	char buf[4096], *start, *nl;
-	size_t have = 0;
+	struct line_reader lr = { .have = 0 };
 	ssize_t n;
 
 	for (;;) {
-		n = read(e->control_fd, buf + have, sizeof(buf) - 1 - have);
+		n = read(e->control_fd, lr.buf + lr.have, sizeof(lr.buf) - lr.have);
 		if (atomic_load(&e->control_stop))
 			break;
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
-		have += n;
-		for (start = buf; (nl = memchr(start, '\n', buf + have - start));
-		     start = nl + 1) {
-			*nl = 0;
-			control_command(e, start);
-		}
-		have -= start - buf;
-		memmove(buf, start, have);
-		if (have == sizeof(buf) - 1) {
-			fprintf(stderr, "fuseexport: control: a line over %zu "
-				"bytes, ignored\n", have);
-			have = 0;
-		}
+		control_lines(e, &lr, n);
 	}
 	return NULL;
 }
