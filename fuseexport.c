@@ -277,9 +277,11 @@ struct ring {
 /* One export: the source stack, what the exported file looks like, the
  * queues. The booleans are decided before the first request is served. */
 struct export {
-	const char *source_path;
+	const char *source_path;	/* absolute once resolved (a file) */
 	const char *mountpoint;		/* absolute once checked */
 	char *mountpoint_buf;		/* which realpath() allocated */
+	char *resolved[3];		/* what resolve_paths() allocated */
+	char *fusermount;		/* the fusermount3 that mounted it */
 	struct source *top;		/* the stack the handlers speak to */
 	bool writable, growable, foreground, debug;
 	bool queues_given;		/* -q: exactly that many, or fail */
@@ -303,7 +305,7 @@ struct export {
 					 * layer takes them */
 	uint64_t seed;			/* --seed, or from the clock */
 	bool write_cache;		/* --write-cache=volatile */
-	const char *control_path;	/* --control: the FIFO, once made */
+	const char *control_path;	/* --control: the FIFO, absolute */
 	int control_fd, control_spare;	/* its read end, and a write end
 					 * kept so a writer's close is no EOF */
 	pthread_t control_thread;
@@ -4621,37 +4623,57 @@ static void control_command(struct export *e, char *line)
 	}
 }
 
+/* The control FIFO's lines: the bytes of the line under way, and whether
+ * it is over the limit, to be dropped whole up to its newline */
+enum { CONTROL_LINE_MAX = 4095 };	/* a line's bytes, its newline not counted */
+struct line_reader {
+	char buf[CONTROL_LINE_MAX + 1];
+	size_t have;
+	bool too_long;
+};
+
+/* Take the n bytes just put at lr->buf + lr->have: carry out each line
+ * they end; a line over CONTROL_LINE_MAX bytes is reported once and
+ * dropped whole, its tail too, never run as a line of its own */
+static void control_lines(struct export *e, struct line_reader *lr, size_t n)
+{
+	char *start = lr->buf, *end = lr->buf + lr->have + n, *nl;
+
+	for (; (nl = memchr(start, '\n', end - start)); start = nl + 1) {
+		*nl = 0;
+		if (lr->too_long)
+			lr->too_long = false;	/* its end: dropped with the rest */
+		else
+			control_command(e, start);
+	}
+	lr->have = lr->too_long ? 0 : end - start;
+	memmove(lr->buf, start, lr->have);
+	if (lr->have == sizeof(lr->buf)) {	/* no newline in sight */
+		fprintf(stderr, "fuseexport: control: a line over %d bytes: "
+			"dropped whole\n", CONTROL_LINE_MAX);
+		lr->too_long = true;
+		lr->have = 0;
+	}
+}
+
 /* The control thread: read lines until the export ends; with the spare
  * write end open, read(2) never sees an EOF. close_control() sets
  * control_stop and wakes it. */
 static void *control_loop(void *arg)
 {
 	struct export *e = arg;
-	char buf[4096], *start, *nl;
-	size_t have = 0;
+	struct line_reader lr = { .have = 0 };
 	ssize_t n;
 
 	for (;;) {
-		n = read(e->control_fd, buf + have, sizeof(buf) - 1 - have);
+		n = read(e->control_fd, lr.buf + lr.have, sizeof(lr.buf) - lr.have);
 		if (atomic_load(&e->control_stop))
 			break;
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
-		have += n;
-		for (start = buf; (nl = memchr(start, '\n', buf + have - start));
-		     start = nl + 1) {
-			*nl = 0;
-			control_command(e, start);
-		}
-		have -= start - buf;
-		memmove(buf, start, have);
-		if (have == sizeof(buf) - 1) {
-			fprintf(stderr, "fuseexport: control: a line over %zu "
-				"bytes, ignored\n", have);
-			have = 0;
-		}
+		control_lines(e, &lr, n);
 	}
 	return NULL;
 }
@@ -6355,6 +6377,42 @@ static MAIN_ONLY void check_mountpoint(struct export *e)
 	e->mountpoint = e->mountpoint_buf = abs;
 }
 
+/* path made absolute against the working directory: an existing one as
+ * realpath(3) has it, one not there yet as the directory's own path, "/"
+ * and path. Returns it (malloc'ed), or NULL with errno set. */
+static char *absolute(const char *path)
+{
+	char *abs, *cwd;
+
+	if ((abs = realpath(path, NULL)) || errno != ENOENT)
+		return abs;
+	if (!(cwd = getcwd(NULL, 0)))
+		return NULL;
+	if (asprintf(&abs, "%s%s%s", cwd, strcmp(cwd, "/") ? "/" : "", path) < 0)
+		abs = NULL;
+	free(cwd);
+	return abs;
+}
+
+/* Every path the server goes on using once detach() has taken it to /
+ * (the source's, the FIFO it removes at the end, the snapshot FILE) made
+ * absolute, as the caller meant it, while the working directory is still
+ * the caller's. Exits if one cannot be. */
+static MAIN_ONLY void resolve_paths(struct export *e)
+{
+	const char **path[] = { &e->source_path, &e->control_path,
+				&e->snapshot_file };
+	unsigned i;
+
+	for (i = 0; i < 3; i++) {
+		if (!*path[i] || **path[i] == '/' || (i == 0 && is_nbd_uri(*path[i])))
+			continue;
+		if (!(e->resolved[i] = absolute(*path[i])))
+			die("%s: making it an absolute path:", *path[i]);
+		*path[i] = e->resolved[i];
+	}
+}
+
 /* The full path of the first of names found on PATH, or NULL */
 static char *find_program(const char *const names[])
 {
@@ -6452,6 +6510,12 @@ static void mount_by_fusermount(struct export *e)
 	if (!prog)
 		die("fusermount3: not found on PATH; install fuse3 (Debian: apt-get "
 		    "install fuse3), or export as root");
+	/* unmounting, detached in /, needs it by a path that holds there
+	 * (PATH may name it relative: ".", or an empty entry) */
+	e->fusermount = absolute(prog);
+	free(prog);
+	if (!(prog = e->fusermount))
+		die("%s:", fusermounts[0]);
 	if (e->want_allow_other == ON && !user_allow_other())
 		die("--allow-other=on: without root it needs user_allow_other "
 		    "in /etc/fuse.conf");
@@ -6489,13 +6553,13 @@ static void mount_by_fusermount(struct export *e)
 		die("%s", *err ? err : "fusermount3 failed to mount");
 	mounted_export = e;
 	fcntl(e->fuse_fd, F_SETFD, FD_CLOEXEC);
-	free(prog);
 }
 
-/* Run fusermount3 -u [-z] on the mount point; returns its exit status */
+/* Run fusermount3 -u [-z] on the mount point, the one that mounted it;
+ * returns its exit status */
 static int fusermount_unmount(struct export *e, bool lazy)
 {
-	char *prog = find_program(fusermounts);
+	const char *prog = e->fusermount;
 	int status = -1;
 	pid_t pid;
 
@@ -6511,7 +6575,6 @@ static int fusermount_unmount(struct export *e, bool lazy)
 	}
 	if (pid > 0)
 		waitpid(pid, &status, 0);
-	free(prog);
 	return status;
 }
 
@@ -6745,6 +6808,9 @@ void fuseexport_free(struct export *e)
 		free(e->queue[i].req.data);
 	free(e->queue);
 	free(e->mountpoint_buf);
+	for (i = 0; i < 3; i++)
+		free(e->resolved[i]);
+	free(e->fusermount);
 	free(e);
 }
 
@@ -6763,6 +6829,7 @@ int main(int argc, char *argv[])
 	if (e->commit)
 		commit_snapshot(e);
 	check_mountpoint(e);
+	resolve_paths(e);
 	open_source(e);
 	open_control(e);
 	mount_export(e);

@@ -1393,6 +1393,29 @@ t_control() {
 	return 0
 }
 
+# The control FIFO's line limit: a line over 4095 bytes is dropped whole,
+# up to its newline, and said so; its tail is never run as a line of its
+# own (a crash there crashed the export). A line of exactly 4095 is taken.
+t_control_long() {
+	mkimg src 4; : >mp
+	fx_fg --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	printf 'fault op=read,offset=0,length=1%8000s\n' crash >ctl
+	printf '%4095s\n' "fault op=read,offset=1M,length=4K" >ctl
+	for i in $(seq 50); do
+		dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null || break
+		sleep 0.1
+	done
+	dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null &&
+		fail "a line of 4095 bytes was not taken"
+	dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null ||
+		fail "a read at 0 fails: the long line's tail (crash) or head (its rule) was run"
+	cmp -n $MiB mp src || fail "reads before the rule's range"
+	grep -q '^fuseexport: control: a line over 4095 bytes: dropped whole$' fg.err ||
+		fail "the long line was not reported: $(cat fg.err)"
+	eq "$(grep -c control fg.err)" 1 "lines about the control FIFO"
+	fx_down "$PWD/mp"
+}
+
 # cache_client MOUNTPOINT SOURCE CONTROL CRASH: through the export, one
 # open file: writes, a punch, a shrink and regrowth, each seen at once and
 # kept from the source until fsync; then more of them and CRASH ("crash"
@@ -2244,6 +2267,22 @@ nonroot_ns() {
 }
 t_nonroot() { in_ns nonroot_ns; }
 
+# Without root, a fusermount3 found through a relative PATH entry (".")
+# unmounts a detached server's export too, though the server works from /
+nonroot_relative_ns() {
+	local pid
+	mknod fuse c 10 229; chmod 666 fuse; mount --bind fuse /dev/fuse
+	mkdir u; mkimg u/src 4; : >u/mp; chown -R 65534:65534 u
+	ln -s "$(command -v fusermount3)" u/fusermount3
+	(cd u && as_user env PATH=. "$FX" src mp) || fail "export as uid 65534"
+	pid=$(fx_pid mp); track_pid "$pid"
+	fuse_mounted "$PWD/u/mp" || fail "not mounted"
+	kill -TERM "$pid"
+	wait_gone "$pid" 10 || fail "server still running after SIGTERM"
+	refute "still mounted after SIGTERM: the server's fusermount3 -u did not run" mounted "$PWD/u/mp"
+}
+t_nonroot_relative() { in_ns nonroot_relative_ns; }
+
 # mount(8) finds helpers in /sbin: ours show there in this namespace only
 helper_ns() {
 	mkdir helpers
@@ -2436,6 +2475,42 @@ t_install() {
 	eq "$(readlink dest/usr/sbin/mount.fuseexport)" fuseexport "mount.fuseexport"
 	eq "$(readlink dest/usr/sbin/mount.fuse.fuseexport)" fuseexport "mount.fuse.fuseexport"
 }
+
+# Relative paths a detached server goes on using (it works from /): the
+# --control FIFO is removed at the end, a file of the same name in / is
+# not, nor is one under it (--control=etc/x). Run in a throwaway / of our
+# own, a tmpfs with /usr bound read-only, so the real / is never at stake.
+relative_detach_ns() {
+	local r=$PWD/root pid
+	mkdir "$r"; mount -t tmpfs -o size=64m tmpfs "$r"
+	mkdir "$r/usr" "$r/dev" "$r/proc" "$r/etc" "$r/work"
+	mount --bind /usr "$r/usr"; mount -o remount,bind,ro "$r/usr"
+	for d in bin sbin lib lib64; do [ -L /$d ] && ln -s "$(readlink /$d)" "$r/$d"; done
+	mknod "$r/dev/fuse" c 10 229; mknod "$r/dev/null" c 1 3; mknod "$r/dev/zero" c 1 5
+	mount -t proc proc "$r/proc"
+	cp "$FX" "$r/fuseexport"
+	mkimg "$r/work/src" 4; : >"$r/work/mp"; mkdir "$r/work/etc"
+	echo "keep me" >"$r/ctl"; echo "keep me too" >"$r/etc/x"
+	chroot "$r" /bin/sh -c 'cd /work && /fuseexport -w --snapshot=s.fx --control=ctl src mp &&
+		[ -p ctl ] && cmp mp src && echo clear >ctl &&
+		dd if=/dev/zero of=mp bs=4k count=1 conv=notrunc,fsync status=none &&
+		umount /work/mp' || fail "the export in the chroot"
+	for pid in $(fx_pid mp); do
+		[ "$(readlink /proc/$pid/root)" = "$r" ] && { wait_gone "$pid" 10 || fail "server still running"; }
+	done
+	eq "$(cat "$r/ctl" 2>&1)" "keep me" "the file in / named as the relative --control"
+	refute "the FIFO is left after the export ended" [ -e "$r/work/ctl" ]
+	[ -s "$r/work/s.fx" ] || fail "the snapshot FILE is not in the working directory"
+	chroot "$r" /bin/sh -c 'cd /work && /fuseexport --control=etc/x src mp && [ -p etc/x ] &&
+		umount /work/mp' || fail "the second export in the chroot"
+	for pid in $(fx_pid mp); do
+		[ "$(readlink /proc/$pid/root)" = "$r" ] && { wait_gone "$pid" 10 || fail "server still running"; }
+	done
+	eq "$(cat "$r/etc/x" 2>&1)" "keep me too" "/etc/x after --control=etc/x in /work"
+	refute "the FIFO is left after the second export" [ -e "$r/work/etc/x" ]
+	umount "$r/proc"
+}
+t_relative_detach() { in_ns relative_detach_ns; }
 
 # -o: the same as the long options
 t_o_list() {
@@ -4096,6 +4171,7 @@ t "$p fault: a read delay shows in fio's completion latency" "$M fio python3" t_
 t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_fault_seed "$LAYER_MODE"
 t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
+t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken" "$M" t_control_long
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
 t "$p volatile cache: crash drops the pages a client mapped (SIGBUS), not only what the server held" "$M python3" t_cache_crash_mapped "$LAYER_MODE"
@@ -4124,6 +4200,7 @@ t "without root: a failed start (/dev/fuse 0600, ulimit -n) leaves nothing mount
 t "without root: a source path overflowing fusermount3's options refused or mounted whole" "$M setpriv fusermount3 unshare" t_long_source
 t "32-bit build (cc -m32): 6 GiB file and loop device, writes past 4 GiB land there" "$M loop xfs_io fio cc" t_m32
 t "without root: through fusermount3, allow_other rules, fusermount3 -u, SIGTERM" "$M setpriv fusermount3 unshare" t_nonroot
+t "without root: fusermount3 found through PATH=. still unmounts after the server went to /" "$M setpriv fusermount3 unshare" t_nonroot_relative
 t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unshare" t_helper
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
 t "make install: binary, man page, mount(8) helper links (DESTDIR, PREFIX)" "make" t_install
@@ -4146,6 +4223,7 @@ t "4 TiB sparse source: size, the last MiB, writes near and past the end" "$M xf
 t "reads sent from a mapping: after writes, unaligned window, page tables bounded" "$M python3" t_mapped_reads
 t "names with spaces, commas and backslashes" "$M" t_odd_names
 t "relative SOURCE and MOUNTPOINT" "$M" t_relative_paths
+t "relative --control, --snapshot=FILE and SOURCE of a detached server: resolved before it goes to /" "$M unshare chroot" t_relative_detach
 
 t "--partitions: the table as sfdisk -d has it (MBR with logical partitions, GPT), exit 0" "sfdisk sgdisk" t_partitions_list
 t "--partitions: GPT names of 36 units, surrogate pairs, lone surrogates and controls: UTF-8, a line each; 128 entries" "$M sfdisk sgdisk python3" t_gpt_names
