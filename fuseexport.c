@@ -98,7 +98,8 @@ static const char usage_text[] =
 "                          delay=250us|20ms|2s, probability=0..1, every=N,\n"
 "                          after=N, count=N\n"
 "      --seed=N            seed every random choice (default: the clock)\n"
-"      --write-cache=volatile      hold writes in memory until a flush\n"
+"      --write-cache=volatile      hold writes in memory until fsync or\n"
+"                          fdatasync (a close is no flush)\n"
 "      --control=PATH      make a FIFO at PATH taking the lines: fault RULE,\n"
 "                          clear, crash, crash torn\n"
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
@@ -4820,10 +4821,15 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 }
 
 /* FLUSH (every close): what a writing open wrote reaches the disk; a
- * read-only close neither flushes nor takes another's error */
+ * read-only close neither flushes nor takes another's error. Under a
+ * volatile write cache a close is no flush at all, as no disk's cache
+ * is emptied by a program closing a file: only fsync, fdatasync and FUA
+ * writes are, so a writer that never syncs loses its data in a crash. */
 static int fuse_flush(struct export *e, struct request *r, size_t len)
 {
 	(void)len;
+	if (e->volatile_cache)
+		return 0;
 	return r->in.flush.fh & FH_WRITES ? flush_export(e, true) : 0;
 }
 

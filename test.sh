@@ -1497,8 +1497,8 @@ PYEOF
 
 # O_DSYNC through the volatile cache, as FUA through a disk's: written
 # through at once, it survives a crash, while a plain write held beside it
-# is lost. Both files stay open until the crash (a close flushes), and
-# --cache=none: the page cache would follow the write with an FSYNC.
+# is lost. Both files stay open until the crash, and --cache=none: the
+# page cache would follow the write with an FSYNC.
 t_cache_dsync() {
 	mkimg src 8; cp src orig; : >mp
 	fx_up $1 --cache=none -w --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
@@ -1520,6 +1520,34 @@ open("want", "wb").write(want)
 PYEOF
 	fx_down "$PWD/mp"
 	cmp src want || fail "the source after the crash"
+}
+
+# A close is no flush under the volatile cache, as a program closing a
+# file empties no disk's cache: what was fsync'ed survives a crash, what
+# was written and closed without one (a shell's redirection, a closed dup)
+# is lost
+t_cache_close() {
+	mkimg src 4; cp src orig; : >mp
+	fx_up $1 -w --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	head -c 65536 /dev/urandom >data
+	put mp $MiB data conv=notrunc,fsync
+	exec 3<>mp; printf X >&3; exec 3>&-
+	"$PY" - mp <<-'EOF' || fail "write and close a dup"
+	import os, sys
+	fd = os.open(sys.argv[1], os.O_RDWR)
+	os.pwrite(fd, b"Y" * 4096, 2 << 20)
+	os.close(os.dup(fd))
+	os.close(fd)
+	EOF
+	eq "$(head -c 1 mp)" X "the closed write read back before the crash"
+	cmp -s <(range src 0 1) <(range orig 0 1) || fail "a close wrote the source through the volatile cache"
+	echo crash >ctl
+	wait_crashed mp
+	fx_down "$PWD/mp"
+	cmp <(range src $MiB 65536) data || fail "the fsync'ed write after the crash"
+	cmp <(range src 0 1) <(range orig 0 1) || fail "a write closed without fsync survived the crash"
+	cmp <(range src $((2 * MiB)) 4096) <(range orig $((2 * MiB)) 4096) ||
+		fail "a write whose dup was closed survived the crash"
 }
 
 # SQLite on a volatile export: transactions commit, the disk crashes
@@ -4005,6 +4033,7 @@ t "$p fault: rules over a window and a snapshot: the export's offsets, the sourc
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
+t "$p volatile cache: a close is no flush: written and closed without fsync is lost in a crash, fsync'ed survives" "$M python3" t_cache_close "$LAYER_MODE"
 t "$p volatile cache: crash drops the pages a client mapped (SIGBUS), not only what the server held" "$M python3" t_cache_crash_mapped "$LAYER_MODE"
 t "$p volatile cache: SQLite crashed mid-run keeps every committed transaction" "$M sqlite3" t_cache_sqlite "$LAYER_MODE"
 t "$p volatile cache: ext4 on a loop device crashed, journal replayed, fsync'ed files intact, e2fsck clean" "$M loop ext4" t_cache_ext4 "$LAYER_MODE"
