@@ -100,7 +100,8 @@ static const char usage_text[] =
 "                          delay=250us|20ms|2s, probability=0..1, every=N,\n"
 "                          after=N, count=N\n"
 "      --seed=N            seed every random choice (default: the clock)\n"
-"      --write-cache=volatile      hold writes in memory until a flush\n"
+"      --write-cache=volatile      hold writes in memory until fsync or\n"
+"                          fdatasync (a close is no flush)\n"
 "      --control=PATH      make a FIFO at PATH taking the lines: fault RULE,\n"
 "                          clear, crash, crash torn\n"
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
@@ -198,6 +199,13 @@ struct space {
  * Force Unit Access (a layer may flush more to get there) */
 enum { WRITE_FUA = 1 };
 
+/* What a source shows of its bytes' history: equal stamps taken at two
+ * times prove nothing changed them in between (see file_stamp) */
+struct stamp {
+	uint64_t dev, ino, size;
+	int64_t mtime_sec, mtime_nsec, ctime_sec, ctime_nsec;
+};
+
 struct source {
 	struct source *below;
 	bool writable, growable;
@@ -239,6 +247,10 @@ struct source {
 	/* the kernel caches the export's pages above: keep no second copy
 	 * of them below */
 	void (*keep_no_copy)(struct source *s);
+	/* its stamp now: true with st filled where a later equal stamp
+	 * proves the bytes unchanged, false where nothing can (a writer
+	 * elsewhere may change them unseen) */
+	bool (*stamp)(struct source *s, struct stamp *st);
 	/* let go of this layer and those below */
 	void (*close)(struct source *s);
 };
@@ -331,6 +343,8 @@ struct export {
 	struct timespec atime, mtime, ctime;
 	int backing_id;			/* the source as passthrough backing
 					 * file: 0 not yet, < 0 refused */
+	struct stamp stamp;		/* the source's at the last OPEN, */
+	bool stamped;			/* if it proves anything */
 
 	uint32_t minor;			/* negotiated protocol minor */
 	bool initialized;
@@ -751,6 +765,75 @@ static void file_keep_no_copy(struct source *s)
 	f->read_around = min_u64((uint64_t)sectors * 512, READ_AROUND_MAX);
 }
 
+/*
+ * A regular file on a local file system proves itself unchanged by its
+ * inode's times and size: every change to its bytes sets its ctime (and
+ * mtime) to the time of the change. Three things could still slip past:
+ * a store through another process's shared mapping to a page dirty
+ * already sets no time (so the dirty pages are written back first, which
+ * write-protects them: the next store faults and sets the times); a
+ * change in the same tick of the clock as the last one before the stamp
+ * could leave the times as they were (so a ctime not older than the
+ * clock's current tick, or its second where the file system keeps
+ * seconds, proves nothing); and a network file system's times may lag
+ * another client's writes (so only the local ones below count). A block
+ * device proves nothing: it may be written through another node, a loop
+ * device's backing file, a layer below, another machine, none of which
+ * its own inode sees.
+ */
+static bool local_fs(long type)
+{
+	static const long types[] = {
+		0xEF53,		/* ext2, ext3, ext4 */
+		0x58465342,	/* xfs */
+		0x9123683E,	/* btrfs */
+		0x01021994,	/* tmpfs */
+		0xF2F52010,	/* f2fs */
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		if (type == types[i])
+			return true;
+	return false;
+}
+
+static bool file_stamp(struct source *s, struct stamp *st)
+{
+	struct file_source *f = file_of(s);
+	struct timespec now;
+	struct statfs sfs;
+	struct stat sb;
+	bool settled;
+
+	if (f->is_blockdev || fstatfs(f->fd, &sfs) < 0 || !local_fs(sfs.f_type))
+		return false;
+	if (sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE |
+			    SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) < 0)
+		return false;
+	clock_gettime(CLOCK_REALTIME_COARSE, &now);
+	if (fstat(f->fd, &sb) < 0)
+		return false;
+	/* times in whole seconds: the file system keeps no more */
+	if (!sb.st_ctim.tv_nsec && !sb.st_mtim.tv_nsec)
+		settled = sb.st_ctim.tv_sec < now.tv_sec;
+	else
+		settled = sb.st_ctim.tv_sec < now.tv_sec ||
+			  (sb.st_ctim.tv_sec == now.tv_sec &&
+			   sb.st_ctim.tv_nsec < now.tv_nsec);
+	if (!settled)
+		return false;
+	memset(st, 0, sizeof(*st));
+	st->dev = sb.st_dev;
+	st->ino = sb.st_ino;
+	st->size = sb.st_size;
+	st->mtime_sec = sb.st_mtim.tv_sec;
+	st->mtime_nsec = sb.st_mtim.tv_nsec;
+	st->ctime_sec = sb.st_ctim.tv_sec;
+	st->ctime_nsec = sb.st_ctim.tv_nsec;
+	return true;
+}
+
 static void file_close(struct source *s)
 {
 	struct file_source *f = file_of(s);
@@ -836,7 +919,8 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 		.write = file_write, .flush = file_flush, .punch = file_punch,
 		.zero = file_zero, .allocate = file_allocate, .seek = file_seek,
 		.resize = file_resize, .space = file_space,
-		.keep_no_copy = file_keep_no_copy, .close = file_close,
+		.keep_no_copy = file_keep_no_copy, .stamp = file_stamp,
+		.close = file_close,
 	};
 	f->direct_fd = -1;
 	return &f->s;
@@ -2163,6 +2247,14 @@ static int nbd_space(struct source *s, struct space *sp)
 }
 
 /* The kernel caches the pages: this side keeps no copy of them anyway */
+/* An NBD export proves nothing: its server may serve other clients,
+ * which write it unseen */
+static bool nbd_stamp(struct source *s, struct stamp *st)
+{
+	(void)s, (void)st;
+	return false;
+}
+
 static void nbd_keep_no_copy(struct source *s)
 {
 	(void)s;
@@ -2295,7 +2387,8 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
 		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
 		.resize = no_resize, .space = nbd_space,
-		.keep_no_copy = nbd_keep_no_copy, .close = nbd_close,
+		.keep_no_copy = nbd_keep_no_copy, .stamp = nbd_stamp,
+		.close = nbd_close,
 	};
 	return &n->s;
 }
@@ -2470,6 +2563,13 @@ static void pass_keep_no_copy(struct source *s)
 	s->below->keep_no_copy(s->below);
 }
 
+/* the layer's own changes all come through the export: what changes
+ * below unseen is what a stamp must catch */
+static bool pass_stamp(struct source *s, struct stamp *st)
+{
+	return s->below->stamp(s->below, st);
+}
+
 static uint64_t pass_size(struct source *s)
 {
 	return s->below->size(s->below);
@@ -2522,7 +2622,8 @@ static struct source *window_open(struct source *below, uint64_t offset,
 		.punch = window_punch, .zero = window_zero,
 		.allocate = window_allocate, .seek = window_seek,
 		.resize = no_resize, .space = window_space,
-		.keep_no_copy = pass_keep_no_copy, .close = window_close,
+		.keep_no_copy = pass_keep_no_copy, .stamp = pass_stamp,
+		.close = window_close,
 	};
 	return &w->s;
 }
@@ -3530,7 +3631,8 @@ static struct source *snapshot_open(struct source *below, const char *file,
 		.write = snap_write, .flush = snap_flush, .punch = snap_zero,
 		.zero = snap_zero, .allocate = snap_allocate, .seek = snap_seek,
 		.resize = no_resize, .space = snap_space,
-		.keep_no_copy = pass_keep_no_copy, .close = snap_close,
+		.keep_no_copy = pass_keep_no_copy, .stamp = pass_stamp,
+		.close = snap_close,
 	};
 	return &sn->s;
 }
@@ -3953,7 +4055,8 @@ static struct faults *fault_open(struct source *below, struct fault_rule *rules,
 		.punch = fault_punch, .zero = fault_zero,
 		.allocate = fault_allocate, .seek = fault_seek,
 		.resize = fault_resize, .space = pass_space,
-		.keep_no_copy = pass_keep_no_copy, .close = fault_close,
+		.keep_no_copy = pass_keep_no_copy, .stamp = pass_stamp,
+		.close = fault_close,
 	};
 	return f;
 }
@@ -4526,7 +4629,8 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
 		.punch = cache_punch, .zero = cache_zero,
 		.allocate = cache_allocate, .seek = cache_seek,
 		.resize = cache_resize, .space = pass_space,
-		.keep_no_copy = pass_keep_no_copy, .close = cache_close,
+		.keep_no_copy = pass_keep_no_copy, .stamp = pass_stamp,
+		.close = cache_close,
 	};
 	return c;
 }
@@ -4836,10 +4940,9 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		flags |= FUSE_WRITEBACK_CACHE;
 	/* Direct I/O keeps a single copy of the data cached, the source's;
 	 * without mmap on direct I/O files (before 6.6) use the page cache.
-	 * The cache modes keep the kernel's copy, across opens, and the
-	 * source keeps none. */
+	 * The cache modes keep the kernel's copy, across opens where the
+	 * source proves it current (fuse_open), and the source keeps none. */
 	if (e->cache != CACHE_NONE) {
-		e->open_flags = FOPEN_KEEP_CACHE;
 		e->top->keep_no_copy(e->top);
 	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
 		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
@@ -4967,6 +5070,30 @@ static int open_backing(struct export *e)
 	return id;
 }
 
+/* Whether the kernel may keep the export's pages it caches at this open:
+ * only where the source's stamp proves its bytes unchanged since the last
+ * open's (the export's own writes to it count as changes too); else the
+ * kernel drops them as it opens, and the open reads what the source holds
+ * now, as NFS's close-to-open. The stamp is taken before the reply, so
+ * whatever the kernel caches after the drop was read after it. */
+static bool keep_cache(struct export *e)
+{
+	struct stamp now;
+	bool proven = e->top->stamp(e->top, &now), keep;
+
+	pthread_mutex_lock(&e->lock);
+	keep = proven && e->stamped && !memcmp(&now, &e->stamp, sizeof(now));
+	e->stamped = proven;
+	if (proven)
+		e->stamp = now;
+	pthread_mutex_unlock(&e->lock);
+	if (e->debug && !keep)
+		fprintf(stderr, "fuseexport: open: %s: the kernel's cache of "
+			"the export dropped\n", proven ? "the source changed" :
+			"nothing proves the source unchanged");
+	return keep;
+}
+
 /* OPEN: writes only on writable exports (O_TRUNC comes as a SETATTR).
  * The file handle says whether the open may write: only such a close
  * flushes the source. */
@@ -4982,6 +5109,8 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	memset(out, 0, sizeof(*out));
 	out->fh = (flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0;
 	out->open_flags = e->open_flags;
+	if (e->cache != CACHE_NONE && !e->passthrough && keep_cache(e))
+		out->open_flags |= FOPEN_KEEP_CACHE;
 	/* Every open of the inode must pass through, to the same backing
 	 * file, and every path of it (read, write, splice, mmap) then goes
 	 * there: why_no_passthrough() lets only exports whose writes may
@@ -5082,10 +5211,15 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 }
 
 /* FLUSH (every close): what a writing open wrote reaches the disk; a
- * read-only close neither flushes nor takes another's error */
+ * read-only close neither flushes nor takes another's error. Under a
+ * volatile write cache a close is no flush at all, as no disk's cache
+ * is emptied by a program closing a file: only fsync, fdatasync and FUA
+ * writes are, so a writer that never syncs loses its data in a crash. */
 static int fuse_flush(struct export *e, struct request *r, size_t len)
 {
 	(void)len;
+	if (e->volatile_cache)
+		return 0;
 	return r->in.flush.fh & FH_WRITES ? flush_export(e, true) : 0;
 }
 

@@ -1520,8 +1520,8 @@ PYEOF
 
 # O_DSYNC through the volatile cache, as FUA through a disk's: written
 # through at once, it survives a crash, while a plain write held beside it
-# is lost. Both files stay open until the crash (a close flushes), and
-# --cache=none: the page cache would follow the write with an FSYNC.
+# is lost. Both files stay open until the crash, and --cache=none: the
+# page cache would follow the write with an FSYNC.
 t_cache_dsync() {
 	mkimg src 8; cp src orig; : >mp
 	fx_up $1 --cache=none -w --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
@@ -1543,6 +1543,34 @@ open("want", "wb").write(want)
 PYEOF
 	fx_down "$PWD/mp"
 	cmp src want || fail "the source after the crash"
+}
+
+# A close is no flush under the volatile cache, as a program closing a
+# file empties no disk's cache: what was fsync'ed survives a crash, what
+# was written and closed without one (a shell's redirection, a closed dup)
+# is lost
+t_cache_close() {
+	mkimg src 4; cp src orig; : >mp
+	fx_up $1 -w --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	head -c 65536 /dev/urandom >data
+	put mp $MiB data conv=notrunc,fsync
+	exec 3<>mp; printf X >&3; exec 3>&-
+	"$PY" - mp <<-'EOF' || fail "write and close a dup"
+	import os, sys
+	fd = os.open(sys.argv[1], os.O_RDWR)
+	os.pwrite(fd, b"Y" * 4096, 2 << 20)
+	os.close(os.dup(fd))
+	os.close(fd)
+	EOF
+	eq "$(head -c 1 mp)" X "the closed write read back before the crash"
+	cmp -s <(range src 0 1) <(range orig 0 1) || fail "a close wrote the source through the volatile cache"
+	echo crash >ctl
+	wait_crashed mp
+	fx_down "$PWD/mp"
+	cmp <(range src $MiB 65536) data || fail "the fsync'ed write after the crash"
+	cmp <(range src 0 1) <(range orig 0 1) || fail "a write closed without fsync survived the crash"
+	cmp <(range src $((2 * MiB)) 4096) <(range orig $((2 * MiB)) 4096) ||
+		fail "a write whose dup was closed survived the crash"
 }
 
 # SQLite on a volatile export: transactions commit, the disk crashes
@@ -3837,6 +3865,57 @@ t_cache_once() {
 	fx_down "$PWD/mp"
 }
 
+# The default is coherent at open, as NFS's close-to-open: a source changed
+# behind the export's back, a loop device written directly or a file under
+# a window, is read anew by the next open. A file that proves itself
+# unchanged keeps its pages across opens (fincore), and a store through
+# another process's mapping to a page it had dirtied before still counts
+# as a change (it sets no time of its own).
+t_cache_coherent() {
+	local loop mode what i new=$((3 * 65536))
+	mkimg img 16; mkimg src 16; : >mp
+	loop=$(losetup -f --show img) || fail "losetup"
+	track_loop "$loop"
+	for mode in "" --cache=read; do
+		what="${mode:---cache=auto}"
+		fx_up $mode "$loop" "$PWD/mp"
+		cmp mp "$loop" || fail "$what: the loop device through the export"
+		head -c 65536 /dev/urandom >new
+		dd if=new of="$loop" bs=64k seek=3 oflag=direct conv=notrunc status=none ||
+			fail "dd into the loop device"
+		cmp <(range mp $new 65536) new || fail "$what: a new open of a loop device's export read stale bytes"
+		fx_down "$PWD/mp"
+
+		fx_up $mode --offset=1M --size=8M "$PWD/src" "$PWD/mp"
+		cmp mp <(range src $MiB $((8 * MiB))) || fail "$what: the window through the export"
+		head -c 65536 /dev/urandom >new
+		put src $((MiB + new)) new
+		cmp <(range mp $new 65536) new || fail "$what: a new open of a window of a file read stale bytes"
+		cmp mp <(range src $MiB $((8 * MiB))) || fail "$what: the window after the change"
+		# the first open after the change may come within the clock's
+		# tick of it, which proves nothing: the next one does
+		for i in 1 2 3; do
+			cat mp >/dev/null
+			[ "$(resident mp)" -ge $((7 * MiB)) ] && break
+		done
+		[ "$(resident mp)" -ge $((7 * MiB)) ] ||
+			fail "$what: a file unchanged since the last open did not keep its pages: $(resident mp) bytes"
+		PYTHONPATH="$TOP/tests" "$PY" - src mp $MiB <<-'EOF' || fail "$what: a store through a mapping"
+		import mmap, os, sys, time
+		src, mp, off = sys.argv[1], sys.argv[2], int(sys.argv[3])
+		fd = os.open(src, os.O_RDWR)
+		m = mmap.mmap(fd, 0)
+		m[off:off + 4] = b"AAAA"         # the page dirty, the times set
+		time.sleep(0.1)                  # the times older than the clock's tick
+		assert open(mp, "rb").read(4) == b"AAAA", "the first store is not seen"
+		m[off:off + 4] = b"BBBB"         # the page dirty already: no time set
+		got = open(mp, "rb").read(4)
+		assert got == b"BBBB", "a new open read %r, not the second store" % got
+		EOF
+		fx_down "$PWD/mp"
+	done
+}
+
 # As root a writeback export's bdi is no longer held to FUSE's strict 1%
 # of the dirty limit; a read cache dirties nothing and keeps the kernel's
 t_writeback_dirty_limit() {
@@ -4174,6 +4253,7 @@ t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, rem
 t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken" "$M" t_control_long
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
+t "$p volatile cache: a close is no flush: written and closed without fsync is lost in a crash, fsync'ed survives" "$M python3" t_cache_close "$LAYER_MODE"
 t "$p volatile cache: crash drops the pages a client mapped (SIGBUS), not only what the server held" "$M python3" t_cache_crash_mapped "$LAYER_MODE"
 t "$p volatile cache: SQLite crashed mid-run keeps every committed transaction" "$M sqlite3" t_cache_sqlite "$LAYER_MODE"
 t "$p volatile cache: ext4 on a loop device crashed, journal replayed, fsync'ed files intact, e2fsck clean" "$M loop ext4" t_cache_ext4 "$LAYER_MODE"
@@ -4209,6 +4289,7 @@ t "command-line fuzz: random argument lists never crash, hang or leave a mount" 
 t "valgrind: a short export session is clean" "$M valgrind xfs_io" t_valgrind
 t "io_uring: taken when offered, served by the ring threads; auto falls back, on refuses" "$M uring" t_io_uring
 t "--cache=read: the export's pages cached by the kernel, none kept by the source (fincore)" "$M fincore" t_cache_once
+t "--cache=auto and read are coherent at open: a loop device and a window's file changed behind the export are read anew; a file proved unchanged keeps its pages" "$M loop fincore python3" t_cache_coherent
 t "--cache=writeback as root: the export's bdi not held to FUSE's strict 1% dirty limit" "$M" t_writeback_dirty_limit
 t "--cache=writeback: a write past the end is refused at fsync, nothing reaches the source" "$M python3" t_writeback_past_end
 t "--cache=writeback: ext4 on a loop device written past a memory-limited cgroup, no hang" "$M loop ext4" t_pressure

@@ -23,6 +23,11 @@
 #
 #   tests/bench.sh [--markdown]      (root; `make bench` runs it)
 #
+# BENCH_PEER_ROOT=DIR runs the peers (qemu-storage-daemon, qemu-nbd and
+# nbdfuse) from a chroot at DIR, say a Debian sid one for the newest of
+# them (debootstrap --variant=minbase sid DIR; apt-get install qemu-utils
+# qemu-system-common libnbd-bin in it); fio and fuseexport run from here.
+#
 # Environment: BENCH_RUNTIME (seconds per job, 10), BENCH_ROUNDS (how many
 # times to run everything: medians of cells and of ratios; 1), BENCH_SIZE_MB (1024),
 # BENCH_COLUMNS and BENCH_JOBS (names from the lists below, default all),
@@ -46,12 +51,24 @@ if [ "$(id -u)" != 0 ]; then
 fi
 [ -x "$FX" ] || make -s fuseexport >&2 || exit 1
 
-# fio and the peer, installed if missing
+# the peers run here, or in the chroot BENCH_PEER_ROOT
+PEER_ROOT=${BENCH_PEER_ROOT:-}
+PEER=
+if [ -n "$PEER_ROOT" ]; then
+	PEER_ROOT=$(realpath "$PEER_ROOT") && [ -x "$PEER_ROOT/bin/sh" ] ||
+		{ echo "bench.sh: BENCH_PEER_ROOT is no root file system" >&2; exit 1; }
+	PEER="chroot $PEER_ROOT"
+fi
+peer_has() { $PEER sh -c "command -v $1" >/dev/null 2>&1; }
+
+# fio and the peer, installed if missing (here: a chroot is the caller's)
 need=
 command -v fio >/dev/null || need="$need fio"
-command -v qemu-storage-daemon >/dev/null || need="$need qemu-system-common"
-command -v qemu-nbd >/dev/null || need="$need qemu-utils"
-command -v nbdfuse >/dev/null || need="$need libnbd-bin"
+if [ -z "$PEER" ]; then
+	command -v qemu-storage-daemon >/dev/null || need="$need qemu-system-common"
+	command -v qemu-nbd >/dev/null || need="$need qemu-utils"
+	command -v nbdfuse >/dev/null || need="$need libnbd-bin"
+fi
 if [ -n "$need" ] && command -v apt-get >/dev/null; then
 	echo "bench.sh: installing$need" >&2
 	{ apt-get -o DPkg::Lock::Timeout=600 update -q &&
@@ -75,12 +92,27 @@ cleanup() {
 	[ -n "$NBDSERVER" ] && kill "$NBDSERVER" 2>/dev/null
 	umount -l "$DIR/mp" 2>/dev/null
 	[ -n "$LOOP" ] && exec 7<&- && losetup -d "$LOOP"
+	if [ -n "$PEER" ]; then
+		umount -l "$PEER_ROOT$DIR" 2>/dev/null
+		rmdir "$PEER_ROOT$DIR" 2>/dev/null
+		for d in dev proc sys; do umount -l "$PEER_ROOT/$d" 2>/dev/null; done
+	fi
 	umount -l "$DIR" 2>/dev/null
 	rmdir "$DIR" 2>/dev/null
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 mount -t tmpfs -o size=$((SIZE_MB + 256))M tmpfs "$DIR" || exit 1
+# the chroot sees the /dev, /proc and /sys of here, and $DIR at the same
+# path, shared, so the peers' FUSE mounts show here too (all of it in
+# this private mount namespace: gone with it)
+if [ -n "$PEER" ]; then
+	mount --make-rshared "$DIR" || exit 1
+	for d in dev proc sys; do
+		mount --rbind "/$d" "$PEER_ROOT/$d" || exit 1
+	done
+	mkdir -p "$PEER_ROOT$DIR" && mount --bind "$DIR" "$PEER_ROOT$DIR" || exit 1
+fi
 dd if=/dev/urandom of="$DIR/img" bs=1M count="$SIZE_MB" status=none || exit 1
 : >"$DIR/mp"
 SRC=$DIR/img WINDOW= QSD_DRIVER=file SIZE=${SIZE_MB}M
@@ -131,10 +163,10 @@ target_of() {
 # start_nbd: qemu-nbd serving the image on $DIR/nbd.sock; NBDSERVER = its pid
 start_nbd() {
 	local i
-	command -v qemu-nbd >/dev/null ||
+	peer_has qemu-nbd ||
 		{ echo "qemu-nbd missing (qemu-utils)" >"$DIR/why"; return 1; }
 	rm -f "$DIR/nbd.sock"
-	qemu-nbd -f raw -t -e 16 -k "$DIR/nbd.sock" "$DIR/img" 2>"$DIR/nbd.err" &
+	$PEER qemu-nbd -f raw -t -e 16 -k "$DIR/nbd.sock" "$DIR/img" 2>"$DIR/nbd.err" &
 	NBDSERVER=$!
 	for i in $(seq 100); do
 		[ -S "$DIR/nbd.sock" ] && return 0
@@ -156,9 +188,9 @@ start_column() {
 	qsd)	[ "$SOURCE" != window ] ||
 			{ echo "no window in this comparison" >"$DIR/why"; return 1; } ;;&
 	qsd)
-		command -v qemu-storage-daemon >/dev/null ||
+		peer_has qemu-storage-daemon ||
 			{ echo "qemu-storage-daemon missing (qemu-system-common)" >"$DIR/why"; return 1; }
-		qemu-storage-daemon \
+		$PEER qemu-storage-daemon \
 			--blockdev node-name=file0,driver=$QSD_DRIVER,filename="$SRC" \
 			--blockdev node-name=raw0,driver=raw,file=file0 \
 			--export type=fuse,id=exp0,node-name=raw0,mountpoint="$DIR/mp",writable=on \
@@ -169,10 +201,10 @@ start_column() {
 		done
 		SERVER=$(cat "$DIR/qsd.pid" 2>/dev/null) ;;
 	nbdfuse)
-		command -v nbdfuse >/dev/null ||
+		peer_has nbdfuse ||
 			{ echo "nbdfuse missing (libnbd-bin)" >"$DIR/why"; return 1; }
 		start_nbd || return 1
-		nbdfuse "$DIR/nbdfuse/img" "$NBD_URI" 2>"$DIR/server.err" &
+		$PEER nbdfuse "$DIR/nbdfuse/img" "$NBD_URI" 2>"$DIR/server.err" &
 		SERVER=$!
 		for i in $(seq 100); do
 			[ -e "$DIR/nbdfuse/img" ] && return 0
@@ -339,6 +371,8 @@ rule() {
 echo "fuseexport bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs," \
 	"Linux $(uname -r), ${SIZE_MB} MiB $SOURCE on tmpfs, ${RUNTIME}s per job," \
 	"$ROUNDS round(s): IOPS medians, ratios medians of each round's"
+[ -n "$PEER" ] && echo "peers from $PEER_ROOT: $($PEER qemu-nbd --version 2>/dev/null | head -n1)," \
+	"$($PEER nbdfuse --version 2>/dev/null | head -n1)"
 echo
 echo "IOPS"
 row job $RAN; rule
