@@ -850,7 +850,12 @@ static struct source *file_open(const char *path, bool writable, bool growable)
  * the connection's receive role, takes every reply, checks it as if the
  * server were hostile, puts a READ's data straight into its caller's
  * buffer and wakes that caller, while the others sleep on their own
- * condition variables. With -q N and a server that allows it
+ * condition variables. The role is a field under the connection's lock,
+ * never a signal in the air: it is taken by a caller that finds it free
+ * before it sleeps, and given up only to a caller asleep on its request
+ * (nbd_leave_role), or kept while a request is half on the wire, since a
+ * sender may be blocked until the replies before it are read. With -q N
+ * and a server that allows it
  * (CAN_MULTI_CONN), N connections, used in turn. A connection that drops
  * is made again by the caller in the receive role, with backoff; the
  * requests in flight are then sent again by their callers, and a caller
@@ -895,6 +900,8 @@ struct nbd_cmd {
 	unsigned sent;		/* the connection it went out on (0: none) */
 	unsigned sends;
 	bool done;
+	bool waiting;		/* its caller sleeps on wake, not yet woken */
+	bool sending;		/* its caller is putting it on the wire */
 	int error;		/* 0 or -errno */
 	/* READ with structured replies: the stretches its chunks covered */
 	unsigned npieces;
@@ -922,7 +929,8 @@ struct nbd_conn {
 	unsigned backoff_ms;
 	struct nbd_cmd *inflight;
 	uint64_t next_cookie;
-	bool receiving;			/* a caller holds the receive role */
+	struct nbd_cmd *receiver;	/* whose caller holds the receive
+					 * role (NULL: nobody's) */
 	/* the receive role's: what it received and has not taken yet */
 	char *recv_buf;
 	size_t recv_pos, recv_len;
@@ -1463,6 +1471,13 @@ static struct nbd_cmd *nbd_find(struct nbd_conn *c, uint64_t cookie)
 	return cmd;
 }
 
+/* Wake cmd's caller, asleep or not; c->lock held */
+static void nbd_wake(struct nbd_cmd *cmd)
+{
+	cmd->waiting = false;
+	pthread_cond_signal(&cmd->wake);
+}
+
 /* Take cmd off c's list and wake its caller with error (0 or -errno), or
  * the error a chunk of its reply gave; c->lock held */
 static void nbd_finish_locked(struct nbd_conn *c, struct nbd_cmd *cmd, int error)
@@ -1478,7 +1493,7 @@ static void nbd_finish_locked(struct nbd_conn *c, struct nbd_cmd *cmd, int error
 		cmd->error = error;
 	if (!cmd->error)
 		c->backoff_ms = NBD_BACKOFF_MIN_MS;	/* the server works */
-	pthread_cond_signal(&cmd->wake);
+	nbd_wake(cmd);
 }
 
 static void nbd_finish(struct nbd_conn *c, struct nbd_cmd *cmd, int error)
@@ -1706,7 +1721,7 @@ static void nbd_drop(struct nbd_conn *c, int err)
 	c->recv_pos = c->recv_len = 0;
 	clock_gettime(CLOCK_MONOTONIC, &c->down_since);
 	for (cmd = c->inflight; cmd; cmd = cmd->next)
-		pthread_cond_signal(&cmd->wake);
+		nbd_wake(cmd);
 	pthread_mutex_unlock(&c->lock);
 	pthread_mutex_unlock(&c->send_lock);
 	if (n->debug)
@@ -1772,7 +1787,7 @@ static int nbd_reconnect(struct nbd_conn *c)
 	c->meta_id = info.meta_id;
 	c->generation++;
 	for (cmd = c->inflight; cmd; cmd = cmd->next)
-		pthread_cond_signal(&cmd->wake);
+		nbd_wake(cmd);
 	pthread_mutex_unlock(&c->lock);
 	pthread_mutex_unlock(&c->send_lock);
 	if (n->debug)
@@ -1783,29 +1798,56 @@ static int nbd_reconnect(struct nbd_conn *c)
 	return 0;
 }
 
-/* With c's receive role, until cmd's reply is complete: take every reply
- * that comes, waking the requests they answer, and make the connection
- * again when it drops. Returns 0 (cmd done, or to be sent again), or
- * -EIO when --retry ran out. */
+/* The receive role leaves its holder (c->lock held): it goes to a caller
+ * asleep on its request, who wakes holding it, or is left free for the
+ * next caller to take before it sleeps. Returns false, and the holder
+ * keeps it, while a request is being sent on a live connection and
+ * nobody sleeps: its sender may be blocked until the replies before it
+ * are read, and nobody else would read them. */
+static bool nbd_leave_role(struct nbd_conn *c)
+{
+	struct nbd_cmd *other;
+	bool sending = false;
+
+	for (other = c->inflight; other; other = other->next) {
+		if (other->waiting) {
+			c->receiver = other;
+			nbd_wake(other);
+			return true;
+		}
+		sending |= other->sending;
+	}
+	if (sending && c->fd >= 0)
+		return false;
+	c->receiver = NULL;
+	return true;
+}
+
+/* With c's receive role, until cmd's reply is complete (or cmd is to be
+ * sent again) and the role can be left: take every reply that comes,
+ * waking the requests they answer, and make the connection again when
+ * it drops. Returns 0, or -EIO when --retry ran out; the role is left
+ * either way. */
 static int nbd_receive(struct nbd_conn *c, struct nbd_cmd *cmd)
 {
-	for (;;) {
-		bool done, down, sent;
-		int r;
+	int r = 0, err;
 
-		pthread_mutex_lock(&c->lock);
-		done = cmd->done;
-		down = c->fd < 0;
-		sent = cmd->sent == c->generation;
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		bool down = c->fd < 0;
+
+		if ((r < 0 || cmd->done || (!down && cmd->sent != c->generation)) &&
+		    nbd_leave_role(c))
+			break;
 		pthread_mutex_unlock(&c->lock);
-		if (done || (!down && !sent))
-			return 0;
 		if (down)
-			return nbd_reconnect(c);
-		r = nbd_take_reply(c);
-		if (r < 0)
-			nbd_drop(c, r);
+			r = nbd_reconnect(c);
+		else if ((err = nbd_take_reply(c)) < 0)
+			nbd_drop(c, err);
+		pthread_mutex_lock(&c->lock);
 	}
+	pthread_mutex_unlock(&c->lock);
+	return r;
 }
 
 /* Put cmd on the wire, unless it is there already: the send lock keeps
@@ -1826,6 +1868,7 @@ static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd)
 		fd = -1;
 	} else {
 		cmd->sent = c->generation;
+		cmd->sending = true;
 		cmd->cookie = ++c->next_cookie;
 		cmd->error = 0;
 		cmd->npieces = 0;
@@ -1844,6 +1887,9 @@ static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd)
 		if (send_full(fd, &req, sizeof(req), cmd->buf,
 			      cmd->type == NBD_CMD_WRITE ? cmd->length : 0) < 0)
 			shutdown(fd, SHUT_RDWR);
+		pthread_mutex_lock(&c->lock);
+		cmd->sending = false;
+		pthread_mutex_unlock(&c->lock);
 	}
 	pthread_mutex_unlock(&c->send_lock);
 }
@@ -1852,43 +1898,47 @@ static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd)
  * and wait for its reply. The callers of a connection take turns in its
  * receive role: one at a time reads the replies for all, so that a lone
  * request is answered without waking another thread, and hands the role
- * on when its own reply is in. Returns 0 or -errno: -EIO once the
- * connection has been down for longer than --retry. */
+ * on when its own reply is in. A caller takes the role whenever it finds
+ * it free, before it would sleep, and wakes holding it when it is handed
+ * on, so that the role cannot be lost whoever is sending, sleeping or
+ * finishing. Returns 0 or -errno: -EIO once the connection has been down
+ * for longer than --retry. */
 static int nbd_run(struct nbd_source *n, struct nbd_cmd *cmd)
 {
 	struct nbd_conn *c = &n->conn[atomic_fetch_add(&n->next_conn, 1) % n->nconns];
 	struct timespec deadline;
-	struct nbd_cmd *other;
 	int r = 0;
 
 	pthread_cond_init(&cmd->wake, &n->monotonic);
-	cmd->done = false;
+	cmd->done = cmd->waiting = cmd->sending = false;
 	cmd->sent = cmd->sends = 0;
 	pthread_mutex_lock(&c->lock);
 	cmd->next = c->inflight;
 	c->inflight = cmd;
-	while (!cmd->done && r == 0) {
+	for (;;) {
+		if (c->receiver == cmd) {	/* taken, or handed to us */
+			pthread_mutex_unlock(&c->lock);
+			r = nbd_receive(c, cmd);
+			pthread_mutex_lock(&c->lock);
+		}
+		if (cmd->done || r < 0)
+			break;
 		if (c->fd >= 0 && cmd->sent != c->generation) {
 			pthread_mutex_unlock(&c->lock);
 			nbd_send(c, cmd);
 			pthread_mutex_lock(&c->lock);
-		} else if (!c->receiving) {
-			c->receiving = true;
-			pthread_mutex_unlock(&c->lock);
-			r = nbd_receive(c, cmd);
-			pthread_mutex_lock(&c->lock);
-			c->receiving = false;
-			for (other = c->inflight; other; other = other->next)
-				if (other != cmd) {	/* the role goes on */
-					pthread_cond_signal(&other->wake);
-					break;
-				}
+		} else if (!c->receiver) {
+			c->receiver = cmd;
 		} else if (c->fd >= 0) {
+			cmd->waiting = true;
 			pthread_cond_wait(&cmd->wake, &c->lock);
+			cmd->waiting = false;
 		} else if (nbd_expired(c, &deadline)) {
 			r = -EIO;
 		} else {
+			cmd->waiting = true;
 			pthread_cond_timedwait(&cmd->wake, &c->lock, &deadline);
+			cmd->waiting = false;
 		}
 	}
 	if (!cmd->done)
