@@ -3474,6 +3474,62 @@ t_nbd_cache_reconnect() {
 	fx_down "$PWD/mp"
 }
 
+# nbd_mixed MOUNTPOINT SECONDS: 12 threads, half of them O_DIRECT, each
+# alternating 1 MiB pwrites and preads of its own blocks (checked) for
+# SECONDS; fails if any thread is stuck 30 s after the end
+nbd_mixed() {
+	timeout -s KILL $(($2 + 60)) "$PY" - "$1" "$2" <<'PYEOF' || fail "1 MiB reads and writes from 12 threads: $(cat "$TESTDIR/fg.err")"
+import mmap, os, sys, threading, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+size, MiB = os.stat(path).st_size, 1 << 20
+end, errors, stuck = time.monotonic() + seconds, [], []
+def client(i):
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_DIRECT if i % 2 else 0))
+        out, back = mmap.mmap(-1, MiB), mmap.mmap(-1, MiB)
+        blocks = range(i, size // MiB, 12)
+        k = 0
+        while time.monotonic() < end:
+            at = blocks[k % len(blocks)] * MiB
+            out[:] = bytes([i + 1]) * (MiB - 8) + k.to_bytes(8, "little")
+            if os.pwritev(fd, [out], at) != MiB or os.preadv(fd, [back], at) != MiB:
+                raise OSError("short I/O")
+            if back[:] != out[:]:
+                raise OSError(f"block {at // MiB} read back other bytes")
+            k += 1
+        os.close(fd)
+    except OSError as e:
+        errors.append(f"thread {i}: {e}")
+threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(12)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(max(0, end + 30 - time.monotonic()))
+stuck = sum(t.is_alive() for t in threads)
+print("\n".join(errors + ([f"{stuck} threads stuck"] if stuck else [])), file=sys.stderr)
+sys.stderr.flush()
+os._exit(1 if errors or stuck else 0)
+PYEOF
+}
+
+# many callers of one connection, a server that answers one request at a
+# time: whoever holds the role of reading replies, the role is never lost
+# (a caller inside its own send missed the hand-on: nobody read replies,
+# the server stopped reading, every client hung)
+t_nbd_many_callers() {
+	: >mp
+	nbdk --filter=noparallel memory 256M serialize=requests
+	fx_fg -w -q 8 --cache=none "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	nbd_mixed "$PWD/mp" 5
+	fx_down "$PWD/mp"
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null
+	truncate -s 256M src
+	qnbd src
+	fx_fg -w -q 24 --cache=none "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	nbd_mixed "$PWD/mp" 5
+	fx_down "$PWD/mp"
+}
+
 # the server gone for good: requests fail with EIO after --retry, no hang
 t_nbd_gone() {
 	local t0 t1
@@ -4332,6 +4388,7 @@ t "nbd: mkfs.ext4, mount -o loop, e2fsck -fn" "$M qemu-nbd ext4" t_nbd_ext4 "$NB
 t "nbd: punch leaves a hole in the image (qemu-img map), zero range, SEEK_DATA/SEEK_HOLE" "$M qemu-nbd qemu-img xfs_io" t_nbd_punch_seek "$NBD_MODE"
 t "nbd: server killed and restarted under fio verify: no error, nothing lost" "$M qemu-nbd fio" t_nbd_reconnect
 t "nbd: --cache=read: after a reconnect the kernel's cache is dropped, reads see what the server serves now" "$M qemu-nbd" t_nbd_cache_reconnect
+t "nbd: 12 threads of 1 MiB reads and writes, one request at a time served, -q 8 and -q 24: no client hangs" "$M nbdkit qemu-nbd python3" t_nbd_many_callers
 t "nbd: server gone for good: EIO after --retry, no hang; back again: works" "$M qemu-nbd" t_nbd_gone "$NBD_MODE"
 t "nbd: read-only server: -w refused, read-only export works" "$M qemu-nbd" t_nbd_readonly "$NBD_MODE"
 t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$M nbdkit qemu-img python3" t_nbd_nbdkit "$NBD_MODE"
