@@ -159,6 +159,9 @@ class Client(threading.Thread):
         """An error from what: taken with --errors (EIO), else a failure"""
         if self.run_.errors and e.errno == errno.EIO:
             self.errors += 1
+            if self.errors <= 5:
+                print(f"nbdstress: client {self.index}: {what}: {e.strerror} "
+                      "(taken)", flush=True)
             return
         raise Failure(f"{what}: {e.strerror} ({errno.errorcode.get(e.errno)})")
 
@@ -309,11 +312,26 @@ def report(pid):
             pass
     print(f"--- the threads of server {pid} (gdb):", file=sys.stderr, flush=True)
     try:
-        subprocess.run(["gdb", "-batch", "-nx", "-p", str(pid), "-ex",
-                        "thread apply all bt"], stdin=subprocess.DEVNULL,
-                       stdout=sys.stderr, stderr=sys.stderr, timeout=90)
+        out = subprocess.run(["gdb", "-batch", "-nx", "-p", str(pid), "-ex",
+                              "thread apply all bt"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=90).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
-        print(f"gdb: {e}", file=sys.stderr)
+        out = f"gdb: {e}\n"
+    print(out, file=sys.stderr)
+    # then one line a thread, innermost call first, for a short log
+    print(f"--- server {pid}'s threads in short:", file=sys.stderr)
+    line = None
+    for w in out.splitlines() + ["Thread"]:
+        if w.startswith("Thread"):
+            if line:
+                print(" < ".join(line), file=sys.stderr)
+            line = [w.split('"')[0].split("(")[0].strip()] if w != "Thread" else None
+        elif w.startswith("#") and line is not None:
+            f = w.split(" in ")[1].split(" (")[0] if " in " in w else w.split()[1]
+            # the innermost call, then the program's own (not libc's)
+            if len(line) == 1 or not (f.startswith("_") or f in
+                                      ("start_thread", "clone3", "clone")):
+                line.append(f)
     sys.stderr.flush()
     os.kill(pid, 9)
 
