@@ -3845,6 +3845,170 @@ t_nbd_hostile() {
 	kill "$NBDPID" 2>/dev/null || :
 }
 
+# The NBD stress tests: many client threads (nbdstress.py) mixing reads,
+# writes, fsyncs, punches and zeroed ranges of 1 byte to 4 MiB, with and
+# without O_DIRECT, on an export of a server that is slow, serial, awkward
+# or restarted. Every read is checked against the clients' model, and the
+# server's image against it at the end; an operation stuck for
+# FX_STRESS_HANG seconds (default 30) ends the test with the export
+# server's threads shown by gdb. FX_STRESS_SECONDS (default 8) is the
+# length of each run, FX_STRESS_THREADS (default 12) their clients: a
+# longer run by hand raises them (and FX_TIMEOUT).
+
+# stress_run INIT [NBDSTRESS OPTIONS...]: the clients on ./mp (FXPID's
+# export), starting from the image INIT (or zeros); their model goes to
+# ./model. Fails on a wrong byte, an error not allowed, or a hang (the
+# whole report of which stays in ./stress.out: FX_KEEP=1 keeps it).
+stress_run() {
+	local init=$1; shift
+	"$PY" "$TOP/tests/nbdstress.py" "$PWD/mp" "$init" --pid "$FXPID" \
+		--threads "${FX_STRESS_THREADS:-12}" --seconds "${FX_STRESS_SECONDS:-8}" \
+		--hang "${FX_STRESS_HANG:-30}" --model "$PWD/model" "$@" >stress.out 2>&1 || {
+		grep -q '^HANG' stress.out &&
+			fail "$(grep '^HANG' stress.out); the server's threads: $(sed -n '/in short:/,$p' stress.out)"
+		fail "nbdstress $*: $(grep -m 5 '^FAIL' stress.out || tail -n 5 stress.out)"
+	}
+	log "$(grep '^nbdstress' stress.out | tr '\n' ' ')"
+}
+
+# stress_image IMAGE: the server's image is what the clients' model says
+stress_image() {
+	cmp "$1" model >cmp.out 2>&1 || fail "the server's image differs from the model: $(cat cmp.out)"
+}
+
+# a server that answers one request at a time (nbdkit noparallel): with
+# more requests in flight than it takes, the replies wait in the socket
+# while the clients keep sending
+t_nbd_stress_serial() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" mode
+	: >mp
+	for mode in "-q 8 --cache=none" "-q 24 --cache=writeback" "-q 1 --cache=none"; do
+		nbdk --filter=noparallel memory 256M serialize=requests
+		fx_up -w $mode "$uri" "$PWD/mp"
+		stress_run zeros
+		fx_down "$PWD/mp"
+		nbdcopy "$uri" image || fail "nbdcopy of the image"
+		stress_image image
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	done
+}
+
+# odd_server IMAGE OPTIONS...: tests/nbdserver.py serving IMAGE on
+# ./nbd.sock, told what to do on ./ctl; NBDPID
+odd_server() {
+	local img=$PWD/$1; shift
+	rm -f nbd.sock; [ -p ctl ] || mkfifo ctl
+	"$PY" "$TOP/tests/nbdserver.py" "$PWD/nbd.sock" "$img" --control "$PWD/ctl" "$@" \
+		2>"$TESTDIR/nbd.err" &
+	NBDPID=$!
+	wait_socket "$PWD/nbd.sock"
+}
+
+# odd_stop: end the server; fail if the client sent anything the protocol
+# forbids it (the server's "VIOLATION" lines); its counts go to ./counts
+odd_stop() {
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	grep '^nbdserver:' "$TESTDIR/nbd.err" >counts || fail "no counts from the server: $(cat "$TESTDIR/nbd.err")"
+	log "$(cat counts)"
+	! grep -q VIOLATION "$TESTDIR/nbd.err" || fail "the client broke the protocol: $(grep -m 5 VIOLATION "$TESTDIR/nbd.err")"
+}
+
+# odd_commands SECONDS LINE...: a LINE to the server's ./ctl every second
+# (taking turns) for SECONDS
+odd_commands() {
+	local n=$1 i=0; shift
+	local lines=("$@")
+	while [ $i -lt "$n" ] && [ -d "/proc/$NBDPID" ]; do
+		sleep 1
+		timeout 5 sh -c 'echo "$1" >ctl' _ "${lines[$((i % ${#lines[@]}))]}" || :
+		i=$((i + 1))
+	done
+}
+
+# an awkward server (tests/nbdserver.py): replies out of order, reads split
+# into many chunks (FX_STRESS_SPLIT, default 64, in random order), chunks
+# of several replies interleaved; on command a reply stalls mid-chunk or
+# is cut off with its connection (the client sends again, no caller sees
+# an error), or requests fail (the callers see EIO, the rest is right).
+# Its server checks that the client's every request is one it may send.
+t_nbd_stress_awkward() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" secs=${FX_STRESS_SECONDS:-8} split=${FX_STRESS_SPLIT:-64}
+	mkimg src 64; : >mp
+	cp src init
+	# 1 byte blocks; stalls and cuts; SEEK_DATA through BLOCK_STATUS
+	odd_server src --split "$split" --seed 1
+	fx_up -w -q 2 --cache=none --retry=30 "$uri" "$PWD/mp"
+	odd_commands "$((secs - 1))" "stall 1" close &
+	stress_run init --seek --shared-blocks
+	wait $!
+	fx_down "$PWD/mp"
+	odd_stop
+	grep -q ' [1-9][0-9]* stalls' counts && grep -q ' [1-9][0-9]* closes' counts ||
+		fail "the server did not stall and cut replies: $(cat counts)"
+	stress_image src
+	# 4 KiB blocks (ragged writes read-modify-written, neighbours sharing
+	# blocks), several connections, cuts
+	cp src init
+	odd_server src --split "$split" --seed 2 --min-block 4096 --multi-conn
+	fx_up -w -q 8 --cache=none --retry=30 "$uri" "$PWD/mp"
+	odd_commands "$((secs - 1))" close &
+	stress_run init --shared-blocks
+	wait $!
+	fx_down "$PWD/mp"
+	odd_stop
+	stress_image src
+	# simple replies only; errors on command reach their callers
+	cp src init
+	odd_server src --seed 3 --no-structured
+	fx_up -w -q 1 --cache=none --retry=30 "$uri" "$PWD/mp"
+	odd_commands "$((secs - 1))" "error 2" &
+	stress_run init --errors
+	wait $!
+	fx_down "$PWD/mp"
+	odd_stop
+	grep -q ' [1-9][0-9]* errors,' counts || fail "no error injected: $(cat counts)"
+	grep -q ' [1-9][0-9]* errors taken' stress.out || fail "no error reached a client: $(cat counts)"
+	stress_image src
+}
+
+# qemu-nbd killed (SIGKILL) and started again twice under the clients:
+# every request in flight is sent again, none fails, nothing is lost
+t_nbd_stress_restart() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" secs=${FX_STRESS_SECONDS:-8} pid
+	mkimg src 64; : >mp
+	cp src init
+	qnbd src
+	fx_up -w -q 24 --cache=none --retry=30 "$uri" "$PWD/mp"
+	stress_run init --seconds $((secs + 4)) &
+	pid=$!
+	sleep 2
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	sleep 1
+	qnbd src
+	sleep 2
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	qnbd src
+	wait "$pid" || exit 1
+	fx_down "$PWD/mp"
+	stress_image src
+}
+
+# nbdkit's delay filter: every request takes milliseconds, so many wait
+# in flight at once on every connection
+t_nbd_stress_delay() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" mode
+	mkimg src 64; : >mp
+	for mode in "-q 2 --cache=read" "-q 24 --cache=none"; do
+		cp src init
+		nbdk --filter=delay file "$PWD/src" rdelay=3ms wdelay=5ms delay-extents=2ms
+		fx_up -w $mode "$uri" "$PWD/mp"
+		stress_run init
+		fx_down "$PWD/mp"
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+		stress_image src
+	done
+}
+
 # bad URIs and servers: one line each, nothing mounted
 t_nbd_bad() {
 	bad_setup
@@ -4400,6 +4564,10 @@ t "nbd: a window on an NBD export" "$M qemu-nbd" t_nbd_window "$NBD_MODE"
 t "nbd: fault rules over an NBD export: the rules' ranges fail, the rest reaches the server" "$M qemu-nbd" t_nbd_faults "$NBD_MODE"
 t "nbd: a partition of an NBD export; a snapshot over one, then --commit" "$M qemu-nbd sfdisk" t_nbd_layers "$NBD_MODE"
 t "nbd: a hostile server: lying replies give EIO, the export goes on" "$M python3" t_nbd_hostile "$NBD_MODE"
+t "nbd stress: nbdkit answering one request at a time (noparallel), -q 8, 24, 1: no hang, every byte right" "$M nbdkit nbdcopy gdb python3" t_nbd_stress_serial
+t "nbd stress: an awkward server (out of order, many chunks, stalls, cuts, errors), -q 2, 8, 1: no hang, every byte right, every error seen" "$M gdb python3" t_nbd_stress_awkward
+t "nbd stress: qemu-nbd killed and started again under 12 clients, -q 24: no error, nothing lost" "$M qemu-nbd gdb python3" t_nbd_stress_restart
+t "nbd stress: nbdkit's delay filter, -q 2 and 24: no hang, every byte right" "$M nbdkit gdb python3" t_nbd_stress_delay
 t "nbd: bad URIs and servers refused with one line" "python3 qemu-nbd" t_nbd_bad
 
 B="bad input:"
