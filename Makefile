@@ -22,24 +22,23 @@ fuseexport-static: fuseexport.c fuseexport.h
 test: fuseexport
 	./test.sh
 
-# the request handler under hostile bytes: libFuzzer where clang has it,
-# else a plain driver; either fails on a crash or sanitizer report
+# every parser of outside bytes under hostile input: each tests/fuzz-NAME.c
+# is built under ASan+UBSan as a libFuzzer target where clang has
+# -fsanitize=fuzzer, else with the plain driver tests/fuzz-main.c, and
+# tests/fuzz.sh runs each for its share of FUZZ_SECONDS; any crash or
+# sanitizer report fails the run
 FUZZ_SECONDS = 60
 SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1
-FUZZ_SRC = tests/fuzz.c fuseexport.c
-fuzz: $(FUZZ_SRC) fuseexport.h
-	rm -rf tests/fuzz-corpus && mkdir tests/fuzz-corpus
-	$(CC) -g -O1 -DFUZZ_DRIVER -DFUSEEXPORT_NO_MAIN -o tests/fuzz-driver $(FUZZ_SRC) -pthread
-	tests/fuzz-driver --corpus tests/fuzz-corpus --seconds 0
-	if clang -fsanitize=fuzzer $(SANITIZE) -DFUSEEXPORT_NO_MAIN \
-		-o tests/fuzz-libfuzzer $(FUZZ_SRC) -pthread 2>/dev/null; then \
-		tests/fuzz-libfuzzer -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-			-artifact_prefix=tests/ tests/fuzz-corpus; \
-	else \
-		$(CC) $(SANITIZE) -DFUZZ_DRIVER -DFUSEEXPORT_NO_MAIN \
-			-o tests/fuzz-driver $(FUZZ_SRC) -pthread && \
-		tests/fuzz-driver --seconds $(FUZZ_SECONDS); \
-	fi
+FUZZ_NAMES = $(filter-out main,$(patsubst tests/fuzz-%.c,%,$(wildcard tests/fuzz-*.c)))
+FUZZ_BINS = $(FUZZ_NAMES:%=tests/fuzz-build/%)
+
+tests/fuzz-build/%: tests/fuzz-%.c tests/fuzz-main.c fuseexport.c fuseexport.h
+	@mkdir -p tests/fuzz-build
+	clang -fsanitize=fuzzer $(SANITIZE) -DFUSEEXPORT_NO_MAIN -o $@ $< fuseexport.c -pthread 2>/dev/null || \
+	$(CC) $(SANITIZE) -DFUSEEXPORT_NO_MAIN -o $@ $< tests/fuzz-main.c fuseexport.c -pthread
+
+fuzz: $(FUZZ_BINS)
+	tests/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
 
 # the whole suite against an ASan+UBSan build; the detached servers'
 # reports go to tests/asan-logs, and any there fails the run
@@ -62,7 +61,7 @@ install: fuseexport
 	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuse.fuseexport
 
 clean:
-	rm -f fuseexport fuseexport-static fuseexport-asan tests/fuzz-driver tests/fuzz-libfuzzer
-	rm -rf tests/fuzz-corpus tests/asan-logs
+	rm -f fuseexport fuseexport-static fuseexport-asan
+	rm -rf tests/fuzz-build tests/asan-logs
 
 .PHONY: all static test fuzz asan bench install clean
