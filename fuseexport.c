@@ -329,7 +329,10 @@ struct export {
 					 * file: 0 not yet, < 0 refused */
 
 	uint32_t minor;			/* negotiated protocol minor */
-	bool initialized;
+	/* INIT answered: set last by fuse_init, so a queue that sees it
+	 * sees what INIT settled (the kernel sends nothing else before it
+	 * has the reply, but ThreadSanitizer cannot see that ordering) */
+	atomic_bool initialized;
 	uint32_t open_flags;		/* for OPEN replies without passthrough */
 	int fuse_fd;
 	struct queue *queue;
@@ -4411,7 +4414,7 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 	if (in->major < FUSE_KERNEL_VERSION || in->minor < FUSE_OLDEST_MINOR)
 		return halt(e, "halting: the kernel speaks FUSE %u.%u, older than 7.%u",
 			    in->major, in->minor, FUSE_OLDEST_MINOR);
-	if (e->initialized)
+	if (atomic_load(&e->initialized))
 		return halt(e, "halting: a second INIT");
 
 	if (len >= sizeof(*in) && (in->flags & FUSE_INIT_EXT))
@@ -4465,7 +4468,7 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		return halt(e, "--io-uring=on: the kernel offers no FUSE over io_uring "
 			    "(Linux 6.14 and later, with "
 			    "/sys/module/fuse/parameters/enable_uring set to Y)");
-	e->initialized = true;
+	atomic_store(&e->initialized, true);
 
 	out->minor = e->minor;
 	out->max_readahead = in->max_readahead;
@@ -4883,7 +4886,7 @@ static int serve(struct export *e, struct request *r, size_t len)
 		res = -ENOSYS;
 	else if (oplen < op->in_size)
 		res = -EINVAL;
-	else if (!e->initialized && in->opcode != FUSE_INIT)
+	else if (!atomic_load(&e->initialized) && in->opcode != FUSE_INIT)
 		res = -EIO;
 	else
 		res = op->handle(e, r, oplen);
