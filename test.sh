@@ -70,6 +70,14 @@ if [ -e /sys/module/fuse/parameters/enable_uring ]; then
 fi
 MODES=${FX_MODES:-$MODES}
 
+# FUSE over io_uring is switched on machine-wide (enable_uring), and other
+# runs of this suite may share the machine: a test in an io_uring mode sets
+# Y itself, holding URING_LOCK shared for its whole run, and t_io_uring,
+# which turns it off for a while, holds the lock exclusively; the value
+# found at the start is put back at the end only if no other run holds it
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_LOCK=/tmp/fuseexport-test-uring.lock
+
 ROOT=$(mktemp -d /tmp/fuseexport-test.XXXXXX) || exit 1
 chmod 755 "$ROOT"	# the unprivileged bad-input cases must reach their files
 : >"$ROOT/.mounts"; : >"$ROOT/.pids"; : >"$ROOT/.loops"; : >"$ROOT/.cgroups"
@@ -148,7 +156,7 @@ on_exit() {
 	fi
 	cleanup_all
 	if [ -n "$URING_WAS" ]; then
-		echo "$URING_WAS" >/sys/module/fuse/parameters/enable_uring 2>/dev/null
+		flock -x -n "$URING_LOCK" sh -c 'echo "$1" >"$2"' _ "$URING_WAS" "$URING_PARAM" 2>/dev/null
 	fi
 	if [ -n "${FX_KEEP:-}" ]; then echo "# kept $ROOT" >&2; else rm -rf --one-file-system "$ROOT" 2>/dev/null; fi
 }
@@ -304,6 +312,21 @@ xio_err() {
 	for c; do args+=(-c "$c"); done
 	xfs_io "${args[@]}" "$f" >"$TESTDIR/xio.out" 2>&1 || :
 	grep -Eq "$re" "$TESTDIR/xio.out" || fail "xfs_io $* on $f: want /$re/, got: $(cat "$TESTDIR/xio.out")"
+}
+
+# drop_foreign_mounts: in a test's new mount namespace, detach the copies it
+# was made with of other exports and other runs' mounts, so that it keeps
+# none of them alive after their owners unmount them
+drop_foreign_mounts() {
+	local mp fs
+	findmnt -rn -o TARGET,FSTYPE | while read -r mp fs; do
+		mp=$(printf '%b' "$mp")
+		case $mp in "$ROOT"/*) continue ;; esac
+		case $fs:$mp in fuse.fuseexport:*|*:/tmp/fuseexport-test.*/*)
+			umount -l "$mp" 2>/dev/null ;;
+		esac
+	done
+	return 0
 }
 
 # in_ns FUNCTION ARGS...: run FUNCTION in a private mount namespace
@@ -3845,14 +3868,26 @@ result() { # result ok|fail|skip NAME [REASON]
 }
 
 # t NAME NEEDS FUNCTION ARGS...
+# As root a test runs in a mount namespace of its own, so that no namespace
+# another program makes meanwhile (another run of this suite, say) holds a
+# copy of its mounts and keeps its servers alive after their umount. A test
+# in an io_uring mode holds URING_LOCK shared and sets enable_uring; one
+# that needs uring (and toggles it) holds it alone.
 t() {
-	local name=$1 needs=$2 why dir rc; shift 2
+	local name=$1 needs=$2 why dir rc wrap=() uring=; shift 2
 	if [ -n "$FX_ONLY" ] && ! [[ $name =~ $FX_ONLY ]]; then return; fi
 	why=$(missing "$needs")
 	if [ -n "$why" ]; then result skip "$name" "$why"; return; fi
 	dir=$ROOT/t$((N + 1))
 	mkdir "$dir"
-	TESTDIR=$dir timeout -k 10 "$FX_TIMEOUT" bash -c 'cd "$TESTDIR" || exit 1
+	case " $needs " in *" uring "*) wrap=(flock -x "$URING_LOCK") ;; esac
+	case " $* " in *" --io-uring=on "*|*" --io-uring=auto "*)
+		wrap=(flock -s "$URING_LOCK"); uring=Y ;;
+	esac
+	[ -n "$IS_ROOT" ] && wrap+=(unshare -m --propagation private)
+	TESTDIR=$dir FX_URING=$uring IS_ROOT=$IS_ROOT timeout -k 10 "$FX_TIMEOUT" "${wrap[@]}" bash -c 'cd "$TESTDIR" || exit 1
+		[ -z "$FX_URING" ] || echo Y >"$URING_PARAM" || exit 1
+		[ -z "$IS_ROOT" ] || drop_foreign_mounts
 		exec 9>&2; set -eE; trap '\''echo "FAIL: status $? from: $BASH_COMMAND" >&2'\'' ERR; "$@"' _ "$@" \
 		</dev/null >"$dir/log" 2>&1 &
 	TPID=$!
@@ -3867,12 +3902,11 @@ t() {
 	esac
 }
 
-export ROOT TOP FX FXS FXIO PY MiB
+export ROOT TOP FX FXS FXIO PY MiB URING_PARAM URING_LOCK
 export -f $(compgen -A function | grep -v '^\(t\|result\|missing\|on_exit\)$')
 
-if grep -q io-uring <<<"$MODES" && [ -n "$IS_ROOT" ] && [ -w /sys/module/fuse/parameters/enable_uring ]; then
-	URING_WAS=$(cat /sys/module/fuse/parameters/enable_uring)
-	echo Y >/sys/module/fuse/parameters/enable_uring
+if grep -q io-uring <<<"$MODES" && [ -n "$IS_ROOT" ] && [ -w "$URING_PARAM" ]; then
+	URING_WAS=$(cat "$URING_PARAM")
 fi
 
 M="root fuse"
@@ -3884,10 +3918,13 @@ t "--help, --version >/dev/full: exit non-zero, one line" "" t_help_full
 # nothing. Such a mode is one skip (a failure under CI=true); modes given in
 # FX_MODES always run.
 probe_mode() {
-	local d=$ROOT/probe err
+	local d=$ROOT/probe err uring=()
 	[ -z "${FX_MODES:-}" ] && [ -n "$IS_ROOT" ] && [ -c /dev/fuse ] || return 0
 	mkdir -p "$d"; truncate -s 1M "$d/src"; : >"$d/mp"
-	if ! err=$(timeout 20 "$FX" $1 -w "$d/src" "$d/mp" 2>&1); then
+	case " $1 " in *" --io-uring=on "*|*" --io-uring=auto "*)	# as t() does
+		uring=(flock -s "$URING_LOCK" sh -c 'echo Y >"$0" && exec "$@"' "$URING_PARAM") ;;
+	esac
+	if ! err=$(timeout 20 "${uring[@]}" "$FX" $1 -w "$d/src" "$d/mp" 2>&1); then
 		echo "${err:-fuseexport exit status $?}"
 	else
 		umount "$d/mp" 2>/dev/null
