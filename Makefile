@@ -1,6 +1,8 @@
 # fuseexport: a C compiler and libc headers are all the build needs.
 PREFIX = /usr/local
-BINDIR = $(PREFIX)/sbin
+BINDIR = $(PREFIX)/bin
+# mount(8) runs a helper mount.TYPE from /sbin alone, whatever the prefix
+SBINDIR = /sbin
 MANDIR = $(PREFIX)/share/man
 CC = cc
 CFLAGS = -O2 -g -Wall -Wextra
@@ -57,8 +59,9 @@ bench: fuseexport
 install: fuseexport
 	install -D -m 755 fuseexport $(DESTDIR)$(BINDIR)/fuseexport
 	install -D -m 644 fuseexport.1 $(DESTDIR)$(MANDIR)/man1/fuseexport.1
-	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuseexport
-	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuse.fuseexport
+	install -d $(DESTDIR)$(SBINDIR)
+	ln -sf $(BINDIR)/fuseexport $(DESTDIR)$(SBINDIR)/mount.fuseexport
+	ln -sf $(BINDIR)/fuseexport $(DESTDIR)$(SBINDIR)/mount.fuse.fuseexport
 
 clean:
 	rm -f fuseexport fuseexport-static fuseexport-asan

@@ -1,8 +1,9 @@
 #!/bin/bash
 # test.sh - the fuseexport test suite
 #
-# Proves SPEC.md's contract with real clients (cmp, dd, xfs_io, truncate, chmod,
-# touch, python's mmap, fio, mkfs.ext4 + mount -o loop, e2fsck, qemu-img) against
+# Proves fuseexport's contract, as README.md and the man page (fuseexport.1)
+# state it, with real clients (cmp, dd, xfs_io, truncate, chmod, touch,
+# python's mmap, fio, mkfs.ext4 + mount -o loop, e2fsck, qemu-img) against
 # real exports. Output is TAP: one `ok N - name`, `not ok N - name` or
 # `ok N - name # SKIP why` line per test, the plan, and a closing line
 # `N passed, N failed, N skipped`. The exit status is non-zero if any test failed.
@@ -11,7 +12,9 @@
 # a skip is a failure. Every test runs in its own directory under one mktemp -d
 # root; whatever a test mounts, starts or attaches (mounts, servers, loop devices)
 # is recorded there and undone after the test and again on exit, even when a test
-# fails halfway. Nothing outside that root is touched.
+# fails halfway. Nothing outside that root is touched. As root each test runs
+# in a mount namespace of its own, and enable_uring is shared with other runs
+# through a lock (see t()), so that runs can share a machine.
 #
 # Environment:
 #   FUSEEXPORT         binary under test (default ./fuseexport, built if missing)
@@ -353,7 +356,8 @@ mode_queues() {
 }
 
 # ---------------------------------------------------------------------------
-# Behaviour: SPEC.md's table, one test per row, run under every mode ($1)
+# Behaviour: README's "What the exported file does", a test per row, run
+# under every mode ($1)
 
 t_stat() {
 	mkimg src 64; : >mp
@@ -2451,13 +2455,32 @@ t_io_uring() {
 	fx_down "$PWD/mp"
 }
 
-# make install: the binary, the man page, and the mount(8) helper links
+# make install: the binary on a user's PATH, the man page, and the mount(8)
+# helper links in /sbin, where mount(8) looks for them; then installed for
+# real (over a scratch /usr/local and /sbin in this namespace only), found
+# by a user's shell and by mount -t fuse.fuseexport
 t_install() {
 	make -s -C "$TOP" install DESTDIR="$PWD/dest" PREFIX=/usr >&2 || fail "make install"
-	[ -x dest/usr/sbin/fuseexport ] || fail "no dest/usr/sbin/fuseexport"
+	[ -x dest/usr/bin/fuseexport ] || fail "no dest/usr/bin/fuseexport"
 	[ -f dest/usr/share/man/man1/fuseexport.1 ] || fail "no man page"
-	eq "$(readlink dest/usr/sbin/mount.fuseexport)" fuseexport "mount.fuseexport"
-	eq "$(readlink dest/usr/sbin/mount.fuse.fuseexport)" fuseexport "mount.fuse.fuseexport"
+	eq "$(readlink dest/sbin/mount.fuseexport)" /usr/bin/fuseexport "mount.fuseexport"
+	eq "$(readlink dest/sbin/mount.fuse.fuseexport)" /usr/bin/fuseexport "mount.fuse.fuseexport"
+	in_ns install_ns
+}
+install_ns() {
+	local sbin
+	sbin=$(realpath /sbin)
+	mkdir -p local upper work
+	mount -t tmpfs tmpfs /usr/local
+	mount -t overlay overlay -o "lowerdir=$sbin,upperdir=$PWD/upper,workdir=$PWD/work" "$sbin"
+	make -s -C "$TOP" install >&2 || fail "make install"
+	eq "$(setpriv --reuid=65534 --regid=65534 --clear-groups env -i PATH=/usr/local/bin:/usr/bin:/bin \
+		sh -c 'command -v fuseexport')" /usr/local/bin/fuseexport "a user's command -v fuseexport"
+	mkimg src 4; : >mp
+	mount -t fuse.fuseexport "$PWD/src" "$PWD/mp" -o ro || fail "mount -t fuse.fuseexport"
+	fuse_mounted "$PWD/mp" || fail "not a fuse mount"
+	cmp src mp || fail "cmp"
+	umount "$PWD/mp"
 }
 
 # -o: the same as the long options
@@ -4019,7 +4042,7 @@ t "32-bit build (cc -m32): 6 GiB file and loop device, writes past 4 GiB land th
 t "without root: through fusermount3, allow_other rules, fusermount3 -u, SIGTERM" "$M setpriv fusermount3 unshare" t_nonroot
 t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unshare" t_helper
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
-t "make install: binary, man page, mount(8) helper links (DESTDIR, PREFIX)" "make" t_install
+t "make install: binary in PREFIX/bin, man page, mount(8) helper links in /sbin; found by a user and by mount(8)" "$M make unshare setpriv" t_install
 t "security: mode bits, allow_other, chmod rules, a mounted device refused" "$M setpriv loop ext4" t_security
 t "command-line fuzz: random argument lists never crash, hang or leave a mount" "$M" t_cmdline_fuzz
 t "valgrind: a short export session is clean" "$M valgrind xfs_io" t_valgrind
