@@ -52,6 +52,22 @@ asan: fuseexport.c fuseexport.h
 		FUSEEXPORT=./fuseexport-asan ./test.sh
 	@if ls tests/asan-logs | grep -q .; then cat tests/asan-logs/*; exit 1; fi
 
+# the tests of the threaded parts (the queues, the NBD client, the volatile
+# cache, the control FIFO, the fault layer) against a ThreadSanitizer build,
+# with four queues; the reports go to tests/tsan-logs, and any there fails
+# the run. tests/tsan.supp says why each suppression is no race.
+TSAN_MODES = -q 4 --passthrough=off --cache=none,-q 4 --passthrough=off --cache=writeback
+TSAN_PER_MODE = write in place|fio verify|torture|interrupted mid-request|crash: SIGKILL|server killed
+TSAN_LAYERS = fault:|control FIFO|volatile cache|^nbd:|SIGTERM|umount \(and
+TSAN_ONLY = $(TSAN_PER_MODE)|$(TSAN_LAYERS)
+tsan: fuseexport.c fuseexport.h
+	clang -fsanitize=thread -g -O1 -o fuseexport-tsan fuseexport.c -pthread
+	rm -rf tests/tsan-logs && mkdir -m 1777 tests/tsan-logs
+	TSAN_OPTIONS="log_path=$(CURDIR)/tests/tsan-logs/tsan suppressions=$(CURDIR)/tests/tsan.supp" \
+	FX_MODES="$(TSAN_MODES)" FX_LAYER_MODE="-q 4 --passthrough=off" FX_NBD_MODE="-q 4" \
+	FX_ONLY="$(TSAN_ONLY)" FUSEEXPORT=./fuseexport-tsan ./test.sh
+	@if ls tests/tsan-logs | grep -q .; then cat tests/tsan-logs/*; exit 1; fi
+
 # fio side by side: the file, fuseexport in each mode, qemu-storage-daemon
 bench: fuseexport
 	tests/bench.sh
@@ -64,7 +80,7 @@ install: fuseexport
 	ln -sf $(BINDIR)/fuseexport $(DESTDIR)$(SBINDIR)/mount.fuse.fuseexport
 
 clean:
-	rm -f fuseexport fuseexport-static fuseexport-asan
-	rm -rf tests/fuzz-build tests/asan-logs
+	rm -f fuseexport fuseexport-static fuseexport-asan fuseexport-tsan
+	rm -rf tests/fuzz-build tests/asan-logs tests/tsan-logs
 
-.PHONY: all static test fuzz asan bench install clean
+.PHONY: all static test fuzz asan tsan bench install clean
