@@ -1720,6 +1720,73 @@ t_signal() {
 	return 0
 }
 
+# --run=COMMAND: the export lives while COMMAND runs; fuseexport exits with
+# COMMAND's status and leaves nothing mounted or running (run_gone)
+run_gone() {
+	refute "still mounted after --run" mounted "$1"
+	[ -z "$(fx_pid "$1")" ] || fail "a server is left after --run: $(fx_pid "$1")"
+}
+
+t_run() {
+	local rc
+	mkimg src 64; : >mp
+	track_mount "$PWD/mp"
+	"$FX" -w --run='mkfs.ext4 -q -F "$1" && e2fsck -fn "$FUSEEXPORT_FILE" >/dev/null 2>&1' \
+		"$PWD/src" "$PWD/mp" 2>err || fail "mkfs.ext4 + e2fsck under --run: exit $?: $(cat err)"
+	[ ! -s err ] || fail "stderr: $(cat err)"
+	run_gone "$PWD/mp"
+	e2fsck -fn src >/dev/null 2>&1 || fail "e2fsck of the source after --run"
+	"$FX" --run="cmp \"\$1\" '$PWD/src'" "$PWD/src" "$PWD/mp" || fail "cmp under --run: exit $?"
+	rc=0; "$FX" --run='exit 3' "$PWD/src" "$PWD/mp" || rc=$?
+	eq "$rc" 3 "status of --run='exit 3'"
+	rc=0; "$FX" --run='kill -KILL $$' "$PWD/src" "$PWD/mp" 2>err || rc=$?
+	eq "$rc" 137 "status of a COMMAND killed by SIGKILL"
+	run_gone "$PWD/mp"
+}
+
+# SIGTERM to fuseexport reaches COMMAND; the export ends after it
+t_run_signal() {
+	local pid rc=0 i
+	mkimg src 16; : >mp
+	track_mount "$PWD/mp"
+	env --default-signal=TERM "$FX" -w --run="trap 'echo TERM >got; exit 7' TERM; : >up; while :; do sleep 0.1; done" \
+		"$PWD/src" "$PWD/mp" 2>err & pid=$!
+	track_pid "$pid"
+	for i in $(seq 100); do [ -e up ] && break; sleep 0.1; done
+	[ -e up ] || fail "COMMAND did not start: $(cat err)"
+	fuse_mounted "$PWD/mp" || fail "not mounted while COMMAND runs"
+	kill -TERM "$pid"
+	wait "$pid" || rc=$?
+	eq "$rc" 7 "fuseexport's status after SIGTERM (COMMAND's trap exits 7)"
+	eq "$(cat got)" TERM "what COMMAND's trap saw"
+	run_gone "$PWD/mp"
+}
+
+# An export that dies under COMMAND (its server killed) fails COMMAND's
+# reads at once and fuseexport with one line, and leaves nothing mounted
+t_run_dies() {
+	local rc=0
+	mkimg src 16; : >mp
+	track_mount "$PWD/mp"
+	"$FX" --run='pkill -KILL -P $PPID "^fuseexport"; sleep 0.5; cat "$1" >/dev/null 2>&1 && : >read-ok; exit 0' \
+		"$PWD/src" "$PWD/mp" 2>err || rc=$?
+	eq "$rc" 1 "status when the export died under COMMAND"
+	refute "a read of the dead export succeeded" [ -e read-ok ]
+	eq "$(wc -l <err)" 1 "lines said"
+	grep -q "died under --run" err || fail "message: $(cat err)"
+	run_gone "$PWD/mp"
+}
+
+# without root (through fusermount3): writes through $1 reach the source
+run_user() {
+	mkimg src 8; : >mp
+	"$FX" -w --run='cmp "$1" src && printf hello | dd of="$1" conv=notrunc status=none' \
+		"$PWD/src" "$PWD/mp" || fail "--run as a user: exit $?"
+	run_gone "$PWD/mp"
+	eq "$(head -c 5 src)" hello "the source's first bytes after --run"
+}
+t_run_user() { as_nonroot run_user; }
+
 t_signal_busy() {
 	local cpid rc
 	mkimg src 16; : >mp
@@ -4030,6 +4097,10 @@ t "SIGINT: flush, unmount, exit 0" "$M" t_signal INT
 t "SIGHUP: flush, unmount, exit 0" "$M" t_signal HUP
 t "SIGTERM to a detached server unmounts" "$M" t_signal_detached
 t "SIGTERM while a client holds the export open: unmounted at once, exit 0 after" "$M python3" t_signal_busy
+t "--run: mkfs.ext4 and e2fsck, cmp, COMMAND's status (exit 3, SIGKILL 137); nothing left after" "$M ext4" t_run
+t "--run: SIGTERM to fuseexport reaches COMMAND, the export ends after it" "$M" t_run_signal
+t "--run: the export killed under COMMAND: reads fail, exit 1 with one line, nothing mounted" "$M" t_run_dies
+t "--run without root: through fusermount3, writes reach the source" "$M setpriv fusermount3 unshare" t_run_user
 t "umount (and umount -l) makes the server exit 0" "$M" t_umount_exits
 t "umount of a busy export fails and the export goes on" "$M" t_busy_umount
 t "-d: one line per request, stays in the foreground" "$M" t_debug
