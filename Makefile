@@ -1,6 +1,8 @@
 # fuseexport: a C compiler and libc headers are all the build needs.
 PREFIX = /usr/local
-BINDIR = $(PREFIX)/sbin
+BINDIR = $(PREFIX)/bin
+# mount(8) runs a helper mount.TYPE from /sbin alone, whatever the prefix
+SBINDIR = /sbin
 MANDIR = $(PREFIX)/share/man
 CC = cc
 CFLAGS = -O2 -g -Wall -Wextra
@@ -22,24 +24,23 @@ fuseexport-static: fuseexport.c fuseexport.h
 test: fuseexport
 	./test.sh
 
-# the request handler under hostile bytes: libFuzzer where clang has it,
-# else a plain driver; either fails on a crash or sanitizer report
+# every parser of outside bytes under hostile input: each tests/fuzz-NAME.c
+# is built under ASan+UBSan as a libFuzzer target where clang has
+# -fsanitize=fuzzer, else with the plain driver tests/fuzz-main.c, and
+# tests/fuzz.sh runs each for its share of FUZZ_SECONDS; any crash or
+# sanitizer report fails the run
 FUZZ_SECONDS = 60
 SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1
-FUZZ_SRC = tests/fuzz.c fuseexport.c
-fuzz: $(FUZZ_SRC) fuseexport.h
-	rm -rf tests/fuzz-corpus && mkdir tests/fuzz-corpus
-	$(CC) -g -O1 -DFUZZ_DRIVER -DFUSEEXPORT_NO_MAIN -o tests/fuzz-driver $(FUZZ_SRC) -pthread
-	tests/fuzz-driver --corpus tests/fuzz-corpus --seconds 0
-	if clang -fsanitize=fuzzer $(SANITIZE) -DFUSEEXPORT_NO_MAIN \
-		-o tests/fuzz-libfuzzer $(FUZZ_SRC) -pthread 2>/dev/null; then \
-		tests/fuzz-libfuzzer -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-			-artifact_prefix=tests/ tests/fuzz-corpus; \
-	else \
-		$(CC) $(SANITIZE) -DFUZZ_DRIVER -DFUSEEXPORT_NO_MAIN \
-			-o tests/fuzz-driver $(FUZZ_SRC) -pthread && \
-		tests/fuzz-driver --seconds $(FUZZ_SECONDS); \
-	fi
+FUZZ_NAMES = $(filter-out main,$(patsubst tests/fuzz-%.c,%,$(wildcard tests/fuzz-*.c)))
+FUZZ_BINS = $(FUZZ_NAMES:%=tests/fuzz-build/%)
+
+tests/fuzz-build/%: tests/fuzz-%.c tests/fuzz-main.c fuseexport.c fuseexport.h
+	@mkdir -p tests/fuzz-build
+	clang -fsanitize=fuzzer $(SANITIZE) -DFUSEEXPORT_NO_MAIN -o $@ $< fuseexport.c -pthread 2>/dev/null || \
+	$(CC) $(SANITIZE) -DFUSEEXPORT_NO_MAIN -o $@ $< tests/fuzz-main.c fuseexport.c -pthread
+
+fuzz: $(FUZZ_BINS)
+	tests/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
 
 # the whole suite against an ASan+UBSan build; the detached servers'
 # reports go to tests/asan-logs, and any there fails the run
@@ -51,6 +52,22 @@ asan: fuseexport.c fuseexport.h
 		FUSEEXPORT=./fuseexport-asan ./test.sh
 	@if ls tests/asan-logs | grep -q .; then cat tests/asan-logs/*; exit 1; fi
 
+# the tests of the threaded parts (the queues, the NBD client, the volatile
+# cache, the control FIFO, the fault layer) against a ThreadSanitizer build,
+# with four queues; the reports go to tests/tsan-logs, and any there fails
+# the run. tests/tsan.supp says why each suppression is no race.
+TSAN_MODES = -q 4 --passthrough=off --cache=none,-q 4 --passthrough=off --cache=writeback
+TSAN_PER_MODE = write in place|fio verify|torture|interrupted mid-request|crash: SIGKILL|server killed
+TSAN_LAYERS = fault:|control FIFO|volatile cache|^nbd:|SIGTERM|umount \(and
+TSAN_ONLY = $(TSAN_PER_MODE)|$(TSAN_LAYERS)
+tsan: fuseexport.c fuseexport.h
+	clang -fsanitize=thread -g -O1 -o fuseexport-tsan fuseexport.c -pthread
+	rm -rf tests/tsan-logs && mkdir -m 1777 tests/tsan-logs
+	TSAN_OPTIONS="log_path=$(CURDIR)/tests/tsan-logs/tsan suppressions=$(CURDIR)/tests/tsan.supp" \
+	FX_MODES="$(TSAN_MODES)" FX_LAYER_MODE="-q 4 --passthrough=off" FX_NBD_MODE="-q 4" \
+	FX_ONLY="$(TSAN_ONLY)" FUSEEXPORT=./fuseexport-tsan ./test.sh
+	@if ls tests/tsan-logs | grep -q .; then cat tests/tsan-logs/*; exit 1; fi
+
 # fio side by side: the file, fuseexport in each mode, qemu-storage-daemon
 bench: fuseexport
 	tests/bench.sh
@@ -58,11 +75,12 @@ bench: fuseexport
 install: fuseexport
 	install -D -m 755 fuseexport $(DESTDIR)$(BINDIR)/fuseexport
 	install -D -m 644 fuseexport.1 $(DESTDIR)$(MANDIR)/man1/fuseexport.1
-	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuseexport
-	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuse.fuseexport
+	install -d $(DESTDIR)$(SBINDIR)
+	ln -sf $(BINDIR)/fuseexport $(DESTDIR)$(SBINDIR)/mount.fuseexport
+	ln -sf $(BINDIR)/fuseexport $(DESTDIR)$(SBINDIR)/mount.fuse.fuseexport
 
 clean:
-	rm -f fuseexport fuseexport-static fuseexport-asan tests/fuzz-driver tests/fuzz-libfuzzer
-	rm -rf tests/fuzz-corpus tests/asan-logs
+	rm -f fuseexport fuseexport-static fuseexport-asan fuseexport-tsan
+	rm -rf tests/fuzz-build tests/asan-logs tests/tsan-logs
 
-.PHONY: all static test fuzz asan bench install clean
+.PHONY: all static test fuzz asan tsan bench install clean

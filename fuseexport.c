@@ -106,6 +106,9 @@ static const char usage_text[] =
 "                          clear, crash, crash torn\n"
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
 "                          to be made again before they fail (default: 30)\n"
+"      --run=COMMAND       once the export is up, run /bin/sh -c COMMAND with\n"
+"                          its path as $1 and $FUSEEXPORT_FILE; end the\n"
+"                          export when it exits, exit with its status\n"
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
 "                          io_uring=MODE, offset=, size=, partition=,\n"
@@ -326,6 +329,7 @@ struct export {
 	struct faults *faults;		/* the layers, if stacked */
 	struct cache *volatile_cache;
 	unsigned retry;			/* NBD: seconds to wait for a reconnect */
+	const char *run_command;	/* --run: what the export lives for */
 	unsigned partition;		/* --partition: its number, or 0 */
 	bool list_partitions;		/* --partitions: print them, export nothing */
 	bool snapshot, commit;		/* --snapshot, --commit */
@@ -347,7 +351,10 @@ struct export {
 	bool stamped;			/* if it proves anything */
 
 	uint32_t minor;			/* negotiated protocol minor */
-	bool initialized;
+	/* INIT answered: set last by fuse_init, so a queue that sees it
+	 * sees what INIT settled (the kernel sends nothing else before it
+	 * has the reply, but ThreadSanitizer cannot see that ordering) */
+	atomic_bool initialized;
 	uint32_t open_flags;		/* for OPEN replies without passthrough */
 	int fuse_fd;
 	struct queue *queue;
@@ -5044,7 +5051,7 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 	if (in->major < FUSE_KERNEL_VERSION || in->minor < FUSE_OLDEST_MINOR)
 		return halt(e, "halting: the kernel speaks FUSE %u.%u, older than 7.%u",
 			    in->major, in->minor, FUSE_OLDEST_MINOR);
-	if (e->initialized)
+	if (atomic_load(&e->initialized))
 		return halt(e, "halting: a second INIT");
 
 	if (len >= sizeof(*in) && (in->flags & FUSE_INIT_EXT))
@@ -5097,7 +5104,7 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		return halt(e, "--io-uring=on: the kernel offers no FUSE over io_uring "
 			    "(Linux 6.14 and later, with "
 			    "/sys/module/fuse/parameters/enable_uring set to Y)");
-	e->initialized = true;
+	atomic_store(&e->initialized, true);
 
 	out->minor = e->minor;
 	out->max_readahead = in->max_readahead;
@@ -5546,7 +5553,7 @@ static int serve(struct export *e, struct request *r, size_t len)
 		res = -ENOSYS;
 	else if (oplen < op->in_size)
 		res = -EINVAL;
-	else if (!e->initialized && in->opcode != FUSE_INIT)
+	else if (!atomic_load(&e->initialized) && in->opcode != FUSE_INIT)
 		res = -EIO;
 	else
 		res = op->handle(e, r, oplen);
@@ -5590,7 +5597,8 @@ static void tell_ready(struct export *e)
 	if (null >= 0) {
 		dup2(null, 0);
 		dup2(null, 1);
-		dup2(null, 2);
+		if (!e->run_command)	/* else fuseexport stays in front */
+			dup2(null, 2);
 		if (null > 2)
 			close(null);
 	}
@@ -6150,7 +6158,7 @@ static _Noreturn void print_and_exit(const char *text)
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
        OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
        OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_FAULT, OPT_SEED, OPT_WRITE_CACHE,
-       OPT_CONTROL, OPT_RETRY };
+       OPT_CONTROL, OPT_RETRY, OPT_RUN };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -6174,6 +6182,7 @@ static const struct option_row {
 	{ "write-cache", "write_cache", OPT_WRITE_CACHE, true, NULL },
 	{ "control", "control", OPT_CONTROL, true, NULL },
 	{ "retry", "retry", OPT_RETRY, true, NULL },
+	{ "run", NULL, OPT_RUN, true, NULL },
 	{ "partition", "partition", OPT_PARTITION, true, NULL },
 	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
 	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
@@ -6251,6 +6260,11 @@ static void set_option(struct export *e, int id, const char *value,
 		break;
 	case OPT_RETRY:
 		e->retry = parse_number(what, value, 0, 86400);
+		break;
+	case OPT_RUN:
+		if (!*value)
+			die("%s: needs a command", what);
+		e->run_command = value;
 		break;
 	case OPT_PARTITION:
 		e->partition = parse_number(what, value, 1, PART_MAX);
@@ -6887,6 +6901,72 @@ static void unmount_export(struct export *e, bool force)
 	}
 }
 
+/* --run: the parent, once the server (its child) has the export live,
+ * runs /bin/sh -c COMMAND with the export's path as $1 and in
+ * FUSEEXPORT_FILE, and passes the signals that end fuseexport on to it.
+ * When COMMAND exits, the server is told to end the export (SIGTERM: a
+ * final flush, the unmount) and is waited for. Returns COMMAND's status
+ * (128 + the signal that killed it), or 1 if the server did not end
+ * cleanly (it says why on stderr, which it keeps, or this says it died). */
+static MAIN_ONLY int run_command(struct export *e, pid_t server)
+{
+	int status, cmd_status = -1, server_status = -1, sig;
+	sigset_t set, old;
+	pid_t cmd, pid;
+
+	/* the server holds the export's /dev/fuse: should it die, COMMAND's
+	 * requests must fail, not wait on a copy kept here */
+	close(e->fuse_fd);
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, &old);
+	cmd = fork();
+	if (cmd < 0) {
+		fprintf(stderr, "fuseexport: --run: fork: %s\n", strerror(errno));
+		cmd_status = 1 << 8;
+	} else if (cmd == 0) {
+		sigprocmask(SIG_SETMASK, &old, NULL);
+		setenv("FUSEEXPORT_FILE", e->mountpoint, 1);
+		execl("/bin/sh", "sh", "-c", e->run_command, "sh", e->mountpoint,
+		      (char *)NULL);
+		fprintf(stderr, "fuseexport: --run: /bin/sh: %s\n", strerror(errno));
+		_exit(127);
+	}
+	while (cmd_status < 0) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig != SIGCHLD) {
+			kill(cmd, sig);
+			continue;
+		}
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+			if (pid == cmd)
+				cmd_status = status;
+			else if (pid == server)
+				server_status = status;
+		}
+	}
+	if (server_status < 0) {
+		kill(server, SIGTERM);
+		while (waitpid(server, &server_status, 0) < 0 && errno == EINTR)
+			;
+	}
+	if (WIFSIGNALED(server_status)) {	/* nothing unmounted it */
+		unmount_export(e, true);
+		fprintf(stderr, "fuseexport: %s: the export died under --run "
+			"(its server was killed by signal %d)\n", e->mountpoint,
+			WTERMSIG(server_status));
+		return 1;
+	}
+	if (WEXITSTATUS(server_status))
+		return 1;	/* the server said why: a failed flush, a halt */
+	return WIFSIGNALED(cmd_status) ? 128 + WTERMSIG(cmd_status) :
+	       WEXITSTATUS(cmd_status);
+}
+
 /* Go to the background: the parent returns only once the export is live
  * (the child answered INIT), or unmounts and fails if the child died */
 static MAIN_ONLY void detach(struct export *e)
@@ -6908,7 +6988,7 @@ static MAIN_ONLY void detach(struct export *e)
 		while ((n = read(fds[0], &c, 1)) < 0 && errno == EINTR)
 			;
 		if (n == 1)
-			exit(0);
+			exit(e->run_command ? run_command(e, pid) : 0);
 		unmount_export(e, true);
 		close_control(e);
 		exit(1);		/* the server said why */
@@ -7106,7 +7186,7 @@ int main(int argc, char *argv[])
 	open_source(e);
 	open_control(e);
 	mount_export(e);
-	if (!e->foreground)
+	if (!e->foreground || e->run_command)
 		detach(e);
 	status = run_export(e);
 	close_control(e);

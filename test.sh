@@ -1,8 +1,9 @@
 #!/bin/bash
 # test.sh - the fuseexport test suite
 #
-# Proves SPEC.md's contract with real clients (cmp, dd, xfs_io, truncate, chmod,
-# touch, python's mmap, fio, mkfs.ext4 + mount -o loop, e2fsck, qemu-img) against
+# Proves fuseexport's contract, as README.md and the man page (fuseexport.1)
+# state it, with real clients (cmp, dd, xfs_io, truncate, chmod, touch,
+# python's mmap, fio, mkfs.ext4 + mount -o loop, e2fsck, qemu-img) against
 # real exports. Output is TAP: one `ok N - name`, `not ok N - name` or
 # `ok N - name # SKIP why` line per test, the plan, and a closing line
 # `N passed, N failed, N skipped`. The exit status is non-zero if any test failed.
@@ -11,7 +12,9 @@
 # a skip is a failure. Every test runs in its own directory under one mktemp -d
 # root; whatever a test mounts, starts or attaches (mounts, servers, loop devices)
 # is recorded there and undone after the test and again on exit, even when a test
-# fails halfway. Nothing outside that root is touched.
+# fails halfway. Nothing outside that root is touched. As root each test runs
+# in a mount namespace of its own, and enable_uring is shared with other runs
+# through a lock (see t()), so that runs can share a machine.
 #
 # Environment:
 #   FUSEEXPORT         binary under test (default ./fuseexport, built if missing)
@@ -69,6 +72,14 @@ if [ -e /sys/module/fuse/parameters/enable_uring ]; then
 	MODES="$MODES,-q 2 --io-uring=on --passthrough=off --cache=none"
 fi
 MODES=${FX_MODES:-$MODES}
+
+# FUSE over io_uring is switched on machine-wide (enable_uring), and other
+# runs of this suite may share the machine: a test in an io_uring mode sets
+# Y itself, holding URING_LOCK shared for its whole run, and t_io_uring,
+# which turns it off for a while, holds the lock exclusively; the value
+# found at the start is put back at the end only if no other run holds it
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_LOCK=/tmp/fuseexport-test-uring.lock
 
 ROOT=$(mktemp -d /tmp/fuseexport-test.XXXXXX) || exit 1
 chmod 755 "$ROOT"	# the unprivileged bad-input cases must reach their files
@@ -148,7 +159,7 @@ on_exit() {
 	fi
 	cleanup_all
 	if [ -n "$URING_WAS" ]; then
-		echo "$URING_WAS" >/sys/module/fuse/parameters/enable_uring 2>/dev/null
+		flock -x -n "$URING_LOCK" sh -c 'echo "$1" >"$2"' _ "$URING_WAS" "$URING_PARAM" 2>/dev/null
 	fi
 	if [ -n "${FX_KEEP:-}" ]; then echo "# kept $ROOT" >&2; else rm -rf --one-file-system "$ROOT" 2>/dev/null; fi
 }
@@ -306,6 +317,21 @@ xio_err() {
 	grep -Eq "$re" "$TESTDIR/xio.out" || fail "xfs_io $* on $f: want /$re/, got: $(cat "$TESTDIR/xio.out")"
 }
 
+# drop_foreign_mounts: in a test's new mount namespace, detach the copies it
+# was made with of other exports and other runs' mounts, so that it keeps
+# none of them alive after their owners unmount them
+drop_foreign_mounts() {
+	local mp fs
+	findmnt -rn -o TARGET,FSTYPE | while read -r mp fs; do
+		mp=$(printf '%b' "$mp")
+		case $mp in "$ROOT"/*) continue ;; esac
+		case $fs:$mp in fuse.fuseexport:*|*:/tmp/fuseexport-test.*/*)
+			umount -l "$mp" 2>/dev/null ;;
+		esac
+	done
+	return 0
+}
+
 # in_ns FUNCTION ARGS...: run FUNCTION in a private mount namespace
 in_ns() {
 	unshare -m --propagation private bash -c 'set -e; "$@"' _ "$@"
@@ -330,7 +356,8 @@ mode_queues() {
 }
 
 # ---------------------------------------------------------------------------
-# Behaviour: SPEC.md's table, one test per row, run under every mode ($1)
+# Behaviour: README's "What the exported file does", a test per row, run
+# under every mode ($1)
 
 t_stat() {
 	mkimg src 64; : >mp
@@ -1744,6 +1771,73 @@ t_signal() {
 	return 0
 }
 
+# --run=COMMAND: the export lives while COMMAND runs; fuseexport exits with
+# COMMAND's status and leaves nothing mounted or running (run_gone)
+run_gone() {
+	refute "still mounted after --run" mounted "$1"
+	[ -z "$(fx_pid "$1")" ] || fail "a server is left after --run: $(fx_pid "$1")"
+}
+
+t_run() {
+	local rc
+	mkimg src 64; : >mp
+	track_mount "$PWD/mp"
+	"$FX" -w --run='mkfs.ext4 -q -F "$1" && e2fsck -fn "$FUSEEXPORT_FILE" >/dev/null 2>&1' \
+		"$PWD/src" "$PWD/mp" 2>err || fail "mkfs.ext4 + e2fsck under --run: exit $?: $(cat err)"
+	[ ! -s err ] || fail "stderr: $(cat err)"
+	run_gone "$PWD/mp"
+	e2fsck -fn src >/dev/null 2>&1 || fail "e2fsck of the source after --run"
+	"$FX" --run="cmp \"\$1\" '$PWD/src'" "$PWD/src" "$PWD/mp" || fail "cmp under --run: exit $?"
+	rc=0; "$FX" --run='exit 3' "$PWD/src" "$PWD/mp" || rc=$?
+	eq "$rc" 3 "status of --run='exit 3'"
+	rc=0; "$FX" --run='kill -KILL $$' "$PWD/src" "$PWD/mp" 2>err || rc=$?
+	eq "$rc" 137 "status of a COMMAND killed by SIGKILL"
+	run_gone "$PWD/mp"
+}
+
+# SIGTERM to fuseexport reaches COMMAND; the export ends after it
+t_run_signal() {
+	local pid rc=0 i
+	mkimg src 16; : >mp
+	track_mount "$PWD/mp"
+	env --default-signal=TERM "$FX" -w --run="trap 'echo TERM >got; exit 7' TERM; : >up; while :; do sleep 0.1; done" \
+		"$PWD/src" "$PWD/mp" 2>err & pid=$!
+	track_pid "$pid"
+	for i in $(seq 100); do [ -e up ] && break; sleep 0.1; done
+	[ -e up ] || fail "COMMAND did not start: $(cat err)"
+	fuse_mounted "$PWD/mp" || fail "not mounted while COMMAND runs"
+	kill -TERM "$pid"
+	wait "$pid" || rc=$?
+	eq "$rc" 7 "fuseexport's status after SIGTERM (COMMAND's trap exits 7)"
+	eq "$(cat got)" TERM "what COMMAND's trap saw"
+	run_gone "$PWD/mp"
+}
+
+# An export that dies under COMMAND (its server killed) fails COMMAND's
+# reads at once and fuseexport with one line, and leaves nothing mounted
+t_run_dies() {
+	local rc=0
+	mkimg src 16; : >mp
+	track_mount "$PWD/mp"
+	"$FX" --run='pkill -KILL -P $PPID "^fuseexport"; sleep 0.5; cat "$1" >/dev/null 2>&1 && : >read-ok; exit 0' \
+		"$PWD/src" "$PWD/mp" 2>err || rc=$?
+	eq "$rc" 1 "status when the export died under COMMAND"
+	refute "a read of the dead export succeeded" [ -e read-ok ]
+	eq "$(wc -l <err)" 1 "lines said"
+	grep -q "died under --run" err || fail "message: $(cat err)"
+	run_gone "$PWD/mp"
+}
+
+# without root (through fusermount3): writes through $1 reach the source
+run_user() {
+	mkimg src 8; : >mp
+	"$FX" -w --run='cmp "$1" src && printf hello | dd of="$1" conv=notrunc status=none' \
+		"$PWD/src" "$PWD/mp" || fail "--run as a user: exit $?"
+	run_gone "$PWD/mp"
+	eq "$(head -c 5 src)" hello "the source's first bytes after --run"
+}
+t_run_user() { as_nonroot run_user; }
+
 t_signal_busy() {
 	local cpid rc
 	mkimg src 16; : >mp
@@ -2495,13 +2589,32 @@ t_io_uring() {
 	fx_down "$PWD/mp"
 }
 
-# make install: the binary, the man page, and the mount(8) helper links
+# make install: the binary on a user's PATH, the man page, and the mount(8)
+# helper links in /sbin, where mount(8) looks for them; then installed for
+# real (over a scratch /usr/local and /sbin in this namespace only), found
+# by a user's shell and by mount -t fuse.fuseexport
 t_install() {
 	make -s -C "$TOP" install DESTDIR="$PWD/dest" PREFIX=/usr >&2 || fail "make install"
-	[ -x dest/usr/sbin/fuseexport ] || fail "no dest/usr/sbin/fuseexport"
+	[ -x dest/usr/bin/fuseexport ] || fail "no dest/usr/bin/fuseexport"
 	[ -f dest/usr/share/man/man1/fuseexport.1 ] || fail "no man page"
-	eq "$(readlink dest/usr/sbin/mount.fuseexport)" fuseexport "mount.fuseexport"
-	eq "$(readlink dest/usr/sbin/mount.fuse.fuseexport)" fuseexport "mount.fuse.fuseexport"
+	eq "$(readlink dest/sbin/mount.fuseexport)" /usr/bin/fuseexport "mount.fuseexport"
+	eq "$(readlink dest/sbin/mount.fuse.fuseexport)" /usr/bin/fuseexport "mount.fuse.fuseexport"
+	in_ns install_ns
+}
+install_ns() {
+	local sbin
+	sbin=$(realpath /sbin)
+	mkdir -p local upper work
+	mount -t tmpfs tmpfs /usr/local
+	mount -t overlay overlay -o "lowerdir=$sbin,upperdir=$PWD/upper,workdir=$PWD/work" "$sbin"
+	make -s -C "$TOP" install >&2 || fail "make install"
+	eq "$(setpriv --reuid=65534 --regid=65534 --clear-groups env -i PATH=/usr/local/bin:/usr/bin:/bin \
+		sh -c 'command -v fuseexport')" /usr/local/bin/fuseexport "a user's command -v fuseexport"
+	mkimg src 4; : >mp
+	mount -t fuse.fuseexport "$PWD/src" "$PWD/mp" -o ro || fail "mount -t fuse.fuseexport"
+	fuse_mounted "$PWD/mp" || fail "not a fuse mount"
+	cmp src mp || fail "cmp"
+	umount "$PWD/mp"
 }
 
 # Relative paths a detached server goes on using (it works from /): the
@@ -4363,14 +4476,26 @@ result() { # result ok|fail|skip NAME [REASON]
 }
 
 # t NAME NEEDS FUNCTION ARGS...
+# As root a test runs in a mount namespace of its own, so that no namespace
+# another program makes meanwhile (another run of this suite, say) holds a
+# copy of its mounts and keeps its servers alive after their umount. A test
+# in an io_uring mode holds URING_LOCK shared and sets enable_uring; one
+# that needs uring (and toggles it) holds it alone.
 t() {
-	local name=$1 needs=$2 why dir rc; shift 2
+	local name=$1 needs=$2 why dir rc wrap=() uring=; shift 2
 	if [ -n "$FX_ONLY" ] && ! [[ $name =~ $FX_ONLY ]]; then return; fi
 	why=$(missing "$needs")
 	if [ -n "$why" ]; then result skip "$name" "$why"; return; fi
 	dir=$ROOT/t$((N + 1))
 	mkdir "$dir"
-	TESTDIR=$dir timeout -k 10 "$FX_TIMEOUT" bash -c 'cd "$TESTDIR" || exit 1
+	case " $needs " in *" uring "*) wrap=(flock -x "$URING_LOCK") ;; esac
+	case " $* " in *" --io-uring=on "*|*" --io-uring=auto "*)
+		wrap=(flock -s "$URING_LOCK"); uring=Y ;;
+	esac
+	[ -n "$IS_ROOT" ] && wrap+=(unshare -m --propagation private)
+	TESTDIR=$dir FX_URING=$uring IS_ROOT=$IS_ROOT timeout -k 10 "$FX_TIMEOUT" "${wrap[@]}" bash -c 'cd "$TESTDIR" || exit 1
+		[ -z "$FX_URING" ] || echo Y >"$URING_PARAM" || exit 1
+		[ -z "$IS_ROOT" ] || drop_foreign_mounts
 		exec 9>&2; set -eE; trap '\''echo "FAIL: status $? from: $BASH_COMMAND" >&2'\'' ERR; "$@"' _ "$@" \
 		</dev/null >"$dir/log" 2>&1 &
 	TPID=$!
@@ -4385,12 +4510,11 @@ t() {
 	esac
 }
 
-export ROOT TOP FX FXS FXIO PY MiB
+export ROOT TOP FX FXS FXIO PY MiB URING_PARAM URING_LOCK
 export -f $(compgen -A function | grep -v '^\(t\|result\|missing\|on_exit\)$')
 
-if grep -q io-uring <<<"$MODES" && [ -n "$IS_ROOT" ] && [ -w /sys/module/fuse/parameters/enable_uring ]; then
-	URING_WAS=$(cat /sys/module/fuse/parameters/enable_uring)
-	echo Y >/sys/module/fuse/parameters/enable_uring
+if grep -q io-uring <<<"$MODES" && [ -n "$IS_ROOT" ] && [ -w "$URING_PARAM" ]; then
+	URING_WAS=$(cat "$URING_PARAM")
 fi
 
 M="root fuse"
@@ -4402,10 +4526,13 @@ t "--help, --version >/dev/full: exit non-zero, one line" "" t_help_full
 # nothing. Such a mode is one skip (a failure under CI=true); modes given in
 # FX_MODES always run.
 probe_mode() {
-	local d=$ROOT/probe err
+	local d=$ROOT/probe err uring=()
 	[ -z "${FX_MODES:-}" ] && [ -n "$IS_ROOT" ] && [ -c /dev/fuse ] || return 0
 	mkdir -p "$d"; truncate -s 1M "$d/src"; : >"$d/mp"
-	if ! err=$(timeout 20 "$FX" $1 -w "$d/src" "$d/mp" 2>&1); then
+	case " $1 " in *" --io-uring=on "*|*" --io-uring=auto "*)	# as t() does
+		uring=(flock -s "$URING_LOCK" sh -c 'echo Y >"$0" && exec "$@"' "$URING_PARAM") ;;
+	esac
+	if ! err=$(timeout 20 "${uring[@]}" "$FX" $1 -w "$d/src" "$d/mp" 2>&1); then
 		echo "${err:-fuseexport exit status $?}"
 	else
 		umount "$d/mp" 2>/dev/null
@@ -4490,6 +4617,10 @@ t "SIGINT: flush, unmount, exit 0" "$M" t_signal INT
 t "SIGHUP: flush, unmount, exit 0" "$M" t_signal HUP
 t "SIGTERM to a detached server unmounts" "$M" t_signal_detached
 t "SIGTERM while a client holds the export open: unmounted at once, exit 0 after" "$M python3" t_signal_busy
+t "--run: mkfs.ext4 and e2fsck, cmp, COMMAND's status (exit 3, SIGKILL 137); nothing left after" "$M ext4" t_run
+t "--run: SIGTERM to fuseexport reaches COMMAND, the export ends after it" "$M" t_run_signal
+t "--run: the export killed under COMMAND: reads fail, exit 1 with one line, nothing mounted" "$M" t_run_dies
+t "--run without root: through fusermount3, writes reach the source" "$M setpriv fusermount3 unshare" t_run_user
 t "umount (and umount -l) makes the server exit 0" "$M" t_umount_exits
 t "umount of a busy export fails and the export goes on" "$M" t_busy_umount
 t "-d: one line per request, stays in the foreground" "$M" t_debug
@@ -4503,7 +4634,7 @@ t "without root: through fusermount3, allow_other rules, fusermount3 -u, SIGTERM
 t "without root: fusermount3 found through PATH=. still unmounts after the server went to /" "$M setpriv fusermount3 unshare" t_nonroot_relative
 t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unshare" t_helper
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
-t "make install: binary, man page, mount(8) helper links (DESTDIR, PREFIX)" "make" t_install
+t "make install: binary in PREFIX/bin, man page, mount(8) helper links in /sbin; found by a user and by mount(8)" "$M make unshare setpriv" t_install
 t "security: mode bits, allow_other, chmod rules, a mounted device refused" "$M setpriv loop ext4" t_security
 t "command-line fuzz: random argument lists never crash, hang or leave a mount" "$M" t_cmdline_fuzz
 t "valgrind: a short export session is clean" "$M valgrind xfs_io" t_valgrind

@@ -1,4 +1,4 @@
-/* fuzz.c - hostile requests against fuseexport's request handler
+/* fuzz-requests.c - hostile requests against fuseexport's request handler
  *
  * Drives the transport-independent handler declared in fuseexport.h with
  * arbitrary bytes, as /dev/fuse would deliver them, on a scratch source:
@@ -13,11 +13,11 @@
  * connection with requests in flight (see fuseexport_nbd_replies), with
  * structured replies negotiated if the first byte is odd.
  *
- * Built two ways: with clang -fsanitize=fuzzer as a libFuzzer target, or
- * with -DFUZZ_DRIVER as a plain program that writes the seed corpus
- * (--corpus DIR), replays files, and mutates the seeds for a bounded time:
- *
- *   fuzz [--corpus DIR] [--seconds N] [--seed N] [FILE...]
+ * The seeds (a valid request of every opcode the handler serves, with
+ * truncated, oversized and overflowing variants, and NBD reply streams)
+ * are C structs, so LLVMFuzzerInitialize writes them into the directory
+ * FUZZ_CORPUS names. Built and run by `make fuzz` (tests/fuzz.sh), as a
+ * libFuzzer target or with the plain driver tests/fuzz-main.c.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -30,7 +30,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "../fuseexport.h"
@@ -186,7 +185,6 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	return 0;
 }
 
-#ifdef FUZZ_DRIVER
 /* The seed corpus: a valid request of every opcode the handler serves,
  * and truncated, oversized and overflowing variants of each */
 static size_t add(unsigned char *buf, size_t n, uint32_t opcode,
@@ -290,24 +288,15 @@ static void write_file(const char *dir, int index, const void *data, size_t len)
 		fail("writing the corpus");
 }
 
-/* Write the seeds to dir (if any) and/or keep them in seeds; returns count */
-/* Seed number count: write it into dir (if any), and keep it in seeds while
- * there is room for it, else free it. Returns the next number. */
-static int keep_seed(const char *dir, unsigned char **seeds, size_t *sizes,
-		     int max, int count, unsigned char *buf, size_t n)
+/* Write seed number count into dir and free it; returns the next number */
+static int keep_seed(const char *dir, int count, unsigned char *buf, size_t n)
 {
-	if (dir)
-		write_file(dir, count, buf, n);
-	if (count < max) {
-		seeds[count] = buf;
-		sizes[count] = n;
-	} else {
-		free(buf);
-	}
+	write_file(dir, count, buf, n);
+	free(buf);
 	return count + 1;
 }
 
-static int make_seeds(const char *dir, unsigned char **seeds, size_t *sizes, int max)
+static void make_seeds(const char *dir)
 {
 	const uint64_t big = UINT64_MAX - 100;
 	struct fuse_setattr_in sa = { .valid = FATTR_SIZE | FATTR_MODE | FATTR_ATIME |
@@ -373,7 +362,7 @@ static int make_seeds(const char *dir, unsigned char **seeds, size_t *sizes, int
 					reqs[i].len, reqs[i].payload, variant);
 				/* and a read of the whole file after it */
 				n = add(buf, n, FUSE_READ, &rd, sizeof(rd), 0, 0);
-				count = keep_seed(dir, seeds, sizes, max, count, buf, n);
+				count = keep_seed(dir, count, buf, n);
 			}
 		}
 	}
@@ -382,89 +371,19 @@ static int make_seeds(const char *dir, unsigned char **seeds, size_t *sizes, int
 		if (!buf)
 			fail("malloc");
 		n = nbd_seed(buf, variant);
-		count = keep_seed(dir, seeds, sizes, max, count, buf, n);
+		count = keep_seed(dir, count, buf, n);
 	}
-	return count < max ? count : max;
 }
 
-static unsigned char *read_whole(const char *path, size_t *len)
+/* Called by libFuzzer and tests/fuzz-main.c before the corpus is read:
+ * the seeds are C structs, so the harness writes them itself, into the
+ * corpus directory tests/fuzz.sh names in FUZZ_CORPUS */
+int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	FILE *f = fopen(path, "r");
-	unsigned char *buf = malloc(1 << 20);
+	const char *dir = getenv("FUZZ_CORPUS");
 
-	if (!f || !buf)
-		fail(path);
-	*len = fread(buf, 1, 1 << 20, f);
-	fclose(f);
-	return buf;
-}
-
-int main(int argc, char *argv[])
-{
-	enum { MAX_SEEDS = 1024 };
-	static unsigned char *seeds[MAX_SEEDS];
-	static size_t sizes[MAX_SEEDS];
-	static const uint64_t interesting[] = {
-		0, 1, 4095, 4096, 65536, 131072, 1 << 20, (1 << 20) + 1,
-		0x7fffffff, 0xffffffff, 0x7fffffffffffffffULL, 0xffffffffffffffffULL,
-	};
-	const char *corpus = NULL;
-	unsigned long seconds = 10, seed = time(NULL), runs = 0;
-	unsigned char *input = malloc(80000);
-	int nseeds, i;
-	time_t end;
-
-	for (i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--corpus") && i + 1 < argc)
-			corpus = argv[++i];
-		else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
-			seconds = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
-			seed = strtoul(argv[++i], NULL, 10);
-		else
-			break;
-	}
-	nseeds = make_seeds(corpus, seeds, sizes, MAX_SEEDS);
-	if (corpus && i == argc && !seconds)
-		return 0;
-	for (; i < argc; i++) {		/* replay files */
-		size_t len;
-		unsigned char *buf = read_whole(argv[i], &len);
-		LLVMFuzzerTestOneInput(buf, len);
-		free(buf);
-		runs++;
-	}
-	for (i = 0; i < nseeds; i++, runs++)
-		LLVMFuzzerTestOneInput(seeds[i], sizes[i]);
-	printf("fuzz: seed %lu, %d seed inputs replayed\n", seed, nseeds);
-	srandom(seed);
-	for (end = time(NULL) + seconds; time(NULL) < end; runs++) {
-		int s = random() % nseeds, k, edits = 1 + random() % 8;
-		size_t len = sizes[s];
-
-		memcpy(input, seeds[s], len);
-		for (k = 0; k < edits && len > 1; k++) {
-			size_t at = 1 + random() % (len - 1);
-			switch (random() % 5) {
-			case 0: input[at] ^= 1 << (random() % 8); break;
-			case 1: input[at] = random(); break;
-			case 2: len = at; break;
-			case 3:
-				if (at + 8 <= len)
-					memcpy(input + at, &interesting[random() % 12], 8);
-				break;
-			case 4:
-				if (at + 4 <= len)
-					memcpy(input + at, &interesting[random() % 12], 4);
-				break;
-			}
-		}
-		LLVMFuzzerTestOneInput(input, len);
-	}
-	printf("fuzz: %lu executions in %lu s, no failure\n", runs, seconds);
-	free(input);
-	for (i = 0; i < nseeds; i++)
-		free(seeds[i]);
+	(void)argc, (void)argv;
+	if (dir)
+		make_seeds(dir);
 	return 0;
 }
-#endif
