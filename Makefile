@@ -13,11 +13,32 @@ all: fuseexport
 fuseexport: fuseexport.c fuseexport.h
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuseexport.c $(LDLIBS)
 
-# a static binary for rescue shells and initramfs
-static: fuseexport-static
+# a stripped static binary for rescue shells and initramfs, for ARCH
+# (x86_64, aarch64, armhf, riscv64, s390x, i386): with musl wherever Debian
+# has musl-dev for that architecture, beside the cross gcc; riscv64 has no
+# musl in Debian 12, so glibc there, which cannot look up host names in a
+# static binary: the NBD client takes numeric addresses there
+# (FUSEEXPORT_NUMERIC_HOSTS). tests/arch-deps.sh installs the compilers.
+ARCH = x86_64
+CROSS_aarch64 = aarch64-linux-gnu-
+CROSS_armhf = arm-linux-gnueabihf-
+CROSS_riscv64 = riscv64-linux-gnu-
+CROSS_s390x = s390x-linux-gnu-
+CROSS_i386 = i686-linux-gnu-
+MUSL_aarch64 = aarch64-linux-musl
+MUSL_armhf = arm-linux-musleabihf
+MUSL_s390x = s390x-linux-musl
+MUSL_i386 = i386-linux-musl
+static_cc = $(CROSS_$(1))gcc $(if $(MUSL_$(1)),-specs \
+	/usr/lib/$(MUSL_$(1))/musl-gcc.specs,-DFUSEEXPORT_NUMERIC_HOSTS)
+static: fuseexport-static$(if $(filter x86_64,$(ARCH)),,-$(ARCH))
 fuseexport-static: fuseexport.c fuseexport.h
 	$(MUSLCC) -static -Os -Wall -Wextra -o $@ fuseexport.c
 	strip $@
+fuseexport-static-%: fuseexport.c fuseexport.h
+	@[ -n "$(CROSS_$*)" ] || { echo "ARCH=$*: not one of x86_64 aarch64 armhf riscv64 s390x i386" >&2; exit 1; }
+	$(call static_cc,$*) -static -Os -Wall -Wextra -Wno-psabi -o $@ fuseexport.c -pthread
+	$(CROSS_$*)strip $@
 
 test: fuseexport
 	./test.sh
@@ -62,7 +83,7 @@ install: fuseexport
 	ln -sf fuseexport $(DESTDIR)$(BINDIR)/mount.fuse.fuseexport
 
 clean:
-	rm -f fuseexport fuseexport-static fuseexport-asan tests/fuzz-driver tests/fuzz-libfuzzer
+	rm -f fuseexport fuseexport-static fuseexport-static-* fuseexport-asan tests/fuzz-driver tests/fuzz-libfuzzer
 	rm -rf tests/fuzz-corpus tests/asan-logs
 
 .PHONY: all static test fuzz asan bench install clean
