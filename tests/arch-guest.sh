@@ -4,11 +4,12 @@
 # TAP line each on the console ("ok N - what" or "not ok N - what: why"),
 # then "# arch-guest: N passed, N failed".
 #
-# The host made three disks and serves an image over NBD (see tests/arch.sh):
-#   /dev/vda  64 MiB, GPT: partition 1 at 1 MiB and 2 at 17 MiB, 16 MiB
+# The host made three disks, which /init links by their size (the order of
+# vda, vdb, vdc is not theirs on every machine), and serves an image over NBD:
+#   /dev/fxa  64 MiB, GPT: partition 1 at 1 MiB and 2 at 17 MiB, 16 MiB
 #             each; writes go past 40 MiB
-#   /dev/vdb  16 MiB, MBR: partition 1 at 1 MiB, 8 MiB
-#   /dev/vdc  16 MiB scratch for the snapshot, faults and volatile cache
+#   /dev/fxb  16 MiB, MBR: partition 1 at 1 MiB, 8 MiB
+#   /dev/fxc  24 MiB scratch for the snapshot, faults and volatile cache
 # and /arch.conf sets P2_MD5, MBR1_MD5 (of those partitions), NBD_PORT,
 # NBD_MD5 (of the NBD image's first 4 MiB) and HOSTNAMES (1: this build
 # looks host names up).
@@ -50,8 +51,8 @@ dd if=/dev/urandom of=/tmp/r2 bs=4k count=64 2>/dev/null
 
 # 1. the whole disk, writable, in each cache mode (fallbacks on old kernels)
 for mode in auto none read writeback; do
-	if ! $FX -w --cache=$mode /dev/vda d 2>/tmp/err; then
-		notok "export /dev/vda -w --cache=$mode" "$(cat /tmp/err)"; continue
+	if ! $FX -w --cache=$mode /dev/fxa d 2>/tmp/err; then
+		notok "export /dev/fxa -w --cache=$mode" "$(cat /tmp/err)"; continue
 	fi
 	seek=$((640 + 16 * ${#mode}))	# 40 MiB and on, apart per mode
 	check "--cache=$mode: size is 64 MiB" [ "$(stat -c %s d)" = $((64 << 20)) ]
@@ -62,47 +63,47 @@ for mode in auto none read writeback; do
 	check "--cache=$mode: O_DIRECT write, O_DIRECT read back" \
 		sh -c "dd if=d bs=4k skip=$((seek * 16 + 512)) count=64 iflag=direct 2>/dev/null | cmp - /tmp/r2"
 	check "--cache=$mode: umount ends the server" unmount d
-	check "--cache=$mode: both writes are on /dev/vda" sh -c \
-		"dd if=/dev/vda bs=64k skip=$seek count=16 iflag=direct 2>/dev/null | cmp - /tmp/r1 &&
-		 dd if=/dev/vda bs=4k skip=$((seek * 16 + 512)) count=64 iflag=direct 2>/dev/null | cmp - /tmp/r2"
+	check "--cache=$mode: both writes are on /dev/fxa" sh -c \
+		"dd if=/dev/fxa bs=64k skip=$seek count=16 iflag=direct 2>/dev/null | cmp - /tmp/r1 &&
+		 dd if=/dev/fxa bs=4k skip=$((seek * 16 + 512)) count=64 iflag=direct 2>/dev/null | cmp - /tmp/r2"
 done
 
 # 2. partitions by number: GPT and MBR (their fields are little-endian on
 # every CPU)
-$FX --partitions /dev/vda | sed 's/^/# /'
-if $FX --partition=2 /dev/vda p2 2>/tmp/err; then
+$FX --partitions /dev/fxa | sed 's/^/# /'
+if $FX --partition=2 /dev/fxa p2 2>/tmp/err; then
 	check "GPT partition 2: 16 MiB" [ "$(stat -c %s p2)" = $((16 << 20)) ]
 	check "GPT partition 2: the bytes the host put there" [ "$(md5 p2)" = "$P2_MD5" ]
 	check "GPT partition 2: umount" unmount p2
 else
-	notok "export --partition=2 /dev/vda" "$(cat /tmp/err)"
+	notok "export --partition=2 /dev/fxa" "$(cat /tmp/err)"
 fi
-if $FX --partition=1 /dev/vdb m1 2>/tmp/err; then
+if $FX --partition=1 /dev/fxb m1 2>/tmp/err; then
 	check "MBR partition 1: 8 MiB and the host's bytes" \
 		[ "$(stat -c %s m1)/$(md5 m1)" = "$((8 << 20))/$MBR1_MD5" ]
 	check "MBR partition 1: umount" unmount m1
 else
-	notok "export --partition=1 /dev/vdb" "$(cat /tmp/err)"
+	notok "export --partition=1 /dev/fxb" "$(cat /tmp/err)"
 fi
 
 # 3. a snapshot to FILE: the source untouched, resumed, then committed
-before=$(md5 /dev/vdc)
-if $FX -w --snapshot=/tmp/s.fx /dev/vdc s 2>/tmp/err; then
+before=$(md5 /dev/fxc)
+if $FX -w --snapshot=/tmp/s.fx /dev/fxc s 2>/tmp/err; then
 	dd if=/tmp/r1 of=s bs=64k seek=8 conv=notrunc 2>/dev/null
 	check "snapshot: the write reads back" sh -c "dd if=s bs=64k skip=8 count=16 2>/dev/null | cmp - /tmp/r1"
 	check "snapshot: umount" unmount s
-	check "snapshot: the source is untouched" [ "$(md5 /dev/vdc)" = "$before" ]
-	if $FX --snapshot=/tmp/s.fx /dev/vdc s 2>/tmp/err; then
+	check "snapshot: the source is untouched" [ "$(md5 /dev/fxc)" = "$before" ]
+	if $FX --snapshot=/tmp/s.fx /dev/fxc s 2>/tmp/err; then
 		check "snapshot: resumed from FILE" sh -c "dd if=s bs=64k skip=8 count=16 2>/dev/null | cmp - /tmp/r1"
 		check "snapshot: umount after resuming" unmount s
 	else
 		notok "snapshot: resume from FILE" "$(cat /tmp/err)"
 	fi
-	check "snapshot: --commit" $FX --commit --snapshot=/tmp/s.fx /dev/vdc
+	check "snapshot: --commit" $FX --commit --snapshot=/tmp/s.fx /dev/fxc
 	check "snapshot: committed into the source, FILE removed" sh -c \
-		"dd if=/dev/vdc bs=64k skip=8 count=16 iflag=direct 2>/dev/null | cmp - /tmp/r1 && ! [ -e /tmp/s.fx ]"
+		"dd if=/dev/fxc bs=64k skip=8 count=16 iflag=direct 2>/dev/null | cmp - /tmp/r1 && ! [ -e /tmp/s.fx ]"
 else
-	notok "export --snapshot=/tmp/s.fx /dev/vdc" "$(cat /tmp/err)"
+	notok "export --snapshot=/tmp/s.fx /dev/fxc" "$(cat /tmp/err)"
 fi
 
 # 4. an NBD source: qemu-nbd on the host, through qemu's user network
@@ -132,7 +133,7 @@ else
 fi
 
 # 5. fault rules: one range fails with EIO, the rest reads
-if $FX --fault=op=read,offset=1M,length=4096,error=EIO /dev/vdc f 2>/tmp/err; then
+if $FX --fault=op=read,offset=1M,length=4096,error=EIO /dev/fxc f 2>/tmp/err; then
 	check "fault: a read of the range fails" sh -c \
 		"! dd if=f of=/dev/null bs=4k skip=256 count=1 iflag=direct 2>/dev/null"
 	check "fault: a read beside it succeeds" \
@@ -144,7 +145,7 @@ fi
 
 # 6. the volatile cache: what was flushed survives a crash, what was held
 # (a file still open) is lost; reads fail after the crash; umount ends it
-if $FX -w --write-cache=volatile --control=/tmp/ctl /dev/vdc v 2>/tmp/err; then
+if $FX -w --write-cache=volatile --control=/tmp/ctl /dev/fxc v 2>/tmp/err; then
 	dd if=/tmp/r2 of=v bs=4k seek=1024 conv=notrunc,fsync 2>/dev/null
 	# the held write: every close of a descriptor of the export flushes,
 	# so a background shell keeps v on fd 1 through the crash (no
@@ -164,9 +165,9 @@ if $FX -w --write-cache=volatile --control=/tmp/ctl /dev/vdc v 2>/tmp/err; then
 	echo >/tmp/go; wait
 	check "volatile: umount after the crash" unmount v
 	check "volatile: the flushed write is on the disk" sh -c \
-		"dd if=/dev/vdc bs=4k skip=1024 count=64 iflag=direct 2>/dev/null | cmp - /tmp/r2"
+		"dd if=/dev/fxc bs=4k skip=1024 count=64 iflag=direct 2>/dev/null | cmp - /tmp/r2"
 	check "volatile: the held write is not" sh -c \
-		"! dd if=/dev/vdc bs=512 count=1 iflag=direct 2>/dev/null | grep -q held-in"
+		"! dd if=/dev/fxc bs=512 count=1 iflag=direct 2>/dev/null | grep -q held-in"
 else
 	notok "export --write-cache=volatile" "$(cat /tmp/err)"
 fi

@@ -155,8 +155,12 @@ mount -t tmpfs tmp /tmp
 dmesg -n 1
 while read -r m; do insmod /lib/mod/$m || echo "# insmod $m failed"; done </lib/mod/order
 i=0; while ! [ -b /dev/vdc ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+for d in /sys/block/vd?; do	# by size: 64, 16 and 24 MiB
+	case $(cat $d/size) in 131072) l=a ;; 32768) l=b ;; 49152) l=c ;; *) continue ;; esac
+	ln -s /dev/${d##*/} /dev/fx$l
+done
 ip link set lo up; ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up
-echo "# kernel $(uname -r) $(uname -m), $(dmesg | grep -o 'fuse: init (API version [0-9.]*)'), page size $(getconf PAGESIZE 2>/dev/null)"
+echo "# kernel $(uname -r) $(uname -m), $(dmesg | grep -o 'fuse: init (API version [0-9.]*)'), page size $(sed -n 's/^KernelPageSize: *//p' /proc/self/smaps | head -1)"
 echo "# arch-guest: start $(cut -d' ' -f1 /proc/uptime)"
 sh /arch-guest.sh 2>&1
 echo "# arch-guest: end $(cut -d' ' -f1 /proc/uptime)"
