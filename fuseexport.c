@@ -32,7 +32,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -70,6 +69,10 @@ static const char usage_text[] =
 "export ends with umount MOUNTPOINT or SIGTERM to the server. Without root it\n"
 "mounts through fusermount3. As mount.fuseexport it takes mount(8)'s helper\n"
 "arguments: SOURCE MOUNTPOINT [-o OPTS] [-n] [-v].\n"
+#if defined(FUSEEXPORT_STATIC) && defined(__GLIBC__)
+"This static glibc build looks an NBD HOST up in /etc/hosts and DNS alone:\n"
+"the other NSS modules of nsswitch.conf cannot load into a static binary.\n"
+#endif
 "\n"
 "  -w, --writable          allow writes (default: read-only)\n"
 "  -g, --growable          writes past the end grow the image (implies -w)\n"
@@ -1135,52 +1138,6 @@ static void nbd_parse_uri(struct nbd_source *n, const char *uri)
 	if (unix_socket && !n->socket_path)
 		die("%s: nbd+unix needs ?socket=PATH", uri);
 }
-
-#ifdef FUSEEXPORT_NUMERIC_HOSTS
-/*
- * A static glibc binary (riscv64, where Debian 12 has no musl) cannot look
- * host names up: glibc's getaddrinfo loads NSS modules at run time, which
- * an initramfs lacks and a static binary must not load from another glibc
- * (the linker warns of it). So such a build takes numeric IPv4 and IPv6
- * addresses alone and says so; musl's getaddrinfo needs no such modules.
- * Returns 0 with one result in *res (freed with free()), or EAI_NONAME.
- */
-static int numeric_getaddrinfo(const char *host, const char *port,
-			       const struct addrinfo *hints, struct addrinfo **res)
-{
-	struct { struct addrinfo ai; struct sockaddr_in6 sin6; } *r = calloc(1, sizeof(*r));
-	struct sockaddr_in *sin = (struct sockaddr_in *)&r->sin6;
-	unsigned long p = strtoul(port, NULL, 10);
-
-	if (!r)
-		return EAI_MEMORY;
-	r->ai.ai_socktype = hints->ai_socktype;
-	r->ai.ai_addr = (struct sockaddr *)&r->sin6;
-	if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-		sin->sin_family = r->ai.ai_family = AF_INET;
-		sin->sin_port = htons(p);
-		r->ai.ai_addrlen = sizeof(*sin);
-	} else if (inet_pton(AF_INET6, host, &r->sin6.sin6_addr) == 1) {
-		r->sin6.sin6_family = r->ai.ai_family = AF_INET6;
-		r->sin6.sin6_port = htons(p);
-		r->ai.ai_addrlen = sizeof(r->sin6);
-	} else {
-		free(r);
-		return EAI_NONAME;
-	}
-	*res = &r->ai;
-	return 0;
-}
-
-static const char *numeric_gai_strerror(int r)
-{
-	return r == EAI_NONAME ? "not a numeric address, and this static glibc build "
-		"cannot look host names up (NSS)" : gai_strerror(r);
-}
-#define getaddrinfo numeric_getaddrinfo
-#define gai_strerror numeric_gai_strerror
-#define freeaddrinfo free
-#endif
 
 /* A socket of family connected to addr, with a timeout on the connect and
  * the handshake. Returns it, or -errno. */

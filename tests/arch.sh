@@ -138,13 +138,11 @@ head -c 4M /dev/urandom >"$D/nbd" && truncate -s 32M "$D/nbd"
 port=$((20000 + $$ % 20000))
 qemu-nbd -f raw -t -e 4 -b 127.0.0.1 -p $port "$D/nbd" &
 nbdpid=$!
-hostnames=1; [ $arch = riscv64 ] && hostnames=0	# glibc: see the Makefile
 cat >"$R/arch.conf" <<EOF
 P2_MD5=$(dd if="$D/a" bs=1M skip=17 count=16 status=none | md5sum | cut -d' ' -f1)
 MBR1_MD5=$(dd if="$D/b" bs=1M skip=1 count=8 status=none | md5sum | cut -d' ' -f1)
 NBD_PORT=$port
 NBD_MD5=$(head -c 4M "$D/nbd" | md5sum | cut -d' ' -f1)
-HOSTNAMES=$hostnames
 EOF
 cat >"$R/init" <<'EOF'
 #!/bin/busybox sh
