@@ -14,23 +14,24 @@ fuseexport: fuseexport.c fuseexport.h
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuseexport.c $(LDLIBS)
 
 # a stripped static binary for rescue shells and initramfs, for ARCH
-# (x86_64, aarch64, armhf, riscv64, s390x, i386): with musl wherever Debian
-# has musl-dev for that architecture, beside the cross gcc; riscv64 has no
-# musl in Debian 12 (and its linker crashes on Debian 13's), so glibc there,
-# whose static getaddrinfo reads /etc/hosts and DNS but loads no other NSS
-# module (ld warns of that). tests/arch-deps.sh installs the compilers.
+# (x86_64, aarch64, armhf, riscv64, s390x, i386): with musl where its
+# musl-gcc.specs is there (Debian 12's multiarch musl-dev:ARCH beside the
+# cross gcc; riscv64's is Debian 13's, unpacked into FX_ARCH_CACHE), else
+# glibc, whose static getaddrinfo reads /etc/hosts and DNS but no other NSS
+# module (ld warns of that). tests/arch-deps.sh installs all of them.
 ARCH = x86_64
+FX_ARCH_CACHE = /var/cache/fuseexport-arch
 CROSS_aarch64 = aarch64-linux-gnu-
 CROSS_armhf = arm-linux-gnueabihf-
 CROSS_riscv64 = riscv64-linux-gnu-
 CROSS_s390x = s390x-linux-gnu-
 CROSS_i386 = i686-linux-gnu-
-MUSL_aarch64 = aarch64-linux-musl
-MUSL_armhf = arm-linux-musleabihf
-MUSL_s390x = s390x-linux-musl
-MUSL_i386 = i386-linux-musl
-static_cc = $(CROSS_$(1))gcc $(if $(MUSL_$(1)),-specs \
-	/usr/lib/$(MUSL_$(1))/musl-gcc.specs)
+MUSL_SPECS_aarch64 = /usr/lib/aarch64-linux-musl/musl-gcc.specs
+MUSL_SPECS_armhf = /usr/lib/arm-linux-musleabihf/musl-gcc.specs
+MUSL_SPECS_s390x = /usr/lib/s390x-linux-musl/musl-gcc.specs
+MUSL_SPECS_i386 = /usr/lib/i386-linux-musl/musl-gcc.specs
+MUSL_SPECS_riscv64 = $(FX_ARCH_CACHE)/musl-riscv64/musl-gcc.specs
+static_cc = $(CROSS_$(1))gcc $(if $(wildcard $(MUSL_SPECS_$(1))),-specs $(MUSL_SPECS_$(1)))
 static: fuseexport-static$(if $(filter x86_64,$(ARCH)),,-$(ARCH))
 fuseexport-static: fuseexport.c fuseexport.h
 	$(MUSLCC) -static -Os -Wall -Wextra -o $@ fuseexport.c

@@ -2,7 +2,8 @@
 # tests/arch-deps.sh - install with apt-get what tests/arch.sh and
 # `make static ARCH=...` need and lack: the cross compilers, musl for each
 # architecture Debian 12 has it for (multiarch musl-dev:ARCH), qemu-system
-# and qemu-user. Kept apart from tests/deps.sh, as they are big (about 1 GiB).
+# and qemu-user, and Debian 13's musl for riscv64 (Debian 12 has none) into
+# FX_ARCH_CACHE. Kept apart from tests/deps.sh, as they are big (about 1 GiB).
 # A no-op when everything is there.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -15,7 +16,21 @@ need=
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q ' ok installed$' || need="$need $p"
 done
-[ -z "$need" ] && exit 0
+# riscv64's musl: Debian 13's musl-dev, unpacked, without its debug
+# sections (their ULEB128 relocations crash Debian 12's ld), and a specs
+# file for the cross gcc that points there
+riscv_musl() {
+	local r="${FX_ARCH_CACHE:-/var/cache/fuseexport-arch}/musl-riscv64" f
+	[ -e "$r/musl-gcc.specs" ] && return 0
+	f=$(sh "$(dirname "$0")/arch-fetch.sh" riscv64 trixie musl-dev) || return 1
+	rm -rf "$r" && mkdir -p "$r" && dpkg-deb -x "$f" "$r" || return 1
+	for f in "$r"/usr/lib/riscv64-linux-musl/*.o "$r"/usr/lib/riscv64-linux-musl/*.a; do
+		riscv64-linux-gnu-objcopy --strip-debug "$f" || return 1
+	done
+	sed "s|/usr/|$r/usr/|g" "$r/usr/lib/riscv64-linux-musl/musl-gcc.specs" >"$r/musl-gcc.specs.new" &&
+		mv "$r/musl-gcc.specs.new" "$r/musl-gcc.specs"
+}
+[ -z "$need" ] && { riscv_musl; exit; }
 if [ "$(id -u)" != 0 ]; then
 	echo "arch-deps.sh: missing:$need (run as root to install them)" >&2
 	exit 1
@@ -29,3 +44,4 @@ done
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 update -q
 apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $need
+riscv_musl

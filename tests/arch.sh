@@ -46,30 +46,7 @@ bbsuite=bookworm; [ "$deb" = riscv64 ] && bbsuite=trixie
 
 [ "${FX_NO_INSTALL:-0}" = 1 ] || [ "$(id -u)" != 0 ] || sh "$TOP/tests/arch-deps.sh"
 
-# apt-get with its own sources (Debian 11, 12 and 13) and lists in the cache
-APT="$CACHE/apt"
-aptq() {
-	apt-get -q -o Dir::Etc::sourcelist="$APT/sources.list" -o Dir::Etc::sourceparts=/nonexistent \
-		-o Dir::State::lists="$APT/lists" -o Dir::Cache="$APT/cache" -o Dir::State::status=/dev/null \
-		-o APT::Architectures::="$deb" -o Debug::NoLocking=1 "$@"
-}
-# fetch PACKAGE SUITE: the .deb's path in the cache, downloaded once
-fetch() {
-	f=$(ls "$CACHE/debs/${1}_"*"_$deb.deb" 2>/dev/null | head -1)
-	if [ -z "$f" ]; then
-		mkdir -p "$APT/lists/partial" "$APT/cache" "$CACHE/debs"
-		if [ ! -e "$APT/sources.list" ] || [ ! -e "$APT/updated-$deb" ]; then
-			for s in bookworm trixie bullseye; do
-				echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
-					"http://deb.debian.org/debian $s main"
-			done >"$APT/sources.list"
-			aptq update >&2 && touch "$APT/updated-$deb"
-		fi
-		(cd "$CACHE/debs" && aptq download "$1:$deb/$2" >&2)
-		f=$(ls "$CACHE/debs/${1}_"*"_$deb.deb" | head -1)
-	fi
-	echo "$f"
-}
+fetch() { sh "$TOP/tests/arch-fetch.sh" $deb "$2" "$1"; }
 kdeb=$(fetch "$kpkg" $suite)
 bbdeb=$(fetch busybox-static $bbsuite)
 
