@@ -34,7 +34,7 @@ MUSL_SPECS_riscv64 = $(FX_ARCH_CACHE)/musl-riscv64/musl-gcc.specs
 static_cc = $(CROSS_$(1))gcc $(if $(wildcard $(MUSL_SPECS_$(1))),-specs $(MUSL_SPECS_$(1)))
 static: fuseexport-static$(if $(filter x86_64,$(ARCH)),,-$(ARCH))
 fuseexport-static: fuseexport.c fuseexport.h
-	$(MUSLCC) -static -Os -Wall -Wextra -o $@ fuseexport.c
+	$(MUSLCC) -DFUSEEXPORT_STATIC -static -Os -Wall -Wextra -o $@ fuseexport.c
 	strip $@
 fuseexport-static-%: fuseexport.c fuseexport.h
 	@[ -n "$(CROSS_$*)" ] || { echo "ARCH=$*: not one of x86_64 aarch64 armhf riscv64 s390x i386" >&2; exit 1; }
