@@ -50,13 +50,14 @@ fetch() { sh "$TOP/tests/arch-fetch.sh" $deb "$2" "$1"; }
 kdeb=$(fetch "$kpkg" $suite)
 bbdeb=$(fetch busybox-static $bbsuite)
 
-# the kernel, unpacked once, with modules.dep made by depmod
+# the kernel, unpacked once, with modules.dep made by depmod (which reads
+# compressed modules; the few the guest loads are uncompressed below, as
+# busybox's insmod may not take them compressed)
 K="$CACHE/unpacked/$kpkg"
 if [ ! -e "$K/.done" ]; then
 	rm -rf "$K" && mkdir -p "$K" && dpkg-deb -x "$kdeb" "$K"
 	kver=$(ls "$K/boot" | sed -n 's/^config-//p')
 	mdir=$(ls -d "$K/lib/modules/$kver" "$K/usr/lib/modules/$kver" 2>/dev/null | head -1)
-	find "$mdir" \( -name '*.ko.xz' -exec xz -d {} + \) -o \( -name '*.ko.zst' -exec zstd -q --rm -d {} + \)
 	depmod -b "${mdir%/lib/modules/*}" "$kver"
 	touch "$K/.done"
 fi
@@ -85,20 +86,26 @@ cp "$TOP/tests/arch-guest.sh" "$R/arch-guest.sh"
 # want MODULE: append MODULE's dependencies, then itself, to the load order
 want() {
 	local path d
-	path=$(awk -F: -v m="/$1.ko" 'index($1, m) && substr($1, length($1) - length(m) + 1) == m { print $1; exit }' \
-		"$mdir/modules.dep")
+	path=$(awk -F: -v m="/$1.ko" '{ p = $1; sub(/\.(xz|zst|gz)$/, "", p) }
+		substr(p, length(p) - length(m) + 1) == m { print $1; exit }' "$mdir/modules.dep")
 	[ -n "$path" ] || return 0	# built in, or not on this architecture
 	grep -qx "$path" "$W/order" 2>/dev/null && return 0
 	for d in $(awk -F: -v p="$path" '$1 == p { print $2 }' "$mdir/modules.dep"); do
-		want "$(basename "$d" .ko)"
+		d=${d##*/}; want "${d%%.ko*}"
 	done
 	grep -qx "$path" "$W/order" 2>/dev/null || echo "$path" >>"$W/order"
 }
 : >"$W/order"
 for m in fuse virtio_pci virtio_mmio virtio_ccw virtio_blk virtio_net; do want $m; done
 while read -r p; do
-	cp "$mdir/$p" "$R/lib/mod/"
-	echo "$(basename "$p")" >>"$R/lib/mod/order"
+	m=${p##*/}
+	case $m in
+	*.xz) xz -dc "$mdir/$p" >"$R/lib/mod/${m%.xz}" ;;
+	*.zst) zstd -qdc "$mdir/$p" >"$R/lib/mod/${m%.zst}" ;;
+	*.gz) gzip -dc "$mdir/$p" >"$R/lib/mod/${m%.gz}" ;;
+	*) cp "$mdir/$p" "$R/lib/mod/" ;;
+	esac
+	echo "${m%.ko*}.ko" >>"$R/lib/mod/order"
 done <"$W/order"
 touch "$R/lib/mod/order"
 
@@ -174,5 +181,5 @@ if ! grep -q '^# arch-guest: .* passed' "$W/log"; then
 fi
 boot=$(sed -n 's/^# arch-guest: start //p' "$W/log")
 echo "# $TARGET: guest up after ${boot:-?}s of guest time, $took s in all"
-echo "arch $TARGET: $pass passed, $fails failed"
+echo "$TARGET: $pass passed, $fails failed"
 [ "$fails" = 0 ]
