@@ -10,6 +10,7 @@
 #             each; writes go past 40 MiB
 #   /dev/fxb  16 MiB, MBR: partition 1 at 1 MiB, 8 MiB
 #   /dev/fxc  24 MiB scratch for the snapshot, faults and volatile cache
+#   /dev/fxd  6 GiB, sparse, for offsets past 4 GiB
 # and /arch.conf sets P2_MD5, MBR1_MD5 (of those partitions), NBD_PORT,
 # NBD_MD5 (of the NBD image's first 4 MiB).
 #
@@ -66,6 +67,33 @@ for mode in auto none read writeback; do
 		"dd if=/dev/fxa bs=64k skip=$seek count=16 iflag=direct 2>/dev/null | cmp - /tmp/r1 &&
 		 dd if=/dev/fxa bs=4k skip=$((seek * 16 + 512)) count=64 iflag=direct 2>/dev/null | cmp - /tmp/r2"
 done
+
+# 1a. passthrough and FUSE over io_uring asked for outright: they work where
+# the kernel has them, else the export is refused with a line naming them
+for opt in passthrough io-uring; do
+	if $FX -w --$opt=on /dev/fxa d 2>/tmp/err; then
+		dd if=/tmp/r2 of=d bs=4k seek=12288 conv=notrunc 2>/dev/null
+		check "--$opt=on: the kernel has it; a write reads back" \
+			sh -c "dd if=d bs=4k skip=12288 count=64 2>/dev/null | cmp - /tmp/r2"
+		check "--$opt=on: umount" unmount d
+	else
+		check "--$opt=on: refused, naming it ($(head -c 120 /tmp/err))" grep -qi "${opt%-*}" /tmp/err
+	fi
+done
+
+# 1b. offsets past 4 GiB (32-bit CPUs): a 6 GiB disk, written at 5 GiB + 4 KiB
+if $FX -w /dev/fxd d 2>/tmp/err; then
+	check "6 GiB disk: size" [ "$(stat -c %s d)" = 6442450944 ]
+	dd if=/tmp/r1 of=d bs=4k seek=1310721 conv=notrunc 2>/dev/null
+	check "6 GiB disk: the write at 5 GiB + 4 KiB reads back" \
+		sh -c "dd if=d bs=4k skip=1310721 count=256 2>/dev/null | cmp - /tmp/r1"
+	check "6 GiB disk: umount" unmount d
+	check "6 GiB disk: the write is at 5 GiB + 4 KiB on the disk, not 4 GiB lower" sh -c \
+		"dd if=/dev/fxd bs=4k skip=1310721 count=256 iflag=direct 2>/dev/null | cmp - /tmp/r1 &&
+		 ! dd if=/dev/fxd bs=4k skip=262145 count=256 iflag=direct 2>/dev/null | cmp -s - /tmp/r1"
+else
+	notok "export /dev/fxd (6 GiB)" "$(cat /tmp/err)"
+fi
 
 # 2. partitions by number: GPT and MBR (their fields are little-endian on
 # every CPU)

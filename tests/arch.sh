@@ -118,6 +118,7 @@ truncate -s 16M "$D/b"
 printf 'label: dos\nstart=2048, size=16384, type=83\n' | sfdisk -q "$D/b"
 head -c 8M /dev/urandom | dd of="$D/b" bs=1M seek=1 conv=notrunc status=none
 head -c 24M /dev/urandom >"$D/c"
+truncate -s 6G "$D/d"
 head -c 4M /dev/urandom >"$D/nbd" && truncate -s 32M "$D/nbd"
 port=$((20000 + $$ % 20000))
 qemu-nbd -f raw -t -e 4 -b 127.0.0.1 -p $port "$D/nbd" &
@@ -136,9 +137,9 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 dmesg -n 1
 while read -r m; do insmod /lib/mod/$m || echo "# insmod $m failed"; done </lib/mod/order
-i=0; while ! [ -b /dev/vdc ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-for d in /sys/block/vd?; do	# by size: 64, 16 and 24 MiB
-	case $(cat $d/size) in 131072) l=a ;; 32768) l=b ;; 49152) l=c ;; *) continue ;; esac
+i=0; while ! [ -b /dev/vdd ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+for d in /sys/block/vd?; do	# by size: 64, 16 and 24 MiB, 6 GiB
+	case $(cat $d/size) in 131072) l=a ;; 32768) l=b ;; 49152) l=c ;; 12582912) l=d ;; *) continue ;; esac
 	ln -s /dev/${d##*/} /dev/fx$l
 done
 ip link set lo up; ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up
@@ -153,7 +154,7 @@ chmod 755 "$R/init" "$R/arch-guest.sh"
 
 set -- 
 n=0
-for f in a b c; do
+for f in a b c d; do
 	n=$((n + 1))
 	set -- "$@" -drive file="$D/$f",format=raw,if=none,id=d$n,cache=unsafe \
 		-device ${dev% *},drive=d$n
