@@ -15,14 +15,45 @@ all: fuseexport
 fuseexport: fuseexport.c fuseexport.h
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuseexport.c $(LDLIBS)
 
-# a static binary for rescue shells and initramfs
-static: fuseexport-static
+# a stripped static binary for rescue shells and initramfs, for ARCH
+# (x86_64, aarch64, armhf, riscv64, s390x, i386): with musl where its
+# musl-gcc.specs is there (Debian 12's multiarch musl-dev:ARCH beside the
+# cross gcc; riscv64's is Debian 13's, unpacked into FX_ARCH_CACHE), else
+# glibc, whose static getaddrinfo reads /etc/hosts and DNS but no other NSS
+# module (ld warns of that). tests/arch-deps.sh installs all of them.
+ARCH = x86_64
+FX_ARCH_CACHE = /var/cache/fuseexport-arch
+CROSS_aarch64 = aarch64-linux-gnu-
+CROSS_armhf = arm-linux-gnueabihf-
+CROSS_riscv64 = riscv64-linux-gnu-
+CROSS_s390x = s390x-linux-gnu-
+CROSS_i386 = i686-linux-gnu-
+MUSL_SPECS_aarch64 = /usr/lib/aarch64-linux-musl/musl-gcc.specs
+MUSL_SPECS_armhf = /usr/lib/arm-linux-musleabihf/musl-gcc.specs
+MUSL_SPECS_s390x = /usr/lib/s390x-linux-musl/musl-gcc.specs
+MUSL_SPECS_i386 = /usr/lib/i386-linux-musl/musl-gcc.specs
+MUSL_SPECS_riscv64 = $(FX_ARCH_CACHE)/musl-riscv64/musl-gcc.specs
+static_cc = $(CROSS_$(1))gcc $(if $(wildcard $(MUSL_SPECS_$(1))),-specs $(MUSL_SPECS_$(1)))
+static: fuseexport-static$(if $(filter x86_64,$(ARCH)),,-$(ARCH))
 fuseexport-static: fuseexport.c fuseexport.h
-	$(MUSLCC) -static -Os -Wall -Wextra -o $@ fuseexport.c
+	$(MUSLCC) -DFUSEEXPORT_STATIC -static -Os -Wall -Wextra -o $@ fuseexport.c
 	strip $@
+fuseexport-static-%: fuseexport.c fuseexport.h
+	@[ -n "$(CROSS_$*)" ] || { echo "ARCH=$*: not one of x86_64 aarch64 armhf riscv64 s390x i386" >&2; exit 1; }
+	$(call static_cc,$*) -DFUSEEXPORT_STATIC -static -Os -Wall -Wextra -Wno-psabi -o $@ fuseexport.c -pthread
+	$(CROSS_$*)strip $@
 
 test: fuseexport
 	./test.sh
+
+# the rescue cases on each architecture's own Debian kernel under qemu-system
+# (tests/arch.sh): ARCH=TARGET runs one (x86_64: both older kernels), no
+# ARCH every one
+ARCH_TARGETS = aarch64 aarch64-16k armhf riscv64 s390x i386 x86_64-6.1 x86_64-5.10
+test-arch:
+	@rc=0; for t in $(if $(filter command line environment,$(origin ARCH)),$(if \
+		$(filter x86_64,$(ARCH)),x86_64-6.1 x86_64-5.10,$(ARCH)),$(ARCH_TARGETS)); do \
+		sh tests/arch.sh $$t || rc=1; done; exit $$rc
 
 # every parser of outside bytes under hostile input: each tests/fuzz-NAME.c
 # is built under ASan+UBSan as a libFuzzer target where clang has
@@ -80,7 +111,7 @@ install: fuseexport
 	ln -sf $(BINDIR)/fuseexport $(DESTDIR)$(SBINDIR)/mount.fuse.fuseexport
 
 clean:
-	rm -f fuseexport fuseexport-static fuseexport-asan fuseexport-tsan
+	rm -f fuseexport fuseexport-static fuseexport-static-* fuseexport-asan fuseexport-tsan
 	rm -rf tests/fuzz-build tests/asan-logs tests/tsan-logs
 
-.PHONY: all static test fuzz asan tsan bench install clean
+.PHONY: all static test test-arch fuzz asan tsan bench install clean

@@ -69,6 +69,13 @@ static const char usage_text[] =
 "export ends with umount MOUNTPOINT or SIGTERM to the server. Without root it\n"
 "mounts through fusermount3. As mount.fuseexport it takes mount(8)'s helper\n"
 "arguments: SOURCE MOUNTPOINT [-o OPTS] [-n] [-v].\n"
+#ifdef FUSEEXPORT_STATIC
+"This static build looks an NBD HOST up in /etc/hosts and through\n"
+"/etc/resolv.conf alone: without them (an initramfs) give a numeric address.\n"
+#ifdef __GLIBC__
+"glibc: the other NSS modules of nsswitch.conf cannot load into it.\n"
+#endif
+#endif
 "\n"
 "  -w, --writable          allow writes (default: read-only)\n"
 "  -g, --growable          writes past the end grow the image (implies -w)\n"

@@ -8,7 +8,7 @@
 set -e
 pkgs="gcc make libc6-dev fio xfsprogs e2fsprogs qemu-utils musl-tools busybox-static fdisk gdisk
 	python3 util-linux mount fuse3 clang libclang-rt-14-dev valgrind sqlite3
-	nbdkit nbd-server libnbd-bin iproute2 gcc-multilib strace gdb"
+	nbdkit nbd-server libnbd-bin iproute2 strace gdb gcc-i686-linux-gnu libc6-dev-i386-cross qemu-user"
 need=
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q ' ok installed$' ||
