@@ -9,6 +9,7 @@
 # with a private apt directory under FX_ARCH_CACHE (default
 # /var/cache/fuseexport-arch), never into the repository; tests/arch-deps.sh
 # installs the cross compilers and qemu (as root, unless FX_NO_INSTALL=1).
+# FX_ARCH_BIN names a static binary to test instead of make static's.
 # Prints the guest's TAP lines, a host-side check, and a closing line
 # "arch TARGET: N passed, N failed"; exits non-zero on any failure.
 #
@@ -79,9 +80,14 @@ R="$W/root"
 mkdir -p "$R/bin" "$R/lib/mod" "$R/proc" "$R/sys" "$R/dev" "$R/tmp" "$R/etc"
 dpkg-deb --fsys-tarfile "$bbdeb" | tar -xO --wildcards '*bin/busybox' >"$R/bin/busybox"
 chmod 755 "$R/bin/busybox"
-(cd "$TOP" && make -s static ARCH=$arch >&2)
 bin=fuseexport-static; [ $arch = x86_64 ] || bin=fuseexport-static-$arch
-cp "$TOP/$bin" "$R/bin/fuseexport"
+if [ -n "${FX_ARCH_BIN:-}" ]; then	# a static binary built elsewhere
+	bin=$(realpath "$FX_ARCH_BIN")
+else
+	(cd "$TOP" && make -s static ARCH=$arch >&2)
+	bin=$TOP/$bin
+fi
+cp "$bin" "$R/bin/fuseexport"
 cp "$TOP/tests/arch-guest.sh" "$R/arch-guest.sh"
 # want MODULE: append MODULE's dependencies, then itself, to the load order
 want() {
@@ -159,7 +165,7 @@ for f in a b c d; do
 	set -- "$@" -drive file="$D/$f",format=raw,if=none,id=d$n,cache=unsafe \
 		-device ${dev% *},drive=d$n
 done
-echo "# $TARGET: $(basename "$kernel"), $(basename "$bbdeb"), $bin $(stat -c %s "$TOP/$bin") bytes"
+echo "# $TARGET: $(basename "$kernel"), $(basename "$bbdeb"), ${bin##*/} $(stat -c %s "$bin") bytes"
 start=$(date +%s)
 timeout $TIMEOUT $qemu -m 512 -smp 1 -nographic -no-reboot -kernel "$kernel" -initrd "$W/initrd" \
 	-append "console=$con panic=-1 quiet" "$@" \
