@@ -6453,9 +6453,16 @@ static MAIN_ONLY int run_export(struct export *e)
 		} else if (sig != SIGUSR1 && !unmounted) {
 			if (e->writable && !export_crashed(e))
 				flush_export(e, false);	/* failure: told below */
-			if (e->backing_id > 0)	/* open files keep their own */
+			/* open files keep their own; an OPEN racing this
+			 * (a queue's open_backing) gets none, never the id
+			 * closed here */
+			pthread_mutex_lock(&e->lock);
+			if (e->backing_id > 0)
 				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
 				      &e->backing_id);
+			if (e->backing_id >= 0)
+				e->backing_id = -ESHUTDOWN;
+			pthread_mutex_unlock(&e->lock);
 			unmount_export(e, false);
 			unmounted = true;
 		}
