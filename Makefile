@@ -85,8 +85,9 @@ asan: fuseexport.c fuseexport.h
 
 # the tests of the threaded parts (the queues, the NBD client, the volatile
 # cache, the control FIFO, the fault layer) against a ThreadSanitizer build,
-# with four queues; the reports go to tests/tsan-logs, and any there fails
-# the run. tests/tsan.supp says why each suppression is no race.
+# with four queues (TSan makes them 5-15 times slower: a longer timeout);
+# the reports go to tests/tsan-logs, and any there fails the run.
+# tests/tsan.supp says why each suppression is no race.
 TSAN_MODES = -q 4 --passthrough=off --cache=none,-q 4 --passthrough=off --cache=writeback
 TSAN_PER_MODE = write in place|fio verify|torture|interrupted mid-request|crash: SIGKILL|server killed
 TSAN_LAYERS = fault:|control FIFO|volatile cache|^nbd:|SIGTERM|umount \(and
@@ -96,7 +97,7 @@ tsan: fuseexport.c fuseexport.h
 	rm -rf tests/tsan-logs && mkdir -m 1777 tests/tsan-logs
 	TSAN_OPTIONS="log_path=$(CURDIR)/tests/tsan-logs/tsan suppressions=$(CURDIR)/tests/tsan.supp" \
 	FX_MODES="$(TSAN_MODES)" FX_LAYER_MODE="-q 4 --passthrough=off" FX_NBD_MODE="-q 4" \
-	FX_ONLY="$(TSAN_ONLY)" FUSEEXPORT=./fuseexport-tsan ./test.sh
+	FX_ONLY="$(TSAN_ONLY)" FX_TIMEOUT=600 FUSEEXPORT=./fuseexport-tsan ./test.sh
 	@if ls tests/tsan-logs | grep -q .; then cat tests/tsan-logs/*; exit 1; fi
 
 # fio side by side: the file, fuseexport in each mode, qemu-storage-daemon

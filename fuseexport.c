@@ -113,6 +113,8 @@ static const char usage_text[] =
 "                          clear, crash, crash torn\n"
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
 "                          to be made again before they fail (default: 30)\n"
+"      --log=FILE          a detached server's messages go to FILE (default:\n"
+"                          syslog, else the kernel's log, as fuseexport[PID])\n"
 "      --run=COMMAND       once the export is up, run /bin/sh -c COMMAND with\n"
 "                          its path as $1 and $FUSEEXPORT_FILE; end the\n"
 "                          export when it exits, exit with its status\n"
@@ -120,7 +122,7 @@ static const char usage_text[] =
 "                          allow_other, queues=N, passthrough=MODE,\n"
 "                          io_uring=MODE, offset=, size=, partition=,\n"
 "                          snapshot[=FILE], cache=, spin=, seed=,\n"
-"                          write_cache=, control=, retry=; generic mount\n"
+"                          write_cache=, control=, retry=, log=; generic mount\n"
 "                          options are ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n";
@@ -337,6 +339,7 @@ struct export {
 	struct cache *volatile_cache;
 	unsigned retry;			/* NBD: seconds to wait for a reconnect */
 	const char *run_command;	/* --run: what the export lives for */
+	const char *log_path;		/* --log: a detached server's messages */
 	unsigned partition;		/* --partition: its number, or 0 */
 	bool list_partitions;		/* --partitions: print them, export nothing */
 	bool snapshot, commit;		/* --snapshot, --commit */
@@ -5592,6 +5595,108 @@ static void reply_done(struct export *e, struct request *r)
 	}
 }
 
+/*
+ * The log of a detached server: what it writes on stderr goes, a line at a
+ * time, to syslog where /dev/log takes datagrams, else to the kernel's log
+ * (/dev/kmsg, as initramfs tools do), tagged fuseexport[PID]; --log=FILE
+ * appends it to FILE instead. A thread moves the lines from a pipe that is
+ * the server's stderr; at exit the pipe is closed and what is left drained.
+ */
+static int log_fd = -1;			/* --log=FILE, opened before detaching */
+static pthread_t log_thread;
+
+/* Send one line, less its "fuseexport: ", to syslog (sock) or kmsg */
+static void log_line(int out, bool sock, const char *line, size_t len)
+{
+	static const char prefix[] = "fuseexport: ";
+	char msg[4200];
+	int n;
+
+	if (len >= sizeof(prefix) - 1 && !memcmp(line, prefix, sizeof(prefix) - 1))
+		line += sizeof(prefix) - 1, len -= sizeof(prefix) - 1;
+	if (!len || out < 0)
+		return;
+	/* daemon.warning for syslog; the kernel's log takes a level alone */
+	n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s", sock ? 28 : 4,
+		     (int)getpid(), (int)len, line);
+	if (n > 0 && write(out, msg, (size_t)n < sizeof(msg) ? (size_t)n :
+			   sizeof(msg) - 1) < 0) {
+		/* nowhere left to say it */
+	}
+}
+
+static void *log_loop(void *arg)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
+	int in = (int)(intptr_t)arg, out;
+	char buf[4096], *nl;
+	size_t have = 0, len;
+	bool sock = false;
+	ssize_t n;
+
+	out = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (out >= 0 && connect(out, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+		sock = true;
+	} else {
+		if (out >= 0)
+			close(out);
+		out = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+	}
+	do {
+		n = read(in, buf + have, sizeof(buf) - have);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n > 0)
+			have += n;
+		/* whole lines; at the end, or with a line too long, the rest */
+		while ((nl = memchr(buf, '\n', have)) ||
+		       (have && (n <= 0 || have == sizeof(buf)))) {
+			len = nl ? (size_t)(nl - buf) : have;
+			log_line(out, sock, buf, len);
+			len += nl != NULL;
+			memmove(buf, buf + len, have - len);
+			have -= len;
+		}
+	} while (n > 0 || (n < 0 && errno == EINTR));
+	close(in);
+	if (out >= 0)
+		close(out);
+	return NULL;
+}
+
+/* At exit: close the pipe and let the thread pass on what is left */
+static void stop_log(void)
+{
+	struct timespec end;
+
+	fflush(stderr);
+	close(2);
+	clock_gettime(CLOCK_REALTIME, &end);
+	end.tv_sec += 2;		/* a child that kept stderr holds it */
+	pthread_timedjoin_np(log_thread, NULL, &end);
+}
+
+/* Make stderr the log: FILE, or the pipe to log_loop; else /dev/null */
+static void start_log(int null)
+{
+	int fds[2];
+
+	if (log_fd >= 0) {
+		dup2(log_fd, 2);
+		close(log_fd);
+		return;
+	}
+	if (pipe2(fds, O_CLOEXEC) < 0 ||
+	    (errno = pthread_create(&log_thread, NULL, log_loop,
+				    (void *)(intptr_t)fds[0]))) {
+		dup2(null, 2);
+		return;
+	}
+	dup2(fds[1], 2);
+	close(fds[1]);
+	atexit(stop_log);
+}
+
 /* Tell the parent that waits in the foreground that the export is live,
  * and let go of its terminal */
 static void tell_ready(struct export *e)
@@ -5605,7 +5710,7 @@ static void tell_ready(struct export *e)
 		dup2(null, 0);
 		dup2(null, 1);
 		if (!e->run_command)	/* else fuseexport stays in front */
-			dup2(null, 2);
+			start_log(null);
 		if (null > 2)
 			close(null);
 	}
@@ -6165,7 +6270,7 @@ static _Noreturn void print_and_exit(const char *text)
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
        OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
        OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_FAULT, OPT_SEED, OPT_WRITE_CACHE,
-       OPT_CONTROL, OPT_RETRY, OPT_RUN };
+       OPT_CONTROL, OPT_RETRY, OPT_RUN, OPT_LOG };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -6190,6 +6295,7 @@ static const struct option_row {
 	{ "control", "control", OPT_CONTROL, true, NULL },
 	{ "retry", "retry", OPT_RETRY, true, NULL },
 	{ "run", NULL, OPT_RUN, true, NULL },
+	{ "log", "log", OPT_LOG, true, NULL },
 	{ "partition", "partition", OPT_PARTITION, true, NULL },
 	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
 	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
@@ -6267,6 +6373,11 @@ static void set_option(struct export *e, int id, const char *value,
 		break;
 	case OPT_RETRY:
 		e->retry = parse_number(what, value, 0, 86400);
+		break;
+	case OPT_LOG:
+		if (!*value)
+			die("%s: needs a path", what);
+		e->log_path = value;
 		break;
 	case OPT_RUN:
 		if (!*value)
@@ -7089,9 +7200,16 @@ static MAIN_ONLY int run_export(struct export *e)
 		} else if (sig != SIGUSR1 && !unmounted) {
 			if (e->writable && !export_crashed(e))
 				flush_export(e, false);	/* failure: told below */
-			if (e->backing_id > 0)	/* open files keep their own */
+			/* open files keep their own; an OPEN racing this
+			 * (a queue's open_backing) gets none, never the id
+			 * closed here */
+			pthread_mutex_lock(&e->lock);
+			if (e->backing_id > 0)
 				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
 				      &e->backing_id);
+			if (e->backing_id >= 0)
+				e->backing_id = -ESHUTDOWN;
+			pthread_mutex_unlock(&e->lock);
 			unmount_export(e, false);
 			unmounted = true;
 		}
@@ -7193,6 +7311,10 @@ int main(int argc, char *argv[])
 	open_source(e);
 	open_control(e);
 	mount_export(e);
+	if (e->log_path && !e->foreground && !e->run_command &&
+	    (log_fd = open(e->log_path, O_WRONLY | O_CREAT | O_APPEND |
+			   O_CLOEXEC, 0600)) < 0)
+		die("--log=%s:", e->log_path);
 	if (!e->foreground || e->run_command)
 		detach(e);
 	status = run_export(e);

@@ -1389,6 +1389,55 @@ t_fault_layers() {
 
 # The control FIFO: mode 0600, the caller's; fault RULE, clear, an unknown
 # line reported; -d names the rule that fired; the FIFO goes with the export
+# A detached server's messages (here, an unknown line on its control FIFO)
+# are not lost: --log=FILE; else syslog where /dev/log takes them (a
+# listener of ours, over /dev in this namespace); else the kernel's log.
+# Each tagged fuseexport[PID], the last line there even as the server exits.
+log_says() {	# log_says FILE|kmsg PATTERN: within 30 s
+	local i
+	for i in $(seq 300); do
+		if [ "$1" = kmsg ]; then dmesg | grep -q -- "$2" && return 0
+		else grep -q -- "$2" "$1" 2>/dev/null && return 0; fi
+		sleep 0.1
+	done
+	fail "no '$2' in $1: $(tail -n 3 "$1" 2>/dev/null)"
+}
+log_ns() {
+	local tag i
+	mkimg src 4; : >mp
+	fx_up --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
+	echo bogus-file >ctl
+	log_says fx.log "control: 'bogus-file': unknown command"
+	fx_down "$PWD/mp"
+	# the kernel's log, with no /dev/log to take it
+	if [ -e /dev/log ]; then : >nolog; mount --bind nolog /dev/log; fi
+	fx_up --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	tag="fuseexport\[$FXPID\]"
+	echo bogus-kmsg >ctl
+	log_says kmsg "$tag: control: 'bogus-kmsg': unknown command"
+	fx_down "$PWD/mp"
+	# syslog: a /dev/log of ours
+	mkdir dev
+	cp -a /dev/null /dev/zero /dev/urandom /dev/fuse /dev/kmsg dev/
+	"$PY" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])
+open(sys.argv[3], "w").close()
+with open(sys.argv[2], "ab", buffering=0) as f:
+    while True: f.write(s.recv(8192) + b"\n")' dev/log syslog.txt listening &
+	track_pid $!
+	for i in $(seq 300); do [ -e listening ] && break; sleep 0.1; done
+	[ -e listening ] || fail "the syslog listener did not start"
+	mount --bind dev /dev
+	fx_up --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	tag="<28>fuseexport\[$FXPID\]"
+	echo bogus-syslog >ctl
+	log_says syslog.txt "$tag: control: 'bogus-syslog': unknown command"
+	kill -TERM "$FXPID"
+	wait_gone "$FXPID" || fail "server still running after SIGTERM"
+	refute "the kernel's log took a syslog line" eval 'dmesg | grep -q "fuseexport\[$FXPID\]: .*bogus-syslog"'
+}
+t_log() { in_ns log_ns; }
+
 t_control() {
 	mkimg src 4; : >mp
 	fx_fg -d --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
@@ -1750,7 +1799,9 @@ t_live_on_return() {
 		eq "$(awk '{ print $5 }' /proc/$FXPID/stat)" "$FXPID" "server session id (setsid)"
 		eq "$(readlink /proc/$FXPID/fd/0)" /dev/null "server stdin"
 		eq "$(readlink /proc/$FXPID/fd/1)" /dev/null "server stdout"
-		eq "$(readlink /proc/$FXPID/fd/2)" /dev/null "server stderr"
+		case $(readlink /proc/$FXPID/fd/2) in	# the log (t_log)
+		pipe:*) ;; *) fail "server stderr: $(readlink /proc/$FXPID/fd/2), not the log's pipe" ;;
+		esac
 		fx_down "$PWD/mp"
 	done
 }
@@ -4610,6 +4661,7 @@ t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_
 t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
 t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken" "$M" t_control_long
+t "a detached server's messages: --log=FILE, syslog (/dev/log), else the kernel's log, tagged fuseexport[PID]" "$M unshare python3" t_log
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
 t "$p volatile cache: a close is no flush: written and closed without fsync is lost in a crash, fsync'ed survives" "$M python3" t_cache_close "$LAYER_MODE"
