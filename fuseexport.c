@@ -366,6 +366,8 @@ struct export {
 	 * has the reply, but ThreadSanitizer cannot see that ordering) */
 	atomic_bool initialized;
 	uint32_t open_flags;		/* for OPEN replies without passthrough */
+	bool direct_writers;		/* --cache=read: writing opens take
+					 * direct I/O (fuse_open) */
 	int fuse_fd;
 	struct queue *queue;
 	struct ring *rings;
@@ -5100,6 +5102,8 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 	 * source proves it current (fuse_open), and the source keeps none. */
 	if (e->cache != CACHE_NONE) {
 		e->top->keep_no_copy(e->top);
+		e->direct_writers = e->cache == CACHE_READ &&
+				    (flags & FUSE_DIRECT_IO_ALLOW_MMAP);
 	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
 		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
 	}
@@ -5265,6 +5269,14 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	memset(out, 0, sizeof(*out));
 	out->fh = (flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0;
 	out->open_flags = e->open_flags;
+	/* With a read cache a writer gains nothing from the kernel's pages:
+	 * its cached writes go through one at a time (the kernel holds the
+	 * inode's lock across each), its direct ones in parallel. So a
+	 * writing open takes direct I/O, which drops the pages it writes
+	 * over from the kernel's cache; mmap still shares that cache, and
+	 * read-only opens keep it. */
+	if (e->direct_writers && (flags & O_ACCMODE) != O_RDONLY)
+		out->open_flags |= FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
 	if (e->cache != CACHE_NONE && !e->passthrough && keep_cache(e))
 		out->open_flags |= FOPEN_KEEP_CACHE;
 	/* Every open of the inode must pass through, to the same backing

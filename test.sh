@@ -4310,6 +4310,21 @@ t_cache_coherent() {
 		EOF
 		fx_down "$PWD/mp"
 	done
+	# a writer's open takes direct I/O: its writes drop what a reader
+	# still open (and its mapping) had cached, and it reads them back
+	fx_up -w --offset=1M --size=8M "$PWD/src" "$PWD/mp"
+	"$PY" - mp <<-'EOF' || fail "a reader still open after a writer wrote"
+	import mmap, os, sys
+	r = os.open(sys.argv[1], os.O_RDONLY)
+	os.pread(r, 1 << 20, 0)
+	m = mmap.mmap(r, 1 << 20, prot=mmap.PROT_READ)
+	w = os.open(sys.argv[1], os.O_RDWR)
+	os.pwrite(w, b"Q" * 5000, 3000)
+	assert os.pread(r, 5000, 3000) == b"Q" * 5000, "the reader read stale bytes"
+	assert m[3000:8000] == b"Q" * 5000, "the reader's mapping holds stale bytes"
+	assert os.pread(w, 5000, 3000) == b"Q" * 5000, "the writer does not read its write"
+	EOF
+	fx_down "$PWD/mp"
 }
 
 # As root a writeback export's bdi is no longer held to FUSE's strict 1%
@@ -4704,7 +4719,7 @@ t "command-line fuzz: random argument lists never crash, hang or leave a mount" 
 t "valgrind: a short export session is clean" "$M valgrind xfs_io" t_valgrind
 t "io_uring: taken when offered, served by the ring threads; auto falls back, on refuses" "$M uring" t_io_uring
 t "--cache=read: the export's pages cached by the kernel, none kept by the source (fincore)" "$M fincore" t_cache_once
-t "--cache=auto and read are coherent at open: a loop device and a window's file changed behind the export are read anew; a file proved unchanged keeps its pages" "$M loop fincore python3" t_cache_coherent
+t "--cache=auto and read are coherent at open: a loop device and a window's file changed behind the export are read anew; a file proved unchanged keeps its pages; a writer's direct writes drop a reader's pages" "$M loop fincore python3" t_cache_coherent
 t "--cache=writeback as root: the export's bdi not held to FUSE's strict 1% dirty limit" "$M" t_writeback_dirty_limit
 t "--cache=writeback: a write past the end is refused at fsync, nothing reaches the source" "$M python3" t_writeback_past_end
 t "--cache=writeback: ext4 on a loop device written past a memory-limited cgroup, no hang" "$M loop ext4" t_pressure
