@@ -3346,6 +3346,8 @@ struct snapshot {
 	atomic_bool *dirty;		/* a piece has bits FILE lacks */
 	bool *writing;			/* the pieces this flush writes */
 	pthread_mutex_t flush;		/* one map save at a time */
+	bool failed;			/* an fdatasync of FILE failed (under
+					 * flush): its data may be lost */
 	pthread_mutex_t copy[SNAP_LOCKS];	/* a block's copy-up, striped */
 };
 
@@ -3520,7 +3522,9 @@ static ssize_t snap_put(struct source *s, const void *buf, size_t n,
 
 /* A flush: the data of the blocks changed so far first, then the map
  * pieces that name them (see above). Nothing to do in memory. A piece
- * whose write failed is written by the next flush. 0 or -errno. */
+ * whose write failed is written by the next flush; once an fdatasync has
+ * failed, every flush fails, as data the map would name may be lost.
+ * 0 or -errno. */
 static int snap_flush(struct source *s, bool datasync)
 {
 	struct snapshot *sn = snap_of(s);
@@ -3532,14 +3536,20 @@ static int snap_flush(struct source *s, bool datasync)
 	if (!sn->durable)
 		return 0;
 	pthread_mutex_lock(&sn->flush);
+	if (sn->failed) {	/* the kernel reports a lost write once */
+		pthread_mutex_unlock(&sn->flush);
+		return -EIO;
+	}
 	for (i = 0; i < sn->pieces; i++) {
 		sn->writing[i] = atomic_exchange(&sn->dirty[i], false);
 		for (k = i * SNAP_WORDS; sn->writing[i] && k < (i + 1) * SNAP_WORDS; k++)
 			sn->saved[k] = htole64(atomic_load(&sn->map[k]));
 		any |= sn->writing[i];
 	}
-	if (fdatasync(sn->fd) < 0)
+	if (fdatasync(sn->fd) < 0) {
 		r = -errno;
+		sn->failed = true;
+	}
 	for (i = 0; r == 0 && i < sn->pieces; i = j) {
 		for (j = i; j < sn->pieces && sn->writing[j] == sn->writing[i]; j++)
 			;
@@ -3547,8 +3557,10 @@ static int snap_flush(struct source *s, bool datasync)
 			r = delta_io(sn, true, sn->saved + i * SNAP_WORDS,
 				     (j - i) * SNAP_MAP, SNAP_MAP + i * SNAP_MAP);
 	}
-	if (r == 0 && any && fdatasync(sn->fd) < 0)
+	if (r == 0 && any && fdatasync(sn->fd) < 0) {
 		r = -errno;
+		sn->failed = true;
+	}
 	for (i = 0; r < 0 && i < sn->pieces; i++)
 		if (sn->writing[i])
 			atomic_store(&sn->dirty[i], true);
@@ -3651,6 +3663,7 @@ static void snap_close(struct source *s)
 static struct snapshot *snap_new(uint64_t size)
 {
 	struct snapshot *sn = calloc(1, sizeof(*sn));
+	uint64_t pieces;
 	int i;
 
 	if (!sn)
@@ -3658,7 +3671,12 @@ static struct snapshot *snap_new(uint64_t size)
 	sn->fd = -1;
 	sn->size = size;
 	sn->blocks = size / SNAP_BLOCK + (size % SNAP_BLOCK != 0);
-	sn->pieces = sn->blocks ? (sn->blocks - 1) / (SNAP_MAP * 8) + 1 : 1;
+	pieces = sn->blocks ? (sn->blocks - 1) / (SNAP_MAP * 8) + 1 : 1;
+	if (pieces > SIZE_MAX / SNAP_MAP) {	/* a map no 32-bit process holds */
+		free(sn);
+		return NULL;
+	}
+	sn->pieces = pieces;
 	sn->map_len = sn->pieces * SNAP_MAP;
 	sn->data = SNAP_MAP + sn->map_len;
 	pthread_mutex_init(&sn->flush, NULL);
@@ -3728,16 +3746,16 @@ static int sync_dir(const char *path)
 }
 
 /* Open FILE (NULL: memory) as sn's delta for a snapshot of id (host
- * order). A new FILE (empty, or never given its header: a crash while it
- * was made) gets its header and length, durable before it is used; an
- * old one is checked and its map read. Returns false with why (one line,
- * FILE's name first) if not. */
+ * order). A new (empty) FILE gets its header, durable, then its length,
+ * durable, before it is used, so that a crash meanwhile leaves it empty,
+ * or its header alone, which is taken as new too; an old one is checked
+ * and its map read. Returns false with why (one line, FILE's name first)
+ * if not. */
 static bool snap_attach(struct snapshot *sn, const char *file,
 			const struct snap_header *id, char *why, size_t n)
 {
-	static const struct snap_header none;
 	const char *name = file ? file : "snapshot in memory", *bad;
-	struct snap_header h = *id;
+	struct snap_header h, want;
 	struct stat st;
 
 	sn->fd = file ? open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
@@ -3749,15 +3767,20 @@ static bool snap_attach(struct snapshot *sn, const char *file,
 		return snprintf(why, n, "%s: not a regular file", name), false;
 	if (flock(sn->fd, LOCK_EX | LOCK_NB) < 0)
 		return snprintf(why, n, "%s: in use by another export", name), false;
-	if (st.st_size && (pread(sn->fd, &h, sizeof(h), 0) != sizeof(h) ||
-			   memcmp(&h, &none, sizeof(h)))) {
+	want = *id;
+	header_order(&want);
+	if (st.st_size == 0) {
+		if (pwrite(sn->fd, &want, sizeof(want), 0) != sizeof(want) ||
+		    (file && fdatasync(sn->fd) < 0))
+			return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
+		st.st_size = sizeof(want);
+	}
+	if (st.st_size != sizeof(want) || pread(sn->fd, &h, sizeof(h), 0) != sizeof(h) ||
+	    memcmp(&h, &want, sizeof(h))) {
 		bad = snap_load(sn, id);
 		return bad ? snprintf(why, n, "%s: %s", name, bad), false : true;
 	}
-	h = *id;
-	header_order(&h);
-	if (pwrite(sn->fd, &h, sizeof(h), 0) != sizeof(h) ||
-	    ftruncate(sn->fd, sn->data + sn->blocks * SNAP_BLOCK) < 0 ||
+	if (ftruncate(sn->fd, sn->data + sn->blocks * SNAP_BLOCK) < 0 ||
 	    (file && (fsync(sn->fd) < 0 || sync_dir(file) < 0)))
 		return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
 	return true;

@@ -3395,6 +3395,16 @@ t_snapshot_commit() {
 	truncate -s 4096 cut.fx
 	bad --commit --snapshot="$PWD/cut.fx" "$PWD/src"
 	bad --snapshot="$PWD/cut.fx" "$PWD/src" "$PWD/mp"
+	# its header alone, as a crash while FILE was made leaves it: new
+	head -c 48 cut.fx >head.fx
+	fx_up --snapshot="$PWD/head.fx" "$PWD/src" "$PWD/mp"
+	cmp mp src || fail "a FILE of its header alone, resumed"
+	fx_down "$PWD/mp"
+	eq "$(stat -c %s head.fx)" $((2 * 4096 + 32 * MiB)) "the length of a FILE of its header alone, resumed"
+	# a file of zeros (say an image whose first sector is zeros) is no FILE
+	head -c 65536 /dev/zero >zero.fx
+	bad --snapshot="$PWD/zero.fx" "$PWD/src" "$PWD/mp"
+	cmp zero.fx <(head -c 65536 /dev/zero) || fail "a file of zeros given as FILE changed"
 	# a map that names a block past the source's end (its 8192nd)
 	fx_up --snapshot="$PWD/far.fx" "$PWD/src" "$PWD/mp"
 	put mp 0 data
