@@ -6292,15 +6292,16 @@ static MAIN_ONLY void check_mountpoint(struct export *e)
 	e->mountpoint = e->mountpoint_buf = abs;
 }
 
-/* path made absolute against the working directory: an existing one as
- * realpath(3) has it, one not there yet as the directory's own path, "/"
- * and path. Returns it (malloc'ed), or NULL with errno set. */
+/* path made absolute, if it is relative: the working directory's own
+ * path, "/" and path, so it names what path names here, there or not, and follows
+ * no more symlinks than path would (not realpath(3): a snapshot FILE is
+ * opened O_NOFOLLOW). Returns it (malloc'ed), or NULL with errno set. */
 static char *absolute(const char *path)
 {
 	char *abs, *cwd;
 
-	if ((abs = realpath(path, NULL)) || errno != ENOENT)
-		return abs;
+	if (*path == '/')
+		return strdup(path);
 	if (!(cwd = getcwd(NULL, 0)))
 		return NULL;
 	if (asprintf(&abs, "%s%s%s", cwd, strcmp(cwd, "/") ? "/" : "", path) < 0)
