@@ -34,6 +34,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -47,6 +48,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
@@ -120,12 +122,15 @@ static const char usage_text[] =
 "                          export when it exits, exit with its status\n"
 "  -o OPTS                 the same as a mount option list: ro, rw, growable,\n"
 "                          allow_other, queues=N, passthrough=MODE,\n"
-"                          io_uring=MODE, offset=, size=, partition=,\n"
+"                          io_uring=MODE, window_offset=, window_size=\n"
+"                          (mount(8) takes offset= as its own), partition=,\n"
 "                          snapshot[=FILE], cache=, spin=, seed=,\n"
 "                          write_cache=, control=, retry=, log=; generic mount\n"
 "                          options are ignored\n"
 "  -h, --help              show this help\n"
-"  -V, --version           show the version\n";
+"  -V, --version           show the version\n"
+"\n"
+"A repeated option takes its last value; contradicting ones are refused.\n";
 
 enum {
 	MAX_QUEUES = 64,
@@ -308,6 +313,7 @@ struct export {
 	char *fusermount;		/* the fusermount3 that mounted it */
 	struct source *top;		/* the stack the handlers speak to */
 	bool writable, growable, foreground, debug;
+	bool helper;			/* called by mount(8) */
 	bool queues_given;		/* -q: exactly that many, or fail */
 	bool quiet;			/* a test harness: halts say nothing */
 	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
@@ -389,6 +395,9 @@ static void unmount_export(struct export *e, bool force);
 static int drop_kernel_cache(struct export *e);
 /* The control FIFO once made: a setup error after that removes it */
 static const char *control_made;
+/* A fuzzer's way out of a setup error in code it drives (die() jumps
+ * there, saying nothing, instead of exiting); NULL in the program */
+static jmp_buf *die_escape;
 static _Noreturn void print_and_exit(const char *text);
 
 /* Setup errors: print "fuseexport: <fmt>", undo the mount if there is one,
@@ -401,6 +410,8 @@ void die(const char *fmt, ...)
 	size_t n = strlen(fmt);
 	va_list ap;
 
+	if (die_escape)
+		longjmp(*die_escape, 1);
 	fputs("fuseexport: ", stderr);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
@@ -2597,6 +2608,29 @@ int fuseexport_nbd_replies(int fd, int structured)
 	return answered;
 }
 
+/* The URI parser's entry for a fuzzer: see fuseexport.h */
+int fuseexport_fuzz_uri(const char *uri)
+{
+	struct nbd_source *volatile n = calloc(1, sizeof(*n));
+	jmp_buf escape;
+	volatile int r = -1;
+
+	if (!n)
+		return -1;
+	die_escape = &escape;
+	if (!setjmp(escape)) {
+		nbd_parse_uri(n, uri);
+		r = 0;
+	}
+	die_escape = NULL;
+	free(n->host);
+	free(n->port);
+	free(n->export_name);
+	free(n->socket_path);
+	free(n);
+	return r;
+}
+
 /* The bottom of the stack: SOURCE's NBD connections, or its file or
  * block device. Exits on failure. */
 static struct source *open_bottom(struct export *e, bool writable, bool growable)
@@ -4064,6 +4098,17 @@ static void free_rules(struct fault_rule *r)
 	}
 }
 
+/* The rule parser's entry for a fuzzer: see fuseexport.h */
+int fuseexport_fuzz_rule(const char *text)
+{
+	struct fault_rule *r;
+	char why[512];
+
+	r = parse_rule(text, why, sizeof(why));
+	free_rules(r);
+	return r ? 0 : -1;
+}
+
 static struct faults *faults_of(struct source *s)
 {
 	return (struct faults *)s;
@@ -4961,6 +5006,22 @@ static void *control_loop(void *arg)
 		control_lines(e, &lr, n);
 	}
 	return NULL;
+}
+
+/* The line reader's entry for a fuzzer: see fuseexport.h */
+void fuseexport_fuzz_control(struct export *e, const char *data, size_t n,
+			     size_t chunk)
+{
+	struct line_reader lr = { .have = 0 };
+	size_t k;
+
+	for (; n; data += k, n -= k) {		/* as read(2) would give them */
+		k = min_u64(min_u64(n, chunk ? chunk : n), sizeof(lr.buf) - lr.have);
+		memcpy(lr.buf + lr.have, data, k);
+		control_lines(e, &lr, k);
+		if (lr.have > CONTROL_LINE_MAX)
+			abort();
+	}
 }
 
 /*
@@ -6265,29 +6326,51 @@ static int start_rings(struct export *e)
 	return 0;
 }
 
-/* Parse a byte count with an optional K, M, G or T suffix; exit if bad */
-static uint64_t parse_number(const char *what, const char *s, uint64_t min,
-			     uint64_t max)
-{
-	uint64_t v;
+/*
+ * Options: the command line, -o lists and mount(8)'s helper calls, all
+ * through one table and set_option(). Parsing never exits: it returns
+ * what is wrong in why (WHY_SIZE bytes, "<what>: <why>"), so a harness
+ * can feed it anything; main() dies with it. A repeated option takes its
+ * last value, as mount(8) has it; options that contradict each other are
+ * refused with one line naming both.
+ */
+enum { WHY_SIZE = 512 };
 
-	if (!scan_number(s, &v) || v > max || v < min)
-		die("%s: '%s' is not a number from %llu to %llu", what, s,
-		    (unsigned long long)min, (unsigned long long)max);
-	return v;
+/* Say what is wrong in why; returns false, the parsers' verdict */
+static __attribute__((format(printf, 2, 3)))
+bool complain(char *why, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, WHY_SIZE, fmt, ap);
+	va_end(ap);
+	return false;
 }
 
-/* Parse auto, on or off; exit if it is none of them */
-static int parse_mode(const char *what, const char *s)
+/* A byte count with an optional K, M, G or T suffix from min to max into
+ * *v: true, or false with why */
+static bool parse_number(const char *what, const char *s, uint64_t min,
+			 uint64_t max, uint64_t *v, char *why)
+{
+	if (!scan_number(s, v) || *v > max || *v < min)
+		return complain(why, "%s: '%s' is not a number from %llu to %llu", what,
+			     s, (unsigned long long)min, (unsigned long long)max);
+	return true;
+}
+
+/* auto, on or off into *mode: true, or false with why */
+static bool parse_mode(const char *what, const char *s, int *mode, char *why)
 {
 	if (!strcmp(s, "auto"))
-		return AUTO;
-	if (!strcmp(s, "on"))
-		return ON;
-	if (!strcmp(s, "off"))
-		return OFF;
-	die("%s: '%s' is not auto, on or off", what, s);
-	return OFF;
+		*mode = AUTO;
+	else if (!strcmp(s, "on"))
+		*mode = ON;
+	else if (!strcmp(s, "off"))
+		*mode = OFF;
+	else
+		return complain(why, "%s: '%s' is not auto, on or off", what, s);
+	return true;
 }
 
 /* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
@@ -6299,9 +6382,11 @@ static _Noreturn void print_and_exit(const char *text)
 }
 
 /* The options, one row each: --NAME (NULL: none), NAME in an -o list
- * (NULL: none), the short option or OPT_ id, whether it takes a value, and
- * the value a bare -o NAME stands for. Both parsers apply them through
- * set_option(), so each is parsed in one place. */
+ * (NULL: none), the short option or OPT_ id, whether it takes a value, the
+ * value a bare -o NAME stands for, and whether it means anything without a
+ * mount (--partitions, --commit). Both parsers apply them through
+ * set_option(), so each is parsed in one place. A row without --NAME is
+ * another -o name of the row above. */
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
        OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
        OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_FAULT, OPT_SEED, OPT_WRITE_CACHE,
@@ -6311,44 +6396,64 @@ static const struct option_row {
 	int id;
 	bool value;
 	const char *bare;
+	bool unmounted;
 } option_table[] = {
-	{ "writable", "rw", 'w', false, NULL },
-	{ NULL, "ro", OPT_READ_ONLY, false, NULL },
-	{ "growable", "growable", 'g', false, NULL },
-	{ "foreground", NULL, 'f', false, NULL },
-	{ "debug", NULL, 'd', false, NULL },
-	{ "queues", "queues", 'q', true, NULL },
-	{ "allow-other", "allow_other", OPT_ALLOW_OTHER, true, "on" },
-	{ "passthrough", "passthrough", OPT_PASSTHROUGH, true, NULL },
-	{ "io-uring", "io_uring", OPT_IO_URING, true, NULL },
-	{ "offset", "offset", OPT_OFFSET, true, NULL },
-	{ "size", "size", OPT_SIZE, true, NULL },
+	{ "writable", "rw", 'w', false, NULL, false },
+	{ NULL, "ro", OPT_READ_ONLY, false, NULL, false },
+	{ "growable", "growable", 'g', false, NULL, false },
+	{ "foreground", NULL, 'f', false, NULL, true },
+	{ "debug", NULL, 'd', false, NULL, true },
+	{ "queues", "queues", 'q', true, NULL, true },
+	{ "allow-other", "allow_other", OPT_ALLOW_OTHER, true, "on", false },
+	{ "passthrough", "passthrough", OPT_PASSTHROUGH, true, NULL, false },
+	{ "io-uring", "io_uring", OPT_IO_URING, true, NULL, false },
+	/* mount(8) takes offset= and sizelimit= for a loop device of its
+	 * own: window_offset= and window_size= pass it untouched */
+	{ "offset", "window_offset", OPT_OFFSET, true, NULL, false },
+	{ NULL, "offset", OPT_OFFSET, true, NULL, false },
+	{ "size", "window_size", OPT_SIZE, true, NULL, false },
+	{ NULL, "size", OPT_SIZE, true, NULL, false },
 	/* a rule has commas, which end an -o option: --fault only */
-	{ "fault", NULL, OPT_FAULT, true, NULL },
-	{ "seed", "seed", OPT_SEED, true, NULL },
-	{ "write-cache", "write_cache", OPT_WRITE_CACHE, true, NULL },
-	{ "control", "control", OPT_CONTROL, true, NULL },
-	{ "retry", "retry", OPT_RETRY, true, NULL },
-	{ "run", NULL, OPT_RUN, true, NULL },
-	{ "log", "log", OPT_LOG, true, NULL },
-	{ "partition", "partition", OPT_PARTITION, true, NULL },
-	{ "partitions", NULL, OPT_PARTITIONS, false, NULL },
-	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "" },
-	{ "commit", NULL, OPT_COMMIT, false, NULL },
-	{ "cache", "cache", OPT_CACHE, true, NULL },
-	{ "spin", "spin", OPT_SPIN, true, NULL },
-	{ "help", NULL, 'h', false, NULL },
-	{ "version", NULL, 'V', false, NULL },
+	{ "fault", NULL, OPT_FAULT, true, NULL, false },
+	{ "seed", "seed", OPT_SEED, true, NULL, false },
+	{ "write-cache", "write_cache", OPT_WRITE_CACHE, true, NULL, false },
+	{ "control", "control", OPT_CONTROL, true, NULL, false },
+	{ "retry", "retry", OPT_RETRY, true, NULL, true },
+	{ "run", NULL, OPT_RUN, true, NULL, false },
+	{ "log", "log", OPT_LOG, true, NULL, false },
+	{ "partition", "partition", OPT_PARTITION, true, NULL, false },
+	{ "partitions", NULL, OPT_PARTITIONS, false, NULL, true },
+	{ "snapshot", "snapshot", OPT_SNAPSHOT, true, "", false },
+	{ "commit", NULL, OPT_COMMIT, false, NULL, true },
+	{ "cache", "cache", OPT_CACHE, true, NULL, false },
+	{ "spin", "spin", OPT_SPIN, true, NULL, false },
+	{ "help", NULL, 'h', false, NULL, true },
+	{ "version", NULL, 'V', false, NULL, true },
 };
 #define N_OPTIONS (sizeof(option_table) / sizeof(option_table[0]))
 
+/* What a parse has seen so far: how each row was given (0: not; GIVEN_LONG
+ * or GIVEN_MOUNT: as -o NAME), its name as given for messages, and the
+ * text -h or -V asks to be printed */
+enum { GIVEN_LONG = 1, GIVEN_MOUNT };
+struct parse {
+	unsigned char given[N_OPTIONS];
+	char names[N_OPTIONS][24];
+	const char *print;
+	const char *bare_next;	/* the argument after a bare --snapshot (or
+				 * other optional value), if any */
+	const char *bare_name;
+};
+
 /* Apply one option; what names it in messages ("--queues", "-o queues").
- * Exits on a bad value. */
-static void set_option(struct export *e, int id, const char *value,
-		       const char *what)
+ * Returns true, or false with why. */
+static bool set_option(struct export *e, struct parse *p, int id,
+		       const char *value, const char *what, char *why)
 {
 	struct fault_rule *rule, **last;
-	char why[512];
+	uint64_t v = 0;
+	int mode = OFF;
+	char text[WHY_SIZE];
 
 	switch (id) {
 	case 'g':
@@ -6367,60 +6472,72 @@ static void set_option(struct export *e, int id, const char *value,
 		e->foreground = true;
 		break;
 	case 'q':
-		e->queues = parse_number(what, value, 1, MAX_QUEUES);
+		if (!parse_number(what, value, 1, MAX_QUEUES, &v, why))
+			return false;
+		e->queues = v;
 		e->queues_given = true;
 		break;
 	case OPT_ALLOW_OTHER:
-		e->want_allow_other = parse_mode(what, value);
-		break;
 	case OPT_PASSTHROUGH:
-		e->want_passthrough = parse_mode(what, value);
-		break;
 	case OPT_IO_URING:
-		e->want_io_uring = parse_mode(what, value);
+	case OPT_SPIN:
+		if (!parse_mode(what, value, &mode, why))
+			return false;
+		*(id == OPT_ALLOW_OTHER ? &e->want_allow_other :
+		  id == OPT_PASSTHROUGH ? &e->want_passthrough :
+		  id == OPT_IO_URING ? &e->want_io_uring : &e->want_spin) = mode;
+		if (id == OPT_SPIN && mode == ON)
+			return complain(why, "%s: '%s' is not auto or off", what, value);
 		break;
 	case OPT_OFFSET:
-		e->offset = parse_number(what, value, 0, INT64_MAX);
+		if (!parse_number(what, value, 0, INT64_MAX, &e->offset, why))
+			return false;
 		break;
 	case OPT_SIZE:
-		e->window = parse_number(what, value, 1, INT64_MAX);
+		if (!parse_number(what, value, 1, INT64_MAX, &e->window, why))
+			return false;
 		break;
 	case OPT_FAULT:
-		rule = parse_rule(value, why, sizeof(why));
+		rule = parse_rule(value, text, sizeof(text));
 		if (!rule)
-			die("%s=%s: %s", what, value, why);
+			return complain(why, "%s=%s: %s", what, value, text);
 		for (last = &e->rules; *last; last = &(*last)->next)
 			;
 		*last = rule;
 		break;
 	case OPT_SEED:
-		e->seed = parse_number(what, value, 0, UINT64_MAX);
+		if (!parse_number(what, value, 0, UINT64_MAX, &e->seed, why))
+			return false;
 		break;
 	case OPT_WRITE_CACHE:
 		if (strcmp(value, "volatile") && strcmp(value, "none"))
-			die("%s: '%s' is not volatile or none", what, value);
+			return complain(why, "%s: '%s' is not volatile or none", what, value);
 		e->write_cache = !strcmp(value, "volatile");
 		break;
 	case OPT_CONTROL:
 		if (!*value)
-			die("%s: needs a path", what);
+			return complain(why, "%s: needs a path", what);
 		e->control_path = value;
 		break;
 	case OPT_RETRY:
-		e->retry = parse_number(what, value, 0, 86400);
+		if (!parse_number(what, value, 0, 86400, &v, why))
+			return false;
+		e->retry = v;
 		break;
 	case OPT_LOG:
 		if (!*value)
-			die("%s: needs a path", what);
+			return complain(why, "%s: needs a path", what);
 		e->log_path = value;
 		break;
 	case OPT_RUN:
 		if (!*value)
-			die("%s: needs a command", what);
+			return complain(why, "%s: needs a command", what);
 		e->run_command = value;
 		break;
 	case OPT_PARTITION:
-		e->partition = parse_number(what, value, 1, PART_MAX);
+		if (!parse_number(what, value, 1, PART_MAX, &v, why))
+			return false;
+		e->partition = v;
 		break;
 	case OPT_PARTITIONS:
 		e->list_partitions = true;
@@ -6432,11 +6549,6 @@ static void set_option(struct export *e, int id, const char *value,
 	case OPT_COMMIT:
 		e->commit = true;
 		break;
-	case OPT_SPIN:
-		e->want_spin = parse_mode(what, value);
-		if (e->want_spin == ON)
-			die("%s: '%s' is not auto or off", what, value);
-		break;
 	case OPT_CACHE:
 		for (e->cache = CACHE_NONE; e->cache <= CACHE_WRITEBACK &&
 		     strcmp(value, cache_names[e->cache]); e->cache++)
@@ -6444,18 +6556,50 @@ static void set_option(struct export *e, int id, const char *value,
 		if (!strcmp(value, "auto"))
 			e->cache = CACHE_AUTO;
 		else if (e->cache > CACHE_WRITEBACK)
-			die("%s: '%s' is not auto, none, read or writeback", what,
-			    value);
+			return complain(why, "%s: '%s' is not auto, none, read or "
+				     "writeback", what, value);
 		break;
 	case 'h':
-		print_and_exit(usage_text);
+		p->print = usage_text;
+		break;
 	case 'V':
-		print_and_exit("fuseexport " VERSION "\n");
+		p->print = "fuseexport " VERSION "\n";
+		break;
 	}
+	return true;
 }
 
-/* Take a mount-style option list (-o, and mount(8)'s helper calls) */
-static void parse_mount_options(struct export *e, char *list)
+/* Note that row was given, and how, for the checks at the end */
+static void given(struct parse *p, const struct option_row *row, int how)
+{
+	size_t i = row - option_table;
+
+	p->given[i] = how;
+	if (how == GIVEN_MOUNT)
+		snprintf(p->names[i], sizeof(p->names[i]), "-o %s", row->mount_name);
+	else if (row->id < 256)
+		snprintf(p->names[i], sizeof(p->names[i]), "-%c", row->id);
+	else
+		snprintf(p->names[i], sizeof(p->names[i]), "--%s", row->name);
+}
+
+/* The name the option id was given by (the last of its rows given),
+ * or NULL if it was not */
+static const char *given_as(const struct parse *p, int id)
+{
+	const char *name = NULL;
+	size_t i;
+
+	for (i = 0; i < N_OPTIONS; i++)
+		if (option_table[i].id == id && p->given[i])
+			name = p->names[i];
+	return name;
+}
+
+/* Take a mount-style option list (-o, and mount(8)'s helper calls): true,
+ * or false with why */
+static bool parse_mount_options(struct export *e, struct parse *p, char *list,
+				char *why)
 {
 	static const char *const ignored[] = {
 		"defaults", "nofail", "_netdev", "dev", "nodev", "suid", "nosuid",
@@ -6482,11 +6626,14 @@ static void parse_mount_options(struct export *e, char *list)
 				break;
 		if (row == option_table + N_OPTIONS || (value && !row->value) ||
 		    (!value && row->value && !row->bare))
-			die("-o %s%s%s: unknown option (see --help)", opt,
-			    value ? "=" : "", value ? value : "");
+			return complain(why, "-o %s%s%s: unknown option (see --help)",
+				     opt, value ? "=" : "", value ? value : "");
 		snprintf(what, sizeof(what), "-o %s", opt);
-		set_option(e, row->id, value ? value : row->bare, what);
+		given(p, row, GIVEN_MOUNT);
+		if (!set_option(e, p, row->id, value ? value : row->bare, what, why))
+			return false;
 	}
+	return true;
 }
 
 /* Called as mount.fuseexport or mount.fuse.fuseexport, by mount(8)? */
@@ -6499,19 +6646,87 @@ static bool mount_helper(const char *argv0)
 	       !strcmp(name, "mount.fuse.fuseexport");
 }
 
-/* The command line, or mount(8)'s helper call; exits on a bad one */
-static void parse_options(struct export *e, int argc, char *argv[])
+/* Options that cannot go together, each pair with why not */
+static const struct {
+	int a, b;
+	const char *why;
+} contradictions[] = {
+	{ OPT_READ_ONLY, 'w', "a read-only export is not writable" },
+	{ OPT_READ_ONLY, 'g', "a read-only export does not grow" },
+	{ OPT_READ_ONLY, OPT_SNAPSHOT, "a snapshot is a writable export (the "
+	  "source itself is never written)" },
+	{ OPT_READ_ONLY, OPT_WRITE_CACHE, "a write cache needs writes" },
+	{ 'g', OPT_SNAPSHOT, "a snapshot keeps the source's size" },
+	{ 'g', OPT_OFFSET, "a window keeps its size" },
+	{ 'g', OPT_SIZE, "a window keeps its size" },
+	{ 'g', OPT_PARTITION, "a partition keeps its size" },
+	{ OPT_PARTITION, OPT_OFFSET, "the partition table gives the window" },
+	{ OPT_PARTITION, OPT_SIZE, "the partition table gives the window" },
+	{ OPT_PARTITIONS, OPT_COMMIT, "one lists the table, the other commits "
+	  "a snapshot" },
+};
+
+/* The checks once every option is in: contradictions, then the arguments.
+ * Returns true, or false with why. */
+static bool check_options(struct export *e, struct parse *p, int nargs,
+			  char *why)
+{
+	const char *a, *b, *alone = e->list_partitions ? "--partitions" :
+				   e->commit ? "--commit" : NULL;
+	size_t i;
+	int want = alone ? 1 : 2;
+
+	for (i = 0; i < sizeof(contradictions) / sizeof(contradictions[0]); i++) {
+		a = given_as(p, contradictions[i].a);
+		b = given_as(p, contradictions[i].b);
+		/* --write-cache=none is no cache */
+		if (contradictions[i].b == OPT_WRITE_CACHE && !e->write_cache)
+			b = NULL;
+		if (a && b)
+			return complain(why, "%s and %s: contradict each other: %s",
+				     a, b, contradictions[i].why);
+	}
+	for (i = 0; alone && i < N_OPTIONS; i++)
+		if (p->given[i] && !option_table[i].unmounted &&
+		    !(e->commit && option_table[i].id == OPT_SNAPSHOT))
+			return complain(why, "%s: does nothing with %s, which mounts "
+				     "nothing", p->names[i], alone);
+	if (nargs == want + 1 && p->bare_next)
+		return complain(why, "%s %s: too many arguments: give a value with "
+			     "an = (%s=%s)", p->bare_name, p->bare_next,
+			     p->bare_name, p->bare_next);
+	if (nargs > want && alone)
+		return complain(why, "%s: takes SOURCE alone (it mounts nothing): "
+			     "too many arguments", alone);
+	if (nargs != want)
+		return complain(why, "%s: expected %s (see --help)", nargs < want ?
+			     "too few arguments" : "too many arguments",
+			     want == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
+	if (e->commit && !e->snapshot_file)
+		return complain(why, "--commit: needs --snapshot=FILE");
+	return true;
+}
+
+/* What parse_options() found: go on, what is wrong (in why), print
+ * p.print and exit 0 (-h, -V), or exit 0 (mount -f: fake it) */
+enum { PARSED, PARSE_BAD, PARSE_PRINT, PARSE_FAKE };
+
+/* The command line, or mount(8)'s helper call, into e; returns PARSED,
+ * PARSE_BAD with why, PARSE_PRINT with p->print, or PARSE_FAKE */
+static int parse_options(struct export *e, struct parse *p, int argc,
+			 char *argv[], char *why)
 {
 	struct option longopts[N_OPTIONS + 1];
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
 	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
-	bool helper = mount_helper(argv[0]), fake = false;
+	bool helper = argc > 0 && mount_helper(argv[0]), fake = false;
 	struct timespec now;
 	char what[64];
 	unsigned i, k = 0;
-	int c, args;
+	int c;
 
+	memset(p, 0, sizeof(*p));
 	memset(longopts, 0, sizeof(longopts));
 	for (i = 0; i < N_OPTIONS; i++)
 		if (option_table[i].name)
@@ -6536,7 +6751,8 @@ static void parse_options(struct export *e, int argc, char *argv[])
 			c = 'F';
 		switch (c) {
 		case 'o':
-			parse_mount_options(e, optarg);
+			if (!parse_mount_options(e, p, optarg, why))
+				return PARSE_BAD;
 			continue;
 		case 'F':
 			fake = true;
@@ -6544,30 +6760,66 @@ static void parse_options(struct export *e, int argc, char *argv[])
 		case 's': case 'n': case 'v': case 'N': case 't':
 			continue;	/* sloppy, no mtab, verbose, namespace, type */
 		case ':':
-			die("%s: needs a value", argv[optind - 1]);
+			complain(why, "%s: needs a value", argv[optind - 1]);
+			return PARSE_BAD;
 		}
 		for (i = 0; i < N_OPTIONS && option_table[i].id != c; i++)
 			;
-		if (c == '?' || i == N_OPTIONS)
-			die("%s: unknown option (see --help)", argv[optind - 1]);
+		if (c == '?' || i == N_OPTIONS) {
+			complain(why, "%s: unknown option (see --help)", argv[optind - 1]);
+			return PARSE_BAD;
+		}
+		given(p, &option_table[i], GIVEN_LONG);
+		if (option_table[i].bare && !optarg && optind < argc &&
+		    argv[optind][0] != '-') {
+			p->bare_name = p->names[i];
+			p->bare_next = argv[optind];
+		}
 		snprintf(what, sizeof(what), "--%s", option_table[i].name);
-		set_option(e, c, optarg ? optarg : option_table[i].bare, what);
+		if (!set_option(e, p, c, optarg ? optarg : option_table[i].bare,
+				what, why))
+			return PARSE_BAD;
+		if (p->print)
+			return PARSE_PRINT;
 	}
-	args = e->list_partitions || e->commit ? 1 : 2;
-	if (argc - optind != args)
-		die("%s: expected %s (see --help)", argc - optind < args ?
-		    "too few arguments" : "too many arguments",
-		    args == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
+	if (!check_options(e, p, argc - optind, why))
+		return PARSE_BAD;
+	e->helper = helper;
 	e->source_path = argv[optind];
-	e->mountpoint = args == 2 ? argv[optind + 1] : NULL;
-	if (e->partition && (e->offset || e->window))
-		die("--partition: does not go with --offset or --size");
-	if (e->snapshot && e->growable)
-		die("--snapshot keeps the source's size: not with --growable");
-	if (e->commit && !e->snapshot_file)
-		die("--commit: needs --snapshot=FILE");
-	if (fake)
+	e->mountpoint = e->list_partitions || e->commit ? NULL : argv[optind + 1];
+	return fake ? PARSE_FAKE : PARSED;
+}
+
+/* parse_options(), exiting where it says so: with its complaint, or
+ * after printing -h's or -V's text, or at once for mount -f */
+static void options_or_exit(struct export *e, int argc, char *argv[])
+{
+	struct parse p;
+	char why[WHY_SIZE];
+
+	switch (parse_options(e, &p, argc, argv, why)) {
+	case PARSE_BAD:
+		die("%s", why);
+	case PARSE_PRINT:
+		print_and_exit(p.print);
+	case PARSE_FAKE:
 		exit(0);
+	}
+}
+
+/* The option parser's entry for a fuzzer: see fuseexport.h */
+int fuseexport_fuzz_options(int argc, char *argv[], char *why)
+{
+	struct export *e = calloc(1, sizeof(*e));
+	struct parse p;
+	int r;
+
+	if (!e)
+		return -1;
+	r = parse_options(e, &p, argc, argv, why);
+	free_rules(e->rules);
+	free(e);
+	return r;
 }
 
 /* The source's identity in a snapshot's header: its device and inode
@@ -6767,19 +7019,24 @@ static void unescape(char *s)
 	*out = 0;
 }
 
-/* The last (topmost) FUSE mount on path in /proc/self/mountinfo: true if
- * there is one, its device ("0:42") into dev (32 bytes) if asked */
-static bool mount_dev(const char *path, char *dev)
+/* The last (topmost) FUSE mount on path in f, a mountinfo file: true if
+ * there is one, its device ("0:42") into dev (32 bytes) if asked. Lines
+ * are read whole, however long (a long mount point's tail is no line). */
+static bool mountinfo_dev(FILE *f, const char *path, char *dev)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char line[4096], mnt[4096], type[256], id[32];
+	char *line = NULL, *mnt = NULL, *grown, type[256], id[32];
+	size_t size = 0, mnt_size = 0;
 	bool found = false;
 
-	if (!f)
-		return false;
-	while (fgets(line, sizeof(line), f)) {
+	while (getline(&line, &size, f) > 0) {
 		const char *dash = strstr(line, " - ");
-		if (!dash || sscanf(line, "%*s %*s %31s %*s %4095s", id, mnt) != 2 ||
+		if (mnt_size < size) {	/* a field as long as its line */
+			if (!(grown = realloc(mnt, size)))
+				break;
+			mnt = grown;
+			mnt_size = size;
+		}
+		if (!dash || sscanf(line, "%*s %*s %31s %*s %s", id, mnt) != 2 ||
 		    sscanf(dash + 3, "%255s", type) != 1)
 			continue;
 		unescape(mnt);
@@ -6789,8 +7046,70 @@ static bool mount_dev(const char *path, char *dev)
 		if (dev)
 			memcpy(dev, id, sizeof(id));
 	}
+	free(line);
+	free(mnt);
+	return found;
+}
+
+/* The same in /proc/self/mountinfo */
+static bool mount_dev(const char *path, char *dev)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	bool found;
+
+	if (!f)
+		return false;
+	found = mountinfo_dev(f, path, dev);
 	fclose(f);
 	return found;
+}
+
+/* The mountinfo parser's entry for a fuzzer: see fuseexport.h */
+int fuseexport_fuzz_mountinfo(const char *text, size_t n, const char *path)
+{
+	FILE *f = n ? fmemopen((void *)text, n, "r") : NULL;
+	char dev[32];
+	int found;
+
+	if (!n)
+		return 0;
+	if (!f)
+		return -1;
+	found = mountinfo_dev(f, path, dev);
+	fclose(f);
+	return found;
+}
+
+/* mount(8) takes offset= and sizelimit= in an fstab line or -o as its own
+ * loop options: it sets up a loop device with them (autoclear) and calls
+ * the helper with that instead of SOURCE, the options gone. Refuse it with
+ * the names it passes on, rather than export a loop device over the file
+ * (or, without root, fail to open it). Exits if so. */
+static MAIN_ONLY void check_helper_source(struct export *e)
+{
+	static const char *const knobs[] = { "autoclear", "offset", "sizelimit" };
+	char path[96], value[32];
+	unsigned long long v[3] = { 0 };
+	struct stat st;
+	unsigned i;
+	FILE *f;
+
+	if (!e->helper || stat(e->source_path, &st) < 0 || !S_ISBLK(st.st_mode) ||
+	    major(st.st_rdev) != 7)		/* LOOP_MAJOR */
+		return;
+	for (i = 0; i < 3; i++) {
+		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/%s",
+			 major(st.st_rdev), minor(st.st_rdev), knobs[i]);
+		if ((f = fopen(path, "re"))) {
+			if (fgets(value, sizeof(value), f))
+				v[i] = strtoull(value, NULL, 10);
+			fclose(f);
+		}
+	}
+	if (v[0] && (v[1] || v[2]))
+		die("%s: a loop device mount(8) made of offset= or sizelimit=, "
+		    "which it takes as its own: name the window window_offset= "
+		    "and window_size=", e->source_path);
 }
 
 /* MOUNTPOINT: an existing regular file, not already carrying an export;
@@ -6817,15 +7136,16 @@ static MAIN_ONLY void check_mountpoint(struct export *e)
 	e->mountpoint = e->mountpoint_buf = abs;
 }
 
-/* path made absolute against the working directory: an existing one as
- * realpath(3) has it, one not there yet as the directory's own path, "/"
- * and path. Returns it (malloc'ed), or NULL with errno set. */
+/* path made absolute, if it is relative: the working directory's own
+ * path, "/" and path, so it names what path names here, there or not, and follows
+ * no more symlinks than path would (not realpath(3): a snapshot FILE is
+ * opened O_NOFOLLOW). Returns it (malloc'ed), or NULL with errno set. */
 static char *absolute(const char *path)
 {
 	char *abs, *cwd;
 
-	if ((abs = realpath(path, NULL)) || errno != ENOENT)
-		return abs;
+	if (*path == '/')
+		return strdup(path);
 	if (!(cwd = getcwd(NULL, 0)))
 		return NULL;
 	if (asprintf(&abs, "%s%s%s", cwd, strcmp(cwd, "/") ? "/" : "", path) < 0)
@@ -7272,7 +7592,7 @@ struct export *fuseexport_new(int argc, char *argv[])
 
 	if (!e)
 		die("out of memory:");
-	parse_options(e, argc, argv);
+	options_or_exit(e, argc, argv);
 	open_source(e);
 	e->queues = 1;
 	e->queue = calloc(1, sizeof(*e->queue));
@@ -7336,11 +7656,12 @@ int main(int argc, char *argv[])
 	if (!e)
 		die("out of memory:");
 	signal(SIGPIPE, SIG_IGN);	/* a closed stderr or parent: EPIPE */
-	parse_options(e, argc, argv);
+	options_or_exit(e, argc, argv);
 	if (e->list_partitions)
 		list_partitions(e);
 	if (e->commit)
 		commit_snapshot(e);
+	check_helper_source(e);
 	check_mountpoint(e);
 	resolve_paths(e);
 	open_source(e);

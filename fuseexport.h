@@ -670,4 +670,28 @@ int fuseexport_fuzz_partitions(uint64_t size, unsigned sector,
 int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
 			     size_t n);
 
+/*
+ * The option parser, for a fuzzer: argv as main() gets it (argv[0]
+ * mount.fuseexport for mount(8)'s helper calls; argv and its strings are
+ * written to, as getopt and -o lists do). Never exits: returns 0 (parsed),
+ * 1 (bad: why holds the message, 512 bytes), 2 (-h or -V) or 3 (mount -f).
+ */
+int fuseexport_fuzz_options(int argc, char *argv[], char *why);
+
+/*
+ * The other parsers of text from outside, for a fuzzer; none exits.
+ * fuseexport_fuzz_control() feeds n bytes to the control FIFO's line
+ * reader in pieces of chunk bytes (0: as much as it takes), as read(2)
+ * would, each line carried out on e (made by fuseexport_new() with
+ * --control, which makes no FIFO). fuseexport_fuzz_rule() parses a fault
+ * rule, fuseexport_fuzz_uri() an NBD URI (0: good, -1: refused);
+ * fuseexport_fuzz_mountinfo() looks for a FUSE mount on path in n bytes of
+ * mountinfo lines (1: found, 0: not, -1: no memory).
+ */
+void fuseexport_fuzz_control(struct export *e, const char *data, size_t n,
+			     size_t chunk);
+int fuseexport_fuzz_rule(const char *text);
+int fuseexport_fuzz_uri(const char *uri);
+int fuseexport_fuzz_mountinfo(const char *text, size_t n, const char *path);
+
 #endif

@@ -2483,19 +2483,57 @@ helper_ns() {
 	dd if=data of=expected bs=64k seek=5 conv=notrunc status=none
 	umount "$PWD/mp" || fail "umount"
 	cmp src expected || fail "source after the helper's export"
-	printf '%s %s fuse.fuseexport defaults,nofail,_netdev,ro,passthrough=off,offset=1M,size=2M 0 0\n' \
+	# a window in fstab: mount(8) takes offset= and sizelimit= for a loop
+	# device of its own; window_offset= and window_size= reach us
+	printf '%s %s fuse.fuseexport defaults,nofail,_netdev,ro,passthrough=off,window_offset=1M,window_size=2M 0 0\n' \
 		"$PWD/src" "$PWD/mp" >fstab
 	mount --fstab "$PWD/fstab" -a || fail "mount --fstab -a"
 	fuse_mounted "$PWD/mp" || fail "the fstab line mounted nothing"
+	[ -z "$(losetup -j "$PWD/src")" ] || fail "mount(8) set up a loop device for the fstab window"
 	eq "$(stat -c %s:%A mp)" "$((2 * MiB)):-r--------" "size and mode from the fstab line"
 	cmp mp <(range expected $MiB $((2 * MiB))) || fail "window content"
+	findmnt -n -o SOURCE --mountpoint "$PWD/mp" | grep -qx "$PWD/src" ||
+		fail "the export's source is not the file: $(findmnt -n -o SOURCE --mountpoint "$PWD/mp")"
 	umount "$PWD/mp"
+	# the old names: offset= is mount(8)'s, refused with the new name
+	printf '%s %s fuse.fuseexport ro,offset=1M,size=2M 0 0\n' "$PWD/src" "$PWD/mp" >fstab
+	refute "offset= in fstab accepted" mount --fstab "$PWD/fstab" "$PWD/mp" 2>err
+	grep -q "window_offset=" err || fail "the refusal does not name window_offset=: $(cat err)"
+	refute "mounted after a refusal" mounted "$PWD/mp"
 	refute "-o bogus accepted" mount -t fuse.fuseexport "$PWD/src" "$PWD/mp" -o bogus 2>err
 	grep -q "^fuseexport: -o bogus: unknown option" err || fail "refusal: $(cat err)"
 	refute "mounted after a refusal" mounted "$PWD/mp"
 	return 0
 }
 t_helper() { in_ns helper_ns; }
+
+# The same fstab window mounted by a user (a "user" line), through the
+# setuid mount(8), our helper and fusermount3
+helper_user_ns() {
+	local pid
+	mknod fuse c 10 229; chmod 666 fuse; mount --bind fuse /dev/fuse
+	mkdir helpers; ln -s "$FX" helpers/mount.fuse.fuseexport
+	mount -t overlay overlay -o "lowerdir=$PWD/helpers:/usr/sbin" /usr/sbin
+	mkdir u; mkimg u/src 8; : >u/mp; cp u/src expected; chown -R 65534:65534 u
+	printf '%s %s fuse.fuseexport user,noauto,window_offset=1M,window_size=2M 0 0\n' \
+		"$PWD/u/src" "$PWD/u/mp" >fstab
+	mount --bind fstab /etc/fstab
+	as_user mount "$PWD/u/mp" 2>err || fail "mount as the user: $(cat err)"
+	pid=$(pgrep -u 65534 -f "^/[a-z/]*sbin/mount.fuse.fuseexport $PWD/u/src ") || fail "no server"
+	track_pid "$pid"
+	fuse_mounted "$PWD/u/mp" || fail "the fstab line mounted nothing"
+	[ -z "$(losetup -j "$PWD/u/src")" ] || fail "mount(8) set up a loop device"
+	eq "$(as_user stat -c %s:%u u/mp)" "$((2 * MiB)):65534" "size and owner"
+	range expected $MiB $((2 * MiB)) >window; chmod 644 window
+	as_user cmp u/mp window || fail "window content"
+	as_user fusermount3 -u "$PWD/u/mp" || fail "fusermount3 -u"
+	wait_gone "$pid" 10 || fail "server still running after fusermount3 -u"
+	printf '%s %s fuse.fuseexport user,noauto,offset=1M 0 0\n' "$PWD/u/src" "$PWD/u/mp" >fstab
+	refute "offset= in fstab accepted" as_user mount "$PWD/u/mp" 2>err
+	grep -q "window_offset=" err || fail "the refusal does not name window_offset=: $(cat err)"
+	refute "mounted after a refusal" mounted "$PWD/u/mp"
+}
+t_helper_user() { in_ns helper_user_ns; }
 
 # fsx-style torture: seeded random writes, reads, truncates, punches, zero
 # ranges, fsyncs (from several descriptors), mmap access, copy_file_range
@@ -2724,8 +2762,14 @@ t_o_list() {
 	eq "$(ls /proc/$FXPID/task | wc -l)" 4 "threads (3 queues and main)"
 	cmp mp <(range src $((2 * MiB)) $MiB) || fail "content"
 	fx_down "$PWD/mp"
-	fx_up -w -o ro "$PWD/src" "$PWD/mp"
-	eq "$(stat -c %A mp)" -r-------- "-o ro after -w"
+	fx_up -o window_offset=3M,window_size=2M "$PWD/src" "$PWD/mp"
+	eq "$(stat -c %s:%A mp)" "$((2 * MiB)):-r--------" "size and mode with window_offset=, window_size="
+	cmp mp <(range src $((3 * MiB)) $((2 * MiB))) || fail "content with window_offset="
+	fx_down "$PWD/mp"
+	# a repeated option takes its last value, as in mount(8)'s lists
+	fx_up -o queues=5,queues=2 --offset=1M --offset=4M "$PWD/src" "$PWD/mp"
+	eq "$(ls /proc/$FXPID/task | wc -l)" 3 "threads (the last queues=)"
+	cmp mp <(range src $((4 * MiB)) $((4 * MiB))) || fail "content (the last --offset)"
 	fx_down "$PWD/mp"
 }
 
@@ -4500,6 +4544,25 @@ b_exported_mp() {
 	cmp mp src2 || fail "the first export"
 	fx_down "$PWD/mp"
 }
+# the same on a mount point whose mountinfo line is over 4 KiB (spaces
+# are 4 bytes there, \040): the line is read whole, not as two lines. In
+# a namespace of its own: the suite's cleanup splits paths at spaces
+exported_mp_long_ns() {	# (fx_up would track a path the cleanup splits)
+	local d=$PWD i name pid
+	name=$(printf 'a %.0s' $(seq 100))
+	for i in $(seq 9); do d="$d/$name"; done
+	mkdir -p "$d"; mkimg src 4; mkimg src2 4; : >"$d/mp"
+	"$FX" "$PWD/src2" "$d/mp" || fail "the first export"
+	pid=$(fx_pid "$d/mp")
+	[ "$(grep -F " $(echo "$d" | sed 's/ /\\040/g')/mp " /proc/self/mountinfo | wc -c)" -gt 4096 ] ||
+		fail "the mountinfo line is not over 4096 bytes"
+	BAD_MOUNTED_OK=1 bad "$PWD/src" "$d/mp"
+	grep -q "already exported" err || fail "refusal: $(cat err)"
+	eq "$(findmnt -n --mountpoint "$d/mp" | wc -l)" 1 "mounts on the mount point"
+	umount "$d/mp" || fail "umount"
+	wait_gone "$pid" 10 || fail "server still running after umount"
+}
+b_exported_mp_long() { in_ns exported_mp_long_ns; }
 b_growable_blockdev() {
 	local loop
 	bad_setup
@@ -4522,6 +4585,26 @@ b_control_removed() {	# a setup failure after the FIFO was made
 	return 0
 }
 b_option() { bad_setup; bad "$@" "$PWD/src" "$PWD/mp"; }
+# b_contradiction A B OPTIONS...: refused with one line naming A and B
+b_contradiction() {
+	local first=$1 second=$2; shift 2
+	bad_setup; bad "$@" "$PWD/src" "$PWD/mp"
+	grep -qF -- "$first and $second: contradict each other" err ||
+		fail "the refusal does not name $first and $second: $(cat err)"
+}
+# --snapshot FILE without the =: the FILE is an argument too many; say so
+b_snapshot_no_equals() {
+	bad_setup
+	bad --snapshot "$PWD/s.fx" "$PWD/src" "$PWD/mp"
+	grep -qF -- "--snapshot=$PWD/s.fx" err || fail "the refusal does not say --snapshot=FILE: $(cat err)"
+	refute "FILE made" [ -e s.fx ]
+	bad --partitions "$PWD/src" "$PWD/mp"
+	grep -qF -- "--partitions: takes SOURCE alone" err || fail "--partitions with MOUNTPOINT: $(cat err)"
+	bad --partitions -w "$PWD/src"
+	grep -qF -- "-w: does nothing with --partitions" err || fail "--partitions -w: $(cat err)"
+	bad --commit --snapshot="$PWD/s.fx" --offset=1M "$PWD/src"
+	grep -qF -- "--offset: does nothing with --commit" err || fail "--commit --offset: $(cat err)"
+}
 b_option_after() { bad_setup; bad "$PWD/src" "$PWD/mp" "$@"; }
 
 # ---------------------------------------------------------------------------
@@ -4722,6 +4805,7 @@ t "32-bit build (i686, natively or under qemu-i386): 6 GiB file and loop device,
 t "without root: through fusermount3, allow_other rules, fusermount3 -u, SIGTERM" "$M setpriv fusermount3 unshare" t_nonroot
 t "without root: fusermount3 found through PATH=. still unmounts after the server went to /" "$M setpriv fusermount3 unshare" t_nonroot_relative
 t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unshare" t_helper
+t "mount(8) helper without root: an fstab window (window_offset=, window_size=) in a user line" "$M setpriv fusermount3 unshare" t_helper_user
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
 t "make install: binary in PREFIX/bin, man page, mount(8) helper links in /sbin; found by a user and by mount(8)" "$M make unshare setpriv" t_install
 t "security: mode bits, allow_other, chmod rules, a mounted device refused" "$M setpriv loop ext4" t_security
@@ -4808,6 +4892,7 @@ t "$B directory as mount point" "" b_dir_mp
 t "$B fifo as mount point" "" b_fifo_mp
 t "$B character device as mount point" "root" b_chardev_mp
 t "$B mount point already exported" "$M" b_exported_mp
+t "$B mount point already exported, its mountinfo line over 4 KiB" "$M" b_exported_mp_long
 t "$B -g on a block device" "$M loop" b_growable_blockdev
 t "$B --control on a path that exists" "" b_control_exists
 t "$B a setup failure after the --control FIFO was made removes it" "root setpriv" b_control_removed
@@ -4819,6 +4904,16 @@ for o in "-q 0" "-q 65" "-q abc" "-q -1" "-q 4x" "-q ''" "--queues=1844674407370
 	eval "set -- $o"
 	t "$B option $o" "" b_option "$@"
 done
+for o in "-o ro|-w|-o ro -w" "-o ro|-w|-w -o ro" "-o ro|-g|-g -o ro" "-o ro|-o growable|-o ro,growable" \
+	"-o ro|-o rw|-o ro,rw" "-o ro|--snapshot|-o ro --snapshot" "-o ro|--write-cache|-o ro --write-cache=volatile" \
+	"-g|--snapshot|-g --snapshot" "-g|--offset|-g --offset=1M" "-g|-o window_size|-g -o window_size=1M" \
+	"-g|--partition|-g --partition=1" "--partition|--size|--partition=1 --size=1M" \
+	"-o partition|-o window_offset|-o partition=1,window_offset=1M"; do
+	IFS='|' read -r a b args <<<"$o"
+	eval "set -- $args"
+	t "$B contradiction: $args" "" b_contradiction "$a" "$b" "$@"
+done
+t "$B --snapshot FILE without its =, --partitions or --commit with what they do not use" "" b_snapshot_no_equals
 t "$B -q without its number" "" b_option_after -q
 t "$B --queues without its number" "" b_option_after --queues
 
