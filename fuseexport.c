@@ -872,10 +872,18 @@ enum {
 	NBD_BACKOFF_MAX_MS = 2000,
 	NBD_STATUS_MAX = 4 + 8 * (1 << 20),	/* the longest status chunk */
 	NBD_RECV_BUFFER = 64 << 10,	/* replies are read this much at once */
-	NBD_SMALL_READ = 64 << 10,	/* at most this, a READ's data comes in
-					 * one chunk: a server need not look
-					 * for holes in it first */
 	NBD_IO_SIZE_MAX = 1 << 20,	/* the most st_blksize says */
+	NBD_REQUEST_SIZE = 64 << 10,	/* a larger READ or WRITE goes out as
+					 * requests of this size, all at once:
+					 * the server works on them together,
+					 * and one this small costs it no
+					 * fresh buffer (qemu-nbd maps and
+					 * faults in one for 128 KiB and up:
+					 * 1 MiB direct reads 4.5x faster as
+					 * 16 pieces); a READ's data then
+					 * comes in one chunk (DF), the
+					 * server need not look for holes */
+	NBD_MAX_BATCH = 16,		/* requests in flight for one caller */
 };
 
 /* What a handshake agreed; every connection of a source must agree the
@@ -888,10 +896,17 @@ struct nbd_info {
 	uint32_t min_block, preferred, max_payload;
 };
 
+/* A thread with requests in flight on a connection (one, or the pieces
+ * of a large READ or WRITE sent at once) */
+struct nbd_caller {
+	pthread_cond_t wake;
+	bool waiting;		/* asleep on wake, not yet woken */
+};
+
 /* A request in flight, on its caller's stack */
 struct nbd_cmd {
 	struct nbd_cmd *next;
-	pthread_cond_t wake;
+	struct nbd_caller *caller;
 	uint64_t cookie;
 	uint16_t type, flags;
 	uint64_t offset;
@@ -900,7 +915,6 @@ struct nbd_cmd {
 	unsigned sent;		/* the connection it went out on (0: none) */
 	unsigned sends;
 	bool done;
-	bool waiting;		/* its caller sleeps on wake, not yet woken */
 	bool sending;		/* its caller is putting it on the wire */
 	int error;		/* 0 or -errno */
 	/* READ with structured replies: the stretches its chunks covered */
@@ -929,8 +943,8 @@ struct nbd_conn {
 	unsigned backoff_ms;
 	struct nbd_cmd *inflight;
 	uint64_t next_cookie;
-	struct nbd_cmd *receiver;	/* whose caller holds the receive
-					 * role (NULL: nobody's) */
+	struct nbd_caller *receiver;	/* who holds the receive role
+					 * (NULL: nobody) */
 	/* the receive role's: what it received and has not taken yet */
 	char *recv_buf;
 	size_t recv_pos, recv_len;
@@ -945,7 +959,8 @@ struct nbd_source {
 	char *export_name;
 	struct nbd_info info;		/* what the first connection agreed */
 	uint32_t max_io;		/* a multiple of info.min_block */
-	uint16_t read_flags;		/* of small READs: DF where offered */
+	uint32_t request_size;		/* NBD_REQUEST_SIZE, or max_io if less */
+	uint16_t read_flags;		/* of READs: DF where offered */
 	unsigned retry;			/* seconds a caller waits for a reconnect */
 	bool debug;
 	/* told after a reconnect: the server may serve other bytes than the
@@ -984,28 +999,39 @@ static int read_full(int fd, void *buf, size_t n)
 	return 0;
 }
 
-/* Send a, then b (blen may be 0), whole on the socket fd: 0 or -errno */
-static int send_full(int fd, const void *a, size_t alen, const void *b, size_t blen)
+/* Send the count buffers at iov whole on the socket fd (iov is used up):
+ * 0 or -errno */
+static int send_iov(int fd, struct iovec *iov, size_t count)
 {
-	struct iovec iov[2] = { { (void *)a, alen }, { (void *)b, blen } };
-	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = count };
 
-	while (iov[0].iov_len + iov[1].iov_len) {
+	while (msg.msg_iovlen) {
 		ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL);
-		size_t k = r, i;
+		size_t k = r;
 
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return -errno;
-		for (i = 0; i < 2; i++) {
-			size_t m = min_u64(k, iov[i].iov_len);
-			iov[i].iov_base = (char *)iov[i].iov_base + m;
-			iov[i].iov_len -= m;
-			k -= m;
+		while (msg.msg_iovlen && k >= msg.msg_iov->iov_len) {
+			k -= msg.msg_iov->iov_len;
+			msg.msg_iov++;
+			msg.msg_iovlen--;
+		}
+		if (msg.msg_iovlen) {
+			msg.msg_iov->iov_base = (char *)msg.msg_iov->iov_base + k;
+			msg.msg_iov->iov_len -= k;
 		}
 	}
 	return 0;
+}
+
+/* Send a, then b (blen may be 0), whole on the socket fd: 0 or -errno */
+static int send_full(int fd, const void *a, size_t alen, const void *b, size_t blen)
+{
+	struct iovec iov[2] = { { (void *)a, alen }, { (void *)b, blen } };
+
+	return send_iov(fd, iov, 2);
 }
 
 /* The value of a hex digit, or -1 */
@@ -1474,8 +1500,8 @@ static struct nbd_cmd *nbd_find(struct nbd_conn *c, uint64_t cookie)
 /* Wake cmd's caller, asleep or not; c->lock held */
 static void nbd_wake(struct nbd_cmd *cmd)
 {
-	cmd->waiting = false;
-	pthread_cond_signal(&cmd->wake);
+	cmd->caller->waiting = false;
+	pthread_cond_signal(&cmd->caller->wake);
 }
 
 /* Take cmd off c's list and wake its caller with error (0 or -errno), or
@@ -1810,8 +1836,8 @@ static bool nbd_leave_role(struct nbd_conn *c)
 	bool sending = false;
 
 	for (other = c->inflight; other; other = other->next) {
-		if (other->waiting) {
-			c->receiver = other;
+		if (other->caller->waiting) {
+			c->receiver = other->caller;
 			nbd_wake(other);
 			return true;
 		}
@@ -1823,22 +1849,32 @@ static bool nbd_leave_role(struct nbd_conn *c)
 	return true;
 }
 
-/* With c's receive role, until cmd's reply is complete (or cmd is to be
- * sent again) and the role can be left: take every reply that comes,
- * waking the requests they answer, and make the connection again when
- * it drops. Returns 0, or -EIO when --retry ran out; the role is left
- * either way. */
-static int nbd_receive(struct nbd_conn *c, struct nbd_cmd *cmd)
+/* Does any of the count requests at cmd still need the receive role:
+ * not done, and sent on c's connection or waiting for it to be made
+ * again? c->lock held. */
+static bool nbd_awaited(struct nbd_conn *c, struct nbd_cmd *cmd, unsigned count)
+{
+	unsigned i;
+
+	for (i = 0; i < count; i++)
+		if (!cmd[i].done && (c->fd < 0 || cmd[i].sent == c->generation))
+			return true;
+	return false;
+}
+
+/* With c's receive role, until the replies to the count requests at cmd
+ * are in (or they are to be sent again) and the role can be left: take
+ * every reply that comes, waking the requests they answer, and make the
+ * connection again when it drops. Returns 0, or -EIO when --retry ran
+ * out; the role is left either way. */
+static int nbd_receive(struct nbd_conn *c, struct nbd_cmd *cmd, unsigned count)
 {
 	int r = 0, err;
 
 	pthread_mutex_lock(&c->lock);
-	for (;;) {
+	while ((r == 0 && nbd_awaited(c, cmd, count)) || !nbd_leave_role(c)) {
 		bool down = c->fd < 0;
 
-		if ((r < 0 || cmd->done || (!down && cmd->sent != c->generation)) &&
-		    nbd_leave_role(c))
-			break;
 		pthread_mutex_unlock(&c->lock);
 		if (down)
 			r = nbd_reconnect(c);
@@ -1850,102 +1886,127 @@ static int nbd_receive(struct nbd_conn *c, struct nbd_cmd *cmd)
 	return r;
 }
 
-/* Put cmd on the wire, unless it is there already: the send lock keeps
- * the connection from changing meanwhile. A failed send shuts the
+/* Put the count requests at cmd on the wire, those not there already,
+ * in one go: all of them count as being sent until the last is out, so
+ * that the receive role stays held meanwhile (nbd_leave_role). The send
+ * lock keeps the connection from changing. A failed send shuts the
  * connection; the receive role, seeing it fail, makes it again. */
-static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd)
+static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd, unsigned count)
 {
-	struct nbd_request req;
+	struct nbd_request req[NBD_MAX_BATCH];
+	struct iovec iov[2 * NBD_MAX_BATCH];
+	unsigned i, k = 0, sent = 0;
 	int fd;
 
 	pthread_mutex_lock(&c->send_lock);
 	pthread_mutex_lock(&c->lock);
 	fd = c->fd;
-	if (fd < 0 || cmd->done || cmd->sent == c->generation) {
-		fd = -1;
-	} else if (cmd->sends++ == NBD_MAX_SENDS) {
-		nbd_finish_locked(c, cmd, -EIO);	/* the server never answers it */
-		fd = -1;
-	} else {
-		cmd->sent = c->generation;
-		cmd->sending = true;
-		cmd->cookie = ++c->next_cookie;
-		cmd->error = 0;
-		cmd->npieces = 0;
-		cmd->got_status = false;
-		cmd->found = UINT64_MAX;
-		cmd->status_end = cmd->offset;
+	for (i = 0; i < count && fd >= 0; i++) {
+		if (cmd[i].done || cmd[i].sent == c->generation)
+			continue;
+		if (cmd[i].sends++ == NBD_MAX_SENDS) {
+			nbd_finish_locked(c, &cmd[i], -EIO);	/* never answered */
+			continue;
+		}
+		cmd[i].sent = c->generation;
+		cmd[i].sending = true;
+		cmd[i].cookie = ++c->next_cookie;
+		cmd[i].error = 0;
+		cmd[i].npieces = 0;
+		cmd[i].got_status = false;
+		cmd[i].found = UINT64_MAX;
+		cmd[i].status_end = cmd[i].offset;
+		req[sent] = (struct nbd_request){
+			.magic = htobe32(NBD_REQUEST_MAGIC),
+			.flags = htobe16(cmd[i].flags),
+			.type = htobe16(cmd[i].type),
+			.cookie = htobe64(cmd[i].cookie),
+			.offset = htobe64(cmd[i].offset),
+			.length = htobe32(cmd[i].length),
+		};
+		iov[k++] = (struct iovec){ &req[sent++], sizeof(req[0]) };
+		if (cmd[i].type == NBD_CMD_WRITE)
+			iov[k++] = (struct iovec){ cmd[i].buf, cmd[i].length };
 	}
 	pthread_mutex_unlock(&c->lock);
-	if (fd >= 0) {
-		req.magic = htobe32(NBD_REQUEST_MAGIC);
-		req.flags = htobe16(cmd->flags);
-		req.type = htobe16(cmd->type);
-		req.cookie = htobe64(cmd->cookie);
-		req.offset = htobe64(cmd->offset);
-		req.length = htobe32(cmd->length);
-		if (send_full(fd, &req, sizeof(req), cmd->buf,
-			      cmd->type == NBD_CMD_WRITE ? cmd->length : 0) < 0)
+	if (sent) {
+		if (send_iov(fd, iov, k) < 0)
 			shutdown(fd, SHUT_RDWR);
 		pthread_mutex_lock(&c->lock);
-		cmd->sending = false;
+		for (i = 0; i < count; i++)
+			cmd[i].sending = false;
 		pthread_mutex_unlock(&c->lock);
 	}
 	pthread_mutex_unlock(&c->send_lock);
 }
 
-/* Run cmd on the next connection: send it (again after every reconnect),
- * and wait for its reply. The callers of a connection take turns in its
- * receive role: one at a time reads the replies for all, so that a lone
- * request is answered without waking another thread, and hands the role
- * on when its own reply is in. A caller takes the role whenever it finds
- * it free, before it would sleep, and wakes holding it when it is handed
- * on, so that the role cannot be lost whoever is sending, sleeping or
- * finishing. Returns 0 or -errno: -EIO once the connection has been down
- * for longer than --retry. */
-static int nbd_run(struct nbd_source *n, struct nbd_cmd *cmd)
+/* Run the count requests at cmd on the next connection: send them
+ * (again after every reconnect), all at once, so that the server works on
+ * them together, and wait for their replies. The callers of a connection
+ * take turns in its receive role: one at a time reads the replies for
+ * all, so that a lone request is answered without waking another thread,
+ * and hands the role on when its own replies are in. A caller takes the
+ * role whenever it finds it free, before it would sleep, and wakes holding
+ * it when it is handed on, so that the role cannot be lost whoever is
+ * sending, sleeping or finishing. Returns 0 or the first request's -errno:
+ * -EIO once the connection has been down for longer than --retry. */
+static int nbd_run(struct nbd_source *n, struct nbd_cmd *cmd, unsigned count)
 {
 	struct nbd_conn *c = &n->conn[atomic_fetch_add(&n->next_conn, 1) % n->nconns];
+	struct nbd_caller me = { .waiting = false };
 	struct timespec deadline;
+	unsigned i;
 	int r = 0;
 
-	pthread_cond_init(&cmd->wake, &n->monotonic);
-	cmd->done = cmd->waiting = cmd->sending = false;
-	cmd->sent = cmd->sends = 0;
+	pthread_cond_init(&me.wake, &n->monotonic);
 	pthread_mutex_lock(&c->lock);
-	cmd->next = c->inflight;
-	c->inflight = cmd;
+	for (i = 0; i < count; i++) {
+		cmd[i].caller = &me;
+		cmd[i].done = cmd[i].sending = false;
+		cmd[i].sent = cmd[i].sends = 0;
+		cmd[i].next = c->inflight;
+		c->inflight = &cmd[i];
+	}
 	for (;;) {
-		if (c->receiver == cmd) {	/* taken, or handed to us */
+		bool unsent = false, pending = false;
+
+		if (c->receiver == &me) {	/* taken, or handed to us */
 			pthread_mutex_unlock(&c->lock);
-			r = nbd_receive(c, cmd);
+			r = nbd_receive(c, cmd, count);
 			pthread_mutex_lock(&c->lock);
 		}
-		if (cmd->done || r < 0)
+		for (i = 0; i < count; i++) {
+			pending |= !cmd[i].done;
+			unsent |= !cmd[i].done && cmd[i].sent != c->generation;
+		}
+		if (!pending || r < 0)
 			break;
-		if (c->fd >= 0 && cmd->sent != c->generation) {
+		if (c->fd >= 0 && unsent) {
 			pthread_mutex_unlock(&c->lock);
-			nbd_send(c, cmd);
+			nbd_send(c, cmd, count);
 			pthread_mutex_lock(&c->lock);
 		} else if (!c->receiver) {
-			c->receiver = cmd;
+			c->receiver = &me;
 		} else if (c->fd >= 0) {
-			cmd->waiting = true;
-			pthread_cond_wait(&cmd->wake, &c->lock);
-			cmd->waiting = false;
+			me.waiting = true;
+			pthread_cond_wait(&me.wake, &c->lock);
+			me.waiting = false;
 		} else if (nbd_expired(c, &deadline)) {
 			r = -EIO;
 		} else {
-			cmd->waiting = true;
-			pthread_cond_timedwait(&cmd->wake, &c->lock, &deadline);
-			cmd->waiting = false;
+			me.waiting = true;
+			pthread_cond_timedwait(&me.wake, &c->lock, &deadline);
+			me.waiting = false;
 		}
 	}
-	if (!cmd->done)
-		nbd_finish_locked(c, cmd, r);
+	for (i = 0; i < count; i++)
+		if (!cmd[i].done)
+			nbd_finish_locked(c, &cmd[i], r);
 	pthread_mutex_unlock(&c->lock);
-	pthread_cond_destroy(&cmd->wake);
-	return cmd->error;
+	pthread_cond_destroy(&me.wake);
+	for (i = 0, r = 0; i < count && r == 0; i++)
+		r = cmd[i].error;
+	return r;
 }
 
 /* One command: 0 or -errno */
@@ -1955,7 +2016,34 @@ static int nbd_command(struct nbd_source *n, uint16_t type, uint16_t flags,
 	struct nbd_cmd cmd = { .type = type, .flags = flags, .offset = pos,
 			       .length = len, .buf = buf };
 
-	return nbd_run(n, &cmd);
+	return nbd_run(n, &cmd, 1);
+}
+
+/* A READ or WRITE of len bytes (whole blocks of the server's minimum
+ * size, or up to the export's end) as requests of n->request_size bytes,
+ * up to NBD_MAX_BATCH of them in flight at once. Returns 0 or -errno. */
+static int nbd_transfer(struct nbd_source *n, uint16_t type, uint16_t flags,
+			uint64_t pos, uint64_t len, char *buf)
+{
+	struct nbd_cmd cmd[NBD_MAX_BATCH];
+	uint32_t size = n->request_size;
+	unsigned count;
+	int r = 0;
+
+	while (len && r == 0) {
+		for (count = 0; len && count < NBD_MAX_BATCH; count++) {
+			uint32_t k = min_u64(len, size);
+
+			cmd[count] = (struct nbd_cmd){ .type = type, .offset = pos,
+						       .length = k, .buf = buf,
+						       .flags = flags };
+			pos += k;
+			buf += k;
+			len -= k;
+		}
+		r = nbd_run(n, cmd, count);
+	}
+	return r;
 }
 
 /* Writes that read-modify-write a ragged block exclude every other
@@ -2042,9 +2130,8 @@ static ssize_t nbd_read(struct source *s, void *buf, size_t len, uint64_t pos)
 		} else {
 			if (at + k != n->info.size)
 				k &= ~mask;
-			k = min_u64(k, n->max_io);
-			r = nbd_command(n, NBD_CMD_READ, k <= NBD_SMALL_READ ?
-					n->read_flags : 0, at, k, (char *)buf + done);
+			r = nbd_transfer(n, NBD_CMD_READ, n->read_flags, at, k,
+					 (char *)buf + done);
 			if (r < 0)
 				return r;
 		}
@@ -2099,9 +2186,8 @@ static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
 		} else {
 			if (at + k != n->info.size)
 				k &= ~mask;
-			k = min_u64(k, n->max_io);
-			r = nbd_command(n, NBD_CMD_WRITE, cmd_flags, at, k,
-					(char *)buf + done);
+			r = nbd_transfer(n, NBD_CMD_WRITE, cmd_flags, at, k,
+					 (char *)buf + done);
 		}
 		done += k;
 	}
@@ -2189,7 +2275,7 @@ static int64_t nbd_seek(struct source *s, uint64_t pos, int whence)
 				       .length = min_u64(size - start, 1U << 30),
 				       .whence = whence, .from = pos };
 
-		if ((r = nbd_run(n, &cmd)) < 0)
+		if ((r = nbd_run(n, &cmd, 1)) < 0)
 			return r;
 		if (cmd.found != UINT64_MAX)
 			return cmd.found >= size && whence == SEEK_DATA ? -ENXIO :
@@ -2290,6 +2376,8 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	if (writable && (n->info.flags & NBD_FLAG_READ_ONLY))
 		die("%s: the server exports it read-only: -w refused", uri);
 	n->max_io = min_u64(n->info.max_payload, NBD_MAX_IO) & ~(n->info.min_block - 1);
+	n->request_size = min_u64(n->max_io, NBD_REQUEST_SIZE > n->info.min_block ?
+				  NBD_REQUEST_SIZE : n->info.min_block);
 	/* st_blksize: the server's preferred block size (4096 if it gave
 	 * none or not a power of two), at least its minimum and 512 bytes */
 	io_size = n->info.preferred;
@@ -2352,6 +2440,7 @@ int fuseexport_nbd_replies(int fd, int structured)
 	struct nbd_source n = { .max_io = 1 << 20 };
 	struct nbd_conn c = { .n = &n, .fd = fd, .meta_id = 1, .generation = 1,
 			      .recv_buf = malloc(NBD_RECV_BUFFER) };
+	struct nbd_caller caller = { .waiting = false };
 	char *big = malloc(65536), *one = malloc(1), *data = calloc(1, 512);
 	struct nbd_cmd cmd[5] = {
 		{ .type = NBD_CMD_READ, .offset = 4096, .length = 65536, .buf = big },
@@ -2369,8 +2458,9 @@ int fuseexport_nbd_replies(int fd, int structured)
 	n.info.has_meta = true;
 	n.info.min_block = 1;
 	pthread_mutex_init(&c.lock, NULL);
+	pthread_cond_init(&caller.wake, NULL);
 	for (i = 0; i < 5; i++) {
-		pthread_cond_init(&cmd[i].wake, NULL);
+		cmd[i].caller = &caller;
 		cmd[i].cookie = i + 1;
 		cmd[i].sent = 1;
 		cmd[i].found = UINT64_MAX;
@@ -2380,10 +2470,9 @@ int fuseexport_nbd_replies(int fd, int structured)
 	}
 	while (nbd_take_reply(&c) == 0)
 		;
-	for (i = 0; i < 5; i++) {
+	for (i = 0; i < 5; i++)
 		answered += cmd[i].done;
-		pthread_cond_destroy(&cmd[i].wake);
-	}
+	pthread_cond_destroy(&caller.wake);
 	pthread_mutex_destroy(&c.lock);
 	free(big);
 	free(one);
