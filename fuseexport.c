@@ -970,6 +970,7 @@ struct nbd_source {
 	pthread_rwlock_t rmw_lock;	/* read-modify-writes of ragged blocks
 					 * exclusive, other writes shared */
 	const char *zeros;		/* max_io bytes of the zero page */
+	atomic_bool zeroes_refused;	/* WRITE_ZEROES: EINVAL or ENOTSUP */
 	pthread_condattr_t monotonic;
 	unsigned nconns;
 	atomic_uint next_conn;
@@ -2198,8 +2199,10 @@ static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
 }
 
 /* Make len bytes at pos read as zeros: WRITE_ZEROES where the server has
- * it (NO_HOLE unless punch: without it the server may punch a hole), else
- * written zeros; ragged block ends are written through nbd_write. (TRIM
+ * it (NO_HOLE unless punch: without it the server may punch a hole), at
+ * most its maximum block size (or 32 MiB) at once, else written zeros;
+ * a server that refuses WRITE_ZEROES (EINVAL, ENOTSUP) gets written zeros
+ * from then on. Ragged block ends are written through nbd_write. (TRIM
  * is never used: after one the bytes are the server's to choose.)
  * Returns 0 or -errno. */
 static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
@@ -2225,14 +2228,17 @@ static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
 	while (len && r == 0) {
 		uint64_t k;
 
-		if (n->info.flags & NBD_FLAG_SEND_WRITE_ZEROES) {
-			k = min_u64(len, (1U << 31) & ~mask);
+		k = min_u64(len, n->max_io);
+		r = -EOPNOTSUPP;
+		if ((n->info.flags & NBD_FLAG_SEND_WRITE_ZEROES) &&
+		    !atomic_load(&n->zeroes_refused)) {
 			r = nbd_command(n, NBD_CMD_WRITE_ZEROES,
 					punch ? 0 : NBD_CMD_FLAG_NO_HOLE, pos, k, NULL);
-		} else {
-			k = min_u64(len, n->max_io);
-			r = nbd_command(n, NBD_CMD_WRITE, 0, pos, k, (void *)n->zeros);
+			if (r == -EINVAL || r == -EOPNOTSUPP)
+				atomic_store(&n->zeroes_refused, true);
 		}
+		if (r == -EINVAL || r == -EOPNOTSUPP)
+			r = nbd_transfer(n, NBD_CMD_WRITE, 0, pos, k, (char *)n->zeros);
 		pos += k;
 		len -= k;
 	}

@@ -3175,6 +3175,45 @@ t_nbd_punch_seek() {
 	cmp src copy || fail "the image"
 }
 
+# zeroing through WRITE_ZEROES within the server's maximum block size (or
+# 32 MiB where it gives none), and by written zeros where the server refuses
+# WRITE_ZEROES or lacks it; nbdkit's log shows every request that came
+t_nbd_zero_split() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" max args
+	: >mp
+	for max in $MiB none; do
+		args=(--filter=log memory 96M logfile="$PWD/nbd.log")
+		[ $max = none ] || args=(--filter=blocksize-policy "${args[@]}" blocksize-maximum=$max)
+		rm -f nbd.log
+		nbdk "${args[@]}"
+		fx_up $1 -w "$uri" "$PWD/mp"
+		xio "$PWD/mp" "pwrite -S 0x5a 0 96m" "fsync" "fzero $MiB $((80 * MiB))" "fpunch $((90 * MiB)) 5m"
+		zeros mp $MiB $((80 * MiB))
+		zeros mp $((90 * MiB)) $((5 * MiB))
+		[ $max = none ] && max=$((32 * MiB))
+		"$PY" -c 'import re, sys
+n = [int(c, 16) for c in re.findall(r" Zero .*?count=0x([0-9a-f]+)", open("nbd.log").read())]
+print(sum(n), sum(k > int(sys.argv[1]) for k in n))' $max >zero.sum
+		eq "$(cat zero.sum)" "$((85 * MiB)) 0" "bytes zeroed by WRITE_ZEROES, requests over $max"
+		eq "$(head -c $MiB mp | tr -d Z | wc -c)" 0 "the bytes before the zeroed range"
+		fx_down "$PWD/mp"
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null
+	done
+	for args in "--filter=nozero memory 16M" \
+		    "--filter=error memory 16M error-zero=EINVAL error-zero-rate=100%"; do
+		nbdk $args
+		fx_up $1 -w "$uri" "$PWD/mp"
+		xio "$PWD/mp" "pwrite -S 0x5a 0 16m" "fsync" "fzero $MiB 8m" "fpunch $((10 * MiB)) 3m" "fzero 12345 100000"
+		zeros mp $MiB $((8 * MiB))
+		zeros mp $((10 * MiB)) $((3 * MiB))
+		zeros mp 12345 100000
+		eq "$(head -c 12345 mp | tr -d Z | wc -c)" 0 "the bytes before the zeroed ranges ($args)"
+		eq "$(tail -c $((3 * MiB)) mp | tr -d Z | wc -c)" 0 "the bytes after them ($args)"
+		fx_down "$PWD/mp"
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null
+	done
+}
+
 # the server killed and restarted under a running fio verify: the requests
 # in flight are sent again, nothing acknowledged is lost, no error
 t_nbd_reconnect() {
@@ -4078,6 +4117,7 @@ t "nbd: nbd:// over 127.0.0.1 and [::1], named exports" "$M qemu-nbd ss python3"
 t "nbd: -q 4 makes 4 connections where multi-conn is offered, else one carries all" "$M nbdkit ss fio" t_nbd_multi_conn
 t "nbd: mkfs.ext4, mount -o loop, e2fsck -fn" "$M qemu-nbd ext4" t_nbd_ext4 "$NBD_MODE"
 t "nbd: punch leaves a hole in the image (qemu-img map), zero range, SEEK_DATA/SEEK_HOLE" "$M qemu-nbd qemu-img xfs_io" t_nbd_punch_seek "$NBD_MODE"
+t "nbd: zeroing split at the server's maximum block size (32 MiB without one); written zeros where WRITE_ZEROES is refused or missing" "$M nbdkit xfs_io" t_nbd_zero_split "$NBD_MODE"
 t "nbd: server killed and restarted under fio verify: no error, nothing lost" "$M qemu-nbd fio" t_nbd_reconnect
 t "nbd: --cache=read: after a reconnect the kernel's cache is dropped, reads see what the server serves now" "$M qemu-nbd" t_nbd_cache_reconnect
 t "nbd: 12 threads of 1 MiB reads and writes, one request at a time served, -q 8 and -q 24: no client hangs" "$M nbdkit qemu-nbd python3" t_nbd_many_callers
