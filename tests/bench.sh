@@ -26,7 +26,7 @@
 # Environment: BENCH_RUNTIME (seconds per job, 10), BENCH_ROUNDS (how many
 # times to run everything: medians of cells and of ratios; 1), BENCH_SIZE_MB (1024),
 # BENCH_COLUMNS and BENCH_JOBS (names from the lists below, default all),
-# FUSEEXPORT.
+# FUSEEXPORT, BENCH_NBDFUSE (the nbdfuse to run: a newer one's wrapper).
 # A column whose program is missing is skipped, and said so.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -37,6 +37,7 @@ ROUNDS=${BENCH_ROUNDS:-1}
 SIZE_MB=${BENCH_SIZE_MB:-1024}
 SOURCE=${BENCH_SOURCE:-file}
 FX=$(realpath "${FUSEEXPORT:-./fuseexport}")
+NBDFUSE=${BENCH_NBDFUSE:-nbdfuse}
 MARKDOWN=
 [ "${1:-}" = --markdown ] && MARKDOWN=1
 
@@ -169,10 +170,10 @@ start_column() {
 		done
 		SERVER=$(cat "$DIR/qsd.pid" 2>/dev/null) ;;
 	nbdfuse)
-		command -v nbdfuse >/dev/null ||
+		command -v "$NBDFUSE" >/dev/null ||
 			{ echo "nbdfuse missing (libnbd-bin)" >"$DIR/why"; return 1; }
 		start_nbd || return 1
-		nbdfuse "$DIR/nbdfuse/img" "$NBD_URI" 2>"$DIR/server.err" &
+		$NBDFUSE "$DIR/nbdfuse/img" "$NBD_URI" 2>"$DIR/server.err" &
 		SERVER=$!
 		for i in $(seq 100); do
 			[ -e "$DIR/nbdfuse/img" ] && return 0
@@ -227,7 +228,7 @@ stop_column() {
 	fi
 }
 
-JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32 randread-cold}
+JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32 randread-cold seqread-direct-128k seqread-direct-1m}
 declare -A JOB=(
 	[seqread]="--rw=read --bs=1M"
 	[seqwrite]="--rw=write --bs=1M"
@@ -237,6 +238,10 @@ declare -A JOB=(
 	[randwrite-2j]="--rw=randwrite --bs=4k --numjobs=2"
 	[randread-qd32]="--rw=randread --bs=4k --ioengine=libaio --iodepth=32 --direct=1"
 	[randread-cold]="--rw=randread --bs=4k"
+	# each read a request of its own all the way down (an NBD server's
+	# cost per large request shows here)
+	[seqread-direct-128k]="--rw=read --bs=128k --direct=1"
+	[seqread-direct-1m]="--rw=read --bs=1M --direct=1"
 )
 
 for job in $JOBS; do
