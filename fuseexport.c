@@ -868,6 +868,8 @@ enum {
 	NBD_MAX_PIECES = 32,		/* stretches a READ's chunks may make */
 	NBD_MAX_SENDS = 10,		/* sends of a request before EIO */
 	NBD_SETUP_SECONDS = 10,		/* for a connection and its handshake */
+	NBD_GREETING_NOTE_MS = 1500,	/* no greeting by then: say why it
+					 * may be, while still waiting */
 	NBD_BACKOFF_MIN_MS = 50,
 	NBD_BACKOFF_MAX_MS = 2000,
 	NBD_STATUS_MAX = 4 + 8 * (1 << 20),	/* the longest status chunk */
@@ -963,6 +965,10 @@ struct nbd_source {
 	uint16_t read_flags;		/* of READs: DF where offered */
 	unsigned retry;			/* seconds a caller waits for a reconnect */
 	bool debug;
+	bool setup;			/* connecting for nbd_open: a slow
+					 * greeting is worth a word */
+	atomic_int outage;		/* said: 0 nothing, 1 a connection
+					 * lost, 2 --retry ran out */
 	/* told after a reconnect: the server may serve other bytes than the
 	 * kernel cached before (NULL: nobody to tell) */
 	void (*reconnected)(void *arg);
@@ -1270,8 +1276,22 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 	info->min_block = 1;
 	info->preferred = 4096;
 	info->max_payload = NBD_MAX_IO;
-	if ((r = read_full(fd, &hello, sizeof(hello))) < 0)
+	/* a server that serves one client at a time greets the next only
+	 * once the first is gone: say so while the user waits */
+	if (n->setup && poll(&(struct pollfd){ .fd = fd, .events = POLLIN }, 1,
+			     NBD_GREETING_NOTE_MS) == 0)
+		fprintf(stderr, "fuseexport: %s: no greeting from the server yet; "
+			"waiting up to %d s. A server that serves one client at a "
+			"time greets none while another is connected (qemu-nbd: "
+			"-e N or --shared=N serves N)\n", n->uri, NBD_SETUP_SECONDS);
+	if ((r = read_full(fd, &hello, sizeof(hello))) < 0) {
+		if (r == -EAGAIN || r == -EWOULDBLOCK)
+			return snprintf(why, size, "the server sent no greeting in "
+					"%d s (is it serving another client? "
+					"qemu-nbd serves one unless -e N)",
+					NBD_SETUP_SECONDS), -1;
 		goto io_error;
+	}
 	if (be64toh(hello.magic) != NBD_MAGIC)
 		return snprintf(why, size, "not an NBD server"), -1;
 	if (be64toh(hello.opt_magic) == NBD_OLDSTYLE_MAGIC ||
@@ -1733,6 +1753,20 @@ static int nbd_take_reply(struct nbd_conn *c)
 	return 0;
 }
 
+/* Is the outage to be said: does it go from what was said last to
+ * state (0 over, 1 a connection lost, 2 --retry ran out)? A loss is
+ * said once however many connections see it. */
+static bool nbd_outage(struct nbd_source *n, int state)
+{
+	int was = atomic_load(&n->outage);
+
+	do {
+		if (state == 1 ? was != 0 : state == 2 ? was != 1 : was == 0)
+			return false;
+	} while (!atomic_compare_exchange_weak(&n->outage, &was, state));
+	return true;
+}
+
 /* Drop c's connection after err (the caller holds the receive role):
  * every request in flight waits for the next, or for --retry to run out */
 static void nbd_drop(struct nbd_conn *c, int err)
@@ -1756,6 +1790,11 @@ static void nbd_drop(struct nbd_conn *c, int err)
 			"reconnecting, requests wait up to %u s\n", n->uri,
 			c->index, err == -EPROTO ? "a reply that cannot be trusted" :
 			strerror(-err), n->retry);
+	if (nbd_outage(n, 1))
+		fprintf(stderr, "fuseexport: %s: the connection to the server was "
+			"lost (%s); reconnecting: requests wait up to %u s "
+			"(--retry)\n", n->uri, err == -EPROTO ?
+			"a reply that cannot be trusted" : strerror(-err), n->retry);
 }
 
 /* Has the time --retry gives c's lost connection run out? Its end goes
@@ -1803,8 +1842,14 @@ static int nbd_reconnect(struct nbd_conn *c)
 		ms = c->backoff_ms;
 		c->backoff_ms = min_u64(2 * ms, NBD_BACKOFF_MAX_MS);
 		pthread_mutex_unlock(&c->lock);
-		if (expired)
+		if (expired) {
+			if (nbd_outage(n, 2))
+				fprintf(stderr, "fuseexport: %s: the server is still "
+					"unreachable after %u s (%s): requests fail "
+					"with EIO until it is back\n", n->uri,
+					n->retry, why);
 			return -EIO;
+		}
 		pause = (struct timespec){ ms / 1000, ms % 1000 * 1000000L };
 		nanosleep(&pause, NULL);
 	}
@@ -1820,6 +1865,9 @@ static int nbd_reconnect(struct nbd_conn *c)
 	if (n->debug)
 		fprintf(stderr, "fuseexport: %s: connection %u made again\n",
 			n->uri, c->index);
+	if (nbd_outage(n, 0))
+		fprintf(stderr, "fuseexport: %s: the connection to the server is "
+			"back\n", n->uri);
 	if (n->reconnected)
 		n->reconnected(n->reconnected_arg);
 	return 0;
@@ -2372,6 +2420,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	n->uri = uri;
 	n->retry = retry;
 	n->debug = debug;
+	n->setup = true;
 	nbd_parse_uri(n, uri);
 	if (growable)
 		die("%s: --growable needs a regular file; an NBD export keeps "
@@ -2415,6 +2464,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 			    uri, i);
 		nbd_init_conn(n, &n->conn[i], i, fd, info.meta_id);
 	}
+	n->setup = false;
 	if (debug)
 		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
 			"structured replies %s, base:allocation %s, block sizes "

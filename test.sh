@@ -3197,7 +3197,7 @@ print(sum(n), sum(k > int(sys.argv[1]) for k in n))' $max >zero.sum
 		eq "$(cat zero.sum)" "$((85 * MiB)) 0" "bytes zeroed by WRITE_ZEROES, requests over $max"
 		eq "$(head -c $MiB mp | tr -d Z | wc -c)" 0 "the bytes before the zeroed range"
 		fx_down "$PWD/mp"
-		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
 	done
 	for args in "--filter=nozero memory 16M" \
 		    "--filter=error memory 16M error-zero=EINVAL error-zero-rate=100%"; do
@@ -3210,7 +3210,7 @@ print(sum(n), sum(k > int(sys.argv[1]) for k in n))' $max >zero.sum
 		eq "$(head -c 12345 mp | tr -d Z | wc -c)" 0 "the bytes before the zeroed ranges ($args)"
 		eq "$(tail -c $((3 * MiB)) mp | tr -d Z | wc -c)" 0 "the bytes after them ($args)"
 		fx_down "$PWD/mp"
-		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
 	done
 }
 
@@ -3314,7 +3314,7 @@ t_nbd_many_callers() {
 	fx_fg -w -q 8 --cache=none "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
 	nbd_mixed "$PWD/mp" 5
 	fx_down "$PWD/mp"
-	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
 	truncate -s 256M src
 	qnbd src
 	fx_fg -w -q 24 --cache=none "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
@@ -3339,6 +3339,48 @@ t_nbd_gone() {
 	qnbd src
 	for i in $(seq 50); do dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null && break; sleep 0.2; done
 	cmp src mp || fail "cmp once the server is back"
+	fx_down "$PWD/mp"
+}
+
+# wait_said FILE TEXT PID: fail unless TEXT appears in FILE while PID runs
+wait_said() {
+	local i
+	for i in $(seq 300); do
+		grep -q "$2" "$1" && return 0
+		[ -d "/proc/$3" ] || break
+		sleep 0.1
+	done
+	grep -q "$2" "$1" || fail "not said while waiting: '$2': $(cat "$1")"
+}
+
+# what a user waits for is said while they wait: a server that greets no
+# second client (qemu-nbd without -e), a lost connection, its return
+t_nbd_said() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" pid
+	mkimg src 8; : >mp; : >mp2
+	qnbd src -e 1
+	fx_up $1 "$uri" "$PWD/mp"
+	"$FX" "$uri" "$PWD/mp2" 2>second.err & pid=$!
+	track_pid $pid
+	wait_said second.err "no greeting from the server yet" $pid
+	[ -d /proc/$pid ] || fail "said only once it gave up: $(cat second.err)"
+	grep -q -- "-e N" second.err || fail "what it usually means: $(cat second.err)"
+	refute "a second export of a one-client server succeeded" wait $pid
+	grep -q "sent no greeting in" second.err || fail "the refusal: $(cat second.err)"
+	fx_down "$PWD/mp"
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+
+	qnbd src
+	fx_fg --retry=60 "$uri" "$PWD/mp"
+	cmp src mp || fail "cmp"
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	dd if=mp of=/dev/null bs=4k count=1 skip=7 iflag=direct status=none 2>read.err & pid=$!
+	wait_said "$TESTDIR/fg.err" "connection to the server was lost.*wait up to 60 s" $pid
+	[ -d /proc/$pid ] || fail "the read did not wait for the server: $(cat read.err)"
+	qnbd src
+	wait $pid || fail "the read once the server is back: $(cat read.err)"
+	wait_said "$TESTDIR/fg.err" "connection to the server is back" $FXPID
+	eq "$(grep -c "was lost" "$TESTDIR/fg.err")" 1 "losses said"
 	fx_down "$PWD/mp"
 }
 
@@ -4122,6 +4164,7 @@ t "nbd: server killed and restarted under fio verify: no error, nothing lost" "$
 t "nbd: --cache=read: after a reconnect the kernel's cache is dropped, reads see what the server serves now" "$M qemu-nbd" t_nbd_cache_reconnect
 t "nbd: 12 threads of 1 MiB reads and writes, one request at a time served, -q 8 and -q 24: no client hangs" "$M nbdkit qemu-nbd python3" t_nbd_many_callers
 t "nbd: server gone for good: EIO after --retry, no hang; back again: works" "$M qemu-nbd" t_nbd_gone "$NBD_MODE"
+t "nbd: said while a user waits: no greeting from a one-client server (and why), a lost connection, its return" "$M qemu-nbd" t_nbd_said "$NBD_MODE"
 t "nbd: read-only server: -w refused, read-only export works" "$M qemu-nbd" t_nbd_readonly "$NBD_MODE"
 t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$M nbdkit qemu-img python3" t_nbd_nbdkit "$NBD_MODE"
 t "nbd: 4 KiB minimum block size: unaligned I/O aligned and read-modify-written" "$M nbdkit fio xfs_io" t_nbd_block_size "$NBD_MODE"
