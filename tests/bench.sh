@@ -228,7 +228,7 @@ stop_column() {
 	fi
 }
 
-JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32 randread-cold seqread-direct-128k seqread-direct-1m}
+JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32 randread-cold seqdirect-128k seqdirect-1m}
 declare -A JOB=(
 	[seqread]="--rw=read --bs=1M"
 	[seqwrite]="--rw=write --bs=1M"
@@ -240,8 +240,8 @@ declare -A JOB=(
 	[randread-cold]="--rw=randread --bs=4k"
 	# each read a request of its own all the way down (an NBD server's
 	# cost per large request shows here)
-	[seqread-direct-128k]="--rw=read --bs=128k --direct=1"
-	[seqread-direct-1m]="--rw=read --bs=1M --direct=1"
+	[seqdirect-128k]="--rw=read --bs=128k --direct=1"
+	[seqdirect-1m]="--rw=read --bs=1M --direct=1"
 )
 
 for job in $JOBS; do
