@@ -865,7 +865,8 @@ enum {
 	NBD_MAX_CONNS = 16,
 	NBD_MAX_IO = 32 << 20,		/* the most one READ or WRITE carries,
 					 * unless the server wants less */
-	NBD_MAX_PIECES = 32,		/* stretches a READ's chunks may make */
+	NBD_MAX_PIECES = 32,		/* stretches a READ's chunks make
+					 * before a map of its bytes counts */
 	NBD_MAX_SENDS = 10,		/* sends of a request before EIO */
 	NBD_SETUP_SECONDS = 10,		/* for a connection and its handshake */
 	NBD_GREETING_NOTE_MS = 1500,	/* no greeting by then: say why it
@@ -919,9 +920,12 @@ struct nbd_cmd {
 	bool done;
 	bool sending;		/* its caller is putting it on the wire */
 	int error;		/* 0 or -errno */
-	/* READ with structured replies: the stretches its chunks covered */
+	/* READ with structured replies: the bytes its chunks covered, and
+	 * where: up to NBD_MAX_PIECES stretches, then a bit per byte */
+	uint64_t covered;
 	unsigned npieces;
 	struct { uint64_t start, end; } piece[NBD_MAX_PIECES];
+	uint8_t *covered_map;
 	/* BLOCK_STATUS: the first offset from `from` whose state whence
 	 * (SEEK_DATA, SEEK_HOLE) looks for, or UINT64_MAX; and the end of the
 	 * extents reported */
@@ -1550,15 +1554,37 @@ static void nbd_finish(struct nbd_conn *c, struct nbd_cmd *cmd, int error)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* Note that a READ's reply covered [start, end). Returns false if that
- * overlaps what earlier chunks covered, or makes too many pieces. */
+/* Mark [start, end) of cmd's map: false if any of it was marked */
+static bool nbd_cover_map(struct nbd_cmd *cmd, uint64_t start, uint64_t end)
+{
+	uint64_t i;
+
+	for (i = start - cmd->offset; i < end - cmd->offset; i++)
+		if (cmd->covered_map[i / 8] & (1 << i % 8))
+			return false;
+	for (i = start - cmd->offset; i < end - cmd->offset; i++)
+		cmd->covered_map[i / 8] |= 1 << i % 8;
+	return true;
+}
+
+/* Note that a READ's reply covered [start, end), inside the request.
+ * Returns false if that overlaps what earlier chunks covered (or there is
+ * no memory to tell). A server may send any number of chunks: past
+ * NBD_MAX_PIECES stretches, a map of the request's bytes takes over. */
 static bool nbd_cover(struct nbd_cmd *cmd, uint64_t start, uint64_t end)
 {
 	unsigned i;
 
+	if (cmd->covered_map) {
+		if (!nbd_cover_map(cmd, start, end))
+			return false;
+		cmd->covered += end - start;
+		return true;
+	}
 	for (i = 0; i < cmd->npieces; i++)
 		if (start < cmd->piece[i].end && cmd->piece[i].start < end)
 			return false;
+	cmd->covered += end - start;
 	for (i = 0; i < cmd->npieces; i++) {
 		if (cmd->piece[i].end == start) {
 			cmd->piece[i].end = end;
@@ -1569,11 +1595,17 @@ static bool nbd_cover(struct nbd_cmd *cmd, uint64_t start, uint64_t end)
 			return true;
 		}
 	}
-	if (cmd->npieces == NBD_MAX_PIECES)
+	if (cmd->npieces < NBD_MAX_PIECES) {
+		cmd->piece[cmd->npieces].start = start;
+		cmd->piece[cmd->npieces++].end = end;
+		return true;
+	}
+	cmd->covered_map = calloc(1, cmd->length / 8 + 1);
+	if (!cmd->covered_map)
 		return false;
-	cmd->piece[cmd->npieces].start = start;
-	cmd->piece[cmd->npieces++].end = end;
-	return true;
+	for (i = 0; i < cmd->npieces; i++)
+		nbd_cover_map(cmd, cmd->piece[i].start, cmd->piece[i].end);
+	return nbd_cover_map(cmd, start, end);
 }
 
 /* An OFFSET_DATA or OFFSET_HOLE chunk of length bytes for cmd: its data
@@ -1738,15 +1770,8 @@ static int nbd_take_reply(struct nbd_conn *c)
 	}
 	/* complete: a READ must have had every byte, a BLOCK_STATUS its
 	 * extents; the pieces are disjoint and inside the request */
-	if (cmd->type == NBD_CMD_READ) {
-		uint64_t covered = 0;
-		unsigned i;
-
-		for (i = 0; i < cmd->npieces; i++)
-			covered += cmd->piece[i].end - cmd->piece[i].start;
-		if (covered != cmd->length)
-			r = -EIO;
-	}
+	if (cmd->type == NBD_CMD_READ && cmd->covered != cmd->length)
+		r = -EIO;
 	if (cmd->type == NBD_CMD_BLOCK_STATUS && !cmd->got_status)
 		r = -EIO;
 	nbd_finish(c, cmd, r);
@@ -1962,6 +1987,9 @@ static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd, unsigned count)
 		cmd[i].cookie = ++c->next_cookie;
 		cmd[i].error = 0;
 		cmd[i].npieces = 0;
+		cmd[i].covered = 0;
+		free(cmd[i].covered_map);
+		cmd[i].covered_map = NULL;
 		cmd[i].got_status = false;
 		cmd[i].found = UINT64_MAX;
 		cmd[i].status_end = cmd[i].offset;
@@ -2053,6 +2081,10 @@ static int nbd_run(struct nbd_source *n, struct nbd_cmd *cmd, unsigned count)
 			nbd_finish_locked(c, &cmd[i], r);
 	pthread_mutex_unlock(&c->lock);
 	pthread_cond_destroy(&me.wake);
+	for (i = 0; i < count; i++) {
+		free(cmd[i].covered_map);
+		cmd[i].covered_map = NULL;
+	}
 	for (i = 0, r = 0; i < count && r == 0; i++)
 		r = cmd[i].error;
 	return r;
@@ -2526,8 +2558,10 @@ int fuseexport_nbd_replies(int fd, int structured)
 	}
 	while (nbd_take_reply(&c) == 0)
 		;
-	for (i = 0; i < 5; i++)
+	for (i = 0; i < 5; i++) {
 		answered += cmd[i].done;
+		free(cmd[i].covered_map);
+	}
 	pthread_cond_destroy(&caller.wake);
 	pthread_mutex_destroy(&c.lock);
 	free(big);
