@@ -983,9 +983,12 @@ enum {
 	NBD_MAX_CONNS = 16,
 	NBD_MAX_IO = 32 << 20,		/* the most one READ or WRITE carries,
 					 * unless the server wants less */
-	NBD_MAX_PIECES = 32,		/* stretches a READ's chunks may make */
+	NBD_MAX_PIECES = 32,		/* stretches a READ's chunks make
+					 * before a map of its bytes counts */
 	NBD_MAX_SENDS = 10,		/* sends of a request before EIO */
 	NBD_SETUP_SECONDS = 10,		/* for a connection and its handshake */
+	NBD_GREETING_NOTE_MS = 1500,	/* no greeting by then: say why it
+					 * may be, while still waiting */
 	NBD_BACKOFF_MIN_MS = 50,
 	NBD_BACKOFF_MAX_MS = 2000,
 	NBD_STATUS_MAX = 4 + 8 * (1 << 20),	/* the longest status chunk */
@@ -1035,9 +1038,12 @@ struct nbd_cmd {
 	bool done;
 	bool sending;		/* its caller is putting it on the wire */
 	int error;		/* 0 or -errno */
-	/* READ with structured replies: the stretches its chunks covered */
+	/* READ with structured replies: the bytes its chunks covered, and
+	 * where: up to NBD_MAX_PIECES stretches, then a bit per byte */
+	uint64_t covered;
 	unsigned npieces;
 	struct { uint64_t start, end; } piece[NBD_MAX_PIECES];
+	uint8_t *covered_map;
 	/* BLOCK_STATUS: the first offset from `from` whose state whence
 	 * (SEEK_DATA, SEEK_HOLE) looks for, or UINT64_MAX; and the end of the
 	 * extents reported */
@@ -1081,6 +1087,10 @@ struct nbd_source {
 	uint16_t read_flags;		/* of READs: DF where offered */
 	unsigned retry;			/* seconds a caller waits for a reconnect */
 	bool debug;
+	bool setup;			/* connecting for nbd_open: a slow
+					 * greeting is worth a word */
+	atomic_int outage;		/* said: 0 nothing, 1 a connection
+					 * lost, 2 --retry ran out */
 	/* told after a reconnect: the server may serve other bytes than the
 	 * kernel cached before (NULL: nobody to tell) */
 	void (*reconnected)(void *arg);
@@ -1088,6 +1098,7 @@ struct nbd_source {
 	pthread_rwlock_t rmw_lock;	/* read-modify-writes of ragged blocks
 					 * exclusive, other writes shared */
 	const char *zeros;		/* max_io bytes of the zero page */
+	atomic_bool zeroes_refused;	/* WRITE_ZEROES: EINVAL or ENOTSUP */
 	pthread_condattr_t monotonic;
 	unsigned nconns;
 	atomic_uint next_conn;
@@ -1387,8 +1398,22 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 	info->min_block = 1;
 	info->preferred = 4096;
 	info->max_payload = NBD_MAX_IO;
-	if ((r = read_full(fd, &hello, sizeof(hello))) < 0)
+	/* a server that serves one client at a time greets the next only
+	 * once the first is gone: say so while the user waits */
+	if (n->setup && poll(&(struct pollfd){ .fd = fd, .events = POLLIN }, 1,
+			     NBD_GREETING_NOTE_MS) == 0)
+		fprintf(stderr, "fuseexport: %s: no greeting from the server yet; "
+			"waiting up to %d s. A server that serves one client at a "
+			"time greets none while another is connected (qemu-nbd: "
+			"-e N or --shared=N serves N)\n", n->uri, NBD_SETUP_SECONDS);
+	if ((r = read_full(fd, &hello, sizeof(hello))) < 0) {
+		if (r == -EAGAIN || r == -EWOULDBLOCK)
+			return snprintf(why, size, "the server sent no greeting in "
+					"%d s (is it serving another client? "
+					"qemu-nbd serves one unless -e N)",
+					NBD_SETUP_SECONDS), -1;
 		goto io_error;
+	}
 	if (be64toh(hello.magic) != NBD_MAGIC)
 		return snprintf(why, size, "not an NBD server"), -1;
 	if (be64toh(hello.opt_magic) == NBD_OLDSTYLE_MAGIC ||
@@ -1647,15 +1672,37 @@ static void nbd_finish(struct nbd_conn *c, struct nbd_cmd *cmd, int error)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* Note that a READ's reply covered [start, end). Returns false if that
- * overlaps what earlier chunks covered, or makes too many pieces. */
+/* Mark [start, end) of cmd's map: false if any of it was marked */
+static bool nbd_cover_map(struct nbd_cmd *cmd, uint64_t start, uint64_t end)
+{
+	uint64_t i;
+
+	for (i = start - cmd->offset; i < end - cmd->offset; i++)
+		if (cmd->covered_map[i / 8] & (1 << i % 8))
+			return false;
+	for (i = start - cmd->offset; i < end - cmd->offset; i++)
+		cmd->covered_map[i / 8] |= 1 << i % 8;
+	return true;
+}
+
+/* Note that a READ's reply covered [start, end), inside the request.
+ * Returns false if that overlaps what earlier chunks covered (or there is
+ * no memory to tell). A server may send any number of chunks: past
+ * NBD_MAX_PIECES stretches, a map of the request's bytes takes over. */
 static bool nbd_cover(struct nbd_cmd *cmd, uint64_t start, uint64_t end)
 {
 	unsigned i;
 
+	if (cmd->covered_map) {
+		if (!nbd_cover_map(cmd, start, end))
+			return false;
+		cmd->covered += end - start;
+		return true;
+	}
 	for (i = 0; i < cmd->npieces; i++)
 		if (start < cmd->piece[i].end && cmd->piece[i].start < end)
 			return false;
+	cmd->covered += end - start;
 	for (i = 0; i < cmd->npieces; i++) {
 		if (cmd->piece[i].end == start) {
 			cmd->piece[i].end = end;
@@ -1666,11 +1713,17 @@ static bool nbd_cover(struct nbd_cmd *cmd, uint64_t start, uint64_t end)
 			return true;
 		}
 	}
-	if (cmd->npieces == NBD_MAX_PIECES)
+	if (cmd->npieces < NBD_MAX_PIECES) {
+		cmd->piece[cmd->npieces].start = start;
+		cmd->piece[cmd->npieces++].end = end;
+		return true;
+	}
+	cmd->covered_map = calloc(1, cmd->length / 8 + 1);
+	if (!cmd->covered_map)
 		return false;
-	cmd->piece[cmd->npieces].start = start;
-	cmd->piece[cmd->npieces++].end = end;
-	return true;
+	for (i = 0; i < cmd->npieces; i++)
+		nbd_cover_map(cmd, cmd->piece[i].start, cmd->piece[i].end);
+	return nbd_cover_map(cmd, start, end);
 }
 
 /* An OFFSET_DATA or OFFSET_HOLE chunk of length bytes for cmd: its data
@@ -1835,19 +1888,26 @@ static int nbd_take_reply(struct nbd_conn *c)
 	}
 	/* complete: a READ must have had every byte, a BLOCK_STATUS its
 	 * extents; the pieces are disjoint and inside the request */
-	if (cmd->type == NBD_CMD_READ) {
-		uint64_t covered = 0;
-		unsigned i;
-
-		for (i = 0; i < cmd->npieces; i++)
-			covered += cmd->piece[i].end - cmd->piece[i].start;
-		if (covered != cmd->length)
-			r = -EIO;
-	}
+	if (cmd->type == NBD_CMD_READ && cmd->covered != cmd->length)
+		r = -EIO;
 	if (cmd->type == NBD_CMD_BLOCK_STATUS && !cmd->got_status)
 		r = -EIO;
 	nbd_finish(c, cmd, r);
 	return 0;
+}
+
+/* Is the outage to be said: does it go from what was said last to
+ * state (0 over, 1 a connection lost, 2 --retry ran out)? A loss is
+ * said once however many connections see it. */
+static bool nbd_outage(struct nbd_source *n, int state)
+{
+	int was = atomic_load(&n->outage);
+
+	do {
+		if (state == 1 ? was != 0 : state == 2 ? was != 1 : was == 0)
+			return false;
+	} while (!atomic_compare_exchange_weak(&n->outage, &was, state));
+	return true;
 }
 
 /* Drop c's connection after err (the caller holds the receive role):
@@ -1873,6 +1933,11 @@ static void nbd_drop(struct nbd_conn *c, int err)
 			"reconnecting, requests wait up to %u s\n", n->uri,
 			c->index, err == -EPROTO ? "a reply that cannot be trusted" :
 			strerror(-err), n->retry);
+	if (nbd_outage(n, 1))
+		fprintf(stderr, "fuseexport: %s: the connection to the server was "
+			"lost (%s); reconnecting: requests wait up to %u s "
+			"(--retry)\n", n->uri, err == -EPROTO ?
+			"a reply that cannot be trusted" : strerror(-err), n->retry);
 }
 
 /* Has the time --retry gives c's lost connection run out? Its end goes
@@ -1920,8 +1985,14 @@ static int nbd_reconnect(struct nbd_conn *c)
 		ms = c->backoff_ms;
 		c->backoff_ms = min_u64(2 * ms, NBD_BACKOFF_MAX_MS);
 		pthread_mutex_unlock(&c->lock);
-		if (expired)
+		if (expired) {
+			if (nbd_outage(n, 2))
+				fprintf(stderr, "fuseexport: %s: the server is still "
+					"unreachable after %u s (%s): requests fail "
+					"with EIO until it is back\n", n->uri,
+					n->retry, why);
 			return -EIO;
+		}
 		pause = (struct timespec){ ms / 1000, ms % 1000 * 1000000L };
 		nanosleep(&pause, NULL);
 	}
@@ -1937,6 +2008,9 @@ static int nbd_reconnect(struct nbd_conn *c)
 	if (n->debug)
 		fprintf(stderr, "fuseexport: %s: connection %u made again\n",
 			n->uri, c->index);
+	if (nbd_outage(n, 0))
+		fprintf(stderr, "fuseexport: %s: the connection to the server is "
+			"back\n", n->uri);
 	if (n->reconnected)
 		n->reconnected(n->reconnected_arg);
 	return 0;
@@ -2031,6 +2105,9 @@ static void nbd_send(struct nbd_conn *c, struct nbd_cmd *cmd, unsigned count)
 		cmd[i].cookie = ++c->next_cookie;
 		cmd[i].error = 0;
 		cmd[i].npieces = 0;
+		cmd[i].covered = 0;
+		free(cmd[i].covered_map);
+		cmd[i].covered_map = NULL;
 		cmd[i].got_status = false;
 		cmd[i].found = UINT64_MAX;
 		cmd[i].status_end = cmd[i].offset;
@@ -2122,6 +2199,10 @@ static int nbd_run(struct nbd_source *n, struct nbd_cmd *cmd, unsigned count)
 			nbd_finish_locked(c, &cmd[i], r);
 	pthread_mutex_unlock(&c->lock);
 	pthread_cond_destroy(&me.wake);
+	for (i = 0; i < count; i++) {
+		free(cmd[i].covered_map);
+		cmd[i].covered_map = NULL;
+	}
 	for (i = 0, r = 0; i < count && r == 0; i++)
 		r = cmd[i].error;
 	return r;
@@ -2316,8 +2397,10 @@ static ssize_t nbd_write(struct source *s, const void *buf, size_t len,
 }
 
 /* Make len bytes at pos read as zeros: WRITE_ZEROES where the server has
- * it (NO_HOLE unless punch: without it the server may punch a hole), else
- * written zeros; ragged block ends are written through nbd_write. (TRIM
+ * it (NO_HOLE unless punch: without it the server may punch a hole), at
+ * most its maximum block size (or 32 MiB) at once, else written zeros;
+ * a server that refuses WRITE_ZEROES (EINVAL, ENOTSUP) gets written zeros
+ * from then on. Ragged block ends are written through nbd_write. (TRIM
  * is never used: after one the bytes are the server's to choose.)
  * Returns 0 or -errno. */
 static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
@@ -2343,14 +2426,17 @@ static int nbd_zero_range(struct nbd_source *n, uint64_t pos, uint64_t len,
 	while (len && r == 0) {
 		uint64_t k;
 
-		if (n->info.flags & NBD_FLAG_SEND_WRITE_ZEROES) {
-			k = min_u64(len, (1U << 31) & ~mask);
+		k = min_u64(len, n->max_io);
+		r = -EOPNOTSUPP;
+		if ((n->info.flags & NBD_FLAG_SEND_WRITE_ZEROES) &&
+		    !atomic_load(&n->zeroes_refused)) {
 			r = nbd_command(n, NBD_CMD_WRITE_ZEROES,
 					punch ? 0 : NBD_CMD_FLAG_NO_HOLE, pos, k, NULL);
-		} else {
-			k = min_u64(len, n->max_io);
-			r = nbd_command(n, NBD_CMD_WRITE, 0, pos, k, (void *)n->zeros);
+			if (r == -EINVAL || r == -EOPNOTSUPP)
+				atomic_store(&n->zeroes_refused, true);
 		}
+		if (r == -EINVAL || r == -EOPNOTSUPP)
+			r = nbd_transfer(n, NBD_CMD_WRITE, 0, pos, k, (char *)n->zeros);
 		pos += k;
 		len -= k;
 	}
@@ -2492,6 +2578,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	n->uri = uri;
 	n->retry = retry;
 	n->debug = debug;
+	n->setup = true;
 	nbd_parse_uri(n, uri);
 	if (growable)
 		die("%s: --growable needs a regular file; an NBD export keeps "
@@ -2535,6 +2622,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 			    uri, i);
 		nbd_init_conn(n, &n->conn[i], i, fd, info.meta_id);
 	}
+	n->setup = false;
 	if (debug)
 		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
 			"structured replies %s, base:allocation %s, block sizes "
@@ -2597,8 +2685,10 @@ int fuseexport_nbd_replies(int fd, int structured)
 	}
 	while (nbd_take_reply(&c) == 0)
 		;
-	for (i = 0; i < 5; i++)
+	for (i = 0; i < 5; i++) {
 		answered += cmd[i].done;
+		free(cmd[i].covered_map);
+	}
 	pthread_cond_destroy(&caller.wake);
 	pthread_mutex_destroy(&c.lock);
 	free(big);

@@ -3652,6 +3652,45 @@ t_nbd_punch_seek() {
 	cmp src copy || fail "the image"
 }
 
+# zeroing through WRITE_ZEROES within the server's maximum block size (or
+# 32 MiB where it gives none), and by written zeros where the server refuses
+# WRITE_ZEROES or lacks it; nbdkit's log shows every request that came
+t_nbd_zero_split() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" max args
+	: >mp
+	for max in $MiB none; do
+		args=(--filter=log memory 96M logfile="$PWD/nbd.log")
+		[ $max = none ] || args=(--filter=blocksize-policy "${args[@]}" blocksize-maximum=$max)
+		rm -f nbd.log
+		nbdk "${args[@]}"
+		fx_up $1 -w "$uri" "$PWD/mp"
+		xio "$PWD/mp" "pwrite -S 0x5a 0 96m" "fsync" "fzero $MiB $((80 * MiB))" "fpunch $((90 * MiB)) 5m"
+		zeros mp $MiB $((80 * MiB))
+		zeros mp $((90 * MiB)) $((5 * MiB))
+		[ $max = none ] && max=$((32 * MiB))
+		"$PY" -c 'import re, sys
+n = [int(c, 16) for c in re.findall(r" Zero .*?count=0x([0-9a-f]+)", open("nbd.log").read())]
+print(sum(n), sum(k > int(sys.argv[1]) for k in n))' $max >zero.sum
+		eq "$(cat zero.sum)" "$((85 * MiB)) 0" "bytes zeroed by WRITE_ZEROES, requests over $max"
+		eq "$(head -c $MiB mp | tr -d Z | wc -c)" 0 "the bytes before the zeroed range"
+		fx_down "$PWD/mp"
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	done
+	for args in "--filter=nozero memory 16M" \
+		    "--filter=error memory 16M error-zero=EINVAL error-zero-rate=100%"; do
+		nbdk $args
+		fx_up $1 -w "$uri" "$PWD/mp"
+		xio "$PWD/mp" "pwrite -S 0x5a 0 16m" "fsync" "fzero $MiB 8m" "fpunch $((10 * MiB)) 3m" "fzero 12345 100000"
+		zeros mp $MiB $((8 * MiB))
+		zeros mp $((10 * MiB)) $((3 * MiB))
+		zeros mp 12345 100000
+		eq "$(head -c 12345 mp | tr -d Z | wc -c)" 0 "the bytes before the zeroed ranges ($args)"
+		eq "$(tail -c $((3 * MiB)) mp | tr -d Z | wc -c)" 0 "the bytes after them ($args)"
+		fx_down "$PWD/mp"
+		kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	done
+}
+
 # the server killed and restarted under a running fio verify: the requests
 # in flight are sent again, nothing acknowledged is lost, no error
 t_nbd_reconnect() {
@@ -3752,7 +3791,7 @@ t_nbd_many_callers() {
 	fx_fg -w -q 8 --cache=none "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
 	nbd_mixed "$PWD/mp" 5
 	fx_down "$PWD/mp"
-	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null
+	kill "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
 	truncate -s 256M src
 	qnbd src
 	fx_fg -w -q 24 --cache=none "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
@@ -3777,6 +3816,48 @@ t_nbd_gone() {
 	qnbd src
 	for i in $(seq 50); do dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null && break; sleep 0.2; done
 	cmp src mp || fail "cmp once the server is back"
+	fx_down "$PWD/mp"
+}
+
+# wait_said FILE TEXT PID: fail unless TEXT appears in FILE while PID runs
+wait_said() {
+	local i
+	for i in $(seq 300); do
+		grep -q "$2" "$1" && return 0
+		[ -d "/proc/$3" ] || break
+		sleep 0.1
+	done
+	grep -q "$2" "$1" || fail "not said while waiting: '$2': $(cat "$1")"
+}
+
+# what a user waits for is said while they wait: a server that greets no
+# second client (qemu-nbd without -e), a lost connection, its return
+t_nbd_said() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" pid
+	mkimg src 8; : >mp; : >mp2
+	qnbd src -e 1
+	fx_up $1 "$uri" "$PWD/mp"
+	"$FX" "$uri" "$PWD/mp2" 2>second.err & pid=$!
+	track_pid $pid
+	wait_said second.err "no greeting from the server yet" $pid
+	[ -d /proc/$pid ] || fail "said only once it gave up: $(cat second.err)"
+	grep -q -- "-e N" second.err || fail "what it usually means: $(cat second.err)"
+	refute "a second export of a one-client server succeeded" wait $pid
+	grep -q "sent no greeting in" second.err || fail "the refusal: $(cat second.err)"
+	fx_down "$PWD/mp"
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+
+	qnbd src
+	fx_fg --retry=60 "$uri" "$PWD/mp"
+	cmp src mp || fail "cmp"
+	kill -KILL "$NBDPID"; wait "$NBDPID" 2>/dev/null || :
+	dd if=mp of=/dev/null bs=4k count=1 skip=7 iflag=direct status=none 2>read.err & pid=$!
+	wait_said "$TESTDIR/fg.err" "connection to the server was lost.*wait up to 60 s" $pid
+	[ -d /proc/$pid ] || fail "the read did not wait for the server: $(cat read.err)"
+	qnbd src
+	wait $pid || fail "the read once the server is back: $(cat read.err)"
+	wait_said "$TESTDIR/fg.err" "connection to the server is back" $FXPID
+	eq "$(grep -c "was lost" "$TESTDIR/fg.err")" 1 "losses said"
 	fx_down "$PWD/mp"
 }
 
@@ -4854,10 +4935,12 @@ t "nbd: nbd:// over 127.0.0.1 and [::1], named exports" "$M qemu-nbd ss python3"
 t "nbd: -q 4 makes 4 connections where multi-conn is offered, else one carries all" "$M nbdkit ss fio" t_nbd_multi_conn
 t "nbd: mkfs.ext4, mount -o loop, e2fsck -fn" "$M qemu-nbd ext4" t_nbd_ext4 "$NBD_MODE"
 t "nbd: punch leaves a hole in the image (qemu-img map), zero range, SEEK_DATA/SEEK_HOLE" "$M qemu-nbd qemu-img xfs_io" t_nbd_punch_seek "$NBD_MODE"
+t "nbd: zeroing split at the server's maximum block size (32 MiB without one); written zeros where WRITE_ZEROES is refused or missing" "$M nbdkit xfs_io" t_nbd_zero_split "$NBD_MODE"
 t "nbd: server killed and restarted under fio verify: no error, nothing lost" "$M qemu-nbd fio" t_nbd_reconnect
 t "nbd: --cache=read: after a reconnect the kernel's cache is dropped, reads see what the server serves now" "$M qemu-nbd" t_nbd_cache_reconnect
 t "nbd: 12 threads of 1 MiB reads and writes, one request at a time served, -q 8 and -q 24: no client hangs" "$M nbdkit qemu-nbd python3" t_nbd_many_callers
 t "nbd: server gone for good: EIO after --retry, no hang; back again: works" "$M qemu-nbd" t_nbd_gone "$NBD_MODE"
+t "nbd: said while a user waits: no greeting from a one-client server (and why), a lost connection, its return" "$M qemu-nbd" t_nbd_said "$NBD_MODE"
 t "nbd: read-only server: -w refused, read-only export works" "$M qemu-nbd" t_nbd_readonly "$NBD_MODE"
 t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$M nbdkit qemu-img python3" t_nbd_nbdkit "$NBD_MODE"
 t "nbd: 4 KiB minimum block size: unaligned I/O aligned and read-modify-written" "$M nbdkit fio xfs_io" t_nbd_block_size "$NBD_MODE"

@@ -31,7 +31,7 @@
 # Environment: BENCH_RUNTIME (seconds per job, 10), BENCH_ROUNDS (how many
 # times to run everything: medians of cells and of ratios; 1), BENCH_SIZE_MB (1024),
 # BENCH_COLUMNS and BENCH_JOBS (names from the lists below, default all),
-# FUSEEXPORT.
+# FUSEEXPORT, BENCH_NBDFUSE (the nbdfuse to run: a newer one's wrapper).
 # A column whose program is missing is skipped, and said so.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -42,6 +42,7 @@ ROUNDS=${BENCH_ROUNDS:-1}
 SIZE_MB=${BENCH_SIZE_MB:-1024}
 SOURCE=${BENCH_SOURCE:-file}
 FX=$(realpath "${FUSEEXPORT:-./fuseexport}")
+NBDFUSE=${BENCH_NBDFUSE:-nbdfuse}
 MARKDOWN=
 [ "${1:-}" = --markdown ] && MARKDOWN=1
 
@@ -201,10 +202,10 @@ start_column() {
 		done
 		SERVER=$(cat "$DIR/qsd.pid" 2>/dev/null) ;;
 	nbdfuse)
-		peer_has nbdfuse ||
+		peer_has "$NBDFUSE" ||
 			{ echo "nbdfuse missing (libnbd-bin)" >"$DIR/why"; return 1; }
 		start_nbd || return 1
-		$PEER nbdfuse "$DIR/nbdfuse/img" "$NBD_URI" 2>"$DIR/server.err" &
+		$PEER "$NBDFUSE" "$DIR/nbdfuse/img" "$NBD_URI" 2>"$DIR/server.err" &
 		SERVER=$!
 		for i in $(seq 100); do
 			[ -e "$DIR/nbdfuse/img" ] && return 0
@@ -259,7 +260,7 @@ stop_column() {
 	fi
 }
 
-JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32 randread-cold}
+JOBS=${BENCH_JOBS:-seqread seqwrite randread randwrite randread-2j randwrite-2j randread-qd32 randread-cold seqdirect-128k seqdirect-1m}
 declare -A JOB=(
 	[seqread]="--rw=read --bs=1M"
 	[seqwrite]="--rw=write --bs=1M"
@@ -269,6 +270,10 @@ declare -A JOB=(
 	[randwrite-2j]="--rw=randwrite --bs=4k --numjobs=2"
 	[randread-qd32]="--rw=randread --bs=4k --ioengine=libaio --iodepth=32 --direct=1"
 	[randread-cold]="--rw=randread --bs=4k"
+	# each read a request of its own all the way down (an NBD server's
+	# cost per large request shows here)
+	[seqdirect-128k]="--rw=read --bs=128k --direct=1"
+	[seqdirect-1m]="--rw=read --bs=1M --direct=1"
 )
 
 for job in $JOBS; do
