@@ -645,4 +645,12 @@ void fuseexport_free(struct export *e);
  */
 int fuseexport_nbd_replies(int fd, int structured);
 
+/*
+ * The NBD handshake, for a fuzzer: fd is a socket whose peer sent what a
+ * server would (the options fuseexport sends go to the peer, unread).
+ * Returns 0 with the export's minimum block size and maximum payload, as
+ * the handshake agreed them, or -1 where it refused the server.
+ */
+int fuseexport_fuzz_nbd_handshake(int fd, uint32_t *min_block, uint32_t *max_payload);
+
 #endif
