@@ -3646,12 +3646,21 @@ odd_run() {
 
 # on command a reply stalls mid-chunk or is cut off with its connection:
 # the client sends again, no caller sees an error; SEEK_DATA through
-# BLOCK_STATUS; neighbouring clients share blocks
+# BLOCK_STATUS; neighbouring clients share blocks. Then reads split into
+# up to 300 chunks each (EIO on 728e558: over 32 stretches pending)
 t_nbd_stress_chunks() {
 	mkimg src 32; : >mp
 	odd_run "-q 2" "--seed 1" "--seek --shared-blocks" "stall 1" close
 	grep -q ' [1-9][0-9]* stalls' counts && grep -q ' [1-9][0-9]* closes' counts ||
 		fail "the server did not stall and cut replies: $(cat counts)"
+	# a MiB in up to 300 chunks in random order: every byte comes, no EIO
+	odd_server src --split 300 --seed 4
+	fx_up -q 2 --cache=none "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	dd if=mp of=copy bs=1M count=4 iflag=direct status=none 2>err ||
+		fail "reads in many chunks: $(cat err)"
+	cmp copy <(range src 0 $((4 * MiB))) || fail "reads in many chunks: wrong bytes"
+	fx_down "$PWD/mp"
+	odd_stop
 }
 
 # 4 KiB blocks: ragged writes read-modify-written while neighbours write
