@@ -2,14 +2,16 @@
 # nbdstress.py - many clients at once on one export, every byte checked
 #
 #   nbdstress.py FILE INIT [--threads N] [--seconds S] [--seed N]
-#                [--max-size BYTES] [--errors] [--seek] [--no-direct]
+#                [--max-size BYTES] [--bulk] [--errors] [--seek] [--no-direct]
 #                [--shared-blocks] [--pid PID] [--hang S] [--model OUT]
 #
 # THREADS client threads, each with its own stretch of FILE (an export) and
 # its own descriptors, one buffered and one O_DIRECT, run seeded random
 # reads, writes (random bytes or zeros), fsyncs, fdatasyncs, punched holes
 # and zeroed ranges of 1 byte to --max-size (default 4 MiB, sizes spread
-# evenly over the powers of two, half of them aligned to 4096) for SECONDS.
+# evenly over the powers of two, half of them aligned to 4096) for SECONDS;
+# with --bulk, only reads and writes of whole pages, 512 KiB and up (what
+# fills a connection's socket both ways).
 # Each keeps a model of its stretch, starting from INIT (a file of FILE's
 # size holding what FILE holds now, or "zeros"), and checks every read
 # against it. With --seek, SEEK_DATA must not skip a byte the model holds
@@ -52,6 +54,7 @@ libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_
 MAX_SIZE = 4 << 20
 OPS = [("read", 34), ("write", 30), ("punch", 8), ("zero", 8),
        ("fsync", 4), ("fdatasync", 2), ("seek", 4)]
+BULK_OPS = [("read", 50), ("write", 50)]
 
 
 def fallocate(fd, mode, off, length):
@@ -145,6 +148,11 @@ class Client(threading.Thread):
     def span(self):
         """A random stretch of the client's own: (offset, length)"""
         room = self.hi - self.lo
+        if self.run_.bulk:  # 512 KiB to the most, whole pages
+            n = int(2 ** self.rng.uniform(19, math.log2(min(self.run_.max_size, room))))
+            n -= n % 4096
+            off = self.lo + self.rng.randrange((room - n) // 4096 + 1) * 4096
+            return off, n
         n = int(2 ** self.rng.uniform(0, math.log2(min(self.run_.max_size, room))))
         n = max(1, min(n, room))
         off = self.lo + self.rng.randrange(room - n + 1)
@@ -279,8 +287,9 @@ class Client(threading.Thread):
         try:
             self.fd = os.open(self.run_.path, os.O_RDWR)
             self.dfd = os.open(self.run_.path, os.O_RDWR | os.O_DIRECT)
-            names = [o for o, _ in OPS if o != "seek" or self.run_.seek]
-            weights = [w for o, w in OPS if o != "seek" or self.run_.seek]
+            ops = BULK_OPS if self.run_.bulk else OPS
+            names = [o for o, _ in ops if o != "seek" or self.run_.seek]
+            weights = [w for o, w in ops if o != "seek" or self.run_.seek]
             while time.monotonic() < self.run_.end:
                 name = self.rng.choices(names, weights)[0]
                 self.op(name)
@@ -358,6 +367,7 @@ def main():
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--max-size", type=int, default=MAX_SIZE)
     ap.add_argument("--errors", action="store_true")
+    ap.add_argument("--bulk", action="store_true")
     ap.add_argument("--seek", action="store_true")
     ap.add_argument("--no-direct", action="store_true")
     ap.add_argument("--shared-blocks", action="store_true")
