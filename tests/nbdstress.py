@@ -150,7 +150,7 @@ class Client(threading.Thread):
         room = self.hi - self.lo
         if self.run_.bulk:  # 512 KiB to the most, whole pages
             n = int(2 ** self.rng.uniform(19, math.log2(min(self.run_.max_size, room))))
-            n -= n % 4096
+            n = max(4096, min(n, room) // 4096 * 4096)
             off = self.lo + self.rng.randrange((room - n) // 4096 + 1) * 4096
             return off, n
         n = int(2 ** self.rng.uniform(0, math.log2(min(self.run_.max_size, room))))
