@@ -3582,7 +3582,7 @@ t_nbd_stress_serial() {
 	: >mp
 	# export options|nbdstress options
 	for mode in "-q 8 --cache=none|--bulk" "-q 24 --cache=writeback|" "-q 1 --cache=none|"; do
-		nbdk --filter=noparallel memory 256M serialize=requests
+		nbdk --filter=noparallel memory 64M serialize=requests
 		fx_up -w ${mode%|*} "$uri" "$PWD/mp"
 		stress_run zeros ${mode#*|}
 		fx_down "$PWD/mp"
