@@ -2721,6 +2721,19 @@ int fuseexport_fuzz_uri(const char *uri)
 	return r;
 }
 
+/* The fuzz harness's entry to the handshake: see fuseexport.h */
+int fuseexport_fuzz_nbd_handshake(int fd, uint32_t *min_block, uint32_t *max_payload)
+{
+	struct nbd_source n = { .export_name = "" };
+	struct nbd_info info;
+	char why[512];
+	int r = nbd_handshake(&n, fd, &info, why, sizeof(why));
+
+	*min_block = info.min_block;
+	*max_payload = info.max_payload;
+	return r;
+}
+
 /* The bottom of the stack: SOURCE's NBD connections, or its file or
  * block device. Exits on failure. */
 static struct source *open_bottom(struct export *e, bool writable, bool growable)

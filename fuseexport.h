@@ -694,4 +694,12 @@ int fuseexport_fuzz_rule(const char *text);
 int fuseexport_fuzz_uri(const char *uri);
 int fuseexport_fuzz_mountinfo(const char *text, size_t n, const char *path);
 
+/*
+ * The NBD handshake, for a fuzzer: fd is a socket whose peer sent what a
+ * server would (the options fuseexport sends go to the peer, unread).
+ * Returns 0 with the export's minimum block size and maximum payload, as
+ * the handshake agreed them, or -1 where it refused the server.
+ */
+int fuseexport_fuzz_nbd_handshake(int fd, uint32_t *min_block, uint32_t *max_payload);
+
 #endif

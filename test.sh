@@ -4189,14 +4189,16 @@ stress_image() {
 
 # a server that answers one request at a time (nbdkit noparallel): with
 # more requests in flight than it takes, the replies wait in the socket
-# while the clients keep sending
+# while the clients keep sending (first only reads and writes of 512 KiB
+# to 4 MiB, which fill the socket both ways: hung within seconds on 728e558)
 t_nbd_stress_serial() {
 	local uri="nbd+unix:///?socket=$PWD/nbd.sock" mode
 	: >mp
-	for mode in "-q 8 --cache=none" "-q 24 --cache=writeback" "-q 1 --cache=none"; do
-		nbdk --filter=noparallel memory 256M serialize=requests
-		fx_up -w $mode "$uri" "$PWD/mp"
-		stress_run zeros
+	# export options|nbdstress options
+	for mode in "-q 8 --cache=none|--bulk" "-q 24 --cache=writeback|" "-q 1 --cache=none|"; do
+		nbdk --filter=noparallel memory 64M serialize=requests
+		fx_up -w ${mode%|*} "$uri" "$PWD/mp"
+		stress_run zeros ${mode#*|}
 		fx_down "$PWD/mp"
 		nbdcopy "$uri" image || fail "nbdcopy of the image"
 		stress_image image
@@ -4207,11 +4209,12 @@ t_nbd_stress_serial() {
 # odd_server IMAGE OPTIONS...: tests/nbdserver.py serving IMAGE on
 # ./nbd.sock, told what to do on ./ctl; NBDPID
 odd_server() {
-	local img=$PWD/$1; shift
+	local img=$PWD/$1 i; shift
 	rm -f nbd.sock; [ -p ctl ] || mkfifo ctl
 	"$PY" "$TOP/tests/nbdserver.py" "$PWD/nbd.sock" "$img" --control "$PWD/ctl" "$@" \
 		2>"$TESTDIR/nbd.err" &
 	NBDPID=$!
+	for i in $(seq 300); do [ -S nbd.sock ] && break; sleep 0.1; done	# python may start slowly
 	wait_socket "$PWD/nbd.sock"
 }
 
@@ -4236,50 +4239,60 @@ odd_commands() {
 	done
 }
 
-# an awkward server (tests/nbdserver.py): replies out of order, reads split
+# An awkward server (tests/nbdserver.py): replies out of order, reads split
 # into many chunks (FX_STRESS_SPLIT, default 64, in random order), chunks
-# of several replies interleaved; on command a reply stalls mid-chunk or
-# is cut off with its connection (the client sends again, no caller sees
-# an error), or requests fail (the callers see EIO, the rest is right).
-# Its server checks that the client's every request is one it may send.
-t_nbd_stress_awkward() {
-	local uri="nbd+unix:///?socket=$PWD/nbd.sock" secs=${FX_STRESS_SECONDS:-8} split=${FX_STRESS_SPLIT:-64}
-	mkimg src 64; : >mp
+# of several replies interleaved. It checks that every request the client
+# sends is one it may send.
+
+# odd_run FX_OPTIONS SERVER_OPTIONS NBDSTRESS_OPTIONS COMMAND...: the clients
+# on an export of ./src from tests/nbdserver.py, told COMMANDs in turn
+# once a second; then the image must be the model
+odd_run() {
+	local fxo=$1 so=$2 cso=$3 secs=${FX_STRESS_SECONDS:-8}; shift 3
 	cp src init
-	# 1 byte blocks; stalls and cuts; SEEK_DATA through BLOCK_STATUS
-	odd_server src --split "$split" --seed 1
-	fx_up -w -q 2 --cache=none --retry=30 "$uri" "$PWD/mp"
-	odd_commands "$((secs - 1))" "stall 1" close &
-	stress_run init --seek --shared-blocks
+	odd_server src --split "${FX_STRESS_SPLIT:-64}" $so
+	fx_up -w $fxo --cache=none --retry=30 "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	odd_commands "$((secs - 1))" "$@" &
+	stress_run init --threads 8 $cso
 	wait $!
 	fx_down "$PWD/mp"
 	odd_stop
+	stress_image src
+}
+
+# on command a reply stalls mid-chunk or is cut off with its connection:
+# the client sends again, no caller sees an error; SEEK_DATA through
+# BLOCK_STATUS; neighbouring clients share blocks. Then reads split into
+# up to 300 chunks each (EIO on 728e558: over 32 stretches pending)
+t_nbd_stress_chunks() {
+	mkimg src 32; : >mp
+	odd_run "-q 2" "--seed 1" "--seek --shared-blocks" "stall 1" close
 	grep -q ' [1-9][0-9]* stalls' counts && grep -q ' [1-9][0-9]* closes' counts ||
 		fail "the server did not stall and cut replies: $(cat counts)"
-	stress_image src
-	# 4 KiB blocks (ragged writes read-modify-written, neighbours sharing
-	# blocks), several connections, cuts
-	cp src init
-	odd_server src --split "$split" --seed 2 --min-block 4096 --multi-conn
-	fx_up -w -q 8 --cache=none --retry=30 "$uri" "$PWD/mp"
-	odd_commands "$((secs - 1))" close &
-	stress_run init --shared-blocks
-	wait $!
+	# a MiB in up to 300 chunks in random order: every byte comes, no EIO
+	odd_server src --split 300 --seed 4
+	fx_up -q 2 --cache=none "nbd+unix:///?socket=$PWD/nbd.sock" "$PWD/mp"
+	dd if=mp of=copy bs=1M count=4 iflag=direct status=none 2>err ||
+		fail "reads in many chunks: $(cat err)"
+	cmp copy <(range src 0 $((4 * MiB))) || fail "reads in many chunks: wrong bytes"
 	fx_down "$PWD/mp"
 	odd_stop
-	stress_image src
-	# simple replies only; errors on command reach their callers
-	cp src init
-	odd_server src --seed 3 --no-structured
-	fx_up -w -q 1 --cache=none --retry=30 "$uri" "$PWD/mp"
-	odd_commands "$((secs - 1))" "error 2" &
-	stress_run init --errors
-	wait $!
-	fx_down "$PWD/mp"
-	odd_stop
+}
+
+# 4 KiB blocks: ragged writes read-modify-written while neighbours write
+# the same blocks; several connections, cut now and then
+t_nbd_stress_blocks() {
+	mkimg src 32; : >mp
+	odd_run "-q 8" "--seed 2 --min-block 4096 --multi-conn" "--shared-blocks" close
+}
+
+# simple replies only; requests failed on command: each failure reaches
+# its caller (EIO), nothing else changes
+t_nbd_stress_errors() {
+	mkimg src 32; : >mp
+	odd_run "-q 1" "--seed 3 --no-structured" "--errors" "error 2"
 	grep -q ' [1-9][0-9]* errors,' counts || fail "no error injected: $(cat counts)"
 	grep -q ' [1-9][0-9]* errors taken' stress.out || fail "no error reached a client: $(cat counts)"
-	stress_image src
 }
 
 # qemu-nbd killed (SIGKILL) and started again twice under the clients:
@@ -4952,7 +4965,9 @@ t "nbd: fault rules over an NBD export: the rules' ranges fail, the rest reaches
 t "nbd: a partition of an NBD export; a snapshot over one, then --commit" "$M qemu-nbd sfdisk" t_nbd_layers "$NBD_MODE"
 t "nbd: a hostile server: lying replies give EIO, the export goes on" "$M python3" t_nbd_hostile "$NBD_MODE"
 t "nbd stress: nbdkit answering one request at a time (noparallel), -q 8, 24, 1: no hang, every byte right" "$M nbdkit nbdcopy gdb python3" t_nbd_stress_serial
-t "nbd stress: an awkward server (out of order, many chunks, stalls, cuts, errors), -q 2, 8, 1: no hang, every byte right, every error seen" "$M gdb python3" t_nbd_stress_awkward
+t "nbd stress: a server out of order, in many chunks, stalling and cutting replies, -q 2: no error, every byte right" "$M gdb python3" t_nbd_stress_chunks
+t "nbd stress: the same with 4 KiB blocks (read-modify-write), multi-conn, -q 8" "$M gdb python3" t_nbd_stress_blocks
+t "nbd stress: the same failing requests on command (simple replies), -q 1: every error reaches its caller, the rest right" "$M gdb python3" t_nbd_stress_errors
 t "nbd stress: qemu-nbd killed and started again under 12 clients, -q 24: no error, nothing lost" "$M qemu-nbd gdb python3" t_nbd_stress_restart
 t "nbd stress: nbdkit's delay filter, -q 2 and 24: no hang, every byte right" "$M nbdkit gdb python3" t_nbd_stress_delay
 t "nbd: bad URIs and servers refused with one line" "python3 qemu-nbd" t_nbd_bad
