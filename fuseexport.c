@@ -2598,34 +2598,46 @@ static uint32_t crc32(uint32_t crc, const unsigned char *p, size_t n)
 	return ~c;
 }
 
-/* Read n bytes at pos of s, all of them: 0 or -errno (-EINVAL if short:
- * a table that would lie past the end is no table) */
+/* Read n bytes at pos of s, all of them: 0 or -errno (-EINVAL if the
+ * source ends first: a table that would lie past the end is no table).
+ * A read cut short is read on, so that the error that cut it is the one
+ * returned. */
 static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
 {
-	ssize_t r = s->read(s, buf, n, pos);
+	size_t done = 0;
 
-	return r < 0 ? (int)r : (size_t)r < n ? -EINVAL : 0;
+	while (done < n) {
+		ssize_t r = s->read(s, (char *)buf + done, n - done, pos + done);
+
+		if (r <= 0)
+			return r < 0 ? (int)r : -EINVAL;
+		done += r;
+	}
+	return 0;
 }
 
 /* GPT's header at lba, read into h (a sector) and checked as Linux checks
- * it: true if it is a good one */
-static bool gpt_header(struct source *s, unsigned sector, uint64_t lba,
-		       unsigned char *h)
+ * it: 0 if it is a good one, -EINVAL if not, or the -errno of reading it */
+static int gpt_header(struct source *s, unsigned sector, uint64_t lba,
+		      unsigned char *h)
 {
 	uint64_t last = s->size(s) / sector - 1;
 	uint32_t size, crc;
+	int r;
 
-	if (read_exact(s, h, sector, lba * sector) < 0 || memcmp(h, "EFI PART", 8))
-		return false;
+	if ((r = read_exact(s, h, sector, lba * sector)) < 0)
+		return r;
+	if (memcmp(h, "EFI PART", 8))
+		return -EINVAL;
 	size = le32(h + 12);
 	if (size < 92 || size > sector)
-		return false;
+		return -EINVAL;
 	crc = le32(h + 16);
 	memset(h + 16, 0, 4);
 	return crc32(0, h, size) == crc && le64(h + 24) == lba &&
 	       le64(h + 40) <= le64(h + 48) && le64(h + 48) <= last &&
 	       le64(h + 72) <= last && le32(h + 80) >= 1 &&
-	       le32(h + 80) <= PART_MAX && le32(h + 84) == GPT_ENTRY;
+	       le32(h + 80) <= PART_MAX && le32(h + 84) == GPT_ENTRY ? 0 : -EINVAL;
 }
 
 /* Read GPT entries index to index + n of t into t->buf: 0 or -errno */
@@ -2643,11 +2655,11 @@ static int gpt_at(struct source *s, struct table *t, uint64_t lba)
 {
 	unsigned char *h = malloc(t->sector);
 	uint32_t crc = 0, i, n;
-	int r = -EINVAL;
+	int r;
 
 	if (!h)
 		return -ENOMEM;
-	if (!gpt_header(s, t->sector, lba, h))
+	if ((r = gpt_header(s, t->sector, lba, h)) < 0)
 		goto out;
 	t->lba = le64(h + 72);
 	t->count = le32(h + 80);
@@ -2667,18 +2679,21 @@ out:
 
 /* GPT: the primary header at LBA 1 with its entries, else the backup at
  * the last LBA with its own (where Linux needs its gpt option to look):
- * a primary whose header or entries fail is damaged. Returns 0 or -errno
- * (-EINVAL: no good table). */
+ * a primary whose header or entries fail, or cannot be read, is damaged.
+ * Returns 0 or -errno (-EINVAL: no good table; where no good one is found
+ * and reading one failed, that error, not -EINVAL). */
 static int read_gpt(struct source *s, struct table *t)
 {
 	uint64_t sectors = s->size(s) / t->sector;
-	int r;
+	int r, backup;
 
 	if (sectors < 3)
 		return -EINVAL;
 	r = gpt_at(s, t, 1);
-	if (r < 0 && r != -ENOMEM)
-		r = gpt_at(s, t, sectors - 1);
+	if (r < 0 && r != -ENOMEM) {
+		backup = gpt_at(s, t, sectors - 1);
+		r = backup == -EINVAL ? r : backup;
+	}
 	return r;
 }
 

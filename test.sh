@@ -2714,6 +2714,38 @@ t_gpt_backup() {
 	grep -q "no partition table (MBR or GPT) that can be read" err || fail "refusal: $(cat err)"
 }
 
+# read errors where the GPT headers lie, from an NBD server that fails
+# every read touching a sector listed in ./bad: the backup stands in for a
+# primary that cannot be read; where neither can be, the error is what is
+# said (on 728e558: "no partition table"), and a read that fails partway
+# through the entries too
+t_gpt_read_errors() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" size
+	gpt_img disk.img 20; size=$(stat -c %s disk.img); : >mp
+	"$FX" --partitions disk.img >good || fail "--partitions"
+	echo 1 >bad
+	nbdk eval get_size="echo $size" pread='while read b; do
+		[ "$4" -lt $(((b + 1) * 512)) ] && [ $(($4 + $3)) -gt $((b * 512)) ] &&
+		{ echo EIO bad sector >&2; exit 1; }; done <'"$PWD/bad"'
+		dd if='"$PWD/disk.img"' iflag=skip_bytes,count_bytes skip="$4" count="$3" status=none'
+	"$FX" --partitions "$uri" >out 2>err || fail "--partitions, LBA 1 unreadable: $(cat err)"
+	cmp out good || fail "--partitions, LBA 1 unreadable: $(cat out)"
+	fx_up --partition=2 "$uri" "$PWD/mp"
+	cmp mp <(part_bytes disk.img 2) || fail "partition 2, LBA 1 unreadable"
+	fx_down "$PWD/mp"
+	echo $((size / 512 - 1)) >>bad
+	bad --partitions "$uri"
+	grep -q "reading the partition table: Input/output error$" err || fail "both headers unreadable: $(cat err)"
+	bad --partition=2 "$uri" "$PWD/mp"
+	grep -q "reading the partition table: Input/output error$" err || fail "both headers unreadable: $(cat err)"
+	# the primary's entries (LBA 2 on) fail in their 4th sector, and the
+	# backup header is zeros
+	echo 5 >bad
+	dd if=/dev/zero of=disk.img bs=512 seek=$((size / 512 - 1)) count=1 conv=notrunc status=none
+	bad --partitions "$uri"
+	grep -q "reading the partition table: Input/output error$" err || fail "entries unreadable: $(cat err)"
+}
+
 # a block device of 4096-byte logical sectors with a GPT that sgdisk wrote
 # on it: LBAs count 4096 bytes; and a snapshot of its partition, committed
 t_partition_4k() {
@@ -4087,6 +4119,7 @@ t "--partition: a GPT of 1152 entries holding 1001-1128: each exported, others r
 t "--partition: mkfs.ext4 in a primary and a logical partition, loop-mounted; the export is dd skip=START" "$M sfdisk loop ext4" t_partition_ext4
 t "--partition: mkfs.xfs in a GPT partition, loop-mounted; the export is dd skip=START" "$M sgdisk sfdisk loop xfs" t_partition_xfs
 t "--partition: GPT with its primary header or entries zeroed: the backup is used" "$M sgdisk sfdisk" t_gpt_backup
+t "--partition: GPT headers that cannot be read (NBD read errors): the backup, else the read error said" "$M sgdisk sfdisk nbdkit" t_gpt_read_errors
 t "--partition: GPT on a 4096-byte-sector loop device, and a snapshot of it committed" "$M sgdisk sfdisk loop" t_partition_4k
 t "--partition: missing, past the end, garbage, with --offset: refused; a broken extended chain keeps the rest" "$M sfdisk" t_partition_refusals
 t "--partitions: GPT entries not 128 bytes, or more than 4 MiB of them, are no table (as Linux)" "sgdisk python3" t_gpt_sizes
