@@ -2561,8 +2561,15 @@ struct table {
 	uint32_t count;			/* GPT: entries */
 	uint64_t lba;			/* GPT: the entries' LBA; MBR: the
 					 * extended partition's, or 0 */
-	uint64_t ebr;			/* MBR: the EBR next, or 0 */
-	unsigned hops;			/* MBR: EBRs read */
+	uint64_t ebr;			/* MBR: the EBR in buf or next, or 0 */
+	uint32_t ext_size, ebr_size;	/* MBR: the extended partition's
+					 * size, and the EBR's (its link's) */
+	unsigned ext;			/* MBR: primaries looked at for an
+					 * extended partition (0-4) */
+	unsigned entry;			/* MBR: 1-4, the EBR's entry next; 5,
+					 * its link; 0, no EBR in buf */
+	unsigned hops, idle;		/* MBR: EBRs read, and read since the
+					 * last logical partition */
 	unsigned char mbr[512];		/* sector 0 */
 	unsigned char buf[GPT_SLICE * GPT_ENTRY];	/* entries or an EBR */
 };
@@ -2799,48 +2806,88 @@ static int next_gpt(struct source *s, struct table *t, struct part *p)
 	return 0;
 }
 
-/* The next MBR partition of t into p: the primaries, then a logical one
- * from each EBR of the chain. Returns 1, or 0 at the end. */
+static bool is_extended(unsigned char type)
+{
+	return type == 0x05 || type == 0x0f || type == 0x85;
+}
+
+/* The next MBR partition of t into p, as Linux's msdos_partition() and
+ * parse_extended() find them: the primaries (an entry of any size but 0),
+ * then the chain of each extended primary in turn. In each EBR, every
+ * entry but an extended one is a logical partition (relative to the
+ * EBR; the 3rd and 4th only inside the EBR's and the extended
+ * partition's extent, where junk may lie), and the first extended entry
+ * links to the next EBR (relative to the extended partition). Returns 1,
+ * or 0 at the end. */
 static int next_mbr(struct source *s, struct table *t, struct part *p)
 {
 	const unsigned char *e;
+	unsigned i;
 
 	p->name[0] = 0;
 	while (t->next <= 4) {
 		e = t->mbr + 446 + 16 * (t->next - 1);
 		p->number = t->next++;
-		if (!e[4] || !le32(e + 12))
+		if (!le32(e + 12))
 			continue;
-		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
-			t->lba = t->ebr = le32(e + 8);
 		p->start = le32(e + 8);
 		p->sectors = le32(e + 12);
 		sprintf(p->type, "%x", e[4]);
 		return 1;
 	}
-	/* each EBR holds a logical partition (relative to the EBR) and a
-	 * link to the next EBR (relative to the extended partition); a
-	 * chain that breaks ends there, the partitions found before it
-	 * kept, as Linux does: a rescue still reaches them. It ends at
-	 * PART_MAX too, the end of a chain that loops. */
-	while (t->ebr && t->hops < PART_MAX && t->next <= PART_MAX) {
-		const unsigned char *data = t->buf + 446, *link = t->buf + 462;
-		uint64_t ebr = t->ebr;
+	/* a chain that breaks (an EBR that cannot be read or lacks its
+	 * signature) ends there, the partitions found before it kept, as
+	 * Linux does: a rescue still reaches them. A chain that loops ends
+	 * as Linux ends it: after 100 EBRs without a logical partition, or
+	 * at PART_MAX (and PART_MAX EBRs read in all). */
+	while (t->next <= PART_MAX) {
+		if (t->entry >= 1 && t->entry <= 4) {
+			uint64_t start, sectors;
 
-		t->hops++;
-		if (read_exact(s, t->buf, 512, ebr * t->sector) < 0 ||
-		    t->buf[510] != 0x55 || t->buf[511] != 0xaa)
-			break;
-		t->ebr = link[4] && le32(link + 8) ? t->lba + le32(link + 8) : 0;
-		if (data[4] && le32(data + 12)) {
+			i = t->entry++ - 1;
+			e = t->buf + 446 + 16 * i;
+			start = le32(e + 8), sectors = le32(e + 12);
+			if (!sectors || is_extended(e[4]))
+				continue;
+			if (i >= 2 && (start + sectors > t->ebr_size ||
+				       t->ebr + start + sectors > t->lba + t->ext_size))
+				continue;
 			p->number = t->next++;
-			p->start = ebr + le32(data + 8);
-			p->sectors = le32(data + 12);
-			sprintf(p->type, "%x", data[4]);
+			p->start = t->ebr + start;
+			p->sectors = sectors;
+			sprintf(p->type, "%x", e[4]);
+			t->idle = 0;
 			return 1;
 		}
+		if (t->entry == 5) {
+			t->entry = 0;
+			for (i = 0, e = t->buf + 446; i < 4; i++, e += 16)
+				if (le32(e + 12) && is_extended(e[4]))
+					break;
+			t->ebr = i < 4 ? t->lba + le32(e + 8) : 0;
+			t->ebr_size = i < 4 ? le32(e + 12) : 0;
+			continue;
+		}
+		if (!t->ebr) {		/* the next extended primary */
+			for (e = NULL; !e && t->ext < 4; ) {
+				e = t->mbr + 446 + 16 * t->ext++;
+				if (!le32(e + 8) || !le32(e + 12) || !is_extended(e[4]))
+					e = NULL;
+			}
+			if (!e)
+				break;
+			t->lba = t->ebr = le32(e + 8);
+			t->ext_size = t->ebr_size = le32(e + 12);
+			t->idle = 0;
+		}
+		if (t->hops++ >= PART_MAX || t->idle++ >= 100 ||
+		    read_exact(s, t->buf, 512, t->ebr * t->sector) < 0 ||
+		    t->buf[510] != 0x55 || t->buf[511] != 0xaa) {
+			t->ebr = 0;
+			continue;
+		}
+		t->entry = 1;
 	}
-	t->ebr = 0;
 	return 0;
 }
 
