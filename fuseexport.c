@@ -5974,6 +5974,8 @@ static void parse_options(struct export *e, int argc, char *argv[])
 	e->mountpoint = args == 2 ? argv[optind + 1] : NULL;
 	if (e->partition && (e->offset || e->window))
 		die("--partition: does not go with --offset or --size");
+	if (e->partition && e->growable)
+		die("--partition: a partition keeps its size: not with --growable");
 	if (e->snapshot && e->growable)
 		die("--snapshot keeps the source's size: not with --growable");
 	if (e->commit && !e->snapshot_file)

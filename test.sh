@@ -2847,6 +2847,8 @@ t_partition_refusals() {
 	bad --partition=1 --offset=1M "$PWD/disk.img" "$PWD/mp"
 	bad --partition=1 --size=1M "$PWD/disk.img" "$PWD/mp"
 	bad -o partition=1,offset=4096 "$PWD/disk.img" "$PWD/mp"
+	bad -g --partition=1 "$PWD/disk.img" "$PWD/mp"
+	grep -q -- "--partition: .*not with --growable" err || fail "-g --partition: $(cat err)"
 	bad --partition=0 "$PWD/disk.img" "$PWD/mp"
 	bad --partition=x "$PWD/disk.img" "$PWD/mp"
 	bad --partitions "$PWD/disk.img" "$PWD/mp"
