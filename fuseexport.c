@@ -2961,8 +2961,15 @@ struct table {
 	uint32_t count;			/* GPT: entries */
 	uint64_t lba;			/* GPT: the entries' LBA; MBR: the
 					 * extended partition's, or 0 */
-	uint64_t ebr;			/* MBR: the EBR next, or 0 */
-	unsigned hops;			/* MBR: EBRs read */
+	uint64_t ebr;			/* MBR: the EBR in buf or next, or 0 */
+	uint32_t ext_size, ebr_size;	/* MBR: the extended partition's
+					 * size, and the EBR's (its link's) */
+	unsigned ext;			/* MBR: primaries looked at for an
+					 * extended partition (0-4) */
+	unsigned entry;			/* MBR: 1-4, the EBR's entry next; 5,
+					 * its link; 0, no EBR in buf */
+	unsigned hops, idle;		/* MBR: EBRs read, and read since the
+					 * last logical partition */
 	unsigned char mbr[512];		/* sector 0 */
 	unsigned char buf[GPT_SLICE * GPT_ENTRY];	/* entries or an EBR */
 };
@@ -2998,34 +3005,46 @@ static uint32_t crc32(uint32_t crc, const unsigned char *p, size_t n)
 	return ~c;
 }
 
-/* Read n bytes at pos of s, all of them: 0 or -errno (-EINVAL if short:
- * a table that would lie past the end is no table) */
+/* Read n bytes at pos of s, all of them: 0 or -errno (-EINVAL if the
+ * source ends first: a table that would lie past the end is no table).
+ * A read cut short is read on, so that the error that cut it is the one
+ * returned. */
 static int read_exact(struct source *s, void *buf, size_t n, uint64_t pos)
 {
-	ssize_t r = s->read(s, buf, n, pos);
+	size_t done = 0;
 
-	return r < 0 ? (int)r : (size_t)r < n ? -EINVAL : 0;
+	while (done < n) {
+		ssize_t r = s->read(s, (char *)buf + done, n - done, pos + done);
+
+		if (r <= 0)
+			return r < 0 ? (int)r : -EINVAL;
+		done += r;
+	}
+	return 0;
 }
 
 /* GPT's header at lba, read into h (a sector) and checked as Linux checks
- * it: true if it is a good one */
-static bool gpt_header(struct source *s, unsigned sector, uint64_t lba,
-		       unsigned char *h)
+ * it: 0 if it is a good one, -EINVAL if not, or the -errno of reading it */
+static int gpt_header(struct source *s, unsigned sector, uint64_t lba,
+		      unsigned char *h)
 {
 	uint64_t last = s->size(s) / sector - 1;
 	uint32_t size, crc;
+	int r;
 
-	if (read_exact(s, h, sector, lba * sector) < 0 || memcmp(h, "EFI PART", 8))
-		return false;
+	if ((r = read_exact(s, h, sector, lba * sector)) < 0)
+		return r;
+	if (memcmp(h, "EFI PART", 8))
+		return -EINVAL;
 	size = le32(h + 12);
 	if (size < 92 || size > sector)
-		return false;
+		return -EINVAL;
 	crc = le32(h + 16);
 	memset(h + 16, 0, 4);
 	return crc32(0, h, size) == crc && le64(h + 24) == lba &&
 	       le64(h + 40) <= le64(h + 48) && le64(h + 48) <= last &&
 	       le64(h + 72) <= last && le32(h + 80) >= 1 &&
-	       le32(h + 80) <= PART_MAX && le32(h + 84) == GPT_ENTRY;
+	       le32(h + 80) <= PART_MAX && le32(h + 84) == GPT_ENTRY ? 0 : -EINVAL;
 }
 
 /* Read GPT entries index to index + n of t into t->buf: 0 or -errno */
@@ -3043,11 +3062,11 @@ static int gpt_at(struct source *s, struct table *t, uint64_t lba)
 {
 	unsigned char *h = malloc(t->sector);
 	uint32_t crc = 0, i, n;
-	int r = -EINVAL;
+	int r;
 
 	if (!h)
 		return -ENOMEM;
-	if (!gpt_header(s, t->sector, lba, h))
+	if ((r = gpt_header(s, t->sector, lba, h)) < 0)
 		goto out;
 	t->lba = le64(h + 72);
 	t->count = le32(h + 80);
@@ -3067,18 +3086,21 @@ out:
 
 /* GPT: the primary header at LBA 1 with its entries, else the backup at
  * the last LBA with its own (where Linux needs its gpt option to look):
- * a primary whose header or entries fail is damaged. Returns 0 or -errno
- * (-EINVAL: no good table). */
+ * a primary whose header or entries fail, or cannot be read, is damaged.
+ * Returns 0 or -errno (-EINVAL: no good table; where no good one is found
+ * and reading one failed, that error, not -EINVAL). */
 static int read_gpt(struct source *s, struct table *t)
 {
 	uint64_t sectors = s->size(s) / t->sector;
-	int r;
+	int r, backup;
 
 	if (sectors < 3)
 		return -EINVAL;
 	r = gpt_at(s, t, 1);
-	if (r < 0 && r != -ENOMEM)
-		r = gpt_at(s, t, sectors - 1);
+	if (r < 0 && r != -ENOMEM) {
+		backup = gpt_at(s, t, sectors - 1);
+		r = backup == -EINVAL ? r : backup;
+	}
 	return r;
 }
 
@@ -3184,48 +3206,88 @@ static int next_gpt(struct source *s, struct table *t, struct part *p)
 	return 0;
 }
 
-/* The next MBR partition of t into p: the primaries, then a logical one
- * from each EBR of the chain. Returns 1, or 0 at the end. */
+static bool is_extended(unsigned char type)
+{
+	return type == 0x05 || type == 0x0f || type == 0x85;
+}
+
+/* The next MBR partition of t into p, as Linux's msdos_partition() and
+ * parse_extended() find them: the primaries (an entry of any size but 0),
+ * then the chain of each extended primary in turn. In each EBR, every
+ * entry but an extended one is a logical partition (relative to the
+ * EBR; the 3rd and 4th only inside the EBR's and the extended
+ * partition's extent, where junk may lie), and the first extended entry
+ * links to the next EBR (relative to the extended partition). Returns 1,
+ * or 0 at the end. */
 static int next_mbr(struct source *s, struct table *t, struct part *p)
 {
 	const unsigned char *e;
+	unsigned i;
 
 	p->name[0] = 0;
 	while (t->next <= 4) {
 		e = t->mbr + 446 + 16 * (t->next - 1);
 		p->number = t->next++;
-		if (!e[4] || !le32(e + 12))
+		if (!le32(e + 12))
 			continue;
-		if (e[4] == 0x05 || e[4] == 0x0f || e[4] == 0x85)
-			t->lba = t->ebr = le32(e + 8);
 		p->start = le32(e + 8);
 		p->sectors = le32(e + 12);
 		sprintf(p->type, "%x", e[4]);
 		return 1;
 	}
-	/* each EBR holds a logical partition (relative to the EBR) and a
-	 * link to the next EBR (relative to the extended partition); a
-	 * chain that breaks ends there, the partitions found before it
-	 * kept, as Linux does: a rescue still reaches them. It ends at
-	 * PART_MAX too, the end of a chain that loops. */
-	while (t->ebr && t->hops < PART_MAX && t->next <= PART_MAX) {
-		const unsigned char *data = t->buf + 446, *link = t->buf + 462;
-		uint64_t ebr = t->ebr;
+	/* a chain that breaks (an EBR that cannot be read or lacks its
+	 * signature) ends there, the partitions found before it kept, as
+	 * Linux does: a rescue still reaches them. A chain that loops ends
+	 * as Linux ends it: after 100 EBRs without a logical partition, or
+	 * at PART_MAX (and PART_MAX EBRs read in all). */
+	while (t->next <= PART_MAX) {
+		if (t->entry >= 1 && t->entry <= 4) {
+			uint64_t start, sectors;
 
-		t->hops++;
-		if (read_exact(s, t->buf, 512, ebr * t->sector) < 0 ||
-		    t->buf[510] != 0x55 || t->buf[511] != 0xaa)
-			break;
-		t->ebr = link[4] && le32(link + 8) ? t->lba + le32(link + 8) : 0;
-		if (data[4] && le32(data + 12)) {
+			i = t->entry++ - 1;
+			e = t->buf + 446 + 16 * i;
+			start = le32(e + 8), sectors = le32(e + 12);
+			if (!sectors || is_extended(e[4]))
+				continue;
+			if (i >= 2 && (start + sectors > t->ebr_size ||
+				       t->ebr + start + sectors > t->lba + t->ext_size))
+				continue;
 			p->number = t->next++;
-			p->start = ebr + le32(data + 8);
-			p->sectors = le32(data + 12);
-			sprintf(p->type, "%x", data[4]);
+			p->start = t->ebr + start;
+			p->sectors = sectors;
+			sprintf(p->type, "%x", e[4]);
+			t->idle = 0;
 			return 1;
 		}
+		if (t->entry == 5) {
+			t->entry = 0;
+			for (i = 0, e = t->buf + 446; i < 4; i++, e += 16)
+				if (le32(e + 12) && is_extended(e[4]))
+					break;
+			t->ebr = i < 4 ? t->lba + le32(e + 8) : 0;
+			t->ebr_size = i < 4 ? le32(e + 12) : 0;
+			continue;
+		}
+		if (!t->ebr) {		/* the next extended primary */
+			for (e = NULL; !e && t->ext < 4; ) {
+				e = t->mbr + 446 + 16 * t->ext++;
+				if (!le32(e + 8) || !le32(e + 12) || !is_extended(e[4]))
+					e = NULL;
+			}
+			if (!e)
+				break;
+			t->lba = t->ebr = le32(e + 8);
+			t->ext_size = t->ebr_size = le32(e + 12);
+			t->idle = 0;
+		}
+		if (t->hops++ >= PART_MAX || t->idle++ >= 100 ||
+		    read_exact(s, t->buf, 512, t->ebr * t->sector) < 0 ||
+		    t->buf[510] != 0x55 || t->buf[511] != 0xaa) {
+			t->ebr = 0;
+			continue;
+		}
+		t->entry = 1;
 	}
-	t->ebr = 0;
 	return 0;
 }
 

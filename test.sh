@@ -3037,6 +3037,38 @@ t_gpt_backup() {
 	grep -q "no partition table (MBR or GPT) that can be read" err || fail "refusal: $(cat err)"
 }
 
+# read errors where the GPT headers lie, from an NBD server that fails
+# every read touching a sector listed in ./bad: the backup stands in for a
+# primary that cannot be read; where neither can be, the error is what is
+# said (on 728e558: "no partition table"), and a read that fails partway
+# through the entries too
+t_gpt_read_errors() {
+	local uri="nbd+unix:///?socket=$PWD/nbd.sock" size
+	gpt_img disk.img 20; size=$(stat -c %s disk.img); : >mp
+	"$FX" --partitions disk.img >good || fail "--partitions"
+	echo 1 >bad
+	nbdk eval get_size="echo $size" pread='while read b; do
+		[ "$4" -lt $(((b + 1) * 512)) ] && [ $(($4 + $3)) -gt $((b * 512)) ] &&
+		{ echo EIO bad sector >&2; exit 1; }; done <'"$PWD/bad"'
+		dd if='"$PWD/disk.img"' iflag=skip_bytes,count_bytes skip="$4" count="$3" status=none'
+	"$FX" --partitions "$uri" >out 2>err || fail "--partitions, LBA 1 unreadable: $(cat err)"
+	cmp out good || fail "--partitions, LBA 1 unreadable: $(cat out)"
+	fx_up --partition=2 "$uri" "$PWD/mp"
+	cmp mp <(part_bytes disk.img 2) || fail "partition 2, LBA 1 unreadable"
+	fx_down "$PWD/mp"
+	echo $((size / 512 - 1)) >>bad
+	bad --partitions "$uri"
+	grep -q "reading the partition table: Input/output error$" err || fail "both headers unreadable: $(cat err)"
+	bad --partition=2 "$uri" "$PWD/mp"
+	grep -q "reading the partition table: Input/output error$" err || fail "both headers unreadable: $(cat err)"
+	# the primary's entries (LBA 2 on) fail in their 4th sector, and the
+	# backup header is zeros
+	echo 5 >bad
+	dd if=/dev/zero of=disk.img bs=512 seek=$((size / 512 - 1)) count=1 conv=notrunc status=none
+	bad --partitions "$uri"
+	grep -q "reading the partition table: Input/output error$" err || fail "entries unreadable: $(cat err)"
+}
+
 # a block device of 4096-byte logical sectors with a GPT that sgdisk wrote
 # on it: LBAs count 4096 bytes; and a snapshot of its partition, committed
 t_partition_4k() {
@@ -3075,6 +3107,57 @@ t_partition_4k() {
 	losetup -d "$loop"
 }
 
+# mbr_put IMAGE SECTOR:TYPE,START,SIZE[;...]...: a table sector (these
+# entries in slots 1-4, and the signature) written at each SECTOR
+mbr_put() {
+	"$PY" - "$@" <<-'EOF' || fail "mbr_put $*"
+	import struct, sys
+	with open(sys.argv[1], 'r+b') as f:
+	    for arg in sys.argv[2:]:
+	        at, ents = arg.split(':')
+	        b = bytearray(512)
+	        for i, ent in enumerate(ents.split(';')):
+	            t, start, size = (int(x, 0) for x in ent.split(','))
+	            b[446 + 16 * i + 4] = t
+	            struct.pack_into('<II', b, 446 + 16 * i + 8, start, size)
+	        b[510:512] = b'\x55\xaa'
+	        f.seek(int(at) * 512)
+	        f.write(b)
+	EOF
+}
+
+# MBR tables no partitioning tool writes but Linux reads (msdos.c), numbered
+# as Linux and partx number them: two extended primaries, each chain in
+# turn; an EBR holding two logical partitions and no link; an EBR whose
+# link comes first (DR-DOS); entries of type 0 that have a size. On
+# 728e558 partition 5 was the second chain's, or the link's extent.
+t_mbr_chains() {
+	local c
+	: >mp
+	for c in two-extended two-logical link-first type-0; do
+		rm -f disk.img; truncate -s 100M disk.img
+		case $c in
+		two-extended) mbr_put disk.img '0:0x83,2048,2048;0x05,10000,10000;0x0f,30000,10000' \
+			'10000:0x83,100,200' '30000:0x83,100,300' ;;
+		two-logical) mbr_put disk.img '0:0x83,2048,2048;0x05,10000,10000' \
+			'10000:0x83,100,200;0x83,400,200' ;;
+		link-first) mbr_put disk.img '0:0x83,2048,2048;0x05,10000,10000' \
+			'10000:0x05,1000,2000;0x83,100,200' '11000:0x83,50,100' ;;
+		type-0) mbr_put disk.img '0:0x00,2048,2048;0x05,10000,10000' \
+			'10000:0x00,100,200;0x05,1000,2000' '11000:0x83,50,100' ;;
+		esac
+		"$FX" --partitions disk.img >out 2>err || fail "--partitions, $c: $(cat err)"
+		eq "$(tail -n +3 out | awk '{ print $1, $2, $4 }')" \
+			"$(partx -g -o NR,START,SECTORS disk.img | awk '{ print $1, $2, $3 }')" \
+			"$c: partitions against partx"
+		head -c $((100 * 512)) /dev/urandom >data
+		dd if=data of=disk.img bs=512 seek=10100 conv=notrunc status=none
+		fx_up --partition=5 "$PWD/disk.img" "$PWD/mp"
+		cmp <(head -c $((100 * 512)) mp) data || fail "$c: partition 5's first bytes"
+		fx_down "$PWD/mp"
+	done
+}
+
 # bad tables and bad combinations: one line naming what exists, nothing
 # mounted, the image unchanged
 t_partition_refusals() {
@@ -3087,6 +3170,8 @@ t_partition_refusals() {
 	bad --partition=1 --offset=1M "$PWD/disk.img" "$PWD/mp"
 	bad --partition=1 --size=1M "$PWD/disk.img" "$PWD/mp"
 	bad -o partition=1,offset=4096 "$PWD/disk.img" "$PWD/mp"
+	bad -g --partition=1 "$PWD/disk.img" "$PWD/mp"
+	grep -q -- "partition.*contradict.*a partition keeps its size" err || fail "-g --partition: $(cat err)"
 	bad --partition=0 "$PWD/disk.img" "$PWD/mp"
 	bad --partition=x "$PWD/disk.img" "$PWD/mp"
 	bad --partitions "$PWD/disk.img" "$PWD/mp"
@@ -4930,6 +5015,8 @@ t "--partition: a GPT of 1152 entries holding 1001-1128: each exported, others r
 t "--partition: mkfs.ext4 in a primary and a logical partition, loop-mounted; the export is dd skip=START" "$M sfdisk loop ext4" t_partition_ext4
 t "--partition: mkfs.xfs in a GPT partition, loop-mounted; the export is dd skip=START" "$M sgdisk sfdisk loop xfs" t_partition_xfs
 t "--partition: GPT with its primary header or entries zeroed: the backup is used" "$M sgdisk sfdisk" t_gpt_backup
+t "--partition: GPT headers that cannot be read (NBD read errors): the backup, else the read error said" "$M sgdisk sfdisk nbdkit" t_gpt_read_errors
+t "--partition: MBR tables only Linux reads (two extended primaries, two logical in an EBR, link first, type 0): numbered as partx" "$M python3" t_mbr_chains
 t "--partition: GPT on a 4096-byte-sector loop device, and a snapshot of it committed" "$M sgdisk sfdisk loop" t_partition_4k
 t "--partition: missing, past the end, garbage, with --offset: refused; a broken extended chain keeps the rest" "$M sfdisk" t_partition_refusals
 t "--partitions: GPT entries not 128 bytes, or more than 4 MiB of them, are no table (as Linux)" "sgdisk python3" t_gpt_sizes

@@ -12,7 +12,9 @@
  *   byte 0       flags: bit 0, 4096-byte logical sectors (else 512);
  *                bit 1, the GPT CRCs are made right (header and entries,
  *                primary and backup) before the tables are read, so that
- *                the fuzzer reaches what lies past them
+ *                the fuzzer reaches what lies past them; bit 2, the
+ *                last chunk is a bad spot instead: a read that touches
+ *                its bytes (one at least) fails with EIO
  *   bytes 1-4    the disk's size in 512-byte units, little endian
  *   then chunks  a 4-byte offset in 512-byte units and a 2-byte length,
  *                little endian, then that many bytes of the disk (cut
@@ -40,7 +42,7 @@ struct chunk {
 
 static struct chunk *chunks;
 static size_t nchunks;
-static uint64_t disk_size;
+static uint64_t disk_size, bad_pos, bad_len;
 
 static uint32_t le32(const unsigned char *p)
 {
@@ -61,6 +63,8 @@ static ssize_t disk_read(void *buf, size_t n, uint64_t pos)
 		return 0;
 	if (n > disk_size - pos)
 		n = disk_size - pos;
+	if (bad_len && pos < bad_pos + bad_len && bad_pos < pos + n)
+		return -EIO;
 	memset(buf, 0, n);
 	for (i = 0; i < nchunks; i++) {
 		const struct chunk *c = &chunks[i];
@@ -203,6 +207,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (data[0] & 2 && disk_size / sector >= 3) {
 		fix_gpt(sector, 1);
 		fix_gpt(sector, disk_size / sector - 1);
+	}
+	bad_pos = bad_len = 0;
+	if (data[0] & 4 && nchunks) {
+		nchunks--;
+		bad_pos = chunks[nchunks].pos;
+		bad_len = chunks[nchunks].len ? chunks[nchunks].len : 1;
 	}
 	f = open_memstream(&out, &out_len);
 	if (!f)
