@@ -660,6 +660,10 @@ int fuseexport_fuzz_partitions(uint64_t size, unsigned sector,
 			       ssize_t (*read)(void *buf, size_t n, uint64_t pos),
 			       FILE *out);
 
+/* GPT's CRC-32 of n more bytes at p after crc (0 to begin), for a fuzzer
+ * that makes its tables' CRCs right */
+uint32_t fuseexport_crc32(uint32_t crc, const unsigned char *p, size_t n);
+
 /*
  * The snapshot FILE's reader, for a fuzzer: resume FILE (written by the
  * fuzzer) as a snapshot of the regular file source, exactly as an export

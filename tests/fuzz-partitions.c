@@ -94,25 +94,6 @@ static void disk_write(const void *buf, size_t n, uint64_t pos)
 	}
 }
 
-static uint32_t crc32(uint32_t crc, const unsigned char *p, size_t n)
-{
-	/* the CRC of each 4-bit value: two steps a byte, from 64 bytes */
-	static const uint32_t nibble[16] = {
-		0x00000000, 0x1db71064, 0x3b6e20c8, 0x26d930ac,
-		0x76dc4190, 0x6b6b51f4, 0x4db26158, 0x5005713c,
-		0xedb88320, 0xf00f9344, 0xd6d6a3e8, 0xcb61b38c,
-		0x9b64c2b0, 0x86d3d2d4, 0xa00ae278, 0xbdbdf21c,
-	};
-	uint32_t c = ~crc;
-
-	while (n--) {
-		c ^= *p++;
-		c = c >> 4 ^ nibble[c & 15];
-		c = c >> 4 ^ nibble[c & 15];
-	}
-	return ~c;
-}
-
 /* Make the CRCs of a GPT header at lba, and of the entries it names, right */
 static void fix_gpt(unsigned sector, uint64_t lba)
 {
@@ -134,12 +115,12 @@ static void fix_gpt(unsigned sector, uint64_t lba)
 
 			memset(slice, 0, n);
 			disk_read(slice, n, entries * sector + done);
-			crc = crc32(crc, slice, n);
+			crc = fuseexport_crc32(crc, slice, n);
 		}
 		h[88] = crc, h[89] = crc >> 8, h[90] = crc >> 16, h[91] = crc >> 24;
 	}
 	memset(h + 16, 0, 4);
-	crc = crc32(0, h, hsize);
+	crc = fuseexport_crc32(0, h, hsize);
 	h[16] = crc, h[17] = crc >> 8, h[18] = crc >> 16, h[19] = crc >> 24;
 	disk_write(h, hsize, lba * sector);
 }
