@@ -801,7 +801,9 @@ static void file_keep_no_copy(struct source *s)
  * mtime) to the time of the change. Three things could still slip past:
  * a store through another process's shared mapping to a page dirty
  * already sets no time (so the dirty pages are written back first, which
- * write-protects them: the next store faults and sets the times); a
+ * write-protects them: the next store faults and sets the times; tmpfs
+ * writes nothing back, its pages stay writable in such a mapping and its
+ * stores set no time, so a file there proves nothing); a
  * change in the same tick of the clock as the last one before the stamp
  * could leave the times as they were (so a ctime not older than the
  * clock's current tick, or its second where the file system keeps
@@ -817,7 +819,6 @@ static bool local_fs(long type)
 		0xEF53,		/* ext2, ext3, ext4 */
 		0x58465342,	/* xfs */
 		0x9123683E,	/* btrfs */
-		0x01021994,	/* tmpfs */
 		0xF2F52010,	/* f2fs */
 	};
 	size_t i;
