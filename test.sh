@@ -4561,6 +4561,42 @@ t_cache_coherent() {
 	fx_down "$PWD/mp"
 }
 
+# Opens at the same time after a change behind the export: the kernel drops
+# its pages in the opener once it has the reply, so an open whose reply came
+# later but which finished first kept pages the drop had yet to go through
+# (stale in about a third of the rounds, -q 1 or 2); every open must read
+# the source's bytes of now
+t_cache_coherent_opens() {
+	local q
+	mkimg src 4; : >mp
+	for q in 1 2; do
+		fx_up -q $q --passthrough=off "$PWD/src" "$PWD/mp"
+		"$PY" - src mp <<-'EOF' || fail "-q $q: opens at the same time after a change"
+		import os, sys, threading, time
+		fd = os.open(sys.argv[1], os.O_RDWR)
+		for n in range(60):
+		    # a warm cache, kept by an open that proves the file unchanged
+		    for _ in range(2):
+		        time.sleep(0.012)      # the times older than the clock's tick
+		        with open(sys.argv[2], "rb") as f:
+		            f.read(65536)
+		    tag = b"%08d" % n
+		    os.pwrite(fd, tag * 512, 0)
+		    time.sleep(0.012)
+		    start, got = threading.Barrier(4), []
+		    def reader():
+		        start.wait()
+		        with open(sys.argv[2], "rb", buffering=0) as f:
+		            got.append(f.read(8))
+		    ts = [threading.Thread(target=reader) for _ in range(4)]
+		    [t.start() for t in ts]
+		    [t.join() for t in ts]
+		    assert got == [tag] * 4, "round %d: read %r, the source holds %r" % (n, got, tag)
+		EOF
+		fx_down "$PWD/mp"
+	done
+}
+
 # tmpfs writes nothing back: a store through another program's mapping to
 # a page it stored to before sets no time, so a file there proves nothing
 # and every open reads it anew
@@ -5017,6 +5053,7 @@ t "valgrind: a short export session is clean" "$M valgrind xfs_io" t_valgrind
 t "io_uring: taken when offered, served by the ring threads; auto falls back, on refuses" "$M uring" t_io_uring
 t "--cache=read: the export's pages cached by the kernel, none kept by the source (fincore)" "$M fincore" t_cache_once
 t "--cache=auto and read are coherent at open: a loop device and a window's file changed behind the export are read anew; a file proved unchanged keeps its pages; a writer's direct writes drop a reader's pages" "$M loop fincore python3" t_cache_coherent
+t "--cache=auto: opens at the same time after a change behind the export all read it (none keeps pages another's drop has yet to go through)" "$M python3" t_cache_coherent_opens
 t "--cache=auto: a file on tmpfs proves nothing (a store through a mapping sets no time), every open reads it anew" "$M python3" t_cache_coherent_tmpfs
 t "--cache=writeback as root: the export's bdi not held to FUSE's strict 1% dirty limit" "$M" t_writeback_dirty_limit
 t "--cache=writeback: a write past the end is refused at fsync, nothing reaches the source" "$M python3" t_writeback_past_end
