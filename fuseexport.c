@@ -849,6 +849,17 @@ static bool file_stamp(struct source *s, struct stamp *st)
 			    SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) < 0)
 		return false;
 	clock_gettime(CLOCK_REALTIME_COARSE, &now);
+	/* A write sets the times as it starts, before its bytes land: times
+	 * that settled while one is under way prove nothing. The kernel
+	 * grants a read lease only where nobody has the file open for
+	 * writing (a writable mapping included; a writable export's own fd
+	 * too, so such an export never keeps pages across opens), so no
+	 * write is under way now, and one that starts later sets times
+	 * newer than now. A lease broken meanwhile sends a SIGIO, which the
+	 * server ignores (run_export). */
+	if (fcntl(f->fd, F_SETLEASE, F_RDLCK) < 0)
+		return false;
+	fcntl(f->fd, F_SETLEASE, F_UNLCK);
 	if (fstat(f->fd, &sb) < 0)
 		return false;
 	/* times in whole seconds: the file system keeps no more */
@@ -7735,6 +7746,7 @@ static MAIN_ONLY int run_export(struct export *e)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGIO, SIG_IGN);		/* a lease broken (file_stamp) */
 	if (e->control_path &&
 	    (errno = pthread_create(&e->control_thread, NULL, control_loop, e)))
 		die("--control: starting its thread:");

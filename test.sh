@@ -4573,7 +4573,6 @@ t_cache_coherent_opens() {
 		fx_up -q $q --passthrough=off "$PWD/src" "$PWD/mp"
 		"$PY" - src mp <<-'EOF' || fail "-q $q: opens at the same time after a change"
 		import os, sys, threading, time
-		fd = os.open(sys.argv[1], os.O_RDWR)
 		for n in range(60):
 		    # a warm cache, kept by an open that proves the file unchanged
 		    for _ in range(2):
@@ -4581,7 +4580,9 @@ t_cache_coherent_opens() {
 		        with open(sys.argv[2], "rb") as f:
 		            f.read(65536)
 		    tag = b"%08d" % n
+		    fd = os.open(sys.argv[1], os.O_WRONLY)
 		    os.pwrite(fd, tag * 512, 0)
+		    os.close(fd)                   # no writer left: proof possible
 		    time.sleep(0.012)
 		    start, got = threading.Barrier(4), []
 		    def reader():
@@ -4595,6 +4596,46 @@ t_cache_coherent_opens() {
 		EOF
 		fx_down "$PWD/mp"
 	done
+}
+
+# A write sets the times as it starts: an open while it is under way (its
+# buffer here a mapping of a second export whose last page takes 1 s to
+# read) sees settled times and caches the old last page; once the write is
+# done and its file closed, a new open must read the new one (on main the
+# times were as before, and the export kept the old page)
+t_cache_coherent_inflight() {
+	mkimg src 4; : >mp
+	head -c $((4 * MiB)) /dev/urandom >new; : >slow
+	fx_up -q 2 --passthrough=off "$PWD/src" "$PWD/mp"
+	fx_up --cache=none --fault=op=read,offset=$((4 * MiB - 4096)),length=4096,delay=1s,error=none \
+		"$PWD/new" "$PWD/slow"
+	"$PY" - src mp slow <<-'EOF' || fail "a write under way at an open"
+	import mmap, os, sys, threading, time
+	src, mp, slow = sys.argv[1:]
+	end = (4 << 20) - 4096
+	def last_page():
+	    with open(mp, "rb", buffering=0) as f:
+	        return os.pread(f.fileno(), 4096, end)
+	for _ in range(2):                # a warm cache, kept
+	    time.sleep(0.012)
+	    old = last_page()
+	buf = mmap.mmap(os.open(slow, os.O_RDONLY), 0, prot=mmap.PROT_READ)
+	def write():
+	    fd = os.open(src, os.O_WRONLY)
+	    os.pwrite(fd, buf, 0)
+	    os.close(fd)
+	w = threading.Thread(target=write)
+	w.start()
+	time.sleep(0.3)                   # under way, its times settled
+	assert w.is_alive(), "the write is done already"
+	last_page()
+	w.join()
+	time.sleep(0.012)
+	got, want = last_page(), open(src, "rb").read()[end:]
+	assert got == want, "a new open after the write read %s bytes" % ("the old" if got == old else "other")
+	EOF
+	fx_down "$PWD/slow"
+	fx_down "$PWD/mp"
 }
 
 # tmpfs writes nothing back: a store through another program's mapping to
@@ -5054,6 +5095,7 @@ t "io_uring: taken when offered, served by the ring threads; auto falls back, on
 t "--cache=read: the export's pages cached by the kernel, none kept by the source (fincore)" "$M fincore" t_cache_once
 t "--cache=auto and read are coherent at open: a loop device and a window's file changed behind the export are read anew; a file proved unchanged keeps its pages; a writer's direct writes drop a reader's pages" "$M loop fincore python3" t_cache_coherent
 t "--cache=auto: opens at the same time after a change behind the export all read it (none keeps pages another's drop has yet to go through)" "$M python3" t_cache_coherent_opens
+t "--cache=auto: a write under way at an open leaves no page a later open keeps (a write sets the times as it starts)" "$M python3" t_cache_coherent_inflight
 t "--cache=auto: a file on tmpfs proves nothing (a store through a mapping sets no time), every open reads it anew" "$M python3" t_cache_coherent_tmpfs
 t "--cache=writeback as root: the export's bdi not held to FUSE's strict 1% dirty limit" "$M" t_writeback_dirty_limit
 t "--cache=writeback: a write past the end is refused at fsync, nothing reaches the source" "$M python3" t_writeback_past_end
