@@ -156,7 +156,8 @@ enum {
 	 * and the idle CPUs it may spin on are counted this often */
 	SPIN_NS = 50000,
 	SPIN_SAMPLE_NS = 100000000,
-	FH_WRITES = 1,				/* an open's fh: it may write */
+	FH_WRITES = 1,				/* an open's fh: it may write; */
+	FH_OPEN_SHIFT = 1,			/* the open's number above */
 };
 #define MAP_WHOLE (4ULL << 30)
 
@@ -365,6 +366,11 @@ struct export {
 					 * file: 0 not yet, < 0 refused */
 	struct stamp stamp;		/* the source's at the last OPEN, */
 	bool stamped;			/* if it proves anything */
+	uint64_t opens;			/* OPENs so far: each one's number */
+	/* the number of the first OPEN to drop the kernel's cache since the
+	 * stamp last changed, until a request of that open or a later one
+	 * shows a drop done (fuse_open); 0: none in doubt */
+	_Atomic uint64_t drop_pending;
 
 	uint32_t minor;			/* negotiated protocol minor */
 	/* INIT answered: set last by fuse_init, so a queue that sees it
@@ -801,7 +807,9 @@ static void file_keep_no_copy(struct source *s)
  * mtime) to the time of the change. Three things could still slip past:
  * a store through another process's shared mapping to a page dirty
  * already sets no time (so the dirty pages are written back first, which
- * write-protects them: the next store faults and sets the times); a
+ * write-protects them: the next store faults and sets the times; tmpfs
+ * writes nothing back, its pages stay writable in such a mapping and its
+ * stores set no time, so a file there proves nothing); a
  * change in the same tick of the clock as the last one before the stamp
  * could leave the times as they were (so a ctime not older than the
  * clock's current tick, or its second where the file system keeps
@@ -817,7 +825,6 @@ static bool local_fs(long type)
 		0xEF53,		/* ext2, ext3, ext4 */
 		0x58465342,	/* xfs */
 		0x9123683E,	/* btrfs */
-		0x01021994,	/* tmpfs */
 		0xF2F52010,	/* f2fs */
 	};
 	size_t i;
@@ -842,6 +849,17 @@ static bool file_stamp(struct source *s, struct stamp *st)
 			    SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) < 0)
 		return false;
 	clock_gettime(CLOCK_REALTIME_COARSE, &now);
+	/* A write sets the times as it starts, before its bytes land: times
+	 * that settled while one is under way prove nothing. The kernel
+	 * grants a read lease only where nobody has the file open for
+	 * writing (a writable mapping included; a writable export's own fd
+	 * too, so such an export never keeps pages across opens), so no
+	 * write is under way now, and one that starts later sets times
+	 * newer than now. A lease broken meanwhile sends a SIGIO, which the
+	 * server ignores (run_export). */
+	if (fcntl(f->fd, F_SETLEASE, F_RDLCK) < 0)
+		return false;
+	fcntl(f->fd, F_SETLEASE, F_UNLCK);
 	if (fstat(f->fd, &sb) < 0)
 		return false;
 	/* times in whole seconds: the file system keeps no more */
@@ -5490,23 +5508,49 @@ static int open_backing(struct export *e)
  * open's (the export's own writes to it count as changes too); else the
  * kernel drops them as it opens, and the open reads what the source holds
  * now, as NFS's close-to-open. The stamp is taken before the reply, so
- * whatever the kernel caches after the drop was read after it. */
-static bool keep_cache(struct export *e)
+ * whatever the kernel caches after the drop was read after it.
+ *
+ * The kernel drops them in the opener, once it has the reply, and
+ * another open may finish before that opener runs: an open that came at
+ * the same time, or later, with a stamp as current, must not keep pages
+ * the drop has yet to go through. So no open keeps them until a request
+ * of an open that dropped them since the stamp changed (its READ, WRITE,
+ * FLUSH, RELEASE...) shows that open finished, drop and all (open_seen).
+ * Sets *number to this open's number, for its fh. */
+static bool keep_cache(struct export *e, uint64_t *number)
 {
 	struct stamp now;
-	bool proven = e->top->stamp(e->top, &now), keep;
+	bool proven = e->top->stamp(e->top, &now), same, keep;
 
 	pthread_mutex_lock(&e->lock);
-	keep = proven && e->stamped && !memcmp(&now, &e->stamp, sizeof(now));
+	*number = ++e->opens;
+	same = proven && e->stamped && !memcmp(&now, &e->stamp, sizeof(now));
+	if (!same)
+		atomic_store(&e->drop_pending, *number);
+	keep = same && !atomic_load(&e->drop_pending);
 	e->stamped = proven;
 	if (proven)
 		e->stamp = now;
 	pthread_mutex_unlock(&e->lock);
 	if (e->debug && !keep)
 		fprintf(stderr, "fuseexport: open: %s: the kernel's cache of "
-			"the export dropped\n", proven ? "the source changed" :
-			"nothing proves the source unchanged");
+			"the export dropped\n", !proven ? "nothing proves the "
+			"source unchanged" : !same ? "the source changed" :
+			"an earlier drop may not have gone through yet");
 	return keep;
+}
+
+/* A request came on the file handle fh: its open finished, so if that
+ * open dropped the kernel's cache after the stamp last changed (or came
+ * after one that did), the drop went through */
+static void open_seen(struct export *e, uint64_t fh)
+{
+	uint64_t number = fh >> FH_OPEN_SHIFT;
+	uint64_t pending = atomic_load(&e->drop_pending);
+
+	while (pending && number >= pending &&
+	       !atomic_compare_exchange_weak(&e->drop_pending, &pending, 0))
+		;
 }
 
 /* OPEN: writes only on writable exports (O_TRUNC comes as a SETATTR).
@@ -5516,13 +5560,13 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 {
 	uint32_t flags = r->in.open.flags;
 	struct fuse_open_out *out = &r->reply.open;
+	uint64_t number = 0;
 	int id;
 
 	(void)len;
 	if (!e->writable && (flags & O_ACCMODE) != O_RDONLY)
 		return -EROFS;
 	memset(out, 0, sizeof(*out));
-	out->fh = (flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0;
 	out->open_flags = e->open_flags;
 	/* With a read cache a writer gains nothing from the kernel's pages:
 	 * its cached writes go through one at a time (the kernel holds the
@@ -5532,8 +5576,10 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	 * read-only opens keep it. */
 	if (e->direct_writers && (flags & O_ACCMODE) != O_RDONLY)
 		out->open_flags |= FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	if (e->cache != CACHE_NONE && !e->passthrough && keep_cache(e))
+	if (e->cache != CACHE_NONE && !e->passthrough && keep_cache(e, &number))
 		out->open_flags |= FOPEN_KEEP_CACHE;
+	out->fh = number << FH_OPEN_SHIFT |
+		  ((flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0);
 	/* Every open of the inode must pass through, to the same backing
 	 * file, and every path of it (read, write, splice, mmap) then goes
 	 * there: why_no_passthrough() lets only exports whose writes may
@@ -5805,6 +5851,17 @@ static const struct operation {
 	[FUSE_COPY_FILE_RANGE_64] = { "COPY_FILE_RANGE_64", 0, NULL, false },
 };
 
+/* A request on a file handle (READ, WRITE, FLUSH...: each holds it
+ * first) shows that its open finished */
+static void request_on_fh(struct export *e, const struct request *r)
+{
+	switch (r->in.hdr.opcode) {
+	case FUSE_READ: case FUSE_WRITE: case FUSE_FLUSH: case FUSE_RELEASE:
+	case FUSE_FSYNC: case FUSE_FALLOCATE: case FUSE_LSEEK:
+		open_seen(e, r->in.read.fh);
+	}
+}
+
 /* Serve the request of len bytes in r, and build the reply in r->iov.
  * Returns the number of iovecs to send (0: no reply), or -errno if the
  * export must halt. */
@@ -5832,8 +5889,10 @@ static int serve(struct export *e, struct request *r, size_t len)
 		res = -EINVAL;
 	else if (!atomic_load(&e->initialized) && in->opcode != FUSE_INIT)
 		res = -EIO;
-	else
+	else {
+		request_on_fh(e, r);
 		res = op->handle(e, r, oplen);
+	}
 
 	if (e->debug)
 		fprintf(stderr, "fuseexport: %s #%llu (%zu bytes): %d%s%s\n",
@@ -7693,6 +7752,7 @@ static MAIN_ONLY int run_export(struct export *e)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGIO, SIG_IGN);		/* a lease broken (file_stamp) */
 	if (e->control_path &&
 	    (errno = pthread_create(&e->control_thread, NULL, control_loop, e)))
 		die("--control: starting its thread:");
