@@ -7566,6 +7566,10 @@ static MAIN_ONLY int run_command(struct export *e, pid_t server)
 		fprintf(stderr, "fuseexport: --run: fork: %s\n", strerror(errno));
 		cmd_status = 1 << 8;
 	} else if (cmd == 0) {
+		/* COMMAND as a shell would start it: main() ignores SIGPIPE
+		 * for itself, and an ignored signal stays ignored across exec
+		 * (`cat "$1" | head` would fail with EPIPE, not end quietly) */
+		signal(SIGPIPE, SIG_DFL);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		setenv("FUSEEXPORT_FILE", e->mountpoint, 1);
 		execl("/bin/sh", "sh", "-c", e->run_command, "sh", e->mountpoint,
@@ -7594,6 +7598,7 @@ static MAIN_ONLY int run_command(struct export *e, pid_t server)
 	}
 	if (WIFSIGNALED(server_status)) {	/* nothing unmounted it */
 		unmount_export(e, true);
+		close_control(e);	/* nor removed the FIFO */
 		fprintf(stderr, "fuseexport: %s: the export died under --run "
 			"(its server was killed by signal %d)\n", e->mountpoint,
 			WTERMSIG(server_status));

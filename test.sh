@@ -1844,6 +1844,12 @@ t_run() {
 	rc=0; "$FX" --run='kill -KILL $$' "$PWD/src" "$PWD/mp" 2>err || rc=$?
 	eq "$rc" 137 "status of a COMMAND killed by SIGKILL"
 	run_gone "$PWD/mp"
+	# COMMAND starts with SIGPIPE as a shell has it: cat ends quietly
+	# when head has had enough (ignored, it failed with EPIPE)
+	"$FX" --run='cat "$1" | head -c 1 >/dev/null' "$PWD/src" "$PWD/mp" 2>err ||
+		fail "cat | head under --run: exit $?"
+	[ ! -s err ] || fail "cat | head under --run: $(cat err)"
+	run_gone "$PWD/mp"
 }
 
 # SIGTERM to fuseexport reaches COMMAND; the export ends after it
@@ -1865,18 +1871,20 @@ t_run_signal() {
 }
 
 # An export that dies under COMMAND (its server killed) fails COMMAND's
-# reads at once and fuseexport with one line, and leaves nothing mounted
+# reads at once and fuseexport with one line, and leaves nothing mounted,
+# nor the --control FIFO the server would have removed
 t_run_dies() {
 	local rc=0
 	mkimg src 16; : >mp
 	track_mount "$PWD/mp"
-	"$FX" --run='pkill -KILL -P $PPID "^fuseexport"; sleep 0.5; cat "$1" >/dev/null 2>&1 && : >read-ok; exit 0' \
+	"$FX" --control=ctl --run='pkill -KILL -P $PPID "^fuseexport"; sleep 0.5; cat "$1" >/dev/null 2>&1 && : >read-ok; exit 0' \
 		"$PWD/src" "$PWD/mp" 2>err || rc=$?
 	eq "$rc" 1 "status when the export died under COMMAND"
 	refute "a read of the dead export succeeded" [ -e read-ok ]
 	eq "$(wc -l <err)" 1 "lines said"
 	grep -q "died under --run" err || fail "message: $(cat err)"
 	run_gone "$PWD/mp"
+	refute "the --control FIFO is left after the export died" [ -e ctl ]
 }
 
 # without root (through fusermount3): writes through $1 reach the source
@@ -4968,9 +4976,9 @@ t "SIGINT: flush, unmount, exit 0" "$M" t_signal INT
 t "SIGHUP: flush, unmount, exit 0" "$M" t_signal HUP
 t "SIGTERM to a detached server unmounts" "$M" t_signal_detached
 t "SIGTERM while a client holds the export open: unmounted at once, exit 0 after" "$M python3" t_signal_busy
-t "--run: mkfs.ext4 and e2fsck, cmp, COMMAND's status (exit 3, SIGKILL 137); nothing left after" "$M ext4" t_run
+t "--run: mkfs.ext4 and e2fsck, cmp, COMMAND's status (exit 3, SIGKILL 137), SIGPIPE not ignored; nothing left after" "$M ext4" t_run
 t "--run: SIGTERM to fuseexport reaches COMMAND, the export ends after it" "$M" t_run_signal
-t "--run: the export killed under COMMAND: reads fail, exit 1 with one line, nothing mounted" "$M" t_run_dies
+t "--run: the export killed under COMMAND: reads fail, exit 1 with one line, nothing mounted, no FIFO left" "$M" t_run_dies
 t "--run without root: through fusermount3, writes reach the source" "$M setpriv fusermount3 unshare" t_run_user
 t "umount (and umount -l) makes the server exit 0" "$M" t_umount_exits
 t "umount of a busy export fails and the export goes on" "$M" t_busy_umount
