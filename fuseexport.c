@@ -116,7 +116,8 @@ static const char usage_text[] =
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
 "                          to be made again before they fail (default: 30)\n"
 "      --log=FILE          a detached server's messages go to FILE (default:\n"
-"                          syslog, else the kernel's log, as fuseexport[PID])\n"
+"                          syslog, else the kernel's log, as fuseexport[PID]);\n"
+"                          refused with -f, -d and --run (stderr is kept)\n"
 "      --run=COMMAND       once the export is up, run /bin/sh -c COMMAND with\n"
 "                          its path as $1 and $FUSEEXPORT_FILE; end the\n"
 "                          export when it exits, exit with its status\n"
@@ -6829,6 +6830,10 @@ static const struct {
 	{ OPT_PARTITION, OPT_SIZE, "the partition table gives the window" },
 	{ OPT_PARTITIONS, OPT_COMMIT, "one lists the table, the other commits "
 	  "a snapshot" },
+	/* FILE would be made and stay empty */
+	{ 'f', OPT_LOG, "a server in the foreground keeps its stderr" },
+	{ 'd', OPT_LOG, "a server in the foreground keeps its stderr" },
+	{ OPT_RUN, OPT_LOG, "under --run the server keeps fuseexport's stderr" },
 };
 
 /* The checks once every option is in: contradictions, then the arguments.

@@ -5101,7 +5101,8 @@ for o in "-o ro|-w|-o ro -w" "-o ro|-w|-w -o ro" "-o ro|-g|-g -o ro" "-o ro|-o g
 	"-o ro|-o rw|-o ro,rw" "-o ro|--snapshot|-o ro --snapshot" "-o ro|--write-cache|-o ro --write-cache=volatile" \
 	"-g|--snapshot|-g --snapshot" "-g|--offset|-g --offset=1M" "-g|-o window_size|-g -o window_size=1M" \
 	"-g|--partition|-g --partition=1" "--partition|--size|--partition=1 --size=1M" \
-	"-o partition|-o window_offset|-o partition=1,window_offset=1M"; do
+	"-o partition|-o window_offset|-o partition=1,window_offset=1M" \
+	"-f|--log|-f --log=log" "-d|-o log|-d -o log=log" "--run|--log|--run=true --log=log"; do
 	IFS='|' read -r a b args <<<"$o"
 	eval "set -- $args"
 	t "$B contradiction: $args" "" b_contradiction "$a" "$b" "$@"
