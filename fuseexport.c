@@ -5867,43 +5867,64 @@ static void reply_done(struct export *e, struct request *r)
 static int log_fd = -1;			/* --log=FILE, opened before detaching */
 static pthread_t log_thread;
 
-/* Send one line, less its "fuseexport: ", to syslog (sock) or kmsg */
-static void log_line(int out, bool sock, const char *line, size_t len)
+/* Where the log goes: a datagram socket connected to /dev/log (sock),
+ * else /dev/kmsg; returns its fd, or -1 */
+static int open_log_route(bool *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
+	int out = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	*sock = out >= 0 && connect(out, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	if (*sock)
+		return out;
+	if (out >= 0)
+		close(out);
+	return open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+}
+
+/* The kernel refuses a /dev/kmsg record of about 1 KiB and over (EINVAL)
+ * whole: a longer line goes in pieces of this many bytes */
+enum { KMSG_PIECE = 800 };
+
+/* Send one line, less its "fuseexport: ", to syslog (*sock) or kmsg. A
+ * syslog daemon that was restarted has a new socket: the old one's
+ * sends fail (ECONNREFUSED), so connect again, once a line. */
+static void log_line(int *out, bool *sock, const char *line, size_t len)
 {
 	static const char prefix[] = "fuseexport: ";
 	char msg[4200];
+	size_t k;
+	bool again = true;
 	int n;
 
 	if (len >= sizeof(prefix) - 1 && !memcmp(line, prefix, sizeof(prefix) - 1))
 		line += sizeof(prefix) - 1, len -= sizeof(prefix) - 1;
-	if (!len || out < 0)
-		return;
-	/* daemon.warning for syslog; the kernel's log takes a level alone */
-	n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s", sock ? 28 : 4,
-		     (int)getpid(), (int)len, line);
-	if (n > 0 && write(out, msg, (size_t)n < sizeof(msg) ? (size_t)n :
-			   sizeof(msg) - 1) < 0) {
-		/* nowhere left to say it */
+	while (len && *out >= 0) {
+		k = *sock ? len : len < KMSG_PIECE ? len : KMSG_PIECE;
+		/* daemon.warning for syslog; the kernel's log takes a level alone */
+		n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s",
+			     *sock ? 28 : 4, (int)getpid(), (int)k, line);
+		if (n > 0 && write(*out, msg, (size_t)n < sizeof(msg) ? (size_t)n :
+				   sizeof(msg) - 1) < 0 && *sock && again) {
+			close(*out);
+			*out = open_log_route(sock);
+			again = false;
+			continue;	/* the same line, the new way */
+		}
+		line += k;
+		len -= k;
 	}
 }
 
 static void *log_loop(void *arg)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
 	int in = (int)(intptr_t)arg, out;
 	char buf[4096], *nl;
 	size_t have = 0, len;
-	bool sock = false;
+	bool sock;
 	ssize_t n;
 
-	out = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (out >= 0 && connect(out, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-		sock = true;
-	} else {
-		if (out >= 0)
-			close(out);
-		out = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
-	}
+	out = open_log_route(&sock);
 	do {
 		n = read(in, buf + have, sizeof(buf) - have);
 		if (n < 0 && errno == EINTR)
@@ -5914,7 +5935,7 @@ static void *log_loop(void *arg)
 		while ((nl = memchr(buf, '\n', have)) ||
 		       (have && (n <= 0 || have == sizeof(buf)))) {
 			len = nl ? (size_t)(nl - buf) : have;
-			log_line(out, sock, buf, len);
+			log_line(&out, &sock, buf, len);
 			len += nl != NULL;
 			memmove(buf, buf + len, have - len);
 			have -= len;

@@ -1391,8 +1391,9 @@ t_fault_layers() {
 # line reported; -d names the rule that fired; the FIFO goes with the export
 # A detached server's messages (here, an unknown line on its control FIFO)
 # are not lost: --log=FILE; else syslog where /dev/log takes them (a
-# listener of ours, over /dev in this namespace); else the kernel's log.
-# Each tagged fuseexport[PID], the last line there even as the server exits.
+# listener of ours, over /dev in this namespace, taken again after it
+# restarts); else the kernel's log, a long line in pieces it takes. Each
+# tagged fuseexport[PID], the last line there even as the server exits.
 log_says() {	# log_says FILE|kmsg PATTERN: within 30 s
 	local i
 	for i in $(seq 300); do
@@ -1402,8 +1403,20 @@ log_says() {	# log_says FILE|kmsg PATTERN: within 30 s
 	done
 	fail "no '$2' in $1: $(tail -n 3 "$1" 2>/dev/null)"
 }
+syslog_listener() {	# a /dev/log at dev/log, appending to syslog.txt
+	local i
+	"$PY" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])
+open(sys.argv[3], "w").close()
+with open(sys.argv[2], "ab", buffering=0) as f:
+    while True: f.write(s.recv(8192) + b"\n")' dev/log syslog.txt listening &
+	LISTENER=$!
+	track_pid $LISTENER
+	for i in $(seq 300); do [ -e listening ] && break; sleep 0.1; done
+	[ -e listening ] || fail "the syslog listener did not start"
+}
 log_ns() {
-	local tag i
+	local tag
 	mkimg src 4; : >mp
 	fx_up --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
 	echo bogus-file >ctl
@@ -1415,23 +1428,26 @@ log_ns() {
 	tag="fuseexport\[$FXPID\]"
 	echo bogus-kmsg >ctl
 	log_says kmsg "$tag: control: 'bogus-kmsg': unknown command"
+	# a line the kernel takes only in pieces (a record of 1 KiB is refused)
+	echo "bogus-long-$(printf %2000s | tr ' ' y)-end" >ctl
+	log_says kmsg "$tag: control: 'bogus-long-yyy"
+	log_says kmsg "$tag: y*-end': unknown command"
 	fx_down "$PWD/mp"
 	# syslog: a /dev/log of ours
 	mkdir dev
 	cp -a /dev/null /dev/zero /dev/urandom /dev/fuse /dev/kmsg dev/
-	"$PY" -c 'import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])
-open(sys.argv[3], "w").close()
-with open(sys.argv[2], "ab", buffering=0) as f:
-    while True: f.write(s.recv(8192) + b"\n")' dev/log syslog.txt listening &
-	track_pid $!
-	for i in $(seq 300); do [ -e listening ] && break; sleep 0.1; done
-	[ -e listening ] || fail "the syslog listener did not start"
+	syslog_listener
 	mount --bind dev /dev
 	fx_up --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
 	tag="<28>fuseexport\[$FXPID\]"
 	echo bogus-syslog >ctl
 	log_says syslog.txt "$tag: control: 'bogus-syslog': unknown command"
+	# the syslog daemon restarted: a new socket at /dev/log
+	kill "$LISTENER"; wait "$LISTENER" 2>/dev/null || true
+	rm -f dev/log listening
+	syslog_listener
+	echo bogus-restarted >ctl
+	log_says syslog.txt "$tag: control: 'bogus-restarted': unknown command"
 	kill -TERM "$FXPID"
 	wait_gone "$FXPID" || fail "server still running after SIGTERM"
 	refute "the kernel's log took a syslog line" eval 'dmesg | grep -q "fuseexport\[$FXPID\]: .*bogus-syslog"'
