@@ -5130,7 +5130,8 @@ struct line_reader {
 
 /* Take the n bytes just put at lr->buf + lr->have: carry out each line
  * they end; a line over CONTROL_LINE_MAX bytes is reported once and
- * dropped whole, its tail too, never run as a line of its own */
+ * dropped whole, its tail too, never run as a line of its own; a line
+ * with a NUL byte is reported and dropped (C strings would end there) */
 static void control_lines(struct export *e, struct line_reader *lr, size_t n)
 {
 	char *start = lr->buf, *end = lr->buf + lr->have + n, *nl;
@@ -5139,6 +5140,9 @@ static void control_lines(struct export *e, struct line_reader *lr, size_t n)
 		*nl = 0;
 		if (lr->too_long)
 			lr->too_long = false;	/* its end: dropped with the rest */
+		else if (memchr(start, 0, nl - start))	/* not its head alone */
+			fprintf(stderr, "fuseexport: control: a line with a NUL "
+				"byte: dropped\n");
 		else
 			control_command(e, start);
 	}

@@ -1488,10 +1488,12 @@ t_control() {
 # The control FIFO's line limit: a line over 4095 bytes is dropped whole,
 # up to its newline, and said so; its tail is never run as a line of its
 # own (a crash there crashed the export). A line of exactly 4095 is taken.
+# A line with a NUL byte is dropped, not run up to the NUL.
 t_control_long() {
 	mkimg src 4; : >mp
 	fx_fg --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
 	printf 'fault op=read,offset=0,length=1%8000s\n' crash >ctl
+	printf 'crash\0 torn\n' >ctl	# not a crash: a line with a NUL
 	printf '%4095s\n' "fault op=read,offset=1M,length=4K" >ctl
 	for i in $(seq 50); do
 		dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null || break
@@ -1504,7 +1506,9 @@ t_control_long() {
 	cmp -n $MiB mp src || fail "reads before the rule's range"
 	grep -q '^fuseexport: control: a line over 4095 bytes: dropped whole$' fg.err ||
 		fail "the long line was not reported: $(cat fg.err)"
-	eq "$(grep -c control fg.err)" 1 "lines about the control FIFO"
+	grep -q '^fuseexport: control: a line with a NUL byte: dropped$' fg.err ||
+		fail "the line with a NUL was not reported: $(cat fg.err)"
+	eq "$(grep -c control fg.err)" 2 "lines about the control FIFO"
 	fx_down "$PWD/mp"
 }
 
@@ -4971,7 +4975,7 @@ t "$p fault: a read delay shows in fio's completion latency" "$M fio python3" t_
 t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_fault_seed "$LAYER_MODE"
 t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
-t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken" "$M" t_control_long
+t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken; one with a NUL dropped" "$M" t_control_long
 t "a detached server's messages: --log=FILE, syslog (/dev/log), else the kernel's log, tagged fuseexport[PID]" "$M unshare python3" t_log
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
