@@ -6799,15 +6799,28 @@ static bool parse_mount_options(struct export *e, struct parse *p, char *list,
 	};
 	char *opt, *value, *next, what[64];
 	const struct option_row *row;
+	bool quoted;
+	size_t n;
 	int i;
 
 	for (opt = list; opt; opt = next) {
-		next = strchr(opt, ',');
-		if (next)
+		/* a comma inside double quotes is the value's, as libmount
+		 * has it: an fstab line's control="/a,b" reaches us so */
+		for (next = opt, quoted = false; *next && (quoted || *next != ',');
+		     next++)
+			quoted ^= *next == '"';
+		if (*next)
 			*next++ = 0;
+		else
+			next = NULL;
 		value = strchr(opt, '=');
 		if (value)
 			*value++ = 0;
+		if (value && (n = strlen(value)) >= 2 && value[0] == '"' &&
+		    value[n - 1] == '"') {
+			value[n - 1] = 0;
+			value++;
+		}
 		for (i = 0; ignored[i] && strcmp(opt, ignored[i]); i++)
 			;
 		if (!*opt || ignored[i] || !strncmp(opt, "x-", 2))

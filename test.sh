@@ -2523,6 +2523,11 @@ helper_ns() {
 	findmnt -n -o SOURCE --mountpoint "$PWD/mp" | grep -qx "$PWD/src" ||
 		fail "the export's source is not the file: $(findmnt -n -o SOURCE --mountpoint "$PWD/mp")"
 	umount "$PWD/mp"
+	# a value with a comma in double quotes, as libmount passes it on
+	printf '%s %s fuse.fuseexport control="%s" 0 0\n' "$PWD/src" "$PWD/mp" "$PWD/c,tl" >fstab
+	mount --fstab "$PWD/fstab" "$PWD/mp" 2>err || fail "control=\"PATH,WITH COMMA\" in fstab: $(cat err)"
+	[ -p "c,tl" ] || fail "no FIFO at the quoted control= path: $(ls)"
+	umount "$PWD/mp"
 	# the old names: offset= is mount(8)'s, refused with the new name
 	printf '%s %s fuse.fuseexport ro,offset=1M,size=2M 0 0\n' "$PWD/src" "$PWD/mp" >fstab
 	refute "offset= in fstab accepted" mount --fstab "$PWD/fstab" "$PWD/mp" 2>err
