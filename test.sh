@@ -2792,7 +2792,7 @@ t_o_list() {
 	mkimg src 8; : >mp
 	fx_up -o rw,queues=3,offset=2M,size=1M,nosuid,x-systemd.automount "$PWD/src" "$PWD/mp"
 	eq "$(stat -c %s:%A mp)" "$MiB:-rw-------" "size and mode"
-	eq "$(ls /proc/$FXPID/task | wc -l)" 4 "threads (3 queues and main)"
+	eq "$(ls /proc/$FXPID/task | wc -l)" 5 "threads (3 queues, main and the log's)"
 	cmp mp <(range src $((2 * MiB)) $MiB) || fail "content"
 	fx_down "$PWD/mp"
 	fx_up -o window_offset=3M,window_size=2M "$PWD/src" "$PWD/mp"
@@ -2801,7 +2801,7 @@ t_o_list() {
 	fx_down "$PWD/mp"
 	# a repeated option takes its last value, as in mount(8)'s lists
 	fx_up -o queues=5,queues=2 --offset=1M --offset=4M "$PWD/src" "$PWD/mp"
-	eq "$(ls /proc/$FXPID/task | wc -l)" 3 "threads (the last queues=)"
+	eq "$(ls /proc/$FXPID/task | wc -l)" 4 "threads (the last queues=, main, the log's)"
 	cmp mp <(range src $((4 * MiB)) $((4 * MiB))) || fail "content (the last --offset)"
 	fx_down "$PWD/mp"
 }
