@@ -116,7 +116,8 @@ static const char usage_text[] =
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
 "                          to be made again before they fail (default: 30)\n"
 "      --log=FILE          a detached server's messages go to FILE (default:\n"
-"                          syslog, else the kernel's log, as fuseexport[PID])\n"
+"                          syslog, else the kernel's log, as fuseexport[PID]);\n"
+"                          refused with -f, -d and --run (stderr is kept)\n"
 "      --run=COMMAND       once the export is up, run /bin/sh -c COMMAND with\n"
 "                          its path as $1 and $FUSEEXPORT_FILE; end the\n"
 "                          export when it exits, exit with its status\n"
@@ -5153,7 +5154,8 @@ struct line_reader {
 
 /* Take the n bytes just put at lr->buf + lr->have: carry out each line
  * they end; a line over CONTROL_LINE_MAX bytes is reported once and
- * dropped whole, its tail too, never run as a line of its own */
+ * dropped whole, its tail too, never run as a line of its own; a line
+ * with a NUL byte is reported and dropped (C strings would end there) */
 static void control_lines(struct export *e, struct line_reader *lr, size_t n)
 {
 	char *start = lr->buf, *end = lr->buf + lr->have + n, *nl;
@@ -5162,6 +5164,9 @@ static void control_lines(struct export *e, struct line_reader *lr, size_t n)
 		*nl = 0;
 		if (lr->too_long)
 			lr->too_long = false;	/* its end: dropped with the rest */
+		else if (memchr(start, 0, nl - start))	/* not its head alone */
+			fprintf(stderr, "fuseexport: control: a line with a NUL "
+				"byte: dropped\n");
 		else
 			control_command(e, start);
 	}
@@ -5931,43 +5936,64 @@ static void reply_done(struct export *e, struct request *r)
 static int log_fd = -1;			/* --log=FILE, opened before detaching */
 static pthread_t log_thread;
 
-/* Send one line, less its "fuseexport: ", to syslog (sock) or kmsg */
-static void log_line(int out, bool sock, const char *line, size_t len)
+/* Where the log goes: a datagram socket connected to /dev/log (sock),
+ * else /dev/kmsg; returns its fd, or -1 */
+static int open_log_route(bool *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
+	int out = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	*sock = out >= 0 && connect(out, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	if (*sock)
+		return out;
+	if (out >= 0)
+		close(out);
+	return open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+}
+
+/* The kernel refuses a /dev/kmsg record of about 1 KiB and over (EINVAL)
+ * whole: a longer line goes in pieces of this many bytes */
+enum { KMSG_PIECE = 800 };
+
+/* Send one line, less its "fuseexport: ", to syslog (*sock) or kmsg. A
+ * syslog daemon that was restarted has a new socket: the old one's
+ * sends fail (ECONNREFUSED), so connect again, once a line. */
+static void log_line(int *out, bool *sock, const char *line, size_t len)
 {
 	static const char prefix[] = "fuseexport: ";
 	char msg[4200];
+	size_t k;
+	bool again = true;
 	int n;
 
 	if (len >= sizeof(prefix) - 1 && !memcmp(line, prefix, sizeof(prefix) - 1))
 		line += sizeof(prefix) - 1, len -= sizeof(prefix) - 1;
-	if (!len || out < 0)
-		return;
-	/* daemon.warning for syslog; the kernel's log takes a level alone */
-	n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s", sock ? 28 : 4,
-		     (int)getpid(), (int)len, line);
-	if (n > 0 && write(out, msg, (size_t)n < sizeof(msg) ? (size_t)n :
-			   sizeof(msg) - 1) < 0) {
-		/* nowhere left to say it */
+	while (len && *out >= 0) {
+		k = *sock ? len : len < KMSG_PIECE ? len : KMSG_PIECE;
+		/* daemon.warning for syslog; the kernel's log takes a level alone */
+		n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s",
+			     *sock ? 28 : 4, (int)getpid(), (int)k, line);
+		if (n > 0 && write(*out, msg, (size_t)n < sizeof(msg) ? (size_t)n :
+				   sizeof(msg) - 1) < 0 && *sock && again) {
+			close(*out);
+			*out = open_log_route(sock);
+			again = false;
+			continue;	/* the same line, the new way */
+		}
+		line += k;
+		len -= k;
 	}
 }
 
 static void *log_loop(void *arg)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
 	int in = (int)(intptr_t)arg, out;
 	char buf[4096], *nl;
 	size_t have = 0, len;
-	bool sock = false;
+	bool sock;
 	ssize_t n;
 
-	out = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (out >= 0 && connect(out, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-		sock = true;
-	} else {
-		if (out >= 0)
-			close(out);
-		out = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
-	}
+	out = open_log_route(&sock);
 	do {
 		n = read(in, buf + have, sizeof(buf) - have);
 		if (n < 0 && errno == EINTR)
@@ -5978,7 +6004,7 @@ static void *log_loop(void *arg)
 		while ((nl = memchr(buf, '\n', have)) ||
 		       (have && (n <= 0 || have == sizeof(buf)))) {
 			len = nl ? (size_t)(nl - buf) : have;
-			log_line(out, sock, buf, len);
+			log_line(&out, &sock, buf, len);
 			len += nl != NULL;
 			memmove(buf, buf + len, have - len);
 			have -= len;
@@ -6838,15 +6864,28 @@ static bool parse_mount_options(struct export *e, struct parse *p, char *list,
 	};
 	char *opt, *value, *next, what[64];
 	const struct option_row *row;
+	bool quoted;
+	size_t n;
 	int i;
 
 	for (opt = list; opt; opt = next) {
-		next = strchr(opt, ',');
-		if (next)
+		/* a comma inside double quotes is the value's, as libmount
+		 * has it: an fstab line's control="/a,b" reaches us so */
+		for (next = opt, quoted = false; *next && (quoted || *next != ',');
+		     next++)
+			quoted ^= *next == '"';
+		if (*next)
 			*next++ = 0;
+		else
+			next = NULL;
 		value = strchr(opt, '=');
 		if (value)
 			*value++ = 0;
+		if (value && (n = strlen(value)) >= 2 && value[0] == '"' &&
+		    value[n - 1] == '"') {
+			value[n - 1] = 0;
+			value++;
+		}
 		for (i = 0; ignored[i] && strcmp(opt, ignored[i]); i++)
 			;
 		if (!*opt || ignored[i] || !strncmp(opt, "x-", 2))
@@ -6894,6 +6933,10 @@ static const struct {
 	{ OPT_PARTITION, OPT_SIZE, "the partition table gives the window" },
 	{ OPT_PARTITIONS, OPT_COMMIT, "one lists the table, the other commits "
 	  "a snapshot" },
+	/* FILE would be made and stay empty */
+	{ 'f', OPT_LOG, "a server in the foreground keeps its stderr" },
+	{ 'd', OPT_LOG, "a server in the foreground keeps its stderr" },
+	{ OPT_RUN, OPT_LOG, "under --run the server keeps fuseexport's stderr" },
 };
 
 /* The checks once every option is in: contradictions, then the arguments.
@@ -7631,6 +7674,10 @@ static MAIN_ONLY int run_command(struct export *e, pid_t server)
 		fprintf(stderr, "fuseexport: --run: fork: %s\n", strerror(errno));
 		cmd_status = 1 << 8;
 	} else if (cmd == 0) {
+		/* COMMAND as a shell would start it: main() ignores SIGPIPE
+		 * for itself, and an ignored signal stays ignored across exec
+		 * (`cat "$1" | head` would fail with EPIPE, not end quietly) */
+		signal(SIGPIPE, SIG_DFL);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		setenv("FUSEEXPORT_FILE", e->mountpoint, 1);
 		execl("/bin/sh", "sh", "-c", e->run_command, "sh", e->mountpoint,
@@ -7659,6 +7706,7 @@ static MAIN_ONLY int run_command(struct export *e, pid_t server)
 	}
 	if (WIFSIGNALED(server_status)) {	/* nothing unmounted it */
 		unmount_export(e, true);
+		close_control(e);	/* nor removed the FIFO */
 		fprintf(stderr, "fuseexport: %s: the export died under --run "
 			"(its server was killed by signal %d)\n", e->mountpoint,
 			WTERMSIG(server_status));

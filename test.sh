@@ -1392,8 +1392,9 @@ t_fault_layers() {
 # line reported; -d names the rule that fired; the FIFO goes with the export
 # A detached server's messages (here, an unknown line on its control FIFO)
 # are not lost: --log=FILE; else syslog where /dev/log takes them (a
-# listener of ours, over /dev in this namespace); else the kernel's log.
-# Each tagged fuseexport[PID], the last line there even as the server exits.
+# listener of ours, over /dev in this namespace, taken again after it
+# restarts); else the kernel's log, a long line in pieces it takes. Each
+# tagged fuseexport[PID], the last line there even as the server exits.
 log_says() {	# log_says FILE|kmsg PATTERN: within 30 s
 	local i
 	for i in $(seq 300); do
@@ -1403,8 +1404,20 @@ log_says() {	# log_says FILE|kmsg PATTERN: within 30 s
 	done
 	fail "no '$2' in $1: $(tail -n 3 "$1" 2>/dev/null)"
 }
+syslog_listener() {	# a /dev/log at dev/log, appending to syslog.txt
+	local i
+	"$PY" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])
+open(sys.argv[3], "w").close()
+with open(sys.argv[2], "ab", buffering=0) as f:
+    while True: f.write(s.recv(8192) + b"\n")' dev/log syslog.txt listening &
+	LISTENER=$!
+	track_pid $LISTENER
+	for i in $(seq 300); do [ -e listening ] && break; sleep 0.1; done
+	[ -e listening ] || fail "the syslog listener did not start"
+}
 log_ns() {
-	local tag i
+	local tag
 	mkimg src 4; : >mp
 	fx_up --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
 	echo bogus-file >ctl
@@ -1416,23 +1429,26 @@ log_ns() {
 	tag="fuseexport\[$FXPID\]"
 	echo bogus-kmsg >ctl
 	log_says kmsg "$tag: control: 'bogus-kmsg': unknown command"
+	# a line the kernel takes only in pieces (a record of 1 KiB is refused)
+	echo "bogus-long-$(printf %2000s | tr ' ' y)-end" >ctl
+	log_says kmsg "$tag: control: 'bogus-long-yyy"
+	log_says kmsg "$tag: y*-end': unknown command"
 	fx_down "$PWD/mp"
 	# syslog: a /dev/log of ours
 	mkdir dev
 	cp -a /dev/null /dev/zero /dev/urandom /dev/fuse /dev/kmsg dev/
-	"$PY" -c 'import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])
-open(sys.argv[3], "w").close()
-with open(sys.argv[2], "ab", buffering=0) as f:
-    while True: f.write(s.recv(8192) + b"\n")' dev/log syslog.txt listening &
-	track_pid $!
-	for i in $(seq 300); do [ -e listening ] && break; sleep 0.1; done
-	[ -e listening ] || fail "the syslog listener did not start"
+	syslog_listener
 	mount --bind dev /dev
 	fx_up --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
 	tag="<28>fuseexport\[$FXPID\]"
 	echo bogus-syslog >ctl
 	log_says syslog.txt "$tag: control: 'bogus-syslog': unknown command"
+	# the syslog daemon restarted: a new socket at /dev/log
+	kill "$LISTENER"; wait "$LISTENER" 2>/dev/null || true
+	rm -f dev/log listening
+	syslog_listener
+	echo bogus-restarted >ctl
+	log_says syslog.txt "$tag: control: 'bogus-restarted': unknown command"
 	kill -TERM "$FXPID"
 	wait_gone "$FXPID" || fail "server still running after SIGTERM"
 	refute "the kernel's log took a syslog line" eval 'dmesg | grep -q "fuseexport\[$FXPID\]: .*bogus-syslog"'
@@ -1473,10 +1489,12 @@ t_control() {
 # The control FIFO's line limit: a line over 4095 bytes is dropped whole,
 # up to its newline, and said so; its tail is never run as a line of its
 # own (a crash there crashed the export). A line of exactly 4095 is taken.
+# A line with a NUL byte is dropped, not run up to the NUL.
 t_control_long() {
 	mkimg src 4; : >mp
 	fx_fg --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
 	printf 'fault op=read,offset=0,length=1%8000s\n' crash >ctl
+	printf 'crash\0 torn\n' >ctl	# not a crash: a line with a NUL
 	printf '%4095s\n' "fault op=read,offset=1M,length=4K" >ctl
 	for i in $(seq 50); do
 		dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null || break
@@ -1489,7 +1507,9 @@ t_control_long() {
 	cmp -n $MiB mp src || fail "reads before the rule's range"
 	grep -q '^fuseexport: control: a line over 4095 bytes: dropped whole$' fg.err ||
 		fail "the long line was not reported: $(cat fg.err)"
-	eq "$(grep -c control fg.err)" 1 "lines about the control FIFO"
+	grep -q '^fuseexport: control: a line with a NUL byte: dropped$' fg.err ||
+		fail "the line with a NUL was not reported: $(cat fg.err)"
+	eq "$(grep -c control fg.err)" 2 "lines about the control FIFO"
 	fx_down "$PWD/mp"
 }
 
@@ -1845,6 +1865,12 @@ t_run() {
 	rc=0; "$FX" --run='kill -KILL $$' "$PWD/src" "$PWD/mp" 2>err || rc=$?
 	eq "$rc" 137 "status of a COMMAND killed by SIGKILL"
 	run_gone "$PWD/mp"
+	# COMMAND starts with SIGPIPE as a shell has it: cat ends quietly
+	# when head has had enough (ignored, it failed with EPIPE)
+	"$FX" --run='cat "$1" | head -c 1 >/dev/null' "$PWD/src" "$PWD/mp" 2>err ||
+		fail "cat | head under --run: exit $?"
+	[ ! -s err ] || fail "cat | head under --run: $(cat err)"
+	run_gone "$PWD/mp"
 }
 
 # SIGTERM to fuseexport reaches COMMAND; the export ends after it
@@ -1866,18 +1892,20 @@ t_run_signal() {
 }
 
 # An export that dies under COMMAND (its server killed) fails COMMAND's
-# reads at once and fuseexport with one line, and leaves nothing mounted
+# reads at once and fuseexport with one line, and leaves nothing mounted,
+# nor the --control FIFO the server would have removed
 t_run_dies() {
 	local rc=0
 	mkimg src 16; : >mp
 	track_mount "$PWD/mp"
-	"$FX" --run='pkill -KILL -P $PPID "^fuseexport"; sleep 0.5; cat "$1" >/dev/null 2>&1 && : >read-ok; exit 0' \
+	"$FX" --control=ctl --run='pkill -KILL -P $PPID "^fuseexport"; sleep 0.5; cat "$1" >/dev/null 2>&1 && : >read-ok; exit 0' \
 		"$PWD/src" "$PWD/mp" 2>err || rc=$?
 	eq "$rc" 1 "status when the export died under COMMAND"
 	refute "a read of the dead export succeeded" [ -e read-ok ]
 	eq "$(wc -l <err)" 1 "lines said"
 	grep -q "died under --run" err || fail "message: $(cat err)"
 	run_gone "$PWD/mp"
+	refute "the --control FIFO is left after the export died" [ -e ctl ]
 }
 
 # without root (through fusermount3): writes through $1 reach the source
@@ -2496,6 +2524,11 @@ helper_ns() {
 	findmnt -n -o SOURCE --mountpoint "$PWD/mp" | grep -qx "$PWD/src" ||
 		fail "the export's source is not the file: $(findmnt -n -o SOURCE --mountpoint "$PWD/mp")"
 	umount "$PWD/mp"
+	# a value with a comma in double quotes, as libmount passes it on
+	printf '%s %s fuse.fuseexport control="%s" 0 0\n' "$PWD/src" "$PWD/mp" "$PWD/c,tl" >fstab
+	mount --fstab "$PWD/fstab" "$PWD/mp" 2>err || fail "control=\"PATH,WITH COMMA\" in fstab: $(cat err)"
+	[ -p "c,tl" ] || fail "no FIFO at the quoted control= path: $(ls)"
+	umount "$PWD/mp"
 	# the old names: offset= is mount(8)'s, refused with the new name
 	printf '%s %s fuse.fuseexport ro,offset=1M,size=2M 0 0\n' "$PWD/src" "$PWD/mp" >fstab
 	refute "offset= in fstab accepted" mount --fstab "$PWD/fstab" "$PWD/mp" 2>err
@@ -2760,7 +2793,7 @@ t_o_list() {
 	mkimg src 8; : >mp
 	fx_up -o rw,queues=3,offset=2M,size=1M,nosuid,x-systemd.automount "$PWD/src" "$PWD/mp"
 	eq "$(stat -c %s:%A mp)" "$MiB:-rw-------" "size and mode"
-	eq "$(ls /proc/$FXPID/task | wc -l)" 4 "threads (3 queues and main)"
+	eq "$(ls /proc/$FXPID/task | wc -l)" 5 "threads (3 queues, main and the log's)"
 	cmp mp <(range src $((2 * MiB)) $MiB) || fail "content"
 	fx_down "$PWD/mp"
 	fx_up -o window_offset=3M,window_size=2M "$PWD/src" "$PWD/mp"
@@ -2769,7 +2802,7 @@ t_o_list() {
 	fx_down "$PWD/mp"
 	# a repeated option takes its last value, as in mount(8)'s lists
 	fx_up -o queues=5,queues=2 --offset=1M --offset=4M "$PWD/src" "$PWD/mp"
-	eq "$(ls /proc/$FXPID/task | wc -l)" 3 "threads (the last queues=)"
+	eq "$(ls /proc/$FXPID/task | wc -l)" 4 "threads (the last queues=, main, the log's)"
 	cmp mp <(range src $((4 * MiB)) $((4 * MiB))) || fail "content (the last --offset)"
 	fx_down "$PWD/mp"
 }
@@ -5049,7 +5082,7 @@ t "$p fault: a read delay shows in fio's completion latency" "$M fio python3" t_
 t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_fault_seed "$LAYER_MODE"
 t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
-t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken" "$M" t_control_long
+t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken; one with a NUL dropped" "$M" t_control_long
 t "a detached server's messages: --log=FILE, syslog (/dev/log), else the kernel's log, tagged fuseexport[PID]" "$M unshare python3" t_log
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
@@ -5070,9 +5103,9 @@ t "SIGINT: flush, unmount, exit 0" "$M" t_signal INT
 t "SIGHUP: flush, unmount, exit 0" "$M" t_signal HUP
 t "SIGTERM to a detached server unmounts" "$M" t_signal_detached
 t "SIGTERM while a client holds the export open: unmounted at once, exit 0 after" "$M python3" t_signal_busy
-t "--run: mkfs.ext4 and e2fsck, cmp, COMMAND's status (exit 3, SIGKILL 137); nothing left after" "$M ext4" t_run
+t "--run: mkfs.ext4 and e2fsck, cmp, COMMAND's status (exit 3, SIGKILL 137), SIGPIPE not ignored; nothing left after" "$M ext4" t_run
 t "--run: SIGTERM to fuseexport reaches COMMAND, the export ends after it" "$M" t_run_signal
-t "--run: the export killed under COMMAND: reads fail, exit 1 with one line, nothing mounted" "$M" t_run_dies
+t "--run: the export killed under COMMAND: reads fail, exit 1 with one line, nothing mounted, no FIFO left" "$M" t_run_dies
 t "--run without root: through fusermount3, writes reach the source" "$M setpriv fusermount3 unshare" t_run_user
 t "umount (and umount -l) makes the server exit 0" "$M" t_umount_exits
 t "umount of a busy export fails and the export goes on" "$M" t_busy_umount
@@ -5198,7 +5231,8 @@ for o in "-o ro|-w|-o ro -w" "-o ro|-w|-w -o ro" "-o ro|-g|-g -o ro" "-o ro|-o g
 	"-o ro|-o rw|-o ro,rw" "-o ro|--snapshot|-o ro --snapshot" "-o ro|--write-cache|-o ro --write-cache=volatile" \
 	"-g|--snapshot|-g --snapshot" "-g|--offset|-g --offset=1M" "-g|-o window_size|-g -o window_size=1M" \
 	"-g|--partition|-g --partition=1" "--partition|--size|--partition=1 --size=1M" \
-	"-o partition|-o window_offset|-o partition=1,window_offset=1M"; do
+	"-o partition|-o window_offset|-o partition=1,window_offset=1M" \
+	"-f|--log|-f --log=log" "-d|-o log|-d -o log=log" "--run|--log|--run=true --log=log"; do
 	IFS='|' read -r a b args <<<"$o"
 	eval "set -- $args"
 	t "$B contradiction: $args" "" b_contradiction "$a" "$b" "$@"
