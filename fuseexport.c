@@ -1118,6 +1118,12 @@ struct nbd_source {
 					 * exclusive, other writes shared */
 	const char *zeros;		/* max_io bytes of the zero page */
 	atomic_bool zeroes_refused;	/* WRITE_ZEROES: EINVAL or ENOTSUP */
+	/* writes the server acknowledged without FUA, how many of them the
+	 * last good flush covered, and whether a connection dropped with
+	 * some not covered (0 no, 1 yes, 2 said): a server that restarted
+	 * may have lost them, so no flush may say they are safe */
+	_Atomic uint64_t acked, flushed;
+	atomic_int unflushed_lost;
 	pthread_condattr_t monotonic;
 	unsigned nconns;
 	atomic_uint next_conn;
@@ -1681,6 +1687,9 @@ static void nbd_finish_locked(struct nbd_conn *c, struct nbd_cmd *cmd, int error
 		cmd->error = error;
 	if (!cmd->error)
 		c->backoff_ms = NBD_BACKOFF_MIN_MS;	/* the server works */
+	if (!cmd->error && !(cmd->flags & NBD_CMD_FLAG_FUA) &&
+	    (cmd->type == NBD_CMD_WRITE || cmd->type == NBD_CMD_WRITE_ZEROES))
+		atomic_fetch_add(&c->n->acked, 1);
 	nbd_wake(cmd);
 }
 
@@ -1937,6 +1946,11 @@ static void nbd_drop(struct nbd_conn *c, int err)
 	struct nbd_cmd *cmd;
 
 	shutdown(c->fd, SHUT_RDWR);	/* a sender blocked on it lets go */
+	/* writes acknowledged and not yet flushed may be gone with the
+	 * server (every connection's: a flush covers them all) */
+	if ((n->info.flags & NBD_FLAG_SEND_FLUSH) &&
+	    atomic_load(&n->acked) != atomic_load(&n->flushed))
+		atomic_compare_exchange_strong(&n->unflushed_lost, &(int){ 0 }, 1);
 	pthread_mutex_lock(&c->send_lock);
 	pthread_mutex_lock(&c->lock);
 	close(c->fd);
@@ -2358,14 +2372,33 @@ static ssize_t nbd_read(struct source *s, void *buf, size_t len, uint64_t pos)
 	return done;
 }
 
+/* FLUSH, where the server has a cache to flush: 0 or -errno. Once a
+ * connection dropped while writes were acknowledged and not yet flushed,
+ * every flush fails with EIO: a server that restarted lost what its cache
+ * held, and the reconnect cannot tell whether it did. */
 static int nbd_flush(struct source *s, bool datasync)
 {
 	struct nbd_source *n = nbd_of(s);
+	uint64_t acked = atomic_load(&n->acked);
+	uint64_t was = atomic_load(&n->flushed);
+	int r;
 
 	(void)datasync;
 	if (!(n->info.flags & NBD_FLAG_SEND_FLUSH))
 		return 0;		/* the server writes through */
-	return nbd_command(n, NBD_CMD_FLUSH, 0, 0, 0, NULL);
+	r = nbd_command(n, NBD_CMD_FLUSH, 0, 0, 0, NULL);
+	while (r == 0 && was < acked &&
+	       !atomic_compare_exchange_weak(&n->flushed, &was, acked))
+		;
+	if (atomic_load(&n->unflushed_lost)) {
+		if (atomic_exchange(&n->unflushed_lost, 2) == 1)
+			fprintf(stderr, "fuseexport: %s: a connection was lost "
+				"while writes the server acknowledged were not yet "
+				"flushed, which a server that restarted has lost: "
+				"flushes fail with EIO\n", n->uri);
+		return -EIO;
+	}
+	return r;
 }
 
 /* As nbd_read, a ragged block read, changed and written back whole. FUA:

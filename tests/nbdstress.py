@@ -2,7 +2,8 @@
 # nbdstress.py - many clients at once on one export, every byte checked
 #
 #   nbdstress.py FILE INIT [--threads N] [--seconds S] [--seed N]
-#                [--max-size BYTES] [--bulk] [--errors] [--seek] [--no-direct]
+#                [--max-size BYTES] [--bulk] [--errors] [--flush-errors]
+#                [--seek] [--no-direct]
 #                [--shared-blocks] [--pid PID] [--hang S] [--model OUT]
 #
 # THREADS client threads, each with its own stretch of FILE (an export) and
@@ -22,7 +23,9 @@
 #
 # No error is expected, unless --errors: then EIO (or a short count) is
 # taken, and the bytes a failed write, punch or zero covered may hold old
-# or new values until a read shows which. At the end the stretches are
+# or new values until a read shows which. With --flush-errors, only an
+# fsync or fdatasync may fail with EIO (a server restarted while it held
+# writes not yet flushed: the export cannot tell what it lost). At the end the stretches are
 # fsync'ed, the bytes still unknown read and checked (a read failing with
 # EIO is tried again), and --model OUT gets the model: FILE's bytes as
 # they must be on the server.
@@ -163,9 +166,11 @@ class Client(threading.Thread):
                 off, n = a, e - a
         return off, n
 
-    def expect(self, e, what):
-        """An error from what: taken with --errors (EIO), else a failure"""
-        if self.run_.errors and e.errno == errno.EIO:
+    def expect(self, e, what, flush=False):
+        """An error from what: taken with --errors (EIO), or with
+        --flush-errors if what is a flush, else a failure"""
+        if (self.run_.errors or (flush and self.run_.flush_errors)) and \
+                e.errno == errno.EIO:
             self.errors += 1
             if self.errors <= 5:
                 print(f"nbdstress: client {self.index}: {what}: {e.strerror} "
@@ -228,7 +233,7 @@ class Client(threading.Thread):
             try:
                 getattr(os, name)(self.dfd if direct else self.fd)
             except OSError as e:
-                return self.expect(e, how)
+                return self.expect(e, how, flush=True)
         elif name == "seek":
             self.seek(off, how)
 
@@ -265,7 +270,7 @@ class Client(threading.Thread):
                 os.fsync(self.fd)
                 break
             except OSError as e:
-                self.expect(e, "final fsync")
+                self.expect(e, "final fsync", flush=True)
         while self.unsure:
             off, end = self.unsure[0][:2]
             n = min(MAX_SIZE, end - off)
@@ -367,6 +372,7 @@ def main():
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--max-size", type=int, default=MAX_SIZE)
     ap.add_argument("--errors", action="store_true")
+    ap.add_argument("--flush-errors", action="store_true")
     ap.add_argument("--bulk", action="store_true")
     ap.add_argument("--seek", action="store_true")
     ap.add_argument("--no-direct", action="store_true")
