@@ -3944,18 +3944,33 @@ static int sync_dir(const char *path)
 	return r;
 }
 
+/* Give FILE's map its room on disk now (FILE's length already covers
+ * it): a flush that met a full disk writing a map piece would fail, and
+ * every flush after it, while the data the piece names is in. fallocate,
+ * or where the filesystem has none, the map written over itself (sn->saved
+ * holds what FILE's map holds). 0 or -errno. */
+static int snap_map_room(struct snapshot *sn)
+{
+	if (fallocate(sn->fd, 0, SNAP_MAP, sn->map_len) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return -errno;
+	return delta_io(sn, true, sn->saved, sn->map_len, SNAP_MAP);
+}
+
 /* Open FILE (NULL: memory) as sn's delta for a snapshot of id (host
- * order). A new (empty) FILE gets its header, durable, then its length,
- * durable, before it is used, so that a crash meanwhile leaves it empty,
- * or its header alone, which is taken as new too; an old one is checked
- * and its map read. Returns false with why (one line, FILE's name first)
- * if not. */
+ * order). A new (empty) FILE gets its header, durable, then its length
+ * and its map's room, durable, before it is used, so that a crash
+ * meanwhile leaves it empty, or its header alone, which is taken as new
+ * too; an old one is checked, its map read and given its room. Returns
+ * false with why (one line, FILE's name first) if not. */
 static bool snap_attach(struct snapshot *sn, const char *file,
 			const struct snap_header *id, char *why, size_t n)
 {
 	const char *name = file ? file : "snapshot in memory", *bad;
 	struct snap_header h, want;
 	struct stat st;
+	int r;
 
 	sn->fd = file ? open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
 		      : memfd_create("fuseexport-snapshot", MFD_CLOEXEC);
@@ -3976,11 +3991,19 @@ static bool snap_attach(struct snapshot *sn, const char *file,
 	}
 	if (st.st_size != sizeof(want) || pread(sn->fd, &h, sizeof(h), 0) != sizeof(h) ||
 	    memcmp(&h, &want, sizeof(h))) {
-		bad = snap_load(sn, id);
-		return bad ? snprintf(why, n, "%s: %s", name, bad), false : true;
+		if ((bad = snap_load(sn, id)))
+			return snprintf(why, n, "%s: %s", name, bad), false;
+		if ((r = snap_map_room(sn)) < 0)
+			return snprintf(why, n, "%s: no room for its map (%s)",
+					name, strerror(-r)), false;
+		return true;
 	}
-	if (ftruncate(sn->fd, sn->data + sn->blocks * SNAP_BLOCK) < 0 ||
-	    (file && (fsync(sn->fd) < 0 || sync_dir(file) < 0)))
+	if (ftruncate(sn->fd, sn->data + sn->blocks * SNAP_BLOCK) < 0)
+		return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
+	if (file && (r = snap_map_room(sn)) < 0)
+		return snprintf(why, n, "%s: no room for its map (%s)", name,
+				strerror(-r)), false;
+	if (file && (fsync(sn->fd) < 0 || sync_dir(file) < 0))
 		return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
 	return true;
 }

@@ -3444,6 +3444,61 @@ snapshot_ro_ns() {
 }
 t_snapshot_ro_source() { in_ns snapshot_ro_ns; }
 
+# FILE on a filesystem that fills up: the map's room is FILE's from its
+# start, so a write whose data got in is flushed, and kept, even when the
+# disk was full before the flush wrote the map piece naming it (a 4 GiB
+# source: 32 map pieces; each write below lands in a piece of its own).
+# A write that finds no room fails with ENOSPC and the last flush holds
+snapshot_full_ns() {
+	local out
+	mkdir small; mount -t tmpfs -o size=2m tmpfs small
+	truncate -s 4G src; : >mp
+	fx_up --cache=none --snapshot="$PWD/small/s.fx" "$PWD/src" "$PWD/mp"
+	out=$("$PY" - <<-'EOF'
+	import os
+	fd = os.open("mp", os.O_RDWR)
+	os.pwrite(fd, b"A" * 4096, 0)
+	os.fsync(fd)
+	f = os.open("small/filler", os.O_WRONLY | os.O_CREAT)
+	try:
+	    while True:
+	        os.write(f, b"x" * 65536)
+	except OSError:
+	    pass
+	try:
+	    while True:
+	        os.write(f, b"x" * 4096)
+	except OSError:
+	    pass
+	os.ftruncate(f, os.fstat(f).st_size - 3 * 4096)   # room for 3 blocks
+	os.close(f)
+	n = 0
+	try:
+	    for n in range(1, 10):
+	        os.pwrite(fd, bytes([n]) * 4096, n * 4096 * 32768)
+	except OSError as e:
+	    print("write%d=%s" % (n, "ENOSPC" if e.errno == 28 else e))
+	try:
+	    os.fsync(fd)
+	    print("fsync=ok")
+	except OSError as e:
+	    print("fsync=%s" % e)
+	EOF
+	) || fail "the writes: $out"
+	eq "$(echo $out)" "write4=ENOSPC fsync=ok" "writes and the flush on a full disk"
+	fx_down "$PWD/mp"
+	rm small/filler
+	fx_up --cache=none --snapshot="$PWD/small/s.fx" "$PWD/src" "$PWD/mp"
+	# each block whole, as one byte (in hex), or "mixed"
+	out=$("$PY" -c 'import os; fd = os.open("mp", os.O_RDONLY)
+b = [os.pread(fd, 4096, n * 4096 * 32768) for n in range(5)]
+print(" ".join(x[:1].hex() if x == x[:1] * 4096 else "mixed" for x in b))')
+	eq "$out" "41 01 02 03 00" "the blocks resumed"
+	fx_down "$PWD/mp"
+	umount small
+}
+t_snapshot_full() { in_ns snapshot_full_ns; }
+
 # parallel writers on a snapshot: fio verify and the torture test, in
 # memory and in FILE; the source never changes
 t_snapshot_fio() {
@@ -5025,6 +5080,7 @@ t "snapshot: xfs_repair repairs a damaged xfs in a GPT partition, the image unch
 t "snapshot in memory: writes, punch, zero read back; fixed size; the source read-only, unchanged; gone after" "$M xfs_io python3" t_snapshot_memory
 t "snapshot: SEEK_DATA/SEEK_HOLE see data written into holes and holes punched into data" "$M xfs_io" t_snapshot_seek
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
+t "snapshot: FILE on a full disk: a write whose data got in is flushed and kept (its map's room taken at the start), the next refused" "$M unshare python3" t_snapshot_full
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
 t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script" t_snapshot_commit
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) between flushes: every sector as flushed or written since" "$M python3" t_snapshot_crash between
