@@ -7056,10 +7056,15 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 	uint64_t b, count = 0, total = 0, done = 0;
 	bool tty = isatty(STDERR_FILENO);
 	double next = 0, t;
-	int fd = open(file, O_RDONLY | O_CLOEXEC), r;
+	struct stat st;
+	/* as an export takes FILE: no symlink (removing it would leave the
+	 * FILE it names, to be resumed later), and no FIFO to wait on */
+	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), r;
 
-	if (fd < 0)
+	if (fd < 0 || fstat(fd, &st) < 0)
 		die("%s:", file);
+	if (!S_ISREG(st.st_mode))
+		die("%s: not a regular file", file);
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
 		die("%s: in use by an export", file);
 	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(h.magic, "FXSNAP1", 8))
@@ -7112,7 +7117,9 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 		fputs("\r\033[K", stderr);
 	if ((r = top->flush(top, false)) < 0)
 		die("%s: flushing: %s", e->source_path, strerror(-r));
-	if (unlink(file) < 0)
+	/* FILE's removal durable too: back after a crash, it would be
+	 * resumed over the source written since, or committed over it */
+	if (unlink(file) < 0 || sync_dir(file) < 0)
 		die("%s: removing it after the commit:", file);
 	top->close(top);
 	snap_free(sn);

@@ -3561,7 +3561,17 @@ t_snapshot_commit() {
 		fail "no summary on a terminal: $(cat tty.out)"
 	cmp src expected || fail "the source after the commit on a terminal"
 	mv w.saved w.fx
-	"$FX" --commit --snapshot="$PWD/w.fx" "$PWD/src" 2>err || fail "--commit again: $(cat err)"
+	# a symlink to FILE is refused, as by an export (removing the link
+	# would leave FILE to be resumed later), and a FIFO without a wait
+	ln -s w.fx link.fx; mkfifo fifo.fx
+	bad --commit --snapshot="$PWD/link.fx" "$PWD/src"
+	[ -e w.fx ] && [ -L link.fx ] || fail "a commit through a symlink took FILE"
+	bad --commit --snapshot="$PWD/fifo.fx" "$PWD/src"
+	# FILE's removal is made durable: fsync of its directory after it
+	strace -f -qq -o trace -e trace=unlink,unlinkat,fsync \
+		"$FX" --commit --snapshot="$PWD/w.fx" "$PWD/src" 2>err || fail "--commit again: $(cat err)"
+	awk '/unlink.*w\.fx/ { u = 1 } u && /fsync\(/ { f = 1 } END { exit !f }' trace ||
+		fail "no fsync after FILE's removal: $(cat trace)"
 	cmp src expected || fail "the source after the second commit"
 	before=$(sum src)
 	bad --commit --snapshot="$PWD/w.fx" "$PWD/src"		# gone now
@@ -5082,7 +5092,7 @@ t "snapshot: SEEK_DATA/SEEK_HOLE see data written into holes and holes punched i
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
 t "snapshot: FILE on a full disk: a write whose data got in is flushed and kept (its map's room taken at the start), the next refused" "$M unshare python3" t_snapshot_full
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
-t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script" t_snapshot_commit
+t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script strace" t_snapshot_commit
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) between flushes: every sector as flushed or written since" "$M python3" t_snapshot_crash between
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) during a flush, its map written: the same" "$M python3 strace xfs_io" t_snapshot_crash during
 NBD_MODE=${FX_NBD_MODE:--q 2}	# the NBD tests: one representative mode
