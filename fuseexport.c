@@ -3786,14 +3786,27 @@ static int snap_zero(struct source *s, uint64_t pos, uint64_t len)
 	return r < 0 ? (int)r : 0;
 }
 
-/* nothing to reserve: the delta takes its room as blocks change; but a
- * snapshot keeps its size, so never past its end */
+/* Room reserved in FILE for the blocks of pos..pos+len, where their
+ * first writes will put them, so that those find it as a reserving
+ * fallocate promises (in memory nothing is reserved: that would take
+ * the memory now); a snapshot keeps its size, so never past its end.
+ * 0 or -errno. */
 static int snap_allocate(struct source *s, uint64_t pos, uint64_t len,
 			 bool keep_size)
 {
 	struct snapshot *sn = snap_of(s);
+	uint64_t start, end;
 
-	return keep_size || (pos <= sn->size && len <= sn->size - pos) ? 0 : -ENOSPC;
+	if (!keep_size && (pos > sn->size || len > sn->size - pos))
+		return -ENOSPC;
+	if (!sn->durable || pos >= sn->size || !len)
+		return 0;
+	start = pos / SNAP_BLOCK * SNAP_BLOCK;
+	end = pos + min_u64(len, sn->size - pos);
+	end = (end + SNAP_BLOCK - 1) / SNAP_BLOCK * SNAP_BLOCK;
+	if (fallocate(sn->fd, FALLOC_FL_KEEP_SIZE, sn->data + start, end - start) < 0)
+		return -errno;
+	return 0;
 }
 
 /* SEEK_DATA or SEEK_HOLE over the combined view: changed runs answer

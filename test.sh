@@ -3495,6 +3495,17 @@ b = [os.pread(fd, 4096, n * 4096 * 32768) for n in range(5)]
 print(" ".join(x[:1].hex() if x == x[:1] * 4096 else "mixed" for x in b))')
 	eq "$out" "41 01 02 03 00" "the blocks resumed"
 	fx_down "$PWD/mp"
+	# a reserving fallocate reserves: the range's first writes find room
+	# in FILE on a disk filled since
+	rm small/s.fx; truncate -s 16M src16
+	fx_up --cache=none --snapshot="$PWD/small/r.fx" "$PWD/src16" "$PWD/mp"
+	xio "$PWD/mp" "falloc $((4 * MiB + 100)) $MiB"
+	head -c 4M /dev/zero >small/filler 2>/dev/null || true
+	head -c $((MiB + 100)) /dev/urandom >data
+	put mp $((4 * MiB)) data
+	xio "$PWD/mp" "fsync"
+	cmp data <(range mp $((4 * MiB)) $((MiB + 100))) || fail "the reserved range"
+	fx_down "$PWD/mp"
 	umount small
 }
 t_snapshot_full() { in_ns snapshot_full_ns; }
@@ -5090,7 +5101,7 @@ t "snapshot: xfs_repair repairs a damaged xfs in a GPT partition, the image unch
 t "snapshot in memory: writes, punch, zero read back; fixed size; the source read-only, unchanged; gone after" "$M xfs_io python3" t_snapshot_memory
 t "snapshot: SEEK_DATA/SEEK_HOLE see data written into holes and holes punched into data" "$M xfs_io" t_snapshot_seek
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
-t "snapshot: FILE on a full disk: a write whose data got in is flushed and kept (its map's room taken at the start), the next refused" "$M unshare python3" t_snapshot_full
+t "snapshot: FILE on a full disk: a write whose data got in is flushed and kept (its map's room taken at the start), the next refused; a reserving fallocate reserves" "$M unshare python3 xfs_io" t_snapshot_full
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
 t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script strace" t_snapshot_commit
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) between flushes: every sector as flushed or written since" "$M python3" t_snapshot_crash between
