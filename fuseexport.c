@@ -3579,17 +3579,20 @@ static void mark_changed(struct snapshot *n, uint64_t b)
 		atomic_store(&n->dirty[b / 64 / SNAP_WORDS], true);
 }
 
-/* The first block from b on that is not in state c, or n->blocks */
-static uint64_t run_end(struct snapshot *n, uint64_t b, bool c)
+/* The first block from b on that is not in state c, or limit if none
+ * before it (at most n->blocks): the scan stops where the caller's
+ * interest does, as a run may span a whole map of millions of words */
+static uint64_t run_end(struct snapshot *n, uint64_t b, bool c, uint64_t limit)
 {
-	while (b < n->blocks && changed(n, b) == c) {
-		if (b % 64 == 0 && b + 64 <= n->blocks &&
+	limit = min_u64(limit, n->blocks);
+	while (b < limit && changed(n, b) == c) {
+		if (b % 64 == 0 && b + 64 <= limit &&
 		    atomic_load(&n->map[b / 64]) == (c ? ~0ULL : 0))
 			b += 64;
 		else
 			b++;
 	}
-	return min_u64(b, n->blocks);
+	return min_u64(b, limit);
 }
 
 /* pread or pwrite all n bytes at pos of the delta file: 0 or -errno */
@@ -3619,12 +3622,14 @@ static ssize_t snap_read(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	struct snapshot *sn = snap_of(s);
 	size_t done = 0;
+	uint64_t last;
 
 	n = pos < sn->size ? min_u64(n, sn->size - pos) : 0;
+	last = (pos + n + SNAP_BLOCK - 1) / SNAP_BLOCK;
 	while (done < n) {
 		uint64_t p = pos + done, b = p / SNAP_BLOCK;
 		bool c = changed(sn, b);
-		size_t len = min_u64(n - done, run_end(sn, b, c) * SNAP_BLOCK - p);
+		size_t len = min_u64(n - done, run_end(sn, b, c, last) * SNAP_BLOCK - p);
 		ssize_t r;
 
 		if (c)
@@ -3647,7 +3652,8 @@ static const char *snap_map(struct source *s, uint64_t pos, uint64_t n)
 	struct snapshot *sn = snap_of(s);
 
 	if (!n || pos + n > sn->size ||
-	    run_end(sn, pos / SNAP_BLOCK, false) * SNAP_BLOCK < pos + n)
+	    run_end(sn, pos / SNAP_BLOCK, false,
+		    (pos + n + SNAP_BLOCK - 1) / SNAP_BLOCK) * SNAP_BLOCK < pos + n)
 		return NULL;
 	return s->below->map(s->below, pos, n);
 }
@@ -3816,9 +3822,8 @@ static int64_t snap_seek(struct source *s, uint64_t pos, int whence)
 	struct snapshot *sn = snap_of(s);
 
 	while (pos < sn->size) {
-		uint64_t b = pos / SNAP_BLOCK;
+		uint64_t b = pos / SNAP_BLOCK, end;
 		bool c = changed(sn, b);
-		uint64_t end = min_u64(run_end(sn, b, c) * SNAP_BLOCK, sn->size);
 		int64_t at;
 
 		if (c) {
@@ -3831,6 +3836,9 @@ static int64_t snap_seek(struct source *s, uint64_t pos, int whence)
 		}
 		if (at < 0)
 			return at;
+		/* does b's run reach at? (scanned no further than at) */
+		end = run_end(sn, b, c, (uint64_t)at / SNAP_BLOCK + 1) * SNAP_BLOCK;
+		end = min_u64(end, sn->size);
 		if ((uint64_t)at < end)
 			return at;
 		pos = end;
