@@ -3968,13 +3968,14 @@ static int sync_dir(const char *path)
 /* Give FILE's map its room on disk now (FILE's length already covers
  * it): a flush that met a full disk writing a map piece would fail, and
  * every flush after it, while the data the piece names is in. fallocate,
- * or where the filesystem has none, the map written over itself (sn->saved
- * holds what FILE's map holds). 0 or -errno. */
+ * or where the filesystem has none (EOPNOTSUPP, or EINVAL from some), the
+ * map written over itself (sn->saved holds what FILE's map holds). 0 or
+ * -errno. */
 static int snap_map_room(struct snapshot *sn)
 {
 	if (fallocate(sn->fd, 0, SNAP_MAP, sn->map_len) == 0)
 		return 0;
-	if (errno != EOPNOTSUPP)
+	if (errno == ENOSPC || errno == EDQUOT)
 		return -errno;
 	return delta_io(sn, true, sn->saved, sn->map_len, SNAP_MAP);
 }
