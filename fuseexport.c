@@ -3637,17 +3637,20 @@ static void mark_changed(struct snapshot *n, uint64_t b)
 		atomic_store(&n->dirty[b / 64 / SNAP_WORDS], true);
 }
 
-/* The first block from b on that is not in state c, or n->blocks */
-static uint64_t run_end(struct snapshot *n, uint64_t b, bool c)
+/* The first block from b on that is not in state c, or limit if none
+ * before it (at most n->blocks): the scan stops where the caller's
+ * interest does, as a run may span a whole map of millions of words */
+static uint64_t run_end(struct snapshot *n, uint64_t b, bool c, uint64_t limit)
 {
-	while (b < n->blocks && changed(n, b) == c) {
-		if (b % 64 == 0 && b + 64 <= n->blocks &&
+	limit = min_u64(limit, n->blocks);
+	while (b < limit && changed(n, b) == c) {
+		if (b % 64 == 0 && b + 64 <= limit &&
 		    atomic_load(&n->map[b / 64]) == (c ? ~0ULL : 0))
 			b += 64;
 		else
 			b++;
 	}
-	return min_u64(b, n->blocks);
+	return min_u64(b, limit);
 }
 
 /* pread or pwrite all n bytes at pos of the delta file: 0 or -errno */
@@ -3677,12 +3680,14 @@ static ssize_t snap_read(struct source *s, void *buf, size_t n, uint64_t pos)
 {
 	struct snapshot *sn = snap_of(s);
 	size_t done = 0;
+	uint64_t last;
 
 	n = pos < sn->size ? min_u64(n, sn->size - pos) : 0;
+	last = (pos + n + SNAP_BLOCK - 1) / SNAP_BLOCK;
 	while (done < n) {
 		uint64_t p = pos + done, b = p / SNAP_BLOCK;
 		bool c = changed(sn, b);
-		size_t len = min_u64(n - done, run_end(sn, b, c) * SNAP_BLOCK - p);
+		size_t len = min_u64(n - done, run_end(sn, b, c, last) * SNAP_BLOCK - p);
 		ssize_t r;
 
 		if (c)
@@ -3705,7 +3710,8 @@ static const char *snap_map(struct source *s, uint64_t pos, uint64_t n)
 	struct snapshot *sn = snap_of(s);
 
 	if (!n || pos + n > sn->size ||
-	    run_end(sn, pos / SNAP_BLOCK, false) * SNAP_BLOCK < pos + n)
+	    run_end(sn, pos / SNAP_BLOCK, false,
+		    (pos + n + SNAP_BLOCK - 1) / SNAP_BLOCK) * SNAP_BLOCK < pos + n)
 		return NULL;
 	return s->below->map(s->below, pos, n);
 }
@@ -3844,14 +3850,27 @@ static int snap_zero(struct source *s, uint64_t pos, uint64_t len)
 	return r < 0 ? (int)r : 0;
 }
 
-/* nothing to reserve: the delta takes its room as blocks change; but a
- * snapshot keeps its size, so never past its end */
+/* Room reserved in FILE for the blocks of pos..pos+len, where their
+ * first writes will put them, so that those find it as a reserving
+ * fallocate promises (in memory nothing is reserved: that would take
+ * the memory now); a snapshot keeps its size, so never past its end.
+ * 0 or -errno. */
 static int snap_allocate(struct source *s, uint64_t pos, uint64_t len,
 			 bool keep_size)
 {
 	struct snapshot *sn = snap_of(s);
+	uint64_t start, end;
 
-	return keep_size || (pos <= sn->size && len <= sn->size - pos) ? 0 : -ENOSPC;
+	if (!keep_size && (pos > sn->size || len > sn->size - pos))
+		return -ENOSPC;
+	if (!sn->durable || pos >= sn->size || !len)
+		return 0;
+	start = pos / SNAP_BLOCK * SNAP_BLOCK;
+	end = pos + min_u64(len, sn->size - pos);
+	end = (end + SNAP_BLOCK - 1) / SNAP_BLOCK * SNAP_BLOCK;
+	if (fallocate(sn->fd, FALLOC_FL_KEEP_SIZE, sn->data + start, end - start) < 0)
+		return -errno;
+	return 0;
 }
 
 /* SEEK_DATA or SEEK_HOLE over the combined view: changed runs answer
@@ -3861,9 +3880,8 @@ static int64_t snap_seek(struct source *s, uint64_t pos, int whence)
 	struct snapshot *sn = snap_of(s);
 
 	while (pos < sn->size) {
-		uint64_t b = pos / SNAP_BLOCK;
+		uint64_t b = pos / SNAP_BLOCK, end;
 		bool c = changed(sn, b);
-		uint64_t end = min_u64(run_end(sn, b, c) * SNAP_BLOCK, sn->size);
 		int64_t at;
 
 		if (c) {
@@ -3876,6 +3894,9 @@ static int64_t snap_seek(struct source *s, uint64_t pos, int whence)
 		}
 		if (at < 0)
 			return at;
+		/* does b's run reach at? (scanned no further than at) */
+		end = run_end(sn, b, c, (uint64_t)at / SNAP_BLOCK + 1) * SNAP_BLOCK;
+		end = min_u64(end, sn->size);
 		if ((uint64_t)at < end)
 			return at;
 		pos = end;
@@ -4002,18 +4023,34 @@ static int sync_dir(const char *path)
 	return r;
 }
 
+/* Give FILE's map its room on disk now (FILE's length already covers
+ * it): a flush that met a full disk writing a map piece would fail, and
+ * every flush after it, while the data the piece names is in. fallocate,
+ * or where the filesystem has none (EOPNOTSUPP, or EINVAL from some), the
+ * map written over itself (sn->saved holds what FILE's map holds). 0 or
+ * -errno. */
+static int snap_map_room(struct snapshot *sn)
+{
+	if (fallocate(sn->fd, 0, SNAP_MAP, sn->map_len) == 0)
+		return 0;
+	if (errno == ENOSPC || errno == EDQUOT)
+		return -errno;
+	return delta_io(sn, true, sn->saved, sn->map_len, SNAP_MAP);
+}
+
 /* Open FILE (NULL: memory) as sn's delta for a snapshot of id (host
- * order). A new (empty) FILE gets its header, durable, then its length,
- * durable, before it is used, so that a crash meanwhile leaves it empty,
- * or its header alone, which is taken as new too; an old one is checked
- * and its map read. Returns false with why (one line, FILE's name first)
- * if not. */
+ * order). A new (empty) FILE gets its header, durable, then its length
+ * and its map's room, durable, before it is used, so that a crash
+ * meanwhile leaves it empty, or its header alone, which is taken as new
+ * too; an old one is checked, its map read and given its room. Returns
+ * false with why (one line, FILE's name first) if not. */
 static bool snap_attach(struct snapshot *sn, const char *file,
 			const struct snap_header *id, char *why, size_t n)
 {
 	const char *name = file ? file : "snapshot in memory", *bad;
 	struct snap_header h, want;
 	struct stat st;
+	int r;
 
 	sn->fd = file ? open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
 		      : memfd_create("fuseexport-snapshot", MFD_CLOEXEC);
@@ -4034,11 +4071,19 @@ static bool snap_attach(struct snapshot *sn, const char *file,
 	}
 	if (st.st_size != sizeof(want) || pread(sn->fd, &h, sizeof(h), 0) != sizeof(h) ||
 	    memcmp(&h, &want, sizeof(h))) {
-		bad = snap_load(sn, id);
-		return bad ? snprintf(why, n, "%s: %s", name, bad), false : true;
+		if ((bad = snap_load(sn, id)))
+			return snprintf(why, n, "%s: %s", name, bad), false;
+		if ((r = snap_map_room(sn)) < 0)
+			return snprintf(why, n, "%s: no room for its map (%s)",
+					name, strerror(-r)), false;
+		return true;
 	}
-	if (ftruncate(sn->fd, sn->data + sn->blocks * SNAP_BLOCK) < 0 ||
-	    (file && (fsync(sn->fd) < 0 || sync_dir(file) < 0)))
+	if (ftruncate(sn->fd, sn->data + sn->blocks * SNAP_BLOCK) < 0)
+		return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
+	if (file && (r = snap_map_room(sn)) < 0)
+		return snprintf(why, n, "%s: no room for its map (%s)", name,
+				strerror(-r)), false;
+	if (file && (fsync(sn->fd) < 0 || sync_dir(file) < 0))
 		return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
 	return true;
 }
@@ -7174,10 +7219,15 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 	uint64_t b, count = 0, total = 0, done = 0;
 	bool tty = isatty(STDERR_FILENO);
 	double next = 0, t;
-	int fd = open(file, O_RDONLY | O_CLOEXEC), r;
+	struct stat st;
+	/* as an export takes FILE: no symlink (removing it would leave the
+	 * FILE it names, to be resumed later), and no FIFO to wait on */
+	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), r;
 
-	if (fd < 0)
+	if (fd < 0 || fstat(fd, &st) < 0)
 		die("%s:", file);
+	if (!S_ISREG(st.st_mode))
+		die("%s: not a regular file", file);
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
 		die("%s: in use by an export", file);
 	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(h.magic, "FXSNAP1", 8))
@@ -7230,7 +7280,9 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 		fputs("\r\033[K", stderr);
 	if ((r = top->flush(top, false)) < 0)
 		die("%s: flushing: %s", e->source_path, strerror(-r));
-	if (unlink(file) < 0)
+	/* FILE's removal durable too: back after a crash, it would be
+	 * resumed over the source written since, or committed over it */
+	if (unlink(file) < 0 || sync_dir(file) < 0)
 		die("%s: removing it after the commit:", file);
 	top->close(top);
 	snap_free(sn);

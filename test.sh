@@ -3454,6 +3454,28 @@ t_snapshot_seek() {
 	eq "$(sum src)" "$before" "the source"
 }
 
+# A snapshot of 1 TiB (a map of 4 MiB words): a read, a seek or a mapped
+# read scans the map only as far as its own end, not to the end of the
+# run it starts in, which a fresh snapshot's is: 20000 reads at 0 took
+# 10 ms each on main (the whole map), about 200 s, against a second or
+# two; the 60 s bound is for a stall, not a timing. SEEK_DATA still finds
+# a block changed at 512 GiB and the hole after it
+t_snapshot_big() {
+	local out
+	truncate -s 1T src; : >mp
+	fx_up --cache=none --snapshot "$PWD/src" "$PWD/mp"
+	head -c 4096 /dev/urandom >data
+	put mp $((512 << 30)) data
+	out=$(timeout 60 "$PY" -c 'import os; fd = os.open("mp", os.O_RDONLY)
+for i in range(20000):
+    assert os.pread(fd, 4096, 0) == bytes(4096)
+print(os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 512 << 30, os.SEEK_HOLE),
+      os.lseek(fd, 0, os.SEEK_HOLE))') || fail "20000 reads of a 1 TiB snapshot stalled (exit $?)"
+	eq "$out" "$((512 << 30)) $(((512 << 30) + 4096)) 0" "SEEK_DATA, SEEK_HOLE"
+	cmp data <(range mp $((512 << 30)) 4096) || fail "the block at 512 GiB"
+	fx_down "$PWD/mp"
+}
+
 # a source nobody may write (a read-only bind mount): -w is refused, a
 # snapshot works; its commit is refused and keeps FILE
 snapshot_ro_ns() {
@@ -3477,6 +3499,72 @@ snapshot_ro_ns() {
 	umount ro
 }
 t_snapshot_ro_source() { in_ns snapshot_ro_ns; }
+
+# FILE on a filesystem that fills up: the map's room is FILE's from its
+# start, so a write whose data got in is flushed, and kept, even when the
+# disk was full before the flush wrote the map piece naming it (a 4 GiB
+# source: 32 map pieces; each write below lands in a piece of its own).
+# A write that finds no room fails with ENOSPC and the last flush holds
+snapshot_full_ns() {
+	local out
+	mkdir small; mount -t tmpfs -o size=2m tmpfs small
+	truncate -s 4G src; : >mp
+	fx_up --cache=none --snapshot="$PWD/small/s.fx" "$PWD/src" "$PWD/mp"
+	out=$("$PY" - <<-'EOF'
+	import os
+	fd = os.open("mp", os.O_RDWR)
+	os.pwrite(fd, b"A" * 4096, 0)
+	os.fsync(fd)
+	f = os.open("small/filler", os.O_WRONLY | os.O_CREAT)
+	try:
+	    while True:
+	        os.write(f, b"x" * 65536)
+	except OSError:
+	    pass
+	try:
+	    while True:
+	        os.write(f, b"x" * 4096)
+	except OSError:
+	    pass
+	os.ftruncate(f, os.fstat(f).st_size - 3 * 4096)   # room for 3 blocks
+	os.close(f)
+	n = 0
+	try:
+	    for n in range(1, 10):
+	        os.pwrite(fd, bytes([n]) * 4096, n * 4096 * 32768)
+	except OSError as e:
+	    print("write%d=%s" % (n, "ENOSPC" if e.errno == 28 else e))
+	try:
+	    os.fsync(fd)
+	    print("fsync=ok")
+	except OSError as e:
+	    print("fsync=%s" % e)
+	EOF
+	) || fail "the writes: $out"
+	eq "$(echo $out)" "write4=ENOSPC fsync=ok" "writes and the flush on a full disk"
+	fx_down "$PWD/mp"
+	rm small/filler
+	fx_up --cache=none --snapshot="$PWD/small/s.fx" "$PWD/src" "$PWD/mp"
+	# each block whole, as one byte (in hex), or "mixed"
+	out=$("$PY" -c 'import os; fd = os.open("mp", os.O_RDONLY)
+b = [os.pread(fd, 4096, n * 4096 * 32768) for n in range(5)]
+print(" ".join(x[:1].hex() if x == x[:1] * 4096 else "mixed" for x in b))')
+	eq "$out" "41 01 02 03 00" "the blocks resumed"
+	fx_down "$PWD/mp"
+	# a reserving fallocate reserves: the range's first writes find room
+	# in FILE on a disk filled since
+	rm small/s.fx; truncate -s 16M src16
+	fx_up --cache=none --snapshot="$PWD/small/r.fx" "$PWD/src16" "$PWD/mp"
+	xio "$PWD/mp" "falloc $((4 * MiB + 100)) $MiB"
+	head -c 4M /dev/zero >small/filler 2>/dev/null || true
+	head -c $((MiB + 100)) /dev/urandom >data
+	put mp $((4 * MiB)) data
+	xio "$PWD/mp" "fsync"
+	cmp data <(range mp $((4 * MiB)) $((MiB + 100))) || fail "the reserved range"
+	fx_down "$PWD/mp"
+	umount small
+}
+t_snapshot_full() { in_ns snapshot_full_ns; }
 
 # parallel writers on a snapshot: fio verify and the torture test, in
 # memory and in FILE; the source never changes
@@ -3540,7 +3628,17 @@ t_snapshot_commit() {
 		fail "no summary on a terminal: $(cat tty.out)"
 	cmp src expected || fail "the source after the commit on a terminal"
 	mv w.saved w.fx
-	"$FX" --commit --snapshot="$PWD/w.fx" "$PWD/src" 2>err || fail "--commit again: $(cat err)"
+	# a symlink to FILE is refused, as by an export (removing the link
+	# would leave FILE to be resumed later), and a FIFO without a wait
+	ln -s w.fx link.fx; mkfifo fifo.fx
+	bad --commit --snapshot="$PWD/link.fx" "$PWD/src"
+	[ -e w.fx ] && [ -L link.fx ] || fail "a commit through a symlink took FILE"
+	bad --commit --snapshot="$PWD/fifo.fx" "$PWD/src"
+	# FILE's removal is made durable: fsync of its directory after it
+	strace -f -qq -o trace -e trace=unlink,unlinkat,fsync \
+		"$FX" --commit --snapshot="$PWD/w.fx" "$PWD/src" 2>err || fail "--commit again: $(cat err)"
+	awk '/unlink.*w\.fx/ { u = 1 } u && /fsync\(/ { f = 1 } END { exit !f }' trace ||
+		fail "no fsync after FILE's removal: $(cat trace)"
 	cmp src expected || fail "the source after the second commit"
 	before=$(sum src)
 	bad --commit --snapshot="$PWD/w.fx" "$PWD/src"		# gone now
@@ -5223,9 +5321,11 @@ t "snapshot: e2fsck -fy repairs a damaged ext4 in partition 2, the image unchang
 t "snapshot: xfs_repair repairs a damaged xfs in a GPT partition, the image unchanged; resumed, committed" "$M sgdisk sfdisk loop xfs" t_snapshot_xfs
 t "snapshot in memory: writes, punch, zero read back; fixed size; the source read-only, unchanged; gone after" "$M xfs_io python3" t_snapshot_memory
 t "snapshot: SEEK_DATA/SEEK_HOLE see data written into holes and holes punched into data" "$M xfs_io" t_snapshot_seek
+t "snapshot of 1 TiB: 20000 reads at 0 each scan the map only as far as they read (no stall); SEEK_DATA finds a block at 512 GiB" "$M python3" t_snapshot_big
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
+t "snapshot: FILE on a full disk: a write whose data got in is flushed and kept (its map's room taken at the start), the next refused; a reserving fallocate reserves" "$M unshare python3 xfs_io" t_snapshot_full
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
-t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script" t_snapshot_commit
+t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script strace" t_snapshot_commit
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) between flushes: every sector as flushed or written since" "$M python3" t_snapshot_crash between
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) during a flush, its map written: the same" "$M python3 strace xfs_io" t_snapshot_crash during
 NBD_MODE=${FX_NBD_MODE:--q 2}	# the NBD tests: one representative mode
