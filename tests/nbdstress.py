@@ -91,16 +91,7 @@ class Client(threading.Thread):
         """A failed change of [a, b) to new: each byte is old or new"""
         m = self.run_.model
         old = bytes(m[a:b])
-        rest, overlap = [], []
-        for x, y, alt in self.unsure:
-            if y <= a or x >= b:
-                rest.append([x, y, alt])
-                continue
-            if x < a:
-                rest.append([x, a, alt and alt[:a - x]])
-            if y > b:
-                rest.append([b, y, alt and alt[b - x:]])
-            overlap.append((max(x, a), min(y, b)))
+        rest, overlap = self.cut_unsure(a, b)
         p = a
         for x, y in sorted(overlap) + [(b, b)]:
             if p < x:
@@ -111,8 +102,9 @@ class Client(threading.Thread):
         self.unsure = rest
         m[a:b] = new
 
-    def forget_unsure(self, a, b):
-        rest = []
+    def cut_unsure(self, a, b):
+        """The unsure runs with [a, b) cut out of them, and the cut parts"""
+        rest, overlap = [], []
         for x, y, alt in self.unsure:
             if y <= a or x >= b:
                 rest.append([x, y, alt])
@@ -121,7 +113,11 @@ class Client(threading.Thread):
                 rest.append([x, a, alt and alt[:a - x]])
             if y > b:
                 rest.append([b, y, alt and alt[b - x:]])
-        self.unsure = rest
+            overlap.append((max(x, a), min(y, b)))
+        return rest, overlap
+
+    def forget_unsure(self, a, b):
+        self.unsure = self.cut_unsure(a, b)[0]
 
     def set(self, a, data):
         self.run_.model[a:a + len(data)] = data
