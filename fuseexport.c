@@ -6048,9 +6048,12 @@ static void log_line(int *out, bool *sock, const char *line, size_t len)
 		line += sizeof(prefix) - 1, len -= sizeof(prefix) - 1;
 	while (len && *out >= 0) {
 		k = *sock ? len : len < KMSG_PIECE ? len : KMSG_PIECE;
-		/* daemon.warning for syslog; the kernel's log takes a level alone */
-		n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s",
-			     *sock ? 28 : 4, (int)getpid(), (int)k, line);
+		/* daemon.warning for syslog; the kernel's log takes a level
+		 * alone, and a record without its newline stays open for a
+		 * continuation, unseen by dmesg until the next one comes */
+		n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s%s",
+			     *sock ? 28 : 4, (int)getpid(), (int)k, line,
+			     *sock ? "" : "\n");
 		if (n > 0 && write(*out, msg, (size_t)n < sizeof(msg) ? (size_t)n :
 				   sizeof(msg) - 1) < 0 && *sock && again) {
 			close(*out);
