@@ -1388,6 +1388,17 @@ t_fault_layers() {
 	cmp src orig || fail "the source was written"
 }
 
+# Does a direct read of mp's block at 1 MiB fail within 5 s? (a rule sent
+# through a control FIFO is taken by its thread a moment later)
+block_fails_soon() {
+	local i
+	for i in $(seq 50); do
+		dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null || return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 # The control FIFO: mode 0600, the caller's; fault RULE, clear, an unknown
 # line reported; -d names the rule that fired; the FIFO goes with the export
 # A detached server's messages (here, an unknown line on its control FIFO)
@@ -1462,12 +1473,7 @@ t_control() {
 	eq "$(stat -c %a:%u ctl)" "600:$(id -u)" "the FIFO's mode and owner"
 	cmp mp src || fail "reads before any rule"
 	echo "fault op=read,offset=1M,length=4K" >ctl
-	for i in $(seq 50); do
-		dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null || break
-		sleep 0.1
-	done
-	dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null &&
-		fail "a rule added through the FIFO did not fire"
+	block_fails_soon || fail "a rule added through the FIFO did not fire"
 	cmp -n $MiB mp src || fail "reads outside the rule's range"
 	echo "bogus command" >ctl
 	echo "fault op=read,error=EWHAT" >ctl
@@ -1496,12 +1502,7 @@ t_control_long() {
 	printf 'fault op=read,offset=0,length=1%8000s\n' crash >ctl
 	printf 'crash\0 torn\n' >ctl	# not a crash: a line with a NUL
 	printf '%4095s\n' "fault op=read,offset=1M,length=4K" >ctl
-	for i in $(seq 50); do
-		dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null || break
-		sleep 0.1
-	done
-	dd if=mp of=/dev/null bs=4k skip=256 count=1 iflag=direct status=none 2>/dev/null &&
-		fail "a line of 4095 bytes was not taken"
+	block_fails_soon || fail "a line of 4095 bytes was not taken"
 	dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null ||
 		fail "a read at 0 fails: the long line's tail (crash) or head (its rule) was run"
 	cmp -n $MiB mp src || fail "reads before the rule's range"
