@@ -7880,7 +7880,7 @@ static MAIN_ONLY int run_export(struct export *e)
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
-	int sig, res;
+	int sig, res, ended_by = 0;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -7934,6 +7934,7 @@ static MAIN_ONLY int run_export(struct export *e)
 			pthread_mutex_unlock(&e->lock);
 			unmount_export(e, false);
 			unmounted = true;
+			ended_by = sig;
 		}
 	}
 	for (i = 0; i < e->queues; i++)
@@ -7949,7 +7950,16 @@ static MAIN_ONLY int run_export(struct export *e)
 			e->source_path, strerror(-res));
 		return 1;
 	}
-	return atomic_load(&e->halted) ? 1 : 0;
+	if (atomic_load(&e->halted))
+		return 1;
+	if (!e->foreground && !e->run_command)	/* the log's last word */
+		fprintf(stderr, "fuseexport: %s: the export of %s ended (%s)%s\n",
+			e->mountpoint, e->source_path, ended_by == SIGTERM ?
+			"SIGTERM" : ended_by == SIGINT ? "SIGINT" : ended_by ?
+			"SIGHUP" : "unmounted", !e->writable ? "" :
+			export_crashed(e) ? ", crashed: unflushed writes dropped" :
+			", its writes flushed");
+	return 0;
 }
 
 /* The test harness's entry points: see fuseexport.h */

@@ -1430,10 +1430,12 @@ with open(sys.argv[2], "ab", buffering=0) as f:
 log_ns() {
 	local tag
 	mkimg src 4; : >mp
-	fx_up --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
+	fx_up -w --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
 	echo bogus-file >ctl
 	log_says fx.log "control: 'bogus-file': unknown command"
 	fx_down "$PWD/mp"
+	eq "$(tail -n 1 fx.log)" "fuseexport: $PWD/mp: the export of $PWD/src ended (unmounted), its writes flushed" \
+		"the log's last line, the final status"
 	# the kernel's log, with no /dev/log to take it
 	if [ -e /dev/log ]; then : >nolog; mount --bind nolog /dev/log; fi
 	fx_up --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
@@ -1445,6 +1447,7 @@ log_ns() {
 	log_says kmsg "$tag: control: 'bogus-long-yyy"
 	log_says kmsg "$tag: y*-end': unknown command"
 	fx_down "$PWD/mp"
+	log_says kmsg "$tag: $PWD/mp: the export of $PWD/src ended (unmounted)"
 	# syslog: a /dev/log of ours
 	mkdir dev
 	cp -a /dev/null /dev/zero /dev/urandom /dev/fuse /dev/kmsg dev/
@@ -1462,6 +1465,7 @@ log_ns() {
 	log_says syslog.txt "$tag: control: 'bogus-restarted': unknown command"
 	kill -TERM "$FXPID"
 	wait_gone "$FXPID" || fail "server still running after SIGTERM"
+	log_says syslog.txt "$tag: $PWD/mp: the export of $PWD/src ended (SIGTERM)$"
 	refute "the kernel's log took a syslog line" eval 'dmesg | grep -q "fuseexport\[$FXPID\]: .*bogus-syslog"'
 }
 t_log() { in_ns log_ns; }
