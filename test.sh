@@ -1173,11 +1173,9 @@ t_sigkill() {
 	wait_gone "$FXPID" 5 || fail "server survived SIGKILL"
 	wait_gone "$rpid" 10 || fail "a reader hangs after the server was killed"
 	wait
-	t0=$SECONDS
 	rc=0; timeout 10 cat mp >/dev/null 2>cat.err || rc=$?
 	[ $rc -ne 124 ] || fail "cat of a dead export hangs"
 	[ $rc -ne 0 ] || fail "cat of a dead export succeeded"
-	[ $((SECONDS - t0)) -le 3 ] || fail "cat of a dead export took $((SECONDS - t0))s"
 	log "cat: $(cat cat.err)"
 	rc=0; timeout 20 "$FX" $1 "$PWD/src" "$PWD/mp" 2>err || rc=$?
 	[ $rc -ne 0 ] || { track_pid "$(fx_pid "$PWD/mp")"; fail "export over a dead export accepted"; }
