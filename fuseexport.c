@@ -13,14 +13,53 @@
  * cache. Modelled on QEMU's FUSE block export (block/export/fuse.c).
  * The usage text below is what -h prints.
  *
- * The file reads top-down: the request and the source stack, the export's
- * state, the file source, the NBD source, the window, partitions, the
- * snapshot, the fault layer, the volatile cache, the control FIFO, the
- * handlers, the dispatcher, the read(2) transport, the io_uring transport,
- * options, mounting, main().
+ * Contents. The file reads top-down, in these sections, each opening with
+ * a banner of one form, "===== NAME =====", which a search finds, then a
+ * few lines on what it holds, what it uses and what uses it:
+ *
+ *    1. Headers and the usage text
+ *    2. Limits and modes
+ *    3. The request
+ *    4. The source stack
+ *    5. The export's state
+ *    6. Errors and small helpers
+ *    7. The file source
+ *    8. The NBD source
+ *    9. The window
+ *   10. Partitions
+ *   11. The snapshot
+ *   12. The fault layer
+ *   13. The volatile write cache
+ *   14. The control FIFO
+ *   15. The export and its stack
+ *   16. The handlers
+ *   17. The dispatcher
+ *   18. The log of a detached server
+ *   19. Going live
+ *   20. The read(2) transport
+ *   21. The io_uring transport
+ *   22. Options
+ *   23. Mounting
+ *   24. Detaching and --run
+ *   25. Serving until the end
+ *   26. The test harness's entry points
+ *   27. main()
+ *
+ * One request from start to end: struct request (3), queue_loop (20),
+ * serve() (17), a handler such as fuse_read (16), struct source (4) and
+ * one layer (the window, 9, is the shortest). doc/design.md draws the
+ * whole: the request path, the source stack, who owns which lock and
+ * thread, what INIT decides, and the life cycle.
  *
  * Copyright the fuseexport authors.
  * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+/* ===== Headers and the usage text ===== */
+/*
+ * Holds: the libc headers; fuseexport.h, the FUSE, io_uring and NBD ABI
+ * the program speaks, with its size asserts; VERSION; usage_text, what -h
+ * prints. Uses: libc alone. Used by: everything; usage_text by set_option.
  */
 #define _GNU_SOURCE
 #define _FILE_OFFSET_BITS 64	/* 32-bit builds: offsets past 4 GiB */
@@ -133,6 +172,13 @@ static const char usage_text[] =
 "\n"
 "A repeated option takes its last value; contradicting ones are refused.\n";
 
+/* ===== Limits and modes ===== */
+/*
+ * Holds: the sizes and counts the whole file shares (MAX_WRITE, DATA_SIZE,
+ * REQ_HEAD, RING_DEPTH, SPIN_NS...), the AUTO, OFF and ON of the
+ * auto|on|off options, and --cache's modes with their names.
+ * Uses: fuseexport.h's structs. Used by: every section below.
+ */
 enum {
 	MAX_QUEUES = 64,
 	MAX_WRITE = 1 << 20,			/* largest READ or WRITE payload */
@@ -166,6 +212,13 @@ enum { AUTO = -1, OFF = 0, ON = 1 };
 /* --cache: who keeps the export's pages */
 enum { CACHE_AUTO = -1, CACHE_NONE, CACHE_READ, CACHE_WRITEBACK };
 static const char *const cache_names[] = { "none", "read", "writeback" };
+
+/* ===== The request ===== */
+/*
+ * Holds: struct request, one request in flight and the reply it gets.
+ * Uses: fuseexport.h's op and reply structs. Used by: both transports
+ * (each queue and each ring owns one), serve() and the handlers.
+ */
 
 /* A request in flight, whichever transport brought it: the header and op
  * struct, the payload, and the reply as it will be sent (iov) */
@@ -202,12 +255,18 @@ struct request {
 	struct iovec iov[2];
 };
 
+/* ===== The source stack ===== */
 /*
  * The source stack, after nbdkit's filters: every layer is a struct source,
  * the operations below and the layer it stands on (none for the bottom). A
  * layer that has nothing to say about an operation passes it down, with
  * its own offsets turned into the lower one's. Handlers call only the top.
  * What a layer allows is fixed when the stack is built.
+ *
+ * Holds: struct source; struct space, WRITE_FUA and struct stamp, which
+ * its operations pass. Uses: nothing. Used by: every layer (sections 7 to
+ * 13), open_source(), which builds the stack, and the handlers, through
+ * e->top alone.
  */
 struct space {
 	uint64_t allocated;	/* bytes the source holds */
@@ -273,6 +332,15 @@ struct source {
 	/* let go of this layer and those below */
 	void (*close)(struct source *s);
 };
+
+/* ===== The export's state ===== */
+/*
+ * Holds: struct export, one export's state, and the queue and ring structs
+ * it points to. doc/design.md says which lock or thread owns each part.
+ * Uses: struct request, struct source. Used by: open_bottom,
+ * list_partitions and everything from section 14 on; the layers'
+ * operations never see it.
+ */
 
 /* A queue: a thread reading requests from its own /dev/fuse fd */
 struct queue {
@@ -393,6 +461,15 @@ struct export {
 	atomic_bool halted;
 };
 
+/* ===== Errors and small helpers ===== */
+/*
+ * Holds: the two error regimes: die(), a setup error (one line, the mount
+ * and the FIFO undone, exit 1), and halt(), a request stream that can no
+ * longer be trusted; the state die() undoes (mounted_export, control_made)
+ * and a fuzzer's escape from it; MAIN_ONLY; min_u64, no_resize and
+ * scan_number. Uses: unmount_export (Mounting). Used by: everything.
+ */
+
 /* What main() alone calls, which a test harness's build leaves out */
 #define MAIN_ONLY __attribute__((unused))
 
@@ -485,9 +562,15 @@ static bool scan_number(const char *s, uint64_t *v)
 	return true;
 }
 
+/* ===== The file source ===== */
 /*
  * The file source: the bottom of every stack, a regular file or a block
  * device, read and written with pread(2) and pwrite(2) at its own offsets.
+ *
+ * Holds: struct file_source and its operations, the mapping READ replies
+ * are sent from, the stamp that proves a file unchanged, and file_open().
+ * Uses: the source stack, die, min_u64. Used by: open_bottom (at the end
+ * of the NBD source) and the snapshot fuzzer's entry.
  */
 struct file_source {
 	struct source s;
@@ -975,6 +1058,7 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 	return &f->s;
 }
 
+/* ===== The NBD source ===== */
 /*
  * The NBD source (SOURCE nbd://HOST[:PORT][/EXPORT] or
  * nbd+unix:///EXPORT?socket=PATH): the bottom of a stack whose bytes live
@@ -997,6 +1081,13 @@ static struct source *file_open(const char *path, bool writable, bool growable)
  * is made again by the caller in the receive role, with backoff; the
  * requests in flight are then sent again by their callers, and a caller
  * whose connection has been down longer than --retry gets EIO.
+ *
+ * Holds: the URI parser, the handshake, the connections and their receive
+ * role, reconnecting, the source's operations, nbd_open(), the fuzzers'
+ * entries, and open_bottom(), which opens this or the file source.
+ * Uses: fuseexport.h's NBD protocol, the source stack, die, min_u64.
+ * Used by: open_bottom's callers (open_source, list_partitions,
+ * commit_snapshot); run_export gives it source_reconnected to call.
  */
 enum {
 	NBD_MAX_CONNS = 16,
@@ -2796,10 +2887,16 @@ static struct source *open_bottom(struct export *e, bool writable, bool growable
 	return file_open(e->source_path, writable, growable);
 }
 
+/* ===== The window ===== */
 /*
  * The window (--offset, --size): a fixed-size range of the layer below,
  * the only place that knows its offset. Nothing outside it is ever read or
  * written, whatever a request asks.
+ *
+ * Holds: struct window, its operations and window_open(); and the
+ * operations that pass down or refuse (pass_*, no_map), which the layers
+ * above the bottom share. Uses: the layer below. Used by: partition_open,
+ * open_source, commit_snapshot; pass_* and no_map by sections 11 to 13.
  */
 struct window {
 	struct source s;
@@ -2975,6 +3072,7 @@ static struct source *window_open(struct source *below, uint64_t offset,
 	return &w->s;
 }
 
+/* ===== Partitions ===== */
 /*
  * Partitions (--partition=N, --partitions): a window whose numbers come
  * from the source's partition table, read here as Linux reads it: MBR
@@ -2988,6 +3086,12 @@ static struct source *window_open(struct source *below, uint64_t offset,
  * entry a table holds is a partition here, and logical partitions count
  * up to the same PART_MAX. LBAs count logical sectors. A table is walked,
  * never held: a few KiB of memory, whatever it says.
+ *
+ * Holds: the MBR and GPT walk, partition_open(), the --partitions listing
+ * (print_table, list_partitions), human_size, and the fuzzers' entries.
+ * Uses: window_open, a source's read and sector size, open_bottom. Used
+ * by: open_source (--partition), main (--partitions), commit_snapshot
+ * (human_size).
  */
 enum {
 	GPT_ENTRY = 128,		/* the only entry size Linux takes */
@@ -3555,6 +3659,7 @@ uint32_t fuseexport_crc32(uint32_t crc, const unsigned char *p, size_t n)
 	return crc32(crc, p, n);
 }
 
+/* ===== The snapshot ===== */
 /*
  * The snapshot (--snapshot[=FILE]): copy-on-write over the layer below,
  * which is never written. A changed block's bytes live in the delta file
@@ -3579,6 +3684,12 @@ uint32_t fuseexport_crc32(uint32_t crc, const unsigned char *p, size_t n)
  * a mapping at offset 4096. Why not a journal: that writes every block
  * twice, this writes only the map's changed pieces, and a flush that set
  * no new bit costs one fdatasync, as before.
+ *
+ * Holds: FILE's header and map, struct snapshot and its operations,
+ * snapshot_open(), and the fuzzer's entry. Uses: the layer below, the
+ * pass-down operations, source_id. Used by: open_source (--snapshot), and
+ * commit_snapshot (--commit), which reads FILE with snap_new, snap_load
+ * and delta_io.
  */
 enum { SNAP_BLOCK = 4096, SNAP_LOCKS = 64, SNAP_MAP = 4096,
        SNAP_WORDS = SNAP_MAP / 8 };	/* a map piece's 64-bit words */
@@ -4149,6 +4260,7 @@ int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
 	return 1;
 }
 
+/* ===== The fault layer ===== */
 /*
  * The fault layer (--fault, --control): rules that fail or delay the
  * requests they match, checked in order, the first to fire answering. A
@@ -4156,6 +4268,12 @@ int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
  * below, so a failed write changes nothing. After a crash (--control) every
  * request fails with EIO. Random choices come from one seeded generator,
  * so one seed gives the same failures for the same sequence of requests.
+ *
+ * Holds: the rules and their parser, the seeded generator (next_random),
+ * struct faults and its operations, fault_open(), the rule fuzzer's entry.
+ * Uses: the layer below, the pass-down operations, scan_number. Used by:
+ * set_option (--fault), open_source, the control FIFO (fault, clear,
+ * crash), the volatile cache (next_random).
  */
 enum { FAULT_READ = 1, FAULT_WRITE = 2, FAULT_FLUSH = 4, FAULT_TRIM = 8,
        FAULT_ZERO = 16, FAULT_ANY = 31 };
@@ -4555,6 +4673,7 @@ static struct faults *fault_open(struct source *below, struct fault_rule *rules,
 	return f;
 }
 
+/* ===== The volatile write cache ===== */
 /*
  * The volatile write cache (--write-cache=volatile), a disk's cache that
  * loses power: writes, punches, zero ranges and size changes are held in
@@ -4562,6 +4681,11 @@ static struct faults *fault_open(struct source *below, struct fault_rule *rules,
  * flush writes them below in order of offset and flushes below. Reads see
  * them over what lies below. A crash drops what is held, or (torn) writes
  * a seeded random half of its sectors below first. One mutex covers it all.
+ *
+ * Holds: struct cache, its held blocks in a hash table, the write-back,
+ * cache_crash(), cache_open(). Uses: the layer below, the pass-down
+ * operations, next_random. Used by: open_source (--write-cache=volatile),
+ * crash_export (the control FIFO).
  */
 enum { BLOCK = 4096, SECTOR = 512, SECTORS = BLOCK / SECTOR };
 enum { HELD_DATA, HELD_PUNCH, HELD_ZERO };	/* what a block holds */
@@ -5129,10 +5253,17 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
 	return c;
 }
 
+/* ===== The control FIFO ===== */
 /*
  * The control FIFO (--control=PATH): one command a line, read by a thread
  * of its own, as a test script writes them: `fault RULE`, `clear`,
  * `crash`, `crash torn`.
+ *
+ * Holds: crash_export and export_crashed, the FIFO made and removed, the
+ * line reader, the control thread, and the fuzzer's entry. Uses: the
+ * fault layer (parse_rule, add_rule, clear_rules), cache_crash,
+ * drop_kernel_cache (Going live). Used by: main (open_control), run_export
+ * (the thread, export_crashed), detach and run_command (close_control).
  */
 
 /* Power lost: the cache drops (or tears) what it holds, and from now on
@@ -5296,9 +5427,15 @@ void fuseexport_fuzz_control(struct export *e, const char *data, size_t n,
 	}
 }
 
+/* ===== The export and its stack ===== */
 /*
  * What the export does with its stack: the size, resizing, and flushing,
  * each in one place for every handler.
+ *
+ * Holds: export_size, resize_export (map_lock's writer), flush_export (a
+ * failed flush fails every later one), why_no_passthrough, and fill_attr,
+ * the attributes GETATTR and SETATTR reply with. Uses: e->top, e->lock,
+ * map_lock. Used by: the handlers, open_source, run_export.
  */
 
 static uint64_t export_size(struct export *e)
@@ -5394,11 +5531,17 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
 	pthread_mutex_unlock(&e->lock);
 }
 
+/* ===== The handlers ===== */
 /*
  * The handlers, one per opcode. Each takes the request in r->in (and a
  * WRITE's payload in r->data), with len the bytes after the in_header, and
  * returns the length of its reply payload, put in r->reply unless it points
  * r->iov[1] elsewhere, or -errno.
+ *
+ * Holds: fuse_init to fuse_statfs, and OPEN's helpers: open_backing (the
+ * passthrough backing file), keep_cache and open_seen (whether the
+ * kernel keeps its pages). Uses: the export and its stack, e->top, halt.
+ * Used by: the dispatcher's table.
  */
 
 /* INIT: agree on the protocol, ask for parallel requests and 1 MiB I/O;
@@ -5873,6 +6016,14 @@ static int fuse_statfs(struct export *e, struct request *r, size_t len)
 	return sizeof(*st);
 }
 
+/* ===== The dispatcher ===== */
+/*
+ * Holds: the opcode table; serve(), which alone checks a request and
+ * builds its reply header; reply_done(), which lets go of map_lock once a
+ * READ's reply is sent. Uses: the handlers, halt. Used by: both
+ * transports and fuseexport_request.
+ */
+
 /* The dispatcher's table: name (for -d), the op struct a request must
  * carry, the handler (none: ENOSYS), and whether the kernel wants a reply */
 static const struct operation {
@@ -6004,12 +6155,17 @@ static void reply_done(struct export *e, struct request *r)
 	}
 }
 
+/* ===== The log of a detached server ===== */
 /*
  * The log of a detached server: what it writes on stderr goes, a line at a
  * time, to syslog where /dev/log takes datagrams, else to the kernel's log
  * (/dev/kmsg, as initramfs tools do), tagged fuseexport[PID]; --log=FILE
  * appends it to FILE instead. A thread moves the lines from a pipe that is
  * the server's stderr; at exit the pipe is closed and what is left drained.
+ *
+ * Holds: log_fd and log_thread, the route, the log thread, start_log and
+ * stop_log. Uses: nothing of the export. Used by: tell_ready (start_log),
+ * main (log_fd, --log=FILE).
  */
 static int log_fd = -1;			/* --log=FILE, opened before detaching */
 static pthread_t log_thread;
@@ -6129,6 +6285,17 @@ static void start_log(int null)
 	close(fds[1]);
 	atexit(stop_log);
 }
+
+/* ===== Going live ===== */
+/*
+ * Holds: init_done(), the work after INIT's reply; tell_ready(), which
+ * tells the waiting parent the export is live; the notifications to the
+ * kernel (the size, a drop of its cache, which never comes from a serving
+ * thread); possible_cpus; and what both transports' threads share
+ * (request_buffer, serving_thread). Uses: the log (start_log), the export
+ * and its stack, start_rings. Used by: both transports, the control FIFO
+ * and run_export (drop_kernel_cache), the NBD source (source_reconnected).
+ */
 
 /* Tell the parent that waits in the foreground that the export is live,
  * and let go of its terminal */
@@ -6293,9 +6460,15 @@ static void serving_thread(void)
 	prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
 }
 
+/* ===== The read(2) transport ===== */
 /*
  * The read(2) transport: a thread per queue, each reading requests from
  * its own /dev/fuse fd and writing the replies back to it.
+ *
+ * Holds: unspill, spinning for the next request (next_request,
+ * count_spin_budget), queue_loop, start_queues. Uses: struct queue, the
+ * dispatcher, init_done, request_buffer. Used by: run_export
+ * (start_queues, count_spin_budget), fuseexport_request (unspill).
  */
 
 /* read(2) put a request's first REQ_HEAD bytes in r->in and the rest in
@@ -6486,9 +6659,15 @@ static void start_queues(struct export *e)
 		tell_ready(e);
 }
 
+/* ===== The io_uring transport ===== */
 /*
  * The io_uring transport: a ring per possible CPU, whose entries carry
  * requests and replies; serve() handles them as it does the queues'.
+ *
+ * Holds: ring_setup, ring_command, ring_serve, ring_loop, start_rings.
+ * Uses: struct ring, fuseexport.h's io_uring ABI, the dispatcher,
+ * request_buffer, possible_cpus. Used by: init_done (start_rings),
+ * run_export (joins the rings' threads).
  */
 
 /* Set up a ring: io_uring_setup with 128-byte SQEs, its three maps, and
@@ -6663,6 +6842,7 @@ static int start_rings(struct export *e)
 	return 0;
 }
 
+/* ===== Options ===== */
 /*
  * Options: the command line, -o lists and mount(8)'s helper calls, all
  * through one table and set_option(). Parsing never exits: it returns
@@ -6670,6 +6850,11 @@ static int start_rings(struct export *e)
  * can feed it anything; main() dies with it. A repeated option takes its
  * last value, as mount(8) has it; options that contradict each other are
  * refused with one line naming both.
+ *
+ * Holds: complain and the value parsers, print_and_exit, option_table,
+ * set_option, the contradictions, parse_options, options_or_exit and the
+ * fuzzer's entry. Uses: scan_number, parse_rule, usage_text. Used by:
+ * main and fuseexport_new (options_or_exit).
  */
 enum { WHY_SIZE = 512 };
 
@@ -7363,6 +7548,15 @@ static void open_source(struct export *e)
 	e->ready_pending = -1;
 }
 
+/* ===== Mounting ===== */
+/*
+ * Holds: a FUSE mount found in mountinfo (and its fuzzer's entry), the
+ * checks on a mount(8) helper's source and on MOUNTPOINT, absolute paths,
+ * the mount itself (mount(2) as root, else fusermount3) and the unmount.
+ * Uses: die, mounted_export. Used by: main; unmount_export by die, detach,
+ * run_command and run_export; mount_dev by lift_dirty_limit.
+ */
+
 /* Unescape a path field of /proc/self/mountinfo (\040 and the like) */
 static void unescape(char *s)
 {
@@ -7735,6 +7929,14 @@ static void unmount_export(struct export *e, bool force)
 	}
 }
 
+/* ===== Detaching and --run ===== */
+/*
+ * Holds: detach(), the fork whose parent waits on a pipe until the server
+ * has the export live, and run_command(), that parent's --run. Uses:
+ * unmount_export, close_control; tell_ready (Going live) writes the pipe.
+ * Used by: main.
+ */
+
 /* --run: the parent, once the server (its child) has the export live,
  * runs /bin/sh -c COMMAND with the export's path as $1 and in
  * FUSEEXPORT_FILE, and passes the signals that end fuseexport on to it.
@@ -7839,6 +8041,15 @@ static MAIN_ONLY void detach(struct export *e)
 		/* stay where we are */
 	}
 }
+
+/* ===== Serving until the end ===== */
+/*
+ * Holds: lift_dirty_limit and run_export, the main thread from the first
+ * queue to the end: signals waited for, the spin budget counted, the
+ * kernel's cache dropped when the source changed, then a flush, the
+ * unmount, the threads joined. Uses: start_queues, control_loop,
+ * drop_kernel_cache, flush_export, unmount_export. Used by: main.
+ */
 
 /* Serve until the export ends; returns the exit status: 1 if it halted
  * or a flush of the source failed */
@@ -7962,7 +8173,14 @@ static MAIN_ONLY int run_export(struct export *e)
 	return 0;
 }
 
-/* The test harness's entry points: see fuseexport.h */
+/* ===== The test harness's entry points ===== */
+/*
+ * Holds: fuseexport_new, fuseexport_request and fuseexport_free, which
+ * drive serve() without /dev/fuse (see fuseexport.h); the fuzzers' entries
+ * stay in the sections they drive. Uses: options_or_exit, open_source,
+ * the dispatcher. Used by: tests/ (built with -DFUSEEXPORT_NO_MAIN);
+ * fuseexport_free by main too.
+ */
 struct export *fuseexport_new(int argc, char *argv[])
 {
 	struct export *e = calloc(1, sizeof(*e));
@@ -8024,6 +8242,12 @@ void fuseexport_free(struct export *e)
 	free(e);
 }
 
+/* ===== main() ===== */
+/*
+ * The life cycle, in order: parse; the one-shot modes (--partitions,
+ * --commit); the checks; paths made absolute; the source opened; the FIFO
+ * made; the mount; --log's FILE opened; detach; serve; the end.
+ */
 #ifndef FUSEEXPORT_NO_MAIN
 int main(int argc, char *argv[])
 {
