@@ -1282,11 +1282,11 @@ static int send_full(int fd, const void *a, size_t alen, const void *b, size_t b
 /* The value of a hex digit, or -1 */
 static int hex_digit(char c)
 {
-	const char *digits = "0123456789abcdef", *p;
-
-	c |= 0x20;
-	p = c ? strchr(digits, c) : NULL;
-	return p ? p - digits : -1;
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')	/* A-F too, not 0x10-0x19 */
+		return (c | 0x20) - 'a' + 10;
+	return -1;
 }
 
 /* The n bytes at s with their %XX escapes decoded, as a new string whose

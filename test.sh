@@ -4629,6 +4629,9 @@ t_nbd_bad() {
 	port=$(free_port)
 	bad "nbd://127.0.0.1:$port" "$PWD/mp"
 	grep -q "refused" err || fail "no server: $(cat err)"
+	# control bytes 0x10-0x19 are no hex digits (they were taken as 0-9)
+	bad "nbd://127.0.0.1:$port/a%"$'\x11\x31' "$PWD/mp"
+	grep -q "a bad %-escape" err || fail "%<0x11><0x31> taken as an escape: $(cat err)"
 	# not an NBD server at all
 	"$PY" -c 'import socket, sys
 s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
