@@ -1097,6 +1097,9 @@ enum {
 					 * before a map of its bytes counts */
 	NBD_MAX_SENDS = 10,		/* sends of a request before EIO */
 	NBD_SETUP_SECONDS = 10,		/* for a connection and its handshake */
+	NBD_DEAD_SECONDS = 30,		/* a TCP peer silent this long, data
+					 * or keepalives unacknowledged, is
+					 * gone (a host down, a cut cable) */
 	NBD_GREETING_NOTE_MS = 1500,	/* no greeting by then: say why it
 					 * may be, while still waiting */
 	NBD_BACKOFF_MIN_MS = 50,
@@ -1420,13 +1423,24 @@ static int nbd_dial_addr(int family, const struct sockaddr *addr, socklen_t len)
 {
 	struct timeval tv = { NBD_SETUP_SECONDS, 0 };
 	int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, err;
+	/* without these a dead peer holds requests for TCP's 15 minutes of
+	 * retransmits, or for ever on an idle connection; with them the
+	 * loss is seen and --retry counts from there */
+	int idle = NBD_DEAD_SECONDS / 2, gap = NBD_DEAD_SECONDS / 6, probes = 3;
+	unsigned ms = NBD_DEAD_SECONDS * 1000;
 
 	if (fd < 0)
 		return -errno;
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (family != AF_UNIX)
+	if (family != AF_UNIX) {
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &gap, sizeof(gap));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+	}
 	if (connect(fd, addr, len) == 0)
 		return fd;
 	err = errno;

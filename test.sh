@@ -4089,6 +4089,31 @@ t_nbd_gone() {
 	fx_down "$PWD/mp"
 }
 
+# A TCP peer gone silent (its host down, a cable cut: no reply, not even a
+# reset; here the namespace's lo taken down): keepalives and a user timeout
+# see it gone within 30 s, then --retry runs out and the read fails with
+# EIO. Without them the read waited out TCP's 15 minutes of retransmits.
+nbd_dead_peer_ns() {
+	local port rc
+	ip link set lo up
+	mkimg src 8; : >mp
+	port=$(free_port)
+	qnbd src -b 127.0.0.1 -p "$port"
+	wait_port "$port"
+	fx_up $1 --retry=2 "nbd://127.0.0.1:$port" "$PWD/mp"
+	cmp src mp || fail "cmp"
+	ip link set lo down
+	rc=0; timeout 100 dd if=mp of=/dev/null bs=4k count=1 skip=100 iflag=direct \
+		status=none 2>err || rc=$?
+	[ $rc -ne 124 ] || fail "a read from a silent peer still waits after 100 s"
+	grep -q "Input/output error" err || fail "the read failed with: $(cat err)"
+	ip link set lo up
+	for i in $(seq 50); do dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null && break; sleep 0.2; done
+	cmp src mp || fail "cmp once the peer answers again"
+	fx_down "$PWD/mp"
+}
+t_nbd_dead_peer() { unshare -m -n --propagation private bash -c 'set -e; "$@"' _ nbd_dead_peer_ns "$@"; }
+
 # wait_said FILE TEXT PID: fail unless TEXT appears in FILE while PID runs
 wait_said() {
 	local i
@@ -5347,6 +5372,7 @@ t "nbd: a restart that lost writes never flushed: every fsync after it fails (EI
 t "nbd: --cache=read: after a reconnect the kernel's cache is dropped, reads see what the server serves now" "$M qemu-nbd" t_nbd_cache_reconnect
 t "nbd: 12 threads of 1 MiB reads and writes, one request at a time served, -q 8 and -q 24: no client hangs" "$M nbdkit qemu-nbd python3" t_nbd_many_callers
 t "nbd: server gone for good: EIO after --retry, no hang; back again: works" "$M qemu-nbd" t_nbd_gone "$NBD_MODE"
+t "nbd: a TCP peer gone silent (lo down in a network namespace): EIO within 30 s and --retry, no hang; back again: works" "$M qemu-nbd ss" t_nbd_dead_peer "$NBD_MODE"
 t "nbd: said while a user waits: no greeting from a one-client server (and why), a lost connection, its return" "$M qemu-nbd" t_nbd_said "$NBD_MODE"
 t "nbd: read-only server: -w refused, read-only export works" "$M qemu-nbd" t_nbd_readonly "$NBD_MODE"
 t "nbd: nbdkit memory (size not a multiple of 512) and sparse-random (holes)" "$M nbdkit qemu-img python3" t_nbd_nbdkit "$NBD_MODE"
