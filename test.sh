@@ -5158,7 +5158,7 @@ result() { # result ok|fail|skip NAME [REASON]
 # in an io_uring mode holds URING_LOCK shared and sets enable_uring; one
 # that needs uring (and toggles it) holds it alone.
 t() {
-	local name=$1 needs=$2 why dir rc wrap=() uring=; shift 2
+	local name=$1 needs=$2 why dir rc wrap=() uring= t0=$SECONDS; shift 2
 	if [ -n "$FX_ONLY" ] && ! [[ $name =~ $FX_ONLY ]]; then return; fi
 	why=$(missing "$needs")
 	if [ -n "$why" ]; then result skip "$name" "$why"; return; fi
@@ -5184,6 +5184,8 @@ t() {
 	124|137) result fail "$name" "timed out after ${FX_TIMEOUT}s"; sed 's/^/#   /' "$dir/log" | tail -n 30 ;;
 	*) result fail "$name"; { cat "$dir/log"; echo "(exit status $rc)"; } | sed 's/^/#   /' | tail -n 30 ;;
 	esac
+	# where the suite's time goes (CI has a budget): the slow ones say so
+	[ $((SECONDS - t0)) -lt 20 ] || echo "#   took $((SECONDS - t0)) s"
 }
 
 export ROOT TOP FX FXS FXIO PY MiB URING_PARAM URING_LOCK
