@@ -58,7 +58,7 @@ for f; do
 	kind == "md" && !inblock && /^```sh$/ { start(); next }
 	kind == "md" && !inblock && /^```$/ {
 		printf "%s:%d: a fence with no language: mark commands ```sh, the rest ```text\n", file, NR > "/dev/stderr"
-		bad = 1; next
+		bad = 1; skipping = 1; next
 	}
 	kind == "md" && !inblock && /^```/ { skipping = 1; next }
 	kind == "md" && inblock && /^```$/ { inblock = 0; close(name ".sh"); next }
