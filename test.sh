@@ -356,7 +356,7 @@ mode_queues() {
 }
 
 # ---------------------------------------------------------------------------
-# Behaviour: README's "What the exported file does", a test per row, run
+# Behaviour: doc/caching.md's "What the exported file does", a test per row, run
 # under every mode ($1)
 
 t_stat() {
@@ -2613,7 +2613,7 @@ t_crash() {
 	done
 }
 
-# The README's Security section, claim by claim: other users are kept out
+# doc/security.md, claim by claim: other users are kept out
 # by the mode bits (default_permissions) and entirely without allow_other;
 # chmod can open the file to them only with allow_other; a writable export
 # of a block device that is mounted is refused (O_EXCL)
@@ -2754,6 +2754,83 @@ install_ns() {
 	cmp src mp || fail "cmp"
 	umount "$PWD/mp"
 }
+
+# The documentation's commands, run as written: every ```sh block of
+# README.md and every example of the man page (tests/doccmds.sh finds
+# them, with what a block needs first), each in an empty directory of its
+# own, as root or, where it says so, as a user. A block must exit 0 and
+# leave nothing behind: no export mounted, no process, no loop device.
+# In a namespace where /usr/local and /sbin take `make install` and
+# /etc/fstab and /srv take a recipe's lines and images, none of them the
+# machine's
+docs_ns() {
+	local b d how ran=0 skipped=0 failed= where top=$PWD
+	sh "$TOP/tests/doccmds.sh" blocks "$TOP/README.md" "$TOP/fuseexport.1" || fail "tests/doccmds.sh"
+	mkdir bin upper work; ln -s "$FX" bin/fuseexport
+	mount -t tmpfs tmpfs /usr/local
+	mount -t overlay overlay -o "lowerdir=$(realpath /sbin),upperdir=$PWD/upper,workdir=$PWD/work" "$(realpath /sbin)"
+	cp /etc/fstab fstab; mount --bind fstab /etc/fstab
+	mount -t tmpfs -o size=64m tmpfs /srv
+	mknod fuse c 10 229; chmod 666 fuse; mount --bind fuse /dev/fuse
+	chmod 755 .
+	for b in blocks/*.sh; do
+		b=$top/${b%.sh}; d=$top/run${b##*/}; where=$(cat "$b.where")
+		how=$(cat "$b.how")
+		case $how in skip*) log "$where: skipped: ${how#skip }"; skipped=$((skipped + 1)); continue ;; esac
+		mkdir "$d"
+		DOCS_BEFORE=" $(docs_ns_pids | tr '\n' ' ') "
+		if ! (cd "$d" && export PATH="$top/bin:$PATH" && docs_block "$b" "$how") >"$d.log" 2>&1; then
+			failed="$failed $where"; log "$where: failed:"; sed 's/^/:   /' "$d.log" >&2
+		fi
+		docs_left "$where" || failed="$failed $where"
+		log "$where: done at ${SECONDS}s"
+		ran=$((ran + 1))
+	done
+	log "$ran blocks run, $skipped skipped"
+	[ -z "$failed" ] || fail "blocks failed or left something behind:$failed"
+	[ "$ran" -ge 10 ] || fail "only $ran blocks run"
+}
+# docs_block BLOCK HOW: its first commands, the block (as HOW says), its then
+docs_block() {
+	sh -e "$1.first" || { echo "its first commands failed"; return 1; }
+	case $2 in
+	run) timeout 60 sh -e "$1.sh" ;;
+	user) chown -R 65534:65534 . && timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups \
+		env HOME="$PWD" sh -e "$1.sh" ;;
+	esac || { echo "the block failed: exit $?"; return 1; }
+	sh -e "$1.then" || { echo "its then commands failed"; return 1; }
+}
+# the processes in this mount namespace
+docs_ns_pids() {
+	local p
+	for p in /proc/[0-9]*; do
+		[ "$p/ns/mnt" -ef /proc/self/ns/mnt ] && echo "${p#/proc/}"
+	done 2>/dev/null
+}
+# docs_left WHERE: 0 if the block left no export, process or loop device
+# (given 10 s to go: umount returns before a server exits); else says what
+# and undoes it
+docs_left() {
+	local i mounts procs loops p
+	for i in $(seq 100); do
+		mounts=$(findmnt -rn -t fuse.fuseexport -o TARGET)
+		procs=
+		for p in $(docs_ns_pids); do
+			case "$DOCS_BEFORE" in *" $p "*) continue ;; esac
+			[ -e "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null &&
+				procs="$procs $p:$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-60)"
+		done
+		loops=$(losetup -n -l -O NAME,BACK-FILE | awk -v d="$ROOT/" 'index($2, d) == 1 || index($2, "/srv/") == 1 { print $1 }')
+		[ -z "$mounts$procs$loops" ] && return 0
+		sleep 0.1
+	done
+	log "$1: left behind: mounts [$mounts] processes [$procs] loop devices [$loops]"
+	for p in $mounts; do umount -l "$p"; done
+	for p in $procs; do kill "${p%%:*}" 2>/dev/null; done
+	for p in $loops; do losetup -d "$p"; done
+	return 1
+}
+t_docs() { in_ns docs_ns; }
 
 # Relative paths a detached server goes on using (it works from /): the
 # --control FIFO is removed at the end, a file of the same name in / is
@@ -5315,6 +5392,7 @@ t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unsh
 t "mount(8) helper without root: an fstab window (window_offset=, window_size=) in a user line" "$M setpriv fusermount3 unshare" t_helper_user
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
 t "make install: binary in PREFIX/bin, man page, mount(8) helper links in /sbin; found by a user and by mount(8)" "$M make unshare setpriv" t_install
+t "docs: every command of README.md and the man page's EXAMPLES runs as written and leaves nothing behind" "$M make unshare setpriv fusermount3 loop ext4 debugfs sfdisk qemu-img qemu-nbd sqlite3 musl-gcc pgrep" t_docs
 t "security: mode bits, allow_other, chmod rules, a mounted device refused" "$M setpriv loop ext4" t_security
 t "command-line fuzz: random argument lists never crash, hang or leave a mount" "$M" t_cmdline_fuzz
 t "valgrind: a short export session is clean" "$M valgrind xfs_io" t_valgrind

@@ -7,7 +7,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -e
 pkgs="gcc make libc6-dev fio xfsprogs e2fsprogs qemu-utils musl-tools busybox-static fdisk gdisk
-	python3 util-linux mount fuse3 clang libclang-rt-14-dev valgrind sqlite3
+	python3 util-linux mount procps fuse3 clang libclang-rt-14-dev valgrind sqlite3
 	nbdkit nbd-server libnbd-bin iproute2 strace gdb gcc-i686-linux-gnu libc6-dev-i386-cross qemu-user"
 need=
 for p in $pkgs; do
