@@ -305,9 +305,43 @@ struct ring {
 	struct ring_entry entry[RING_DEPTH];
 };
 
+/* What the command line and -o asked for: parse_options() fills it in and
+ * nothing writes it after. Where the export settles a value of its own (a
+ * path made absolute, the queues it could clone, the cache INIT chose),
+ * struct export keeps that apart and says so. */
+struct options {
+	const char *source_path;	/* SOURCE as given */
+	const char *mountpoint;		/* MOUNTPOINT as given; NULL with
+					 * --partitions and --commit */
+	bool writable, growable;	/* -w (or --snapshot), -g */
+	bool foreground, debug;		/* -f, -d */
+	bool helper;			/* called by mount(8) */
+	unsigned queues;		/* -q, else the online CPUs */
+	bool queues_given;		/* -q: exactly that many, or fail */
+	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
+	int want_spin;			/* AUTO or OFF */
+	int cache;			/* --cache: CACHE_*, CACHE_AUTO if not */
+	uint64_t offset;		/* the window's start in the source */
+	uint64_t window;		/* its length; 0: to the end */
+	unsigned partition;		/* --partition: its number, or 0 */
+	bool list_partitions;		/* --partitions: print them, export nothing */
+	bool snapshot, commit;		/* --snapshot, --commit */
+	const char *snapshot_file;	/* its FILE as given, or NULL: in memory */
+	/* --fault, in order: open_source() hands them to the fault layer,
+	 * which owns them from then on (adds, clears, frees) */
+	struct fault_rule *rules;
+	uint64_t seed;			/* --seed, or from the clock */
+	bool write_cache;		/* --write-cache=volatile */
+	const char *control_path;	/* --control: the FIFO as given */
+	unsigned retry;			/* NBD: seconds to wait for a reconnect */
+	const char *run_command;	/* --run: what the export lives for */
+	const char *log_path;		/* --log: a detached server's messages */
+};
+
 /* One export: the source stack, what the exported file looks like, the
  * queues. The booleans are decided before the first request is served. */
 struct export {
+	struct options opt;		/* what was asked: read-only */
 	const char *source_path;	/* absolute once resolved (a file) */
 	const char *mountpoint;		/* absolute once checked */
 	char *mountpoint_buf;		/* which realpath() allocated */
