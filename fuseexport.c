@@ -2825,8 +2825,8 @@ int fuseexport_fuzz_nbd_handshake(int fd, uint32_t *min_block, uint32_t *max_pay
 static struct source *open_bottom(struct export *e, bool writable, bool growable)
 {
 	if (is_nbd_uri(e->source_path))
-		return nbd_open(e->source_path, writable, growable, e->queues,
-				e->retry, e->debug);
+		return nbd_open(e->source_path, writable, growable, e->opt.queues,
+				e->opt.retry, e->opt.debug);
 	return file_open(e->source_path, writable, growable);
 }
 
@@ -5174,9 +5174,9 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
 static void crash_export(struct export *e, bool torn)
 {
 	if (e->volatile_cache)
-		cache_crash(e->volatile_cache, torn, e->debug);
+		cache_crash(e->volatile_cache, torn, e->opt.debug);
 	atomic_store(&e->faults->crashed, true);
-	if (e->debug && !e->volatile_cache)
+	if (e->opt.debug && !e->volatile_cache)
 		fprintf(stderr, "fuseexport: crash: every request fails from now on\n");
 }
 
@@ -5241,7 +5241,7 @@ static void control_command(struct export *e, char *line)
 		else
 			fprintf(stderr, "fuseexport: control: fault %s: %s\n",
 				line + 6, why);
-		if (rule && e->debug)
+		if (rule && e->opt.debug)
 			fprintf(stderr, "fuseexport: control: fault rule %u: %s\n",
 				rule->number, rule->text);
 	} else if (!strcmp(line, "clear")) {
@@ -5385,15 +5385,15 @@ static int flush_export(struct export *e, bool datasync)
  * NULL: then INIT asks the kernel. */
 static const char *why_no_passthrough(struct export *e)
 {
-	if (e->want_passthrough == OFF)
+	if (e->opt.want_passthrough == OFF)
 		return "--passthrough=off";
-	if (e->cache == CACHE_READ)
+	if (e->opt.cache == CACHE_READ)
 		return "--cache=read asks for the kernel's page cache";
-	if (e->cache == CACHE_WRITEBACK)
+	if (e->opt.cache == CACHE_WRITEBACK)
 		return "--cache=writeback asks for the kernel's page cache";
 	if (e->top->no_passthrough)
 		return e->top->no_passthrough;
-	if (e->writable && !e->growable)
+	if (e->opt.writable && !e->opt.growable)
 		return "a fixed-size export's writes must come here (passed "
 		       "through, they could grow the source)";
 	if (geteuid() != 0)
@@ -5474,25 +5474,25 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		e->passthrough = false;
 		e->no_passthrough = "the kernel offers no FUSE passthrough "
 				    "(Linux 6.9 and later, CONFIG_FUSE_PASSTHROUGH)";
-		if (e->want_passthrough == ON)
+		if (e->opt.want_passthrough == ON)
 			return halt(e, "--passthrough=on: %s", e->no_passthrough);
 	}
 	/* auto: passthrough where it applies, else the kernel's page cache,
 	 * unless every request must meet fault rules or the volatile cache */
-	if (e->cache == CACHE_AUTO)
-		e->cache = e->passthrough || e->faults || e->volatile_cache ?
+	if (e->opt.cache == CACHE_AUTO)
+		e->opt.cache = e->passthrough || e->faults || e->volatile_cache ?
 			   CACHE_NONE : CACHE_READ;
-	if (e->cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
-		e->cache = CACHE_READ;
-	if (e->cache == CACHE_WRITEBACK)
+	if (e->opt.cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
+		e->opt.cache = CACHE_READ;
+	if (e->opt.cache == CACHE_WRITEBACK)
 		flags |= FUSE_WRITEBACK_CACHE;
 	/* Direct I/O keeps a single copy of the data cached, the source's;
 	 * without mmap on direct I/O files (before 6.6) use the page cache.
 	 * The cache modes keep the kernel's copy, across opens where the
 	 * source proves it current (fuse_open), and the source keeps none. */
-	if (e->cache != CACHE_NONE) {
+	if (e->opt.cache != CACHE_NONE) {
 		e->top->keep_no_copy(e->top);
-		e->direct_writers = e->cache == CACHE_READ &&
+		e->direct_writers = e->opt.cache == CACHE_READ &&
 				    (flags & FUSE_DIRECT_IO_ALLOW_MMAP);
 	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
 		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
@@ -5501,10 +5501,10 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
 		out->max_stack_depth = 1;	/* the source is no FUSE file */
 	}
-	e->uring = e->want_io_uring != OFF && (offered & FUSE_OVER_IO_URING);
+	e->uring = e->opt.want_io_uring != OFF && (offered & FUSE_OVER_IO_URING);
 	if (e->uring)
 		flags |= FUSE_OVER_IO_URING | FUSE_INIT_EXT;
-	else if (e->want_io_uring == ON)
+	else if (e->opt.want_io_uring == ON)
 		return halt(e, "--io-uring=on: the kernel offers no FUSE over io_uring "
 			    "(Linux 6.14 and later, with "
 			    "/sys/module/fuse/parameters/enable_uring set to Y)");
@@ -5563,7 +5563,7 @@ static int fuse_setattr(struct export *e, struct request *r, size_t len)
 	 * of the path to 0 looks the same): a fixed-size export keeps its
 	 * size, as a disk does */
 	if ((valid & FATTR_SIZE) && !in->size && !(valid & FATTR_FH) &&
-	    !e->growable)
+	    !e->opt.growable)
 		valid &= ~FATTR_SIZE;
 	if ((valid & (FATTR_UID | FATTR_GID)) && !e->allow_other)
 		return -EPERM;
@@ -5572,10 +5572,10 @@ static int fuse_setattr(struct export *e, struct request *r, size_t len)
 			return -EINVAL;
 		if ((mode & ~0777) || ((mode & 077) && !e->allow_other))
 			return -EPERM;
-		if ((mode & 0222) && !e->writable)
+		if ((mode & 0222) && !e->opt.writable)
 			return -EROFS;
 	}
-	if ((valid & FATTR_SIZE) && !e->writable)
+	if ((valid & FATTR_SIZE) && !e->opt.writable)
 		return -EROFS;
 
 	pthread_mutex_lock(&e->lock);
@@ -5649,7 +5649,7 @@ static bool keep_cache(struct export *e, uint64_t *number)
 	if (proven)
 		e->stamp = now;
 	pthread_mutex_unlock(&e->lock);
-	if (e->debug && !keep)
+	if (e->opt.debug && !keep)
 		fprintf(stderr, "fuseexport: open: %s: the kernel's cache of "
 			"the export dropped\n", !proven ? "nothing proves the "
 			"source unchanged" : !same ? "the source changed" :
@@ -5681,7 +5681,7 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	int id;
 
 	(void)len;
-	if (!e->writable && (flags & O_ACCMODE) != O_RDONLY)
+	if (!e->opt.writable && (flags & O_ACCMODE) != O_RDONLY)
 		return -EROFS;
 	memset(out, 0, sizeof(*out));
 	out->open_flags = e->open_flags;
@@ -5693,7 +5693,7 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	 * read-only opens keep it. */
 	if (e->direct_writers && (flags & O_ACCMODE) != O_RDONLY)
 		out->open_flags |= FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	if (e->cache != CACHE_NONE && !e->passthrough && keep_cache(e, &number))
+	if (e->opt.cache != CACHE_NONE && !e->passthrough && keep_cache(e, &number))
 		out->open_flags |= FOPEN_KEEP_CACHE;
 	out->fh = number << FH_OPEN_SHIFT |
 		  ((flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0);
@@ -5759,11 +5759,11 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 
 	if (len - sizeof(*in) != n)
 		return -EINVAL;
-	if (!e->writable)
+	if (!e->opt.writable)
 		return -EROFS;
 	if (in->offset > (uint64_t)INT64_MAX - n)
 		return -EFBIG;
-	if (!e->growable) {
+	if (!e->opt.growable) {
 		uint64_t size = export_size(e);
 
 		if (in->offset + n > size)
@@ -5772,7 +5772,7 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 	/* An O_DIRECT write to a cached export comes through the kernel's
 	 * asynchronous direct I/O, which takes a write cut short for EIO:
 	 * one that straddles the end is refused whole, ENOSPC */
-	if (n < in->size && e->cache != CACHE_NONE && (in->flags & O_DIRECT) &&
+	if (n < in->size && e->opt.cache != CACHE_NONE && (in->flags & O_DIRECT) &&
 	    !(in->write_flags & FUSE_WRITE_CACHE))
 		n = 0;
 	/* the opener's O_DSYNC (O_SYNC has it too) asks for this write to be
@@ -5825,7 +5825,7 @@ static int fuse_fallocate(struct export *e, struct request *r, size_t len)
 	int res;
 
 	(void)len;
-	if (!e->writable)
+	if (!e->opt.writable)
 		return -EROFS;
 	if (n == 0 || pos > (uint64_t)INT64_MAX - n)
 		return -EINVAL;
@@ -6011,7 +6011,7 @@ static int serve(struct export *e, struct request *r, size_t len)
 		res = op->handle(e, r, oplen);
 	}
 
-	if (e->debug)
+	if (e->opt.debug)
 		fprintf(stderr, "fuseexport: %s #%llu (%zu bytes): %d%s%s\n",
 			op ? op->name : "unknown opcode",
 			(unsigned long long)in->unique, len, res,
@@ -6176,7 +6176,7 @@ static void tell_ready(struct export *e)
 	if (null >= 0) {
 		dup2(null, 0);
 		dup2(null, 1);
-		if (!e->run_command)	/* else fuseexport stays in front */
+		if (!e->opt.run_command)	/* else fuseexport stays in front */
 			start_log(null);
 		if (null > 2)
 			close(null);
@@ -6248,7 +6248,7 @@ static int drop_kernel_cache(struct export *e)
 		return 0;	/* nothing cached yet */
 	if (writev(e->fuse_fd, iov, 2) < 0)
 		return -errno;
-	if (e->debug)
+	if (e->opt.debug)
 		fprintf(stderr, "fuseexport: the source may have changed: "
 			"the kernel's cache of it dropped\n");
 	return 0;
@@ -6271,34 +6271,34 @@ static int init_done(struct export *e)
 {
 	int id = e->passthrough ? open_backing(e) : 0, res;
 
-	if (id < 0 && e->want_passthrough == ON)
+	if (id < 0 && e->opt.want_passthrough == ON)
 		return halt(e, "--passthrough=on: the kernel refused the source "
 			    "as backing file: %s", strerror(-id));
-	if (e->debug && id < 0)
+	if (e->opt.debug && id < 0)
 		fprintf(stderr, "fuseexport: passthrough off (the kernel refused "
 			"the source as backing file: %s): every read and write "
 			"goes through /dev/fuse\n", strerror(-id));
-	else if (e->debug && !e->passthrough)
+	else if (e->opt.debug && !e->passthrough)
 		fprintf(stderr, "fuseexport: passthrough off (%s): every read "
 			"and write goes through /dev/fuse\n", e->no_passthrough);
-	else if (e->debug)
+	else if (e->opt.debug)
 		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
-			"the source\n", e->writable ? "reads, writes, splice "
+			"the source\n", e->opt.writable ? "reads, writes, splice "
 			"and mmap" : "reads, splice and mmap");
-	if (e->debug && !e->passthrough)
-		fprintf(stderr, "fuseexport: cache: %s\n", e->cache == CACHE_NONE ?
+	if (e->opt.debug && !e->passthrough)
+		fprintf(stderr, "fuseexport: cache: %s\n", e->opt.cache == CACHE_NONE ?
 			"none: direct I/O, the source's page cache alone" :
-			e->cache == CACHE_READ ? "read: the kernel caches the "
+			e->opt.cache == CACHE_READ ? "read: the kernel caches the "
 			"export's pages, writes go through to the source" :
 			"writeback: the kernel caches the export's pages and "
 			"writes them back; fsync or close makes them durable");
-	if (e->cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
+	if (e->opt.cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
 		return halt(e, "halting: telling the kernel the size: %s",
 			    strerror(-res));
 	if (e->uring && (res = start_rings(e)) < 0)
 		return halt(e, "halting: starting the io_uring queues: %s",
 			    strerror(-res));
-	if (e->debug)
+	if (e->opt.debug)
 		fprintf(stderr, "fuseexport: transport: %s\n", e->uring ?
 			"FUSE over io_uring, a ring per CPU" : "read(2) and "
 			"write(2) on /dev/fuse, a thread per queue");
@@ -6383,7 +6383,7 @@ static ssize_t next_request(struct export *e, struct queue *q, struct iovec *iov
 		q->nonblocking = false;
 	start = now_ns();
 	n = readv(q->fd, iov, 2);
-	if (e->want_spin != OFF && now_ns() - start < SPIN_NS)
+	if (e->opt.want_spin != OFF && now_ns() - start < SPIN_NS)
 		q->spin_score = 2;	/* a spin would have caught it */
 	return n;
 }
@@ -6477,12 +6477,12 @@ static void start_queues(struct export *e)
 {
 	unsigned i;
 
-	e->queue = calloc(e->queues, sizeof(*e->queue));
+	e->queue = calloc(e->opt.queues, sizeof(*e->queue));
 	if (!e->queue)
 		die("queues:");
 	/* every fd and buffer first: a failure then leaves no thread that
 	 * could have answered INIT */
-	for (i = 0; i < e->queues; i++) {
+	for (i = 0; i < e->opt.queues; i++) {
 		struct queue *q = &e->queue[i];
 		uint32_t session = e->fuse_fd;
 
@@ -6494,20 +6494,20 @@ static void start_queues(struct export *e)
 			die("queue buffer:");
 		if (i > 0 && ((q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0 ||
 			      ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)) {
-			if (e->queues_given)
+			if (e->opt.queues_given)
 				die("cloning /dev/fuse for queue %u:", i);
-			if (e->debug)
+			if (e->opt.debug)
 				fprintf(stderr, "fuseexport: %u queues: cloning "
 					"/dev/fuse: %s\n", i, strerror(errno));
 			if (q->fd >= 0)
 				close(q->fd);
 			free(q->req.data);
-			e->queues = i;
+			e->opt.queues = i;
 			break;
 		}
 	}
-	atomic_store(&e->running, e->queues);
-	for (i = 0; i < e->queues; i++) {
+	atomic_store(&e->running, e->opt.queues);
+	for (i = 0; i < e->opt.queues; i++) {
 		errno = pthread_create(&e->queue[i].thread, NULL, queue_loop,
 				       &e->queue[i]);
 		if (errno)
@@ -6665,7 +6665,7 @@ static void *ring_loop(void *arg)
 				continue;
 			live--;		/* -ENOTCONN: the export is gone */
 			if (cqe->res && cqe->res != -ENOTCONN &&
-			    cqe->res != -ECONNABORTED && e->want_io_uring == ON)
+			    cqe->res != -ECONNABORTED && e->opt.want_io_uring == ON)
 				halt(e, "--io-uring=on: the kernel refused a queue: %s",
 				     strerror(-cqe->res));
 		}
@@ -6828,25 +6828,25 @@ static bool set_option(struct export *e, struct parse *p, int id,
 
 	switch (id) {
 	case 'g':
-		e->growable = true;
+		e->opt.growable = true;
 		/* fall through */
 	case 'w':
-		e->writable = true;
+		e->opt.writable = true;
 		break;
 	case OPT_READ_ONLY:
-		e->writable = e->growable = false;
+		e->opt.writable = e->opt.growable = false;
 		break;
 	case 'd':
-		e->debug = true;
+		e->opt.debug = true;
 		/* fall through */
 	case 'f':
-		e->foreground = true;
+		e->opt.foreground = true;
 		break;
 	case 'q':
 		if (!parse_number(what, value, 1, MAX_QUEUES, &v, why))
 			return false;
-		e->queues = v;
-		e->queues_given = true;
+		e->opt.queues = v;
+		e->opt.queues_given = true;
 		break;
 	case OPT_ALLOW_OTHER:
 	case OPT_PASSTHROUGH:
@@ -6854,36 +6854,36 @@ static bool set_option(struct export *e, struct parse *p, int id,
 	case OPT_SPIN:
 		if (!parse_mode(what, value, &mode, why))
 			return false;
-		*(id == OPT_ALLOW_OTHER ? &e->want_allow_other :
-		  id == OPT_PASSTHROUGH ? &e->want_passthrough :
-		  id == OPT_IO_URING ? &e->want_io_uring : &e->want_spin) = mode;
+		*(id == OPT_ALLOW_OTHER ? &e->opt.want_allow_other :
+		  id == OPT_PASSTHROUGH ? &e->opt.want_passthrough :
+		  id == OPT_IO_URING ? &e->opt.want_io_uring : &e->opt.want_spin) = mode;
 		if (id == OPT_SPIN && mode == ON)
 			return complain(why, "%s: '%s' is not auto or off", what, value);
 		break;
 	case OPT_OFFSET:
-		if (!parse_number(what, value, 0, INT64_MAX, &e->offset, why))
+		if (!parse_number(what, value, 0, INT64_MAX, &e->opt.offset, why))
 			return false;
 		break;
 	case OPT_SIZE:
-		if (!parse_number(what, value, 1, INT64_MAX, &e->window, why))
+		if (!parse_number(what, value, 1, INT64_MAX, &e->opt.window, why))
 			return false;
 		break;
 	case OPT_FAULT:
 		rule = parse_rule(value, text, sizeof(text));
 		if (!rule)
 			return complain(why, "%s=%s: %s", what, value, text);
-		for (last = &e->rules; *last; last = &(*last)->next)
+		for (last = &e->opt.rules; *last; last = &(*last)->next)
 			;
 		*last = rule;
 		break;
 	case OPT_SEED:
-		if (!parse_number(what, value, 0, UINT64_MAX, &e->seed, why))
+		if (!parse_number(what, value, 0, UINT64_MAX, &e->opt.seed, why))
 			return false;
 		break;
 	case OPT_WRITE_CACHE:
 		if (strcmp(value, "volatile") && strcmp(value, "none"))
 			return complain(why, "%s: '%s' is not volatile or none", what, value);
-		e->write_cache = !strcmp(value, "volatile");
+		e->opt.write_cache = !strcmp(value, "volatile");
 		break;
 	case OPT_CONTROL:
 		if (!*value)
@@ -6893,40 +6893,40 @@ static bool set_option(struct export *e, struct parse *p, int id,
 	case OPT_RETRY:
 		if (!parse_number(what, value, 0, 86400, &v, why))
 			return false;
-		e->retry = v;
+		e->opt.retry = v;
 		break;
 	case OPT_LOG:
 		if (!*value)
 			return complain(why, "%s: needs a path", what);
-		e->log_path = value;
+		e->opt.log_path = value;
 		break;
 	case OPT_RUN:
 		if (!*value)
 			return complain(why, "%s: needs a command", what);
-		e->run_command = value;
+		e->opt.run_command = value;
 		break;
 	case OPT_PARTITION:
 		if (!parse_number(what, value, 1, PART_MAX, &v, why))
 			return false;
-		e->partition = v;
+		e->opt.partition = v;
 		break;
 	case OPT_PARTITIONS:
-		e->list_partitions = true;
+		e->opt.list_partitions = true;
 		break;
 	case OPT_SNAPSHOT:
-		e->snapshot = e->writable = true;
+		e->opt.snapshot = e->opt.writable = true;
 		e->snapshot_file = *value ? value : NULL;
 		break;
 	case OPT_COMMIT:
-		e->commit = true;
+		e->opt.commit = true;
 		break;
 	case OPT_CACHE:
-		for (e->cache = CACHE_NONE; e->cache <= CACHE_WRITEBACK &&
-		     strcmp(value, cache_names[e->cache]); e->cache++)
+		for (e->opt.cache = CACHE_NONE; e->opt.cache <= CACHE_WRITEBACK &&
+		     strcmp(value, cache_names[e->opt.cache]); e->opt.cache++)
 			;
 		if (!strcmp(value, "auto"))
-			e->cache = CACHE_AUTO;
-		else if (e->cache > CACHE_WRITEBACK)
+			e->opt.cache = CACHE_AUTO;
+		else if (e->opt.cache > CACHE_WRITEBACK)
 			return complain(why, "%s: '%s' is not auto, none, read or "
 				     "writeback", what, value);
 		break;
@@ -7059,8 +7059,8 @@ static const struct {
 static bool check_options(struct export *e, struct parse *p, int nargs,
 			  char *why)
 {
-	const char *a, *b, *alone = e->list_partitions ? "--partitions" :
-				   e->commit ? "--commit" : NULL;
+	const char *a, *b, *alone = e->opt.list_partitions ? "--partitions" :
+				   e->opt.commit ? "--commit" : NULL;
 	size_t i;
 	int want = alone ? 1 : 2;
 
@@ -7068,7 +7068,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 		a = given_as(p, contradictions[i].a);
 		b = given_as(p, contradictions[i].b);
 		/* --write-cache=none is no cache */
-		if (contradictions[i].b == OPT_WRITE_CACHE && !e->write_cache)
+		if (contradictions[i].b == OPT_WRITE_CACHE && !e->opt.write_cache)
 			b = NULL;
 		if (a && b)
 			return complain(why, "%s and %s: contradict each other: %s",
@@ -7076,7 +7076,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 	}
 	for (i = 0; alone && i < N_OPTIONS; i++)
 		if (p->given[i] && !option_table[i].unmounted &&
-		    !(e->commit && option_table[i].id == OPT_SNAPSHOT))
+		    !(e->opt.commit && option_table[i].id == OPT_SNAPSHOT))
 			return complain(why, "%s: does nothing with %s, which mounts "
 				     "nothing", p->names[i], alone);
 	if (nargs == want + 1 && p->bare_next)
@@ -7090,7 +7090,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 		return complain(why, "%s: expected %s (see --help)", nargs < want ?
 			     "too few arguments" : "too many arguments",
 			     want == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
-	if (e->commit && !e->snapshot_file)
+	if (e->opt.commit && !e->snapshot_file)
 		return complain(why, "--commit: needs --snapshot=FILE");
 	return true;
 }
@@ -7122,15 +7122,15 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 				!option_table[i].value ? no_argument :
 				option_table[i].bare ? optional_argument :
 				required_argument, NULL, option_table[i].id };
-	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
-	e->want_allow_other = AUTO;
-	e->want_passthrough = AUTO;
-	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
+	e->opt.queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
+	e->opt.want_allow_other = AUTO;
+	e->opt.want_passthrough = AUTO;
+	e->opt.want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
 	clock_gettime(CLOCK_REALTIME, &now);
-	e->seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
-	e->retry = 30;
-	e->cache = CACHE_AUTO;
-	e->want_spin = AUTO;
+	e->opt.seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
+	e->opt.retry = 30;
+	e->opt.cache = CACHE_AUTO;
+	e->opt.want_spin = AUTO;
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -7172,9 +7172,9 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 	}
 	if (!check_options(e, p, argc - optind, why))
 		return PARSE_BAD;
-	e->helper = helper;
+	e->opt.helper = helper;
 	e->source_path = argv[optind];
-	e->mountpoint = e->list_partitions || e->commit ? NULL : argv[optind + 1];
+	e->mountpoint = e->opt.list_partitions || e->opt.commit ? NULL : argv[optind + 1];
 	return fake ? PARSE_FAKE : PARSED;
 }
 
@@ -7205,7 +7205,7 @@ int fuseexport_fuzz_options(int argc, char *argv[], char *why)
 	if (!e)
 		return -1;
 	r = parse_options(e, &p, argc, argv, why);
-	free_rules(e->rules);
+	free_rules(e->opt.rules);
 	free(e);
 	return r;
 }
@@ -7335,46 +7335,46 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
  * exported file's attributes. Exits on failure. */
 static void open_source(struct export *e)
 {
-	struct snap_header id = { .offset = e->offset };
+	struct snap_header id = { .offset = e->opt.offset };
 	char why[PATH_MAX + 200];
 	struct stat st;
 
-	if (e->write_cache && !e->writable)
+	if (e->opt.write_cache && !e->opt.writable)
 		die("--write-cache=volatile: needs a writable export (-w or -g)");
-	e->top = open_bottom(e, e->writable && !e->snapshot, e->growable);
-	if (e->partition) {
-		e->top = partition_open(e->top, e->partition, e->source_path);
+	e->top = open_bottom(e, e->opt.writable && !e->opt.snapshot, e->opt.growable);
+	if (e->opt.partition) {
+		e->top = partition_open(e->top, e->opt.partition, e->source_path);
 		id.offset = window_of(e->top)->offset;
-	} else if (e->offset || e->window) {
-		e->top = window_open(e->top, e->offset, e->window, e->source_path);
+	} else if (e->opt.offset || e->opt.window) {
+		e->top = window_open(e->top, e->opt.offset, e->opt.window, e->source_path);
 	}
-	if (e->snapshot) {
+	if (e->opt.snapshot) {
 		source_id(e->source_path, &id);
 		e->top = snapshot_open(e->top, e->snapshot_file, &id, why, sizeof(why));
 		if (!e->top)
 			die("%s", why);
 	}
-	if (e->rules || e->control_path) {
-		e->faults = fault_open(e->top, e->rules, e->seed, e->debug);
-		e->rules = NULL;
+	if (e->opt.rules || e->control_path) {
+		e->faults = fault_open(e->top, e->opt.rules, e->opt.seed, e->opt.debug);
+		e->opt.rules = NULL;
 		e->top = &e->faults->s;
 	}
-	if (e->write_cache) {
-		e->volatile_cache = cache_open(e->top, e->seed);
+	if (e->opt.write_cache) {
+		e->volatile_cache = cache_open(e->top, e->opt.seed);
 		e->top = &e->volatile_cache->s;
 	}
 	/* the kernel's page cache would answer reads the rules never see */
 	if ((e->faults || e->volatile_cache) &&
-	    (e->cache == CACHE_READ || e->cache == CACHE_WRITEBACK))
+	    (e->opt.cache == CACHE_READ || e->opt.cache == CACHE_WRITEBACK))
 		die("--cache=%s: fault rules, --control and --write-cache=volatile "
 		    "need every request to come here (--cache=none or auto)",
-		    cache_names[e->cache]);
-	if (e->debug && (e->faults || e->volatile_cache))
+		    cache_names[e->opt.cache]);
+	if (e->opt.debug && (e->faults || e->volatile_cache))
 		fprintf(stderr, "fuseexport: seed %llu (--seed=%llu repeats "
-			"every random choice)\n", (unsigned long long)e->seed,
-			(unsigned long long)e->seed);
+			"every random choice)\n", (unsigned long long)e->opt.seed,
+			(unsigned long long)e->opt.seed);
 	e->no_passthrough = why_no_passthrough(e);
-	if (e->want_passthrough == ON && e->no_passthrough)
+	if (e->opt.want_passthrough == ON && e->no_passthrough)
 		die("--passthrough=on: %s", e->no_passthrough);
 	e->passthrough = !e->no_passthrough;
 
@@ -7384,7 +7384,7 @@ static void open_source(struct export *e)
 	} else if (stat(e->source_path, &st) < 0) {
 		die("%s:", e->source_path);
 	}
-	e->mode = e->writable ? 0600 : 0400;
+	e->mode = e->opt.writable ? 0600 : 0400;
 	e->uid = getuid();
 	e->gid = getgid();
 	e->atime = st.st_atim;
@@ -7489,7 +7489,7 @@ static MAIN_ONLY void check_helper_source(struct export *e)
 	unsigned i;
 	FILE *f;
 
-	if (!e->helper || stat(e->source_path, &st) < 0 || !S_ISBLK(st.st_mode) ||
+	if (!e->opt.helper || stat(e->source_path, &st) < 0 || !S_ISBLK(st.st_mode) ||
 	    major(st.st_rdev) != 7)		/* LOOP_MAJOR */
 		return;
 	for (i = 0; i < 3; i++) {
@@ -7671,15 +7671,15 @@ static void mount_by_fusermount(struct export *e)
 	free(prog);
 	if (!(prog = e->fusermount))
 		die("%s:", fusermounts[0]);
-	if (e->want_allow_other == ON && !user_allow_other())
+	if (e->opt.want_allow_other == ON && !user_allow_other())
 		die("--allow-other=on: without root it needs user_allow_other "
 		    "in /etc/fuse.conf");
-	e->allow_other = e->want_allow_other != OFF && user_allow_other();
+	e->allow_other = e->opt.want_allow_other != OFF && user_allow_other();
 	if (!append_escaped(opts, sizeof(opts), e->source_path) ||
 	    (n = strlen(opts), (size_t)snprintf(opts + n, sizeof(opts) - n,
 			",subtype=fuseexport,default_permissions,max_read=%u%s%s",
 			MAX_WRITE, e->allow_other ? ",allow_other" : "",
-			e->writable ? "" : ",ro") >= sizeof(opts) - n))
+			e->opt.writable ? "" : ",ro") >= sizeof(opts) - n))
 		die("%s: the path is too long for fusermount3's options",
 		    e->source_path);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sock) < 0 || pipe(errpipe) < 0)
@@ -7746,14 +7746,14 @@ static MAIN_ONLY void mount_export(struct export *e)
 	e->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (e->fuse_fd < 0)
 		die("/dev/fuse:");
-	e->allow_other = e->want_allow_other != OFF;	/* root may always */
+	e->allow_other = e->opt.want_allow_other != OFF;	/* root may always */
 	snprintf(opts, sizeof(opts), "fd=%d,rootmode=%o,user_id=%u,group_id=%u,"
 		 "default_permissions,max_read=%u%s", e->fuse_fd,
 		 S_IFREG | e->mode, e->uid, e->gid, MAX_WRITE,
 		 e->allow_other ? ",allow_other" : "");
 	/* a read-only export is a read-only mount: chmod, touch: EROFS */
 	if (mount(e->source_path, e->mountpoint, "fuse.fuseexport",
-		  MS_NOSUID | MS_NODEV | (e->writable ? 0 : MS_RDONLY), opts) < 0)
+		  MS_NOSUID | MS_NODEV | (e->opt.writable ? 0 : MS_RDONLY), opts) < 0)
 		die("mount on %s:", e->mountpoint);
 	mounted_export = e;
 }
@@ -7802,7 +7802,7 @@ static MAIN_ONLY int run_command(struct export *e, pid_t server)
 		signal(SIGPIPE, SIG_DFL);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		setenv("FUSEEXPORT_FILE", e->mountpoint, 1);
-		execl("/bin/sh", "sh", "-c", e->run_command, "sh", e->mountpoint,
+		execl("/bin/sh", "sh", "-c", e->opt.run_command, "sh", e->mountpoint,
 		      (char *)NULL);
 		fprintf(stderr, "fuseexport: --run: /bin/sh: %s\n", strerror(errno));
 		_exit(127);
@@ -7861,7 +7861,7 @@ static MAIN_ONLY void detach(struct export *e)
 		while ((n = read(fds[0], &c, 1)) < 0 && errno == EINTR)
 			;
 		if (n == 1)
-			exit(e->run_command ? run_command(e, pid) : 0);
+			exit(e->opt.run_command ? run_command(e, pid) : 0);
 		unmount_export(e, true);
 		close_control(e);
 		exit(1);		/* the server said why */
@@ -7890,7 +7890,7 @@ static MAIN_ONLY void lift_dirty_limit(struct export *e)
 	unsigned i, lifted = 0;
 	int fd;
 
-	if (e->cache != CACHE_WRITEBACK || !mount_dev(e->mountpoint, dev))
+	if (e->opt.cache != CACHE_WRITEBACK || !mount_dev(e->mountpoint, dev))
 		return;
 	for (i = 0; i < 2; i++) {
 		snprintf(path, sizeof(path), "/sys/class/bdi/%s/%s", dev, knob[i][0]);
@@ -7900,7 +7900,7 @@ static MAIN_ONLY void lift_dirty_limit(struct export *e)
 		if (fd >= 0)
 			close(fd);
 	}
-	if (e->debug)
+	if (e->opt.debug)
 		fprintf(stderr, "fuseexport: writeback: the kernel's dirty page "
 			"limit for FUSE %s (/sys/class/bdi/%s)\n", lifted == 2 ?
 			"lifted: no strict limit, max_ratio 100" : lifted ?
@@ -7936,7 +7936,7 @@ static MAIN_ONLY int run_export(struct export *e)
 	}
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
-		sig = sigtimedwait(&set, NULL, e->want_spin != OFF ? &tick : NULL);
+		sig = sigtimedwait(&set, NULL, e->opt.want_spin != OFF ? &tick : NULL);
 		if (sig < 0 && errno == EAGAIN)
 			count_spin_budget(e);
 		if (sig < 0)
@@ -7949,12 +7949,12 @@ static MAIN_ONLY int run_export(struct export *e)
 			 * /dev/fuse fd, which aborts the connection, so no
 			 * client is left waiting on us */
 			unmount_export(e, true);
-			if (e->writable && !export_crashed(e))
+			if (e->opt.writable && !export_crashed(e))
 				flush_export(e, false);
 			close_control(e);
 			exit(1);
 		} else if (sig != SIGUSR1 && !unmounted) {
-			if (e->writable && !export_crashed(e))
+			if (e->opt.writable && !export_crashed(e))
 				flush_export(e, false);	/* failure: told below */
 			/* open files keep their own; an OPEN racing this
 			 * (a queue's open_backing) gets none, never the id
@@ -7970,13 +7970,13 @@ static MAIN_ONLY int run_export(struct export *e)
 			unmounted = true;
 		}
 	}
-	for (i = 0; i < e->queues; i++)
+	for (i = 0; i < e->opt.queues; i++)
 		pthread_join(e->queue[i].thread, NULL);
 	for (i = 0; e->rings && i < e->nrings; i++)
 		if (e->rings[i].thread)
 			pthread_join(e->rings[i].thread, NULL);
 	/* after a crash what was held is gone: nothing to flush */
-	if (e->writable && !export_crashed(e) &&
+	if (e->opt.writable && !export_crashed(e) &&
 	    (res = flush_export(e, false)) < 0) {
 		fprintf(stderr, "fuseexport: %s: a flush of the source failed "
 			"(%s): writes since the last good one may be lost\n",
@@ -7995,14 +7995,14 @@ struct export *fuseexport_new(int argc, char *argv[])
 		die("out of memory:");
 	options_or_exit(e, argc, argv);
 	open_source(e);
-	e->queues = 1;
+	e->opt.queues = 1;
 	e->queue = calloc(1, sizeof(*e->queue));
 	if (!e->queue || !(e->queue->req.data = request_buffer()))
 		die("out of memory:");
 	e->queue->e = e;
 	e->queue->fd = -1;
 	e->quiet = true;
-	e->allow_other = e->want_allow_other != OFF;
+	e->allow_other = e->opt.want_allow_other != OFF;
 	e->passthrough = false;		/* no kernel to pass through */
 	return e;
 }
@@ -8037,8 +8037,8 @@ void fuseexport_free(struct export *e)
 	unsigned i;
 
 	e->top->close(e->top);
-	free_rules(e->rules);
-	for (i = 0; e->queue && i < e->queues; i++)
+	free_rules(e->opt.rules);
+	for (i = 0; e->queue && i < e->opt.queues; i++)
 		free(e->queue[i].req.data);
 	free(e->queue);
 	free(e->mountpoint_buf);
@@ -8058,9 +8058,9 @@ int main(int argc, char *argv[])
 		die("out of memory:");
 	signal(SIGPIPE, SIG_IGN);	/* a closed stderr or parent: EPIPE */
 	options_or_exit(e, argc, argv);
-	if (e->list_partitions)
+	if (e->opt.list_partitions)
 		list_partitions(e);
-	if (e->commit)
+	if (e->opt.commit)
 		commit_snapshot(e);
 	check_helper_source(e);
 	check_mountpoint(e);
@@ -8068,11 +8068,11 @@ int main(int argc, char *argv[])
 	open_source(e);
 	open_control(e);
 	mount_export(e);
-	if (e->log_path && !e->foreground && !e->run_command &&
-	    (log_fd = open(e->log_path, O_WRONLY | O_CREAT | O_APPEND |
+	if (e->opt.log_path && !e->opt.foreground && !e->opt.run_command &&
+	    (log_fd = open(e->opt.log_path, O_WRONLY | O_CREAT | O_APPEND |
 			   O_CLOEXEC, 0600)) < 0)
-		die("--log=%s:", e->log_path);
-	if (!e->foreground || e->run_command)
+		die("--log=%s:", e->opt.log_path);
+	if (!e->opt.foreground || e->opt.run_command)
 		detach(e);
 	status = run_export(e);
 	close_control(e);
