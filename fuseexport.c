@@ -338,63 +338,52 @@ struct options {
 	const char *log_path;		/* --log: a detached server's messages */
 };
 
-/* One export: the source stack, what the exported file looks like, the
- * queues. The booleans are decided before the first request is served. */
+/* One export: what was asked, the source stack, what the exported file
+ * looks like, the queues. The groups below say who writes their fields and
+ * when; a field read by several threads without e->lock is atomic, or is
+ * written before those threads start. */
 struct export {
 	struct options opt;		/* what was asked: read-only */
+
+	/* Setup (main(), fuseexport_new()), before the first request; read
+	 * alone after. The paths start as given (options_or_exit()), and are
+	 * made absolute before detach() leaves the caller's directory. */
 	const char *source_path;	/* absolute once resolved (a file) */
 	const char *mountpoint;		/* absolute once checked */
+	const char *control_path;	/* --control's FIFO, absolute once resolved */
+	const char *snapshot_file;	/* the same for --snapshot's FILE */
 	char *mountpoint_buf;		/* which realpath() allocated */
 	char *resolved[3];		/* what resolve_paths() allocated */
 	char *fusermount;		/* the fusermount3 that mounted it */
 	struct source *top;		/* the stack the handlers speak to */
-	bool writable, growable, foreground, debug;
-	bool helper;			/* called by mount(8) */
-	bool queues_given;		/* -q: exactly that many, or fail */
-	bool quiet;			/* a test harness: halts say nothing */
-	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
-	int cache;			/* CACHE_*: AUTO until INIT settles it */
-	int want_spin;			/* AUTO or OFF */
-	/* spinning for the next request: how many queues may spin now (the
-	 * idle CPUs), how many do, the time they spent, and /proc/stat's
-	 * idle and total ticks when the budget was last counted */
-	atomic_int spin_budget, spinners;
-	_Atomic uint64_t spin_ns;
-	uint64_t stat_idle, stat_total, stat_at;
-	bool allow_other;		/* decided at mount */
-	bool passthrough, uring;	/* decided by INIT, before its reply */
-	const char *no_passthrough;	/* why passthrough is off, if it is */
-	unsigned queues;
-	uint64_t offset;		/* the window's start in the source */
-	uint64_t window;		/* its length; 0: to the end */
-	struct fault_rule *rules;	/* --fault, in order, until the fault
-					 * layer takes them */
-	uint64_t seed;			/* --seed, or from the clock */
-	bool write_cache;		/* --write-cache=volatile */
-	const char *control_path;	/* --control: the FIFO, absolute */
-	int control_fd, control_spare;	/* its read end, and a write end
-					 * kept so a writer's close is no EOF */
-	pthread_t control_thread;
-	bool control_running;
-	atomic_bool control_stop;	/* the export is over: the thread ends */
 	struct faults *faults;		/* the layers, if stacked */
 	struct cache *volatile_cache;
-	unsigned retry;			/* NBD: seconds to wait for a reconnect */
-	const char *run_command;	/* --run: what the export lives for */
-	const char *log_path;		/* --log: a detached server's messages */
-	unsigned partition;		/* --partition: its number, or 0 */
-	bool list_partitions;		/* --partitions: print them, export nothing */
-	bool snapshot, commit;		/* --snapshot, --commit */
-	const char *snapshot_file;	/* its FILE, or NULL: in memory */
+	bool quiet;			/* a test harness: halts say nothing */
+	bool allow_other;		/* decided at mount */
+	int fuse_fd;
+	int control_fd, control_spare;	/* the FIFO's read end, and a write end
+					 * kept so a writer's close is no EOF */
 
-	/* READs sent from the mapping hold map_lock shared until sent; a
-	 * shrink holds it exclusive, and while shrinking is set new READs
-	 * read instead, so none meets a page that went away */
-	pthread_rwlock_t map_lock;
-	atomic_bool shrinking;
-	atomic_bool flush_failed;	/* a flush of the source failed once */
+	/* INIT's decisions: open_source() rules passthrough out or not, and
+	 * fuse_init() settles the rest before its reply lets any other
+	 * request in; read alone after */
+	uint32_t minor;			/* negotiated protocol minor */
+	bool passthrough, uring;
+	const char *no_passthrough;	/* why passthrough is off, if it is */
+	int page_cache;			/* CACHE_NONE, _READ or _WRITEBACK: the
+					 * kernel's page cache as settled
+					 * (opt.cache is what was asked) */
+	uint32_t open_flags;		/* for OPEN replies without passthrough */
+	bool direct_writers;		/* --cache=read: writing opens take
+					 * direct I/O (fuse_open) */
+	/* INIT answered: set last by fuse_init, so a queue that sees it
+	 * sees what INIT settled (the kernel sends nothing else before it
+	 * has the reply, but ThreadSanitizer cannot see that ordering) */
+	atomic_bool initialized;
 
-	pthread_mutex_t lock;		/* resizing, and the fields below */
+	/* Under e->lock: resizing, and the fields below, which any queue
+	 * may change */
+	pthread_mutex_t lock;
 	uint32_t mode, uid, gid;
 	struct timespec atime, mtime, ctime;
 	int backing_id;			/* the source as passthrough backing
@@ -407,24 +396,42 @@ struct export {
 	 * shows a drop done (fuse_open); 0: none in doubt */
 	_Atomic uint64_t drop_pending;
 
-	uint32_t minor;			/* negotiated protocol minor */
-	/* INIT answered: set last by fuse_init, so a queue that sees it
-	 * sees what INIT settled (the kernel sends nothing else before it
-	 * has the reply, but ThreadSanitizer cannot see that ordering) */
-	atomic_bool initialized;
-	uint32_t open_flags;		/* for OPEN replies without passthrough */
-	bool direct_writers;		/* --cache=read: writing opens take
-					 * direct I/O (fuse_open) */
-	int fuse_fd;
+	/* What any queue may set as requests come, and the main thread
+	 * acts on. READs sent from the mapping hold map_lock shared until
+	 * sent; a shrink holds it exclusive, and while shrinking is set new
+	 * READs read instead, so none meets a page that went away */
+	pthread_rwlock_t map_lock;
+	atomic_bool shrinking;
+	atomic_bool flush_failed;	/* a flush of the source failed once */
+	atomic_bool stale;		/* the kernel's cache is to be dropped */
+	atomic_bool halted;
+
+	/* The transport: start_queues() makes the queues (and init_done()
+	 * the rings, through start_rings()), run_export() joins them */
 	struct queue *queue;
+	unsigned nqueues;		/* the queues made: opt.queues, or
+					 * fewer where /dev/fuse cloned no
+					 * more (without -q) */
 	struct ring *rings;
 	unsigned nrings;
 	atomic_int running;		/* queue threads still serving */
 	atomic_int ready_fd;		/* tells the waiting parent we're live */
 	int ready_pending;		/* the same, until every queue runs */
 	atomic_bool init_answered;	/* INIT answered: init_done() ran */
-	atomic_bool stale;		/* the kernel's cache is to be dropped */
-	atomic_bool halted;
+
+	/* Spinning for the next request: how many queues may spin now (the
+	 * idle CPUs), how many do, and the time they spent, which the
+	 * queues share; and /proc/stat's idle and total ticks when the
+	 * budget was last counted, the main thread's alone */
+	atomic_int spin_budget, spinners;
+	_Atomic uint64_t spin_ns;
+	uint64_t stat_idle, stat_total, stat_at;
+
+	/* The control thread: run_export() starts it, close_control() stops
+	 * it */
+	pthread_t control_thread;
+	bool control_running;
+	atomic_bool control_stop;	/* the export is over: the thread ends */
 };
 
 /* What main() alone calls, which a test harness's build leaves out */
@@ -5479,20 +5486,21 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 	}
 	/* auto: passthrough where it applies, else the kernel's page cache,
 	 * unless every request must meet fault rules or the volatile cache */
-	if (e->opt.cache == CACHE_AUTO)
-		e->opt.cache = e->passthrough || e->faults || e->volatile_cache ?
+	e->page_cache = e->opt.cache;
+	if (e->page_cache == CACHE_AUTO)
+		e->page_cache = e->passthrough || e->faults || e->volatile_cache ?
 			   CACHE_NONE : CACHE_READ;
-	if (e->opt.cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
-		e->opt.cache = CACHE_READ;
-	if (e->opt.cache == CACHE_WRITEBACK)
+	if (e->page_cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
+		e->page_cache = CACHE_READ;
+	if (e->page_cache == CACHE_WRITEBACK)
 		flags |= FUSE_WRITEBACK_CACHE;
 	/* Direct I/O keeps a single copy of the data cached, the source's;
 	 * without mmap on direct I/O files (before 6.6) use the page cache.
 	 * The cache modes keep the kernel's copy, across opens where the
 	 * source proves it current (fuse_open), and the source keeps none. */
-	if (e->opt.cache != CACHE_NONE) {
+	if (e->page_cache != CACHE_NONE) {
 		e->top->keep_no_copy(e->top);
-		e->direct_writers = e->opt.cache == CACHE_READ &&
+		e->direct_writers = e->page_cache == CACHE_READ &&
 				    (flags & FUSE_DIRECT_IO_ALLOW_MMAP);
 	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
 		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
@@ -5693,7 +5701,7 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	 * read-only opens keep it. */
 	if (e->direct_writers && (flags & O_ACCMODE) != O_RDONLY)
 		out->open_flags |= FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	if (e->opt.cache != CACHE_NONE && !e->passthrough && keep_cache(e, &number))
+	if (e->page_cache != CACHE_NONE && !e->passthrough && keep_cache(e, &number))
 		out->open_flags |= FOPEN_KEEP_CACHE;
 	out->fh = number << FH_OPEN_SHIFT |
 		  ((flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0);
@@ -5772,7 +5780,7 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 	/* An O_DIRECT write to a cached export comes through the kernel's
 	 * asynchronous direct I/O, which takes a write cut short for EIO:
 	 * one that straddles the end is refused whole, ENOSPC */
-	if (n < in->size && e->opt.cache != CACHE_NONE && (in->flags & O_DIRECT) &&
+	if (n < in->size && e->page_cache != CACHE_NONE && (in->flags & O_DIRECT) &&
 	    !(in->write_flags & FUSE_WRITE_CACHE))
 		n = 0;
 	/* the opener's O_DSYNC (O_SYNC has it too) asks for this write to be
@@ -6286,13 +6294,13 @@ static int init_done(struct export *e)
 			"the source\n", e->opt.writable ? "reads, writes, splice "
 			"and mmap" : "reads, splice and mmap");
 	if (e->opt.debug && !e->passthrough)
-		fprintf(stderr, "fuseexport: cache: %s\n", e->opt.cache == CACHE_NONE ?
+		fprintf(stderr, "fuseexport: cache: %s\n", e->page_cache == CACHE_NONE ?
 			"none: direct I/O, the source's page cache alone" :
-			e->opt.cache == CACHE_READ ? "read: the kernel caches the "
+			e->page_cache == CACHE_READ ? "read: the kernel caches the "
 			"export's pages, writes go through to the source" :
 			"writeback: the kernel caches the export's pages and "
 			"writes them back; fsync or close makes them durable");
-	if (e->opt.cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
+	if (e->page_cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
 		return halt(e, "halting: telling the kernel the size: %s",
 			    strerror(-res));
 	if (e->uring && (res = start_rings(e)) < 0)
@@ -6477,12 +6485,13 @@ static void start_queues(struct export *e)
 {
 	unsigned i;
 
-	e->queue = calloc(e->opt.queues, sizeof(*e->queue));
+	e->nqueues = e->opt.queues;
+	e->queue = calloc(e->nqueues, sizeof(*e->queue));
 	if (!e->queue)
 		die("queues:");
 	/* every fd and buffer first: a failure then leaves no thread that
 	 * could have answered INIT */
-	for (i = 0; i < e->opt.queues; i++) {
+	for (i = 0; i < e->nqueues; i++) {
 		struct queue *q = &e->queue[i];
 		uint32_t session = e->fuse_fd;
 
@@ -6502,12 +6511,12 @@ static void start_queues(struct export *e)
 			if (q->fd >= 0)
 				close(q->fd);
 			free(q->req.data);
-			e->opt.queues = i;
+			e->nqueues = i;
 			break;
 		}
 	}
-	atomic_store(&e->running, e->opt.queues);
-	for (i = 0; i < e->opt.queues; i++) {
+	atomic_store(&e->running, e->nqueues);
+	for (i = 0; i < e->nqueues; i++) {
 		errno = pthread_create(&e->queue[i].thread, NULL, queue_loop,
 				       &e->queue[i]);
 		if (errno)
@@ -6888,7 +6897,7 @@ static bool set_option(struct export *e, struct parse *p, int id,
 	case OPT_CONTROL:
 		if (!*value)
 			return complain(why, "%s: needs a path", what);
-		e->control_path = value;
+		e->opt.control_path = value;
 		break;
 	case OPT_RETRY:
 		if (!parse_number(what, value, 0, 86400, &v, why))
@@ -6915,7 +6924,7 @@ static bool set_option(struct export *e, struct parse *p, int id,
 		break;
 	case OPT_SNAPSHOT:
 		e->opt.snapshot = e->opt.writable = true;
-		e->snapshot_file = *value ? value : NULL;
+		e->opt.snapshot_file = *value ? value : NULL;
 		break;
 	case OPT_COMMIT:
 		e->opt.commit = true;
@@ -7090,7 +7099,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 		return complain(why, "%s: expected %s (see --help)", nargs < want ?
 			     "too few arguments" : "too many arguments",
 			     want == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
-	if (e->opt.commit && !e->snapshot_file)
+	if (e->opt.commit && !e->opt.snapshot_file)
 		return complain(why, "--commit: needs --snapshot=FILE");
 	return true;
 }
@@ -7173,13 +7182,13 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 	if (!check_options(e, p, argc - optind, why))
 		return PARSE_BAD;
 	e->opt.helper = helper;
-	e->source_path = argv[optind];
-	e->mountpoint = e->opt.list_partitions || e->opt.commit ? NULL : argv[optind + 1];
+	e->opt.source_path = argv[optind];
+	e->opt.mountpoint = e->opt.list_partitions || e->opt.commit ? NULL : argv[optind + 1];
 	return fake ? PARSE_FAKE : PARSED;
 }
 
-/* parse_options(), exiting where it says so: with its complaint, or
- * after printing -h's or -V's text, or at once for mount -f */
+/* parse_options() into e->opt, exiting where it says so: with its
+ * complaint, or after printing -h's or -V's text, or at once for mount -f */
 static void options_or_exit(struct export *e, int argc, char *argv[])
 {
 	struct parse p;
@@ -7193,6 +7202,12 @@ static void options_or_exit(struct export *e, int argc, char *argv[])
 	case PARSE_FAKE:
 		exit(0);
 	}
+	/* the paths in use start as given: check_mountpoint() and
+	 * resolve_paths() make them absolute */
+	e->source_path = e->opt.source_path;
+	e->mountpoint = e->opt.mountpoint;
+	e->control_path = e->opt.control_path;
+	e->snapshot_file = e->opt.snapshot_file;
 }
 
 /* The option parser's entry for a fuzzer: see fuseexport.h */
@@ -7355,8 +7370,8 @@ static void open_source(struct export *e)
 			die("%s", why);
 	}
 	if (e->opt.rules || e->control_path) {
+		/* the layer takes the rules over: they are its from now on */
 		e->faults = fault_open(e->top, e->opt.rules, e->opt.seed, e->opt.debug);
-		e->opt.rules = NULL;
 		e->top = &e->faults->s;
 	}
 	if (e->opt.write_cache) {
@@ -7890,6 +7905,7 @@ static MAIN_ONLY void lift_dirty_limit(struct export *e)
 	unsigned i, lifted = 0;
 	int fd;
 
+	/* before INIT: the cache asked for (auto never settles on writeback) */
 	if (e->opt.cache != CACHE_WRITEBACK || !mount_dev(e->mountpoint, dev))
 		return;
 	for (i = 0; i < 2; i++) {
@@ -7970,7 +7986,7 @@ static MAIN_ONLY int run_export(struct export *e)
 			unmounted = true;
 		}
 	}
-	for (i = 0; i < e->opt.queues; i++)
+	for (i = 0; i < e->nqueues; i++)
 		pthread_join(e->queue[i].thread, NULL);
 	for (i = 0; e->rings && i < e->nrings; i++)
 		if (e->rings[i].thread)
@@ -7995,7 +8011,7 @@ struct export *fuseexport_new(int argc, char *argv[])
 		die("out of memory:");
 	options_or_exit(e, argc, argv);
 	open_source(e);
-	e->opt.queues = 1;
+	e->nqueues = 1;
 	e->queue = calloc(1, sizeof(*e->queue));
 	if (!e->queue || !(e->queue->req.data = request_buffer()))
 		die("out of memory:");
@@ -8036,9 +8052,8 @@ void fuseexport_free(struct export *e)
 {
 	unsigned i;
 
-	e->top->close(e->top);
-	free_rules(e->opt.rules);
-	for (i = 0; e->queue && i < e->opt.queues; i++)
+	e->top->close(e->top);		/* the fault layer frees the rules */
+	for (i = 0; e->queue && i < e->nqueues; i++)
 		free(e->queue[i].req.data);
 	free(e->queue);
 	free(e->mountpoint_buf);
