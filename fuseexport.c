@@ -6827,7 +6827,7 @@ struct parse {
 
 /* Apply one option; what names it in messages ("--queues", "-o queues").
  * Returns true, or false with why. */
-static bool set_option(struct export *e, struct parse *p, int id,
+static bool set_option(struct options *o, struct parse *p, int id,
 		       const char *value, const char *what, char *why)
 {
 	struct fault_rule *rule, **last;
@@ -6837,25 +6837,25 @@ static bool set_option(struct export *e, struct parse *p, int id,
 
 	switch (id) {
 	case 'g':
-		e->opt.growable = true;
+		o->growable = true;
 		/* fall through */
 	case 'w':
-		e->opt.writable = true;
+		o->writable = true;
 		break;
 	case OPT_READ_ONLY:
-		e->opt.writable = e->opt.growable = false;
+		o->writable = o->growable = false;
 		break;
 	case 'd':
-		e->opt.debug = true;
+		o->debug = true;
 		/* fall through */
 	case 'f':
-		e->opt.foreground = true;
+		o->foreground = true;
 		break;
 	case 'q':
 		if (!parse_number(what, value, 1, MAX_QUEUES, &v, why))
 			return false;
-		e->opt.queues = v;
-		e->opt.queues_given = true;
+		o->queues = v;
+		o->queues_given = true;
 		break;
 	case OPT_ALLOW_OTHER:
 	case OPT_PASSTHROUGH:
@@ -6863,79 +6863,79 @@ static bool set_option(struct export *e, struct parse *p, int id,
 	case OPT_SPIN:
 		if (!parse_mode(what, value, &mode, why))
 			return false;
-		*(id == OPT_ALLOW_OTHER ? &e->opt.want_allow_other :
-		  id == OPT_PASSTHROUGH ? &e->opt.want_passthrough :
-		  id == OPT_IO_URING ? &e->opt.want_io_uring : &e->opt.want_spin) = mode;
+		*(id == OPT_ALLOW_OTHER ? &o->want_allow_other :
+		  id == OPT_PASSTHROUGH ? &o->want_passthrough :
+		  id == OPT_IO_URING ? &o->want_io_uring : &o->want_spin) = mode;
 		if (id == OPT_SPIN && mode == ON)
 			return complain(why, "%s: '%s' is not auto or off", what, value);
 		break;
 	case OPT_OFFSET:
-		if (!parse_number(what, value, 0, INT64_MAX, &e->opt.offset, why))
+		if (!parse_number(what, value, 0, INT64_MAX, &o->offset, why))
 			return false;
 		break;
 	case OPT_SIZE:
-		if (!parse_number(what, value, 1, INT64_MAX, &e->opt.window, why))
+		if (!parse_number(what, value, 1, INT64_MAX, &o->window, why))
 			return false;
 		break;
 	case OPT_FAULT:
 		rule = parse_rule(value, text, sizeof(text));
 		if (!rule)
 			return complain(why, "%s=%s: %s", what, value, text);
-		for (last = &e->opt.rules; *last; last = &(*last)->next)
+		for (last = &o->rules; *last; last = &(*last)->next)
 			;
 		*last = rule;
 		break;
 	case OPT_SEED:
-		if (!parse_number(what, value, 0, UINT64_MAX, &e->opt.seed, why))
+		if (!parse_number(what, value, 0, UINT64_MAX, &o->seed, why))
 			return false;
 		break;
 	case OPT_WRITE_CACHE:
 		if (strcmp(value, "volatile") && strcmp(value, "none"))
 			return complain(why, "%s: '%s' is not volatile or none", what, value);
-		e->opt.write_cache = !strcmp(value, "volatile");
+		o->write_cache = !strcmp(value, "volatile");
 		break;
 	case OPT_CONTROL:
 		if (!*value)
 			return complain(why, "%s: needs a path", what);
-		e->opt.control_path = value;
+		o->control_path = value;
 		break;
 	case OPT_RETRY:
 		if (!parse_number(what, value, 0, 86400, &v, why))
 			return false;
-		e->opt.retry = v;
+		o->retry = v;
 		break;
 	case OPT_LOG:
 		if (!*value)
 			return complain(why, "%s: needs a path", what);
-		e->opt.log_path = value;
+		o->log_path = value;
 		break;
 	case OPT_RUN:
 		if (!*value)
 			return complain(why, "%s: needs a command", what);
-		e->opt.run_command = value;
+		o->run_command = value;
 		break;
 	case OPT_PARTITION:
 		if (!parse_number(what, value, 1, PART_MAX, &v, why))
 			return false;
-		e->opt.partition = v;
+		o->partition = v;
 		break;
 	case OPT_PARTITIONS:
-		e->opt.list_partitions = true;
+		o->list_partitions = true;
 		break;
 	case OPT_SNAPSHOT:
-		e->opt.snapshot = e->opt.writable = true;
-		e->opt.snapshot_file = *value ? value : NULL;
+		o->snapshot = o->writable = true;
+		o->snapshot_file = *value ? value : NULL;
 		break;
 	case OPT_COMMIT:
-		e->opt.commit = true;
+		o->commit = true;
 		break;
 	case OPT_CACHE:
-		for (e->opt.cache = CACHE_NONE; e->opt.cache <= CACHE_WRITEBACK &&
-		     strcmp(value, cache_names[e->opt.cache]); e->opt.cache++)
+		for (o->cache = CACHE_NONE; o->cache <= CACHE_WRITEBACK &&
+		     strcmp(value, cache_names[o->cache]); o->cache++)
 			;
 		if (!strcmp(value, "auto"))
-			e->opt.cache = CACHE_AUTO;
-		else if (e->opt.cache > CACHE_WRITEBACK)
+			o->cache = CACHE_AUTO;
+		else if (o->cache > CACHE_WRITEBACK)
 			return complain(why, "%s: '%s' is not auto, none, read or "
 				     "writeback", what, value);
 		break;
@@ -6978,7 +6978,7 @@ static const char *given_as(const struct parse *p, int id)
 
 /* Take a mount-style option list (-o, and mount(8)'s helper calls): true,
  * or false with why */
-static bool parse_mount_options(struct export *e, struct parse *p, char *list,
+static bool parse_mount_options(struct options *o, struct parse *p, char *list,
 				char *why)
 {
 	static const char *const ignored[] = {
@@ -7023,7 +7023,7 @@ static bool parse_mount_options(struct export *e, struct parse *p, char *list,
 				     opt, value ? "=" : "", value ? value : "");
 		snprintf(what, sizeof(what), "-o %s", opt);
 		given(p, row, GIVEN_MOUNT);
-		if (!set_option(e, p, row->id, value ? value : row->bare, what, why))
+		if (!set_option(o, p, row->id, value ? value : row->bare, what, why))
 			return false;
 	}
 	return true;
@@ -7065,11 +7065,11 @@ static const struct {
 
 /* The checks once every option is in: contradictions, then the arguments.
  * Returns true, or false with why. */
-static bool check_options(struct export *e, struct parse *p, int nargs,
+static bool check_options(struct options *o, struct parse *p, int nargs,
 			  char *why)
 {
-	const char *a, *b, *alone = e->opt.list_partitions ? "--partitions" :
-				   e->opt.commit ? "--commit" : NULL;
+	const char *a, *b, *alone = o->list_partitions ? "--partitions" :
+				   o->commit ? "--commit" : NULL;
 	size_t i;
 	int want = alone ? 1 : 2;
 
@@ -7077,7 +7077,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 		a = given_as(p, contradictions[i].a);
 		b = given_as(p, contradictions[i].b);
 		/* --write-cache=none is no cache */
-		if (contradictions[i].b == OPT_WRITE_CACHE && !e->opt.write_cache)
+		if (contradictions[i].b == OPT_WRITE_CACHE && !o->write_cache)
 			b = NULL;
 		if (a && b)
 			return complain(why, "%s and %s: contradict each other: %s",
@@ -7085,7 +7085,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 	}
 	for (i = 0; alone && i < N_OPTIONS; i++)
 		if (p->given[i] && !option_table[i].unmounted &&
-		    !(e->opt.commit && option_table[i].id == OPT_SNAPSHOT))
+		    !(o->commit && option_table[i].id == OPT_SNAPSHOT))
 			return complain(why, "%s: does nothing with %s, which mounts "
 				     "nothing", p->names[i], alone);
 	if (nargs == want + 1 && p->bare_next)
@@ -7099,7 +7099,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 		return complain(why, "%s: expected %s (see --help)", nargs < want ?
 			     "too few arguments" : "too many arguments",
 			     want == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
-	if (e->opt.commit && !e->opt.snapshot_file)
+	if (o->commit && !o->snapshot_file)
 		return complain(why, "--commit: needs --snapshot=FILE");
 	return true;
 }
@@ -7108,9 +7108,9 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
  * p.print and exit 0 (-h, -V), or exit 0 (mount -f: fake it) */
 enum { PARSED, PARSE_BAD, PARSE_PRINT, PARSE_FAKE };
 
-/* The command line, or mount(8)'s helper call, into e; returns PARSED,
+/* The command line, or mount(8)'s helper call, into o; returns PARSED,
  * PARSE_BAD with why, PARSE_PRINT with p->print, or PARSE_FAKE */
-static int parse_options(struct export *e, struct parse *p, int argc,
+static int parse_options(struct options *o, struct parse *p, int argc,
 			 char *argv[], char *why)
 {
 	struct option longopts[N_OPTIONS + 1];
@@ -7123,6 +7123,7 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 	unsigned i, k = 0;
 	int c;
 
+	memset(o, 0, sizeof(*o));
 	memset(p, 0, sizeof(*p));
 	memset(longopts, 0, sizeof(longopts));
 	for (i = 0; i < N_OPTIONS; i++)
@@ -7131,15 +7132,15 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 				!option_table[i].value ? no_argument :
 				option_table[i].bare ? optional_argument :
 				required_argument, NULL, option_table[i].id };
-	e->opt.queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
-	e->opt.want_allow_other = AUTO;
-	e->opt.want_passthrough = AUTO;
-	e->opt.want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
+	o->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
+	o->want_allow_other = AUTO;
+	o->want_passthrough = AUTO;
+	o->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
 	clock_gettime(CLOCK_REALTIME, &now);
-	e->opt.seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
-	e->opt.retry = 30;
-	e->opt.cache = CACHE_AUTO;
-	e->opt.want_spin = AUTO;
+	o->seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
+	o->retry = 30;
+	o->cache = CACHE_AUTO;
+	o->want_spin = AUTO;
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -7148,7 +7149,7 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 			c = 'F';
 		switch (c) {
 		case 'o':
-			if (!parse_mount_options(e, p, optarg, why))
+			if (!parse_mount_options(o, p, optarg, why))
 				return PARSE_BAD;
 			continue;
 		case 'F':
@@ -7173,17 +7174,17 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 			p->bare_next = argv[optind];
 		}
 		snprintf(what, sizeof(what), "--%s", option_table[i].name);
-		if (!set_option(e, p, c, optarg ? optarg : option_table[i].bare,
+		if (!set_option(o, p, c, optarg ? optarg : option_table[i].bare,
 				what, why))
 			return PARSE_BAD;
 		if (p->print)
 			return PARSE_PRINT;
 	}
-	if (!check_options(e, p, argc - optind, why))
+	if (!check_options(o, p, argc - optind, why))
 		return PARSE_BAD;
-	e->opt.helper = helper;
-	e->opt.source_path = argv[optind];
-	e->opt.mountpoint = e->opt.list_partitions || e->opt.commit ? NULL : argv[optind + 1];
+	o->helper = helper;
+	o->source_path = argv[optind];
+	o->mountpoint = o->list_partitions || o->commit ? NULL : argv[optind + 1];
 	return fake ? PARSE_FAKE : PARSED;
 }
 
@@ -7194,7 +7195,7 @@ static void options_or_exit(struct export *e, int argc, char *argv[])
 	struct parse p;
 	char why[WHY_SIZE];
 
-	switch (parse_options(e, &p, argc, argv, why)) {
+	switch (parse_options(&e->opt, &p, argc, argv, why)) {
 	case PARSE_BAD:
 		die("%s", why);
 	case PARSE_PRINT:
@@ -7213,15 +7214,12 @@ static void options_or_exit(struct export *e, int argc, char *argv[])
 /* The option parser's entry for a fuzzer: see fuseexport.h */
 int fuseexport_fuzz_options(int argc, char *argv[], char *why)
 {
-	struct export *e = calloc(1, sizeof(*e));
+	struct options o;
 	struct parse p;
 	int r;
 
-	if (!e)
-		return -1;
-	r = parse_options(e, &p, argc, argv, why);
-	free_rules(e->opt.rules);
-	free(e);
+	r = parse_options(&o, &p, argc, argv, why);
+	free_rules(o.rules);
 	return r;
 }
 
