@@ -5442,6 +5442,37 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
  * r->iov[1] elsewhere, or -errno.
  */
 
+/* INIT's choice of the kernel's page cache (e->page_cache), from the
+ * --cache asked and the flags the kernel offered, and the open flags that
+ * go with it; returns flags, with FUSE_WRITEBACK_CACHE if it is chosen */
+static uint64_t settle_cache(struct export *e, uint64_t offered,
+			     uint64_t flags)
+{
+	/* auto: passthrough where it applies, else the kernel's page cache,
+	 * unless every request must meet fault rules or the volatile cache */
+	e->page_cache = e->opt.cache;
+	if (e->page_cache == CACHE_AUTO)
+		e->page_cache = e->passthrough || e->faults || e->volatile_cache ?
+				CACHE_NONE : CACHE_READ;
+	if (e->page_cache == CACHE_WRITEBACK &&
+	    !(offered & FUSE_WRITEBACK_CACHE))
+		e->page_cache = CACHE_READ;
+	if (e->page_cache == CACHE_WRITEBACK)
+		flags |= FUSE_WRITEBACK_CACHE;
+	/* Direct I/O keeps a single copy of the data cached, the source's;
+	 * without mmap on direct I/O files (before 6.6) use the page cache.
+	 * The cache modes keep the kernel's copy, across opens where the
+	 * source proves it current (fuse_open), and the source keeps none. */
+	if (e->page_cache != CACHE_NONE) {
+		e->top->keep_no_copy(e->top);
+		e->direct_writers = e->page_cache == CACHE_READ &&
+				    (flags & FUSE_DIRECT_IO_ALLOW_MMAP);
+	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
+		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	}
+	return flags;
+}
+
 /* INIT: agree on the protocol, ask for parallel requests and 1 MiB I/O;
  * whether passthrough and io_uring are used is settled here, before the
  * reply lets any other request in */
@@ -5484,27 +5515,7 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		if (e->opt.want_passthrough == ON)
 			return halt(e, "--passthrough=on: %s", e->no_passthrough);
 	}
-	/* auto: passthrough where it applies, else the kernel's page cache,
-	 * unless every request must meet fault rules or the volatile cache */
-	e->page_cache = e->opt.cache;
-	if (e->page_cache == CACHE_AUTO)
-		e->page_cache = e->passthrough || e->faults || e->volatile_cache ?
-			   CACHE_NONE : CACHE_READ;
-	if (e->page_cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
-		e->page_cache = CACHE_READ;
-	if (e->page_cache == CACHE_WRITEBACK)
-		flags |= FUSE_WRITEBACK_CACHE;
-	/* Direct I/O keeps a single copy of the data cached, the source's;
-	 * without mmap on direct I/O files (before 6.6) use the page cache.
-	 * The cache modes keep the kernel's copy, across opens where the
-	 * source proves it current (fuse_open), and the source keeps none. */
-	if (e->page_cache != CACHE_NONE) {
-		e->top->keep_no_copy(e->top);
-		e->direct_writers = e->page_cache == CACHE_READ &&
-				    (flags & FUSE_DIRECT_IO_ALLOW_MMAP);
-	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
-		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	}
+	flags = settle_cache(e, offered, flags);
 	if (e->passthrough) {
 		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
 		out->max_stack_depth = 1;	/* the source is no FUSE file */
