@@ -6764,6 +6764,21 @@ static bool parse_mode(const char *what, const char *s, int *mode, char *why)
 	return true;
 }
 
+/* auto, none, read or writeback into *cache (CACHE_*): true, or false
+ * with why */
+static bool parse_cache(const char *what, const char *s, int *cache, char *why)
+{
+	for (*cache = CACHE_NONE; *cache <= CACHE_WRITEBACK &&
+	     strcmp(s, cache_names[*cache]); ++*cache)
+		;
+	if (!strcmp(s, "auto"))
+		*cache = CACHE_AUTO;
+	else if (*cache > CACHE_WRITEBACK)
+		return complain(why, "%s: '%s' is not auto, none, read or "
+			     "writeback", what, s);
+	return true;
+}
+
 /* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
 static _Noreturn void print_and_exit(const char *text)
 {
@@ -6941,14 +6956,8 @@ static bool set_option(struct options *o, struct parse *p, int id,
 		o->commit = true;
 		break;
 	case OPT_CACHE:
-		for (o->cache = CACHE_NONE; o->cache <= CACHE_WRITEBACK &&
-		     strcmp(value, cache_names[o->cache]); o->cache++)
-			;
-		if (!strcmp(value, "auto"))
-			o->cache = CACHE_AUTO;
-		else if (o->cache > CACHE_WRITEBACK)
-			return complain(why, "%s: '%s' is not auto, none, read or "
-				     "writeback", what, value);
+		if (!parse_cache(what, value, &o->cache, why))
+			return false;
 		break;
 	case 'h':
 		p->print = usage_text;
