@@ -7128,30 +7128,27 @@ static bool check_options(struct options *o, struct parse *p, int nargs,
  * p.print and exit 0 (-h, -V), or exit 0 (mount -f: fake it) */
 enum { PARSED, PARSE_BAD, PARSE_PRINT, PARSE_FAKE };
 
-/* The command line, or mount(8)'s helper call, into o; returns PARSED,
- * PARSE_BAD with why, PARSE_PRINT with p->print, or PARSE_FAKE */
-static int parse_options(struct options *o, struct parse *p, int argc,
-			 char *argv[], char *why)
+/* getopt_long()'s table: the rows of option_table with a --NAME */
+static void long_options(struct option longopts[N_OPTIONS + 1])
 {
-	struct option longopts[N_OPTIONS + 1];
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
-	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
-	bool helper = argc > 0 && mount_helper(argv[0]), fake = false;
-	struct timespec now;
-	char what[64];
 	unsigned i, k = 0;
-	int c;
 
-	memset(o, 0, sizeof(*o));
-	memset(p, 0, sizeof(*p));
-	memset(longopts, 0, sizeof(longopts));
+	memset(longopts, 0, (N_OPTIONS + 1) * sizeof(*longopts));
 	for (i = 0; i < N_OPTIONS; i++)
 		if (option_table[i].name)
 			longopts[k++] = (struct option){ option_table[i].name,
 				!option_table[i].value ? no_argument :
 				option_table[i].bare ? optional_argument :
 				required_argument, NULL, option_table[i].id };
+}
+
+/* What each option is until it is given */
+static void default_options(struct options *o)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	struct timespec now;
+
+	memset(o, 0, sizeof(*o));
 	o->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
 	o->want_allow_other = AUTO;
 	o->want_passthrough = AUTO;
@@ -7161,6 +7158,24 @@ static int parse_options(struct options *o, struct parse *p, int argc,
 	o->retry = 30;
 	o->cache = CACHE_AUTO;
 	o->want_spin = AUTO;
+}
+
+/* The command line, or mount(8)'s helper call, into o; returns PARSED,
+ * PARSE_BAD with why, PARSE_PRINT with p->print, or PARSE_FAKE */
+static int parse_options(struct options *o, struct parse *p, int argc,
+			 char *argv[], char *why)
+{
+	struct option longopts[N_OPTIONS + 1];
+	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
+	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
+	bool helper = argc > 0 && mount_helper(argv[0]), fake = false;
+	char what[64];
+	unsigned i;
+	int c;
+
+	memset(p, 0, sizeof(*p));
+	long_options(longopts);
+	default_options(o);
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
