@@ -7286,28 +7286,14 @@ static double seconds_since(const struct timespec *t0)
 	return (t.tv_sec - t0->tv_sec) + (t.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
-/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
- * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
- * removed once everything is in, so a commit that failed halfway, run
- * again, finishes the job. On a terminal, progress on stderr (bytes of
- * all, rate) from the first block on, every half second; then one line that says what was
- * done, always. Exits: 0 when done. */
-static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
+/* Open a snapshot FILE to commit, as an export takes it: no symlink
+ * (removing it would leave the FILE it names, to be resumed later), no
+ * FIFO to wait on, none an export holds; its header into *h. Returns the
+ * fd; exits if FILE is none of that. */
+static int open_to_commit(const char *file, struct snap_header *h)
 {
-	const char *file = e->snapshot_file, *why;
-	struct snap_header h, id;
-	struct snapshot *sn;
-	struct source *top;
-	struct timespec t0;
-	char block[SNAP_BLOCK], done_s[32], total_s[32], rate_s[32];
-	static const char zeros[SNAP_BLOCK];
-	uint64_t b, count = 0, total = 0, done = 0;
-	bool tty = isatty(STDERR_FILENO);
-	double next = 0, t;
 	struct stat st;
-	/* as an export takes FILE: no symlink (removing it would leave the
-	 * FILE it names, to be resumed later), and no FIFO to wait on */
-	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), r;
+	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 
 	if (fd < 0 || fstat(fd, &st) < 0)
 		die("%s:", file);
@@ -7315,11 +7301,64 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 		die("%s: not a regular file", file);
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
 		die("%s: in use by an export", file);
-	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(h.magic, "FXSNAP1", 8))
+	if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) ||
+	    memcmp(h->magic, "FXSNAP1", 8))
 		die("%s: not a snapshot file", file);
-	header_order(&h);
-	if (h.block != SNAP_BLOCK)
+	header_order(h);
+	if (h->block != SNAP_BLOCK)
 		die("%s: not a snapshot file", file);
+	return fd;
+}
+
+/* What a commit of sn, a snapshot of size bytes, writes: the number of
+ * changed blocks into *count; returns their bytes */
+static uint64_t changed_bytes(struct snapshot *sn, uint64_t size,
+			      uint64_t *count)
+{
+	uint64_t b, total = 0;
+
+	*count = 0;
+	for (b = 0; b < sn->blocks; b++)
+		if (changed(sn, b)) {
+			++*count;
+			total += min_u64(SNAP_BLOCK, size - b * SNAP_BLOCK);
+		}
+	return total;
+}
+
+/* A commit's progress on a terminal, over the line before: done bytes of
+ * total, and the rate over t seconds */
+static void commit_progress(uint64_t done, uint64_t total, double t)
+{
+	char done_s[32], total_s[32], rate_s[32];
+
+	human_size(done_s, sizeof(done_s), done);
+	human_size(total_s, sizeof(total_s), total);
+	human_size(rate_s, sizeof(rate_s), t > 0 ? done / t : 0);
+	fprintf(stderr, "\rfuseexport: committing: %s of %s, %s/s\033[K",
+		done_s, total_s, rate_s);
+}
+
+/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
+ * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
+ * removed once everything is in, so a commit that failed halfway, run
+ * again, finishes the job. On a terminal, progress on stderr (bytes of
+ * all, rate) from the first block on, every half second; then one line
+ * that says what was done, always. Exits: 0 when done. */
+static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
+{
+	const char *file = e->snapshot_file, *why;
+	struct snap_header h, id;
+	struct snapshot *sn;
+	struct source *top;
+	struct timespec t0;
+	char block[SNAP_BLOCK], total_s[32];
+	static const char zeros[SNAP_BLOCK];
+	uint64_t b, count, total, done = 0;
+	bool tty = isatty(STDERR_FILENO);
+	double next = 0, t;
+	int fd = open_to_commit(file, &h), r;
+
 	top = open_bottom(e, true, false);
 	if (h.offset || h.size != top->size(top))
 		top = window_open(top, h.offset, h.size, e->source_path);
@@ -7332,11 +7371,7 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 	sn->fd = fd;
 	if ((why = snap_load(sn, &id)))
 		die("%s: %s", file, why);
-	for (b = 0; b < sn->blocks; b++)
-		if (changed(sn, b)) {
-			count++;
-			total += min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
-		}
+	total = changed_bytes(sn, h.size, &count);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (b = 0; b < sn->blocks; b++) {
 		size_t len = min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
@@ -7354,11 +7389,7 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 		done += len;
 		if (tty && (t = seconds_since(&t0)) >= next) {
 			next = t + 0.5;
-			human_size(done_s, sizeof(done_s), done);
-			human_size(total_s, sizeof(total_s), total);
-			human_size(rate_s, sizeof(rate_s), t > 0 ? done / t : 0);
-			fprintf(stderr, "\rfuseexport: committing: %s of %s, %s/s\033[K",
-				done_s, total_s, rate_s);
+			commit_progress(done, total, t);
 		}
 	}
 	if (next > 0)
