@@ -7408,6 +7408,26 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 	exit(0);
 }
 
+/* The exported file's attributes: read-only or not, the caller's, and
+ * the source's times (an NBD export's: its start). Exits on failure. */
+static void take_attributes(struct export *e)
+{
+	struct stat st;
+
+	if (is_nbd_uri(e->source_path)) {	/* the times: the export's start */
+		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
+		st.st_atim = st.st_ctim = st.st_mtim;
+	} else if (stat(e->source_path, &st) < 0) {
+		die("%s:", e->source_path);
+	}
+	e->mode = e->opt.writable ? 0600 : 0400;
+	e->uid = getuid();
+	e->gid = getgid();
+	e->atime = st.st_atim;
+	e->mtime = st.st_mtim;
+	e->ctime = st.st_ctim;
+}
+
 /* Build the source stack (the file or NBD connection; a window or a
  * partition; a snapshot; the fault layer if rules may come; the volatile
  * cache), settle whether passthrough is even possible, and take the
@@ -7416,7 +7436,6 @@ static void open_source(struct export *e)
 {
 	struct snap_header id = { .offset = e->opt.offset };
 	char why[PATH_MAX + 200];
-	struct stat st;
 
 	if (e->opt.write_cache && !e->opt.writable)
 		die("--write-cache=volatile: needs a writable export (-w or -g)");
@@ -7457,18 +7476,7 @@ static void open_source(struct export *e)
 		die("--passthrough=on: %s", e->no_passthrough);
 	e->passthrough = !e->no_passthrough;
 
-	if (is_nbd_uri(e->source_path)) {	/* the times: the export's start */
-		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
-		st.st_atim = st.st_ctim = st.st_mtim;
-	} else if (stat(e->source_path, &st) < 0) {
-		die("%s:", e->source_path);
-	}
-	e->mode = e->opt.writable ? 0600 : 0400;
-	e->uid = getuid();
-	e->gid = getgid();
-	e->atime = st.st_atim;
-	e->mtime = st.st_mtim;
-	e->ctime = st.st_ctim;
+	take_attributes(e);
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_rwlock_init(&e->map_lock, NULL);
 	e->fuse_fd = -1;
