@@ -7856,6 +7856,32 @@ static void unmount_export(struct export *e, bool force)
 	}
 }
 
+/* Start --run's COMMAND in a child, its signal mask old (run_command()'s
+ * before it blocked the ones it waits for). Returns its pid, or -1 after
+ * saying why. */
+static pid_t start_command(struct export *e, const sigset_t *old)
+{
+	pid_t cmd = fork();
+
+	if (cmd < 0) {
+		fprintf(stderr, "fuseexport: --run: fork: %s\n", strerror(errno));
+		return -1;
+	}
+	if (cmd == 0) {
+		/* COMMAND as a shell would start it: main() ignores SIGPIPE
+		 * for itself, and an ignored signal stays ignored across exec
+		 * (`cat "$1" | head` would fail with EPIPE, not end quietly) */
+		signal(SIGPIPE, SIG_DFL);
+		sigprocmask(SIG_SETMASK, old, NULL);
+		setenv("FUSEEXPORT_FILE", e->mountpoint, 1);
+		execl("/bin/sh", "sh", "-c", e->opt.run_command, "sh",
+		      e->mountpoint, (char *)NULL);
+		fprintf(stderr, "fuseexport: --run: /bin/sh: %s\n", strerror(errno));
+		_exit(127);
+	}
+	return cmd;
+}
+
 /* --run: the parent, once the server (its child) has the export live,
  * runs /bin/sh -c COMMAND with the export's path as $1 and in
  * FUSEEXPORT_FILE, and passes the signals that end fuseexport on to it.
@@ -7878,22 +7904,9 @@ static MAIN_ONLY int run_command(struct export *e, pid_t server)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
 	sigprocmask(SIG_BLOCK, &set, &old);
-	cmd = fork();
-	if (cmd < 0) {
-		fprintf(stderr, "fuseexport: --run: fork: %s\n", strerror(errno));
+	cmd = start_command(e, &old);
+	if (cmd < 0)
 		cmd_status = 1 << 8;
-	} else if (cmd == 0) {
-		/* COMMAND as a shell would start it: main() ignores SIGPIPE
-		 * for itself, and an ignored signal stays ignored across exec
-		 * (`cat "$1" | head` would fail with EPIPE, not end quietly) */
-		signal(SIGPIPE, SIG_DFL);
-		sigprocmask(SIG_SETMASK, &old, NULL);
-		setenv("FUSEEXPORT_FILE", e->mountpoint, 1);
-		execl("/bin/sh", "sh", "-c", e->opt.run_command, "sh", e->mountpoint,
-		      (char *)NULL);
-		fprintf(stderr, "fuseexport: --run: /bin/sh: %s\n", strerror(errno));
-		_exit(127);
-	}
 	while (cmd_status < 0) {
 		if (sigwait(&set, &sig) != 0)
 			continue;
