@@ -7974,8 +7974,6 @@ static MAIN_ONLY void detach(struct export *e)
 	}
 }
 
-/* Serve until the export ends; returns the exit status: 1 if it halted
- * or a flush of the source failed */
 /* Dirty pages of a writeback export: the kernel holds every FUSE file
  * system to 1% of the dirty limit, strictly, lest a server it cannot
  * trust pin memory, which caps cached writes far below the source's
@@ -8008,10 +8006,43 @@ static MAIN_ONLY void lift_dirty_limit(struct export *e)
 			"lifted in part" : "kept (root lifts it)", dev);
 }
 
+/* An NBD source at the bottom of the stack tells the export when it
+ * made its connection again (source_reconnected) */
+static MAIN_ONLY void hear_reconnects(struct export *e)
+{
+	struct source *bottom;
+
+	for (bottom = e->top; bottom->below; bottom = bottom->below)
+		;
+	if (is_nbd_uri(e->source_path)) {
+		nbd_of(bottom)->reconnected = source_reconnected;
+		nbd_of(bottom)->reconnected_arg = e;
+	}
+}
+
+/* Told to end (SIGTERM, SIGINT, SIGHUP): make the writes durable, let go
+ * of the passthrough backing file, unmount; the queues end as the kernel
+ * lets go of them */
+static MAIN_ONLY void end_export(struct export *e)
+{
+	if (e->opt.writable && !export_crashed(e))
+		flush_export(e, false);	/* failure: run_export() tells */
+	/* open files keep their own; an OPEN racing this (a queue's
+	 * open_backing) gets none, never the id closed here */
+	pthread_mutex_lock(&e->lock);
+	if (e->backing_id > 0)
+		ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE, &e->backing_id);
+	if (e->backing_id >= 0)
+		e->backing_id = -ESHUTDOWN;
+	pthread_mutex_unlock(&e->lock);
+	unmount_export(e, false);
+}
+
+/* Serve until the export ends; returns the exit status: 1 if it halted
+ * or a flush of the source failed */
 static MAIN_ONLY int run_export(struct export *e)
 {
 	struct timespec tick = { 0, SPIN_SAMPLE_NS };
-	struct source *bottom;
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
@@ -8029,12 +8060,7 @@ static MAIN_ONLY int run_export(struct export *e)
 		die("--control: starting its thread:");
 	e->control_running = e->control_path != NULL;
 	lift_dirty_limit(e);
-	for (bottom = e->top; bottom->below; bottom = bottom->below)
-		;
-	if (is_nbd_uri(e->source_path)) {
-		nbd_of(bottom)->reconnected = source_reconnected;
-		nbd_of(bottom)->reconnected_arg = e;
-	}
+	hear_reconnects(e);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
 		sig = sigtimedwait(&set, NULL, e->opt.want_spin != OFF ? &tick : NULL);
@@ -8055,19 +8081,7 @@ static MAIN_ONLY int run_export(struct export *e)
 			close_control(e);
 			exit(1);
 		} else if (sig != SIGUSR1 && !unmounted) {
-			if (e->opt.writable && !export_crashed(e))
-				flush_export(e, false);	/* failure: told below */
-			/* open files keep their own; an OPEN racing this
-			 * (a queue's open_backing) gets none, never the id
-			 * closed here */
-			pthread_mutex_lock(&e->lock);
-			if (e->backing_id > 0)
-				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
-				      &e->backing_id);
-			if (e->backing_id >= 0)
-				e->backing_id = -ESHUTDOWN;
-			pthread_mutex_unlock(&e->lock);
-			unmount_export(e, false);
+			end_export(e);
 			unmounted = true;
 		}
 	}
