@@ -5452,8 +5452,8 @@ static uint64_t settle_cache(struct export *e, uint64_t offered,
 	 * unless every request must meet fault rules or the volatile cache */
 	e->page_cache = e->opt.cache;
 	if (e->page_cache == CACHE_AUTO)
-		e->page_cache = e->passthrough || e->faults || e->volatile_cache ?
-				CACHE_NONE : CACHE_READ;
+		e->page_cache = e->passthrough || e->faults ||
+				e->volatile_cache ? CACHE_NONE : CACHE_READ;
 	if (e->page_cache == CACHE_WRITEBACK &&
 	    !(offered & FUSE_WRITEBACK_CACHE))
 		e->page_cache = CACHE_READ;
@@ -5520,7 +5520,8 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
 		out->max_stack_depth = 1;	/* the source is no FUSE file */
 	}
-	e->uring = e->opt.want_io_uring != OFF && (offered & FUSE_OVER_IO_URING);
+	e->uring = e->opt.want_io_uring != OFF &&
+		   (offered & FUSE_OVER_IO_URING);
 	if (e->uring)
 		flags |= FUSE_OVER_IO_URING | FUSE_INIT_EXT;
 	else if (e->opt.want_io_uring == ON)
@@ -5712,7 +5713,8 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	 * read-only opens keep it. */
 	if (e->direct_writers && (flags & O_ACCMODE) != O_RDONLY)
 		out->open_flags |= FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	if (e->page_cache != CACHE_NONE && !e->passthrough && keep_cache(e, &number))
+	if (e->page_cache != CACHE_NONE && !e->passthrough &&
+	    keep_cache(e, &number))
 		out->open_flags |= FOPEN_KEEP_CACHE;
 	out->fh = number << FH_OPEN_SHIFT |
 		  ((flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0);
@@ -5791,8 +5793,8 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 	/* An O_DIRECT write to a cached export comes through the kernel's
 	 * asynchronous direct I/O, which takes a write cut short for EIO:
 	 * one that straddles the end is refused whole, ENOSPC */
-	if (n < in->size && e->page_cache != CACHE_NONE && (in->flags & O_DIRECT) &&
-	    !(in->write_flags & FUSE_WRITE_CACHE))
+	if (n < in->size && e->page_cache != CACHE_NONE &&
+	    (in->flags & O_DIRECT) && !(in->write_flags & FUSE_WRITE_CACHE))
 		n = 0;
 	/* the opener's O_DSYNC (O_SYNC has it too) asks for this write to be
 	 * durable when it returns; a write-back from the kernel's cache
@@ -6305,7 +6307,8 @@ static int init_done(struct export *e)
 			"the source\n", e->opt.writable ? "reads, writes, splice "
 			"and mmap" : "reads, splice and mmap");
 	if (e->opt.debug && !e->passthrough)
-		fprintf(stderr, "fuseexport: cache: %s\n", e->page_cache == CACHE_NONE ?
+		fprintf(stderr, "fuseexport: cache: %s\n",
+			e->page_cache == CACHE_NONE ?
 			"none: direct I/O, the source's page cache alone" :
 			e->page_cache == CACHE_READ ? "read: the kernel caches the "
 			"export's pages, writes go through to the source" :
@@ -6685,7 +6688,8 @@ static void *ring_loop(void *arg)
 				continue;
 			live--;		/* -ENOTCONN: the export is gone */
 			if (cqe->res && cqe->res != -ENOTCONN &&
-			    cqe->res != -ECONNABORTED && e->opt.want_io_uring == ON)
+			    cqe->res != -ECONNABORTED &&
+			    e->opt.want_io_uring == ON)
 				halt(e, "--io-uring=on: the kernel refused a queue: %s",
 				     strerror(-cqe->res));
 		}
@@ -6891,7 +6895,8 @@ static bool set_option(struct options *o, struct parse *p, int id,
 			return false;
 		*(id == OPT_ALLOW_OTHER ? &o->want_allow_other :
 		  id == OPT_PASSTHROUGH ? &o->want_passthrough :
-		  id == OPT_IO_URING ? &o->want_io_uring : &o->want_spin) = mode;
+		  id == OPT_IO_URING ? &o->want_io_uring :
+		  &o->want_spin) = mode;
 		if (id == OPT_SPIN && mode == ON)
 			return complain(why, "%s: '%s' is not auto or off", what, value);
 		break;
@@ -7219,7 +7224,8 @@ static int parse_options(struct options *o, struct parse *p, int argc,
 		return PARSE_BAD;
 	o->helper = helper;
 	o->source_path = argv[optind];
-	o->mountpoint = o->list_partitions || o->commit ? NULL : argv[optind + 1];
+	o->mountpoint = o->list_partitions || o->commit ? NULL :
+			argv[optind + 1];
 	return fake ? PARSE_FAKE : PARSED;
 }
 
@@ -7439,12 +7445,15 @@ static void open_source(struct export *e)
 
 	if (e->opt.write_cache && !e->opt.writable)
 		die("--write-cache=volatile: needs a writable export (-w or -g)");
-	e->top = open_bottom(e, e->opt.writable && !e->opt.snapshot, e->opt.growable);
+	e->top = open_bottom(e, e->opt.writable && !e->opt.snapshot,
+			     e->opt.growable);
 	if (e->opt.partition) {
-		e->top = partition_open(e->top, e->opt.partition, e->source_path);
+		e->top = partition_open(e->top, e->opt.partition,
+					e->source_path);
 		id.offset = window_of(e->top)->offset;
 	} else if (e->opt.offset || e->opt.window) {
-		e->top = window_open(e->top, e->opt.offset, e->opt.window, e->source_path);
+		e->top = window_open(e->top, e->opt.offset, e->opt.window,
+				     e->source_path);
 	}
 	if (e->opt.snapshot) {
 		source_id(e->source_path, &id);
@@ -7454,7 +7463,8 @@ static void open_source(struct export *e)
 	}
 	if (e->opt.rules || e->control_path) {
 		/* the layer takes the rules over: they are its from now on */
-		e->faults = fault_open(e->top, e->opt.rules, e->opt.seed, e->opt.debug);
+		e->faults = fault_open(e->top, e->opt.rules, e->opt.seed,
+				       e->opt.debug);
 		e->top = &e->faults->s;
 	}
 	if (e->opt.write_cache) {
@@ -7576,8 +7586,8 @@ static MAIN_ONLY void check_helper_source(struct export *e)
 	unsigned i;
 	FILE *f;
 
-	if (!e->opt.helper || stat(e->source_path, &st) < 0 || !S_ISBLK(st.st_mode) ||
-	    major(st.st_rdev) != 7)		/* LOOP_MAJOR */
+	if (!e->opt.helper || stat(e->source_path, &st) < 0 ||
+	    !S_ISBLK(st.st_mode) || major(st.st_rdev) != 7)	/* LOOP_MAJOR */
 		return;
 	for (i = 0; i < 3; i++) {
 		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/%s",
@@ -7833,14 +7843,15 @@ static MAIN_ONLY void mount_export(struct export *e)
 	e->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (e->fuse_fd < 0)
 		die("/dev/fuse:");
-	e->allow_other = e->opt.want_allow_other != OFF;	/* root may always */
+	e->allow_other = e->opt.want_allow_other != OFF; /* root may always */
 	snprintf(opts, sizeof(opts), "fd=%d,rootmode=%o,user_id=%u,group_id=%u,"
 		 "default_permissions,max_read=%u%s", e->fuse_fd,
 		 S_IFREG | e->mode, e->uid, e->gid, MAX_WRITE,
 		 e->allow_other ? ",allow_other" : "");
 	/* a read-only export is a read-only mount: chmod, touch: EROFS */
 	if (mount(e->source_path, e->mountpoint, "fuse.fuseexport",
-		  MS_NOSUID | MS_NODEV | (e->opt.writable ? 0 : MS_RDONLY), opts) < 0)
+		  MS_NOSUID | MS_NODEV | (e->opt.writable ? 0 : MS_RDONLY),
+		  opts) < 0)
 		die("mount on %s:", e->mountpoint);
 	mounted_export = e;
 }
@@ -8063,7 +8074,8 @@ static MAIN_ONLY int run_export(struct export *e)
 	hear_reconnects(e);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
-		sig = sigtimedwait(&set, NULL, e->opt.want_spin != OFF ? &tick : NULL);
+		sig = sigtimedwait(&set, NULL,
+				   e->opt.want_spin != OFF ? &tick : NULL);
 		if (sig < 0 && errno == EAGAIN)
 			count_spin_budget(e);
 		if (sig < 0)
