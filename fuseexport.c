@@ -313,7 +313,7 @@ struct options {
 	const char *source_path;	/* SOURCE as given */
 	const char *mountpoint;		/* MOUNTPOINT as given; NULL with
 					 * --partitions and --commit */
-	bool writable, growable;	/* -w (or --snapshot), -g */
+	bool writable, growable;	/* -w (-g, --snapshot: it too), -g */
 	bool foreground, debug;		/* -f, -d */
 	bool helper;			/* called by mount(8) */
 	unsigned queues;		/* -q, else the online CPUs */
@@ -340,8 +340,8 @@ struct options {
 
 /* One export: what was asked, the source stack, what the exported file
  * looks like, the queues. The groups below say who writes their fields and
- * when; a field read by several threads without e->lock is atomic, or is
- * written before those threads start. */
+ * when; a field several threads read without e->lock is atomic, or is
+ * written before any of them may read it (at setup, or by INIT). */
 struct export {
 	struct options opt;		/* what was asked: read-only */
 
