@@ -373,62 +373,85 @@ struct ring {
 	struct ring_entry entry[RING_DEPTH];
 };
 
-/* One export: the source stack, what the exported file looks like, the
- * queues. The booleans are decided before the first request is served. */
+/* What the command line and -o asked for: parse_options() fills it in and
+ * nothing writes it after. Where the export settles a value of its own (a
+ * path made absolute, the queues it could clone, the cache INIT chose),
+ * struct export keeps that apart and says so. */
+struct options {
+	const char *source_path;	/* SOURCE as given */
+	const char *mountpoint;		/* MOUNTPOINT as given; NULL with
+					 * --partitions and --commit */
+	bool writable, growable;	/* -w (-g, --snapshot: it too), -g */
+	bool foreground, debug;		/* -f, -d */
+	bool helper;			/* called by mount(8) */
+	unsigned queues;		/* -q, else the online CPUs */
+	bool queues_given;		/* -q: exactly that many, or fail */
+	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
+	int want_spin;			/* AUTO or OFF */
+	int cache;			/* --cache: CACHE_*, CACHE_AUTO if not */
+	uint64_t offset;		/* the window's start in the source */
+	uint64_t window;		/* its length; 0: to the end */
+	unsigned partition;		/* --partition: its number, or 0 */
+	bool list_partitions;		/* --partitions: print them, export nothing */
+	bool snapshot, commit;		/* --snapshot, --commit */
+	const char *snapshot_file;	/* its FILE as given, or NULL: in memory */
+	/* --fault, in order: open_source() hands them to the fault layer,
+	 * which owns them from then on (adds, clears, frees) */
+	struct fault_rule *rules;
+	uint64_t seed;			/* --seed, or from the clock */
+	bool write_cache;		/* --write-cache=volatile */
+	const char *control_path;	/* --control: the FIFO as given */
+	unsigned retry;			/* NBD: seconds to wait for a reconnect */
+	const char *run_command;	/* --run: what the export lives for */
+	const char *log_path;		/* --log: a detached server's messages */
+};
+
+/* One export: what was asked, the source stack, what the exported file
+ * looks like, the queues. The groups below say who writes their fields and
+ * when; a field several threads read without e->lock is atomic, or is
+ * written before any of them may read it (at setup, or by INIT). */
 struct export {
+	struct options opt;		/* what was asked: read-only */
+
+	/* Setup (main(), fuseexport_new()), before the first request; read
+	 * alone after. The paths start as given (options_or_exit()), and are
+	 * made absolute before detach() leaves the caller's directory. */
 	const char *source_path;	/* absolute once resolved (a file) */
 	const char *mountpoint;		/* absolute once checked */
+	const char *control_path;	/* --control's FIFO, absolute once resolved */
+	const char *snapshot_file;	/* the same for --snapshot's FILE */
 	char *mountpoint_buf;		/* which realpath() allocated */
 	char *resolved[3];		/* what resolve_paths() allocated */
 	char *fusermount;		/* the fusermount3 that mounted it */
 	struct source *top;		/* the stack the handlers speak to */
-	bool writable, growable, foreground, debug;
-	bool helper;			/* called by mount(8) */
-	bool queues_given;		/* -q: exactly that many, or fail */
-	bool quiet;			/* a test harness: halts say nothing */
-	int want_allow_other, want_passthrough, want_io_uring; /* AUTO, OFF, ON */
-	int cache;			/* CACHE_*: AUTO until INIT settles it */
-	int want_spin;			/* AUTO or OFF */
-	/* spinning for the next request: how many queues may spin now (the
-	 * idle CPUs), how many do, the time they spent, and /proc/stat's
-	 * idle and total ticks when the budget was last counted */
-	atomic_int spin_budget, spinners;
-	_Atomic uint64_t spin_ns;
-	uint64_t stat_idle, stat_total, stat_at;
-	bool allow_other;		/* decided at mount */
-	bool passthrough, uring;	/* decided by INIT, before its reply */
-	const char *no_passthrough;	/* why passthrough is off, if it is */
-	unsigned queues;
-	uint64_t offset;		/* the window's start in the source */
-	uint64_t window;		/* its length; 0: to the end */
-	struct fault_rule *rules;	/* --fault, in order, until the fault
-					 * layer takes them */
-	uint64_t seed;			/* --seed, or from the clock */
-	bool write_cache;		/* --write-cache=volatile */
-	const char *control_path;	/* --control: the FIFO, absolute */
-	int control_fd, control_spare;	/* its read end, and a write end
-					 * kept so a writer's close is no EOF */
-	pthread_t control_thread;
-	bool control_running;
-	atomic_bool control_stop;	/* the export is over: the thread ends */
 	struct faults *faults;		/* the layers, if stacked */
 	struct cache *volatile_cache;
-	unsigned retry;			/* NBD: seconds to wait for a reconnect */
-	const char *run_command;	/* --run: what the export lives for */
-	const char *log_path;		/* --log: a detached server's messages */
-	unsigned partition;		/* --partition: its number, or 0 */
-	bool list_partitions;		/* --partitions: print them, export nothing */
-	bool snapshot, commit;		/* --snapshot, --commit */
-	const char *snapshot_file;	/* its FILE, or NULL: in memory */
+	bool quiet;			/* a test harness: halts say nothing */
+	bool allow_other;		/* decided at mount */
+	int fuse_fd;
+	int control_fd, control_spare;	/* the FIFO's read end, and a write end
+					 * kept so a writer's close is no EOF */
 
-	/* READs sent from the mapping hold map_lock shared until sent; a
-	 * shrink holds it exclusive, and while shrinking is set new READs
-	 * read instead, so none meets a page that went away */
-	pthread_rwlock_t map_lock;
-	atomic_bool shrinking;
-	atomic_bool flush_failed;	/* a flush of the source failed once */
+	/* INIT's decisions: open_source() rules passthrough out or not, and
+	 * fuse_init() settles the rest before its reply lets any other
+	 * request in; read alone after */
+	uint32_t minor;			/* negotiated protocol minor */
+	bool passthrough, uring;
+	const char *no_passthrough;	/* why passthrough is off, if it is */
+	int page_cache;			/* CACHE_NONE, _READ or _WRITEBACK: the
+					 * kernel's page cache as settled
+					 * (opt.cache is what was asked) */
+	uint32_t open_flags;		/* for OPEN replies without passthrough */
+	bool direct_writers;		/* --cache=read: writing opens take
+					 * direct I/O (fuse_open) */
+	/* INIT answered: set last by fuse_init, so a queue that sees it
+	 * sees what INIT settled (the kernel sends nothing else before it
+	 * has the reply, but ThreadSanitizer cannot see that ordering) */
+	atomic_bool initialized;
 
-	pthread_mutex_t lock;		/* resizing, and the fields below */
+	/* Under e->lock: resizing, and the fields below, which any queue
+	 * may change */
+	pthread_mutex_t lock;
 	uint32_t mode, uid, gid;
 	struct timespec atime, mtime, ctime;
 	int backing_id;			/* the source as passthrough backing
@@ -441,24 +464,42 @@ struct export {
 	 * shows a drop done (fuse_open); 0: none in doubt */
 	_Atomic uint64_t drop_pending;
 
-	uint32_t minor;			/* negotiated protocol minor */
-	/* INIT answered: set last by fuse_init, so a queue that sees it
-	 * sees what INIT settled (the kernel sends nothing else before it
-	 * has the reply, but ThreadSanitizer cannot see that ordering) */
-	atomic_bool initialized;
-	uint32_t open_flags;		/* for OPEN replies without passthrough */
-	bool direct_writers;		/* --cache=read: writing opens take
-					 * direct I/O (fuse_open) */
-	int fuse_fd;
+	/* What any queue may set as requests come, and the main thread
+	 * acts on. READs sent from the mapping hold map_lock shared until
+	 * sent; a shrink holds it exclusive, and while shrinking is set new
+	 * READs read instead, so none meets a page that went away */
+	pthread_rwlock_t map_lock;
+	atomic_bool shrinking;
+	atomic_bool flush_failed;	/* a flush of the source failed once */
+	atomic_bool stale;		/* the kernel's cache is to be dropped */
+	atomic_bool halted;
+
+	/* The transport: start_queues() makes the queues (and init_done()
+	 * the rings, through start_rings()), run_export() joins them */
 	struct queue *queue;
+	unsigned nqueues;		/* the queues made: opt.queues, or
+					 * fewer where /dev/fuse cloned no
+					 * more (without -q) */
 	struct ring *rings;
 	unsigned nrings;
 	atomic_int running;		/* queue threads still serving */
 	atomic_int ready_fd;		/* tells the waiting parent we're live */
 	int ready_pending;		/* the same, until every queue runs */
 	atomic_bool init_answered;	/* INIT answered: init_done() ran */
-	atomic_bool stale;		/* the kernel's cache is to be dropped */
-	atomic_bool halted;
+
+	/* Spinning for the next request: how many queues may spin now (the
+	 * idle CPUs), how many do, and the time they spent, which the
+	 * queues share; and /proc/stat's idle and total ticks when the
+	 * budget was last counted, the main thread's alone */
+	atomic_int spin_budget, spinners;
+	_Atomic uint64_t spin_ns;
+	uint64_t stat_idle, stat_total, stat_at;
+
+	/* The control thread: run_export() starts it, close_control() stops
+	 * it */
+	pthread_t control_thread;
+	bool control_running;
+	atomic_bool control_stop;	/* the export is over: the thread ends */
 };
 
 /* ===== Errors and small helpers ===== */
@@ -2896,8 +2937,8 @@ int fuseexport_fuzz_nbd_handshake(int fd, uint32_t *min_block, uint32_t *max_pay
 static struct source *open_bottom(struct export *e, bool writable, bool growable)
 {
 	if (is_nbd_uri(e->source_path))
-		return nbd_open(e->source_path, writable, growable, e->queues,
-				e->retry, e->debug);
+		return nbd_open(e->source_path, writable, growable, e->opt.queues,
+				e->opt.retry, e->opt.debug);
 	return file_open(e->source_path, writable, growable);
 }
 
@@ -5285,9 +5326,9 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
 static void crash_export(struct export *e, bool torn)
 {
 	if (e->volatile_cache)
-		cache_crash(e->volatile_cache, torn, e->debug);
+		cache_crash(e->volatile_cache, torn, e->opt.debug);
 	atomic_store(&e->faults->crashed, true);
-	if (e->debug && !e->volatile_cache)
+	if (e->opt.debug && !e->volatile_cache)
 		fprintf(stderr, "fuseexport: crash: every request fails from now on\n");
 }
 
@@ -5352,7 +5393,7 @@ static void control_command(struct export *e, char *line)
 		else
 			fprintf(stderr, "fuseexport: control: fault %s: %s\n",
 				line + 6, why);
-		if (rule && e->debug)
+		if (rule && e->opt.debug)
 			fprintf(stderr, "fuseexport: control: fault rule %u: %s\n",
 				rule->number, rule->text);
 	} else if (!strcmp(line, "clear")) {
@@ -5502,15 +5543,15 @@ static int flush_export(struct export *e, bool datasync)
  * NULL: then INIT asks the kernel. */
 static const char *why_no_passthrough(struct export *e)
 {
-	if (e->want_passthrough == OFF)
+	if (e->opt.want_passthrough == OFF)
 		return "--passthrough=off";
-	if (e->cache == CACHE_READ)
+	if (e->opt.cache == CACHE_READ)
 		return "--cache=read asks for the kernel's page cache";
-	if (e->cache == CACHE_WRITEBACK)
+	if (e->opt.cache == CACHE_WRITEBACK)
 		return "--cache=writeback asks for the kernel's page cache";
 	if (e->top->no_passthrough)
 		return e->top->no_passthrough;
-	if (e->writable && !e->growable)
+	if (e->opt.writable && !e->opt.growable)
 		return "a fixed-size export's writes must come here (passed "
 		       "through, they could grow the source)";
 	if (geteuid() != 0)
@@ -5558,6 +5599,37 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
  * Used by: the dispatcher's table.
  */
 
+/* INIT's choice of the kernel's page cache (e->page_cache), from the
+ * --cache asked and the flags the kernel offered, and the open flags that
+ * go with it; returns flags, with FUSE_WRITEBACK_CACHE if it is chosen */
+static uint64_t settle_cache(struct export *e, uint64_t offered,
+			     uint64_t flags)
+{
+	/* auto: passthrough where it applies, else the kernel's page cache,
+	 * unless every request must meet fault rules or the volatile cache */
+	e->page_cache = e->opt.cache;
+	if (e->page_cache == CACHE_AUTO)
+		e->page_cache = e->passthrough || e->faults ||
+				e->volatile_cache ? CACHE_NONE : CACHE_READ;
+	if (e->page_cache == CACHE_WRITEBACK &&
+	    !(offered & FUSE_WRITEBACK_CACHE))
+		e->page_cache = CACHE_READ;
+	if (e->page_cache == CACHE_WRITEBACK)
+		flags |= FUSE_WRITEBACK_CACHE;
+	/* Direct I/O keeps a single copy of the data cached, the source's;
+	 * without mmap on direct I/O files (before 6.6) use the page cache.
+	 * The cache modes keep the kernel's copy, across opens where the
+	 * source proves it current (fuse_open), and the source keeps none. */
+	if (e->page_cache != CACHE_NONE) {
+		e->top->keep_no_copy(e->top);
+		e->direct_writers = e->page_cache == CACHE_READ &&
+				    (flags & FUSE_DIRECT_IO_ALLOW_MMAP);
+	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
+		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	}
+	return flags;
+}
+
 /* INIT: agree on the protocol, ask for parallel requests and 1 MiB I/O;
  * whether passthrough and io_uring are used is settled here, before the
  * reply lets any other request in */
@@ -5597,37 +5669,19 @@ static int fuse_init(struct export *e, struct request *r, size_t len)
 		e->passthrough = false;
 		e->no_passthrough = "the kernel offers no FUSE passthrough "
 				    "(Linux 6.9 and later, CONFIG_FUSE_PASSTHROUGH)";
-		if (e->want_passthrough == ON)
+		if (e->opt.want_passthrough == ON)
 			return halt(e, "--passthrough=on: %s", e->no_passthrough);
 	}
-	/* auto: passthrough where it applies, else the kernel's page cache,
-	 * unless every request must meet fault rules or the volatile cache */
-	if (e->cache == CACHE_AUTO)
-		e->cache = e->passthrough || e->faults || e->volatile_cache ?
-			   CACHE_NONE : CACHE_READ;
-	if (e->cache == CACHE_WRITEBACK && !(offered & FUSE_WRITEBACK_CACHE))
-		e->cache = CACHE_READ;
-	if (e->cache == CACHE_WRITEBACK)
-		flags |= FUSE_WRITEBACK_CACHE;
-	/* Direct I/O keeps a single copy of the data cached, the source's;
-	 * without mmap on direct I/O files (before 6.6) use the page cache.
-	 * The cache modes keep the kernel's copy, across opens where the
-	 * source proves it current (fuse_open), and the source keeps none. */
-	if (e->cache != CACHE_NONE) {
-		e->top->keep_no_copy(e->top);
-		e->direct_writers = e->cache == CACHE_READ &&
-				    (flags & FUSE_DIRECT_IO_ALLOW_MMAP);
-	} else if (flags & FUSE_DIRECT_IO_ALLOW_MMAP) {
-		e->open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	}
+	flags = settle_cache(e, offered, flags);
 	if (e->passthrough) {
 		flags |= FUSE_PASSTHROUGH | FUSE_INIT_EXT;
 		out->max_stack_depth = 1;	/* the source is no FUSE file */
 	}
-	e->uring = e->want_io_uring != OFF && (offered & FUSE_OVER_IO_URING);
+	e->uring = e->opt.want_io_uring != OFF &&
+		   (offered & FUSE_OVER_IO_URING);
 	if (e->uring)
 		flags |= FUSE_OVER_IO_URING | FUSE_INIT_EXT;
-	else if (e->want_io_uring == ON)
+	else if (e->opt.want_io_uring == ON)
 		return halt(e, "--io-uring=on: the kernel offers no FUSE over io_uring "
 			    "(Linux 6.14 and later, with "
 			    "/sys/module/fuse/parameters/enable_uring set to Y)");
@@ -5686,7 +5740,7 @@ static int fuse_setattr(struct export *e, struct request *r, size_t len)
 	 * of the path to 0 looks the same): a fixed-size export keeps its
 	 * size, as a disk does */
 	if ((valid & FATTR_SIZE) && !in->size && !(valid & FATTR_FH) &&
-	    !e->growable)
+	    !e->opt.growable)
 		valid &= ~FATTR_SIZE;
 	if ((valid & (FATTR_UID | FATTR_GID)) && !e->allow_other)
 		return -EPERM;
@@ -5695,10 +5749,10 @@ static int fuse_setattr(struct export *e, struct request *r, size_t len)
 			return -EINVAL;
 		if ((mode & ~0777) || ((mode & 077) && !e->allow_other))
 			return -EPERM;
-		if ((mode & 0222) && !e->writable)
+		if ((mode & 0222) && !e->opt.writable)
 			return -EROFS;
 	}
-	if ((valid & FATTR_SIZE) && !e->writable)
+	if ((valid & FATTR_SIZE) && !e->opt.writable)
 		return -EROFS;
 
 	pthread_mutex_lock(&e->lock);
@@ -5772,7 +5826,7 @@ static bool keep_cache(struct export *e, uint64_t *number)
 	if (proven)
 		e->stamp = now;
 	pthread_mutex_unlock(&e->lock);
-	if (e->debug && !keep)
+	if (e->opt.debug && !keep)
 		fprintf(stderr, "fuseexport: open: %s: the kernel's cache of "
 			"the export dropped\n", !proven ? "nothing proves the "
 			"source unchanged" : !same ? "the source changed" :
@@ -5804,7 +5858,7 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	int id;
 
 	(void)len;
-	if (!e->writable && (flags & O_ACCMODE) != O_RDONLY)
+	if (!e->opt.writable && (flags & O_ACCMODE) != O_RDONLY)
 		return -EROFS;
 	memset(out, 0, sizeof(*out));
 	out->open_flags = e->open_flags;
@@ -5816,7 +5870,8 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	 * read-only opens keep it. */
 	if (e->direct_writers && (flags & O_ACCMODE) != O_RDONLY)
 		out->open_flags |= FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-	if (e->cache != CACHE_NONE && !e->passthrough && keep_cache(e, &number))
+	if (e->page_cache != CACHE_NONE && !e->passthrough &&
+	    keep_cache(e, &number))
 		out->open_flags |= FOPEN_KEEP_CACHE;
 	out->fh = number << FH_OPEN_SHIFT |
 		  ((flags & O_ACCMODE) != O_RDONLY ? FH_WRITES : 0);
@@ -5882,11 +5937,11 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 
 	if (len - sizeof(*in) != n)
 		return -EINVAL;
-	if (!e->writable)
+	if (!e->opt.writable)
 		return -EROFS;
 	if (in->offset > (uint64_t)INT64_MAX - n)
 		return -EFBIG;
-	if (!e->growable) {
+	if (!e->opt.growable) {
 		uint64_t size = export_size(e);
 
 		if (in->offset + n > size)
@@ -5895,8 +5950,8 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 	/* An O_DIRECT write to a cached export comes through the kernel's
 	 * asynchronous direct I/O, which takes a write cut short for EIO:
 	 * one that straddles the end is refused whole, ENOSPC */
-	if (n < in->size && e->cache != CACHE_NONE && (in->flags & O_DIRECT) &&
-	    !(in->write_flags & FUSE_WRITE_CACHE))
+	if (n < in->size && e->page_cache != CACHE_NONE &&
+	    (in->flags & O_DIRECT) && !(in->write_flags & FUSE_WRITE_CACHE))
 		n = 0;
 	/* the opener's O_DSYNC (O_SYNC has it too) asks for this write to be
 	 * durable when it returns; a write-back from the kernel's cache
@@ -5948,7 +6003,7 @@ static int fuse_fallocate(struct export *e, struct request *r, size_t len)
 	int res;
 
 	(void)len;
-	if (!e->writable)
+	if (!e->opt.writable)
 		return -EROFS;
 	if (n == 0 || pos > (uint64_t)INT64_MAX - n)
 		return -EINVAL;
@@ -6142,7 +6197,7 @@ static int serve(struct export *e, struct request *r, size_t len)
 		res = op->handle(e, r, oplen);
 	}
 
-	if (e->debug)
+	if (e->opt.debug)
 		fprintf(stderr, "fuseexport: %s #%llu (%zu bytes): %d%s%s\n",
 			op ? op->name : "unknown opcode",
 			(unsigned long long)in->unique, len, res,
@@ -6323,7 +6378,7 @@ static void tell_ready(struct export *e)
 	if (null >= 0) {
 		dup2(null, 0);
 		dup2(null, 1);
-		if (!e->run_command)	/* else fuseexport stays in front */
+		if (!e->opt.run_command)	/* else fuseexport stays in front */
 			start_log(null);
 		if (null > 2)
 			close(null);
@@ -6395,7 +6450,7 @@ static int drop_kernel_cache(struct export *e)
 		return 0;	/* nothing cached yet */
 	if (writev(e->fuse_fd, iov, 2) < 0)
 		return -errno;
-	if (e->debug)
+	if (e->opt.debug)
 		fprintf(stderr, "fuseexport: the source may have changed: "
 			"the kernel's cache of it dropped\n");
 	return 0;
@@ -6418,34 +6473,35 @@ static int init_done(struct export *e)
 {
 	int id = e->passthrough ? open_backing(e) : 0, res;
 
-	if (id < 0 && e->want_passthrough == ON)
+	if (id < 0 && e->opt.want_passthrough == ON)
 		return halt(e, "--passthrough=on: the kernel refused the source "
 			    "as backing file: %s", strerror(-id));
-	if (e->debug && id < 0)
+	if (e->opt.debug && id < 0)
 		fprintf(stderr, "fuseexport: passthrough off (the kernel refused "
 			"the source as backing file: %s): every read and write "
 			"goes through /dev/fuse\n", strerror(-id));
-	else if (e->debug && !e->passthrough)
+	else if (e->opt.debug && !e->passthrough)
 		fprintf(stderr, "fuseexport: passthrough off (%s): every read "
 			"and write goes through /dev/fuse\n", e->no_passthrough);
-	else if (e->debug)
+	else if (e->opt.debug)
 		fprintf(stderr, "fuseexport: passthrough on: %s go straight to "
-			"the source\n", e->writable ? "reads, writes, splice "
+			"the source\n", e->opt.writable ? "reads, writes, splice "
 			"and mmap" : "reads, splice and mmap");
-	if (e->debug && !e->passthrough)
-		fprintf(stderr, "fuseexport: cache: %s\n", e->cache == CACHE_NONE ?
+	if (e->opt.debug && !e->passthrough)
+		fprintf(stderr, "fuseexport: cache: %s\n",
+			e->page_cache == CACHE_NONE ?
 			"none: direct I/O, the source's page cache alone" :
-			e->cache == CACHE_READ ? "read: the kernel caches the "
+			e->page_cache == CACHE_READ ? "read: the kernel caches the "
 			"export's pages, writes go through to the source" :
 			"writeback: the kernel caches the export's pages and "
 			"writes them back; fsync or close makes them durable");
-	if (e->cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
+	if (e->page_cache == CACHE_WRITEBACK && (res = notify_size(e)) < 0)
 		return halt(e, "halting: telling the kernel the size: %s",
 			    strerror(-res));
 	if (e->uring && (res = start_rings(e)) < 0)
 		return halt(e, "halting: starting the io_uring queues: %s",
 			    strerror(-res));
-	if (e->debug)
+	if (e->opt.debug)
 		fprintf(stderr, "fuseexport: transport: %s\n", e->uring ?
 			"FUSE over io_uring, a ring per CPU" : "read(2) and "
 			"write(2) on /dev/fuse, a thread per queue");
@@ -6536,7 +6592,7 @@ static ssize_t next_request(struct export *e, struct queue *q, struct iovec *iov
 		q->nonblocking = false;
 	start = now_ns();
 	n = readv(q->fd, iov, 2);
-	if (e->want_spin != OFF && now_ns() - start < SPIN_NS)
+	if (e->opt.want_spin != OFF && now_ns() - start < SPIN_NS)
 		q->spin_score = 2;	/* a spin would have caught it */
 	return n;
 }
@@ -6630,12 +6686,13 @@ static void start_queues(struct export *e)
 {
 	unsigned i;
 
-	e->queue = calloc(e->queues, sizeof(*e->queue));
+	e->nqueues = e->opt.queues;
+	e->queue = calloc(e->nqueues, sizeof(*e->queue));
 	if (!e->queue)
 		die("queues:");
 	/* every fd and buffer first: a failure then leaves no thread that
 	 * could have answered INIT */
-	for (i = 0; i < e->queues; i++) {
+	for (i = 0; i < e->nqueues; i++) {
 		struct queue *q = &e->queue[i];
 		uint32_t session = e->fuse_fd;
 
@@ -6647,20 +6704,20 @@ static void start_queues(struct export *e)
 			die("queue buffer:");
 		if (i > 0 && ((q->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0 ||
 			      ioctl(q->fd, FUSE_DEV_IOC_CLONE, &session) < 0)) {
-			if (e->queues_given)
+			if (e->opt.queues_given)
 				die("cloning /dev/fuse for queue %u:", i);
-			if (e->debug)
+			if (e->opt.debug)
 				fprintf(stderr, "fuseexport: %u queues: cloning "
 					"/dev/fuse: %s\n", i, strerror(errno));
 			if (q->fd >= 0)
 				close(q->fd);
 			free(q->req.data);
-			e->queues = i;
+			e->nqueues = i;
 			break;
 		}
 	}
-	atomic_store(&e->running, e->queues);
-	for (i = 0; i < e->queues; i++) {
+	atomic_store(&e->running, e->nqueues);
+	for (i = 0; i < e->nqueues; i++) {
 		errno = pthread_create(&e->queue[i].thread, NULL, queue_loop,
 				       &e->queue[i]);
 		if (errno)
@@ -6824,7 +6881,8 @@ static void *ring_loop(void *arg)
 				continue;
 			live--;		/* -ENOTCONN: the export is gone */
 			if (cqe->res && cqe->res != -ENOTCONN &&
-			    cqe->res != -ECONNABORTED && e->want_io_uring == ON)
+			    cqe->res != -ECONNABORTED &&
+			    e->opt.want_io_uring == ON)
 				halt(e, "--io-uring=on: the kernel refused a queue: %s",
 				     strerror(-cqe->res));
 		}
@@ -6909,6 +6967,21 @@ static bool parse_mode(const char *what, const char *s, int *mode, char *why)
 	return true;
 }
 
+/* auto, none, read or writeback into *cache (CACHE_*): true, or false
+ * with why */
+static bool parse_cache(const char *what, const char *s, int *cache, char *why)
+{
+	for (*cache = CACHE_NONE; *cache <= CACHE_WRITEBACK &&
+	     strcmp(s, cache_names[*cache]); ++*cache)
+		;
+	if (!strcmp(s, "auto"))
+		*cache = CACHE_AUTO;
+	else if (*cache > CACHE_WRITEBACK)
+		return complain(why, "%s: '%s' is not auto, none, read or "
+			     "writeback", what, s);
+	return true;
+}
+
 /* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
 static _Noreturn void print_and_exit(const char *text)
 {
@@ -6983,7 +7056,7 @@ struct parse {
 
 /* Apply one option; what names it in messages ("--queues", "-o queues").
  * Returns true, or false with why. */
-static bool set_option(struct export *e, struct parse *p, int id,
+static bool set_option(struct options *o, struct parse *p, int id,
 		       const char *value, const char *what, char *why)
 {
 	struct fault_rule *rule, **last;
@@ -6993,25 +7066,25 @@ static bool set_option(struct export *e, struct parse *p, int id,
 
 	switch (id) {
 	case 'g':
-		e->growable = true;
+		o->growable = true;
 		/* fall through */
 	case 'w':
-		e->writable = true;
+		o->writable = true;
 		break;
 	case OPT_READ_ONLY:
-		e->writable = e->growable = false;
+		o->writable = o->growable = false;
 		break;
 	case 'd':
-		e->debug = true;
+		o->debug = true;
 		/* fall through */
 	case 'f':
-		e->foreground = true;
+		o->foreground = true;
 		break;
 	case 'q':
 		if (!parse_number(what, value, 1, MAX_QUEUES, &v, why))
 			return false;
-		e->queues = v;
-		e->queues_given = true;
+		o->queues = v;
+		o->queues_given = true;
 		break;
 	case OPT_ALLOW_OTHER:
 	case OPT_PASSTHROUGH:
@@ -7019,81 +7092,76 @@ static bool set_option(struct export *e, struct parse *p, int id,
 	case OPT_SPIN:
 		if (!parse_mode(what, value, &mode, why))
 			return false;
-		*(id == OPT_ALLOW_OTHER ? &e->want_allow_other :
-		  id == OPT_PASSTHROUGH ? &e->want_passthrough :
-		  id == OPT_IO_URING ? &e->want_io_uring : &e->want_spin) = mode;
+		*(id == OPT_ALLOW_OTHER ? &o->want_allow_other :
+		  id == OPT_PASSTHROUGH ? &o->want_passthrough :
+		  id == OPT_IO_URING ? &o->want_io_uring :
+		  &o->want_spin) = mode;
 		if (id == OPT_SPIN && mode == ON)
 			return complain(why, "%s: '%s' is not auto or off", what, value);
 		break;
 	case OPT_OFFSET:
-		if (!parse_number(what, value, 0, INT64_MAX, &e->offset, why))
+		if (!parse_number(what, value, 0, INT64_MAX, &o->offset, why))
 			return false;
 		break;
 	case OPT_SIZE:
-		if (!parse_number(what, value, 1, INT64_MAX, &e->window, why))
+		if (!parse_number(what, value, 1, INT64_MAX, &o->window, why))
 			return false;
 		break;
 	case OPT_FAULT:
 		rule = parse_rule(value, text, sizeof(text));
 		if (!rule)
 			return complain(why, "%s=%s: %s", what, value, text);
-		for (last = &e->rules; *last; last = &(*last)->next)
+		for (last = &o->rules; *last; last = &(*last)->next)
 			;
 		*last = rule;
 		break;
 	case OPT_SEED:
-		if (!parse_number(what, value, 0, UINT64_MAX, &e->seed, why))
+		if (!parse_number(what, value, 0, UINT64_MAX, &o->seed, why))
 			return false;
 		break;
 	case OPT_WRITE_CACHE:
 		if (strcmp(value, "volatile") && strcmp(value, "none"))
 			return complain(why, "%s: '%s' is not volatile or none", what, value);
-		e->write_cache = !strcmp(value, "volatile");
+		o->write_cache = !strcmp(value, "volatile");
 		break;
 	case OPT_CONTROL:
 		if (!*value)
 			return complain(why, "%s: needs a path", what);
-		e->control_path = value;
+		o->control_path = value;
 		break;
 	case OPT_RETRY:
 		if (!parse_number(what, value, 0, 86400, &v, why))
 			return false;
-		e->retry = v;
+		o->retry = v;
 		break;
 	case OPT_LOG:
 		if (!*value)
 			return complain(why, "%s: needs a path", what);
-		e->log_path = value;
+		o->log_path = value;
 		break;
 	case OPT_RUN:
 		if (!*value)
 			return complain(why, "%s: needs a command", what);
-		e->run_command = value;
+		o->run_command = value;
 		break;
 	case OPT_PARTITION:
 		if (!parse_number(what, value, 1, PART_MAX, &v, why))
 			return false;
-		e->partition = v;
+		o->partition = v;
 		break;
 	case OPT_PARTITIONS:
-		e->list_partitions = true;
+		o->list_partitions = true;
 		break;
 	case OPT_SNAPSHOT:
-		e->snapshot = e->writable = true;
-		e->snapshot_file = *value ? value : NULL;
+		o->snapshot = o->writable = true;
+		o->snapshot_file = *value ? value : NULL;
 		break;
 	case OPT_COMMIT:
-		e->commit = true;
+		o->commit = true;
 		break;
 	case OPT_CACHE:
-		for (e->cache = CACHE_NONE; e->cache <= CACHE_WRITEBACK &&
-		     strcmp(value, cache_names[e->cache]); e->cache++)
-			;
-		if (!strcmp(value, "auto"))
-			e->cache = CACHE_AUTO;
-		else if (e->cache > CACHE_WRITEBACK)
-			return complain(why, "%s: '%s' is not auto, none, read or "
-				     "writeback", what, value);
+		if (!parse_cache(what, value, &o->cache, why))
+			return false;
 		break;
 	case 'h':
 		p->print = usage_text;
@@ -7134,7 +7202,7 @@ static const char *given_as(const struct parse *p, int id)
 
 /* Take a mount-style option list (-o, and mount(8)'s helper calls): true,
  * or false with why */
-static bool parse_mount_options(struct export *e, struct parse *p, char *list,
+static bool parse_mount_options(struct options *o, struct parse *p, char *list,
 				char *why)
 {
 	static const char *const ignored[] = {
@@ -7179,7 +7247,7 @@ static bool parse_mount_options(struct export *e, struct parse *p, char *list,
 				     opt, value ? "=" : "", value ? value : "");
 		snprintf(what, sizeof(what), "-o %s", opt);
 		given(p, row, GIVEN_MOUNT);
-		if (!set_option(e, p, row->id, value ? value : row->bare, what, why))
+		if (!set_option(o, p, row->id, value ? value : row->bare, what, why))
 			return false;
 	}
 	return true;
@@ -7221,11 +7289,11 @@ static const struct {
 
 /* The checks once every option is in: contradictions, then the arguments.
  * Returns true, or false with why. */
-static bool check_options(struct export *e, struct parse *p, int nargs,
+static bool check_options(struct options *o, struct parse *p, int nargs,
 			  char *why)
 {
-	const char *a, *b, *alone = e->list_partitions ? "--partitions" :
-				   e->commit ? "--commit" : NULL;
+	const char *a, *b, *alone = o->list_partitions ? "--partitions" :
+				   o->commit ? "--commit" : NULL;
 	size_t i;
 	int want = alone ? 1 : 2;
 
@@ -7233,7 +7301,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 		a = given_as(p, contradictions[i].a);
 		b = given_as(p, contradictions[i].b);
 		/* --write-cache=none is no cache */
-		if (contradictions[i].b == OPT_WRITE_CACHE && !e->write_cache)
+		if (contradictions[i].b == OPT_WRITE_CACHE && !o->write_cache)
 			b = NULL;
 		if (a && b)
 			return complain(why, "%s and %s: contradict each other: %s",
@@ -7241,7 +7309,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 	}
 	for (i = 0; alone && i < N_OPTIONS; i++)
 		if (p->given[i] && !option_table[i].unmounted &&
-		    !(e->commit && option_table[i].id == OPT_SNAPSHOT))
+		    !(o->commit && option_table[i].id == OPT_SNAPSHOT))
 			return complain(why, "%s: does nothing with %s, which mounts "
 				     "nothing", p->names[i], alone);
 	if (nargs == want + 1 && p->bare_next)
@@ -7255,7 +7323,7 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
 		return complain(why, "%s: expected %s (see --help)", nargs < want ?
 			     "too few arguments" : "too many arguments",
 			     want == 1 ? "SOURCE alone" : "SOURCE and MOUNTPOINT");
-	if (e->commit && !e->snapshot_file)
+	if (o->commit && !o->snapshot_file)
 		return complain(why, "--commit: needs --snapshot=FILE");
 	return true;
 }
@@ -7264,38 +7332,54 @@ static bool check_options(struct export *e, struct parse *p, int nargs,
  * p.print and exit 0 (-h, -V), or exit 0 (mount -f: fake it) */
 enum { PARSED, PARSE_BAD, PARSE_PRINT, PARSE_FAKE };
 
-/* The command line, or mount(8)'s helper call, into e; returns PARSED,
- * PARSE_BAD with why, PARSE_PRINT with p->print, or PARSE_FAKE */
-static int parse_options(struct export *e, struct parse *p, int argc,
-			 char *argv[], char *why)
+/* getopt_long()'s table: the rows of option_table with a --NAME */
+static void long_options(struct option longopts[N_OPTIONS + 1])
 {
-	struct option longopts[N_OPTIONS + 1];
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
-	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
-	bool helper = argc > 0 && mount_helper(argv[0]), fake = false;
-	struct timespec now;
-	char what[64];
 	unsigned i, k = 0;
-	int c;
 
-	memset(p, 0, sizeof(*p));
-	memset(longopts, 0, sizeof(longopts));
+	memset(longopts, 0, (N_OPTIONS + 1) * sizeof(*longopts));
 	for (i = 0; i < N_OPTIONS; i++)
 		if (option_table[i].name)
 			longopts[k++] = (struct option){ option_table[i].name,
 				!option_table[i].value ? no_argument :
 				option_table[i].bare ? optional_argument :
 				required_argument, NULL, option_table[i].id };
-	e->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
-	e->want_allow_other = AUTO;
-	e->want_passthrough = AUTO;
-	e->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
+}
+
+/* What each option is until it is given */
+static void default_options(struct options *o)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	struct timespec now;
+
+	memset(o, 0, sizeof(*o));
+	o->queues = cpus < 1 ? 1 : cpus > MAX_QUEUES ? MAX_QUEUES : cpus;
+	o->want_allow_other = AUTO;
+	o->want_passthrough = AUTO;
+	o->want_io_uring = OFF;	/* bench.sh: read(2) queues win on 4 KiB I/O */
 	clock_gettime(CLOCK_REALTIME, &now);
-	e->seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
-	e->retry = 30;
-	e->cache = CACHE_AUTO;
-	e->want_spin = AUTO;
+	o->seed = (uint64_t)now.tv_sec * 1000000000 + now.tv_nsec + getpid();
+	o->retry = 30;
+	o->cache = CACHE_AUTO;
+	o->want_spin = AUTO;
+}
+
+/* The command line, or mount(8)'s helper call, into o; returns PARSED,
+ * PARSE_BAD with why, PARSE_PRINT with p->print, or PARSE_FAKE */
+static int parse_options(struct options *o, struct parse *p, int argc,
+			 char *argv[], char *why)
+{
+	struct option longopts[N_OPTIONS + 1];
+	/* mount(8) calls helpers as SOURCE MOUNTPOINT [-sfnv] [-N NS]
+	 * [-o OPTS] [-t TYPE]: -f there means "fake", the others are ours */
+	bool helper = argc > 0 && mount_helper(argv[0]), fake = false;
+	char what[64];
+	unsigned i;
+	int c;
+
+	memset(p, 0, sizeof(*p));
+	long_options(longopts);
+	default_options(o);
 	opterr = 0;
 	optind = 0;		/* a fresh scan, even for a harness's second export */
 	while ((c = getopt_long(argc, argv, helper ? ":o:sfnvN:t:" : ":wgfdq:o:hV",
@@ -7304,7 +7388,7 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 			c = 'F';
 		switch (c) {
 		case 'o':
-			if (!parse_mount_options(e, p, optarg, why))
+			if (!parse_mount_options(o, p, optarg, why))
 				return PARSE_BAD;
 			continue;
 		case 'F':
@@ -7329,28 +7413,29 @@ static int parse_options(struct export *e, struct parse *p, int argc,
 			p->bare_next = argv[optind];
 		}
 		snprintf(what, sizeof(what), "--%s", option_table[i].name);
-		if (!set_option(e, p, c, optarg ? optarg : option_table[i].bare,
+		if (!set_option(o, p, c, optarg ? optarg : option_table[i].bare,
 				what, why))
 			return PARSE_BAD;
 		if (p->print)
 			return PARSE_PRINT;
 	}
-	if (!check_options(e, p, argc - optind, why))
+	if (!check_options(o, p, argc - optind, why))
 		return PARSE_BAD;
-	e->helper = helper;
-	e->source_path = argv[optind];
-	e->mountpoint = e->list_partitions || e->commit ? NULL : argv[optind + 1];
+	o->helper = helper;
+	o->source_path = argv[optind];
+	o->mountpoint = o->list_partitions || o->commit ? NULL :
+			argv[optind + 1];
 	return fake ? PARSE_FAKE : PARSED;
 }
 
-/* parse_options(), exiting where it says so: with its complaint, or
- * after printing -h's or -V's text, or at once for mount -f */
+/* parse_options() into e->opt, exiting where it says so: with its
+ * complaint, or after printing -h's or -V's text, or at once for mount -f */
 static void options_or_exit(struct export *e, int argc, char *argv[])
 {
 	struct parse p;
 	char why[WHY_SIZE];
 
-	switch (parse_options(e, &p, argc, argv, why)) {
+	switch (parse_options(&e->opt, &p, argc, argv, why)) {
 	case PARSE_BAD:
 		die("%s", why);
 	case PARSE_PRINT:
@@ -7358,20 +7443,23 @@ static void options_or_exit(struct export *e, int argc, char *argv[])
 	case PARSE_FAKE:
 		exit(0);
 	}
+	/* the paths in use start as given: check_mountpoint() and
+	 * resolve_paths() make them absolute */
+	e->source_path = e->opt.source_path;
+	e->mountpoint = e->opt.mountpoint;
+	e->control_path = e->opt.control_path;
+	e->snapshot_file = e->opt.snapshot_file;
 }
 
 /* The option parser's entry for a fuzzer: see fuseexport.h */
 int fuseexport_fuzz_options(int argc, char *argv[], char *why)
 {
-	struct export *e = calloc(1, sizeof(*e));
+	struct options o;
 	struct parse p;
 	int r;
 
-	if (!e)
-		return -1;
-	r = parse_options(e, &p, argc, argv, why);
-	free_rules(e->rules);
-	free(e);
+	r = parse_options(&o, &p, argc, argv, why);
+	free_rules(o.rules);
 	return r;
 }
 
@@ -7403,28 +7491,14 @@ static double seconds_since(const struct timespec *t0)
 	return (t.tv_sec - t0->tv_sec) + (t.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
-/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
- * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
- * removed once everything is in, so a commit that failed halfway, run
- * again, finishes the job. On a terminal, progress on stderr (bytes of
- * all, rate) from the first block on, every half second; then one line that says what was
- * done, always. Exits: 0 when done. */
-static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
+/* Open a snapshot FILE to commit, as an export takes it: no symlink
+ * (removing it would leave the FILE it names, to be resumed later), no
+ * FIFO to wait on, none an export holds; its header into *h. Returns the
+ * fd; exits if FILE is none of that. */
+static int open_to_commit(const char *file, struct snap_header *h)
 {
-	const char *file = e->snapshot_file, *why;
-	struct snap_header h, id;
-	struct snapshot *sn;
-	struct source *top;
-	struct timespec t0;
-	char block[SNAP_BLOCK], done_s[32], total_s[32], rate_s[32];
-	static const char zeros[SNAP_BLOCK];
-	uint64_t b, count = 0, total = 0, done = 0;
-	bool tty = isatty(STDERR_FILENO);
-	double next = 0, t;
 	struct stat st;
-	/* as an export takes FILE: no symlink (removing it would leave the
-	 * FILE it names, to be resumed later), and no FIFO to wait on */
-	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), r;
+	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 
 	if (fd < 0 || fstat(fd, &st) < 0)
 		die("%s:", file);
@@ -7432,11 +7506,64 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 		die("%s: not a regular file", file);
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
 		die("%s: in use by an export", file);
-	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || memcmp(h.magic, "FXSNAP1", 8))
+	if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) ||
+	    memcmp(h->magic, "FXSNAP1", 8))
 		die("%s: not a snapshot file", file);
-	header_order(&h);
-	if (h.block != SNAP_BLOCK)
+	header_order(h);
+	if (h->block != SNAP_BLOCK)
 		die("%s: not a snapshot file", file);
+	return fd;
+}
+
+/* What a commit of sn, a snapshot of size bytes, writes: the number of
+ * changed blocks into *count; returns their bytes */
+static uint64_t changed_bytes(struct snapshot *sn, uint64_t size,
+			      uint64_t *count)
+{
+	uint64_t b, total = 0;
+
+	*count = 0;
+	for (b = 0; b < sn->blocks; b++)
+		if (changed(sn, b)) {
+			++*count;
+			total += min_u64(SNAP_BLOCK, size - b * SNAP_BLOCK);
+		}
+	return total;
+}
+
+/* A commit's progress on a terminal, over the line before: done bytes of
+ * total, and the rate over t seconds */
+static void commit_progress(uint64_t done, uint64_t total, double t)
+{
+	char done_s[32], total_s[32], rate_s[32];
+
+	human_size(done_s, sizeof(done_s), done);
+	human_size(total_s, sizeof(total_s), total);
+	human_size(rate_s, sizeof(rate_s), t > 0 ? done / t : 0);
+	fprintf(stderr, "\rfuseexport: committing: %s of %s, %s/s\033[K",
+		done_s, total_s, rate_s);
+}
+
+/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
+ * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
+ * removed once everything is in, so a commit that failed halfway, run
+ * again, finishes the job. On a terminal, progress on stderr (bytes of
+ * all, rate) from the first block on, every half second; then one line
+ * that says what was done, always. Exits: 0 when done. */
+static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
+{
+	const char *file = e->snapshot_file, *why;
+	struct snap_header h, id;
+	struct snapshot *sn;
+	struct source *top;
+	struct timespec t0;
+	char block[SNAP_BLOCK], total_s[32];
+	static const char zeros[SNAP_BLOCK];
+	uint64_t b, count, total, done = 0;
+	bool tty = isatty(STDERR_FILENO);
+	double next = 0, t;
+	int fd = open_to_commit(file, &h), r;
+
 	top = open_bottom(e, true, false);
 	if (h.offset || h.size != top->size(top))
 		top = window_open(top, h.offset, h.size, e->source_path);
@@ -7449,11 +7576,7 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 	sn->fd = fd;
 	if ((why = snap_load(sn, &id)))
 		die("%s: %s", file, why);
-	for (b = 0; b < sn->blocks; b++)
-		if (changed(sn, b)) {
-			count++;
-			total += min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
-		}
+	total = changed_bytes(sn, h.size, &count);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (b = 0; b < sn->blocks; b++) {
 		size_t len = min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
@@ -7471,11 +7594,7 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 		done += len;
 		if (tty && (t = seconds_since(&t0)) >= next) {
 			next = t + 0.5;
-			human_size(done_s, sizeof(done_s), done);
-			human_size(total_s, sizeof(total_s), total);
-			human_size(rate_s, sizeof(rate_s), t > 0 ? done / t : 0);
-			fprintf(stderr, "\rfuseexport: committing: %s of %s, %s/s\033[K",
-				done_s, total_s, rate_s);
+			commit_progress(done, total, t);
 		}
 	}
 	if (next > 0)
@@ -7494,54 +7613,11 @@ static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
 	exit(0);
 }
 
-/* Build the source stack (the file or NBD connection; a window or a
- * partition; a snapshot; the fault layer if rules may come; the volatile
- * cache), settle whether passthrough is even possible, and take the
- * exported file's attributes. Exits on failure. */
-static void open_source(struct export *e)
+/* The exported file's attributes: read-only or not, the caller's, and
+ * the source's times (an NBD export's: its start). Exits on failure. */
+static void take_attributes(struct export *e)
 {
-	struct snap_header id = { .offset = e->offset };
-	char why[PATH_MAX + 200];
 	struct stat st;
-
-	if (e->write_cache && !e->writable)
-		die("--write-cache=volatile: needs a writable export (-w or -g)");
-	e->top = open_bottom(e, e->writable && !e->snapshot, e->growable);
-	if (e->partition) {
-		e->top = partition_open(e->top, e->partition, e->source_path);
-		id.offset = window_of(e->top)->offset;
-	} else if (e->offset || e->window) {
-		e->top = window_open(e->top, e->offset, e->window, e->source_path);
-	}
-	if (e->snapshot) {
-		source_id(e->source_path, &id);
-		e->top = snapshot_open(e->top, e->snapshot_file, &id, why, sizeof(why));
-		if (!e->top)
-			die("%s", why);
-	}
-	if (e->rules || e->control_path) {
-		e->faults = fault_open(e->top, e->rules, e->seed, e->debug);
-		e->rules = NULL;
-		e->top = &e->faults->s;
-	}
-	if (e->write_cache) {
-		e->volatile_cache = cache_open(e->top, e->seed);
-		e->top = &e->volatile_cache->s;
-	}
-	/* the kernel's page cache would answer reads the rules never see */
-	if ((e->faults || e->volatile_cache) &&
-	    (e->cache == CACHE_READ || e->cache == CACHE_WRITEBACK))
-		die("--cache=%s: fault rules, --control and --write-cache=volatile "
-		    "need every request to come here (--cache=none or auto)",
-		    cache_names[e->cache]);
-	if (e->debug && (e->faults || e->volatile_cache))
-		fprintf(stderr, "fuseexport: seed %llu (--seed=%llu repeats "
-			"every random choice)\n", (unsigned long long)e->seed,
-			(unsigned long long)e->seed);
-	e->no_passthrough = why_no_passthrough(e);
-	if (e->want_passthrough == ON && e->no_passthrough)
-		die("--passthrough=on: %s", e->no_passthrough);
-	e->passthrough = !e->no_passthrough;
 
 	if (is_nbd_uri(e->source_path)) {	/* the times: the export's start */
 		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
@@ -7549,12 +7625,67 @@ static void open_source(struct export *e)
 	} else if (stat(e->source_path, &st) < 0) {
 		die("%s:", e->source_path);
 	}
-	e->mode = e->writable ? 0600 : 0400;
+	e->mode = e->opt.writable ? 0600 : 0400;
 	e->uid = getuid();
 	e->gid = getgid();
 	e->atime = st.st_atim;
 	e->mtime = st.st_mtim;
 	e->ctime = st.st_ctim;
+}
+
+/* Build the source stack (the file or NBD connection; a window or a
+ * partition; a snapshot; the fault layer if rules may come; the volatile
+ * cache), settle whether passthrough is even possible, and take the
+ * exported file's attributes. Exits on failure. */
+static void open_source(struct export *e)
+{
+	struct snap_header id = { .offset = e->opt.offset };
+	char why[PATH_MAX + 200];
+
+	if (e->opt.write_cache && !e->opt.writable)
+		die("--write-cache=volatile: needs a writable export (-w or -g)");
+	e->top = open_bottom(e, e->opt.writable && !e->opt.snapshot,
+			     e->opt.growable);
+	if (e->opt.partition) {
+		e->top = partition_open(e->top, e->opt.partition,
+					e->source_path);
+		id.offset = window_of(e->top)->offset;
+	} else if (e->opt.offset || e->opt.window) {
+		e->top = window_open(e->top, e->opt.offset, e->opt.window,
+				     e->source_path);
+	}
+	if (e->opt.snapshot) {
+		source_id(e->source_path, &id);
+		e->top = snapshot_open(e->top, e->snapshot_file, &id, why, sizeof(why));
+		if (!e->top)
+			die("%s", why);
+	}
+	if (e->opt.rules || e->control_path) {
+		/* the layer takes the rules over: they are its from now on */
+		e->faults = fault_open(e->top, e->opt.rules, e->opt.seed,
+				       e->opt.debug);
+		e->top = &e->faults->s;
+	}
+	if (e->opt.write_cache) {
+		e->volatile_cache = cache_open(e->top, e->opt.seed);
+		e->top = &e->volatile_cache->s;
+	}
+	/* the kernel's page cache would answer reads the rules never see */
+	if ((e->faults || e->volatile_cache) &&
+	    (e->opt.cache == CACHE_READ || e->opt.cache == CACHE_WRITEBACK))
+		die("--cache=%s: fault rules, --control and --write-cache=volatile "
+		    "need every request to come here (--cache=none or auto)",
+		    cache_names[e->opt.cache]);
+	if (e->opt.debug && (e->faults || e->volatile_cache))
+		fprintf(stderr, "fuseexport: seed %llu (--seed=%llu repeats "
+			"every random choice)\n", (unsigned long long)e->opt.seed,
+			(unsigned long long)e->opt.seed);
+	e->no_passthrough = why_no_passthrough(e);
+	if (e->opt.want_passthrough == ON && e->no_passthrough)
+		die("--passthrough=on: %s", e->no_passthrough);
+	e->passthrough = !e->no_passthrough;
+
+	take_attributes(e);
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_rwlock_init(&e->map_lock, NULL);
 	e->fuse_fd = -1;
@@ -7663,8 +7794,8 @@ static MAIN_ONLY void check_helper_source(struct export *e)
 	unsigned i;
 	FILE *f;
 
-	if (!e->helper || stat(e->source_path, &st) < 0 || !S_ISBLK(st.st_mode) ||
-	    major(st.st_rdev) != 7)		/* LOOP_MAJOR */
+	if (!e->opt.helper || stat(e->source_path, &st) < 0 ||
+	    !S_ISBLK(st.st_mode) || major(st.st_rdev) != 7)	/* LOOP_MAJOR */
 		return;
 	for (i = 0; i < 3; i++) {
 		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/%s",
@@ -7845,15 +7976,15 @@ static void mount_by_fusermount(struct export *e)
 	free(prog);
 	if (!(prog = e->fusermount))
 		die("%s:", fusermounts[0]);
-	if (e->want_allow_other == ON && !user_allow_other())
+	if (e->opt.want_allow_other == ON && !user_allow_other())
 		die("--allow-other=on: without root it needs user_allow_other "
 		    "in /etc/fuse.conf");
-	e->allow_other = e->want_allow_other != OFF && user_allow_other();
+	e->allow_other = e->opt.want_allow_other != OFF && user_allow_other();
 	if (!append_escaped(opts, sizeof(opts), e->source_path) ||
 	    (n = strlen(opts), (size_t)snprintf(opts + n, sizeof(opts) - n,
 			",subtype=fuseexport,default_permissions,max_read=%u%s%s",
 			MAX_WRITE, e->allow_other ? ",allow_other" : "",
-			e->writable ? "" : ",ro") >= sizeof(opts) - n))
+			e->opt.writable ? "" : ",ro") >= sizeof(opts) - n))
 		die("%s: the path is too long for fusermount3's options",
 		    e->source_path);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sock) < 0 || pipe(errpipe) < 0)
@@ -7920,14 +8051,15 @@ static MAIN_ONLY void mount_export(struct export *e)
 	e->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (e->fuse_fd < 0)
 		die("/dev/fuse:");
-	e->allow_other = e->want_allow_other != OFF;	/* root may always */
+	e->allow_other = e->opt.want_allow_other != OFF; /* root may always */
 	snprintf(opts, sizeof(opts), "fd=%d,rootmode=%o,user_id=%u,group_id=%u,"
 		 "default_permissions,max_read=%u%s", e->fuse_fd,
 		 S_IFREG | e->mode, e->uid, e->gid, MAX_WRITE,
 		 e->allow_other ? ",allow_other" : "");
 	/* a read-only export is a read-only mount: chmod, touch: EROFS */
 	if (mount(e->source_path, e->mountpoint, "fuse.fuseexport",
-		  MS_NOSUID | MS_NODEV | (e->writable ? 0 : MS_RDONLY), opts) < 0)
+		  MS_NOSUID | MS_NODEV | (e->opt.writable ? 0 : MS_RDONLY),
+		  opts) < 0)
 		die("mount on %s:", e->mountpoint);
 	mounted_export = e;
 }
@@ -7950,6 +8082,31 @@ static void unmount_export(struct export *e, bool force)
  * unmount_export, close_control; tell_ready (Going live) writes the pipe.
  * Used by: main.
  */
+/* Start --run's COMMAND in a child, its signal mask old (run_command()'s
+ * before it blocked the ones it waits for). Returns its pid, or -1 after
+ * saying why. */
+static pid_t start_command(struct export *e, const sigset_t *old)
+{
+	pid_t cmd = fork();
+
+	if (cmd < 0) {
+		fprintf(stderr, "fuseexport: --run: fork: %s\n", strerror(errno));
+		return -1;
+	}
+	if (cmd == 0) {
+		/* COMMAND as a shell would start it: main() ignores SIGPIPE
+		 * for itself, and an ignored signal stays ignored across exec
+		 * (`cat "$1" | head` would fail with EPIPE, not end quietly) */
+		signal(SIGPIPE, SIG_DFL);
+		sigprocmask(SIG_SETMASK, old, NULL);
+		setenv("FUSEEXPORT_FILE", e->mountpoint, 1);
+		execl("/bin/sh", "sh", "-c", e->opt.run_command, "sh",
+		      e->mountpoint, (char *)NULL);
+		fprintf(stderr, "fuseexport: --run: /bin/sh: %s\n", strerror(errno));
+		_exit(127);
+	}
+	return cmd;
+}
 
 /* --run: the parent, once the server (its child) has the export live,
  * runs /bin/sh -c COMMAND with the export's path as $1 and in
@@ -7973,22 +8130,9 @@ static MAIN_ONLY int run_command(struct export *e, pid_t server)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
 	sigprocmask(SIG_BLOCK, &set, &old);
-	cmd = fork();
-	if (cmd < 0) {
-		fprintf(stderr, "fuseexport: --run: fork: %s\n", strerror(errno));
+	cmd = start_command(e, &old);
+	if (cmd < 0)
 		cmd_status = 1 << 8;
-	} else if (cmd == 0) {
-		/* COMMAND as a shell would start it: main() ignores SIGPIPE
-		 * for itself, and an ignored signal stays ignored across exec
-		 * (`cat "$1" | head` would fail with EPIPE, not end quietly) */
-		signal(SIGPIPE, SIG_DFL);
-		sigprocmask(SIG_SETMASK, &old, NULL);
-		setenv("FUSEEXPORT_FILE", e->mountpoint, 1);
-		execl("/bin/sh", "sh", "-c", e->run_command, "sh", e->mountpoint,
-		      (char *)NULL);
-		fprintf(stderr, "fuseexport: --run: /bin/sh: %s\n", strerror(errno));
-		_exit(127);
-	}
 	while (cmd_status < 0) {
 		if (sigwait(&set, &sig) != 0)
 			continue;
@@ -8043,7 +8187,7 @@ static MAIN_ONLY void detach(struct export *e)
 		while ((n = read(fds[0], &c, 1)) < 0 && errno == EINTR)
 			;
 		if (n == 1)
-			exit(e->run_command ? run_command(e, pid) : 0);
+			exit(e->opt.run_command ? run_command(e, pid) : 0);
 		unmount_export(e, true);
 		close_control(e);
 		exit(1);		/* the server said why */
@@ -8065,8 +8209,6 @@ static MAIN_ONLY void detach(struct export *e)
  * drop_kernel_cache, flush_export, unmount_export. Used by: main.
  */
 
-/* Serve until the export ends; returns the exit status: 1 if it halted
- * or a flush of the source failed */
 /* Dirty pages of a writeback export: the kernel holds every FUSE file
  * system to 1% of the dirty limit, strictly, lest a server it cannot
  * trust pin memory, which caps cached writes far below the source's
@@ -8081,7 +8223,8 @@ static MAIN_ONLY void lift_dirty_limit(struct export *e)
 	unsigned i, lifted = 0;
 	int fd;
 
-	if (e->cache != CACHE_WRITEBACK || !mount_dev(e->mountpoint, dev))
+	/* before INIT: the cache asked for (auto never settles on writeback) */
+	if (e->opt.cache != CACHE_WRITEBACK || !mount_dev(e->mountpoint, dev))
 		return;
 	for (i = 0; i < 2; i++) {
 		snprintf(path, sizeof(path), "/sys/class/bdi/%s/%s", dev, knob[i][0]);
@@ -8091,17 +8234,50 @@ static MAIN_ONLY void lift_dirty_limit(struct export *e)
 		if (fd >= 0)
 			close(fd);
 	}
-	if (e->debug)
+	if (e->opt.debug)
 		fprintf(stderr, "fuseexport: writeback: the kernel's dirty page "
 			"limit for FUSE %s (/sys/class/bdi/%s)\n", lifted == 2 ?
 			"lifted: no strict limit, max_ratio 100" : lifted ?
 			"lifted in part" : "kept (root lifts it)", dev);
 }
 
+/* An NBD source at the bottom of the stack tells the export when it
+ * made its connection again (source_reconnected) */
+static MAIN_ONLY void hear_reconnects(struct export *e)
+{
+	struct source *bottom;
+
+	for (bottom = e->top; bottom->below; bottom = bottom->below)
+		;
+	if (is_nbd_uri(e->source_path)) {
+		nbd_of(bottom)->reconnected = source_reconnected;
+		nbd_of(bottom)->reconnected_arg = e;
+	}
+}
+
+/* Told to end (SIGTERM, SIGINT, SIGHUP): make the writes durable, let go
+ * of the passthrough backing file, unmount; the queues end as the kernel
+ * lets go of them */
+static MAIN_ONLY void end_export(struct export *e)
+{
+	if (e->opt.writable && !export_crashed(e))
+		flush_export(e, false);	/* failure: run_export() tells */
+	/* open files keep their own; an OPEN racing this (a queue's
+	 * open_backing) gets none, never the id closed here */
+	pthread_mutex_lock(&e->lock);
+	if (e->backing_id > 0)
+		ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE, &e->backing_id);
+	if (e->backing_id >= 0)
+		e->backing_id = -ESHUTDOWN;
+	pthread_mutex_unlock(&e->lock);
+	unmount_export(e, false);
+}
+
+/* Serve until the export ends; returns the exit status: 1 if it halted
+ * or a flush of the source failed */
 static MAIN_ONLY int run_export(struct export *e)
 {
 	struct timespec tick = { 0, SPIN_SAMPLE_NS };
-	struct source *bottom;
 	sigset_t set;
 	bool unmounted = false;
 	unsigned i;
@@ -8119,15 +8295,11 @@ static MAIN_ONLY int run_export(struct export *e)
 		die("--control: starting its thread:");
 	e->control_running = e->control_path != NULL;
 	lift_dirty_limit(e);
-	for (bottom = e->top; bottom->below; bottom = bottom->below)
-		;
-	if (is_nbd_uri(e->source_path)) {
-		nbd_of(bottom)->reconnected = source_reconnected;
-		nbd_of(bottom)->reconnected_arg = e;
-	}
+	hear_reconnects(e);
 	start_queues(e);
 	while (atomic_load(&e->running) > 0) {
-		sig = sigtimedwait(&set, NULL, e->want_spin != OFF ? &tick : NULL);
+		sig = sigtimedwait(&set, NULL,
+				   e->opt.want_spin != OFF ? &tick : NULL);
 		if (sig < 0 && errno == EAGAIN)
 			count_spin_budget(e);
 		if (sig < 0)
@@ -8140,35 +8312,23 @@ static MAIN_ONLY int run_export(struct export *e)
 			 * /dev/fuse fd, which aborts the connection, so no
 			 * client is left waiting on us */
 			unmount_export(e, true);
-			if (e->writable && !export_crashed(e))
+			if (e->opt.writable && !export_crashed(e))
 				flush_export(e, false);
 			close_control(e);
 			exit(1);
 		} else if (sig != SIGUSR1 && !unmounted) {
-			if (e->writable && !export_crashed(e))
-				flush_export(e, false);	/* failure: told below */
-			/* open files keep their own; an OPEN racing this
-			 * (a queue's open_backing) gets none, never the id
-			 * closed here */
-			pthread_mutex_lock(&e->lock);
-			if (e->backing_id > 0)
-				ioctl(e->fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE,
-				      &e->backing_id);
-			if (e->backing_id >= 0)
-				e->backing_id = -ESHUTDOWN;
-			pthread_mutex_unlock(&e->lock);
-			unmount_export(e, false);
+			end_export(e);
 			unmounted = true;
 			ended_by = sig;
 		}
 	}
-	for (i = 0; i < e->queues; i++)
+	for (i = 0; i < e->nqueues; i++)
 		pthread_join(e->queue[i].thread, NULL);
 	for (i = 0; e->rings && i < e->nrings; i++)
 		if (e->rings[i].thread)
 			pthread_join(e->rings[i].thread, NULL);
 	/* after a crash what was held is gone: nothing to flush */
-	if (e->writable && !export_crashed(e) &&
+	if (e->opt.writable && !export_crashed(e) &&
 	    (res = flush_export(e, false)) < 0) {
 		fprintf(stderr, "fuseexport: %s: a flush of the source failed "
 			"(%s): writes since the last good one may be lost\n",
@@ -8177,11 +8337,12 @@ static MAIN_ONLY int run_export(struct export *e)
 	}
 	if (atomic_load(&e->halted))
 		return 1;
-	if (!e->foreground && !e->run_command)	/* the log's last word */
+	/* a detached server's last word in its log */
+	if (!e->opt.foreground && !e->opt.run_command)
 		fprintf(stderr, "fuseexport: %s: the export of %s ended (%s)%s\n",
 			e->mountpoint, e->source_path, ended_by == SIGTERM ?
 			"SIGTERM" : ended_by == SIGINT ? "SIGINT" : ended_by ?
-			"SIGHUP" : "unmounted", !e->writable ? "" :
+			"SIGHUP" : "unmounted", !e->opt.writable ? "" :
 			export_crashed(e) ? ", crashed: unflushed writes dropped" :
 			", its writes flushed");
 	return 0;
@@ -8203,14 +8364,14 @@ struct export *fuseexport_new(int argc, char *argv[])
 		die("out of memory:");
 	options_or_exit(e, argc, argv);
 	open_source(e);
-	e->queues = 1;
+	e->nqueues = 1;
 	e->queue = calloc(1, sizeof(*e->queue));
 	if (!e->queue || !(e->queue->req.data = request_buffer()))
 		die("out of memory:");
 	e->queue->e = e;
 	e->queue->fd = -1;
 	e->quiet = true;
-	e->allow_other = e->want_allow_other != OFF;
+	e->allow_other = e->opt.want_allow_other != OFF;
 	e->passthrough = false;		/* no kernel to pass through */
 	return e;
 }
@@ -8244,9 +8405,8 @@ void fuseexport_free(struct export *e)
 {
 	unsigned i;
 
-	e->top->close(e->top);
-	free_rules(e->rules);
-	for (i = 0; e->queue && i < e->queues; i++)
+	e->top->close(e->top);		/* the fault layer frees the rules */
+	for (i = 0; e->queue && i < e->nqueues; i++)
 		free(e->queue[i].req.data);
 	free(e->queue);
 	free(e->mountpoint_buf);
@@ -8272,9 +8432,9 @@ int main(int argc, char *argv[])
 		die("out of memory:");
 	signal(SIGPIPE, SIG_IGN);	/* a closed stderr or parent: EPIPE */
 	options_or_exit(e, argc, argv);
-	if (e->list_partitions)
+	if (e->opt.list_partitions)
 		list_partitions(e);
-	if (e->commit)
+	if (e->opt.commit)
 		commit_snapshot(e);
 	check_helper_source(e);
 	check_mountpoint(e);
@@ -8282,11 +8442,11 @@ int main(int argc, char *argv[])
 	open_source(e);
 	open_control(e);
 	mount_export(e);
-	if (e->log_path && !e->foreground && !e->run_command &&
-	    (log_fd = open(e->log_path, O_WRONLY | O_CREAT | O_APPEND |
+	if (e->opt.log_path && !e->opt.foreground && !e->opt.run_command &&
+	    (log_fd = open(e->opt.log_path, O_WRONLY | O_CREAT | O_APPEND |
 			   O_CLOEXEC, 0600)) < 0)
-		die("--log=%s:", e->log_path);
-	if (!e->foreground || e->run_command)
+		die("--log=%s:", e->opt.log_path);
+	if (!e->opt.foreground || e->opt.run_command)
 		detach(e);
 	status = run_export(e);
 	close_control(e);
