@@ -165,8 +165,8 @@ static const char usage_text[] =
 "                          io_uring=MODE, window_offset=, window_size=\n"
 "                          (mount(8) takes offset= as its own), partition=,\n"
 "                          snapshot[=FILE], cache=, spin=, seed=,\n"
-"                          write_cache=, control=, retry=, log=; generic mount\n"
-"                          options are ignored\n"
+"                          write_cache=, control=, retry=, log=; sync: each\n"
+"                          write flushed; other generic mount options ignored\n"
 "  -h, --help              show this help\n"
 "  -V, --version           show the version\n"
 "\n"
@@ -382,6 +382,7 @@ struct options {
 	const char *mountpoint;		/* MOUNTPOINT as given; NULL with
 					 * --partitions and --commit */
 	bool writable, growable;	/* -w (-g, --snapshot: it too), -g */
+	bool sync;			/* -o sync: every write made durable */
 	bool foreground, debug;		/* -f, -d */
 	bool helper;			/* called by mount(8) */
 	unsigned queues;		/* -q, else the online CPUs */
@@ -6999,7 +7000,7 @@ static _Noreturn void print_and_exit(const char *text)
 enum { OPT_ALLOW_OTHER = 256, OPT_PASSTHROUGH, OPT_IO_URING, OPT_OFFSET,
        OPT_SIZE, OPT_READ_ONLY, OPT_PARTITION, OPT_PARTITIONS, OPT_SNAPSHOT,
        OPT_COMMIT, OPT_CACHE, OPT_SPIN, OPT_FAULT, OPT_SEED, OPT_WRITE_CACHE,
-       OPT_CONTROL, OPT_RETRY, OPT_RUN, OPT_LOG };
+       OPT_CONTROL, OPT_RETRY, OPT_RUN, OPT_LOG, OPT_SYNC, OPT_ASYNC };
 static const struct option_row {
 	const char *name, *mount_name;
 	int id;
@@ -7010,6 +7011,8 @@ static const struct option_row {
 	{ "writable", "rw", 'w', false, NULL, false },
 	{ NULL, "ro", OPT_READ_ONLY, false, NULL, false },
 	{ "growable", "growable", 'g', false, NULL, false },
+	{ NULL, "sync", OPT_SYNC, false, NULL, false },
+	{ NULL, "async", OPT_ASYNC, false, NULL, false },
 	{ "foreground", NULL, 'f', false, NULL, true },
 	{ "debug", NULL, 'd', false, NULL, true },
 	{ "queues", "queues", 'q', true, NULL, true },
@@ -7073,6 +7076,10 @@ static bool set_option(struct options *o, struct parse *p, int id,
 		break;
 	case OPT_READ_ONLY:
 		o->writable = o->growable = false;
+		break;
+	case OPT_SYNC:
+	case OPT_ASYNC:
+		o->sync = id == OPT_SYNC;
 		break;
 	case 'd':
 		o->debug = true;
@@ -7208,7 +7215,11 @@ static bool parse_mount_options(struct options *o, struct parse *p, char *list,
 	static const char *const ignored[] = {
 		"defaults", "nofail", "_netdev", "dev", "nodev", "suid", "nosuid",
 		"exec", "noexec", "auto", "noauto", "user", "nouser", "users",
-		"owner", "group", "atime", "noatime", "relatime", NULL
+		"owner", "group", "atime", "noatime", "relatime", "norelatime",
+		"strictatime", "nostrictatime", "diratime", "nodiratime",
+		"lazytime", "nolazytime", "dirsync", "mand", "nomand", "silent",
+		"loud", "iversion", "noiversion", "symfollow", "nosymfollow",
+		"comment", NULL
 	};
 	char *opt, *value, *next, what[64];
 	const struct option_row *row;
@@ -7982,9 +7993,10 @@ static void mount_by_fusermount(struct export *e)
 	e->allow_other = e->opt.want_allow_other != OFF && user_allow_other();
 	if (!append_escaped(opts, sizeof(opts), e->source_path) ||
 	    (n = strlen(opts), (size_t)snprintf(opts + n, sizeof(opts) - n,
-			",subtype=fuseexport,default_permissions,max_read=%u%s%s",
+			",subtype=fuseexport,default_permissions,max_read=%u%s%s%s",
 			MAX_WRITE, e->allow_other ? ",allow_other" : "",
-			e->opt.writable ? "" : ",ro") >= sizeof(opts) - n))
+			e->opt.writable ? "" : ",ro", e->opt.sync ? ",sync" : "")
+	     >= sizeof(opts) - n))
 		die("%s: the path is too long for fusermount3's options",
 		    e->source_path);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sock) < 0 || pipe(errpipe) < 0)
@@ -8058,7 +8070,8 @@ static MAIN_ONLY void mount_export(struct export *e)
 		 e->allow_other ? ",allow_other" : "");
 	/* a read-only export is a read-only mount: chmod, touch: EROFS */
 	if (mount(e->source_path, e->mountpoint, "fuse.fuseexport",
-		  MS_NOSUID | MS_NODEV | (e->opt.writable ? 0 : MS_RDONLY),
+		  MS_NOSUID | MS_NODEV | (e->opt.writable ? 0 : MS_RDONLY) |
+		  (e->opt.sync ? MS_SYNCHRONOUS : 0),
 		  opts) < 0)
 		die("mount on %s:", e->mountpoint);
 	mounted_export = e;

@@ -2887,6 +2887,31 @@ t_o_list() {
 	fx_down "$PWD/mp"
 }
 
+# -o sync is mount(8)'s: the kernel flushes after every write (MS_SYNCHRONOUS),
+# so a write no one fsync'ed is kept by a volatile write cache that then
+# crashes; async, the default, lost it. mount(8)'s other generic options are
+# taken and ignored (sync was refused as unknown).
+t_o_sync() {
+	local sy got
+	: >mp
+	head -c 65536 /dev/urandom >data
+	for sy in sync async; do
+		mkimg src 8
+		fx_up -w $1 -o "$sy,noatime,lazytime,dirsync,strictatime,nodiratime,nomand,silent,iversion,comment=x" \
+			--write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+		case $sy in sync) findmnt -no OPTIONS "$PWD/mp" | grep -qw sync || fail "not mounted sync: $(findmnt -no OPTIONS "$PWD/mp")" ;; esac
+		dd if=data of=mp bs=64k conv=notrunc status=none
+		echo crash >ctl
+		for i in $(seq 50); do	# crashed: it reads no more
+			dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null || break
+			sleep 0.1
+		done
+		fx_down "$PWD/mp"
+		got=lost; cmp -s -n 65536 data src && got=kept
+		eq "$sy:$got" "$sy:$([ $sy = sync ] && echo kept || echo lost)" "a write, then a crash, under -o $sy"
+	done
+}
+
 # A window: size, reads, writes, fallocate and SEEK_DATA/HOLE stay inside it,
 # and not one byte outside it changes
 t_window() {
@@ -5391,6 +5416,7 @@ t "without root: fusermount3 found through PATH=. still unmounts after the serve
 t "mount(8) helper: mount -t fuse.fuseexport, an fstab line, -o errors" "$M unshare" t_helper
 t "mount(8) helper without root: an fstab window (window_offset=, window_size=) in a user line" "$M setpriv fusermount3 unshare" t_helper_user
 t "-o list: the same as the long options, generic ones ignored" "$M" t_o_list
+t "-o sync: every write flushed (a volatile cache's crash keeps an unsynced write); mount(8)'s generic options taken" "$M" t_o_sync "-q 2 --cache=none"
 t "make install: binary in PREFIX/bin, man page, mount(8) helper links in /sbin; found by a user and by mount(8)" "$M make unshare setpriv" t_install
 t "docs: every command of README.md and the man page's EXAMPLES runs as written and leaves nothing behind" "$M make unshare setpriv fusermount3 loop ext4 debugfs sfdisk qemu-img qemu-nbd sqlite3 musl-gcc pgrep" t_docs
 t "security: mode bits, allow_other, chmod rules, a mounted device refused" "$M setpriv loop ext4" t_security
