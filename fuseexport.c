@@ -1403,26 +1403,59 @@ static int nbd_option_reply(int fd, uint32_t opt, uint32_t *type, char *buf,
 	return read_full(fd, buf, *len);
 }
 
-/* The fixed newstyle handshake on fd, up to NBD_OPT_GO: structured
- * replies and base:allocation where the server has them, the export's
- * size, flags and block sizes into *info. Returns 0, or -1 with the
- * reason in why. */
-static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
-			 char *why, size_t size)
+/* An option's data, or a reply's: a name or a message and a few fields */
+enum { NBD_OPTION_BUF = NBD_MAX_STRING + 64 };
+
+/* Why a handshake failed, into why: a reply that breaks the protocol, or
+ * r, the -errno of the exchange (-EPROTO: a malformed reply). Both return
+ * -1, for the caller to pass on. */
+static int nbd_bad_reply(char *why, size_t size)
 {
-	static const char context[] = "base:allocation";
+	snprintf(why, size, "a bad reply in the handshake");
+	return -1;
+}
+
+static int nbd_failed(int r, char *why, size_t size)
+{
+	snprintf(why, size, "handshake: %s", r == -EPROTO ?
+		 "a bad reply" : strerror(-r));
+	return -1;
+}
+
+/* An option's data holds strings as a 32-bit length and the bytes, and
+ * counts as 32 or 16 bits, all big-endian. Each returns where the next
+ * field goes. */
+static char *nbd_put_string(char *p, const char *s, uint32_t len)
+{
+	uint32_t be = htobe32(len);
+
+	memcpy(p, &be, 4);
+	memcpy(p + 4, s, len);
+	return p + 4 + len;
+}
+
+static char *nbd_put32(char *p, uint32_t v)
+{
+	v = htobe32(v);
+	memcpy(p, &v, 4);
+	return p + 4;
+}
+
+static char *nbd_put16(char *p, uint16_t v)
+{
+	v = htobe16(v);
+	memcpy(p, &v, 2);
+	return p + 2;
+}
+
+/* The server's greeting, which must be fixed newstyle, and the client's
+ * flags in answer. Returns 0, or -1 with the reason in why. */
+static int nbd_greet(struct nbd_source *n, int fd, char *why, size_t size)
+{
 	struct { uint64_t magic, opt_magic; uint16_t flags; } __attribute__((packed)) hello;
-	size_t name_len = strlen(n->export_name), k;
-	char buf[NBD_MAX_STRING + 64], *data;
-	uint32_t type, len, client, u32;
-	uint16_t u16;
-	bool got_export = false;
+	uint32_t client;
 	int r;
 
-	memset(info, 0, sizeof(*info));
-	info->min_block = 1;
-	info->preferred = 4096;
-	info->max_payload = NBD_MAX_IO;
 	/* a server that serves one client at a time greets the next only
 	 * once the first is gone: say so while the user waits */
 	if (n->setup && poll(&(struct pollfd){ .fd = fd, .events = POLLIN }, 1,
@@ -1437,7 +1470,7 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 					"%d s (is it serving another client? "
 					"qemu-nbd serves one unless -e N)",
 					NBD_SETUP_SECONDS), -1;
-		goto io_error;
+		return nbd_failed(r, why, size);
 	}
 	if (be64toh(hello.magic) != NBD_MAGIC)
 		return snprintf(why, size, "not an NBD server"), -1;
@@ -1450,68 +1483,114 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 	client = htobe32(NBD_FLAG_FIXED_NEWSTYLE |
 			 (be16toh(hello.flags) & NBD_FLAG_NO_ZEROES));
 	if ((r = send_full(fd, &client, sizeof(client), NULL, 0)) < 0)
-		goto io_error;
+		return nbd_failed(r, why, size);
+	return 0;
+}
 
-	/* structured replies: READs may skip holes, BLOCK_STATUS works */
+/* NBD_OPT_STRUCTURED_REPLY: READs may skip holes, BLOCK_STATUS works.
+ * info->structured says whether the server agreed. Returns 0, or -1 with
+ * the reason in why. */
+static int nbd_opt_structured(int fd, struct nbd_info *info, char *why,
+			      size_t size)
+{
+	char buf[NBD_OPTION_BUF];
+	uint32_t type, len;
+	int r;
+
 	if ((r = nbd_send_option(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0)) < 0 ||
 	    (r = nbd_option_reply(fd, NBD_OPT_STRUCTURED_REPLY, &type, buf,
 				  sizeof(buf), &len)) < 0)
-		goto io_error;
+		return nbd_failed(r, why, size);
 	if (type != NBD_REP_ACK && !(type & NBD_REP_ERR))
-		goto bad_reply;
+		return nbd_bad_reply(why, size);
 	info->structured = type == NBD_REP_ACK;
+	return 0;
+}
 
-	/* base:allocation, for SEEK_DATA and SEEK_HOLE */
-	if (info->structured) {
-		data = buf;
-		u32 = htobe32(name_len);
-		memcpy(data, &u32, 4);
-		memcpy(data + 4, n->export_name, name_len);
-		k = 4 + name_len;
-		u32 = htobe32(1);
-		memcpy(data + k, &u32, 4);
-		u32 = htobe32(sizeof(context) - 1);
-		memcpy(data + k + 4, &u32, 4);
-		memcpy(data + k + 8, context, sizeof(context) - 1);
-		k += 8 + sizeof(context) - 1;
-		if ((r = nbd_send_option(fd, NBD_OPT_SET_META_CONTEXT, data, k)) < 0)
-			goto io_error;
-		for (;;) {
-			if ((r = nbd_option_reply(fd, NBD_OPT_SET_META_CONTEXT, &type,
-						  buf, sizeof(buf), &len)) < 0)
-				goto io_error;
-			if (type == NBD_REP_ACK || (type & NBD_REP_ERR))
-				break;
-			if (type != NBD_REP_META_CONTEXT || len < 4)
-				goto bad_reply;
-			if (len - 4 == sizeof(context) - 1 &&
-			    !memcmp(buf + 4, context, len - 4)) {
-				memcpy(&u32, buf, 4);
-				info->meta_id = be32toh(u32);
-				info->has_meta = true;
-			}
+/* NBD_OPT_SET_META_CONTEXT for base:allocation, for SEEK_DATA and
+ * SEEK_HOLE: info->has_meta and info->meta_id say whether the server has
+ * it and its id. Returns 0, or -1 with the reason in why. */
+static int nbd_opt_meta_context(struct nbd_source *n, int fd,
+				struct nbd_info *info, char *why, size_t size)
+{
+	static const char context[] = "base:allocation";
+	char buf[NBD_OPTION_BUF], *end;
+	uint32_t type, len, id;
+	int r;
+
+	end = nbd_put_string(buf, n->export_name, strlen(n->export_name));
+	end = nbd_put32(end, 1);
+	end = nbd_put_string(end, context, sizeof(context) - 1);
+	if ((r = nbd_send_option(fd, NBD_OPT_SET_META_CONTEXT, buf, end - buf)) < 0)
+		return nbd_failed(r, why, size);
+	for (;;) {
+		if ((r = nbd_option_reply(fd, NBD_OPT_SET_META_CONTEXT, &type,
+					  buf, sizeof(buf), &len)) < 0)
+			return nbd_failed(r, why, size);
+		if (type == NBD_REP_ACK || (type & NBD_REP_ERR))
+			break;
+		if (type != NBD_REP_META_CONTEXT || len < 4)
+			return nbd_bad_reply(why, size);
+		if (len - 4 == sizeof(context) - 1 &&
+		    !memcmp(buf + 4, context, len - 4)) {
+			memcpy(&id, buf, 4);
+			info->meta_id = be32toh(id);
+			info->has_meta = true;
 		}
-		if (type != NBD_REP_ACK)
-			info->has_meta = false;
 	}
+	if (type != NBD_REP_ACK)
+		info->has_meta = false;
+	return 0;
+}
 
-	/* GO, asking for the export's size and flags and its block sizes */
-	u32 = htobe32(name_len);
-	memcpy(buf, &u32, 4);
-	memcpy(buf + 4, n->export_name, name_len);
-	k = 4 + name_len;
-	u16 = htobe16(2);
-	memcpy(buf + k, &u16, 2);
-	u16 = htobe16(NBD_INFO_EXPORT);
-	memcpy(buf + k + 2, &u16, 2);
-	u16 = htobe16(NBD_INFO_BLOCK_SIZE);
-	memcpy(buf + k + 4, &u16, 2);
-	if ((r = nbd_send_option(fd, NBD_OPT_GO, buf, k + 6)) < 0)
-		goto io_error;
+/* One NBD_REP_INFO of len bytes in buf into info. Returns 1 for
+ * NBD_INFO_EXPORT, 0 for another, or -EPROTO for a malformed one. */
+static int nbd_take_info(struct nbd_info *info, const char *buf, uint32_t len)
+{
+	uint16_t what;
+
+	memcpy(&what, buf, 2);
+	if (be16toh(what) == NBD_INFO_EXPORT) {
+		struct nbd_info_export ie;
+		if (len != sizeof(ie))
+			return -EPROTO;
+		memcpy(&ie, buf, sizeof(ie));
+		info->size = be64toh(ie.size);
+		info->flags = be16toh(ie.flags);
+		return 1;
+	} else if (be16toh(what) == NBD_INFO_BLOCK_SIZE) {
+		struct nbd_info_block_size ib;
+		if (len != sizeof(ib))
+			return -EPROTO;
+		memcpy(&ib, buf, sizeof(ib));
+		info->min_block = be32toh(ib.minimum);
+		info->preferred = be32toh(ib.preferred);
+		info->max_payload = be32toh(ib.maximum);
+	}
+	return 0;
+}
+
+/* NBD_OPT_GO, asking for the export's size and flags and its block sizes
+ * (into info), which ends the handshake. Returns 0, or -1 with the reason
+ * in why. */
+static int nbd_opt_go(struct nbd_source *n, int fd, struct nbd_info *info,
+		      char *why, size_t size)
+{
+	char buf[NBD_OPTION_BUF], *end;
+	uint32_t type, len;
+	bool got_export = false;
+	int r;
+
+	end = nbd_put_string(buf, n->export_name, strlen(n->export_name));
+	end = nbd_put16(end, 2);
+	end = nbd_put16(end, NBD_INFO_EXPORT);
+	end = nbd_put16(end, NBD_INFO_BLOCK_SIZE);
+	if ((r = nbd_send_option(fd, NBD_OPT_GO, buf, end - buf)) < 0)
+		return nbd_failed(r, why, size);
 	for (;;) {
 		if ((r = nbd_option_reply(fd, NBD_OPT_GO, &type, buf,
 					  sizeof(buf), &len)) < 0)
-			goto io_error;
+			return nbd_failed(r, why, size);
 		if (type == NBD_REP_ACK)
 			break;
 		if (type == NBD_REP_ERR_UNSUP)
@@ -1521,29 +1600,30 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 			return snprintf(why, size, "the server refused export '%s': "
 					"%.*s", n->export_name, len ? (int)len : 5,
 					len ? buf : "error"), -1;
-		if (type != NBD_REP_INFO || len < 2)
-			goto bad_reply;
-		memcpy(&u16, buf, 2);
-		if (be16toh(u16) == NBD_INFO_EXPORT) {
-			struct nbd_info_export ie;
-			if (len != sizeof(ie))
-				goto bad_reply;
-			memcpy(&ie, buf, sizeof(ie));
-			info->size = be64toh(ie.size);
-			info->flags = be16toh(ie.flags);
-			got_export = true;
-		} else if (be16toh(u16) == NBD_INFO_BLOCK_SIZE) {
-			struct nbd_info_block_size ib;
-			if (len != sizeof(ib))
-				goto bad_reply;
-			memcpy(&ib, buf, sizeof(ib));
-			info->min_block = be32toh(ib.minimum);
-			info->preferred = be32toh(ib.preferred);
-			info->max_payload = be32toh(ib.maximum);
-		}
+		if (type != NBD_REP_INFO || len < 2 ||
+		    (r = nbd_take_info(info, buf, len)) < 0)
+			return nbd_bad_reply(why, size);
+		got_export |= r;
 	}
-	if (!got_export)
-		goto bad_reply;
+	return got_export ? 0 : nbd_bad_reply(why, size);
+}
+
+/* The fixed newstyle handshake on fd, as the NBD protocol document has
+ * it: the greeting, structured replies and base:allocation where the
+ * server has them, then GO with the export's size, flags and block sizes
+ * into *info. Returns 0, or -1 with the reason in why. */
+static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
+			 char *why, size_t size)
+{
+	memset(info, 0, sizeof(*info));
+	info->min_block = 1;
+	info->preferred = 4096;
+	info->max_payload = NBD_MAX_IO;
+	if (nbd_greet(n, fd, why, size) < 0 ||
+	    nbd_opt_structured(fd, info, why, size) < 0 ||
+	    (info->structured && nbd_opt_meta_context(n, fd, info, why, size) < 0) ||
+	    nbd_opt_go(n, fd, info, why, size) < 0)
+		return -1;
 	if (info->size > INT64_MAX || !info->min_block || info->min_block > 65536 ||
 	    (info->min_block & (info->min_block - 1)) ||
 	    info->max_payload < info->min_block)
@@ -1551,14 +1631,6 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 				"block sizes (%u, %u)", (unsigned long long)info->size,
 				info->min_block, info->max_payload), -1;
 	return 0;
-
-bad_reply:
-	snprintf(why, size, "a bad reply in the handshake");
-	return -1;
-io_error:
-	snprintf(why, size, "handshake: %s", r == -EPROTO ?
-		 "a bad reply" : strerror(-r));
-	return -1;
 }
 
 /* A connection to the export, handshake done. Returns the socket, or -1
