@@ -1918,54 +1918,42 @@ static int nbd_error_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
 	return 0;
 }
 
-/* Read one reply, or one chunk of a structured reply, from c's connection
- * and give it to the request it answers, waking that request's caller
- * once its reply is complete. Everything is checked: a reply that answers
- * no request in flight, or whose length cannot be trusted, makes the
- * connection unusable; a chunk a request cannot get (the wrong type,
- * outside it, overlapping another) gives that request EIO. Returns 0, or
- * -errno when the connection can no longer be trusted or read (then it
- * is dropped, and what was in flight is sent again on the next). */
-static int nbd_take_reply(struct nbd_conn *c)
+/* A simple reply to the request it answers, with a READ's data, which
+ * follows it. Returns 0, or -errno when the connection can no longer be
+ * trusted or read. */
+static int nbd_take_simple(struct nbd_conn *c,
+			   const struct nbd_simple_reply *simple)
 {
-	const struct nbd_info *info = &c->n->info;
-	union {
-		struct nbd_simple_reply simple;
-		struct nbd_structured_reply chunk;
-	} u;
-	struct nbd_cmd *cmd;
-	uint32_t length, error;
-	uint16_t flags, type;
+	uint32_t error = be32toh(simple->error);
+	struct nbd_cmd *cmd = nbd_find(c, be64toh(simple->cookie));
 	int r;
 
-	if ((r = conn_read(c, &u, sizeof(u.simple))) < 0)
-		return r;
-	if (be32toh(u.simple.magic) == NBD_SIMPLE_REPLY_MAGIC) {
-		error = be32toh(u.simple.error);
-		cmd = nbd_find(c, be64toh(u.simple.cookie));
-		/* a READ's data follows only a simple reply: after one that
-		 * should not be there, nothing can be trusted */
-		if (!cmd || (cmd->type == NBD_CMD_READ && info->structured))
-			return -EPROTO;
-		if (error == NBD_ESHUTDOWN)
-			return -ESHUTDOWN;
-		if (!error && cmd->type == NBD_CMD_READ &&
-		    (r = conn_read(c, cmd->buf, cmd->length)) < 0)
-			return r;
-		if (!error && cmd->type == NBD_CMD_BLOCK_STATUS)
-			error = NBD_EIO;	/* its extents come only in chunks */
-		nbd_finish(c, cmd, error ? -nbd_errno(error) : 0);
-		return 0;
-	}
-	if (be32toh(u.chunk.magic) != NBD_STRUCTURED_REPLY_MAGIC || !info->structured)
+	/* a READ's data follows only a simple reply: after one that
+	 * should not be there, nothing can be trusted */
+	if (!cmd || (cmd->type == NBD_CMD_READ && c->n->info.structured))
 		return -EPROTO;
-	if ((r = conn_read(c, (char *)&u + sizeof(u.simple),
-			   sizeof(u.chunk) - sizeof(u.simple))) < 0)
+	if (error == NBD_ESHUTDOWN)
+		return -ESHUTDOWN;
+	if (!error && cmd->type == NBD_CMD_READ &&
+	    (r = conn_read(c, cmd->buf, cmd->length)) < 0)
 		return r;
-	flags = be16toh(u.chunk.flags);
-	type = be16toh(u.chunk.type);
-	length = be32toh(u.chunk.length);
-	cmd = nbd_find(c, be64toh(u.chunk.cookie));
+	if (!error && cmd->type == NBD_CMD_BLOCK_STATUS)
+		error = NBD_EIO;	/* its extents come only in chunks */
+	nbd_finish(c, cmd, error ? -nbd_errno(error) : 0);
+	return 0;
+}
+
+/* A structured reply's chunk, its header in *chunk, with its payload, to
+ * the request it answers; the last chunk completes the request. Returns
+ * 0, or -errno when the connection can no longer be trusted or read. */
+static int nbd_take_chunk(struct nbd_conn *c,
+			  const struct nbd_structured_reply *chunk)
+{
+	uint16_t flags = be16toh(chunk->flags), type = be16toh(chunk->type);
+	uint32_t length = be32toh(chunk->length);
+	struct nbd_cmd *cmd = nbd_find(c, be64toh(chunk->cookie));
+	int r;
+
 	if (!cmd)
 		return -EPROTO;
 	if (type & NBD_REPLY_TYPE_ERROR_BIT)
@@ -1994,6 +1982,36 @@ static int nbd_take_reply(struct nbd_conn *c)
 		r = -EIO;
 	nbd_finish(c, cmd, r);
 	return 0;
+}
+
+/* Read one reply, or one chunk of a structured reply, from c's connection
+ * and give it to the request it answers, waking that request's caller
+ * once its reply is complete. Everything is checked: a reply that answers
+ * no request in flight, or whose length cannot be trusted, makes the
+ * connection unusable; a chunk a request cannot get (the wrong type,
+ * outside it, overlapping another) gives that request EIO. Returns 0, or
+ * -errno when the connection can no longer be trusted or read (then it
+ * is dropped, and what was in flight is sent again on the next). */
+static int nbd_take_reply(struct nbd_conn *c)
+{
+	union {
+		struct nbd_simple_reply simple;
+		struct nbd_structured_reply chunk;
+	} u;
+	int r;
+
+	/* a simple reply's header is the shorter: its magic tells which */
+	if ((r = conn_read(c, &u, sizeof(u.simple))) < 0)
+		return r;
+	if (be32toh(u.simple.magic) == NBD_SIMPLE_REPLY_MAGIC)
+		return nbd_take_simple(c, &u.simple);
+	if (be32toh(u.chunk.magic) != NBD_STRUCTURED_REPLY_MAGIC ||
+	    !c->n->info.structured)
+		return -EPROTO;
+	if ((r = conn_read(c, (char *)&u + sizeof(u.simple),
+			   sizeof(u.chunk) - sizeof(u.simple))) < 0)
+		return r;
+	return nbd_take_chunk(c, &u.chunk);
 }
 
 /* Is the outage to be said: does it go from what was said last to
