@@ -1224,6 +1224,74 @@ static char *uri_decode(const char *s, size_t n, size_t *len)
 	return out;
 }
 
+/* The authority of an nbd:// URI, from p to end: HOST (or [IPv6
+ * address]) and :PORT, the NBD port without one, into n. Exits with one
+ * line on a bad one. */
+static void nbd_parse_host(struct nbd_source *n, const char *uri,
+			   const char *p, const char *end)
+{
+	const char *host_end, *port;
+	char *port_end;
+	unsigned long v;
+
+	if (memchr(p, '@', end - p))
+		die("%s: a user name is for TLS, which fuseexport does not speak", uri);
+	if (*p == '[') {
+		host_end = memchr(p, ']', end - p);
+		if (!host_end)
+			die("%s: an [IPv6 address] without its ]", uri);
+		n->host = strndup(p + 1, host_end - p - 1);
+		host_end++;
+	} else {
+		host_end = p + strcspn(p, ":/?");
+		n->host = strndup(p, host_end - p);
+	}
+	if (!n->host)
+		die("out of memory:");
+	if (!*n->host)
+		die("%s: no host (nbd://HOST[:PORT][/EXPORT])", uri);
+	if (host_end < end && *host_end != ':')
+		die("%s: a bad host", uri);
+	port = host_end < end ? host_end + 1 : NBD_DEFAULT_PORT;
+	n->port = strndup(port, host_end < end ? (size_t)(end - port)
+					      : strlen(port));
+	if (!n->port)
+		die("out of memory:");
+	errno = 0;
+	v = strtoul(n->port, &port_end, 10);
+	if (!*n->port || *port_end || *n->port < '0' || *n->port > '9' ||
+	    errno || v < 1 || v > 65535)
+		die("%s: a bad port (1 to 65535)", uri);
+}
+
+/* The %-escaped PATH of ?socket=PATH, from p to end, into n: made
+ * absolute, since the server reconnects from /. Exits with one line on
+ * a bad one. */
+static void nbd_parse_socket(struct nbd_source *n, const char *uri,
+			     const char *p, const char *end)
+{
+	struct sockaddr_un sun;
+	size_t len;
+	char *path = uri_decode(p, end - p, &len), *abs;
+
+	if (!path || !len || (*path && strlen(path) != len))
+		die("%s: a bad socket path", uri);
+	if (*path && *path != '/') {
+		char *cwd = getcwd(NULL, 0);
+		if (!cwd || asprintf(&abs, "%s/%s", cwd, path) < 0)
+			die("getcwd:");
+		free(cwd);
+		free(path);
+		path = abs;
+		len = strlen(path);
+	}
+	if (len >= sizeof(sun.sun_path))
+		die("%s: the socket path is over %zu bytes", uri,
+		    sizeof(sun.sun_path) - 1);
+	n->socket_path = path;
+	n->socket_len = len;
+}
+
 /* Take an NBD URI apart as the NBD URI document has it:
  * nbd://HOST[:PORT][/EXPORT] (HOST may be an [IPv6 address]) or
  * nbd+unix:///EXPORT?socket=PATH. Exits with one line on a bad one. */
@@ -1246,40 +1314,8 @@ static void nbd_parse_uri(struct nbd_source *n, const char *uri)
 	path_end = auth_end + strcspn(auth_end, "?");
 	if (unix_socket && auth_end != p)
 		die("%s: nbd+unix takes no host (nbd+unix:///EXPORT?socket=PATH)", uri);
-	if (!unix_socket) {
-		const char *host_end, *port;
-		char *end;
-		unsigned long v;
-
-		if (memchr(p, '@', auth_end - p))
-			die("%s: a user name is for TLS, which fuseexport does not speak", uri);
-		if (*p == '[') {
-			host_end = memchr(p, ']', auth_end - p);
-			if (!host_end)
-				die("%s: an [IPv6 address] without its ]", uri);
-			n->host = strndup(p + 1, host_end - p - 1);
-			host_end++;
-		} else {
-			host_end = p + strcspn(p, ":/?");
-			n->host = strndup(p, host_end - p);
-		}
-		if (!n->host)
-			die("out of memory:");
-		if (!*n->host)
-			die("%s: no host (nbd://HOST[:PORT][/EXPORT])", uri);
-		if (host_end < auth_end && *host_end != ':')
-			die("%s: a bad host", uri);
-		port = host_end < auth_end ? host_end + 1 : NBD_DEFAULT_PORT;
-		n->port = strndup(port, host_end < auth_end ? (size_t)(auth_end - port)
-							    : strlen(port));
-		if (!n->port)
-			die("out of memory:");
-		errno = 0;
-		v = strtoul(n->port, &end, 10);
-		if (!*n->port || *end || *n->port < '0' || *n->port > '9' ||
-		    errno || v < 1 || v > 65535)
-			die("%s: a bad port (1 to 65535)", uri);
-	}
+	if (!unix_socket)
+		nbd_parse_host(n, uri, p, auth_end);
 	if (*auth_end == '/') {
 		n->export_name = uri_decode(auth_end + 1, path_end - auth_end - 1, &len);
 		if (!n->export_name || strlen(n->export_name) != len)
@@ -1292,31 +1328,12 @@ static void nbd_parse_uri(struct nbd_source *n, const char *uri)
 	for (q = *path_end ? path_end + 1 : path_end; *q; q += *q == '&') {
 		const char *end = q + strcspn(q, "&");
 
-		if (!strncmp(q, "socket=", 7) && unix_socket && !n->socket_path) {
-			struct sockaddr_un sun;
-			char *path = uri_decode(q + 7, end - q - 7, &len), *abs;
-
-			if (!path || !len || (*path && strlen(path) != len))
-				die("%s: a bad socket path", uri);
-			if (*path && *path != '/') {	/* the server reconnects from / */
-				char *cwd = getcwd(NULL, 0);
-				if (!cwd || asprintf(&abs, "%s/%s", cwd, path) < 0)
-					die("getcwd:");
-				free(cwd);
-				free(path);
-				path = abs;
-				len = strlen(path);
-			}
-			if (len >= sizeof(sun.sun_path))
-				die("%s: the socket path is over %zu bytes", uri,
-				    sizeof(sun.sun_path) - 1);
-			n->socket_path = path;
-			n->socket_len = len;
-		} else if (!strncmp(q, "tls", 3)) {
+		if (!strncmp(q, "socket=", 7) && unix_socket && !n->socket_path)
+			nbd_parse_socket(n, uri, q + 7, end);
+		else if (!strncmp(q, "tls", 3))
 			die("%s: NBD over TLS is not supported", uri);
-		} else if (strncmp(q, "x-", 2)) {
+		else if (strncmp(q, "x-", 2))
 			die("%s: unknown query parameter '%.*s'", uri, (int)(end - q), q);
-		}
 		q = end;
 	}
 	if (unix_socket && !n->socket_path)
