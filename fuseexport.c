@@ -4347,33 +4347,56 @@ static bool scan_duration(const char *s, uint64_t *us)
 	return false;
 }
 
+/* Ops joined by + (read, write, flush, trim, zero, any) into *ops as
+ * FAULT_ bits: false if value is not such a list */
+static bool scan_ops(const char *value, unsigned *ops)
+{
+	char *list = strdup(value), *op, *next;
+	size_t i;
+
+	*ops = 0;
+	for (op = list; op; op = next) {
+		next = strchr(op, '+');
+		if (next)
+			*next++ = 0;
+		for (i = 0; i < 5 && strcmp(op, fault_op_names[i]); i++)
+			;
+		if (i < 5)
+			*ops |= 1 << i;
+		else if (!strcmp(op, "any"))
+			*ops |= FAULT_ANY;
+		else
+			break;
+	}
+	free(list);
+	return !op;
+}
+
+/* An errno name of errno_names, or none (0), into *error: false if s is
+ * neither */
+static bool scan_errno(const char *s, int *error)
+{
+	size_t i;
+
+	for (i = 0; i < N_ERRNO_NAMES && strcmp(s, errno_names[i].name); i++)
+		;
+	if (i == N_ERRNO_NAMES && strcmp(s, "none"))
+		return false;
+	*error = i < N_ERRNO_NAMES ? errno_names[i].error : 0;
+	return true;
+}
+
 /* One key=value of a rule into r. Returns NULL, or what is wrong. */
 static const char *rule_item(struct fault_rule *r, const char *key,
 			     const char *value)
 {
 	uint64_t v, length;
-	char *end, *ops, *op, *next;
-	size_t i;
+	char *end;
 
 	if (!strcmp(key, "op")) {
-		r->ops = 0;
-		ops = strdup(value);
-		for (op = ops; op; op = next) {
-			next = strchr(op, '+');
-			if (next)
-				*next++ = 0;
-			for (i = 0; i < 5 && strcmp(op, fault_op_names[i]); i++)
-				;
-			if (i < 5)
-				r->ops |= 1 << i;
-			else if (!strcmp(op, "any"))
-				r->ops |= FAULT_ANY;
-			else
-				break;
-		}
-		free(ops);
-		return op ? "not read, write, flush, trim, zero or any "
-			    "(joined by +)" : NULL;
+		if (!scan_ops(value, &r->ops))
+			return "not read, write, flush, trim, zero or any "
+			       "(joined by +)";
 	} else if (!strcmp(key, "offset") || !strcmp(key, "length")) {
 		if (!scan_number(value, &v) || (key[0] == 'l' && !v))
 			return key[0] == 'o' ? "not a number of bytes" :
@@ -4386,14 +4409,11 @@ static const char *rule_item(struct fault_rule *r, const char *key,
 		r->end = r->offset + length < r->offset ? UINT64_MAX :
 			 r->offset + length;
 	} else if (!strcmp(key, "error")) {
-		for (i = 0; i < N_ERRNO_NAMES && strcmp(value, errno_names[i].name); i++)
-			;
-		if (i == N_ERRNO_NAMES && strcmp(value, "none"))
+		if (!scan_errno(value, &r->error))
 			return "not an errno name (EIO, ENOSPC, EROFS, EINVAL, "
 			       "EPERM, EACCES, ENOMEM, ETIMEDOUT, EAGAIN, EDQUOT, EFBIG, "
 			       "ENODEV, ENXIO, EBUSY, EBADMSG, EOPNOTSUPP, ENOLINK) "
 			       "or none";
-		r->error = i < N_ERRNO_NAMES ? errno_names[i].error : 0;
 		r->error_given = true;
 	} else if (!strcmp(key, "delay")) {
 		if (!r->error_given)
