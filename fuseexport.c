@@ -3370,30 +3370,18 @@ static bool is_extended(unsigned char type)
 	return type == 0x05 || type == 0x0f || type == 0x85;
 }
 
-/* The next MBR partition of t into p, as Linux's msdos_partition() and
- * parse_extended() find them: the primaries (an entry of any size but 0),
- * then the chain of each extended primary in turn. In each EBR, every
- * entry but an extended one is a logical partition (relative to the
- * EBR; the 3rd and 4th only inside the EBR's and the extended
+/* The next logical partition of t into p, as Linux's parse_extended()
+ * finds them: the chain of each extended primary in turn. In each EBR,
+ * every entry but an extended one is a logical partition (relative to
+ * the EBR; the 3rd and 4th only inside the EBR's and the extended
  * partition's extent, where junk may lie), and the first extended entry
  * links to the next EBR (relative to the extended partition). Returns 1,
  * or 0 at the end. */
-static int next_mbr(struct source *s, struct table *t, struct part *p)
+static int next_logical(struct source *s, struct table *t, struct part *p)
 {
 	const unsigned char *e;
 	unsigned i;
 
-	p->name[0] = 0;
-	while (t->next <= 4) {
-		e = t->mbr + 446 + 16 * (t->next - 1);
-		p->number = t->next++;
-		if (!le32(e + 12))
-			continue;
-		p->start = le32(e + 8);
-		p->sectors = le32(e + 12);
-		sprintf(p->type, "%x", e[4]);
-		return 1;
-	}
 	/* a chain that breaks (an EBR that cannot be read or lacks its
 	 * signature) ends there, the partitions found before it kept, as
 	 * Linux does: a rescue still reaches them. A chain that loops ends
@@ -3448,6 +3436,27 @@ static int next_mbr(struct source *s, struct table *t, struct part *p)
 		t->entry = 1;
 	}
 	return 0;
+}
+
+/* The next MBR partition of t into p, as Linux's msdos_partition() finds
+ * them: the primaries (an entry of any size but 0), then the logical
+ * partitions. Returns 1, or 0 at the end. */
+static int next_mbr(struct source *s, struct table *t, struct part *p)
+{
+	const unsigned char *e;
+
+	p->name[0] = 0;
+	while (t->next <= 4) {
+		e = t->mbr + 446 + 16 * (t->next - 1);
+		p->number = t->next++;
+		if (!le32(e + 12))
+			continue;
+		p->start = le32(e + 8);
+		p->sectors = le32(e + 12);
+		sprintf(p->type, "%x", e[4]);
+		return 1;
+	}
+	return next_logical(s, t, p);
 }
 
 /* The next partition of t, found by read_table, into p, in the order of
