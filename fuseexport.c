@@ -897,46 +897,41 @@ static void file_close(struct source *s)
 	free(f);
 }
 
-/* Open and lock path as the bottom of a stack. The path's type only says
- * whether to ask for O_EXCL (a block device is then refused while
- * mounted); what was opened is what counts, and O_NONBLOCK keeps a FIFO
- * swapped in meanwhile from hanging the open. Exits on failure. */
-static struct source *file_open(const char *path, bool writable, bool growable)
+/* Open path, a regular file or a block device, into f->fd and its stat
+ * into *st. The path's type only says whether to ask for O_EXCL (a block
+ * device is then refused while mounted); what was opened is what counts,
+ * and O_NONBLOCK keeps a FIFO swapped in meanwhile from hanging the open.
+ * Exits on failure. */
+static void file_open_fd(struct file_source *f, const char *path,
+			 bool writable, struct stat *st)
 {
-	struct file_source *f = calloc(1, sizeof(*f));
-	struct stat st;
-	uint64_t size;
-	int ro = 0, sector = 512, i;
-	void *zeros;
-
-	if (!f)
-		die("out of memory:");
-	if (stat(path, &st) < 0)
+	if (stat(path, st) < 0)
 		die("%s:", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+	if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
 		die("%s: not a regular file or block device", path);
-	f->is_blockdev = S_ISBLK(st.st_mode);
+	f->is_blockdev = S_ISBLK(st->st_mode);
 	f->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY |
 		     O_NONBLOCK | (writable && f->is_blockdev ? O_EXCL : 0));
 	if (f->fd < 0)
 		die("%s:", path);
-	if (fstat(f->fd, &st) < 0)
+	if (fstat(f->fd, st) < 0)
 		die("%s:", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+	if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
 		die("%s: not a regular file or block device", path);
-	if (f->is_blockdev != S_ISBLK(st.st_mode))
+	if (f->is_blockdev != S_ISBLK(st->st_mode))
 		die("%s: changed while it was opened", path);
 	if (fcntl(f->fd, F_SETFL, 0) < 0)
 		die("%s:", path);
-	if (growable && f->is_blockdev)
-		die("%s: --growable needs a regular file, not a block device", path);
-	if (f->is_blockdev && (ioctl(f->fd, BLKSSZGET, &sector) < 0 || sector < 512))
-		sector = 512;
-	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
-		die("%s: a read-only block device cannot be exported writable", path);
-	/* an export unmounted a moment ago may not have let go yet: wait
-	 * up to a second for it, so that a script may export again at once */
-	for (i = 0; flock(f->fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0; i++) {
+}
+
+/* Lock fd, path's, shared or (writable) alone. An export unmounted a
+ * moment ago may not have let go yet: wait up to a second for it, so
+ * that a script may export again at once. Exits on failure. */
+static void file_lock(int fd, const char *path, bool writable)
+{
+	int i;
+
+	for (i = 0; flock(fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0; i++) {
 		if (errno != EWOULDBLOCK)
 			die("%s: lock:", path);
 		if (i == 20)
@@ -944,6 +939,28 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 			    "everyone else)", path);
 		usleep(50000);
 	}
+}
+
+/* Open and lock path, a regular file or a block device, as the bottom of
+ * a stack. Exits on failure. */
+static struct source *file_open(const char *path, bool writable, bool growable)
+{
+	struct file_source *f = calloc(1, sizeof(*f));
+	struct stat st;
+	uint64_t size;
+	int ro = 0, sector = 512;
+	void *zeros;
+
+	if (!f)
+		die("out of memory:");
+	file_open_fd(f, path, writable, &st);
+	if (growable && f->is_blockdev)
+		die("%s: --growable needs a regular file, not a block device", path);
+	if (f->is_blockdev && (ioctl(f->fd, BLKSSZGET, &sector) < 0 || sector < 512))
+		sector = 512;
+	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
+		die("%s: a read-only block device cannot be exported writable", path);
+	file_lock(f->fd, path, writable);
 	size = st.st_size;
 	if (f->is_blockdev && ioctl(f->fd, BLKGETSIZE64, &size) < 0)
 		die("%s: BLKGETSIZE64:", path);
