@@ -2737,16 +2737,53 @@ static bool is_nbd_uri(const char *path)
 	       !strncmp(path, "nbds://", 7) || !strncmp(path, "nbds+unix://", 12);
 }
 
+/* st_blksize for an export of info: the server's preferred block size
+ * (4096 if it gave none or not a power of two), at least its minimum and
+ * 512 bytes, at most NBD_IO_SIZE_MAX */
+static unsigned nbd_io_size(const struct nbd_info *info)
+{
+	unsigned io_size = info->preferred;
+
+	if (!io_size || (io_size & (io_size - 1)))
+		io_size = 4096;
+	io_size = io_size < info->min_block ? info->min_block : io_size;
+	return io_size < 512 ? 512 : min_u64(io_size, NBD_IO_SIZE_MAX);
+}
+
+/* n's connections: fd, the first, and up to queues in all where the
+ * server allows more than one, each offering the same export. Exits on
+ * failure. */
+static void nbd_open_conns(struct nbd_source *n, int fd, unsigned queues)
+{
+	struct nbd_info info;
+	char why[512];
+	unsigned i;
+
+	n->nconns = n->info.flags & NBD_FLAG_CAN_MULTI_CONN ?
+		    min_u64(queues ? queues : 1, NBD_MAX_CONNS) : 1;
+	n->conn = calloc(n->nconns, sizeof(*n->conn));
+	if (!n->conn)
+		die("out of memory:");
+	nbd_init_conn(n, &n->conn[0], 0, fd, n->info.meta_id);
+	for (i = 1; i < n->nconns; i++) {
+		fd = nbd_connect(n, &info, why, sizeof(why));
+		if (fd < 0)
+			die("%s: connection %u: %s", n->uri, i, why);
+		if (!nbd_same(&info, &n->info))
+			die("%s: connection %u: the server offers a different export",
+			    n->uri, i);
+		nbd_init_conn(n, &n->conn[i], i, fd, info.meta_id);
+	}
+}
+
 /* Connect to the export uri names, with up to queues connections where
  * the server allows more than one. Exits on failure. */
 static struct source *nbd_open(const char *uri, bool writable, bool growable,
 			       unsigned queues, unsigned retry, bool debug)
 {
 	struct nbd_source *n = calloc(1, sizeof(*n));
-	struct nbd_info info;
 	char why[512];
 	void *zeros;
-	unsigned i, io_size;
 	int fd;
 
 	if (!n)
@@ -2767,13 +2804,6 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	n->max_io = min_u64(n->info.max_payload, NBD_MAX_IO) & ~(n->info.min_block - 1);
 	n->request_size = min_u64(n->max_io, NBD_REQUEST_SIZE > n->info.min_block ?
 				  NBD_REQUEST_SIZE : n->info.min_block);
-	/* st_blksize: the server's preferred block size (4096 if it gave
-	 * none or not a power of two), at least its minimum and 512 bytes */
-	io_size = n->info.preferred;
-	if (!io_size || (io_size & (io_size - 1)))
-		io_size = 4096;
-	io_size = io_size < n->info.min_block ? n->info.min_block : io_size;
-	io_size = io_size < 512 ? 512 : min_u64(io_size, NBD_IO_SIZE_MAX);
 	if (n->info.flags & NBD_FLAG_SEND_DF)
 		n->read_flags = NBD_CMD_FLAG_DF;
 	zeros = mmap(NULL, n->max_io, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -2783,21 +2813,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	pthread_rwlock_init(&n->rmw_lock, NULL);
 	pthread_condattr_init(&n->monotonic);
 	pthread_condattr_setclock(&n->monotonic, CLOCK_MONOTONIC);
-	n->nconns = n->info.flags & NBD_FLAG_CAN_MULTI_CONN ?
-		    min_u64(queues ? queues : 1, NBD_MAX_CONNS) : 1;
-	n->conn = calloc(n->nconns, sizeof(*n->conn));
-	if (!n->conn)
-		die("out of memory:");
-	nbd_init_conn(n, &n->conn[0], 0, fd, n->info.meta_id);
-	for (i = 1; i < n->nconns; i++) {
-		fd = nbd_connect(n, &info, why, sizeof(why));
-		if (fd < 0)
-			die("%s: connection %u: %s", uri, i, why);
-		if (!nbd_same(&info, &n->info))
-			die("%s: connection %u: the server offers a different export",
-			    uri, i);
-		nbd_init_conn(n, &n->conn[i], i, fd, info.meta_id);
-	}
+	nbd_open_conns(n, fd, queues);
 	n->setup = false;
 	if (debug)
 		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
@@ -2814,7 +2830,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	n->s = (struct source){
 		.writable = writable, .passthrough_fd = -1,
 		.no_passthrough = "the bytes are on an NBD server",
-		.sector_size = 512, .io_size = io_size,
+		.sector_size = 512, .io_size = nbd_io_size(&n->info),
 		.size = nbd_size, .read = nbd_read, .map = nbd_map,
 		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
 		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
