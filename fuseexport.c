@@ -1440,15 +1440,16 @@ static int nbd_option_reply(int fd, uint32_t opt, uint32_t *type, char *buf,
 /* An option's data, or a reply's: a name or a message and a few fields */
 enum { NBD_OPTION_BUF = NBD_MAX_STRING + 64 };
 
-/* Why a handshake failed, into why: a reply that breaks the protocol, or
- * r, the -errno of the exchange (-EPROTO: a malformed reply). Both return
- * -1, for the caller to pass on. */
+/* A reply that breaks the protocol, said in why. Returns -1, for the
+ * caller to pass on. */
 static int nbd_bad_reply(char *why, size_t size)
 {
 	snprintf(why, size, "a bad reply in the handshake");
 	return -1;
 }
 
+/* An exchange that failed with r, -errno (-EPROTO: a malformed reply),
+ * said in why. Returns -1, for the caller to pass on. */
 static int nbd_failed(int r, char *why, size_t size)
 {
 	snprintf(why, size, "handshake: %s", r == -EPROTO ?
@@ -1456,18 +1457,9 @@ static int nbd_failed(int r, char *why, size_t size)
 	return -1;
 }
 
-/* An option's data holds strings as a 32-bit length and the bytes, and
- * counts as 32 or 16 bits, all big-endian. Each returns where the next
- * field goes. */
-static char *nbd_put_string(char *p, const char *s, uint32_t len)
-{
-	uint32_t be = htobe32(len);
-
-	memcpy(p, &be, 4);
-	memcpy(p + 4, s, len);
-	return p + 4 + len;
-}
-
+/* An option's data holds numbers of 32 or 16 bits and strings as a
+ * 32-bit length and the bytes, all big-endian. Put v at p: returns where
+ * the next field goes. */
 static char *nbd_put32(char *p, uint32_t v)
 {
 	v = htobe32(v);
@@ -1475,11 +1467,20 @@ static char *nbd_put32(char *p, uint32_t v)
 	return p + 4;
 }
 
+/* Put v at p: returns where the next field goes */
 static char *nbd_put16(char *p, uint16_t v)
 {
 	v = htobe16(v);
 	memcpy(p, &v, 2);
 	return p + 2;
+}
+
+/* Put string s of len bytes at p: returns where the next field goes */
+static char *nbd_put_string(char *p, const char *s, uint32_t len)
+{
+	p = nbd_put32(p, len);
+	memcpy(p, s, len);
+	return p + len;
 }
 
 /* The server's greeting, which must be fixed newstyle, and the client's
