@@ -1022,46 +1022,41 @@ static void file_close(struct source *s)
 	free(f);
 }
 
-/* Open and lock path as the bottom of a stack. The path's type only says
- * whether to ask for O_EXCL (a block device is then refused while
- * mounted); what was opened is what counts, and O_NONBLOCK keeps a FIFO
- * swapped in meanwhile from hanging the open. Exits on failure. */
-static struct source *file_open(const char *path, bool writable, bool growable)
+/* Open path, a regular file or a block device, into f->fd and its stat
+ * into *st. The path's type only says whether to ask for O_EXCL (a block
+ * device is then refused while mounted); what was opened is what counts,
+ * and O_NONBLOCK keeps a FIFO swapped in meanwhile from hanging the open.
+ * Exits on failure. */
+static void file_open_fd(struct file_source *f, const char *path,
+			 bool writable, struct stat *st)
 {
-	struct file_source *f = calloc(1, sizeof(*f));
-	struct stat st;
-	uint64_t size;
-	int ro = 0, sector = 512, i;
-	void *zeros;
-
-	if (!f)
-		die("out of memory:");
-	if (stat(path, &st) < 0)
+	if (stat(path, st) < 0)
 		die("%s:", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+	if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
 		die("%s: not a regular file or block device", path);
-	f->is_blockdev = S_ISBLK(st.st_mode);
+	f->is_blockdev = S_ISBLK(st->st_mode);
 	f->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY |
 		     O_NONBLOCK | (writable && f->is_blockdev ? O_EXCL : 0));
 	if (f->fd < 0)
 		die("%s:", path);
-	if (fstat(f->fd, &st) < 0)
+	if (fstat(f->fd, st) < 0)
 		die("%s:", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+	if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
 		die("%s: not a regular file or block device", path);
-	if (f->is_blockdev != S_ISBLK(st.st_mode))
+	if (f->is_blockdev != S_ISBLK(st->st_mode))
 		die("%s: changed while it was opened", path);
 	if (fcntl(f->fd, F_SETFL, 0) < 0)
 		die("%s:", path);
-	if (growable && f->is_blockdev)
-		die("%s: --growable needs a regular file, not a block device", path);
-	if (f->is_blockdev && (ioctl(f->fd, BLKSSZGET, &sector) < 0 || sector < 512))
-		sector = 512;
-	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
-		die("%s: a read-only block device cannot be exported writable", path);
-	/* an export unmounted a moment ago may not have let go yet: wait
-	 * up to a second for it, so that a script may export again at once */
-	for (i = 0; flock(f->fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0; i++) {
+}
+
+/* Lock fd, path's, shared or (writable) alone. An export unmounted a
+ * moment ago may not have let go yet: wait up to a second for it, so
+ * that a script may export again at once. Exits on failure. */
+static void file_lock(int fd, const char *path, bool writable)
+{
+	int i;
+
+	for (i = 0; flock(fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0; i++) {
 		if (errno != EWOULDBLOCK)
 			die("%s: lock:", path);
 		if (i == 20)
@@ -1069,6 +1064,28 @@ static struct source *file_open(const char *path, bool writable, bool growable)
 			    "everyone else)", path);
 		usleep(50000);
 	}
+}
+
+/* Open and lock path, a regular file or a block device, as the bottom of
+ * a stack. Exits on failure. */
+static struct source *file_open(const char *path, bool writable, bool growable)
+{
+	struct file_source *f = calloc(1, sizeof(*f));
+	struct stat st;
+	uint64_t size;
+	int ro = 0, sector = 512;
+	void *zeros;
+
+	if (!f)
+		die("out of memory:");
+	file_open_fd(f, path, writable, &st);
+	if (growable && f->is_blockdev)
+		die("%s: --growable needs a regular file, not a block device", path);
+	if (f->is_blockdev && (ioctl(f->fd, BLKSSZGET, &sector) < 0 || sector < 512))
+		sector = 512;
+	if (writable && f->is_blockdev && ioctl(f->fd, BLKROGET, &ro) == 0 && ro)
+		die("%s: a read-only block device cannot be exported writable", path);
+	file_lock(f->fd, path, writable);
 	size = st.st_size;
 	if (f->is_blockdev && ioctl(f->fd, BLKGETSIZE64, &size) < 0)
 		die("%s: BLKGETSIZE64:", path);
@@ -1360,6 +1377,74 @@ static char *uri_decode(const char *s, size_t n, size_t *len)
 	return out;
 }
 
+/* The authority of an nbd:// URI, from p to end: HOST (or [IPv6
+ * address]) and :PORT, the NBD port without one, into n. Exits with one
+ * line on a bad one. */
+static void nbd_parse_host(struct nbd_source *n, const char *uri,
+			   const char *p, const char *end)
+{
+	const char *host_end, *port;
+	char *port_end;
+	unsigned long v;
+
+	if (memchr(p, '@', end - p))
+		die("%s: a user name is for TLS, which fuseexport does not speak", uri);
+	if (*p == '[') {
+		host_end = memchr(p, ']', end - p);
+		if (!host_end)
+			die("%s: an [IPv6 address] without its ]", uri);
+		n->host = strndup(p + 1, host_end - p - 1);
+		host_end++;
+	} else {
+		host_end = p + strcspn(p, ":/?");
+		n->host = strndup(p, host_end - p);
+	}
+	if (!n->host)
+		die("out of memory:");
+	if (!*n->host)
+		die("%s: no host (nbd://HOST[:PORT][/EXPORT])", uri);
+	if (host_end < end && *host_end != ':')
+		die("%s: a bad host", uri);
+	port = host_end < end ? host_end + 1 : NBD_DEFAULT_PORT;
+	n->port = strndup(port, host_end < end ? (size_t)(end - port)
+					      : strlen(port));
+	if (!n->port)
+		die("out of memory:");
+	errno = 0;
+	v = strtoul(n->port, &port_end, 10);
+	if (!*n->port || *port_end || *n->port < '0' || *n->port > '9' ||
+	    errno || v < 1 || v > 65535)
+		die("%s: a bad port (1 to 65535)", uri);
+}
+
+/* The %-escaped PATH of ?socket=PATH, from p to end, into n: made
+ * absolute, since the server reconnects from /. Exits with one line on
+ * a bad one. */
+static void nbd_parse_socket(struct nbd_source *n, const char *uri,
+			     const char *p, const char *end)
+{
+	struct sockaddr_un sun;
+	size_t len;
+	char *path = uri_decode(p, end - p, &len), *abs;
+
+	if (!path || !len || (*path && strlen(path) != len))
+		die("%s: a bad socket path", uri);
+	if (*path && *path != '/') {
+		char *cwd = getcwd(NULL, 0);
+		if (!cwd || asprintf(&abs, "%s/%s", cwd, path) < 0)
+			die("getcwd:");
+		free(cwd);
+		free(path);
+		path = abs;
+		len = strlen(path);
+	}
+	if (len >= sizeof(sun.sun_path))
+		die("%s: the socket path is over %zu bytes", uri,
+		    sizeof(sun.sun_path) - 1);
+	n->socket_path = path;
+	n->socket_len = len;
+}
+
 /* Take an NBD URI apart as the NBD URI document has it:
  * nbd://HOST[:PORT][/EXPORT] (HOST may be an [IPv6 address]) or
  * nbd+unix:///EXPORT?socket=PATH. Exits with one line on a bad one. */
@@ -1382,40 +1467,8 @@ static void nbd_parse_uri(struct nbd_source *n, const char *uri)
 	path_end = auth_end + strcspn(auth_end, "?");
 	if (unix_socket && auth_end != p)
 		die("%s: nbd+unix takes no host (nbd+unix:///EXPORT?socket=PATH)", uri);
-	if (!unix_socket) {
-		const char *host_end, *port;
-		char *end;
-		unsigned long v;
-
-		if (memchr(p, '@', auth_end - p))
-			die("%s: a user name is for TLS, which fuseexport does not speak", uri);
-		if (*p == '[') {
-			host_end = memchr(p, ']', auth_end - p);
-			if (!host_end)
-				die("%s: an [IPv6 address] without its ]", uri);
-			n->host = strndup(p + 1, host_end - p - 1);
-			host_end++;
-		} else {
-			host_end = p + strcspn(p, ":/?");
-			n->host = strndup(p, host_end - p);
-		}
-		if (!n->host)
-			die("out of memory:");
-		if (!*n->host)
-			die("%s: no host (nbd://HOST[:PORT][/EXPORT])", uri);
-		if (host_end < auth_end && *host_end != ':')
-			die("%s: a bad host", uri);
-		port = host_end < auth_end ? host_end + 1 : NBD_DEFAULT_PORT;
-		n->port = strndup(port, host_end < auth_end ? (size_t)(auth_end - port)
-							    : strlen(port));
-		if (!n->port)
-			die("out of memory:");
-		errno = 0;
-		v = strtoul(n->port, &end, 10);
-		if (!*n->port || *end || *n->port < '0' || *n->port > '9' ||
-		    errno || v < 1 || v > 65535)
-			die("%s: a bad port (1 to 65535)", uri);
-	}
+	if (!unix_socket)
+		nbd_parse_host(n, uri, p, auth_end);
 	if (*auth_end == '/') {
 		n->export_name = uri_decode(auth_end + 1, path_end - auth_end - 1, &len);
 		if (!n->export_name || strlen(n->export_name) != len)
@@ -1428,31 +1481,12 @@ static void nbd_parse_uri(struct nbd_source *n, const char *uri)
 	for (q = *path_end ? path_end + 1 : path_end; *q; q += *q == '&') {
 		const char *end = q + strcspn(q, "&");
 
-		if (!strncmp(q, "socket=", 7) && unix_socket && !n->socket_path) {
-			struct sockaddr_un sun;
-			char *path = uri_decode(q + 7, end - q - 7, &len), *abs;
-
-			if (!path || !len || (*path && strlen(path) != len))
-				die("%s: a bad socket path", uri);
-			if (*path && *path != '/') {	/* the server reconnects from / */
-				char *cwd = getcwd(NULL, 0);
-				if (!cwd || asprintf(&abs, "%s/%s", cwd, path) < 0)
-					die("getcwd:");
-				free(cwd);
-				free(path);
-				path = abs;
-				len = strlen(path);
-			}
-			if (len >= sizeof(sun.sun_path))
-				die("%s: the socket path is over %zu bytes", uri,
-				    sizeof(sun.sun_path) - 1);
-			n->socket_path = path;
-			n->socket_len = len;
-		} else if (!strncmp(q, "tls", 3)) {
+		if (!strncmp(q, "socket=", 7) && unix_socket && !n->socket_path)
+			nbd_parse_socket(n, uri, q + 7, end);
+		else if (!strncmp(q, "tls", 3))
 			die("%s: NBD over TLS is not supported", uri);
-		} else if (strncmp(q, "x-", 2)) {
+		else if (strncmp(q, "x-", 2))
 			die("%s: unknown query parameter '%.*s'", uri, (int)(end - q), q);
-		}
 		q = end;
 	}
 	if (unix_socket && !n->socket_path)
@@ -1550,26 +1584,60 @@ static int nbd_option_reply(int fd, uint32_t opt, uint32_t *type, char *buf,
 	return read_full(fd, buf, *len);
 }
 
-/* The fixed newstyle handshake on fd, up to NBD_OPT_GO: structured
- * replies and base:allocation where the server has them, the export's
- * size, flags and block sizes into *info. Returns 0, or -1 with the
- * reason in why. */
-static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
-			 char *why, size_t size)
+/* An option's data, or a reply's: a name or a message and a few fields */
+enum { NBD_OPTION_BUF = NBD_MAX_STRING + 64 };
+
+/* A reply that breaks the protocol, said in why. Returns -1, for the
+ * caller to pass on. */
+static int nbd_bad_reply(char *why, size_t size)
 {
-	static const char context[] = "base:allocation";
+	snprintf(why, size, "a bad reply in the handshake");
+	return -1;
+}
+
+/* An exchange that failed with r, -errno (-EPROTO: a malformed reply),
+ * said in why. Returns -1, for the caller to pass on. */
+static int nbd_failed(int r, char *why, size_t size)
+{
+	snprintf(why, size, "handshake: %s", r == -EPROTO ?
+		 "a bad reply" : strerror(-r));
+	return -1;
+}
+
+/* An option's data holds numbers of 32 or 16 bits and strings as a
+ * 32-bit length and the bytes, all big-endian. Put v at p: returns where
+ * the next field goes. */
+static char *nbd_put32(char *p, uint32_t v)
+{
+	v = htobe32(v);
+	memcpy(p, &v, 4);
+	return p + 4;
+}
+
+/* Put v at p: returns where the next field goes */
+static char *nbd_put16(char *p, uint16_t v)
+{
+	v = htobe16(v);
+	memcpy(p, &v, 2);
+	return p + 2;
+}
+
+/* Put string s of len bytes at p: returns where the next field goes */
+static char *nbd_put_string(char *p, const char *s, uint32_t len)
+{
+	p = nbd_put32(p, len);
+	memcpy(p, s, len);
+	return p + len;
+}
+
+/* The server's greeting, which must be fixed newstyle, and the client's
+ * flags in answer. Returns 0, or -1 with the reason in why. */
+static int nbd_greet(struct nbd_source *n, int fd, char *why, size_t size)
+{
 	struct { uint64_t magic, opt_magic; uint16_t flags; } __attribute__((packed)) hello;
-	size_t name_len = strlen(n->export_name), k;
-	char buf[NBD_MAX_STRING + 64], *data;
-	uint32_t type, len, client, u32;
-	uint16_t u16;
-	bool got_export = false;
+	uint32_t client;
 	int r;
 
-	memset(info, 0, sizeof(*info));
-	info->min_block = 1;
-	info->preferred = 4096;
-	info->max_payload = NBD_MAX_IO;
 	/* a server that serves one client at a time greets the next only
 	 * once the first is gone: say so while the user waits */
 	if (n->setup && poll(&(struct pollfd){ .fd = fd, .events = POLLIN }, 1,
@@ -1584,7 +1652,7 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 					"%d s (is it serving another client? "
 					"qemu-nbd serves one unless -e N)",
 					NBD_SETUP_SECONDS), -1;
-		goto io_error;
+		return nbd_failed(r, why, size);
 	}
 	if (be64toh(hello.magic) != NBD_MAGIC)
 		return snprintf(why, size, "not an NBD server"), -1;
@@ -1597,68 +1665,114 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 	client = htobe32(NBD_FLAG_FIXED_NEWSTYLE |
 			 (be16toh(hello.flags) & NBD_FLAG_NO_ZEROES));
 	if ((r = send_full(fd, &client, sizeof(client), NULL, 0)) < 0)
-		goto io_error;
+		return nbd_failed(r, why, size);
+	return 0;
+}
 
-	/* structured replies: READs may skip holes, BLOCK_STATUS works */
+/* NBD_OPT_STRUCTURED_REPLY: READs may skip holes, BLOCK_STATUS works.
+ * info->structured says whether the server agreed. Returns 0, or -1 with
+ * the reason in why. */
+static int nbd_opt_structured(int fd, struct nbd_info *info, char *why,
+			      size_t size)
+{
+	char buf[NBD_OPTION_BUF];
+	uint32_t type, len;
+	int r;
+
 	if ((r = nbd_send_option(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0)) < 0 ||
 	    (r = nbd_option_reply(fd, NBD_OPT_STRUCTURED_REPLY, &type, buf,
 				  sizeof(buf), &len)) < 0)
-		goto io_error;
+		return nbd_failed(r, why, size);
 	if (type != NBD_REP_ACK && !(type & NBD_REP_ERR))
-		goto bad_reply;
+		return nbd_bad_reply(why, size);
 	info->structured = type == NBD_REP_ACK;
+	return 0;
+}
 
-	/* base:allocation, for SEEK_DATA and SEEK_HOLE */
-	if (info->structured) {
-		data = buf;
-		u32 = htobe32(name_len);
-		memcpy(data, &u32, 4);
-		memcpy(data + 4, n->export_name, name_len);
-		k = 4 + name_len;
-		u32 = htobe32(1);
-		memcpy(data + k, &u32, 4);
-		u32 = htobe32(sizeof(context) - 1);
-		memcpy(data + k + 4, &u32, 4);
-		memcpy(data + k + 8, context, sizeof(context) - 1);
-		k += 8 + sizeof(context) - 1;
-		if ((r = nbd_send_option(fd, NBD_OPT_SET_META_CONTEXT, data, k)) < 0)
-			goto io_error;
-		for (;;) {
-			if ((r = nbd_option_reply(fd, NBD_OPT_SET_META_CONTEXT, &type,
-						  buf, sizeof(buf), &len)) < 0)
-				goto io_error;
-			if (type == NBD_REP_ACK || (type & NBD_REP_ERR))
-				break;
-			if (type != NBD_REP_META_CONTEXT || len < 4)
-				goto bad_reply;
-			if (len - 4 == sizeof(context) - 1 &&
-			    !memcmp(buf + 4, context, len - 4)) {
-				memcpy(&u32, buf, 4);
-				info->meta_id = be32toh(u32);
-				info->has_meta = true;
-			}
+/* NBD_OPT_SET_META_CONTEXT for base:allocation, for SEEK_DATA and
+ * SEEK_HOLE: info->has_meta and info->meta_id say whether the server has
+ * it and its id. Returns 0, or -1 with the reason in why. */
+static int nbd_opt_meta_context(struct nbd_source *n, int fd,
+				struct nbd_info *info, char *why, size_t size)
+{
+	static const char context[] = "base:allocation";
+	char buf[NBD_OPTION_BUF], *end;
+	uint32_t type, len, id;
+	int r;
+
+	end = nbd_put_string(buf, n->export_name, strlen(n->export_name));
+	end = nbd_put32(end, 1);
+	end = nbd_put_string(end, context, sizeof(context) - 1);
+	if ((r = nbd_send_option(fd, NBD_OPT_SET_META_CONTEXT, buf, end - buf)) < 0)
+		return nbd_failed(r, why, size);
+	for (;;) {
+		if ((r = nbd_option_reply(fd, NBD_OPT_SET_META_CONTEXT, &type,
+					  buf, sizeof(buf), &len)) < 0)
+			return nbd_failed(r, why, size);
+		if (type == NBD_REP_ACK || (type & NBD_REP_ERR))
+			break;
+		if (type != NBD_REP_META_CONTEXT || len < 4)
+			return nbd_bad_reply(why, size);
+		if (len - 4 == sizeof(context) - 1 &&
+		    !memcmp(buf + 4, context, len - 4)) {
+			memcpy(&id, buf, 4);
+			info->meta_id = be32toh(id);
+			info->has_meta = true;
 		}
-		if (type != NBD_REP_ACK)
-			info->has_meta = false;
 	}
+	if (type != NBD_REP_ACK)
+		info->has_meta = false;
+	return 0;
+}
 
-	/* GO, asking for the export's size and flags and its block sizes */
-	u32 = htobe32(name_len);
-	memcpy(buf, &u32, 4);
-	memcpy(buf + 4, n->export_name, name_len);
-	k = 4 + name_len;
-	u16 = htobe16(2);
-	memcpy(buf + k, &u16, 2);
-	u16 = htobe16(NBD_INFO_EXPORT);
-	memcpy(buf + k + 2, &u16, 2);
-	u16 = htobe16(NBD_INFO_BLOCK_SIZE);
-	memcpy(buf + k + 4, &u16, 2);
-	if ((r = nbd_send_option(fd, NBD_OPT_GO, buf, k + 6)) < 0)
-		goto io_error;
+/* One NBD_REP_INFO of len bytes in buf into info. Returns 1 for
+ * NBD_INFO_EXPORT, 0 for another, or -EPROTO for a malformed one. */
+static int nbd_take_info(struct nbd_info *info, const char *buf, uint32_t len)
+{
+	uint16_t what;
+
+	memcpy(&what, buf, 2);
+	if (be16toh(what) == NBD_INFO_EXPORT) {
+		struct nbd_info_export ie;
+		if (len != sizeof(ie))
+			return -EPROTO;
+		memcpy(&ie, buf, sizeof(ie));
+		info->size = be64toh(ie.size);
+		info->flags = be16toh(ie.flags);
+		return 1;
+	} else if (be16toh(what) == NBD_INFO_BLOCK_SIZE) {
+		struct nbd_info_block_size ib;
+		if (len != sizeof(ib))
+			return -EPROTO;
+		memcpy(&ib, buf, sizeof(ib));
+		info->min_block = be32toh(ib.minimum);
+		info->preferred = be32toh(ib.preferred);
+		info->max_payload = be32toh(ib.maximum);
+	}
+	return 0;
+}
+
+/* NBD_OPT_GO, asking for the export's size and flags and its block sizes
+ * (into info), which ends the handshake. Returns 0, or -1 with the reason
+ * in why. */
+static int nbd_opt_go(struct nbd_source *n, int fd, struct nbd_info *info,
+		      char *why, size_t size)
+{
+	char buf[NBD_OPTION_BUF], *end;
+	uint32_t type, len;
+	bool got_export = false;
+	int r;
+
+	end = nbd_put_string(buf, n->export_name, strlen(n->export_name));
+	end = nbd_put16(end, 2);
+	end = nbd_put16(end, NBD_INFO_EXPORT);
+	end = nbd_put16(end, NBD_INFO_BLOCK_SIZE);
+	if ((r = nbd_send_option(fd, NBD_OPT_GO, buf, end - buf)) < 0)
+		return nbd_failed(r, why, size);
 	for (;;) {
 		if ((r = nbd_option_reply(fd, NBD_OPT_GO, &type, buf,
 					  sizeof(buf), &len)) < 0)
-			goto io_error;
+			return nbd_failed(r, why, size);
 		if (type == NBD_REP_ACK)
 			break;
 		if (type == NBD_REP_ERR_UNSUP)
@@ -1668,29 +1782,30 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 			return snprintf(why, size, "the server refused export '%s': "
 					"%.*s", n->export_name, len ? (int)len : 5,
 					len ? buf : "error"), -1;
-		if (type != NBD_REP_INFO || len < 2)
-			goto bad_reply;
-		memcpy(&u16, buf, 2);
-		if (be16toh(u16) == NBD_INFO_EXPORT) {
-			struct nbd_info_export ie;
-			if (len != sizeof(ie))
-				goto bad_reply;
-			memcpy(&ie, buf, sizeof(ie));
-			info->size = be64toh(ie.size);
-			info->flags = be16toh(ie.flags);
-			got_export = true;
-		} else if (be16toh(u16) == NBD_INFO_BLOCK_SIZE) {
-			struct nbd_info_block_size ib;
-			if (len != sizeof(ib))
-				goto bad_reply;
-			memcpy(&ib, buf, sizeof(ib));
-			info->min_block = be32toh(ib.minimum);
-			info->preferred = be32toh(ib.preferred);
-			info->max_payload = be32toh(ib.maximum);
-		}
+		if (type != NBD_REP_INFO || len < 2 ||
+		    (r = nbd_take_info(info, buf, len)) < 0)
+			return nbd_bad_reply(why, size);
+		got_export |= r;
 	}
-	if (!got_export)
-		goto bad_reply;
+	return got_export ? 0 : nbd_bad_reply(why, size);
+}
+
+/* The fixed newstyle handshake on fd, as the NBD protocol document has
+ * it: the greeting, structured replies and base:allocation where the
+ * server has them, then GO with the export's size, flags and block sizes
+ * into *info. Returns 0, or -1 with the reason in why. */
+static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
+			 char *why, size_t size)
+{
+	memset(info, 0, sizeof(*info));
+	info->min_block = 1;
+	info->preferred = 4096;
+	info->max_payload = NBD_MAX_IO;
+	if (nbd_greet(n, fd, why, size) < 0 ||
+	    nbd_opt_structured(fd, info, why, size) < 0 ||
+	    (info->structured && nbd_opt_meta_context(n, fd, info, why, size) < 0) ||
+	    nbd_opt_go(n, fd, info, why, size) < 0)
+		return -1;
 	if (info->size > INT64_MAX || !info->min_block || info->min_block > 65536 ||
 	    (info->min_block & (info->min_block - 1)) ||
 	    info->max_payload < info->min_block)
@@ -1698,14 +1813,6 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 				"block sizes (%u, %u)", (unsigned long long)info->size,
 				info->min_block, info->max_payload), -1;
 	return 0;
-
-bad_reply:
-	snprintf(why, size, "a bad reply in the handshake");
-	return -1;
-io_error:
-	snprintf(why, size, "handshake: %s", r == -EPROTO ?
-		 "a bad reply" : strerror(-r));
-	return -1;
 }
 
 /* A connection to the export, handshake done. Returns the socket, or -1
@@ -1993,54 +2100,42 @@ static int nbd_error_chunk(struct nbd_conn *c, struct nbd_cmd *cmd,
 	return 0;
 }
 
-/* Read one reply, or one chunk of a structured reply, from c's connection
- * and give it to the request it answers, waking that request's caller
- * once its reply is complete. Everything is checked: a reply that answers
- * no request in flight, or whose length cannot be trusted, makes the
- * connection unusable; a chunk a request cannot get (the wrong type,
- * outside it, overlapping another) gives that request EIO. Returns 0, or
- * -errno when the connection can no longer be trusted or read (then it
- * is dropped, and what was in flight is sent again on the next). */
-static int nbd_take_reply(struct nbd_conn *c)
+/* A simple reply to the request it answers, with a READ's data, which
+ * follows it. Returns 0, or -errno when the connection can no longer be
+ * trusted or read. */
+static int nbd_take_simple(struct nbd_conn *c,
+			   const struct nbd_simple_reply *simple)
 {
-	const struct nbd_info *info = &c->n->info;
-	union {
-		struct nbd_simple_reply simple;
-		struct nbd_structured_reply chunk;
-	} u;
-	struct nbd_cmd *cmd;
-	uint32_t length, error;
-	uint16_t flags, type;
+	uint32_t error = be32toh(simple->error);
+	struct nbd_cmd *cmd = nbd_find(c, be64toh(simple->cookie));
 	int r;
 
-	if ((r = conn_read(c, &u, sizeof(u.simple))) < 0)
-		return r;
-	if (be32toh(u.simple.magic) == NBD_SIMPLE_REPLY_MAGIC) {
-		error = be32toh(u.simple.error);
-		cmd = nbd_find(c, be64toh(u.simple.cookie));
-		/* a READ's data follows only a simple reply: after one that
-		 * should not be there, nothing can be trusted */
-		if (!cmd || (cmd->type == NBD_CMD_READ && info->structured))
-			return -EPROTO;
-		if (error == NBD_ESHUTDOWN)
-			return -ESHUTDOWN;
-		if (!error && cmd->type == NBD_CMD_READ &&
-		    (r = conn_read(c, cmd->buf, cmd->length)) < 0)
-			return r;
-		if (!error && cmd->type == NBD_CMD_BLOCK_STATUS)
-			error = NBD_EIO;	/* its extents come only in chunks */
-		nbd_finish(c, cmd, error ? -nbd_errno(error) : 0);
-		return 0;
-	}
-	if (be32toh(u.chunk.magic) != NBD_STRUCTURED_REPLY_MAGIC || !info->structured)
+	/* a READ's data follows only a simple reply: after one that
+	 * should not be there, nothing can be trusted */
+	if (!cmd || (cmd->type == NBD_CMD_READ && c->n->info.structured))
 		return -EPROTO;
-	if ((r = conn_read(c, (char *)&u + sizeof(u.simple),
-			   sizeof(u.chunk) - sizeof(u.simple))) < 0)
+	if (error == NBD_ESHUTDOWN)
+		return -ESHUTDOWN;
+	if (!error && cmd->type == NBD_CMD_READ &&
+	    (r = conn_read(c, cmd->buf, cmd->length)) < 0)
 		return r;
-	flags = be16toh(u.chunk.flags);
-	type = be16toh(u.chunk.type);
-	length = be32toh(u.chunk.length);
-	cmd = nbd_find(c, be64toh(u.chunk.cookie));
+	if (!error && cmd->type == NBD_CMD_BLOCK_STATUS)
+		error = NBD_EIO;	/* its extents come only in chunks */
+	nbd_finish(c, cmd, error ? -nbd_errno(error) : 0);
+	return 0;
+}
+
+/* A structured reply's chunk, its header in *chunk, with its payload, to
+ * the request it answers; the last chunk completes the request. Returns
+ * 0, or -errno when the connection can no longer be trusted or read. */
+static int nbd_take_chunk(struct nbd_conn *c,
+			  const struct nbd_structured_reply *chunk)
+{
+	uint16_t flags = be16toh(chunk->flags), type = be16toh(chunk->type);
+	uint32_t length = be32toh(chunk->length);
+	struct nbd_cmd *cmd = nbd_find(c, be64toh(chunk->cookie));
+	int r;
+
 	if (!cmd)
 		return -EPROTO;
 	if (type & NBD_REPLY_TYPE_ERROR_BIT)
@@ -2069,6 +2164,36 @@ static int nbd_take_reply(struct nbd_conn *c)
 		r = -EIO;
 	nbd_finish(c, cmd, r);
 	return 0;
+}
+
+/* Read one reply, or one chunk of a structured reply, from c's connection
+ * and give it to the request it answers, waking that request's caller
+ * once its reply is complete. Everything is checked: a reply that answers
+ * no request in flight, or whose length cannot be trusted, makes the
+ * connection unusable; a chunk a request cannot get (the wrong type,
+ * outside it, overlapping another) gives that request EIO. Returns 0, or
+ * -errno when the connection can no longer be trusted or read (then it
+ * is dropped, and what was in flight is sent again on the next). */
+static int nbd_take_reply(struct nbd_conn *c)
+{
+	union {
+		struct nbd_simple_reply simple;
+		struct nbd_structured_reply chunk;
+	} u;
+	int r;
+
+	/* a simple reply's header is the shorter: its magic tells which */
+	if ((r = conn_read(c, &u, sizeof(u.simple))) < 0)
+		return r;
+	if (be32toh(u.simple.magic) == NBD_SIMPLE_REPLY_MAGIC)
+		return nbd_take_simple(c, &u.simple);
+	if (be32toh(u.chunk.magic) != NBD_STRUCTURED_REPLY_MAGIC ||
+	    !c->n->info.structured)
+		return -EPROTO;
+	if ((r = conn_read(c, (char *)&u + sizeof(u.simple),
+			   sizeof(u.chunk) - sizeof(u.simple))) < 0)
+		return r;
+	return nbd_take_chunk(c, &u.chunk);
 }
 
 /* Is the outage to be said: does it go from what was said last to
@@ -2760,16 +2885,53 @@ static bool is_nbd_uri(const char *path)
 	       !strncmp(path, "nbds://", 7) || !strncmp(path, "nbds+unix://", 12);
 }
 
+/* st_blksize for an export of info: the server's preferred block size
+ * (4096 if it gave none or not a power of two), at least its minimum and
+ * 512 bytes, at most NBD_IO_SIZE_MAX */
+static unsigned nbd_io_size(const struct nbd_info *info)
+{
+	unsigned io_size = info->preferred;
+
+	if (!io_size || (io_size & (io_size - 1)))
+		io_size = 4096;
+	io_size = io_size < info->min_block ? info->min_block : io_size;
+	return io_size < 512 ? 512 : min_u64(io_size, NBD_IO_SIZE_MAX);
+}
+
+/* n's connections: fd, the first, and up to queues in all where the
+ * server allows more than one, each offering the same export. Exits on
+ * failure. */
+static void nbd_open_conns(struct nbd_source *n, int fd, unsigned queues)
+{
+	struct nbd_info info;
+	char why[512];
+	unsigned i;
+
+	n->nconns = n->info.flags & NBD_FLAG_CAN_MULTI_CONN ?
+		    min_u64(queues ? queues : 1, NBD_MAX_CONNS) : 1;
+	n->conn = calloc(n->nconns, sizeof(*n->conn));
+	if (!n->conn)
+		die("out of memory:");
+	nbd_init_conn(n, &n->conn[0], 0, fd, n->info.meta_id);
+	for (i = 1; i < n->nconns; i++) {
+		fd = nbd_connect(n, &info, why, sizeof(why));
+		if (fd < 0)
+			die("%s: connection %u: %s", n->uri, i, why);
+		if (!nbd_same(&info, &n->info))
+			die("%s: connection %u: the server offers a different export",
+			    n->uri, i);
+		nbd_init_conn(n, &n->conn[i], i, fd, info.meta_id);
+	}
+}
+
 /* Connect to the export uri names, with up to queues connections where
  * the server allows more than one. Exits on failure. */
 static struct source *nbd_open(const char *uri, bool writable, bool growable,
 			       unsigned queues, unsigned retry, bool debug)
 {
 	struct nbd_source *n = calloc(1, sizeof(*n));
-	struct nbd_info info;
 	char why[512];
 	void *zeros;
-	unsigned i, io_size;
 	int fd;
 
 	if (!n)
@@ -2790,13 +2952,6 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	n->max_io = min_u64(n->info.max_payload, NBD_MAX_IO) & ~(n->info.min_block - 1);
 	n->request_size = min_u64(n->max_io, NBD_REQUEST_SIZE > n->info.min_block ?
 				  NBD_REQUEST_SIZE : n->info.min_block);
-	/* st_blksize: the server's preferred block size (4096 if it gave
-	 * none or not a power of two), at least its minimum and 512 bytes */
-	io_size = n->info.preferred;
-	if (!io_size || (io_size & (io_size - 1)))
-		io_size = 4096;
-	io_size = io_size < n->info.min_block ? n->info.min_block : io_size;
-	io_size = io_size < 512 ? 512 : min_u64(io_size, NBD_IO_SIZE_MAX);
 	if (n->info.flags & NBD_FLAG_SEND_DF)
 		n->read_flags = NBD_CMD_FLAG_DF;
 	zeros = mmap(NULL, n->max_io, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -2806,21 +2961,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	pthread_rwlock_init(&n->rmw_lock, NULL);
 	pthread_condattr_init(&n->monotonic);
 	pthread_condattr_setclock(&n->monotonic, CLOCK_MONOTONIC);
-	n->nconns = n->info.flags & NBD_FLAG_CAN_MULTI_CONN ?
-		    min_u64(queues ? queues : 1, NBD_MAX_CONNS) : 1;
-	n->conn = calloc(n->nconns, sizeof(*n->conn));
-	if (!n->conn)
-		die("out of memory:");
-	nbd_init_conn(n, &n->conn[0], 0, fd, n->info.meta_id);
-	for (i = 1; i < n->nconns; i++) {
-		fd = nbd_connect(n, &info, why, sizeof(why));
-		if (fd < 0)
-			die("%s: connection %u: %s", uri, i, why);
-		if (!nbd_same(&info, &n->info))
-			die("%s: connection %u: the server offers a different export",
-			    uri, i);
-		nbd_init_conn(n, &n->conn[i], i, fd, info.meta_id);
-	}
+	nbd_open_conns(n, fd, queues);
 	n->setup = false;
 	if (debug)
 		fprintf(stderr, "fuseexport: %s: %llu bytes%s, %u connection%s, "
@@ -2837,7 +2978,7 @@ static struct source *nbd_open(const char *uri, bool writable, bool growable,
 	n->s = (struct source){
 		.writable = writable, .passthrough_fd = -1,
 		.no_passthrough = "the bytes are on an NBD server",
-		.sector_size = 512, .io_size = io_size,
+		.sector_size = 512, .io_size = nbd_io_size(&n->info),
 		.size = nbd_size, .read = nbd_read, .map = nbd_map,
 		.write = nbd_write, .flush = nbd_flush, .punch = nbd_punch,
 		.zero = nbd_zero, .allocate = nbd_allocate, .seek = nbd_seek,
@@ -3423,30 +3564,18 @@ static bool is_extended(unsigned char type)
 	return type == 0x05 || type == 0x0f || type == 0x85;
 }
 
-/* The next MBR partition of t into p, as Linux's msdos_partition() and
- * parse_extended() find them: the primaries (an entry of any size but 0),
- * then the chain of each extended primary in turn. In each EBR, every
- * entry but an extended one is a logical partition (relative to the
- * EBR; the 3rd and 4th only inside the EBR's and the extended
+/* The next logical partition of t into p, as Linux's parse_extended()
+ * finds them: the chain of each extended primary in turn. In each EBR,
+ * every entry but an extended one is a logical partition (relative to
+ * the EBR; the 3rd and 4th only inside the EBR's and the extended
  * partition's extent, where junk may lie), and the first extended entry
  * links to the next EBR (relative to the extended partition). Returns 1,
  * or 0 at the end. */
-static int next_mbr(struct source *s, struct table *t, struct part *p)
+static int next_logical(struct source *s, struct table *t, struct part *p)
 {
 	const unsigned char *e;
 	unsigned i;
 
-	p->name[0] = 0;
-	while (t->next <= 4) {
-		e = t->mbr + 446 + 16 * (t->next - 1);
-		p->number = t->next++;
-		if (!le32(e + 12))
-			continue;
-		p->start = le32(e + 8);
-		p->sectors = le32(e + 12);
-		sprintf(p->type, "%x", e[4]);
-		return 1;
-	}
 	/* a chain that breaks (an EBR that cannot be read or lacks its
 	 * signature) ends there, the partitions found before it kept, as
 	 * Linux does: a rescue still reaches them. A chain that loops ends
@@ -3501,6 +3630,27 @@ static int next_mbr(struct source *s, struct table *t, struct part *p)
 		t->entry = 1;
 	}
 	return 0;
+}
+
+/* The next MBR partition of t into p, as Linux's msdos_partition() finds
+ * them: the primaries (an entry of any size but 0), then the logical
+ * partitions. Returns 1, or 0 at the end. */
+static int next_mbr(struct source *s, struct table *t, struct part *p)
+{
+	const unsigned char *e;
+
+	p->name[0] = 0;
+	while (t->next <= 4) {
+		e = t->mbr + 446 + 16 * (t->next - 1);
+		p->number = t->next++;
+		if (!le32(e + 12))
+			continue;
+		p->start = le32(e + 8);
+		p->sectors = le32(e + 12);
+		sprintf(p->type, "%x", e[4]);
+		return 1;
+	}
+	return next_logical(s, t, p);
 }
 
 /* The next partition of t, found by read_table, into p, in the order of
@@ -4414,33 +4564,56 @@ static bool scan_duration(const char *s, uint64_t *us)
 	return false;
 }
 
+/* Ops joined by + (read, write, flush, trim, zero, any) into *ops as
+ * FAULT_ bits: false if value is not such a list */
+static bool scan_ops(const char *value, unsigned *ops)
+{
+	char *list = strdup(value), *op, *next;
+	size_t i;
+
+	*ops = 0;
+	for (op = list; op; op = next) {
+		next = strchr(op, '+');
+		if (next)
+			*next++ = 0;
+		for (i = 0; i < 5 && strcmp(op, fault_op_names[i]); i++)
+			;
+		if (i < 5)
+			*ops |= 1 << i;
+		else if (!strcmp(op, "any"))
+			*ops |= FAULT_ANY;
+		else
+			break;
+	}
+	free(list);
+	return !op;
+}
+
+/* An errno name of errno_names, or none (0), into *error: false if s is
+ * neither */
+static bool scan_errno(const char *s, int *error)
+{
+	size_t i;
+
+	for (i = 0; i < N_ERRNO_NAMES && strcmp(s, errno_names[i].name); i++)
+		;
+	if (i == N_ERRNO_NAMES && strcmp(s, "none"))
+		return false;
+	*error = i < N_ERRNO_NAMES ? errno_names[i].error : 0;
+	return true;
+}
+
 /* One key=value of a rule into r. Returns NULL, or what is wrong. */
 static const char *rule_item(struct fault_rule *r, const char *key,
 			     const char *value)
 {
 	uint64_t v, length;
-	char *end, *ops, *op, *next;
-	size_t i;
+	char *end;
 
 	if (!strcmp(key, "op")) {
-		r->ops = 0;
-		ops = strdup(value);
-		for (op = ops; op; op = next) {
-			next = strchr(op, '+');
-			if (next)
-				*next++ = 0;
-			for (i = 0; i < 5 && strcmp(op, fault_op_names[i]); i++)
-				;
-			if (i < 5)
-				r->ops |= 1 << i;
-			else if (!strcmp(op, "any"))
-				r->ops |= FAULT_ANY;
-			else
-				break;
-		}
-		free(ops);
-		return op ? "not read, write, flush, trim, zero or any "
-			    "(joined by +)" : NULL;
+		if (!scan_ops(value, &r->ops))
+			return "not read, write, flush, trim, zero or any "
+			       "(joined by +)";
 	} else if (!strcmp(key, "offset") || !strcmp(key, "length")) {
 		if (!scan_number(value, &v) || (key[0] == 'l' && !v))
 			return key[0] == 'o' ? "not a number of bytes" :
@@ -4453,14 +4626,11 @@ static const char *rule_item(struct fault_rule *r, const char *key,
 		r->end = r->offset + length < r->offset ? UINT64_MAX :
 			 r->offset + length;
 	} else if (!strcmp(key, "error")) {
-		for (i = 0; i < N_ERRNO_NAMES && strcmp(value, errno_names[i].name); i++)
-			;
-		if (i == N_ERRNO_NAMES && strcmp(value, "none"))
+		if (!scan_errno(value, &r->error))
 			return "not an errno name (EIO, ENOSPC, EROFS, EINVAL, "
 			       "EPERM, EACCES, ENOMEM, ETIMEDOUT, EAGAIN, EDQUOT, EFBIG, "
 			       "ENODEV, ENXIO, EBUSY, EBADMSG, EOPNOTSUPP, ENOLINK) "
 			       "or none";
-		r->error = i < N_ERRNO_NAMES ? errno_names[i].error : 0;
 		r->error_given = true;
 	} else if (!strcmp(key, "delay")) {
 		if (!r->error_given)

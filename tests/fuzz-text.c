@@ -33,11 +33,12 @@ enum { MAX_ARGS = 64 };
 
 static char source[64];
 
-/* A URI that fails to parse leaves what nbd_parse_uri() had decoded in
- * its locals, where the program would have exited: not a leak of the
- * program's. (Its asprintf() of a relative socket path unwinds no further
- * than libc, so it is named by that: nothing else this harness reaches
- * calls asprintf.) */
+/* A URI that fails to parse leaves what nbd_parse_uri() and the helpers
+ * it calls had decoded in their locals, where the program would have
+ * exited: not a leak of the program's (its frame is on every such
+ * stack, so its name covers the helpers). (The asprintf() of a
+ * relative socket path unwinds no further than libc, so it is named by
+ * that: nothing else this harness reaches calls asprintf.) */
 const char *__lsan_default_suppressions(void)
 {
 	return "leak:nbd_parse_uri\nleak:__vasprintf_internal\n";
