@@ -264,9 +264,10 @@ struct request {
  * What a layer allows is fixed when the stack is built.
  *
  * Holds: struct source; struct space, WRITE_FUA and struct stamp, which
- * its operations pass. Uses: nothing. Used by: every layer (sections 7 to
- * 13), open_source(), which builds the stack, and the handlers, through
- * e->top alone.
+ * its operations pass; the operations the layers above the bottom share,
+ * which pass down (pass_*) or refuse (no_map, no_resize). Uses: nothing.
+ * Used by: every layer (sections 7 to 13), open_source(), which builds
+ * the stack, and the handlers, through e->top alone.
  */
 struct space {
 	uint64_t allocated;	/* bytes the source holds */
@@ -333,45 +334,54 @@ struct source {
 	void (*close)(struct source *s);
 };
 
+/* The layers that have nothing of their own to say pass it down */
+static void pass_keep_no_copy(struct source *s)
+{
+	s->below->keep_no_copy(s->below);
+}
+
+/* the layer's own changes all come through the export: what changes
+ * below unseen is what a stamp must catch */
+static bool pass_stamp(struct source *s, struct stamp *st)
+{
+	return s->below->stamp(s->below, st);
+}
+
+static uint64_t pass_size(struct source *s)
+{
+	return s->below->size(s->below);
+}
+
+static int pass_space(struct source *s, struct space *sp)
+{
+	return s->below->space(s->below, sp);
+}
+
+/* never a mapping: a layer that must see every READ, or holds data the
+ * source lacks */
+static const char *no_map(struct source *s, uint64_t pos, uint64_t n)
+{
+	(void)s, (void)pos, (void)n;
+	return NULL;
+}
+
+/* The resize of a source whose size is not its own to change (an NBD
+ * server's export, a window, a snapshot): EINVAL, as for a block device */
+static int no_resize(struct source *s, uint64_t size)
+{
+	(void)s, (void)size;
+	return -EINVAL;
+}
+
 /* ===== The export's state ===== */
 /*
- * Holds: struct export, one export's state, and the queue and ring structs
- * it points to. doc/design.md says which lock or thread owns each part.
+ * Holds: struct options, what the command line asked for, and struct
+ * export, one export's state: what owns each field is said by groups, and
+ * doc/design.md says which lock or thread owns each part.
  * Uses: struct request, struct source. Used by: open_bottom,
  * list_partitions and everything from section 14 on; the layers'
  * operations never see it.
  */
-
-/* A queue: a thread reading requests from its own /dev/fuse fd */
-struct queue {
-	struct export *e;
-	int fd;
-	pthread_t thread;
-	int spin_score;		/* > 0: spinning has paid lately */
-	bool nonblocking;	/* the fd is, while the queue spins */
-	struct request req;
-};
-
-/* FUSE over io_uring: a ring per possible CPU, its thread pinned there,
- * each of its entries a request's header and payload buffers */
-struct ring_entry {
-	struct fuse_uring_req_header header;
-	char *payload;				/* DATA_SIZE bytes */
-	struct iovec iov[2];
-};
-
-struct ring {
-	struct export *e;
-	unsigned qid;
-	pthread_t thread;
-	int fd;
-	struct request req;	/* the entry being served; req.data: its payload */
-	uint32_t *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
-	struct io_uring_sqe128 *sqes;
-	struct io_uring_cqe *cqes;
-	uint32_t pending;			/* SQEs filled, not yet submitted */
-	struct ring_entry entry[RING_DEPTH];
-};
 
 /* What the command line and -o asked for: parse_options() fills it in and
  * nothing writes it after. Where the export settles a value of its own (a
@@ -508,8 +518,8 @@ struct export {
  * Holds: the two error regimes: die(), a setup error (one line, the mount
  * and the FIFO undone, exit 1), and halt(), a request stream that can no
  * longer be trusted; the state die() undoes (mounted_export, control_made)
- * and a fuzzer's escape from it; MAIN_ONLY; min_u64, no_resize and
- * scan_number. Uses: unmount_export (Mounting). Used by: everything.
+ * and a fuzzer's escape from it; print_and_exit, -h's and -V's way out;
+ * MAIN_ONLY; min_u64 and scan_number. Uses: unmount_export (Mounting). Used by: everything.
  */
 
 /* What main() alone calls, which a test harness's build leaves out */
@@ -524,7 +534,6 @@ static const char *control_made;
 /* A fuzzer's way out of a setup error in code it drives (die() jumps
  * there, saying nothing, instead of exiting); NULL in the program */
 static jmp_buf *die_escape;
-static _Noreturn void print_and_exit(const char *text);
 
 /* Setup errors: print "fuseexport: <fmt>", undo the mount if there is one,
  * and exit 1. A format ending in ':' gets ": strerror(errno)" appended, as
@@ -552,6 +561,14 @@ void die(const char *fmt, ...)
 	exit(1);
 }
 
+/* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
+static _Noreturn void print_and_exit(const char *text)
+{
+	if (fputs(text, stdout) == EOF || fflush(stdout) == EOF)
+		die("stdout:");
+	exit(0);
+}
+
 /* Halt the export: the request stream can no longer be trusted. Always
  * returns -EPROTO, the handler's verdict. */
 static __attribute__((format(printf, 2, 3)))
@@ -573,14 +590,6 @@ int halt(struct export *e, const char *fmt, ...)
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {
 	return a < b ? a : b;
-}
-
-/* The resize of a source whose size is not its own to change (an NBD
- * server's export, a window, a snapshot): EINVAL, as for a block device */
-static int no_resize(struct source *s, uint64_t size)
-{
-	(void)s, (void)size;
-	return -EINVAL;
 }
 
 /* A byte count with an optional K, M, G or T suffix (powers of 1024) into
@@ -1134,9 +1143,9 @@ static struct source *file_open(const char *path, bool writable, bool growable)
  * never a signal in the air: it is taken by a caller that finds it free
  * before it sleeps, and given up only to a caller asleep on its request
  * (nbd_leave_role), or kept while a request is half on the wire, since a
- * sender may be blocked until the replies before it are read. With -q N
- * and a server that allows it
- * (CAN_MULTI_CONN), N connections, used in turn. A connection that drops
+ * sender may be blocked until the replies before it are read. With a
+ * server that allows it (CAN_MULTI_CONN), a connection per queue (-q N,
+ * else one per online CPU), at most NBD_MAX_CONNS, used in turn. A connection that drops
  * is made again by the caller in the receive role, with backoff; the
  * requests in flight are then sent again by their callers, and a caller
  * whose connection has been down longer than --retry gets EIO.
@@ -3090,10 +3099,9 @@ static struct source *open_bottom(struct export *e, bool writable, bool growable
  * the only place that knows its offset. Nothing outside it is ever read or
  * written, whatever a request asks.
  *
- * Holds: struct window, its operations and window_open(); and the
- * operations that pass down or refuse (pass_*, no_map), which the layers
- * above the bottom share. Uses: the layer below. Used by: partition_open,
- * open_source, commit_snapshot; pass_* and no_map by sections 11 to 13.
+ * Holds: struct window, its operations and window_open(). Uses: the layer
+ * below, the pass-down operations. Used by: partition_open, open_source,
+ * commit_snapshot.
  */
 struct window {
 	struct source s;
@@ -3196,37 +3204,6 @@ static int window_space(struct source *s, struct space *sp)
 	sp->allocated = min_u64(sp->allocated, window_of(s)->size);
 	sp->free = sp->avail = 0;	/* it cannot grow */
 	return r;
-}
-
-/* The layers that have nothing of their own to say pass it down */
-static void pass_keep_no_copy(struct source *s)
-{
-	s->below->keep_no_copy(s->below);
-}
-
-/* the layer's own changes all come through the export: what changes
- * below unseen is what a stamp must catch */
-static bool pass_stamp(struct source *s, struct stamp *st)
-{
-	return s->below->stamp(s->below, st);
-}
-
-static uint64_t pass_size(struct source *s)
-{
-	return s->below->size(s->below);
-}
-
-static int pass_space(struct source *s, struct space *sp)
-{
-	return s->below->space(s->below, sp);
-}
-
-/* never a mapping: a layer that must see every READ, or holds data the
- * source lacks */
-static const char *no_map(struct source *s, uint64_t pos, uint64_t n)
-{
-	(void)s, (void)pos, (void)n;
-	return NULL;
 }
 
 static void window_close(struct source *s)
@@ -3892,10 +3869,11 @@ uint32_t fuseexport_crc32(uint32_t crc, const unsigned char *p, size_t n)
  * no new bit costs one fdatasync, as before.
  *
  * Holds: FILE's header and map, struct snapshot and its operations,
- * snapshot_open(), and the fuzzer's entry. Uses: the layer below, the
- * pass-down operations, source_id. Used by: open_source (--snapshot), and
- * commit_snapshot (--commit), which reads FILE with snap_new, snap_load
- * and delta_io.
+ * snapshot_open(), source_id (the source a FILE is for), the fuzzer's
+ * entry, and commit_snapshot (--commit), which reads FILE with snap_new,
+ * snap_load and delta_io and writes it into the source. Uses: the layer
+ * below, the pass-down operations, open_bottom, window_open, human_size.
+ * Used by: open_source (--snapshot), main (--commit).
  */
 enum { SNAP_BLOCK = 4096, SNAP_LOCKS = 64, SNAP_MAP = 4096,
        SNAP_WORDS = SNAP_MAP / 8 };	/* a map piece's 64-bit words */
@@ -4437,7 +4415,155 @@ static struct source *snapshot_open(struct source *below, const char *file,
 	return &sn->s;
 }
 
-static void source_id(const char *path, struct snap_header *id);
+/* The source's identity in a snapshot's header: its device and inode
+ * (a block device's own number). Exits if it cannot be had. */
+static void source_id(const char *path, struct snap_header *id)
+{
+	uint64_t hash = 14695981039346656037ULL;
+	struct stat st;
+
+	if (is_nbd_uri(path)) {		/* an NBD export: its URI, FNV-1a */
+		for (; *path; path++)
+			hash = (hash ^ (unsigned char)*path) * 1099511628211ULL;
+		id->dev = 0;
+		id->ino = hash;
+		return;
+	}
+	if (stat(path, &st) < 0)
+		die("%s:", path);
+	id->dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
+	id->ino = S_ISBLK(st.st_mode) ? 0 : st.st_ino;
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (t.tv_sec - t0->tv_sec) + (t.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Open a snapshot FILE to commit, as an export takes it: no symlink
+ * (removing it would leave the FILE it names, to be resumed later), no
+ * FIFO to wait on, none an export holds; its header into *h. Returns the
+ * fd; exits if FILE is none of that. */
+static int open_to_commit(const char *file, struct snap_header *h)
+{
+	struct stat st;
+	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		die("%s:", file);
+	if (!S_ISREG(st.st_mode))
+		die("%s: not a regular file", file);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		die("%s: in use by an export", file);
+	if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) ||
+	    memcmp(h->magic, "FXSNAP1", 8))
+		die("%s: not a snapshot file", file);
+	header_order(h);
+	if (h->block != SNAP_BLOCK)
+		die("%s: not a snapshot file", file);
+	return fd;
+}
+
+/* What a commit of sn, a snapshot of size bytes, writes: the number of
+ * changed blocks into *count; returns their bytes */
+static uint64_t changed_bytes(struct snapshot *sn, uint64_t size,
+			      uint64_t *count)
+{
+	uint64_t b, total = 0;
+
+	*count = 0;
+	for (b = 0; b < sn->blocks; b++)
+		if (changed(sn, b)) {
+			++*count;
+			total += min_u64(SNAP_BLOCK, size - b * SNAP_BLOCK);
+		}
+	return total;
+}
+
+/* A commit's progress on a terminal, over the line before: done bytes of
+ * total, and the rate over t seconds */
+static void commit_progress(uint64_t done, uint64_t total, double t)
+{
+	char done_s[32], total_s[32], rate_s[32];
+
+	human_size(done_s, sizeof(done_s), done);
+	human_size(total_s, sizeof(total_s), total);
+	human_size(rate_s, sizeof(rate_s), t > 0 ? done / t : 0);
+	fprintf(stderr, "\rfuseexport: committing: %s of %s, %s/s\033[K",
+		done_s, total_s, rate_s);
+}
+
+/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
+ * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
+ * removed once everything is in, so a commit that failed halfway, run
+ * again, finishes the job. On a terminal, progress on stderr (bytes of
+ * all, rate) from the first block on, every half second; then one line
+ * that says what was done, always. Exits: 0 when done. */
+static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
+{
+	const char *file = e->snapshot_file, *why;
+	struct snap_header h, id;
+	struct snapshot *sn;
+	struct source *top;
+	struct timespec t0;
+	char block[SNAP_BLOCK], total_s[32];
+	static const char zeros[SNAP_BLOCK];
+	uint64_t b, count, total, done = 0;
+	bool tty = isatty(STDERR_FILENO);
+	double next = 0, t;
+	int fd = open_to_commit(file, &h), r;
+
+	top = open_bottom(e, true, false);
+	if (h.offset || h.size != top->size(top))
+		top = window_open(top, h.offset, h.size, e->source_path);
+	id = h;
+	source_id(e->source_path, &id);
+	if (memcmp(&id, &h, sizeof(h)))
+		die("%s: made for another source than %s", file, e->source_path);
+	if (!(sn = snap_new(h.size)))
+		die("out of memory:");
+	sn->fd = fd;
+	if ((why = snap_load(sn, &id)))
+		die("%s: %s", file, why);
+	total = changed_bytes(sn, h.size, &count);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (b = 0; b < sn->blocks; b++) {
+		size_t len = min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
+
+		if (!changed(sn, b))
+			continue;
+		if ((r = delta_io(sn, false, block, len, sn->data + b * SNAP_BLOCK)) < 0)
+			die("%s: reading block %llu: %s", file, (unsigned long long)b,
+			    strerror(-r));
+		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK, 0)
+					      : top->punch(top, b * SNAP_BLOCK, len);
+		if (r < 0)
+			die("%s: writing block %llu: %s", e->source_path,
+			    (unsigned long long)b, strerror(-r));
+		done += len;
+		if (tty && (t = seconds_since(&t0)) >= next) {
+			next = t + 0.5;
+			commit_progress(done, total, t);
+		}
+	}
+	if (next > 0)
+		fputs("\r\033[K", stderr);
+	if ((r = top->flush(top, false)) < 0)
+		die("%s: flushing: %s", e->source_path, strerror(-r));
+	/* FILE's removal durable too: back after a crash, it would be
+	 * resumed over the source written since, or committed over it */
+	if (unlink(file) < 0 || sync_dir(file) < 0)
+		die("%s: removing it after the commit:", file);
+	top->close(top);
+	snap_free(sn);
+	human_size(total_s, sizeof(total_s), total);
+	fprintf(stderr, "fuseexport: committed %s in %llu blocks to %s\n",
+		total_s, (unsigned long long)count, e->source_path);
+	exit(0);
+}
 
 /* For a fuzzer (see fuseexport.h): resume FILE over the regular file
  * source as the program would; if taken, read it all, seek, write a
@@ -5659,9 +5785,12 @@ void fuseexport_fuzz_control(struct export *e, const char *data, size_t n,
  * each in one place for every handler.
  *
  * Holds: export_size, resize_export (map_lock's writer), flush_export (a
- * failed flush fails every later one), why_no_passthrough, and fill_attr,
- * the attributes GETATTR and SETATTR reply with. Uses: e->top, e->lock,
- * map_lock. Used by: the handlers, open_source, run_export.
+ * failed flush fails every later one), why_no_passthrough, open_source,
+ * which builds the stack from the options (take_attributes: the file's
+ * mode, owner and times), and fill_attr, the attributes GETATTR and
+ * SETATTR reply with. Uses: e->top, e->lock, map_lock, every layer's
+ * open. Used by: the handlers, run_export, main and fuseexport_new
+ * (open_source).
  */
 
 static uint64_t export_size(struct export *e)
@@ -5728,6 +5857,86 @@ static const char *why_no_passthrough(struct export *e)
 	if (geteuid() != 0)
 		return "registering a backing file needs root";
 	return NULL;
+}
+
+/* The exported file's attributes: read-only or not, the caller's, and
+ * the source's times (an NBD export's: its start). Exits on failure. */
+static void take_attributes(struct export *e)
+{
+	struct stat st;
+
+	if (is_nbd_uri(e->source_path)) {	/* the times: the export's start */
+		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
+		st.st_atim = st.st_ctim = st.st_mtim;
+	} else if (stat(e->source_path, &st) < 0) {
+		die("%s:", e->source_path);
+	}
+	e->mode = e->opt.writable ? 0600 : 0400;
+	e->uid = getuid();
+	e->gid = getgid();
+	e->atime = st.st_atim;
+	e->mtime = st.st_mtim;
+	e->ctime = st.st_ctim;
+}
+
+/* Build the source stack (the file or NBD connection; a window or a
+ * partition; a snapshot; the fault layer if rules may come; the volatile
+ * cache), settle whether passthrough is even possible, and take the
+ * exported file's attributes. Exits on failure. */
+static void open_source(struct export *e)
+{
+	struct snap_header id = { .offset = e->opt.offset };
+	char why[PATH_MAX + 200];
+
+	if (e->opt.write_cache && !e->opt.writable)
+		die("--write-cache=volatile: needs a writable export (-w or -g)");
+	e->top = open_bottom(e, e->opt.writable && !e->opt.snapshot,
+			     e->opt.growable);
+	if (e->opt.partition) {
+		e->top = partition_open(e->top, e->opt.partition,
+					e->source_path);
+		id.offset = window_of(e->top)->offset;
+	} else if (e->opt.offset || e->opt.window) {
+		e->top = window_open(e->top, e->opt.offset, e->opt.window,
+				     e->source_path);
+	}
+	if (e->opt.snapshot) {
+		source_id(e->source_path, &id);
+		e->top = snapshot_open(e->top, e->snapshot_file, &id, why, sizeof(why));
+		if (!e->top)
+			die("%s", why);
+	}
+	if (e->opt.rules || e->control_path) {
+		/* the layer takes the rules over: they are its from now on */
+		e->faults = fault_open(e->top, e->opt.rules, e->opt.seed,
+				       e->opt.debug);
+		e->top = &e->faults->s;
+	}
+	if (e->opt.write_cache) {
+		e->volatile_cache = cache_open(e->top, e->opt.seed);
+		e->top = &e->volatile_cache->s;
+	}
+	/* the kernel's page cache would answer reads the rules never see */
+	if ((e->faults || e->volatile_cache) &&
+	    (e->opt.cache == CACHE_READ || e->opt.cache == CACHE_WRITEBACK))
+		die("--cache=%s: fault rules, --control and --write-cache=volatile "
+		    "need every request to come here (--cache=none or auto)",
+		    cache_names[e->opt.cache]);
+	if (e->opt.debug && (e->faults || e->volatile_cache))
+		fprintf(stderr, "fuseexport: seed %llu (--seed=%llu repeats "
+			"every random choice)\n", (unsigned long long)e->opt.seed,
+			(unsigned long long)e->opt.seed);
+	e->no_passthrough = why_no_passthrough(e);
+	if (e->opt.want_passthrough == ON && e->no_passthrough)
+		die("--passthrough=on: %s", e->no_passthrough);
+	e->passthrough = !e->no_passthrough;
+
+	take_attributes(e);
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_rwlock_init(&e->map_lock, NULL);
+	e->fuse_fd = -1;
+	atomic_store(&e->ready_fd, -1);
+	e->ready_pending = -1;
 }
 
 static void fill_attr(struct export *e, struct fuse_attr *a)
@@ -6531,7 +6740,7 @@ static void start_log(int null)
  * Holds: init_done(), the work after INIT's reply; tell_ready(), which
  * tells the waiting parent the export is live; the notifications to the
  * kernel (the size, a drop of its cache, which never comes from a serving
- * thread); possible_cpus; and what both transports' threads share
+ * thread); and what both transports' threads share
  * (request_buffer, serving_thread). Uses: the log (start_log), the export
  * and its stack, start_rings. Used by: both transports, the control FIFO
  * and run_export (drop_kernel_cache), the NBD source (source_reconnected).
@@ -6558,23 +6767,6 @@ static void tell_ready(struct export *e)
 		/* the parent is gone: nobody is left to tell */
 	}
 	close(fd);
-}
-
-/* The number of possible CPUs, one past the highest that
- * /sys/devices/system/cpu/possible lists ("0-3,5"), or 0 */
-static unsigned possible_cpus(void)
-{
-	FILE *f = fopen("/sys/devices/system/cpu/possible", "re");
-	unsigned n = 0, v;
-	int c = ',';
-
-	while (f && (c == ',' || c == '-') && fscanf(f, "%u", &v) == 1) {
-		n = v + 1 > n ? v + 1 : n;
-		c = fgetc(f);
-	}
-	if (f)
-		fclose(f);
-	return n;
 }
 
 /* Start a ring per possible CPU; the kernel takes requests through them
@@ -6628,7 +6820,8 @@ static int drop_kernel_cache(struct export *e)
 }
 
 /* An NBD source made a connection again: its server may serve other
- * bytes now. main() drops the kernel's cache (see above). */
+ * bytes now. run_export's loop, in the main thread, drops the kernel's
+ * cache (see above). */
 static void source_reconnected(void *arg)
 {
 	struct export *e = arg;
@@ -6706,11 +6899,21 @@ static void serving_thread(void)
  * The read(2) transport: a thread per queue, each reading requests from
  * its own /dev/fuse fd and writing the replies back to it.
  *
- * Holds: unspill, spinning for the next request (next_request,
- * count_spin_budget), queue_loop, start_queues. Uses: struct queue, the
+ * Holds: struct queue, unspill, spinning for the next request
+ * (next_request, count_spin_budget), queue_loop, start_queues. Uses: the
  * dispatcher, init_done, request_buffer. Used by: run_export
  * (start_queues, count_spin_budget), fuseexport_request (unspill).
  */
+
+/* A queue: a thread reading requests from its own /dev/fuse fd */
+struct queue {
+	struct export *e;
+	int fd;
+	pthread_t thread;
+	int spin_score;		/* > 0: spinning has paid lately */
+	bool nonblocking;	/* the fd is, while the queue spins */
+	struct request req;
+};
 
 /* read(2) put a request's first REQ_HEAD bytes in r->in and the rest in
  * r->data: an op struct longer than a WRITE's (INIT, SETATTR) is fetched
@@ -6906,11 +7109,32 @@ static void start_queues(struct export *e)
  * The io_uring transport: a ring per possible CPU, whose entries carry
  * requests and replies; serve() handles them as it does the queues'.
  *
- * Holds: ring_setup, ring_command, ring_serve, ring_loop, start_rings.
- * Uses: struct ring, fuseexport.h's io_uring ABI, the dispatcher,
- * request_buffer, possible_cpus. Used by: init_done (start_rings),
+ * Holds: struct ring and its entries, ring_setup, ring_command,
+ * ring_serve, ring_loop, possible_cpus, start_rings. Uses: fuseexport.h's
+ * io_uring ABI, the dispatcher, request_buffer. Used by: init_done (start_rings),
  * run_export (joins the rings' threads).
  */
+
+/* FUSE over io_uring: a ring per possible CPU, its thread pinned there,
+ * each of its entries a request's header and payload buffers */
+struct ring_entry {
+	struct fuse_uring_req_header header;
+	char *payload;				/* DATA_SIZE bytes */
+	struct iovec iov[2];
+};
+
+struct ring {
+	struct export *e;
+	unsigned qid;
+	pthread_t thread;
+	int fd;
+	struct request req;	/* the entry being served; req.data: its payload */
+	uint32_t *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+	struct io_uring_sqe128 *sqes;
+	struct io_uring_cqe *cqes;
+	uint32_t pending;			/* SQEs filled, not yet submitted */
+	struct ring_entry entry[RING_DEPTH];
+};
 
 /* Set up a ring: io_uring_setup with 128-byte SQEs, its three maps, and
  * the entries' payload buffers. Returns 0 or -errno. */
@@ -7064,6 +7288,23 @@ static void *ring_loop(void *arg)
 	return NULL;
 }
 
+/* The number of possible CPUs, one past the highest that
+ * /sys/devices/system/cpu/possible lists ("0-3,5"), or 0 */
+static unsigned possible_cpus(void)
+{
+	FILE *f = fopen("/sys/devices/system/cpu/possible", "re");
+	unsigned n = 0, v;
+	int c = ',';
+
+	while (f && (c == ',' || c == '-') && fscanf(f, "%u", &v) == 1) {
+		n = v + 1 > n ? v + 1 : n;
+		c = fgetc(f);
+	}
+	if (f)
+		fclose(f);
+	return n;
+}
+
 static int start_rings(struct export *e)
 {
 	unsigned i;
@@ -7094,7 +7335,7 @@ static int start_rings(struct export *e)
  * last value, as mount(8) has it; options that contradict each other are
  * refused with one line naming both.
  *
- * Holds: complain and the value parsers, print_and_exit, option_table,
+ * Holds: complain and the value parsers, option_table,
  * set_option, the contradictions, parse_options, options_or_exit and the
  * fuzzer's entry. Uses: scan_number, parse_rule, usage_text. Used by:
  * main and fuseexport_new (options_or_exit).
@@ -7151,14 +7392,6 @@ static bool parse_cache(const char *what, const char *s, int *cache, char *why)
 		return complain(why, "%s: '%s' is not auto, none, read or "
 			     "writeback", what, s);
 	return true;
-}
-
-/* -h, -V: print text on stdout and exit 0, or 1 if it could not be written */
-static _Noreturn void print_and_exit(const char *text)
-{
-	if (fputs(text, stdout) == EOF || fflush(stdout) == EOF)
-		die("stdout:");
-	exit(0);
 }
 
 /* The options, one row each: --NAME (NULL: none), NAME in an -o list
@@ -7642,236 +7875,6 @@ int fuseexport_fuzz_options(int argc, char *argv[], char *why)
 	r = parse_options(&o, &p, argc, argv, why);
 	free_rules(o.rules);
 	return r;
-}
-
-/* The source's identity in a snapshot's header: its device and inode
- * (a block device's own number). Exits if it cannot be had. */
-static void source_id(const char *path, struct snap_header *id)
-{
-	uint64_t hash = 14695981039346656037ULL;
-	struct stat st;
-
-	if (is_nbd_uri(path)) {		/* an NBD export: its URI, FNV-1a */
-		for (; *path; path++)
-			hash = (hash ^ (unsigned char)*path) * 1099511628211ULL;
-		id->dev = 0;
-		id->ino = hash;
-		return;
-	}
-	if (stat(path, &st) < 0)
-		die("%s:", path);
-	id->dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
-	id->ino = S_ISBLK(st.st_mode) ? 0 : st.st_ino;
-}
-
-static double seconds_since(const struct timespec *t0)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (t.tv_sec - t0->tv_sec) + (t.tv_nsec - t0->tv_nsec) / 1e9;
-}
-
-/* Open a snapshot FILE to commit, as an export takes it: no symlink
- * (removing it would leave the FILE it names, to be resumed later), no
- * FIFO to wait on, none an export holds; its header into *h. Returns the
- * fd; exits if FILE is none of that. */
-static int open_to_commit(const char *file, struct snap_header *h)
-{
-	struct stat st;
-	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-
-	if (fd < 0 || fstat(fd, &st) < 0)
-		die("%s:", file);
-	if (!S_ISREG(st.st_mode))
-		die("%s: not a regular file", file);
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
-		die("%s: in use by an export", file);
-	if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) ||
-	    memcmp(h->magic, "FXSNAP1", 8))
-		die("%s: not a snapshot file", file);
-	header_order(h);
-	if (h->block != SNAP_BLOCK)
-		die("%s: not a snapshot file", file);
-	return fd;
-}
-
-/* What a commit of sn, a snapshot of size bytes, writes: the number of
- * changed blocks into *count; returns their bytes */
-static uint64_t changed_bytes(struct snapshot *sn, uint64_t size,
-			      uint64_t *count)
-{
-	uint64_t b, total = 0;
-
-	*count = 0;
-	for (b = 0; b < sn->blocks; b++)
-		if (changed(sn, b)) {
-			++*count;
-			total += min_u64(SNAP_BLOCK, size - b * SNAP_BLOCK);
-		}
-	return total;
-}
-
-/* A commit's progress on a terminal, over the line before: done bytes of
- * total, and the rate over t seconds */
-static void commit_progress(uint64_t done, uint64_t total, double t)
-{
-	char done_s[32], total_s[32], rate_s[32];
-
-	human_size(done_s, sizeof(done_s), done);
-	human_size(total_s, sizeof(total_s), total);
-	human_size(rate_s, sizeof(rate_s), t > 0 ? done / t : 0);
-	fprintf(stderr, "\rfuseexport: committing: %s of %s, %s/s\033[K",
-		done_s, total_s, rate_s);
-}
-
-/* --commit --snapshot=FILE SOURCE: write FILE's changed blocks into the
- * part of SOURCE it was made for, flush SOURCE, remove FILE. FILE is only
- * removed once everything is in, so a commit that failed halfway, run
- * again, finishes the job. On a terminal, progress on stderr (bytes of
- * all, rate) from the first block on, every half second; then one line
- * that says what was done, always. Exits: 0 when done. */
-static MAIN_ONLY _Noreturn void commit_snapshot(struct export *e)
-{
-	const char *file = e->snapshot_file, *why;
-	struct snap_header h, id;
-	struct snapshot *sn;
-	struct source *top;
-	struct timespec t0;
-	char block[SNAP_BLOCK], total_s[32];
-	static const char zeros[SNAP_BLOCK];
-	uint64_t b, count, total, done = 0;
-	bool tty = isatty(STDERR_FILENO);
-	double next = 0, t;
-	int fd = open_to_commit(file, &h), r;
-
-	top = open_bottom(e, true, false);
-	if (h.offset || h.size != top->size(top))
-		top = window_open(top, h.offset, h.size, e->source_path);
-	id = h;
-	source_id(e->source_path, &id);
-	if (memcmp(&id, &h, sizeof(h)))
-		die("%s: made for another source than %s", file, e->source_path);
-	if (!(sn = snap_new(h.size)))
-		die("out of memory:");
-	sn->fd = fd;
-	if ((why = snap_load(sn, &id)))
-		die("%s: %s", file, why);
-	total = changed_bytes(sn, h.size, &count);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	for (b = 0; b < sn->blocks; b++) {
-		size_t len = min_u64(SNAP_BLOCK, h.size - b * SNAP_BLOCK);
-
-		if (!changed(sn, b))
-			continue;
-		if ((r = delta_io(sn, false, block, len, sn->data + b * SNAP_BLOCK)) < 0)
-			die("%s: reading block %llu: %s", file, (unsigned long long)b,
-			    strerror(-r));
-		r = memcmp(block, zeros, len) ? top->write(top, block, len, b * SNAP_BLOCK, 0)
-					      : top->punch(top, b * SNAP_BLOCK, len);
-		if (r < 0)
-			die("%s: writing block %llu: %s", e->source_path,
-			    (unsigned long long)b, strerror(-r));
-		done += len;
-		if (tty && (t = seconds_since(&t0)) >= next) {
-			next = t + 0.5;
-			commit_progress(done, total, t);
-		}
-	}
-	if (next > 0)
-		fputs("\r\033[K", stderr);
-	if ((r = top->flush(top, false)) < 0)
-		die("%s: flushing: %s", e->source_path, strerror(-r));
-	/* FILE's removal durable too: back after a crash, it would be
-	 * resumed over the source written since, or committed over it */
-	if (unlink(file) < 0 || sync_dir(file) < 0)
-		die("%s: removing it after the commit:", file);
-	top->close(top);
-	snap_free(sn);
-	human_size(total_s, sizeof(total_s), total);
-	fprintf(stderr, "fuseexport: committed %s in %llu blocks to %s\n",
-		total_s, (unsigned long long)count, e->source_path);
-	exit(0);
-}
-
-/* The exported file's attributes: read-only or not, the caller's, and
- * the source's times (an NBD export's: its start). Exits on failure. */
-static void take_attributes(struct export *e)
-{
-	struct stat st;
-
-	if (is_nbd_uri(e->source_path)) {	/* the times: the export's start */
-		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
-		st.st_atim = st.st_ctim = st.st_mtim;
-	} else if (stat(e->source_path, &st) < 0) {
-		die("%s:", e->source_path);
-	}
-	e->mode = e->opt.writable ? 0600 : 0400;
-	e->uid = getuid();
-	e->gid = getgid();
-	e->atime = st.st_atim;
-	e->mtime = st.st_mtim;
-	e->ctime = st.st_ctim;
-}
-
-/* Build the source stack (the file or NBD connection; a window or a
- * partition; a snapshot; the fault layer if rules may come; the volatile
- * cache), settle whether passthrough is even possible, and take the
- * exported file's attributes. Exits on failure. */
-static void open_source(struct export *e)
-{
-	struct snap_header id = { .offset = e->opt.offset };
-	char why[PATH_MAX + 200];
-
-	if (e->opt.write_cache && !e->opt.writable)
-		die("--write-cache=volatile: needs a writable export (-w or -g)");
-	e->top = open_bottom(e, e->opt.writable && !e->opt.snapshot,
-			     e->opt.growable);
-	if (e->opt.partition) {
-		e->top = partition_open(e->top, e->opt.partition,
-					e->source_path);
-		id.offset = window_of(e->top)->offset;
-	} else if (e->opt.offset || e->opt.window) {
-		e->top = window_open(e->top, e->opt.offset, e->opt.window,
-				     e->source_path);
-	}
-	if (e->opt.snapshot) {
-		source_id(e->source_path, &id);
-		e->top = snapshot_open(e->top, e->snapshot_file, &id, why, sizeof(why));
-		if (!e->top)
-			die("%s", why);
-	}
-	if (e->opt.rules || e->control_path) {
-		/* the layer takes the rules over: they are its from now on */
-		e->faults = fault_open(e->top, e->opt.rules, e->opt.seed,
-				       e->opt.debug);
-		e->top = &e->faults->s;
-	}
-	if (e->opt.write_cache) {
-		e->volatile_cache = cache_open(e->top, e->opt.seed);
-		e->top = &e->volatile_cache->s;
-	}
-	/* the kernel's page cache would answer reads the rules never see */
-	if ((e->faults || e->volatile_cache) &&
-	    (e->opt.cache == CACHE_READ || e->opt.cache == CACHE_WRITEBACK))
-		die("--cache=%s: fault rules, --control and --write-cache=volatile "
-		    "need every request to come here (--cache=none or auto)",
-		    cache_names[e->opt.cache]);
-	if (e->opt.debug && (e->faults || e->volatile_cache))
-		fprintf(stderr, "fuseexport: seed %llu (--seed=%llu repeats "
-			"every random choice)\n", (unsigned long long)e->opt.seed,
-			(unsigned long long)e->opt.seed);
-	e->no_passthrough = why_no_passthrough(e);
-	if (e->opt.want_passthrough == ON && e->no_passthrough)
-		die("--passthrough=on: %s", e->no_passthrough);
-	e->passthrough = !e->no_passthrough;
-
-	take_attributes(e);
-	pthread_mutex_init(&e->lock, NULL);
-	pthread_rwlock_init(&e->map_lock, NULL);
-	e->fuse_fd = -1;
-	atomic_store(&e->ready_fd, -1);
-	e->ready_pending = -1;
 }
 
 /* ===== Mounting ===== */
