@@ -519,7 +519,7 @@ struct export {
  * and the FIFO undone, exit 1), and halt(), a request stream that can no
  * longer be trusted; the state die() undoes (mounted_export, control_made)
  * and a fuzzer's escape from it; print_and_exit, -h's and -V's way out;
- * MAIN_ONLY; min_u64 and scan_number. Uses: unmount_export (Mounting). Used by: everything.
+ * MAIN_ONLY; min_u64, lock_soon and scan_number. Uses: unmount_export (Mounting). Used by: everything.
  */
 
 /* What main() alone calls, which a test harness's build leaves out */
@@ -590,6 +590,22 @@ int halt(struct export *e, const char *fmt, ...)
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {
 	return a < b ? a : b;
+}
+
+/* flock(fd, op), waiting up to a second for an export unmounted a moment
+ * ago to let go (umount returns before its server has exited), so that a
+ * script may export or commit again at once. 0, or -1 with errno
+ * (EWOULDBLOCK: still held). */
+static int lock_soon(int fd, int op)
+{
+	int i;
+
+	for (i = 0; flock(fd, op | LOCK_NB) < 0; i++) {
+		if (errno != EWOULDBLOCK || i == 20)
+			return -1;
+		usleep(50000);
+	}
+	return 0;
 }
 
 /* A byte count with an optional K, M, G or T suffix (powers of 1024) into
@@ -1063,16 +1079,12 @@ static void file_open_fd(struct file_source *f, const char *path,
  * that a script may export again at once. Exits on failure. */
 static void file_lock(int fd, const char *path, bool writable)
 {
-	int i;
-
-	for (i = 0; flock(fd, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0; i++) {
-		if (errno != EWOULDBLOCK)
-			die("%s: lock:", path);
-		if (i == 20)
-			die("%s: in use by another export (a writer excludes "
-			    "everyone else)", path);
-		usleep(50000);
-	}
+	if (lock_soon(fd, writable ? LOCK_EX : LOCK_SH) == 0)
+		return;
+	if (errno != EWOULDBLOCK)
+		die("%s: lock:", path);
+	die("%s: in use by another export (a writer excludes everyone else)",
+	    path);
 }
 
 /* Open and lock path, a regular file or a block device, as the bottom of
@@ -4354,7 +4366,7 @@ static bool snap_attach(struct snapshot *sn, const char *file,
 		return snprintf(why, n, "%s: %s", name, strerror(errno)), false;
 	if (!S_ISREG(st.st_mode))
 		return snprintf(why, n, "%s: not a regular file", name), false;
-	if (flock(sn->fd, LOCK_EX | LOCK_NB) < 0)
+	if (lock_soon(sn->fd, LOCK_EX) < 0)
 		return snprintf(why, n, "%s: in use by another export", name), false;
 	want = *id;
 	header_order(&want);
@@ -4456,7 +4468,7 @@ static int open_to_commit(const char *file, struct snap_header *h)
 		die("%s:", file);
 	if (!S_ISREG(st.st_mode))
 		die("%s: not a regular file", file);
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+	if (lock_soon(fd, LOCK_EX) < 0)
 		die("%s: in use by an export", file);
 	if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) ||
 	    memcmp(h->magic, "FXSNAP1", 8))

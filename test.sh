@@ -3699,6 +3699,25 @@ t_snapshot_fio() {
 # committed: the changes land in the window and nowhere else; a commit
 # run again from a copy of FILE (as after a failure) ends the same; bad
 # commits are refused
+# umount returns before the server has let go of FILE (here its last flush
+# is held up 0.5 s): exporting FILE again, and committing it, right after
+# umount wait for it instead of being refused as in use
+t_snapshot_again() {
+	mkimg src 8; cp src orig; : >mp
+	head -c 65536 /dev/urandom >data
+	fx_up --snapshot="$PWD/s.fx" --fault=op=flush,delay=500ms "$PWD/src" "$PWD/mp"
+	put mp $MiB data
+	umount mp
+	"$FX" --snapshot="$PWD/s.fx" --fault=op=flush,delay=500ms "$PWD/src" "$PWD/mp" ||
+		fail "FILE exported again right after umount: refused"
+	track_pid "$(fx_pid "$PWD/mp")"
+	cmp <(range mp $MiB 65536) data || fail "the snapshot exported again"
+	umount mp
+	"$FX" --commit --snapshot="$PWD/s.fx" "$PWD/src" 2>err || fail "a commit right after umount: $(cat err)"
+	cmp <(range src $MiB 65536) data || fail "the commit's data"
+	refute "FILE left after the commit" [ -e s.fx ]
+}
+
 t_snapshot_commit() {
 	local off=$((3 * MiB + 512)) len=$((5 * MiB)) before
 	mkimg src 32; cp src expected; : >mp
@@ -5463,6 +5482,7 @@ t "snapshot of 1 TiB: reads at 0, SEEK_DATA and SEEK_HOLE around a block written
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
 t "snapshot: FILE on a full disk: a write whose data got in is flushed and kept (its map's room taken at the start), the next refused; a reserving fallocate reserves" "$M unshare python3 xfs_io" t_snapshot_full
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
+t "snapshot: FILE exported again and committed right after umount, while the last server still holds it: waited for" "$M" t_snapshot_again
 t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script strace" t_snapshot_commit
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) between flushes: every sector as flushed or written since" "$M python3" t_snapshot_crash between
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) during a flush, its map written: the same" "$M python3 strace xfs_io" t_snapshot_crash during
