@@ -8403,7 +8403,8 @@ static MAIN_ONLY void detach(struct export *e)
  * Holds: lift_dirty_limit and run_export, the main thread from the first
  * queue to the end: signals waited for, the spin budget counted, the
  * kernel's cache dropped when the source changed, then a flush, the
- * unmount, the threads joined. Uses: start_queues, control_loop,
+ * unmount, the threads joined, and say_ended, a detached server's last
+ * line. Uses: start_queues, control_loop,
  * drop_kernel_cache, flush_export, unmount_export. Used by: main.
  */
 
@@ -8471,6 +8472,20 @@ static MAIN_ONLY void end_export(struct export *e)
 	unmount_export(e, false);
 }
 
+/* A detached server's last word in its log, at a normal end: how the
+ * export ended (ended_by: the signal, or 0 for an unmount), and whether
+ * its writes were flushed or a crash dropped them */
+static MAIN_ONLY void say_ended(struct export *e, int ended_by)
+{
+	if (e->opt.foreground || e->opt.run_command)
+		return;		/* stderr is the caller's, who knows */
+	fprintf(stderr, "fuseexport: %s: the export of %s ended (%s)%s\n",
+		e->mountpoint, e->source_path, ended_by == SIGTERM ? "SIGTERM" :
+		ended_by == SIGINT ? "SIGINT" : ended_by ? "SIGHUP" : "unmounted",
+		!e->opt.writable ? "" : export_crashed(e) ?
+		", crashed: unflushed writes dropped" : ", its writes flushed");
+}
+
 /* Serve until the export ends; returns the exit status: 1 if it halted
  * or a flush of the source failed */
 static MAIN_ONLY int run_export(struct export *e)
@@ -8535,14 +8550,7 @@ static MAIN_ONLY int run_export(struct export *e)
 	}
 	if (atomic_load(&e->halted))
 		return 1;
-	/* a detached server's last word in its log */
-	if (!e->opt.foreground && !e->opt.run_command)
-		fprintf(stderr, "fuseexport: %s: the export of %s ended (%s)%s\n",
-			e->mountpoint, e->source_path, ended_by == SIGTERM ?
-			"SIGTERM" : ended_by == SIGINT ? "SIGINT" : ended_by ?
-			"SIGHUP" : "unmounted", !e->opt.writable ? "" :
-			export_crashed(e) ? ", crashed: unflushed writes dropped" :
-			", its writes flushed");
+	say_ended(e, ended_by);
 	return 0;
 }
 
