@@ -728,6 +728,30 @@ t_seek() {
 	fx_down "$PWD/mp"
 }
 
+# seek_data FILE OFFSET [XFS_IO COMMANDS BEFORE IT]: the offset SEEK_DATA from
+# OFFSET gives in the same xfs_io process, or EOF
+seek_data() {
+	local f=$1 o=$2 c args=(); shift 2
+	for c; do args+=(-c "$c"); done
+	xfs_io "${args[@]}" -c "seek -d $o" "$f" | awk '$1 == "DATA" { print $2 }'
+}
+
+# Found with an outside model checker (SEEK walk after each write, mmap
+# store, punch): bytes the kernel still holds dirty are data to SEEK_DATA
+# on a local file system; here the server answers from the source alone.
+t_seek_dirty() {
+	local d
+	truncate -s $((16 * MiB)) src; : >mp
+	fx_up $1 -w "$PWD/src" "$PWD/mp"
+	# a buffered write (cached under --cache=writeback), then SEEK_DATA on the writer's fd
+	d=$(seek_data mp 0 "pwrite -q -S 0x61 $MiB 4096")
+	[ "$d" != EOF ] && [ "$d" -le $MiB ] || fail "SEEK_DATA from 0 after a write at 1M: $d (reads give the bytes)"
+	# a store through a shared mapping, not yet written back
+	d=$(seek_data mp $((2 * MiB)) "mmap -rw 0 $((16 * MiB))" "mwrite -S 0x62 $((8 * MiB)) 4096")
+	[ "$d" != EOF ] && [ "$d" -le $((8 * MiB)) ] || fail "SEEK_DATA from 2M after an mmap store at 8M: $d (reads give the bytes)"
+	fx_down "$PWD/mp"
+}
+
 t_fsync() {
 	mkimg src 16; cp src expected; : >mp
 	fx_up $1 -w "$PWD/src" "$PWD/mp"
@@ -5364,6 +5388,7 @@ for mode in "${mode_list[@]}"; do
 	t "$p fallocate zero range: zeros" "$M xfs_io" t_fzero "$mode"
 	t "$p fallocate allocate: reserves, grows a regular file past the end, other modes refused" "$M xfs_io python3" t_falloc "$mode"
 	t "$p SEEK_DATA/SEEK_HOLE as on the source" "$M xfs_io" t_seek "$mode"
+	t "$p SEEK_DATA sees what the kernel holds dirty: a cached write, an mmap store" "$M xfs_io" t_seek_dirty "$mode"
 	t "$p fsync, fdatasync reach the source" "$M xfs_io" t_fsync "$mode"
 	t "$p statfs: stat -f, df" "$M" t_statfs "$mode"
 	t "$p mmap: read, shared writable write" "$M python3" t_mmap "$mode"
