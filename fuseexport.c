@@ -204,7 +204,10 @@ enum {
 	SPIN_NS = 50000,
 	SPIN_SAMPLE_NS = 100000000,
 	FH_WRITES = 1,				/* an open's fh: it may write; */
-	FH_OPEN_SHIFT = 1,			/* the open's number above */
+	FH_PAGES = 2,				/* its writes may sit in the
+						 * kernel's pages (not passed
+						 * through); */
+	FH_OPEN_SHIFT = 2,			/* the open's number above */
 };
 #define MAP_WHOLE (4ULL << 30)
 
@@ -6274,6 +6277,8 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 	if (e->passthrough && (id = open_backing(e)) > 0) {
 		out->open_flags = FOPEN_PASSTHROUGH;
 		out->backing_id = id;
+	} else if (out->fh & FH_WRITES) {
+		out->fh |= FH_PAGES;
 	}
 	return sizeof(*out);
 }
@@ -6436,7 +6441,8 @@ static int fuse_fallocate(struct export *e, struct request *r, size_t len)
 	return res;
 }
 
-/* LSEEK: SEEK_DATA and SEEK_HOLE as the source answers them */
+/* LSEEK: SEEK_DATA and SEEK_HOLE as the source answers them, to an open
+ * whose writes cannot sit in the kernel's pages */
 static int fuse_lseek(struct export *e, struct request *r, size_t len)
 {
 	const struct fuse_lseek_in *in = &r->in.lseek;
@@ -6448,7 +6454,16 @@ static int fuse_lseek(struct export *e, struct request *r, size_t len)
 		return -EINVAL;
 	if (in->offset >= size)
 		return -ENXIO;
-	res = e->top->seek(e->top, in->offset, in->whence);
+	/* The kernel writes no dirty page back before LSEEK, so what this
+	 * open wrote into its pages (a cached write, a store to a shared
+	 * mapping) may lie over what is a hole in the source yet: to such an
+	 * open every byte is data, as the kernel's own lseek has it where a
+	 * file system has no SEEK_DATA. Opens that cannot write, and passed
+	 * through ones, whose pages are the source's, get its answer. */
+	if (in->fh & FH_PAGES)
+		res = in->whence == SEEK_DATA ? (int64_t)in->offset : (int64_t)size;
+	else
+		res = e->top->seek(e->top, in->offset, in->whence);
 	if (res < 0)
 		return res;
 	r->reply.lseek.offset = min_u64(res, size);

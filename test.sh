@@ -749,6 +749,8 @@ t_seek_dirty() {
 	# a store through a shared mapping, not yet written back
 	d=$(seek_data mp $((2 * MiB)) "mmap -rw 0 $((16 * MiB))" "mwrite -S 0x62 $((8 * MiB)) 4096")
 	[ "$d" != EOF ] && [ "$d" -le $((8 * MiB)) ] || fail "SEEK_DATA from 2M after an mmap store at 8M: $d (reads give the bytes)"
+	# the writers gone, their pages written back: a reader gets the source's holes
+	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "a reader's seek -a -r after the writers"
 	fx_down "$PWD/mp"
 }
 
@@ -2968,8 +2970,8 @@ t_window() {
 	dd if=/dev/zero of=data bs=64k seek=16 count=1 conv=notrunc status=none
 	cmp mp data || fail "the window after writes and fallocate"
 	# the source has data past the window; the export's first hole is its end
-	eq "$(xfs_io -c "seek -h $((3 * MiB))" mp | awk '$1 == "HOLE" { print $2 }')" $len "SEEK_HOLE"
-	eq "$(xfs_io -c "seek -d 0" mp | awk '$1 == "DATA" { print $2 }')" 65536 "SEEK_DATA after the punched hole"
+	eq "$(xfs_io -r -c "seek -h $((3 * MiB))" mp | awk '$1 == "HOLE" { print $2 }')" $len "SEEK_HOLE"
+	eq "$(xfs_io -r -c "seek -d 0" mp | awk '$1 == "DATA" { print $2 }')" 65536 "SEEK_DATA after the punched hole"
 	refute "truncate resized a window" truncate -s 1M mp 2>/dev/null
 	eq "$(stat -c %s mp)" $len "size after a refused truncate"
 	fx_down "$PWD/mp"
@@ -4010,7 +4012,7 @@ t_nbd_punch_seek() {
 	qemu-img map --output=json -f raw src >map.json
 	grep -q "\"start\": $MiB, \"length\": $MiB,.*\"data\": false" map.json ||
 		fail "qemu-img map shows no hole at 1 MiB: $(cat map.json)"
-	xfs_io -c "seek -h 0" -c "seek -d $MiB" mp >seek.out
+	xfs_io -r -c "seek -h 0" -c "seek -d $MiB" mp >seek.out
 	grep -q "HOLE.*$MiB" seek.out || fail "SEEK_HOLE: $(cat seek.out)"
 	grep -q "DATA.*$((2 * MiB))" seek.out || fail "SEEK_DATA: $(cat seek.out)"
 	cp mp copy
