@@ -2800,7 +2800,8 @@ install_ns() {
 # README.md and every example of the man page (tests/doccmds.sh finds
 # them, with what a block needs first), each in an empty directory of its
 # own, as root or, where it says so, as a user. A block must exit 0 and
-# leave nothing behind: no export mounted, no process, no loop device.
+# leave nothing behind: no export or other mount, no process (not even in
+# a mount namespace of its own), no loop device.
 # In a namespace where /usr/local and /sbin take `make install` and
 # /etc/fstab and /srv take a recipe's lines and images, none of them the
 # machine's
@@ -2820,10 +2821,11 @@ docs_ns() {
 		case $how in skip*) log "$where: skipped: ${how#skip }"; skipped=$((skipped + 1)); continue ;; esac
 		mkdir "$d"
 		DOCS_BEFORE=" $(docs_ns_pids | tr '\n' ' ') "
+		DOCS_MOUNTS=$(findmnt -rn -o TARGET | sort)
 		if ! (cd "$d" && export PATH="$top/bin:$PATH" && docs_block "$b" "$how") >"$d.log" 2>&1; then
 			failed="$failed $where"; log "$where: failed:"; sed 's/^/:   /' "$d.log" >&2
 		fi
-		docs_left "$where" || failed="$failed $where"
+		docs_left "$where" "$d" || failed="$failed $where"
 		log "$where: done at ${SECONDS}s"
 		ran=$((ran + 1))
 	done
@@ -2848,16 +2850,20 @@ docs_ns_pids() {
 		[ "$p/ns/mnt" -ef /proc/self/ns/mnt ] && echo "${p#/proc/}"
 	done 2>/dev/null
 }
-# docs_left WHERE: 0 if the block left no export, process or loop device
-# (given 10 s to go: umount returns before a server exits); else says what
-# and undoes it
+# docs_left WHERE DIR: 0 if the block left no export or other mount, no
+# process (in this mount namespace, or anywhere working in DIR) and no loop
+# device (given 10 s to go: umount returns before a server exits); else
+# says what and undoes it
 docs_left() {
 	local i mounts procs loops p
 	for i in $(seq 100); do
-		mounts=$(findmnt -rn -t fuse.fuseexport -o TARGET)
+		mounts=$( (findmnt -rn -t fuse.fuseexport -o TARGET
+			findmnt -rn -o TARGET | sort | comm -13 <(echo "$DOCS_MOUNTS") -) | sort -u)
 		procs=
-		for p in $(docs_ns_pids); do
-			case "$DOCS_BEFORE" in *" $p "*) continue ;; esac
+		for p in $(docs_ns_pids) $(find /proc -mindepth 2 -maxdepth 2 -name cwd \
+				\( -lname "$2" -o -lname "$2/*" \) 2>/dev/null | cut -d/ -f3); do
+			case "$DOCS_BEFORE$procs " in *" $p "*|*" $p:"*) continue ;; esac
+			[ "$p" = $$ ] || [ "$p" = "$BASHPID" ] && continue
 			[ -e "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null &&
 				procs="$procs $p:$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-60)"
 		done
