@@ -2851,7 +2851,8 @@ docs_ns_pids() {
 	done 2>/dev/null
 }
 # docs_left WHERE DIR: 0 if the block left no export or other mount, no
-# process (in this mount namespace, or anywhere working in DIR) and no loop
+# process (in this mount namespace, or anywhere working in DIR or holding a
+# file there: a server detached in a namespace of its own) and no loop
 # device (given 10 s to go: umount returns before a server exits); else
 # says what and undoes it
 docs_left() {
@@ -2860,8 +2861,9 @@ docs_left() {
 		mounts=$( (findmnt -rn -t fuse.fuseexport -o TARGET
 			findmnt -rn -o TARGET | sort | comm -13 <(echo "$DOCS_MOUNTS") -) | sort -u)
 		procs=
-		for p in $(docs_ns_pids) $(find /proc -mindepth 2 -maxdepth 2 -name cwd \
-				\( -lname "$2" -o -lname "$2/*" \) 2>/dev/null | cut -d/ -f3); do
+		for p in $(docs_ns_pids) $(find /proc -mindepth 2 -maxdepth 3 \
+				\( -path '/proc/[0-9]*/cwd' -o -path '/proc/[0-9]*/fd/*' \) \
+				\( -lname "$2" -o -lname "$2/*" \) 2>/dev/null | cut -d/ -f3 | sort -u); do
 			case "$DOCS_BEFORE$procs " in *" $p "*|*" $p:"*) continue ;; esac
 			[ "$p" = $$ ] || [ "$p" = "$BASHPID" ] && continue
 			[ -e "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null &&
