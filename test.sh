@@ -1355,6 +1355,25 @@ print(int(json.load(open("fio.json"))["jobs"][0]["read"]["clat_ns"]["mean"]))')
 t_fault_delay() { fault_delay "$1"; }
 t_fault_delay_user() { as_nonroot fault_delay "$1"; }
 
+# A flush rule fails the flushes it fires on, and no more: count=1 fails
+# one fsync, the next succeeds, and the source is flushed at the end, so
+# --run exits with COMMAND's status. NOT FIXED YET: today the rule's EIO
+# is taken for a failed flush of the source, which then fails every later
+# fsync without flushing the source, and --run exits 1 saying "a flush of
+# the source failed" though the source never was (README's table had
+# "fails one fsync after ten good ones")
+t_fault_flush() {
+	local rc=0
+	mkimg src 4; : >mp
+	"$FX" $1 -w --fault=op=flush,count=1 --run='
+		! dd if=/dev/zero of="$1" bs=4k count=1 conv=notrunc,fsync status=none 2>/dev/null &&
+		dd if=/dev/zero of="$1" bs=4k count=1 conv=notrunc,fsync status=none' \
+		"$PWD/src" "$PWD/mp" 2>run.err || rc=$?
+	log "--run: exit $rc: $(cat run.err)"
+	refute "a flush the rule failed is reported as the source's" grep -q 'a flush of the source failed' run.err
+	eq "$rc" 0 "--run's status: one fsync failed by the rule, the next one good"
+}
+
 # failures FILE: one pread(2) of 4 KiB at every 4 KiB, in order: a line of
 # . (read) and x (EIO)
 failures() {
@@ -1493,6 +1512,47 @@ log_ns() {
 	refute "the kernel's log took a syslog line" eval 'dmesg | grep -q "fuseexport\[$FXPID\]: .*bogus-syslog"'
 }
 t_log() { in_ns log_ns; }
+
+# The log's last line says how the export ended in every case a detached
+# server lives to write it (issue 24.2): a crash on the control FIFO, and a
+# failed flush too, whose line must name the end and the source's own
+# error. NOT FIXED YET: today a failed flush writes only "SOURCE: a flush
+# of the source failed (...)", with no mount point and no end, and after a
+# write-back that failed with ENOSPC the cause it gives is EIO, the error
+# every later flush gets once one failed.
+log_end_ns() {
+	mkimg src 4; : >mp
+	fx_up -w --write-cache=volatile --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
+	dd if=/dev/urandom of=mp bs=4k count=1 conv=notrunc status=none
+	echo crash >ctl
+	fx_down "$PWD/mp"
+	eq "$(tail -n 1 fx.log)" "fuseexport: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: unflushed writes dropped" \
+		"the last line after a crash"
+	# a source on a full file system: the final flush of held writes fails
+	mkdir small; mount -t tmpfs -o size=2M tmpfs small
+	truncate -s 64M small/src; : >small/mp; rm -f fx.log
+	fx_up -w --write-cache=volatile --log=fx.log "$PWD/small/src" "$PWD/small/mp"
+	dd if=/dev/urandom of=small/mp bs=1M count=4 conv=notrunc status=none
+	umount "$PWD/small/mp"
+	wait_gone "$FXPID" 10 || fail "server still running after umount"
+	log "the log: $(cat fx.log)"
+	case $(tail -n 1 fx.log) in
+	"fuseexport: $PWD/small/mp: the export of $PWD/small/src ended (unmounted)"*"No space left on device"*) ;;
+	*) fail "the last line after a failed final flush does not say how the export ended and why (ENOSPC): $(tail -n 1 fx.log)" ;;
+	esac
+	# a write-back of the kernel's cache that fails, then SIGTERM
+	rm -f small/src fx.log; truncate -s 64M small/src
+	fx_up -w --cache=writeback --log=fx.log "$PWD/small/src" "$PWD/small/mp"
+	dd if=/dev/urandom of=small/mp bs=1M count=4 conv=notrunc status=none 2>/dev/null || true
+	kill -TERM "$FXPID"
+	wait_gone "$FXPID" 10 || fail "server still running after SIGTERM"
+	log "the log: $(cat fx.log)"
+	case $(tail -n 1 fx.log) in
+	"fuseexport: $PWD/small/mp: the export of $PWD/small/src ended (SIGTERM)"*"No space left on device"*) ;;
+	*) fail "the last line after a failed write-back does not say how the export ended and why (ENOSPC): $(tail -n 1 fx.log)" ;;
+	esac
+}
+t_log_end() { in_ns log_end_ns; }
 
 t_control() {
 	mkimg src 4; : >mp
@@ -2785,7 +2845,8 @@ install_ns() {
 # README.md and every example of the man page (tests/doccmds.sh finds
 # them, with what a block needs first), each in an empty directory of its
 # own, as root or, where it says so, as a user. A block must exit 0 and
-# leave nothing behind: no export mounted, no process, no loop device.
+# leave nothing behind: no export or other mount, no process (not even in
+# a mount namespace of its own), no loop device.
 # In a namespace where /usr/local and /sbin take `make install` and
 # /etc/fstab and /srv take a recipe's lines and images, none of them the
 # machine's
@@ -2805,10 +2866,11 @@ docs_ns() {
 		case $how in skip*) log "$where: skipped: ${how#skip }"; skipped=$((skipped + 1)); continue ;; esac
 		mkdir "$d"
 		DOCS_BEFORE=" $(docs_ns_pids | tr '\n' ' ') "
+		DOCS_MOUNTS=$(findmnt -rn -o TARGET | sort)
 		if ! (cd "$d" && export PATH="$top/bin:$PATH" && docs_block "$b" "$how") >"$d.log" 2>&1; then
 			failed="$failed $where"; log "$where: failed:"; sed 's/^/:   /' "$d.log" >&2
 		fi
-		docs_left "$where" || failed="$failed $where"
+		docs_left "$where" "$d" || failed="$failed $where"
 		log "$where: done at ${SECONDS}s"
 		ran=$((ran + 1))
 	done
@@ -2833,16 +2895,22 @@ docs_ns_pids() {
 		[ "$p/ns/mnt" -ef /proc/self/ns/mnt ] && echo "${p#/proc/}"
 	done 2>/dev/null
 }
-# docs_left WHERE: 0 if the block left no export, process or loop device
-# (given 10 s to go: umount returns before a server exits); else says what
-# and undoes it
+# docs_left WHERE DIR: 0 if the block left no export or other mount, no
+# process (in this mount namespace, or anywhere working in DIR or holding a
+# file there: a server detached in a namespace of its own) and no loop
+# device (given 10 s to go: umount returns before a server exits); else
+# says what and undoes it
 docs_left() {
 	local i mounts procs loops p
 	for i in $(seq 100); do
-		mounts=$(findmnt -rn -t fuse.fuseexport -o TARGET)
+		mounts=$( (findmnt -rn -t fuse.fuseexport -o TARGET
+			findmnt -rn -o TARGET | sort | comm -13 <(echo "$DOCS_MOUNTS") -) | sort -u)
 		procs=
-		for p in $(docs_ns_pids); do
-			case "$DOCS_BEFORE" in *" $p "*) continue ;; esac
+		for p in $(docs_ns_pids) $(find /proc -mindepth 2 -maxdepth 3 \
+				\( -path '/proc/[0-9]*/cwd' -o -path '/proc/[0-9]*/fd/*' \) \
+				\( -lname "$2" -o -lname "$2/*" \) 2>/dev/null | cut -d/ -f3 | sort -u); do
+			case "$DOCS_BEFORE$procs " in *" $p "*|*" $p:"*) continue ;; esac
+			[ "$p" = $$ ] || [ "$p" = "$BASHPID" ] && continue
 			[ -e "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null &&
 				procs="$procs $p:$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-60)"
 		done
@@ -5420,11 +5488,13 @@ U="without root:"
 t "$p fault: a bad sector range under ext4 on a loop device: its file gets EIO, the kernel names the sector" "$M loop ext4 debugfs" t_fault_badsector "$LAYER_MODE"
 t "$p fault: ENOSPC after 10 writes reaches dd and python; a failed write changes nothing" "$M python3" t_fault_enospc "$LAYER_MODE"
 t "$p fault: a read delay shows in fio's completion latency" "$M fio python3" t_fault_delay "$LAYER_MODE"
+t "$p fault: op=flush,count=1 fails one fsync, the next is good, --run exits 0 (NOT FIXED YET)" "$M" t_fault_flush "$LAYER_MODE"
 t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_fault_seed "$LAYER_MODE"
 t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
 t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken; one with a NUL dropped" "$M" t_control_long
 t "a detached server's messages: --log=FILE, syslog (/dev/log), else the kernel's log, tagged fuseexport[PID]" "$M unshare python3" t_log
+t "a detached server's last log line after a crash and after a failed flush says how the export ended and why (NOT FIXED YET)" "$M unshare" t_log_end
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
 t "$p volatile cache: a close is no flush: written and closed without fsync is lost in a crash, fsync'ed survives" "$M python3" t_cache_close "$LAYER_MODE"

@@ -16,8 +16,12 @@
 #
 # For block N (01, 02, ...) OUTDIR gets N.sh (the block), N.first and
 # N.then (empty if none), N.how (run, user, or skip WHY) and N.where
-# (FILE:LINE). A fence with no language, or a directive with no block after
-# it, fails the run (exit 1): no command may slip past the test.
+# (FILE:LINE). A fence with no language, any fence but ```sh and ```text at
+# the start of a line (```bash, an indented fence, ~~~), a line that reads
+# as a command in a text block or an indented code block, a man page
+# command outside .nf/.fi in EXAMPLES (or .EX, .RS, .in there), or a
+# directive with no block after it fails the run (exit 1): no command may
+# slip past the test.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
@@ -51,7 +55,18 @@ for f; do
 		gsub(/\\e/, "\\", s)
 		return s
 	}
-	kind == "md" && skipping { if (/^```/) skipping = 0; next }
+	# a command written as output, or a shell prompt: it would never run
+	function looks_run(s) {
+		return s ~ /^[ \t]*([$#] )?(sudo )?(fuseexport|mount|umount|fusermount3?|make|touch|truncate|losetup|qemu-nbd|qemu-img|mkfs[.a-z0-9]*|e2fsck|sqlite3|dd|cmp)( |$)/
+	}
+	kind == "md" && skipping {
+		if (/^[ \t]*(```|~~~)/) skipping = 0
+		else if (looks_run($0)) {
+			printf "%s:%d: a command in a block that is not run: mark it ```sh\n", file, NR > "/dev/stderr"
+			bad = 1
+		}
+		next
+	}
 	kind == "md" && !inblock && /^<!-- test: .* -->$/ {
 		t = $0; sub(/^<!-- test: /, "", t); sub(/ -->$/, "", t); directive(t); next
 	}
@@ -60,7 +75,15 @@ for f; do
 		printf "%s:%d: a fence with no language: mark commands ```sh, the rest ```text\n", file, NR > "/dev/stderr"
 		bad = 1; skipping = 1; next
 	}
-	kind == "md" && !inblock && /^```/ { skipping = 1; next }
+	kind == "md" && !inblock && /^```text$/ { skipping = 1; next }
+	kind == "md" && !inblock && /^(    |\t)/ && looks_run($0) {
+		printf "%s:%d: a command in an indented code block: it would never run; put it in ```sh\n", file, NR > "/dev/stderr"
+		bad = 1; next
+	}
+	kind == "md" && !inblock && (/^```/ || /^[ \t]+```/ || /^[ \t]*~~~/) {
+		printf "%s:%d: a fence the test does not take (%s): commands go in ```sh, the rest in ```text, at the start of a line\n", file, NR, $0 > "/dev/stderr"
+		bad = 1; skipping = 1; next
+	}
 	kind == "md" && inblock && /^```$/ { inblock = 0; close(name ".sh"); next }
 	kind == "md" && inblock { print > (name ".sh"); next }
 
@@ -71,6 +94,14 @@ for f; do
 	kind == "man" && examples && !inblock && /^\.nf$/ { start(); next }
 	kind == "man" && examples && inblock && /^\.fi$/ { inblock = 0; close(name ".sh"); next }
 	kind == "man" && examples && inblock { print unroff($0) > (name ".sh"); next }
+	kind == "man" && examples && /^\.(EX|EE|RS|in)( |$)/ {
+		printf "%s:%d: %s in EXAMPLES: the test runs only .nf/.fi blocks\n", file, NR, $0 > "/dev/stderr"
+		bad = 1; next
+	}
+	kind == "man" && examples && !/^\./ && looks_run(unroff($0)) {
+		printf "%s:%d: a command outside .nf/.fi in EXAMPLES: it would never run\n", file, NR > "/dev/stderr"
+		bad = 1; next
+	}
 
 	pending && NR > pending && !/^<!-- test: / && !/^\.\\" test: / {
 		printf "%s:%d: a test directive with no block after it\n", file, pending > "/dev/stderr"
