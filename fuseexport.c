@@ -484,7 +484,9 @@ struct export {
 	 * READs read instead, so none meets a page that went away */
 	pthread_rwlock_t map_lock;
 	atomic_bool shrinking;
-	atomic_bool flush_failed;	/* a flush of the source failed once */
+	/* the errno of the first flush of the source that failed, or of a
+	 * write-back from the kernel's cache (its data lost); 0: none */
+	atomic_int flush_error;
 	atomic_bool stale;		/* the kernel's cache is to be dropped */
 	atomic_bool halted;
 
@@ -4894,6 +4896,10 @@ static void clear_rules(struct faults *f)
 /* Count a request (op, len bytes at pos; a flush has no range) against the
  * rules; the first that fires decides: its delay is slept, then its error
  * returned. Returns 0 (go on below) or -errno. */
+/* Set on a thread whose request a rule failed: flush_export tells a
+ * flush that a rule failed, which lost nothing, from a failed one */
+static _Thread_local bool rule_failed;
+
 static int fault_check(struct faults *f, unsigned op, uint64_t pos, uint64_t len)
 {
 	struct fault_rule *r;
@@ -4929,6 +4935,7 @@ static int fault_check(struct faults *f, unsigned op, uint64_t pos, uint64_t len
 		break;
 	}
 	pthread_mutex_unlock(&f->lock);
+	rule_failed |= error != 0;
 	t.tv_sec = delay / 1000000;
 	t.tv_nsec = delay % 1000000 * 1000;
 	while (delay && nanosleep(&t, &t) < 0 && errno == EINTR)
@@ -5837,19 +5844,30 @@ static int resize_export(struct export *e, uint64_t size)
 	return r;
 }
 
+/* Writes the source was told of may be lost (err: why): the first such
+ * error is kept, and every flush from now on fails */
+static void failed_flush(struct export *e, int err)
+{
+	int none = 0;
+
+	atomic_compare_exchange_strong(&e->flush_error, &none, err);
+}
+
 /* Make the source's writes durable. Once a flush has failed, every later
  * one fails with EIO: the kernel reports a writeback error once per open
  * file, and all clients share ours, so the next to ask would hear nothing.
+ * A flush a fault rule failed fails alone: the rule lost nothing.
  * Returns 0 or -errno. */
 static int flush_export(struct export *e, bool datasync)
 {
 	int r;
 
-	if (atomic_load(&e->flush_failed))
+	if (atomic_load(&e->flush_error))
 		return -EIO;
+	rule_failed = false;
 	r = e->top->flush(e->top, datasync);
-	if (r < 0)
-		atomic_store(&e->flush_failed, true);
+	if (r < 0 && !rule_failed)	/* a rule's failure is its answer alone */
+		failed_flush(e, -r);
 	return r;
 }
 
@@ -6361,7 +6379,7 @@ static int fuse_write(struct export *e, struct request *r, size_t len)
 	 * fsync fails. The kernel takes a short one for a whole one: what
 	 * lay past the end is refused outright, so that fsync says so. */
 	if ((in->write_flags & FUSE_WRITE_CACHE) && (res < 0 || (uint64_t)res < in->size)) {
-		atomic_store(&e->flush_failed, true);
+		failed_flush(e, res < 0 ? -res : ENOSPC);
 		return res < 0 ? res : -ENOSPC;
 	}
 	if (res < 0)
@@ -8487,18 +8505,27 @@ static MAIN_ONLY void end_export(struct export *e)
 	unmount_export(e, false);
 }
 
-/* A detached server's last word in its log, at a normal end: how the
+/* A detached server's last word in its log, unless it halted: how the
  * export ended (ended_by: the signal, or 0 for an unmount), and whether
- * its writes were flushed or a crash dropped them */
-static MAIN_ONLY void say_ended(struct export *e, int ended_by)
+ * its writes were flushed, a crash dropped them or a flush failed (err) */
+static MAIN_ONLY void say_ended(struct export *e, int ended_by, int err)
 {
+	char why[160] = ", its writes flushed";
+
 	if (e->opt.foreground || e->opt.run_command)
 		return;		/* stderr is the caller's, who knows */
+	if (err)
+		snprintf(why, sizeof(why), ", a flush of the source failed "
+			 "(%s): writes since the last good one may be lost",
+			 strerror(err));
+	else if (!e->opt.writable)
+		*why = 0;
+	else if (export_crashed(e))
+		snprintf(why, sizeof(why), ", crashed: unflushed writes dropped");
 	fprintf(stderr, "fuseexport: %s: the export of %s ended (%s)%s\n",
 		e->mountpoint, e->source_path, ended_by == SIGTERM ? "SIGTERM" :
 		ended_by == SIGINT ? "SIGINT" : ended_by ? "SIGHUP" : "unmounted",
-		!e->opt.writable ? "" : export_crashed(e) ?
-		", crashed: unflushed writes dropped" : ", its writes flushed");
+		why);
 }
 
 /* Serve until the export ends; returns the exit status: 1 if it halted
@@ -8558,14 +8585,17 @@ static MAIN_ONLY int run_export(struct export *e)
 	/* after a crash what was held is gone: nothing to flush */
 	if (e->opt.writable && !export_crashed(e) &&
 	    (res = flush_export(e, false)) < 0) {
+		if (atomic_load(&e->flush_error))	/* the first one's why */
+			res = -atomic_load(&e->flush_error);
 		fprintf(stderr, "fuseexport: %s: a flush of the source failed "
 			"(%s): writes since the last good one may be lost\n",
 			e->source_path, strerror(-res));
+		say_ended(e, ended_by, -res);
 		return 1;
 	}
 	if (atomic_load(&e->halted))
 		return 1;
-	say_ended(e, ended_by);
+	say_ended(e, ended_by, 0);
 	return 0;
 }
 
