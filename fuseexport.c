@@ -904,8 +904,14 @@ static int file_allocate(struct source *s, uint64_t pos, uint64_t len,
 
 static int64_t file_seek(struct source *s, uint64_t pos, int whence)
 {
-	off_t r = lseek(file_of(s)->fd, pos, whence);
+	struct file_source *f = file_of(s);
+	off_t r;
 
+	/* a block device answers EINVAL; it keeps no holes: all data, as a
+	 * file system without SEEK_DATA answers */
+	if (f->is_blockdev)
+		return whence == SEEK_DATA ? (int64_t)pos : (int64_t)atomic_load(&f->size);
+	r = lseek(f->fd, pos, whence);
 	return r < 0 ? -errno : r;
 }
 

@@ -1020,6 +1020,10 @@ t_loopdev() {
 	cmp "$loop" mp || fail "cmp with the loop device"
 	dd if=mp bs=1M iflag=direct status=none | cmp - img || fail "dd iflag=direct"
 	refute "write to a read-only export" dd if=/dev/zero of=mp bs=4k count=1 conv=notrunc status=none 2>/dev/null
+	# a block device keeps no holes: all data, as a file system without
+	# SEEK_DATA has it (the device itself answers EINVAL)
+	eq "$(xfs_io -r -c "seek -d $MiB" -c "seek -h 0" mp | awk '{ print $1, $2 }' | tr '\n' ' ')" \
+		"Whence Result DATA $MiB Whence Result HOLE $s " "SEEK_DATA and SEEK_HOLE"
 	fx_down "$PWD/mp"
 	fx_up $1 -w "$loop" "$PWD/mp"
 	head -c $((2 * MiB)) /dev/urandom >data
