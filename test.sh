@@ -740,7 +740,7 @@ seek_data() {
 # store, punch): bytes the kernel still holds dirty are data to SEEK_DATA
 # on a local file system; here the server answers from the source alone.
 t_seek_dirty() {
-	local d
+	local d i
 	truncate -s $((16 * MiB)) src; : >mp
 	fx_up $1 -w "$PWD/src" "$PWD/mp"
 	# a buffered write (cached under --cache=writeback), then SEEK_DATA on the writer's fd
@@ -749,7 +749,12 @@ t_seek_dirty() {
 	# a store through a shared mapping, not yet written back
 	d=$(seek_data mp $((2 * MiB)) "mmap -rw 0 $((16 * MiB))" "mwrite -S 0x62 $((8 * MiB)) 4096")
 	[ "$d" != EOF ] && [ "$d" -le $((8 * MiB)) ] || fail "SEEK_DATA from 2M after an mmap store at 8M: $d (reads give the bytes)"
-	# the writers gone, their pages written back: a reader gets the source's holes
+	# the writers gone, their pages written back: a reader gets the source's
+	# holes (once their RELEASEs, which the kernel sends in the background, came)
+	for i in $(seq 50); do
+		[ "$(xfs_io -r -c "seek -a -r 0" mp)" = "$(xfs_io -r -c "seek -a -r 0" src)" ] && break
+		sleep 0.1
+	done
 	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "a reader's seek -a -r after the writers"
 	# a read-only descriptor while another open holds a store unwritten:
 	# one opened before the store (every mode)
