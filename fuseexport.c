@@ -489,6 +489,9 @@ struct export {
 	atomic_int flush_error;
 	atomic_bool stale;		/* the kernel's cache is to be dropped */
 	atomic_bool halted;
+	/* opens whose writes may sit in the kernel's pages (FH_PAGES),
+	 * OPEN to RELEASE: while any is live, SEEK_DATA finds no hole */
+	atomic_uint page_writers;
 
 	/* The transport: start_queues() makes the queues (and init_done()
 	 * the rings, through start_rings()), run_export() joins them */
@@ -6303,11 +6306,22 @@ static int fuse_open(struct export *e, struct request *r, size_t len)
 		out->backing_id = id;
 	} else if (out->fh & FH_WRITES) {
 		out->fh |= FH_PAGES;
+		atomic_fetch_add(&e->page_writers, 1);
 	}
 	return sizeof(*out);
 }
 
-/* RELEASE and DESTROY: nothing to let go of, and nothing to say */
+/* RELEASE: an open whose writes could sit in the kernel's pages is gone,
+ * and the kernel wrote them back before it sent this (close, munmap) */
+static int fuse_release(struct export *e, struct request *r, size_t len)
+{
+	(void)len;
+	if (r->in.release.fh & FH_PAGES)
+		atomic_fetch_sub(&e->page_writers, 1);
+	return 0;
+}
+
+/* DESTROY: nothing to let go of, and nothing to say */
 static int fuse_nothing(struct export *e, struct request *r, size_t len)
 {
 	(void)e, (void)r, (void)len;
@@ -6478,13 +6492,14 @@ static int fuse_lseek(struct export *e, struct request *r, size_t len)
 		return -EINVAL;
 	if (in->offset >= size)
 		return -ENXIO;
-	/* The kernel writes no dirty page back before LSEEK, so what this
+	/* The kernel writes no dirty page back before LSEEK, so what an
 	 * open wrote into its pages (a cached write, a store to a shared
-	 * mapping) may lie over what is a hole in the source yet: to such an
-	 * open every byte is data, as the kernel's own lseek has it where a
-	 * file system has no SEEK_DATA. Opens that cannot write, and passed
-	 * through ones, whose pages are the source's, get its answer. */
-	if (in->fh & FH_PAGES)
+	 * mapping) may lie over what is a hole in the source yet: while
+	 * such an open is live every byte is data, to every open (a reader
+	 * shares the writer's pages), as the kernel's own lseek has it where
+	 * a file system has no SEEK_DATA. With none, or all passed through
+	 * (whose pages are the source's), the source answers. */
+	if (in->fh & FH_PAGES || atomic_load(&e->page_writers))
 		res = in->whence == SEEK_DATA ? (int64_t)in->offset : (int64_t)size;
 	else
 		res = e->top->seek(e->top, in->offset, in->whence);
@@ -6548,7 +6563,7 @@ static const struct operation {
 	[FUSE_READ] = { "READ", sizeof(struct fuse_read_in), fuse_read, false },
 	[FUSE_WRITE] = { "WRITE", sizeof(struct fuse_write_in), fuse_write, false },
 	[FUSE_STATFS] = { "STATFS", 0, fuse_statfs, false },
-	[FUSE_RELEASE] = { "RELEASE", sizeof(struct fuse_release_in), fuse_nothing, false },
+	[FUSE_RELEASE] = { "RELEASE", sizeof(struct fuse_release_in), fuse_release, false },
 	[FUSE_FSYNC] = { "FSYNC", sizeof(struct fuse_fsync_in), fuse_fsync, false },
 	[FUSE_SETXATTR] = { "SETXATTR", 0, NULL, false },
 	[FUSE_GETXATTR] = { "GETXATTR", 0, NULL, false },

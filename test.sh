@@ -740,7 +740,7 @@ seek_data() {
 # store, punch): bytes the kernel still holds dirty are data to SEEK_DATA
 # on a local file system; here the server answers from the source alone.
 t_seek_dirty() {
-	local d
+	local d i
 	truncate -s $((16 * MiB)) src; : >mp
 	fx_up $1 -w "$PWD/src" "$PWD/mp"
 	# a buffered write (cached under --cache=writeback), then SEEK_DATA on the writer's fd
@@ -749,9 +749,44 @@ t_seek_dirty() {
 	# a store through a shared mapping, not yet written back
 	d=$(seek_data mp $((2 * MiB)) "mmap -rw 0 $((16 * MiB))" "mwrite -S 0x62 $((8 * MiB)) 4096")
 	[ "$d" != EOF ] && [ "$d" -le $((8 * MiB)) ] || fail "SEEK_DATA from 2M after an mmap store at 8M: $d (reads give the bytes)"
-	# the writers gone, their pages written back: a reader gets the source's holes
+	# the writers gone, their pages written back: a reader gets the source's
+	# holes (once their RELEASEs, which the kernel sends in the background, came)
+	for i in $(seq 50); do
+		[ "$(xfs_io -r -c "seek -a -r 0" mp)" = "$(xfs_io -r -c "seek -a -r 0" src)" ] && break
+		sleep 0.1
+	done
 	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "a reader's seek -a -r after the writers"
+	# a read-only descriptor while another open holds a store unwritten:
+	# one opened before the store (every mode)
+	eq "$(seek_dirty_reader mp before)" 0 "a reader opened before an mmap store at 0 sees a hole there"
 	fx_down "$PWD/mp"
+	# and one opened after it, where the kernel keeps its pages across
+	# opens (a snapshot: the source proves itself unchanged)
+	rm -f src; truncate -s $((16 * MiB)) src
+	fx_up $1 --snapshot "$PWD/src" "$PWD/mp"
+	eq "$(seek_dirty_reader mp after)" 0 "a reader opened after an mmap store at 0 (snapshot) sees a hole there"
+	fx_down "$PWD/mp"
+}
+
+# seek_dirty_reader FILE before|after: SEEK_DATA from 0 on a read-only
+# descriptor opened before or after a store at 0 through another open's
+# shared mapping, while that open is still live (ENXIO: no data at all)
+seek_dirty_reader() {
+	"$PY" -c 'import errno, mmap, os, sys
+f, when = sys.argv[1], sys.argv[2]
+if when == "before":
+    r = os.open(f, os.O_RDONLY)
+w = os.open(f, os.O_RDWR)
+os.pread(w, 4096, 4096)
+m = mmap.mmap(w, 4096)
+m[0:4096] = b"x" * 4096
+if when == "after":
+    r = os.open(f, os.O_RDONLY)
+try:
+    print(os.lseek(r, 0, os.SEEK_DATA))
+except OSError as e:
+    print(errno.errorcode[e.errno])
+m.close(); os.close(w); os.close(r)' "$1" "$2"
 }
 
 t_fsync() {
@@ -5472,7 +5507,7 @@ for mode in "${mode_list[@]}"; do
 	t "$p fallocate zero range: zeros" "$M xfs_io" t_fzero "$mode"
 	t "$p fallocate allocate: reserves, grows a regular file past the end, other modes refused" "$M xfs_io python3" t_falloc "$mode"
 	t "$p SEEK_DATA/SEEK_HOLE as on the source" "$M xfs_io" t_seek "$mode"
-	t "$p SEEK_DATA sees what the kernel holds dirty: a cached write, an mmap store" "$M xfs_io" t_seek_dirty "$mode"
+	t "$p SEEK_DATA sees what the kernel holds dirty: a cached write, an mmap store, to a reader too" "$M xfs_io" t_seek_dirty "$mode"
 	t "$p fsync, fdatasync reach the source" "$M xfs_io" t_fsync "$mode"
 	t "$p statfs: stat -f, df" "$M" t_statfs "$mode"
 	t "$p mmap: read, shared writable write" "$M python3" t_mmap "$mode"
