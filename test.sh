@@ -659,8 +659,8 @@ t_fpunch() {
 	# the source has holes there now, and SEEK_DATA/SEEK_HOLE agree with it
 	eq "$(xfs_io -r -c "seek -h $((256 * 1024))" src | awk '/^HOLE/ { print $2 }')" $((256 * 1024)) "source hole at 256k"
 	eq "$(xfs_io -r -c "seek -h $((17 * MiB))" src | awk '/^HOLE/ { print $2 }')" $((17 * MiB)) "source hole at 17M"
-	eq "$(xfs_io -r -c "seek -a -d 0" mp)" "$(xfs_io -r -c "seek -a -d 0" src)" "seek -a -d"
-	eq "$(xfs_io -r -c "seek -a -h 0" mp)" "$(xfs_io -r -c "seek -a -h 0" src)" "seek -a -h"
+	seek_eq "seek -a -d 0" "seek -a -d"
+	seek_eq "seek -a -h 0" "seek -a -h"
 	fx_down "$PWD/mp"
 	cmp src expected || fail "source after fpunch"
 }
@@ -677,8 +677,8 @@ t_fzero() {
 	head -c 3000 /dev/zero >z; put expected 1000 z
 	cmp mp expected || fail "contents after fzero"
 	eq "$(stat -c %s mp)" $((64 * MiB)) "size after fzero"
-	eq "$(xfs_io -r -c "seek -a -d 0" mp)" "$(xfs_io -r -c "seek -a -d 0" src)" "seek -a -d"
-	eq "$(xfs_io -r -c "seek -a -h 0" mp)" "$(xfs_io -r -c "seek -a -h 0" src)" "seek -a -h"
+	seek_eq "seek -a -d 0" "seek -a -d"
+	seek_eq "seek -a -h 0" "seek -a -h"
 	fx_down "$PWD/mp"
 	cmp src expected || fail "source after fzero"
 }
@@ -697,8 +697,8 @@ t_falloc() {
 	xio_err 'not supported' "$PWD/mp" "finsert $((8 * MiB)) 1m"
 	eq "$(stat -c %s mp)" $s "size after refused fcollapse/finsert"
 	cmp mp expected || fail "contents after falloc"
-	eq "$(xfs_io -r -c "seek -a -d 0" mp)" "$(xfs_io -r -c "seek -a -d 0" src)" "seek -a -d"
-	eq "$(xfs_io -r -c "seek -a -h 0" mp)" "$(xfs_io -r -c "seek -a -h 0" src)" "seek -a -h"
+	seek_eq "seek -a -d 0" "seek -a -d"
+	seek_eq "seek -a -h 0" "seek -a -h"
 	# past the end, a fixed-size regular file grows as truncate grows it
 	xio "$PWD/mp" "falloc 0 $((s + MiB))"
 	eq "$(stat -c %s mp)" $((s + MiB)) "fixed size after falloc 0 64M+1M"
@@ -720,12 +720,25 @@ t_falloc() {
 t_seek() {
 	mkimg src 64; : >mp
 	fx_up $1 "$PWD/src" "$PWD/mp"
-	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "seek -a -r 0"
-	eq "$(xfs_io -r -c "seek -a -r $((3 * MiB))" mp)" "$(xfs_io -r -c "seek -a -r $((3 * MiB))" src)" "seek -a -r 3M"
-	eq "$(xfs_io -r -c "seek -d $((20 * MiB))" mp)" "$(xfs_io -r -c "seek -d $((20 * MiB))" src)" "seek -d 20M"
-	eq "$(xfs_io -r -c "seek -h $((64 * MiB - 1))" mp)" "$(xfs_io -r -c "seek -h $((64 * MiB - 1))" src)" "seek -h at the last byte"
-	eq "$(xfs_io -r -c "seek -d $((64 * MiB))" mp 2>&1)" "$(xfs_io -r -c "seek -d $((64 * MiB))" src 2>&1)" "seek -d at the end"
+	seek_eq "seek -a -r 0" "seek -a -r 0"
+	seek_eq "seek -a -r $((3 * MiB))" "seek -a -r 3M"
+	seek_eq "seek -d $((20 * MiB))" "seek -d 20M"
+	seek_eq "seek -h $((64 * MiB - 1))" "seek -h at the last byte"
+	seek_eq "seek -d $((64 * MiB))" "seek -d at the end"
 	fx_down "$PWD/mp"
+}
+
+# seek_eq COMMAND WHAT [FILE]: xfs_io -r -c COMMAND says the same of mp as of
+# FILE (src). While an open that may write is open, every byte is data to
+# SEEK_DATA; a writer that just exited ends that with its RELEASE, which the
+# kernel sends in the background: so this waits up to 5 s for it
+seek_eq() {
+	local i
+	for i in $(seq 50); do
+		[ "$(xfs_io -r -c "$1" mp 2>&1)" = "$(xfs_io -r -c "$1" "${3:-src}" 2>&1)" ] && break
+		sleep 0.1
+	done
+	eq "$(xfs_io -r -c "$1" mp 2>&1)" "$(xfs_io -r -c "$1" "${3:-src}" 2>&1)" "$2"
 }
 
 # seek_data FILE OFFSET [XFS_IO COMMANDS BEFORE IT]: the offset SEEK_DATA from
@@ -751,11 +764,7 @@ t_seek_dirty() {
 	[ "$d" != EOF ] && [ "$d" -le $((8 * MiB)) ] || fail "SEEK_DATA from 2M after an mmap store at 8M: $d (reads give the bytes)"
 	# the writers gone, their pages written back: a reader gets the source's
 	# holes (once their RELEASEs, which the kernel sends in the background, came)
-	for i in $(seq 50); do
-		[ "$(xfs_io -r -c "seek -a -r 0" mp)" = "$(xfs_io -r -c "seek -a -r 0" src)" ] && break
-		sleep 0.1
-	done
-	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "a reader's seek -a -r after the writers"
+	seek_eq "seek -a -r 0" "a reader's seek -a -r after the writers"
 	# a read-only descriptor while another open holds a store unwritten:
 	# one opened before the store (every mode)
 	eq "$(seek_dirty_reader mp before)" 0 "a reader opened before an mmap store at 0 sees a hole there"
@@ -2490,7 +2499,7 @@ t_huge_source() {
 	eq "$(stat -c %s mp)" $s "size of a 4 TiB source"
 	dd if=mp bs=1M skip=$last status=none | cmp - data || fail "the last MiB"
 	dd if=mp bs=1M skip=$last iflag=direct status=none | cmp - data || fail "the last MiB, O_DIRECT"
-	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "seek -a -r 0"
+	seek_eq "seek -a -r 0" "seek -a -r 0"
 	dd if=data of=mp bs=1M seek=$((last - 1000)) conv=notrunc status=none || fail "write near the end"
 	eq "$("$PY" "$FXIO" pwrite mp $s 4096)" ENOSPC "pwrite at 4 TiB"
 	case $("$PY" "$FXIO" pwrite mp $(((1 << 63) - 4096)) 4096) in
@@ -3685,13 +3694,13 @@ t_snapshot_seek() {
 	mkimg src 64; cp --sparse=always src model; : >mp
 	layout=$(xfs_io -r -c "seek -a -r 0" src); before=$(sum src)
 	fx_up --snapshot "$PWD/src" "$PWD/mp"
-	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" src)" "seek -a -r before any change"
+	seek_eq "seek -a -r 0" "seek -a -r before any change"
 	for f in "$PWD/mp" model; do
 		xio "$f" "pwrite -q $((8 * MiB)) 64k" "pwrite -q $((40 * MiB + 4096)) 4k" \
 			"fpunch 0 64k" "fpunch $((17 * MiB + 128 * 1024)) 256k" "fpunch $((63 * MiB)) 1m"
 	done
 	xfs_io -r -c "seek -a -r 0" mp >&2
-	eq "$(xfs_io -r -c "seek -a -r 0" mp)" "$(xfs_io -r -c "seek -a -r 0" model)" "seek -a -r after the changes"
+	seek_eq "seek -a -r 0" "seek -a -r after the changes" model
 	eq "$(xfs_io -r -c "seek -d $((7 * MiB))" mp | awk '$1 == "DATA" { print $2 }')" $((8 * MiB)) "data written into a hole"
 	eq "$(xfs_io -r -c "seek -h $((8 * MiB))" mp | awk '$1 == "HOLE" { print $2 }')" $((8 * MiB + 65536)) "the hole after it"
 	eq "$(xfs_io -r -c "seek -d 0" mp | awk '$1 == "DATA" { print $2 }')" 65536 "the hole punched at 0"
