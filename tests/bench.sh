@@ -9,7 +9,8 @@
 # (--cache=read) and for writes too (--cache=writeback), all three with one
 # queue per CPU, and
 # qemu-storage-daemon's FUSE export (Debian's qemu-system-common) as the
-# peer. Prints IOPS, the ratios to the source itself and to the peer, and the
+# peer, single-threaded (qsd) and with an iothread per CPU (qsd-mt, QEMU
+# 10.1 and later: from a BENCH_PEER_ROOT with a newer one). Prints IOPS, the ratios to the source itself and to the peer, and the
 # servers' own memory during the QD32 job. Before every job but the cold one
 # the target is read once, so that what can be cached is. Then the NBD
 # pair: the same file served by qemu-nbd on a unix socket, exported by
@@ -133,7 +134,7 @@ mkdir "$DIR/nbdfuse"
 NBD_URI="nbd+unix:///?socket=$DIR/nbd.sock"
 
 # column name and how to start it; "file" is the source itself
-COLUMNS_ALL="file pt fuse-q1 spin-q1 fuse-qN none uring read writeback qsd nbd nbdfuse"
+COLUMNS_ALL="file pt fuse-q1 spin-q1 fuse-qN none uring read writeback qsd qsd-mt nbd nbdfuse"
 COLUMNS=${BENCH_COLUMNS:-$COLUMNS_ALL}
 for col in $COLUMNS; do
 	case " $COLUMNS_ALL " in *" $col "*) ;; *)
@@ -186,15 +187,23 @@ start_column() {
 	file) return 0 ;;
 	pt)	[ "$SOURCE" = file ] ||
 			{ echo "passthrough needs a regular file at its own offsets" >"$DIR/why"; return 1; } ;;&
-	qsd)	[ "$SOURCE" != window ] ||
+	qsd|qsd-mt)	[ "$SOURCE" != window ] ||
 			{ echo "no window in this comparison" >"$DIR/why"; return 1; } ;;&
-	qsd)
+	qsd|qsd-mt)
 		peer_has qemu-storage-daemon ||
 			{ echo "qemu-storage-daemon missing (qemu-system-common)" >"$DIR/why"; return 1; }
-		$PEER qemu-storage-daemon \
+		# qsd-mt: an iothread per CPU serving the export's queues (the
+		# FUSE export takes an iothread list since QEMU 10.1)
+		local objs=() list=""
+		if [ "$1" = qsd-mt ]; then
+			for i in $(seq 0 $(($(nproc) - 1))); do
+				objs+=(--object "iothread,id=io$i"); list+=",iothread.$i=io$i"
+			done
+		fi
+		$PEER qemu-storage-daemon "${objs[@]}" \
 			--blockdev node-name=file0,driver=$QSD_DRIVER,filename="$SRC" \
 			--blockdev node-name=raw0,driver=raw,file=file0 \
-			--export type=fuse,id=exp0,node-name=raw0,mountpoint="$DIR/mp",writable=on \
+			--export type=fuse,id=exp0,node-name=raw0,mountpoint="$DIR/mp",writable=on$list \
 			--pidfile "$DIR/qsd.pid" >"$DIR/server.err" 2>&1 &
 		for i in $(seq 100); do
 			findmnt -n "$DIR/mp" >/dev/null && break
@@ -250,7 +259,7 @@ stop_column() {
 	else
 		umount "$DIR/mp" 2>/dev/null
 	fi
-	[ "$col" = qsd ] && kill "$SERVER"
+	case $col in qsd|qsd-mt) kill "$SERVER" ;; esac
 	while kill -0 "$SERVER" 2>/dev/null; do sleep 0.1; done
 	SERVER=
 	if [ -n "$NBDSERVER" ]; then
@@ -385,7 +394,7 @@ for job in $JOBS; do
 	vals=(); for col in $RAN; do vals+=("$(median "${ALL[$col,$job]:-}")"); done
 	row "$job" "${vals[@]}"
 done
-for base in file qsd nbdfuse; do
+for base in file qsd qsd-mt nbdfuse; do
 	case " $RAN " in *" $base "*) ;; *) continue ;; esac
 	echo; echo "ratio to $base"
 	row job $RAN; rule
