@@ -10,8 +10,9 @@
 # queue per CPU, and
 # qemu-storage-daemon's FUSE export (Debian's qemu-system-common) as the
 # peer, single-threaded (qsd) and with an iothread per CPU (qsd-mt, QEMU
-# 10.1 and later: from a BENCH_PEER_ROOT with a newer one). Prints IOPS, the ratios to the source itself and to the peer, and the
-# servers' own memory during the QD32 job. Before every job but the cold one
+# 10.1 and later: from a BENCH_PEER_ROOT with a newer one). Prints IOPS,
+# the ratios to the source itself and to the peer, and the servers' own
+# memory during the QD32 job. Before every job but the cold one
 # the target is read once, so that what can be cached is. Then the NBD
 # pair: the same file served by qemu-nbd on a unix socket, exported by
 # fuseexport (nbd) and by nbdfuse (Debian's libnbd-bin), its peer.
