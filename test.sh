@@ -23,6 +23,7 @@
 #                      e.g. "-q 1,-q 4 --passthrough=auto" (default: see MODES below)
 #   FX_NBD_MODE        the option set the NBD tests run under (default: -q 2)
 #   FX_ONLY            run only the tests whose name matches this extended regex
+#   FX_SKIP            leave out the tests whose name matches this one
 #   FX_TIMEOUT         seconds a single test may take (default 150)
 #   FX_KEEP=1          keep the temporary directory (test logs) for a look
 #   FX_NO_INSTALL=1    do not install missing test tools (tests/deps.sh)
@@ -37,6 +38,7 @@ FUSEEXPORT=${FUSEEXPORT:-./fuseexport}
 FUSEEXPORT_STATIC=${FUSEEXPORT_STATIC:-./fuseexport-static}
 FX_TIMEOUT=${FX_TIMEOUT:-150}
 FX_ONLY=${FX_ONLY:-}
+FX_SKIP=${FX_SKIP:-}
 CI=${CI:-}
 PY=$(command -v python3 || true)
 FXIO="$TOP/tests/fxio.py"
@@ -5433,6 +5435,7 @@ result() { # result ok|fail|skip NAME [REASON]
 t() {
 	local name=$1 needs=$2 why dir rc wrap=() uring= t0=$SECONDS; shift 2
 	if [ -n "$FX_ONLY" ] && ! [[ $name =~ $FX_ONLY ]]; then return; fi
+	if [ -n "$FX_SKIP" ] && [[ $name =~ $FX_SKIP ]]; then return; fi
 	why=$(missing "$needs")
 	if [ -n "$why" ]; then result skip "$name" "$why"; return; fi
 	dir=$ROOT/t$((N + 1))
