@@ -1076,6 +1076,9 @@ static void file_open_fd(struct file_source *f, const char *path,
 	f->is_blockdev = S_ISBLK(st->st_mode);
 	f->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY |
 		     O_NONBLOCK | (writable && f->is_blockdev ? O_EXCL : 0));
+	if (f->fd < 0 && errno == EBUSY && writable && f->is_blockdev)
+		die("%s: in use (mounted, or opened exclusively elsewhere): "
+		    "unmount it first, or export it read-only", path);
 	if (f->fd < 0)
 		die("%s:", path);
 	if (fstat(f->fd, st) < 0)

@@ -1072,6 +1072,10 @@ t_loopdev() {
 		"Whence Result DATA $MiB Whence Result HOLE $s " "SEEK_DATA and SEEK_HOLE"
 	fx_down "$PWD/mp"
 	fx_up $1 -w "$loop" "$PWD/mp"
+	# held open exclusively (as a mounted one is): refused, and why
+	: >mp2
+	"$FX" -w "$loop" "$PWD/mp2" 2>err && { track_mount "$PWD/mp2"; fail "-w of a block device held exclusively accepted"; }
+	grep -q "in use (mounted, or opened exclusively elsewhere)" err || fail "the refusal says: $(cat err)"
 	head -c $((2 * MiB)) /dev/urandom >data
 	put mp $((3 * MiB + 512)) data conv=notrunc,fsync; put expected $((3 * MiB + 512)) data
 	dd if=data of=mp bs=1M seek=30 oflag=direct conv=notrunc status=none || fail "O_DIRECT write"
