@@ -8065,17 +8065,43 @@ static MAIN_ONLY void check_helper_source(struct export *e)
 		    "and window_size=", e->source_path);
 }
 
+/* path as a shell word for a command to paste: as it is if nothing in
+ * it is special, else in single quotes (a quote as '\''); NULL if buf
+ * of size n is too small */
+static const char *shell_word(const char *path, char *buf, size_t n)
+{
+	size_t k = 0;
+
+	if (*path && !path[strspn(path, "abcdefghijklmnopqrstuvwxyz"
+				  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+,:=@%")])
+		return path;
+	buf[k++] = '\'';
+	for (; *path && k + 5 < n; path++) {
+		if (*path == '\'')
+			memcpy(buf + k, "'\\''", 4), k += 4;
+		else
+			buf[k++] = *path;
+	}
+	if (*path)
+		return NULL;
+	buf[k++] = '\'';
+	buf[k] = 0;
+	return buf;
+}
+
 /* MOUNTPOINT: an existing regular file, not already carrying an export;
  * exits if it is not */
 static MAIN_ONLY void check_mountpoint(struct export *e)
 {
-	const char *path = e->mountpoint;
+	const char *path = e->mountpoint, *word;
+	char buf[PATH_MAX * 4 + 3];
 	struct stat st;
 	char *abs;
 
+	word = shell_word(path, buf, sizeof(buf));
 	if (stat(path, &st) < 0 && errno == ENOTCONN)
 		die("%s: a dead export is mounted here (its server is gone); "
-		    "clear it with: umount %s", path, path);
+		    "clear it with: umount %s", path, word ? word : "PATH");
 	if (stat(path, &st) < 0)
 		die("%s:", path);
 	if (!S_ISREG(st.st_mode))
@@ -8085,7 +8111,7 @@ static MAIN_ONLY void check_mountpoint(struct export *e)
 		die("%s:", path);
 	if (mount_dev(abs, NULL))	/* a FUSE file system, ours or not */
 		die("%s: already exported (end that export with: umount %s)",
-		    path, path);
+		    path, word ? word : "PATH");
 	e->mountpoint = e->mountpoint_buf = abs;
 }
 

@@ -5332,9 +5332,9 @@ b_exported_mp() {
 # are 4 bytes there, \040): the line is read whole, not as two lines. In
 # a namespace of its own: the suite's cleanup splits paths at spaces
 exported_mp_long_ns() {	# (fx_up would track a path the cleanup splits)
-	local d=$PWD i name pid
-	name=$(printf 'a %.0s' $(seq 100))
-	for i in $(seq 9); do d="$d/$name"; done
+	local d=$PWD i name pid how
+	name=$(printf "a'b %.0s" $(seq 60))
+	for i in $(seq 12); do d="$d/$name"; done
 	mkdir -p "$d"; mkimg src 4; mkimg src2 4; : >"$d/mp"
 	"$FX" "$PWD/src2" "$d/mp" || fail "the first export"
 	pid=$(fx_pid "$d/mp")
@@ -5343,7 +5343,9 @@ exported_mp_long_ns() {	# (fx_up would track a path the cleanup splits)
 	BAD_MOUNTED_OK=1 bad "$PWD/src" "$d/mp"
 	grep -q "already exported" err || fail "refusal: $(cat err)"
 	eq "$(findmnt -n --mountpoint "$d/mp" | wc -l)" 1 "mounts on the mount point"
-	umount "$d/mp" || fail "umount"
+	# the hint's command, pasted into a shell, ends the export
+	how=$(sed -n 's/.*(end that export with: \(.*\))$/\1/p' err)
+	[ -n "$how" ] && sh -c "$how" || fail "the hint's command: '$how'"
 	wait_gone "$pid" 10 || fail "server still running after umount"
 }
 b_exported_mp_long() { in_ns exported_mp_long_ns; }
