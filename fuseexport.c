@@ -154,8 +154,9 @@ static const char usage_text[] =
 "                          clear, crash, crash torn\n"
 "      --retry=SECONDS     NBD: how long requests wait for a lost connection\n"
 "                          to be made again before they fail (default: 30)\n"
-"      --log=FILE          a detached server's messages go to FILE (default:\n"
-"                          syslog, else the kernel's log, as fuseexport[PID]);\n"
+"      --log=FILE          a detached server's messages go to FILE, stamped\n"
+"                          with the time (default: syslog, else the kernel's\n"
+"                          log, as fuseexport[PID]);\n"
 "                          refused with -f, -d and --run (stderr is kept)\n"
 "      --run=COMMAND       once the export is up, run /bin/sh -c COMMAND with\n"
 "                          its path as $1 and $FUSEEXPORT_FILE; end the\n"
@@ -6678,7 +6679,7 @@ static void reply_done(struct export *e, struct request *r)
  * The log of a detached server: what it writes on stderr goes, a line at a
  * time, to syslog where /dev/log takes datagrams, else to the kernel's log
  * (/dev/kmsg, as initramfs tools do), tagged fuseexport[PID]; --log=FILE
- * appends it to FILE instead. A thread moves the lines from a pipe that is
+ * appends it to FILE instead, stamped with the time. A thread moves the lines from a pipe that is
  * the server's stderr; at exit the pipe is closed and what is left drained.
  *
  * Holds: log_fd and log_thread, the route, the log thread, start_log and
@@ -6688,29 +6689,51 @@ static void reply_done(struct export *e, struct request *r)
 static int log_fd = -1;			/* --log=FILE, opened before detaching */
 static pthread_t log_thread;
 
-/* Where the log goes: a datagram socket connected to /dev/log (sock),
- * else /dev/kmsg; returns its fd, or -1 */
-static int open_log_route(bool *sock)
+enum log_route { TO_KMSG, TO_SYSLOG, TO_FILE };
+
+/* Where the log goes: FILE (log_fd), else a datagram socket connected to
+ * /dev/log, else /dev/kmsg; returns its fd, or -1 */
+static int open_log_route(enum log_route *route)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
-	int out = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int out;
 
-	*sock = out >= 0 && connect(out, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	if (*sock)
+	*route = TO_FILE;
+	if (log_fd >= 0)
+		return log_fd;
+	out = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	*route = TO_SYSLOG;
+	if (out >= 0 && connect(out, (struct sockaddr *)&sa, sizeof(sa)) == 0)
 		return out;
 	if (out >= 0)
 		close(out);
+	*route = TO_KMSG;
 	return open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+}
+
+/* One line in FILE, stamped with the local time as syslog would */
+static void file_line(int out, const char *line, size_t len)
+{
+	char when[40] = "";
+	struct timespec now;
+	struct tm tm;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (localtime_r(&now.tv_sec, &tm))
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S%z ", &tm);
+	dprintf(out, "%sfuseexport[%d]: %.*s\n", when, (int)getpid(),
+		(int)len, line);
 }
 
 /* The kernel refuses a /dev/kmsg record of about 1 KiB and over (EINVAL)
  * whole: a longer line goes in pieces of this many bytes */
 enum { KMSG_PIECE = 800 };
 
-/* Send one line, less its "fuseexport: ", to syslog (*sock) or kmsg. A
- * syslog daemon that was restarted has a new socket: the old one's
- * sends fail (ECONNREFUSED), so connect again, once a line. */
-static void log_line(int *out, bool *sock, const char *line, size_t len)
+/* Send one line, less its "fuseexport: ", where *route says. A syslog
+ * daemon that was restarted has a new socket: the old one's sends fail
+ * (ECONNREFUSED), so connect again, once a line. */
+static void log_line(int *out, enum log_route *route, const char *line,
+		     size_t len)
 {
 	static const char prefix[] = "fuseexport: ";
 	char msg[4200];
@@ -6720,18 +6743,21 @@ static void log_line(int *out, bool *sock, const char *line, size_t len)
 
 	if (len >= sizeof(prefix) - 1 && !memcmp(line, prefix, sizeof(prefix) - 1))
 		line += sizeof(prefix) - 1, len -= sizeof(prefix) - 1;
+	if (*route == TO_FILE)
+		return file_line(*out, line, len);
 	while (len && *out >= 0) {
-		k = *sock ? len : len < KMSG_PIECE ? len : KMSG_PIECE;
+		k = *route == TO_SYSLOG || len < KMSG_PIECE ? len : KMSG_PIECE;
 		/* daemon.warning for syslog; the kernel's log takes a level
 		 * alone, and a record without its newline stays open for a
 		 * continuation, unseen by dmesg until the next one comes */
 		n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s%s",
-			     *sock ? 28 : 4, (int)getpid(), (int)k, line,
-			     *sock ? "" : "\n");
+			     *route == TO_SYSLOG ? 28 : 4, (int)getpid(), (int)k,
+			     line, *route == TO_SYSLOG ? "" : "\n");
 		if (n > 0 && write(*out, msg, (size_t)n < sizeof(msg) ? (size_t)n :
-				   sizeof(msg) - 1) < 0 && *sock && again) {
+				   sizeof(msg) - 1) < 0 && *route == TO_SYSLOG &&
+		    again) {
 			close(*out);
-			*out = open_log_route(sock);
+			*out = open_log_route(route);
 			again = false;
 			continue;	/* the same line, the new way */
 		}
@@ -6745,10 +6771,10 @@ static void *log_loop(void *arg)
 	int in = (int)(intptr_t)arg, out;
 	char buf[4096], *nl;
 	size_t have = 0, len;
-	bool sock;
+	enum log_route route;
 	ssize_t n;
 
-	out = open_log_route(&sock);
+	out = open_log_route(&route);
 	do {
 		n = read(in, buf + have, sizeof(buf) - have);
 		if (n < 0 && errno == EINTR)
@@ -6759,7 +6785,7 @@ static void *log_loop(void *arg)
 		while ((nl = memchr(buf, '\n', have)) ||
 		       (have && (n <= 0 || have == sizeof(buf)))) {
 			len = nl ? (size_t)(nl - buf) : have;
-			log_line(&out, &sock, buf, len);
+			log_line(&out, &route, buf, len);
 			len += nl != NULL;
 			memmove(buf, buf + len, have - len);
 			have -= len;
@@ -6783,20 +6809,15 @@ static void stop_log(void)
 	pthread_timedjoin_np(log_thread, NULL, &end);
 }
 
-/* Make stderr the log: FILE, or the pipe to log_loop; else /dev/null */
+/* Make stderr the pipe to log_loop; else FILE as it is, or /dev/null */
 static void start_log(int null)
 {
 	int fds[2];
 
-	if (log_fd >= 0) {
-		dup2(log_fd, 2);
-		close(log_fd);
-		return;
-	}
 	if (pipe2(fds, O_CLOEXEC) < 0 ||
 	    (errno = pthread_create(&log_thread, NULL, log_loop,
 				    (void *)(intptr_t)fds[0]))) {
-		dup2(null, 2);
+		dup2(log_fd >= 0 ? log_fd : null, 2);
 		return;
 	}
 	dup2(fds[1], 2);

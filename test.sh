@@ -1512,7 +1512,8 @@ block_fails_soon() {
 # are not lost: --log=FILE; else syslog where /dev/log takes them (a
 # listener of ours, over /dev in this namespace, taken again after it
 # restarts); else the kernel's log, a long line in pieces it takes. Each
-# tagged fuseexport[PID], the last line there even as the server exits.
+# tagged fuseexport[PID], the last line there even as the server exits;
+# in FILE, stamped with the local time.
 log_says() {	# log_says FILE|kmsg PATTERN: within 30 s
 	local i
 	for i in $(seq 300); do
@@ -1521,6 +1522,11 @@ log_says() {	# log_says FILE|kmsg PATTERN: within 30 s
 		sleep 0.1
 	done
 	fail "no '$2' in $1: $(tail -n 3 "$1" 2>/dev/null)"
+}
+log_last() {	# the last line of FILE, less its time stamp (checked)
+	local re='^[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9][-+][0-9]{4} (.*)$'
+	if [[ $(tail -n 1 "$1") =~ $re ]]; then echo "${BASH_REMATCH[1]}"
+	else echo "no time stamp: $(tail -n 1 "$1")"; fi
 }
 syslog_listener() {	# a /dev/log at dev/log, appending to syslog.txt
 	local i
@@ -1541,7 +1547,7 @@ log_ns() {
 	echo bogus-file >ctl
 	log_says fx.log "control: 'bogus-file': unknown command"
 	fx_down "$PWD/mp"
-	eq "$(tail -n 1 fx.log)" "fuseexport: $PWD/mp: the export of $PWD/src ended (unmounted), its writes flushed" \
+	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), its writes flushed" \
 		"the log's last line, the final status"
 	# the kernel's log, with no /dev/log to take it
 	if [ -e /dev/log ]; then : >nolog; mount --bind nolog /dev/log; fi
@@ -1590,7 +1596,7 @@ log_end_ns() {
 	dd if=/dev/urandom of=mp bs=4k count=1 conv=notrunc status=none
 	echo crash >ctl
 	fx_down "$PWD/mp"
-	eq "$(tail -n 1 fx.log)" "fuseexport: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: unflushed writes dropped" \
+	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: unflushed writes dropped" \
 		"the last line after a crash"
 	# a source on a full file system: the final flush of held writes fails
 	mkdir small; mount -t tmpfs -o size=2M tmpfs small
@@ -1600,8 +1606,8 @@ log_end_ns() {
 	umount "$PWD/small/mp"
 	wait_gone "$FXPID" 10 || fail "server still running after umount"
 	log "the log: $(cat fx.log)"
-	case $(tail -n 1 fx.log) in
-	"fuseexport: $PWD/small/mp: the export of $PWD/small/src ended (unmounted)"*"No space left on device"*) ;;
+	case $(log_last fx.log) in
+	"fuseexport[$FXPID]: $PWD/small/mp: the export of $PWD/small/src ended (unmounted)"*"No space left on device"*) ;;
 	*) fail "the last line after a failed final flush does not say how the export ended and why (ENOSPC): $(tail -n 1 fx.log)" ;;
 	esac
 	# a write-back of the kernel's cache that fails, then SIGTERM
@@ -1611,8 +1617,8 @@ log_end_ns() {
 	kill -TERM "$FXPID"
 	wait_gone "$FXPID" 10 || fail "server still running after SIGTERM"
 	log "the log: $(cat fx.log)"
-	case $(tail -n 1 fx.log) in
-	"fuseexport: $PWD/small/mp: the export of $PWD/small/src ended (SIGTERM)"*"No space left on device"*) ;;
+	case $(log_last fx.log) in
+	"fuseexport[$FXPID]: $PWD/small/mp: the export of $PWD/small/src ended (SIGTERM)"*"No space left on device"*) ;;
 	*) fail "the last line after a failed write-back does not say how the export ended and why (ENOSPC): $(tail -n 1 fx.log)" ;;
 	esac
 }
