@@ -1194,7 +1194,8 @@ enum {
 	NBD_MAX_PIECES = 32,		/* stretches a READ's chunks make
 					 * before a map of its bytes counts */
 	NBD_MAX_SENDS = 10,		/* sends of a request before EIO */
-	NBD_SETUP_SECONDS = 10,		/* for a connection and its handshake */
+	NBD_SETUP_SECONDS = 10,		/* for a connection, and then for its
+					 * handshake as a whole */
 	NBD_DEAD_SECONDS = 30,		/* a TCP peer silent this long, data
 					 * or keepalives unacknowledged, is
 					 * gone (a host down, a cut cable) */
@@ -1226,6 +1227,8 @@ struct nbd_info {
 	bool structured, has_meta;
 	uint32_t meta_id;		/* base:allocation's, on this connection */
 	uint32_t min_block, preferred, max_payload;
+	struct timespec by;		/* the handshake's end, at the latest
+					 * (CLOCK_MONOTONIC) */
 };
 
 /* A thread with requests in flight on a connection (one, or the pieces
@@ -1327,12 +1330,36 @@ static struct nbd_source *nbd_of(struct source *s)
 	return (struct nbd_source *)s;
 }
 
-/* Read exactly n bytes from fd: 0, or -errno (-ECONNRESET: the stream
- * ended) */
-static int read_full(int fd, void *buf, size_t n)
+/* Wait for fd to have bytes to read until time by (CLOCK_MONOTONIC):
+ * false if by came first */
+static bool readable_by(int fd, const struct timespec *by)
+{
+	struct timespec now;
+	long long ms;
+	int r;
+
+	do {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		ms = (by->tv_sec - now.tv_sec) * 1000LL +
+		     (by->tv_nsec - now.tv_nsec) / 1000000;
+		if (ms <= 0)
+			return false;
+		r = poll(&(struct pollfd){ .fd = fd, .events = POLLIN }, 1,
+			 ms < INT_MAX ? (int)ms : INT_MAX);
+	} while (r < 0 && errno == EINTR);
+	return r != 0;		/* an error: read(2) says which */
+}
+
+/* Read exactly n bytes from fd, and with by, each by then: 0, or -errno
+ * (-ECONNRESET: the stream ended, -ETIMEDOUT: by came) */
+static int read_full(int fd, void *buf, size_t n, const struct timespec *by)
 {
 	while (n) {
-		ssize_t r = read(fd, buf, n);
+		ssize_t r;
+
+		if (by && !readable_by(fd, by))
+			return -ETIMEDOUT;
+		r = read(fd, buf, n);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -1533,7 +1560,7 @@ static void nbd_parse_uri(struct nbd_source *n, const char *uri)
 }
 
 /* A socket of family connected to addr, with a timeout on the connect and
- * the handshake. Returns it, or -errno. */
+ * the handshake's sends. Returns it, or -errno. */
 static int nbd_dial_addr(int family, const struct sockaddr *addr, socklen_t len)
 {
 	struct timeval tv = { NBD_SETUP_SECONDS, 0 };
@@ -1547,7 +1574,6 @@ static int nbd_dial_addr(int family, const struct sockaddr *addr, socklen_t len)
 	if (fd < 0)
 		return -errno;
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	if (family != AF_UNIX) {
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
@@ -1604,14 +1630,14 @@ static int nbd_send_option(int fd, uint32_t opt, const void *data, uint32_t len)
 	return send_full(fd, &o, sizeof(o), data, len);
 }
 
-/* Read one reply to option opt: its type to *type, its data (at most size
- * bytes, or it is refused) to buf and its length to *len. Returns 0 or
- * -errno (-EPROTO: not a well-formed reply to opt). */
-static int nbd_option_reply(int fd, uint32_t opt, uint32_t *type, char *buf,
-			    size_t size, uint32_t *len)
+/* Read one reply to option opt, by info->by: its type to *type, its data
+ * (at most size bytes, or it is refused) to buf and its length to *len.
+ * Returns 0 or -errno (-EPROTO: not a well-formed reply to opt). */
+static int nbd_option_reply(int fd, const struct nbd_info *info, uint32_t opt,
+			    uint32_t *type, char *buf, size_t size, uint32_t *len)
 {
 	struct nbd_option_reply r;
-	int res = read_full(fd, &r, sizeof(r));
+	int res = read_full(fd, &r, sizeof(r), &info->by);
 
 	if (res < 0)
 		return res;
@@ -1620,7 +1646,7 @@ static int nbd_option_reply(int fd, uint32_t opt, uint32_t *type, char *buf,
 	if (be64toh(r.magic) != NBD_REP_MAGIC || be32toh(r.option) != opt ||
 	    *len > size)
 		return -EPROTO;
-	return read_full(fd, buf, *len);
+	return read_full(fd, buf, *len, &info->by);
 }
 
 /* An option's data, or a reply's: a name or a message and a few fields */
@@ -1638,8 +1664,12 @@ static int nbd_bad_reply(char *why, size_t size)
  * said in why. Returns -1, for the caller to pass on. */
 static int nbd_failed(int r, char *why, size_t size)
 {
-	snprintf(why, size, "handshake: %s", r == -EPROTO ?
-		 "a bad reply" : strerror(-r));
+	if (r == -ETIMEDOUT)
+		snprintf(why, size, "handshake: not done in %d s (a server "
+			 "too slow, or one that does not stop)", NBD_SETUP_SECONDS);
+	else
+		snprintf(why, size, "handshake: %s", r == -EPROTO ?
+			 "a bad reply" : strerror(-r));
 	return -1;
 }
 
@@ -1669,9 +1699,10 @@ static char *nbd_put_string(char *p, const char *s, uint32_t len)
 	return p + len;
 }
 
-/* The server's greeting, which must be fixed newstyle, and the client's
- * flags in answer. Returns 0, or -1 with the reason in why. */
-static int nbd_greet(struct nbd_source *n, int fd, char *why, size_t size)
+/* The server's greeting, which must be fixed newstyle, by info->by, and
+ * the client's flags in answer. Returns 0, or -1 with the reason in why. */
+static int nbd_greet(struct nbd_source *n, int fd, const struct nbd_info *info,
+		     char *why, size_t size)
 {
 	struct { uint64_t magic, opt_magic; uint16_t flags; } __attribute__((packed)) hello;
 	uint32_t client;
@@ -1685,8 +1716,8 @@ static int nbd_greet(struct nbd_source *n, int fd, char *why, size_t size)
 			"waiting up to %d s. A server that serves one client at a "
 			"time greets none while another is connected (qemu-nbd: "
 			"-e N or --shared=N serves N)\n", n->uri, NBD_SETUP_SECONDS);
-	if ((r = read_full(fd, &hello, sizeof(hello))) < 0) {
-		if (r == -EAGAIN || r == -EWOULDBLOCK)
+	if ((r = read_full(fd, &hello, sizeof(hello), &info->by)) < 0) {
+		if (r == -ETIMEDOUT)
 			return snprintf(why, size, "the server sent no greeting in "
 					"%d s (is it serving another client? "
 					"qemu-nbd serves one unless -e N)",
@@ -1719,8 +1750,8 @@ static int nbd_opt_structured(int fd, struct nbd_info *info, char *why,
 	int r;
 
 	if ((r = nbd_send_option(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0)) < 0 ||
-	    (r = nbd_option_reply(fd, NBD_OPT_STRUCTURED_REPLY, &type, buf,
-				  sizeof(buf), &len)) < 0)
+	    (r = nbd_option_reply(fd, info, NBD_OPT_STRUCTURED_REPLY, &type,
+				  buf, sizeof(buf), &len)) < 0)
 		return nbd_failed(r, why, size);
 	if (type != NBD_REP_ACK && !(type & NBD_REP_ERR))
 		return nbd_bad_reply(why, size);
@@ -1745,8 +1776,8 @@ static int nbd_opt_meta_context(struct nbd_source *n, int fd,
 	if ((r = nbd_send_option(fd, NBD_OPT_SET_META_CONTEXT, buf, end - buf)) < 0)
 		return nbd_failed(r, why, size);
 	for (;;) {
-		if ((r = nbd_option_reply(fd, NBD_OPT_SET_META_CONTEXT, &type,
-					  buf, sizeof(buf), &len)) < 0)
+		if ((r = nbd_option_reply(fd, info, NBD_OPT_SET_META_CONTEXT,
+					  &type, buf, sizeof(buf), &len)) < 0)
 			return nbd_failed(r, why, size);
 		if (type == NBD_REP_ACK || (type & NBD_REP_ERR))
 			break;
@@ -1809,7 +1840,7 @@ static int nbd_opt_go(struct nbd_source *n, int fd, struct nbd_info *info,
 	if ((r = nbd_send_option(fd, NBD_OPT_GO, buf, end - buf)) < 0)
 		return nbd_failed(r, why, size);
 	for (;;) {
-		if ((r = nbd_option_reply(fd, NBD_OPT_GO, &type, buf,
+		if ((r = nbd_option_reply(fd, info, NBD_OPT_GO, &type, buf,
 					  sizeof(buf), &len)) < 0)
 			return nbd_failed(r, why, size);
 		if (type == NBD_REP_ACK)
@@ -1840,7 +1871,12 @@ static int nbd_handshake(struct nbd_source *n, int fd, struct nbd_info *info,
 	info->min_block = 1;
 	info->preferred = 4096;
 	info->max_payload = NBD_MAX_IO;
-	if (nbd_greet(n, fd, why, size) < 0 ||
+	/* a deadline for the whole: a server that drips its bytes, or
+	 * sends replies without end, holds neither the setup nor a
+	 * reconnect that requests wait for */
+	clock_gettime(CLOCK_MONOTONIC, &info->by);
+	info->by.tv_sec += NBD_SETUP_SECONDS;
+	if (nbd_greet(n, fd, info, why, size) < 0 ||
 	    nbd_opt_structured(fd, info, why, size) < 0 ||
 	    (info->structured && nbd_opt_meta_context(n, fd, info, why, size) < 0) ||
 	    nbd_opt_go(n, fd, info, why, size) < 0)
@@ -1870,7 +1906,6 @@ static int nbd_connect(struct nbd_source *n, struct nbd_info *info, char *why,
 	}
 	/* from now on a request waits as long as the server takes */
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof(none));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
 	return fd;
 }
 
@@ -1915,7 +1950,7 @@ static int conn_read(struct nbd_conn *c, void *buf, size_t n)
 	if (!n)
 		return 0;
 	if (n >= NBD_RECV_BUFFER / 2)
-		return read_full(c->fd, buf, n);
+		return read_full(c->fd, buf, n, NULL);
 	c->recv_pos = c->recv_len = 0;
 	while (c->recv_len < n) {
 		ssize_t r = read(c->fd, c->recv_buf + c->recv_len,

@@ -4949,6 +4949,32 @@ c, _ = s.accept(); c.sendall(b"HTTP/1.0 400 Bad\r\n\r\n" * 4); c.recv(100)' "$s"
 	wait_socket "$s"
 	bad "nbd+unix:///?socket=$s" "$PWD/mp"
 	grep -q "not an NBD server" err || fail "not NBD: $(cat err)"
+	# the handshake has 10 s in all: a greeting dripped a byte at a time
+	# (9 s, no read waits long), then base:allocation named without end
+	# (each read had 10 s of its own, and the replies held the setup for
+	# ever)
+	rm -f "$s"
+	"$PY" -c 'import socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+c, _ = s.accept()
+for b in b"NBDMAGICIHAVEOPT\0\3": c.sendall(bytes([b])); time.sleep(0.5)
+def full(n):
+    b = b""
+    while len(b) < n: b += c.recv(n - len(b)) or sys.exit(0)
+    return b
+full(4)
+try:
+    while True:
+        _, opt, n = struct.unpack(">QII", full(16)); full(n)
+        while opt == 10:
+            c.sendall(struct.pack(">QIIII", 0x3e889045565a9, 10, 4, 19, 1) + b"base:allocation")
+            time.sleep(0.01)
+        c.sendall(struct.pack(">QIII", 0x3e889045565a9, opt, 1, 0))
+except OSError: pass' "$s" &
+	wait_socket "$s"
+	bad "nbd+unix:///?socket=$s" "$PWD/mp"
+	grep -q "handshake: not done in 10 s" err || fail "a handshake without end: $(cat err)"
+	rm -f "$s"
 	qnbd src
 	bad -g "nbd+unix:///?socket=$s" "$PWD/mp"
 	bad --offset=5M "nbd+unix:///?socket=$s" "$PWD/mp"
