@@ -4698,8 +4698,10 @@ struct faults {
 	unsigned numbered;		/* rules ever added */
 	uint64_t random;		/* splitmix64's state */
 	bool debug;
-	atomic_bool crashed;
+	atomic_int crashed;		/* 0, or CRASHED or CRASHED_TORN */
 };
+
+enum { CRASHED = 1, CRASHED_TORN };
 
 static const struct { const char *name; int error; } errno_names[] = {
 	{ "EIO", EIO }, { "ENOSPC", ENOSPC }, { "EROFS", EROFS },
@@ -5694,14 +5696,15 @@ static void crash_export(struct export *e, bool torn)
 {
 	if (e->volatile_cache)
 		cache_crash(e->volatile_cache, torn, e->opt.debug);
-	atomic_store(&e->faults->crashed, true);
+	atomic_store(&e->faults->crashed, torn ? CRASHED_TORN : CRASHED);
 	if (e->opt.debug && !e->volatile_cache)
 		fprintf(stderr, "fuseexport: crash: every request fails from now on\n");
 }
 
-static bool export_crashed(struct export *e)
+/* 0, or how the export crashed: CRASHED or CRASHED_TORN */
+static int export_crashed(struct export *e)
 {
-	return e->faults && atomic_load(&e->faults->crashed);
+	return e->faults ? atomic_load(&e->faults->crashed) : 0;
 }
 
 /* Make the FIFO (the caller's, mode 0600; refused if PATH is there) and
@@ -8613,10 +8616,12 @@ static MAIN_ONLY void end_export(struct export *e)
 
 /* A detached server's last word in its log, unless it halted: how the
  * export ended (ended_by: the signal, or 0 for an unmount), and whether
- * its writes were flushed, a crash dropped them or a flush failed (err) */
+ * its writes were flushed, a crash failed them or dropped what the
+ * volatile cache held (or, torn, some of it), or a flush failed (err) */
 static MAIN_ONLY void say_ended(struct export *e, int ended_by, int err)
 {
 	char why[160] = ", its writes flushed";
+	int crashed = export_crashed(e);
 
 	if (e->opt.foreground || e->opt.run_command)
 		return;		/* stderr is the caller's, who knows */
@@ -8626,8 +8631,15 @@ static MAIN_ONLY void say_ended(struct export *e, int ended_by, int err)
 			 strerror(err));
 	else if (!e->opt.writable)
 		*why = 0;
-	else if (export_crashed(e))
-		snprintf(why, sizeof(why), ", crashed: unflushed writes dropped");
+	else if (crashed && !e->volatile_cache)
+		snprintf(why, sizeof(why), ", crashed: every request failed "
+			 "from then on");
+	else if (crashed == CRASHED)
+		snprintf(why, sizeof(why), ", crashed: the writes held "
+			 "unflushed were dropped");
+	else if (crashed == CRASHED_TORN)
+		snprintf(why, sizeof(why), ", crashed torn: of the writes held "
+			 "unflushed some were written, the rest dropped");
 	fprintf(stderr, "fuseexport: %s: the export of %s ended (%s)%s\n",
 		e->mountpoint, e->source_path, ended_by == SIGTERM ? "SIGTERM" :
 		ended_by == SIGINT ? "SIGINT" : ended_by ? "SIGHUP" : "unmounted",

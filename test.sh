@@ -1595,9 +1595,24 @@ log_end_ns() {
 	fx_up -w --write-cache=volatile --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
 	dd if=/dev/urandom of=mp bs=4k count=1 conv=notrunc status=none
 	echo crash >ctl
+	block_fails_soon || fail "no crash"
 	fx_down "$PWD/mp"
-	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: unflushed writes dropped" \
+	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: the writes held unflushed were dropped" \
 		"the last line after a crash"
+	fx_up -w --write-cache=volatile --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
+	dd if=/dev/urandom of=mp bs=4k count=8 conv=notrunc status=none
+	echo crash torn >ctl
+	block_fails_soon || fail "no crash"
+	fx_down "$PWD/mp"
+	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), crashed torn: of the writes held unflushed some were written, the rest dropped" \
+		"the last line after a torn crash"
+	# nothing held, nothing dropped: the writes went to the source
+	fx_up -w --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
+	echo crash >ctl
+	block_fails_soon || fail "no crash"
+	fx_down "$PWD/mp"
+	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: every request failed from then on" \
+		"the last line after a crash without a volatile cache"
 	# a source on a full file system: the final flush of held writes fails
 	mkdir small; mount -t tmpfs -o size=2M tmpfs small
 	truncate -s 64M small/src; : >small/mp; rm -f fx.log
