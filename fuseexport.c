@@ -1829,7 +1829,7 @@ static int nbd_opt_go(struct nbd_source *n, int fd, struct nbd_info *info,
 		      char *why, size_t size)
 {
 	char buf[NBD_OPTION_BUF], *end;
-	uint32_t type, len;
+	uint32_t type, len, k;
 	bool got_export = false;
 	int r;
 
@@ -1848,10 +1848,16 @@ static int nbd_opt_go(struct nbd_source *n, int fd, struct nbd_info *info,
 		if (type == NBD_REP_ERR_UNSUP)
 			return snprintf(why, size, "the server does not know "
 					"NBD_OPT_GO (too old)"), -1;
-		if (type & NBD_REP_ERR)
+		if (type & NBD_REP_ERR) {
+			/* the server's words, without the control bytes
+			 * that would move a terminal or start a log line */
+			for (k = 0; k < len; k++)
+				if ((unsigned char)buf[k] < 0x20 || buf[k] == 0x7f)
+					buf[k] = '?';
 			return snprintf(why, size, "the server refused export '%s': "
 					"%.*s", n->export_name, len ? (int)len : 5,
 					len ? buf : "error"), -1;
+		}
 		if (type != NBD_REP_INFO || len < 2 ||
 		    (r = nbd_take_info(info, buf, len)) < 0)
 			return nbd_bad_reply(why, size);

@@ -4990,6 +4990,21 @@ except OSError: pass' "$s" &
 	bad "nbd+unix:///?socket=$s" "$PWD/mp"
 	grep -q "handshake: not done in 10 s" err || fail "a handshake without end: $(cat err)"
 	rm -f "$s"
+	# a refusal whose words carry a terminal escape and a new line: one
+	# line, no control byte
+	"$PY" -c 'import socket, struct, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+c, _ = s.accept(); c.sendall(b"NBDMAGICIHAVEOPT\0\3"); c.recv(4)
+try:
+    while True:
+        _, opt, n = struct.unpack(">QII", c.recv(16)); c.recv(n) if n else b""
+        why = b"gone\x1b[2J\nfuseexport: all is well" if opt == 7 else b""
+        c.sendall(struct.pack(">QIII", 0x3e889045565a9, opt, (1 << 31) | (3 if why else 1), len(why)) + why)
+except (OSError, struct.error): pass' "$s" &
+	wait_socket "$s"
+	bad "nbd+unix:///?socket=$s" "$PWD/mp"
+	grep -q "refused export '': gone?\[2J?fuseexport: all is well" err || fail "the refusal: $(cat -A err)"
+	rm -f "$s"
 	qnbd src
 	bad -g "nbd+unix:///?socket=$s" "$PWD/mp"
 	bad --offset=5M "nbd+unix:///?socket=$s" "$PWD/mp"
