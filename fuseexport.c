@@ -93,6 +93,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "fuseexport.h"
@@ -6773,9 +6774,10 @@ static void file_line(int out, const char *line, size_t len)
  * whole: a longer line goes in pieces of this many bytes */
 enum { KMSG_PIECE = 800 };
 
-/* Send one line, less its "fuseexport: ", where *route says. A syslog
- * daemon that was restarted has a new socket: the old one's sends fail
- * (ECONNREFUSED), so connect again, once a line. */
+/* Send one line, less its "fuseexport: ", where *route says: at the
+ * level its "<N>" before that says (as systemd takes a service's stderr),
+ * else as a warning. A syslog daemon that was restarted has a new socket:
+ * the old one's sends fail (ECONNREFUSED), so connect again, once a line. */
 static void log_line(int *out, enum log_route *route, const char *line,
 		     size_t len)
 {
@@ -6783,19 +6785,23 @@ static void log_line(int *out, enum log_route *route, const char *line,
 	char msg[4200];
 	size_t k;
 	bool again = true;
-	int n;
+	int n, level = LOG_WARNING;
 
+	if (len >= 3 && line[0] == '<' && line[1] >= '0' && line[1] <= '7' &&
+	    line[2] == '>')
+		level = line[1] - '0', line += 3, len -= 3;
 	if (len >= sizeof(prefix) - 1 && !memcmp(line, prefix, sizeof(prefix) - 1))
 		line += sizeof(prefix) - 1, len -= sizeof(prefix) - 1;
 	if (*route == TO_FILE)
 		return file_line(*out, line, len);
 	while (len && *out >= 0) {
 		k = *route == TO_SYSLOG || len < KMSG_PIECE ? len : KMSG_PIECE;
-		/* daemon.warning for syslog; the kernel's log takes a level
-		 * alone, and a record without its newline stays open for a
-		 * continuation, unseen by dmesg until the next one comes */
+		/* the daemon facility for syslog; the kernel's log takes a
+		 * level alone, and a record without its newline stays open
+		 * for a continuation, unseen by dmesg until the next one */
 		n = snprintf(msg, sizeof(msg), "<%d>fuseexport[%d]: %.*s%s",
-			     *route == TO_SYSLOG ? 28 : 4, (int)getpid(), (int)k,
+			     (*route == TO_SYSLOG ? LOG_DAEMON : 0) | level,
+			     (int)getpid(), (int)k,
 			     line, *route == TO_SYSLOG ? "" : "\n");
 		if (n > 0 && write(*out, msg, (size_t)n < sizeof(msg) ? (size_t)n :
 				   sizeof(msg) - 1) < 0 && *route == TO_SYSLOG &&
@@ -8623,7 +8629,8 @@ static MAIN_ONLY void end_export(struct export *e)
 /* A detached server's last word in its log, unless it halted: how the
  * export ended (ended_by: the signal, or 0 for an unmount), and whether
  * its writes were flushed, a crash failed them or dropped what the
- * volatile cache held (or, torn, some of it), or a flush failed (err) */
+ * volatile cache held (or, torn, some of it), or a flush failed (err).
+ * Its "<N>" is its level, which log_line takes off. */
 static MAIN_ONLY void say_ended(struct export *e, int ended_by, int err)
 {
 	char why[160] = ", its writes flushed";
@@ -8646,7 +8653,9 @@ static MAIN_ONLY void say_ended(struct export *e, int ended_by, int err)
 	else if (crashed == CRASHED_TORN)
 		snprintf(why, sizeof(why), ", crashed torn: of the writes held "
 			 "unflushed some were written, the rest dropped");
-	fprintf(stderr, "fuseexport: %s: the export of %s ended (%s)%s\n",
+	/* at its level in the log: an error, a warning, or a notice */
+	fprintf(stderr, "<%d>fuseexport: %s: the export of %s ended (%s)%s\n",
+		err ? LOG_ERR : crashed ? LOG_WARNING : LOG_NOTICE,
 		e->mountpoint, e->source_path, ended_by == SIGTERM ? "SIGTERM" :
 		ended_by == SIGINT ? "SIGINT" : ended_by ? "SIGHUP" : "unmounted",
 		why);

@@ -1512,8 +1512,9 @@ block_fails_soon() {
 # are not lost: --log=FILE; else syslog where /dev/log takes them (a
 # listener of ours, over /dev in this namespace, taken again after it
 # restarts); else the kernel's log, a long line in pieces it takes. Each
-# tagged fuseexport[PID], the last line there even as the server exits;
-# in FILE, stamped with the local time.
+# tagged fuseexport[PID], the last line there even as the server exits,
+# as a notice where the rest are warnings; in FILE, stamped with the local
+# time.
 log_says() {	# log_says FILE|kmsg PATTERN: within 30 s
 	local i
 	for i in $(seq 300); do
@@ -1561,6 +1562,10 @@ log_ns() {
 	log_says kmsg "$tag: y*-end': unknown command"
 	fx_down "$PWD/mp"
 	log_says kmsg "$tag: $PWD/mp: the export of $PWD/src ended (unmounted)"
+	# each line at its level: the control line a warning, the end a notice
+	dmesg -l warn | grep -q "$tag: control: 'bogus-kmsg'" || fail "the control line is no warning in the kernel's log"
+	dmesg -l notice | grep -q "$tag: $PWD/mp: the export of $PWD/src ended (unmounted)" ||
+		fail "the last line is no notice in the kernel's log: $(dmesg -x | grep "$tag: $PWD/mp")"
 	# syslog: a /dev/log of ours
 	mkdir dev
 	cp -a /dev/null /dev/zero /dev/urandom /dev/fuse /dev/kmsg dev/
@@ -1578,7 +1583,7 @@ log_ns() {
 	log_says syslog.txt "$tag: control: 'bogus-restarted': unknown command"
 	kill -TERM "$FXPID"
 	wait_gone "$FXPID" || fail "server still running after SIGTERM"
-	log_says syslog.txt "$tag: $PWD/mp: the export of $PWD/src ended (SIGTERM)$"
+	log_says syslog.txt "<29>fuseexport\[$FXPID\]: $PWD/mp: the export of $PWD/src ended (SIGTERM)$"
 	refute "the kernel's log took a syslog line" eval 'dmesg | grep -q "fuseexport\[$FXPID\]: .*bogus-syslog"'
 }
 t_log() { in_ns log_ns; }
