@@ -334,6 +334,15 @@ drop_foreign_mounts() {
 	return 0
 }
 
+# libmount's record of the mounts users made (/run/mount/utab, written by
+# fusermount3) is a file, which a namespace does not hold: each test gets
+# one of its own, so that a mount gone with the test's namespace leaves no
+# line in the machine's
+private_utab() {
+	[ -d /run ] || return 0
+	mkdir -p /run/mount && mount -t tmpfs -o size=1M,mode=755 fxutab /run/mount
+}
+
 # in_ns FUNCTION ARGS...: run FUNCTION in a private mount namespace
 in_ns() {
 	unshare -m --propagation private bash -c 'set -e; "$@"' _ "$@"
@@ -5520,7 +5529,7 @@ t() {
 	[ -n "$IS_ROOT" ] && wrap+=(unshare -m --propagation private)
 	TESTDIR=$dir FX_URING=$uring IS_ROOT=$IS_ROOT timeout -k 10 "$FX_TIMEOUT" "${wrap[@]}" bash -c 'cd "$TESTDIR" || exit 1
 		[ -z "$FX_URING" ] || echo Y >"$URING_PARAM" || exit 1
-		[ -z "$IS_ROOT" ] || drop_foreign_mounts
+		[ -z "$IS_ROOT" ] || { drop_foreign_mounts && private_utab; } || exit 1
 		exec 9>&2; set -eE; trap '\''echo "FAIL: status $? from: $BASH_COMMAND" >&2'\'' ERR; "$@"' _ "$@" \
 		</dev/null >"$dir/log" 2>&1 &
 	TPID=$!
