@@ -8122,16 +8122,21 @@ static MAIN_ONLY void check_helper_source(struct export *e)
 }
 
 /* path as a shell word for a command to paste: as it is if nothing in
- * it is special, else in single quotes (a quote as '\''); NULL if buf
- * of size n is too small */
+ * it is special, else in single quotes (a quote as '\''), and after
+ * "./" if it starts with '-' (not an option of the command's); NULL if
+ * buf of size n (8 at least) is too small */
 static const char *shell_word(const char *path, char *buf, size_t n)
 {
+	bool plain = *path && !path[strspn(path, "abcdefghijklmnopqrstuvwxyz"
+				"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+,:=@%")];
 	size_t k = 0;
 
-	if (*path && !path[strspn(path, "abcdefghijklmnopqrstuvwxyz"
-				  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+,:=@%")])
+	if (plain && *path != '-')
 		return path;
-	buf[k++] = '\'';
+	if (*path == '-')
+		buf[k++] = '.', buf[k++] = '/';
+	if (!plain)
+		buf[k++] = '\'';
 	for (; *path && k + 5 < n; path++) {
 		if (*path == '\'')
 			memcpy(buf + k, "'\\''", 4), k += 4;
@@ -8140,7 +8145,8 @@ static const char *shell_word(const char *path, char *buf, size_t n)
 	}
 	if (*path)
 		return NULL;
-	buf[k++] = '\'';
+	if (!plain)
+		buf[k++] = '\'';
 	buf[k] = 0;
 	return buf;
 }
@@ -8150,7 +8156,7 @@ static const char *shell_word(const char *path, char *buf, size_t n)
 static MAIN_ONLY void check_mountpoint(struct export *e)
 {
 	const char *path = e->mountpoint, *word;
-	char buf[PATH_MAX * 4 + 3];
+	char buf[PATH_MAX * 4 + 5];
 	struct stat st;
 	char *abs;
 

@@ -5359,6 +5359,14 @@ b_exported_mp() {
 	eq "$(findmnt -n --mountpoint "$PWD/mp" | wc -l)" 1 "mounts on the mount point"
 	cmp mp src2 || fail "the first export"
 	fx_down "$PWD/mp"
+	# a relative mount point with a leading dash: the pasted hint is not
+	# taken for umount's options (it said "umount -mp")
+	: >./-mp
+	fx_up "$PWD/src2" "$PWD/-mp"
+	BAD_MOUNTED_OK=1 bad "$PWD/src" -- -mp
+	how=$(sed -n 's/.*(end that export with: \(.*\))$/\1/p' err)
+	[ -n "$how" ] && sh -c "$how" || fail "the hint's command: '$how'"
+	wait_gone "$FXPID" 10 || fail "server still running after the hint's umount"
 }
 # the same on a mount point whose mountinfo line is over 4 KiB (spaces
 # are 4 bytes there, \040): the line is read whole, not as two lines. In
