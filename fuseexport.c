@@ -1716,14 +1716,15 @@ static int nbd_greet(struct nbd_source *n, int fd, const struct nbd_info *info,
 			"waiting up to %d s. A server that serves one client at a "
 			"time greets none while another is connected (qemu-nbd: "
 			"-e N or --shared=N serves N)\n", n->uri, NBD_SETUP_SECONDS);
-	if ((r = read_full(fd, &hello, sizeof(hello), &info->by)) < 0) {
-		if (r == -ETIMEDOUT)
-			return snprintf(why, size, "the server sent no greeting in "
-					"%d s (is it serving another client? "
-					"qemu-nbd serves one unless -e N)",
-					NBD_SETUP_SECONDS), -1;
+	/* its first byte alone: a server that sent some is no silent one */
+	if ((r = read_full(fd, &hello, 1, &info->by)) == -ETIMEDOUT)
+		return snprintf(why, size, "the server sent no greeting in "
+				"%d s (is it serving another client? "
+				"qemu-nbd serves one unless -e N)",
+				NBD_SETUP_SECONDS), -1;
+	if (r < 0 || (r = read_full(fd, (char *)&hello + 1, sizeof(hello) - 1,
+				    &info->by)) < 0)
 		return nbd_failed(r, why, size);
-	}
 	if (be64toh(hello.magic) != NBD_MAGIC)
 		return snprintf(why, size, "not an NBD server"), -1;
 	if (be64toh(hello.opt_magic) == NBD_OLDSTYLE_MAGIC ||

@@ -4949,6 +4949,18 @@ c, _ = s.accept(); c.sendall(b"HTTP/1.0 400 Bad\r\n\r\n" * 4); c.recv(100)' "$s"
 	wait_socket "$s"
 	bad "nbd+unix:///?socket=$s" "$PWD/mp"
 	grep -q "not an NBD server" err || fail "not NBD: $(cat err)"
+	# a greeting dripped past the 10 s: the server talks, too slowly;
+	# it was told "no greeting (is it serving another client?)". Beside
+	# the next case, so that the two take their 10 s together
+	"$PY" -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+c, _ = s.accept()
+try:
+    for b in b"NBDMAGICIHAVEOPT\0\3": c.sendall(bytes([b])); time.sleep(0.8)
+except OSError: pass' "$PWD/drip.sock" &
+	wait_socket "$PWD/drip.sock"
+	"$FX" "nbd+unix:///?socket=$PWD/drip.sock" "$PWD/mp" 2>drip.err &
+	local drip=$!
 	# the handshake has 10 s in all: a greeting dripped a byte at a time
 	# (9 s, no read waits long), then base:allocation named without end
 	# (each read had 10 s of its own, and the replies held the setup for
@@ -4974,6 +4986,8 @@ except OSError: pass' "$s" &
 	wait_socket "$s"
 	bad "nbd+unix:///?socket=$s" "$PWD/mp"
 	grep -q "handshake: not done in 10 s" err || fail "a handshake without end: $(cat err)"
+	wait "$drip" && fail "a greeting dripped past 10 s: exit 0"
+	grep -q "handshake: not done in 10 s" drip.err || fail "a greeting dripped past 10 s: $(cat drip.err)"
 	rm -f "$s"
 	qnbd src
 	bad -g "nbd+unix:///?socket=$s" "$PWD/mp"
