@@ -6747,18 +6747,28 @@ static int open_log_route(enum log_route *route)
 	return open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
 }
 
-/* One line in FILE, stamped with the local time as syslog would */
+/* One line in FILE, stamped with the local time as syslog would, in one
+ * write(2): servers that share FILE (O_APPEND) never mix their lines, as
+ * they did where dprintf wrote a line and its newline apart (musl) */
 static void file_line(int out, const char *line, size_t len)
 {
-	char when[40] = "";
+	char when[40] = "", msg[4200];
 	struct timespec now;
 	struct tm tm;
+	int n;
 
 	clock_gettime(CLOCK_REALTIME, &now);
 	if (localtime_r(&now.tv_sec, &tm))
 		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S%z ", &tm);
-	dprintf(out, "%sfuseexport[%d]: %.*s\n", when, (int)getpid(),
-		(int)len, line);
+	n = snprintf(msg, sizeof(msg) - 1, "%sfuseexport[%d]: %.*s", when,
+		     (int)getpid(), (int)len, line);
+	if (n < 0)
+		return;
+	n = (size_t)n < sizeof(msg) - 1 ? n : (int)sizeof(msg) - 2;
+	msg[n++] = '\n';
+	if (write(out, msg, n) < 0) {
+		/* a full file system: nowhere left to say it */
+	}
 }
 
 /* The kernel refuses a /dev/kmsg record of about 1 KiB and over (EINVAL)

@@ -1624,6 +1624,34 @@ log_end_ns() {
 }
 t_log_end() { in_ns log_end_ns; }
 
+# --log=FILE: a line goes into FILE in one write(2), so that servers that
+# share FILE (O_APPEND) never mix their lines. The static build (musl's
+# dprintf) wrote a line and its newline apart, and another server's line
+# could land between them
+t_log_write_once() {
+	local fx fd st i
+	[ -x "$FXS" ] || (cd "$TOP" && make -s static >&2) || fail "make static"
+	mkimg src 4; : >mp
+	for fx in "$FX" "$FXS"; do
+		rm -f fx.log trace
+		FX=$fx fx_up --control="$PWD/ctl" --log="$PWD/fx.log" "$PWD/src" "$PWD/mp"
+		strace -f -qq -p "$FXPID" -o trace -e trace=write,writev,pwrite64 &
+		st=$!
+		for i in $(seq 100); do
+			! grep -q '^TracerPid:[[:space:]]*0$' /proc/"$FXPID"/task/*/status && break
+			sleep 0.05
+		done
+		fd=$(for i in /proc/"$FXPID"/fd/*; do [ "$(readlink "$i")" = "$PWD/fx.log" ] && echo "${i##*/}"; done; true)
+		[ -n "$fd" ] || fail "$fx: no fd on fx.log"
+		echo bogus-once >ctl
+		log_says fx.log "bogus-once"
+		fx_down "$PWD/mp"
+		wait "$st" || true
+		log "$fx: $(grep -E "^[0-9]+ +(writev?|pwrite64)\($fd, " trace)"
+		eq "$(grep -cE "^[0-9]+ +(writev?|pwrite64)\($fd, " trace)" "$(wc -l <fx.log)" "$fx: writes to FILE, one a line"
+	done
+}
+
 t_control() {
 	mkimg src 4; : >mp
 	fx_fg -d --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
@@ -5616,6 +5644,7 @@ t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, rem
 t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken; one with a NUL dropped" "$M" t_control_long
 t "a detached server's messages: --log=FILE, syslog (/dev/log), else the kernel's log, tagged fuseexport[PID]" "$M unshare python3" t_log
 t "a detached server's last log line after a crash and after a failed flush says how the export ended and why" "$M unshare" t_log_end
+t "a detached server's log: a line is one write to --log=FILE (the static build too)" "$M strace musl-gcc" t_log_write_once
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
 t "$p volatile cache: a close is no flush: written and closed without fsync is lost in a crash, fsync'ed survives" "$M python3" t_cache_close "$LAYER_MODE"
