@@ -1079,7 +1079,8 @@ static void file_open_fd(struct file_source *f, const char *path,
 		     O_NONBLOCK | (writable && f->is_blockdev ? O_EXCL : 0));
 	if (f->fd < 0 && errno == EBUSY && writable && f->is_blockdev)
 		die("%s: in use (mounted, or opened exclusively elsewhere): "
-		    "unmount it first, or export it read-only", path);
+		    "unmount it first (only a read-only or --snapshot "
+		    "export may share it)", path);	/* or --commit */
 	if (f->fd < 0)
 		die("%s:", path);
 	if (fstat(f->fd, st) < 0)

@@ -3910,6 +3910,30 @@ t_snapshot_again() {
 	refute "FILE left after the commit" [ -e s.fx ]
 }
 
+# --commit to a block device held exclusively (mounted, or -w exported):
+# refused with why and what to do, and that is to unmount it: the advice
+# for an export ("or export it read-only") is none for a commit, which
+# must write
+t_commit_busy() {
+	local loop
+	mkimg img 16; : >mp; : >mp2
+	loop=$(losetup -f --show img) || fail "losetup"
+	track_loop "$loop"
+	fx_up -w --snapshot="$PWD/snap" "$loop" "$PWD/mp"
+	head -c 4096 /dev/urandom >data
+	dd if=data of=mp bs=4k seek=1 conv=notrunc,fsync status=none
+	fx_down "$PWD/mp"
+	fx_up -w "$loop" "$PWD/mp2"
+	refute "a commit to a block device held exclusively ran" "$FX" --commit --snapshot="$PWD/snap" "$loop" 2>err
+	log "$(cat err)"
+	grep -q "in use (mounted, or opened exclusively elsewhere): unmount it first" err || fail "the refusal says: $(cat err)"
+	refute "the refusal of a commit says to export it read-only: $(cat err)" grep -q "export it read-only" err
+	fx_down "$PWD/mp2"
+	"$FX" --commit --snapshot="$PWD/snap" "$loop" 2>err || fail "the commit once free: $(cat err)"
+	cmp -n 4096 -i 0:4096 data "$loop" || fail "the committed block"
+	losetup -d "$loop"
+}
+
 t_snapshot_commit() {
 	local off=$((3 * MiB + 512)) len=$((5 * MiB)) before
 	mkimg src 32; cp src expected; : >mp
@@ -5729,6 +5753,7 @@ t "snapshot of 1 TiB: reads at 0, SEEK_DATA and SEEK_HOLE around a block written
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
 t "snapshot: FILE on a full disk: a write whose data got in is flushed and kept (its map's room taken at the start), the next refused; a reserving fallocate reserves" "$M unshare python3 xfs_io" t_snapshot_full
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
+t "snapshot: --commit to a block device held exclusively: refused, told to unmount it" "$M loop" t_commit_busy
 t "snapshot: FILE exported again and committed right after umount, while the last server still holds it: waited for" "$M" t_snapshot_again
 t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script strace" t_snapshot_commit
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) between flushes: every sector as flushed or written since" "$M python3" t_snapshot_crash between
