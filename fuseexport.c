@@ -1080,7 +1080,8 @@ static void file_open_fd(struct file_source *f, const char *path,
 		     O_NONBLOCK | (writable && f->is_blockdev ? O_EXCL : 0));
 	if (f->fd < 0 && errno == EBUSY && writable && f->is_blockdev)
 		die("%s: in use (mounted, or opened exclusively elsewhere): "
-		    "unmount it first, or export it read-only", path);
+		    "unmount it first (only a read-only or --snapshot "
+		    "export may share it)", path);	/* or --commit */
 	if (f->fd < 0)
 		die("%s:", path);
 	if (fstat(f->fd, st) < 0)
@@ -1717,14 +1718,15 @@ static int nbd_greet(struct nbd_source *n, int fd, const struct nbd_info *info,
 			"waiting up to %d s. A server that serves one client at a "
 			"time greets none while another is connected (qemu-nbd: "
 			"-e N or --shared=N serves N)\n", n->uri, NBD_SETUP_SECONDS);
-	if ((r = read_full(fd, &hello, sizeof(hello), &info->by)) < 0) {
-		if (r == -ETIMEDOUT)
-			return snprintf(why, size, "the server sent no greeting in "
-					"%d s (is it serving another client? "
-					"qemu-nbd serves one unless -e N)",
-					NBD_SETUP_SECONDS), -1;
+	/* its first byte alone: a server that sent some is no silent one */
+	if ((r = read_full(fd, &hello, 1, &info->by)) == -ETIMEDOUT)
+		return snprintf(why, size, "the server sent no greeting in "
+				"%d s (is it serving another client? "
+				"qemu-nbd serves one unless -e N)",
+				NBD_SETUP_SECONDS), -1;
+	if (r < 0 || (r = read_full(fd, (char *)&hello + 1, sizeof(hello) - 1,
+				    &info->by)) < 0)
 		return nbd_failed(r, why, size);
-	}
 	if (be64toh(hello.magic) != NBD_MAGIC)
 		return snprintf(why, size, "not an NBD server"), -1;
 	if (be64toh(hello.opt_magic) == NBD_OLDSTYLE_MAGIC ||
@@ -6756,18 +6758,28 @@ static int open_log_route(enum log_route *route)
 	return open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
 }
 
-/* One line in FILE, stamped with the local time as syslog would */
+/* One line in FILE, stamped with the local time as syslog would, in one
+ * write(2): servers that share FILE (O_APPEND) never mix their lines, as
+ * they did where dprintf wrote a line and its newline apart (musl) */
 static void file_line(int out, const char *line, size_t len)
 {
-	char when[40] = "";
+	char when[40] = "", msg[4200];
 	struct timespec now;
 	struct tm tm;
+	int n;
 
 	clock_gettime(CLOCK_REALTIME, &now);
 	if (localtime_r(&now.tv_sec, &tm))
 		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S%z ", &tm);
-	dprintf(out, "%sfuseexport[%d]: %.*s\n", when, (int)getpid(),
-		(int)len, line);
+	n = snprintf(msg, sizeof(msg) - 1, "%sfuseexport[%d]: %.*s", when,
+		     (int)getpid(), (int)len, line);
+	if (n < 0)
+		return;
+	n = (size_t)n < sizeof(msg) - 1 ? n : (int)sizeof(msg) - 2;
+	msg[n++] = '\n';
+	if (write(out, msg, n) < 0) {
+		/* a full file system: nowhere left to say it */
+	}
 }
 
 /* The kernel refuses a /dev/kmsg record of about 1 KiB and over (EINVAL)
@@ -8137,16 +8149,21 @@ static MAIN_ONLY void check_helper_source(struct export *e)
 }
 
 /* path as a shell word for a command to paste: as it is if nothing in
- * it is special, else in single quotes (a quote as '\''); NULL if buf
- * of size n is too small */
+ * it is special, else in single quotes (a quote as '\''), and after
+ * "./" if it starts with '-' (not an option of the command's); NULL if
+ * buf of size n (8 at least) is too small */
 static const char *shell_word(const char *path, char *buf, size_t n)
 {
+	bool plain = *path && !path[strspn(path, "abcdefghijklmnopqrstuvwxyz"
+				"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+,:=@%")];
 	size_t k = 0;
 
-	if (*path && !path[strspn(path, "abcdefghijklmnopqrstuvwxyz"
-				  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+,:=@%")])
+	if (plain && *path != '-')
 		return path;
-	buf[k++] = '\'';
+	if (*path == '-')
+		buf[k++] = '.', buf[k++] = '/';
+	if (!plain)
+		buf[k++] = '\'';
 	for (; *path && k + 5 < n; path++) {
 		if (*path == '\'')
 			memcpy(buf + k, "'\\''", 4), k += 4;
@@ -8155,7 +8172,8 @@ static const char *shell_word(const char *path, char *buf, size_t n)
 	}
 	if (*path)
 		return NULL;
-	buf[k++] = '\'';
+	if (!plain)
+		buf[k++] = '\'';
 	buf[k] = 0;
 	return buf;
 }
@@ -8165,7 +8183,7 @@ static const char *shell_word(const char *path, char *buf, size_t n)
 static MAIN_ONLY void check_mountpoint(struct export *e)
 {
 	const char *path = e->mountpoint, *word;
-	char buf[PATH_MAX * 4 + 3];
+	char buf[PATH_MAX * 4 + 5];
 	struct stat st;
 	char *abs;
 

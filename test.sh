@@ -1653,6 +1653,34 @@ log_end_ns() {
 }
 t_log_end() { in_ns log_end_ns; }
 
+# --log=FILE: a line goes into FILE in one write(2), so that servers that
+# share FILE (O_APPEND) never mix their lines. The static build (musl's
+# dprintf) wrote a line and its newline apart, and another server's line
+# could land between them
+t_log_write_once() {
+	local fx fd st i
+	[ -x "$FXS" ] || (cd "$TOP" && make -s static >&2) || fail "make static"
+	mkimg src 4; : >mp
+	for fx in "$FX" "$FXS"; do
+		rm -f fx.log trace
+		FX=$fx fx_up --control="$PWD/ctl" --log="$PWD/fx.log" "$PWD/src" "$PWD/mp"
+		strace -f -qq -p "$FXPID" -o trace -e trace=write,writev,pwrite64 &
+		st=$!
+		for i in $(seq 100); do
+			! grep -q '^TracerPid:[[:space:]]*0$' /proc/"$FXPID"/task/*/status && break
+			sleep 0.05
+		done
+		fd=$(for i in /proc/"$FXPID"/fd/*; do [ "$(readlink "$i")" = "$PWD/fx.log" ] && echo "${i##*/}"; done; true)
+		[ -n "$fd" ] || fail "$fx: no fd on fx.log"
+		echo bogus-once >ctl
+		log_says fx.log "bogus-once"
+		fx_down "$PWD/mp"
+		wait "$st" || true
+		log "$fx: $(grep -E "^[0-9]+ +(writev?|pwrite64)\($fd, " trace)"
+		eq "$(grep -cE "^[0-9]+ +(writev?|pwrite64)\($fd, " trace)" "$(wc -l <fx.log)" "$fx: writes to FILE, one a line"
+	done
+}
+
 t_control() {
 	mkimg src 4; : >mp
 	fx_fg -d --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
@@ -3911,6 +3939,30 @@ t_snapshot_again() {
 	refute "FILE left after the commit" [ -e s.fx ]
 }
 
+# --commit to a block device held exclusively (mounted, or -w exported):
+# refused with why and what to do, and that is to unmount it: the advice
+# for an export ("or export it read-only") is none for a commit, which
+# must write
+t_commit_busy() {
+	local loop
+	mkimg img 16; : >mp; : >mp2
+	loop=$(losetup -f --show img) || fail "losetup"
+	track_loop "$loop"
+	fx_up -w --snapshot="$PWD/snap" "$loop" "$PWD/mp"
+	head -c 4096 /dev/urandom >data
+	dd if=data of=mp bs=4k seek=1 conv=notrunc,fsync status=none
+	fx_down "$PWD/mp"
+	fx_up -w "$loop" "$PWD/mp2"
+	refute "a commit to a block device held exclusively ran" "$FX" --commit --snapshot="$PWD/snap" "$loop" 2>err
+	log "$(cat err)"
+	grep -q "in use (mounted, or opened exclusively elsewhere): unmount it first" err || fail "the refusal says: $(cat err)"
+	refute "the refusal of a commit says to export it read-only: $(cat err)" grep -q "export it read-only" err
+	fx_down "$PWD/mp2"
+	"$FX" --commit --snapshot="$PWD/snap" "$loop" 2>err || fail "the commit once free: $(cat err)"
+	cmp -n 4096 -i 0:4096 data "$loop" || fail "the committed block"
+	losetup -d "$loop"
+}
+
 t_snapshot_commit() {
 	local off=$((3 * MiB + 512)) len=$((5 * MiB)) before
 	mkimg src 32; cp src expected; : >mp
@@ -4978,6 +5030,18 @@ c, _ = s.accept(); c.sendall(b"HTTP/1.0 400 Bad\r\n\r\n" * 4); c.recv(100)' "$s"
 	wait_socket "$s"
 	bad "nbd+unix:///?socket=$s" "$PWD/mp"
 	grep -q "not an NBD server" err || fail "not NBD: $(cat err)"
+	# a greeting dripped past the 10 s: the server talks, too slowly;
+	# it was told "no greeting (is it serving another client?)". Beside
+	# the next case, so that the two take their 10 s together
+	"$PY" -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+c, _ = s.accept()
+try:
+    for b in b"NBDMAGICIHAVEOPT\0\3": c.sendall(bytes([b])); time.sleep(0.8)
+except OSError: pass' "$PWD/drip.sock" &
+	wait_socket "$PWD/drip.sock"
+	"$FX" "nbd+unix:///?socket=$PWD/drip.sock" "$PWD/mp" 2>drip.err &
+	local drip=$!
 	# the handshake has 10 s in all: a greeting dripped a byte at a time
 	# (9 s, no read waits long), then base:allocation named without end
 	# (each read had 10 s of its own, and the replies held the setup for
@@ -5003,6 +5067,8 @@ except OSError: pass' "$s" &
 	wait_socket "$s"
 	bad "nbd+unix:///?socket=$s" "$PWD/mp"
 	grep -q "handshake: not done in 10 s" err || fail "a handshake without end: $(cat err)"
+	wait "$drip" && fail "a greeting dripped past 10 s: exit 0"
+	grep -q "handshake: not done in 10 s" drip.err || fail "a greeting dripped past 10 s: $(cat drip.err)"
 	rm -f "$s"
 	# a refusal whose words carry a terminal escape and a new line: one
 	# line, no control byte
@@ -5403,6 +5469,14 @@ b_exported_mp() {
 	eq "$(findmnt -n --mountpoint "$PWD/mp" | wc -l)" 1 "mounts on the mount point"
 	cmp mp src2 || fail "the first export"
 	fx_down "$PWD/mp"
+	# a relative mount point with a leading dash: the pasted hint is not
+	# taken for umount's options (it said "umount -mp")
+	: >./-mp
+	fx_up "$PWD/src2" "$PWD/-mp"
+	BAD_MOUNTED_OK=1 bad "$PWD/src" -- -mp
+	how=$(sed -n 's/.*(end that export with: \(.*\))$/\1/p' err)
+	[ -n "$how" ] && sh -c "$how" || fail "the hint's command: '$how'"
+	wait_gone "$FXPID" 10 || fail "server still running after the hint's umount"
 }
 # the same on a mount point whose mountinfo line is over 4 KiB (spaces
 # are 4 bytes there, \040): the line is read whole, not as two lines. In
@@ -5638,6 +5712,7 @@ t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, rem
 t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken; one with a NUL dropped" "$M" t_control_long
 t "a detached server's messages: --log=FILE, syslog (/dev/log), else the kernel's log, tagged fuseexport[PID]" "$M unshare python3" t_log
 t "a detached server's last log line after a crash and after a failed flush says how the export ended and why" "$M unshare" t_log_end
+t "a detached server's log: a line is one write to --log=FILE (the static build too)" "$M strace musl-gcc" t_log_write_once
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
 t "$p volatile cache: a close is no flush: written and closed without fsync is lost in a crash, fsync'ed survives" "$M python3" t_cache_close "$LAYER_MODE"
@@ -5722,6 +5797,7 @@ t "snapshot of 1 TiB: reads at 0, SEEK_DATA and SEEK_HOLE around a block written
 t "snapshot of a source on a read-only bind mount; its commit refused, FILE kept" "$M unshare" t_snapshot_ro_source
 t "snapshot: FILE on a full disk: a write whose data got in is flushed and kept (its map's room taken at the start), the next refused; a reserving fallocate reserves" "$M unshare python3 xfs_io" t_snapshot_full
 t "snapshot: fio verify randrw and torture, 4 queues, passthrough off" "$M fio python3" t_snapshot_fio
+t "snapshot: --commit to a block device held exclusively: refused, told to unmount it" "$M loop" t_commit_busy
 t "snapshot: FILE exported again and committed right after umount, while the last server still holds it: waited for" "$M" t_snapshot_again
 t "snapshot of an unaligned window: FILE never mapped; the commit lands there alone, says what it did (progress on a terminal), runs again the same; bad FILEs refused" "$M xfs_io script strace" t_snapshot_commit
 t "snapshot: FILE on a volatile-cache export crashed (plain, torn) between flushes: every sector as flushed or written since" "$M python3" t_snapshot_crash between
