@@ -6862,10 +6862,15 @@ static void *log_loop(void *arg)
 /* At exit: close the pipe and let the thread pass on what is left */
 static void stop_log(void)
 {
+	int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	struct timespec end;
 
 	fflush(stderr);
-	close(2);
+	/* fd 2 stays taken, so that no file opened meanwhile becomes it */
+	if (null < 0 || dup2(null, 2) < 0)
+		close(2);
+	if (null >= 0)
+		close(null);
 	clock_gettime(CLOCK_REALTIME, &end);
 	end.tv_sec += 2;		/* a child that kept stderr holds it */
 	pthread_timedjoin_np(log_thread, NULL, &end);
