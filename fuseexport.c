@@ -6726,8 +6726,9 @@ static void reply_done(struct export *e, struct request *r)
  * The log of a detached server: what it writes on stderr goes, a line at a
  * time, to syslog where /dev/log takes datagrams, else to the kernel's log
  * (/dev/kmsg, as initramfs tools do), tagged fuseexport[PID]; --log=FILE
- * appends it to FILE instead, stamped with the time. A thread moves the lines from a pipe that is
- * the server's stderr; at exit the pipe is closed and what is left drained.
+ * appends it to FILE instead, stamped with the time. A thread moves the
+ * lines from a pipe that is the server's stderr; at exit the pipe is
+ * closed and what is left drained.
  *
  * Holds: log_fd and log_thread, the route, the log thread, start_log and
  * stop_log. Uses: nothing of the export. Used by: tell_ready (start_log),
