@@ -5625,7 +5625,7 @@ t() {
 	*) result fail "$name"; { cat "$dir/log"; echo "(exit status $rc)"; } | sed 's/^/#   /' | tail -n 30 ;;
 	esac
 	# where the suite's time goes (CI has a budget): the slow ones say so
-	[ $((SECONDS - t0)) -lt 20 ] || echo "#   took $((SECONDS - t0)) s"
+	[ $((SECONDS - t0)) -lt 10 ] || echo "#   took $((SECONDS - t0)) s"
 }
 
 export ROOT TOP FX FXS FXIO PY MiB URING_PARAM URING_LOCK
