@@ -14,8 +14,9 @@
  * The usage text below is what -h prints.
  *
  * Contents. The file reads top-down, in these sections, each opening with
- * a banner of one form, "===== NAME =====", which a search finds, then a
- * few lines on what it holds, what it uses and what uses it:
+ * a banner of one form, "===== NAME =====", which a search finds, then
+ * (after some prose, in the longer ones) the lines "Holds:", what it
+ * holds, "Uses:", what it uses, and "Used by:", what uses it:
  *
  *    1. Headers and the usage text
  *    2. Limits and modes
@@ -264,9 +265,10 @@ struct request {
 /*
  * The source stack, after nbdkit's filters: every layer is a struct source,
  * the operations below and the layer it stands on (none for the bottom). A
- * layer that has nothing to say about an operation passes it down, with
- * its own offsets turned into the lower one's. Handlers call only the top.
- * What a layer allows is fixed when the stack is built.
+ * layer that has nothing to say about an operation passes it down as it
+ * is (pass_*); where its offsets differ from the lower one's (the window),
+ * its own operations turn them. Handlers call only the top. What a layer
+ * allows is fixed when the stack is built.
  *
  * Holds: struct source; struct space, WRITE_FUA and struct stamp, which
  * its operations pass; the operations the layers above the bottom share,
@@ -371,7 +373,8 @@ static const char *no_map(struct source *s, uint64_t pos, uint64_t n)
 }
 
 /* The resize of a source whose size is not its own to change (an NBD
- * server's export, a window, a snapshot): EINVAL, as for a block device */
+ * server's export, a window, a snapshot): EINVAL, as for a block device.
+ * A backstop: resize_export refuses first, where the top is not resizable */
 static int no_resize(struct source *s, uint64_t size)
 {
 	(void)s, (void)size;
@@ -384,8 +387,8 @@ static int no_resize(struct source *s, uint64_t size)
  * export, one export's state: what owns each field is said by groups, and
  * doc/design.md says which lock or thread owns each part.
  * Uses: struct request, struct source. Used by: open_bottom,
- * list_partitions and everything from section 14 on; the layers'
- * operations never see it.
+ * list_partitions, commit_snapshot and everything from section 14 on;
+ * the layers' operations never see it.
  */
 
 /* What the command line and -o asked for: parse_options() fills it in and
@@ -465,8 +468,9 @@ struct export {
 	 * has the reply, but ThreadSanitizer cannot see that ordering) */
 	atomic_bool initialized;
 
-	/* Under e->lock: resizing, and the fields below, which any queue
-	 * may change */
+	/* Under e->lock: resize_export's callers (SETATTR) and FALLOCATE's
+	 * allocation, and the fields below, which any queue may change; a
+	 * WRITE that grows the file, and a punch or zero, take no e->lock */
 	pthread_mutex_t lock;
 	uint32_t mode, uid, gid;
 	struct timespec atime, mtime, ctime;
@@ -481,9 +485,11 @@ struct export {
 	_Atomic uint64_t drop_pending;
 
 	/* What any queue may set as requests come, and the main thread
-	 * acts on. READs sent from the mapping hold map_lock shared until
-	 * sent; a shrink holds it exclusive, and while shrinking is set new
-	 * READs read instead, so none meets a page that went away */
+	 * acts on. Every READ on a read(2) queue (not O_DIRECT, not while
+	 * shrinking) holds map_lock shared from before it reads until its
+	 * reply is sent, mapped or not (io_uring READs never take it); a
+	 * shrink holds it exclusive, and while shrinking is set new READs
+	 * read instead, so none meets a page that went away */
 	pthread_rwlock_t map_lock;
 	atomic_bool shrinking;
 	/* the errno of the first flush of the source that failed, or of a
@@ -528,8 +534,9 @@ struct export {
  * Holds: the two error regimes: die(), a setup error (one line, the mount
  * and the FIFO undone, exit 1), and halt(), a request stream that can no
  * longer be trusted; the state die() undoes (mounted_export, control_made)
- * and a fuzzer's escape from it; print_and_exit, -h's and -V's way out;
- * MAIN_ONLY; min_u64, lock_soon and scan_number. Uses: unmount_export (Mounting). Used by: everything.
+ * and a fuzzer's escape from it; print_and_exit, -h's, -V's and
+ * --partitions' way out; MAIN_ONLY; min_u64, lock_soon and scan_number.
+ * Uses: unmount_export (Mounting). Used by: everything.
  */
 
 /* What main() alone calls, which a test harness's build leaves out */
@@ -646,8 +653,8 @@ static bool scan_number(const char *s, uint64_t *v)
  *
  * Holds: struct file_source and its operations, the mapping READ replies
  * are sent from, the stamp that proves a file unchanged, and file_open().
- * Uses: the source stack, die, min_u64. Used by: open_bottom (at the end
- * of the NBD source) and the snapshot fuzzer's entry.
+ * Uses: the source stack, die, min_u64, lock_soon. Used by: open_bottom
+ * (at the end of the NBD source) and the snapshot fuzzer's entry.
  */
 struct file_source {
 	struct source s;
@@ -1177,10 +1184,12 @@ static struct source *file_open(const char *path, bool writable, bool growable)
  * (nbd_leave_role), or kept while a request is half on the wire, since a
  * sender may be blocked until the replies before it are read. With a
  * server that allows it (CAN_MULTI_CONN), a connection per queue (-q N,
- * else one per online CPU), at most NBD_MAX_CONNS, used in turn. A connection that drops
- * is made again by the caller in the receive role, with backoff; the
- * requests in flight are then sent again by their callers, and a caller
- * whose connection has been down longer than --retry gets EIO.
+ * else one per online CPU), at most NBD_MAX_CONNS, used in turn. A
+ * connection that drops is made again by the caller in the receive role,
+ * with backoff; the requests in flight are then sent again by their
+ * callers, and a caller whose connection has been down longer than
+ * --retry gets EIO, as does a request sent NBD_MAX_SENDS times without an
+ * answer, even within --retry.
  *
  * Holds: the URI parser, the handshake, the connections and their receive
  * role, reconnecting, the source's operations, nbd_open(), the fuzzers'
@@ -2905,7 +2914,6 @@ static int nbd_space(struct source *s, struct space *sp)
 	return 0;
 }
 
-/* The kernel caches the pages: this side keeps no copy of them anyway */
 /* An NBD export proves nothing: its server may serve other clients,
  * which write it unseen */
 static bool nbd_stamp(struct source *s, struct stamp *st)
@@ -2914,6 +2922,7 @@ static bool nbd_stamp(struct source *s, struct stamp *st)
 	return false;
 }
 
+/* The kernel caches the pages: this side keeps no copy of them anyway */
 static void nbd_keep_no_copy(struct source *s)
 {
 	(void)s;
@@ -3946,7 +3955,8 @@ uint32_t fuseexport_crc32(uint32_t crc, const unsigned char *p, size_t n)
  * snapshot_open(), source_id (the source a FILE is for), the fuzzer's
  * entry, and commit_snapshot (--commit), which reads FILE with snap_new,
  * snap_load and delta_io and writes it into the source. Uses: the layer
- * below, the pass-down operations, open_bottom, window_open, human_size.
+ * below, the pass-down operations, open_bottom, window_open, human_size,
+ * lock_soon.
  * Used by: open_source (--snapshot), main (--commit).
  */
 enum { SNAP_BLOCK = 4096, SNAP_LOCKS = 64, SNAP_MAP = 4096,
@@ -4671,9 +4681,12 @@ int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
  * The fault layer (--fault, --control): rules that fail or delay the
  * requests they match, checked in order, the first to fire answering. A
  * rule that fails a request answers it alone: nothing reaches the layer
- * below, so a failed write changes nothing. After a crash (--control) every
- * request fails with EIO. Random choices come from one seeded generator,
- * so one seed gives the same failures for the same sequence of requests.
+ * below, so a failed write changes nothing. After a crash (--control)
+ * every data operation (read, write, flush, trim, zero, allocate, seek,
+ * resize) fails with EIO; size, space and stamp pass, so GETATTR, STATFS,
+ * OPEN and LOOKUP still work. Random choices come from one seeded
+ * generator, so one seed gives the same failures for the same sequence of
+ * requests.
  *
  * Holds: the rules and their parser, the seeded generator (next_random),
  * struct faults and its operations, fault_open(), the rule fuzzer's entry.
@@ -4952,13 +4965,13 @@ static void clear_rules(struct faults *f)
 	free_rules(r);
 }
 
-/* Count a request (op, len bytes at pos; a flush has no range) against the
- * rules; the first that fires decides: its delay is slept, then its error
- * returned. Returns 0 (go on below) or -errno. */
 /* Set on a thread whose request a rule failed: flush_export tells a
  * flush that a rule failed, which lost nothing, from a failed one */
 static _Thread_local bool rule_failed;
 
+/* Count a request (op, len bytes at pos; a flush has no range) against the
+ * rules; the first that fires decides: its delay is slept, then its error
+ * returned. Returns 0 (go on below) or -errno. */
 static int fault_check(struct faults *f, unsigned op, uint64_t pos, uint64_t len)
 {
 	struct fault_rule *r;
@@ -5695,12 +5708,16 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
  * Holds: crash_export and export_crashed, the FIFO made and removed, the
  * line reader, the control thread, and the fuzzer's entry. Uses: the
  * fault layer (parse_rule, add_rule, clear_rules), cache_crash,
- * drop_kernel_cache (Going live). Used by: main (open_control), run_export
- * (the thread, export_crashed), detach and run_command (close_control).
+ * drop_kernel_cache (Going live). Used by: main (open_control,
+ * close_control), run_export (the thread, close_control, export_crashed),
+ * end_export and say_ended (export_crashed), detach and run_command
+ * (close_control).
  */
 
 /* Power lost: the cache drops (or tears) what it holds, and from now on
- * every request fails with EIO, until the export ends */
+ * every data operation fails with EIO (read, write, flush, trim, zero,
+ * allocate, seek, resize), until the export ends; attributes and opens
+ * still work */
 static void crash_export(struct export *e, bool torn)
 {
 	if (e->volatile_cache)
@@ -6066,10 +6083,11 @@ static void fill_attr(struct export *e, struct fuse_attr *a)
  * returns the length of its reply payload, put in r->reply unless it points
  * r->iov[1] elsewhere, or -errno.
  *
- * Holds: fuse_init to fuse_statfs, and OPEN's helpers: open_backing (the
+ * Holds: fuse_init to fuse_statfs; INIT's helper settle_cache (the page
+ * cache and open flags); and OPEN's helpers: open_backing (the
  * passthrough backing file), keep_cache and open_seen (whether the
  * kernel keeps its pages). Uses: the export and its stack, e->top, halt.
- * Used by: the dispatcher's table.
+ * Used by: the dispatcher's table, init_done (open_backing).
  */
 
 /* INIT's choice of the kernel's page cache (e->page_cache), from the
@@ -6584,9 +6602,11 @@ static int fuse_statfs(struct export *e, struct request *r, size_t len)
 
 /* ===== The dispatcher ===== */
 /*
- * Holds: the opcode table; serve(), which alone checks a request and
- * builds its reply header; reply_done(), which lets go of map_lock once a
- * READ's reply is sent. Uses: the handlers, halt. Used by: both
+ * Holds: the opcode table; serve(), which checks a request and builds
+ * every reply header on the read(2) path (ring_serve checks an io_uring
+ * request's sizes first, and builds the empty reply COMMIT_AND_FETCH needs
+ * for one that wants none); reply_done(), which lets go of map_lock once
+ * a READ's reply is sent. Uses: the handlers, halt. Used by: both
  * transports and fuseexport_request.
  */
 
@@ -6898,10 +6918,13 @@ static void start_log(int null)
  * Holds: init_done(), the work after INIT's reply; tell_ready(), which
  * tells the waiting parent the export is live; the notifications to the
  * kernel (the size, a drop of its cache, which never comes from a serving
- * thread); and what both transports' threads share
- * (request_buffer, serving_thread). Uses: the log (start_log), the export
- * and its stack, start_rings. Used by: both transports, the control FIFO
- * and run_export (drop_kernel_cache), the NBD source (source_reconnected).
+ * thread); source_reconnected, which an NBD source calls after a
+ * reconnect; and what both transports' threads share (request_buffer,
+ * serving_thread). Uses: the log (start_log), the export and its stack,
+ * start_rings. Used by: the read(2) transport (init_done, tell_ready),
+ * both transports (request_buffer, serving_thread), the control FIFO and
+ * run_export (drop_kernel_cache), hear_reconnects (source_reconnected),
+ * which hands it to the NBD source.
  */
 
 /* Tell the parent that waits in the foreground that the export is live,
@@ -7059,7 +7082,8 @@ static void serving_thread(void)
  *
  * Holds: struct queue, unspill, spinning for the next request
  * (next_request, count_spin_budget), queue_loop, start_queues. Uses: the
- * dispatcher, init_done, request_buffer. Used by: run_export
+ * dispatcher, init_done, tell_ready, request_buffer, serving_thread.
+ * Used by: run_export
  * (start_queues, count_spin_budget), fuseexport_request (unspill).
  */
 
@@ -7269,8 +7293,8 @@ static void start_queues(struct export *e)
  *
  * Holds: struct ring and its entries, ring_setup, ring_command,
  * ring_serve, ring_loop, possible_cpus, start_rings. Uses: fuseexport.h's
- * io_uring ABI, the dispatcher, request_buffer. Used by: init_done (start_rings),
- * run_export (joins the rings' threads).
+ * io_uring ABI, the dispatcher, request_buffer, serving_thread. Used by:
+ * init_done (start_rings), run_export (joins the rings' threads).
  */
 
 /* FUSE over io_uring: a ring per possible CPU, its thread pinned there,
@@ -8578,11 +8602,13 @@ static MAIN_ONLY void detach(struct export *e)
 
 /* ===== Serving until the end ===== */
 /*
- * Holds: lift_dirty_limit and run_export, the main thread from the first
- * queue to the end: signals waited for, the spin budget counted, the
- * kernel's cache dropped when the source changed, then a flush, the
- * unmount, the threads joined, and say_ended, a detached server's last
- * line. Uses: start_queues, control_loop,
+ * Holds: lift_dirty_limit, hear_reconnects, end_export (the flush, the
+ * backing id closed, the unmount) and run_export, the main thread from
+ * the first queue to the end: signals waited for, the spin budget
+ * counted, the kernel's cache dropped when the source changed, then
+ * end_export, the threads joined, and say_ended, a detached server's last
+ * line. Uses: start_queues, count_spin_budget, control_loop,
+ * close_control, export_crashed, mount_dev, source_reconnected,
  * drop_kernel_cache, flush_export, unmount_export. Used by: main.
  */
 
@@ -8829,6 +8855,12 @@ void fuseexport_free(struct export *e)
  * The life cycle, in order: parse; the one-shot modes (--partitions,
  * --commit); the checks; paths made absolute; the source opened; the FIFO
  * made; the mount; --log's FILE opened; detach; serve; the end.
+ *
+ * Holds: main(), left out of a test harness's build (FUSEEXPORT_NO_MAIN).
+ * Uses: options_or_exit, list_partitions, commit_snapshot,
+ * check_helper_source, check_mountpoint, resolve_paths, open_source,
+ * open_control, mount_export, log_fd, detach, run_export, close_control,
+ * fuseexport_free, die. Used by: nothing: the program's entry.
  */
 #ifndef FUSEEXPORT_NO_MAIN
 int main(int argc, char *argv[])
