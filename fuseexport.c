@@ -5724,7 +5724,7 @@ static void crash_export(struct export *e, bool torn)
 		cache_crash(e->volatile_cache, torn, e->opt.debug);
 	atomic_store(&e->faults->crashed, torn ? CRASHED_TORN : CRASHED);
 	if (e->opt.debug && !e->volatile_cache)
-		fprintf(stderr, "fuseexport: crash: every request fails from now on\n");
+		fprintf(stderr, "fuseexport: crash: every read, write and flush fails from now on\n");
 }
 
 /* 0, or how the export crashed: CRASHED or CRASHED_TORN */
@@ -8695,8 +8695,8 @@ static MAIN_ONLY void say_ended(struct export *e, int ended_by, int err)
 	else if (!e->opt.writable)
 		*why = 0;
 	else if (crashed && !e->volatile_cache)
-		snprintf(why, sizeof(why), ", crashed: every request failed "
-			 "from then on");
+		snprintf(why, sizeof(why), ", crashed: every read, write and "
+			 "flush failed from then on");
 	else if (crashed == CRASHED)
 		snprintf(why, sizeof(why), ", crashed: the writes held "
 			 "unflushed were dropped");

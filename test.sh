@@ -1624,8 +1624,12 @@ log_end_ns() {
 	fx_up -w --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
 	echo crash >ctl
 	block_fails_soon || fail "no crash"
+	# the data fails, stat and open still answer
+	eq "$(stat -c %s mp)" $((4 * MiB)) "stat after the crash"
+	refute "a write after the crash" dd if=/dev/zero of=mp bs=4k count=1 \
+		oflag=direct conv=notrunc status=none
 	fx_down "$PWD/mp"
-	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: every request failed from then on" \
+	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: every read, write and flush failed from then on" \
 		"the last line after a crash without a volatile cache"
 	# a source on a full file system: the final flush of held writes fails
 	mkdir small; mount -t tmpfs -o size=2M tmpfs small
