@@ -635,12 +635,13 @@ static bool scan_number(const char *s, uint64_t *v)
 	unsigned long long n;
 	int shift = 0;
 
+	if (*s < '0' || *s > '9')	/* strtoull takes " -1" and "+1" */
+		return false;
 	errno = 0;
 	n = strtoull(s, &end, 10);
 	if (*end && (p = strchr(suffixes, *end & ~0x20)) && !end[1])
 		shift = 10 * (p - suffixes + 1), end++;
-	if (errno || end == s || *end || *s == '-' ||
-	    (shift && n > (UINT64_MAX >> shift)))
+	if (errno || *end || (shift && n > (UINT64_MAX >> shift)))
 		return false;
 	*v = (uint64_t)n << shift;
 	return true;
@@ -4767,9 +4768,11 @@ static bool scan_duration(const char *s, uint64_t *us)
 	char *end;
 	size_t i;
 
+	if (*s < '0' || *s > '9')
+		return false;
 	errno = 0;
 	n = strtoull(s, &end, 10);
-	if (errno || end == s || *s == '-' || n > 3600000000ULL)
+	if (errno || n > 3600000000ULL)
 		return false;
 	for (i = 0; i < sizeof(units) / sizeof(units[0]); i++)
 		if (!strcmp(end, units[i].unit) && n <= 3600000000ULL / units[i].us) {

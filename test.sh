@@ -5872,7 +5872,8 @@ for o in "-q 0" "-q 65" "-q abc" "-q -1" "-q 4x" "-q ''" "--queues=1844674407370
 	"--queues=" "--allow-other=maybe" "--passthrough=sometimes" "--bogus" "-z" "-wz" \
 	"--fault=op=reed" "--fault=error=EWHAT" "--fault=delay=5" "--fault=probability=1.5" \
 	"--fault=every=0" "--fault=colour=red" "--fault=" "--seed=x" "--write-cache=maybe" \
-	"--write-cache=volatile" "--control="; do
+	"--write-cache=volatile" "--control=" "'--fault=offset= -4096'" "'--fault=count= -5'" \
+	"'--fault=delay= 2s'" "--offset=+4096" "-q ' 2'"; do
 	eval "set -- $o"
 	t "$B option $o" "" b_option "$@"
 done
