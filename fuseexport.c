@@ -546,8 +546,11 @@ struct export {
 static struct export *mounted_export;
 static void unmount_export(struct export *e, bool force);
 static int drop_kernel_cache(struct export *e);
-/* The control FIFO once made: a setup error after that removes it */
+/* The control FIFO once made, and which file it is: a setup error after
+ * that removes it (remove_control) */
 static const char *control_made;
+static struct stat control_stat;
+static void remove_control(void);
 /* A fuzzer's way out of a setup error in code it drives (die() jumps
  * there, saying nothing, instead of exiting); NULL in the program */
 static jmp_buf *die_escape;
@@ -573,8 +576,7 @@ void die(const char *fmt, ...)
 	fputc('\n', stderr);
 	if (mounted_export)
 		unmount_export(mounted_export, true);
-	if (control_made)
-		unlink(control_made);
+	remove_control();
 	exit(1);
 }
 
@@ -5747,6 +5749,8 @@ static MAIN_ONLY void open_control(struct export *e)
 	if (mkfifo(path, 0600) < 0)
 		die(errno == EEXIST ? "--control=%s: exists already (the "
 		    "export makes the FIFO itself)" : "--control=%s:", path);
+	if (lstat(path, &control_stat) < 0)
+		die("--control=%s:", path);
 	control_made = path;
 	e->control_fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (e->control_fd < 0)
@@ -5757,13 +5761,25 @@ static MAIN_ONLY void open_control(struct export *e)
 		die("--control=%s:", path);
 }
 
+/* Remove the FIFO made, if its path still names it: not another
+ * export's FIFO made there since, nor a file a user put in its place
+ * (the FIFO, held open, keeps its inode number from another file) */
+static void remove_control(void)
+{
+	struct stat st;
+
+	if (control_made && lstat(control_made, &st) == 0 &&
+	    st.st_dev == control_stat.st_dev && st.st_ino == control_stat.st_ino)
+		unlink(control_made);
+	control_made = NULL;
+}
+
 /* Remove the FIFO and stop its thread: the export is over */
 static void close_control(struct export *e)
 {
 	if (!e->control_path)
 		return;
-	unlink(e->control_path);
-	control_made = NULL;
+	remove_control();
 	if (e->control_running) {	/* wake it with an empty line */
 		atomic_store(&e->control_stop, true);
 		if (write(e->control_spare, "\n", 1) == 1)

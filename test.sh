@@ -1717,6 +1717,18 @@ t_control() {
 	grep -q '^fuseexport: passthrough off (fault rules' fg.err || fail "passthrough on with --control"
 	fx_down "$PWD/mp"
 	refute "the FIFO is left after the export ended" [ -e ctl ]
+	# its end removes its own FIFO, nothing else found at the path since:
+	# another export's FIFO, or a user's file
+	mkimg src2 4; : >mp2
+	fx_up --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	local first=$FXPID
+	rm ctl
+	fx_up --control="$PWD/ctl" "$PWD/src2" "$PWD/mp2"
+	FXPID=$first; fx_down "$PWD/mp"
+	[ -p ctl ] || fail "an export's end removed another's FIFO at its path"
+	rm ctl; echo precious >ctl
+	fx_down "$PWD/mp2"
+	eq "$(cat ctl)" precious "a file put where the FIFO was, after the export"
 	return 0
 }
 
