@@ -4724,6 +4724,8 @@ struct faults {
 	uint64_t random;		/* splitmix64's state */
 	bool debug;
 	atomic_int crashed;		/* 0, or CRASHED or CRASHED_TORN */
+	pthread_cond_t woken;		/* delays end: fault_hurry() */
+	bool hurry;			/* under lock: no more delays */
 };
 
 enum { CRASHED = 1, CRASHED_TORN };
@@ -4974,13 +4976,42 @@ static void clear_rules(struct faults *f)
  * flush that a rule failed, which lost nothing, from a failed one */
 static _Thread_local bool rule_failed;
 
+/* Sleep a rule's delay of us microseconds, or less once fault_hurry()
+ * is called: neither a crash nor the export's end waits out a delay of
+ * up to an hour */
+static void fault_sleep(struct faults *f, uint64_t us)
+{
+	struct timespec t;
+	long ns;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	ns = t.tv_nsec + (long)(us % 1000000) * 1000;
+	t.tv_sec += us / 1000000 + ns / 1000000000;
+	t.tv_nsec = ns % 1000000000;
+	pthread_mutex_lock(&f->lock);
+	while (!f->hurry &&
+	       pthread_cond_timedwait(&f->woken, &f->lock, &t) != ETIMEDOUT)
+		;
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* End every delay now and later: a crash, or the export ending */
+static void fault_hurry(struct faults *f)
+{
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->lock);
+	f->hurry = true;
+	pthread_cond_broadcast(&f->woken);
+	pthread_mutex_unlock(&f->lock);
+}
+
 /* Count a request (op, len bytes at pos; a flush has no range) against the
  * rules; the first that fires decides: its delay is slept, then its error
  * returned. Returns 0 (go on below) or -errno. */
 static int fault_check(struct faults *f, unsigned op, uint64_t pos, uint64_t len)
 {
 	struct fault_rule *r;
-	struct timespec t;
 	uint64_t delay = 0, last = pos + (len ? len - 1 : 0);
 	int error = 0, i;
 
@@ -5013,11 +5044,10 @@ static int fault_check(struct faults *f, unsigned op, uint64_t pos, uint64_t len
 	}
 	pthread_mutex_unlock(&f->lock);
 	rule_failed |= error != 0;
-	t.tv_sec = delay / 1000000;
-	t.tv_nsec = delay % 1000000 * 1000;
-	while (delay && nanosleep(&t, &t) < 0 && errno == EINTR)
-		;
-	return -error;
+	if (delay)
+		fault_sleep(f, delay);
+	/* a crash while it slept: none of it may reach the source */
+	return atomic_load(&f->crashed) ? -EIO : -error;
 }
 
 static ssize_t fault_read(struct source *s, void *buf, size_t n, uint64_t pos)
@@ -5084,6 +5114,7 @@ static void fault_close(struct source *s)
 	struct faults *f = faults_of(s);
 
 	free_rules(f->rules);
+	pthread_cond_destroy(&f->woken);
 	pthread_mutex_destroy(&f->lock);
 	s->below->close(s->below);
 	free(f);
@@ -5097,9 +5128,15 @@ static struct faults *fault_open(struct source *below, struct fault_rule *rules,
 	struct faults *f = calloc(1, sizeof(*f));
 	struct fault_rule *r;
 
+	pthread_condattr_t clock;
+
 	if (!f)
 		die("out of memory:");
 	pthread_mutex_init(&f->lock, NULL);
+	pthread_condattr_init(&clock);
+	pthread_condattr_setclock(&clock, CLOCK_MONOTONIC);
+	pthread_cond_init(&f->woken, &clock);
+	pthread_condattr_destroy(&clock);
 	f->rules = rules;
 	for (r = rules; r; r = r->next)
 		r->number = ++f->numbered;
@@ -5637,14 +5674,15 @@ static void cache_crash(struct cache *c, bool torn, bool debug)
 
 		for (k = 0; k < SECTORS; k++) {
 			uint64_t at = pos + k * SECTOR;
-			if (!(all[i]->dirty & (1 << k)) || at >= end)
+			if (!(all[i]->dirty & (1 << k)))
 				continue;
-			if (!(next_random(&c->random) & 1)) {
+			if (at >= end || !(next_random(&c->random) & 1) ||
+			    below->write(below, all[i]->data ?
+					 all[i]->data + k * SECTOR : zeros,
+					 min_u64(SECTOR, end - at), at, 0) < 0) {
 				dropped++;
 				continue;
 			}
-			below->write(below, all[i]->data ? all[i]->data + k * SECTOR :
-				     zeros, min_u64(SECTOR, end - at), at, 0);
 			kept++;
 		}
 	}
@@ -5719,23 +5757,33 @@ static struct cache *cache_open(struct source *below, uint64_t seed)
  * (close_control).
  */
 
+/* 0, or how the export crashed: CRASHED or CRASHED_TORN */
+static int export_crashed(struct export *e)
+{
+	return e->faults ? atomic_load(&e->faults->crashed) : 0;
+}
+
 /* Power lost: the cache drops (or tears) what it holds, and from now on
  * every data operation fails with EIO (read, write, flush, trim, zero,
  * allocate, seek, resize), until the export ends; attributes and opens
  * still work */
 static void crash_export(struct export *e, bool torn)
 {
-	if (e->volatile_cache)
+	if (export_crashed(e)) {	/* power is lost once */
+		if (e->opt.debug)
+			fprintf(stderr, "fuseexport: crash: crashed already\n");
+		return;
+	}
+	if (e->volatile_cache) {
+		/* a write-back asleep in a delay lands, as a disk's write
+		 * under way may; then the cache drops (or tears) the rest */
+		fault_hurry(e->faults);
 		cache_crash(e->volatile_cache, torn, e->opt.debug);
+	}
 	atomic_store(&e->faults->crashed, torn ? CRASHED_TORN : CRASHED);
+	fault_hurry(e->faults);		/* what sleeps in a delay fails */
 	if (e->opt.debug && !e->volatile_cache)
 		fprintf(stderr, "fuseexport: crash: every read, write and flush fails from now on\n");
-}
-
-/* 0, or how the export crashed: CRASHED or CRASHED_TORN */
-static int export_crashed(struct export *e)
-{
-	return e->faults ? atomic_load(&e->faults->crashed) : 0;
 }
 
 /* Make the FIFO (the caller's, mode 0600; refused if PATH is there) and
@@ -8682,6 +8730,7 @@ static MAIN_ONLY void hear_reconnects(struct export *e)
  * lets go of them */
 static MAIN_ONLY void end_export(struct export *e)
 {
+	fault_hurry(e->faults);		/* no delay holds the end */
 	if (e->opt.writable && !export_crashed(e))
 		flush_export(e, false);	/* failure: run_export() tells */
 	/* open files keep their own; an OPEN racing this (a queue's
@@ -8779,6 +8828,7 @@ static MAIN_ONLY int run_export(struct export *e)
 			ended_by = sig;
 		}
 	}
+	fault_hurry(e->faults);		/* unmounted: no delay holds a queue */
 	for (i = 0; i < e->nqueues; i++)
 		pthread_join(e->queue[i].thread, NULL);
 	for (i = 0; e->rings && i < e->nrings; i++)

@@ -1418,6 +1418,32 @@ print(int(json.load(open("fio.json"))["jobs"][0]["read"]["clat_ns"]["mean"]))')
 t_fault_delay() { fault_delay "$1"; }
 t_fault_delay_user() { as_nonroot fault_delay "$1"; }
 
+# A delay is cut short: a write asleep in one when the power goes fails
+# and never reaches the source (without a volatile cache every write
+# acknowledged is there, none after); SIGTERM does not wait out 10 minutes
+t_fault_delay_cut() {
+	local dd i
+	mkimg src 4; cp src before; : >mp
+	head -c 4096 /dev/urandom >data
+	fx_fg $1 -d -w --control="$PWD/ctl" --fault=op=write,delay=3s "$PWD/src" "$PWD/mp"
+	dd if=data of=mp bs=4k count=1 conv=notrunc oflag=direct status=none &
+	dd=$!
+	for i in $(seq 100); do grep -q 'fired on write' fg.err && break; sleep 0.05; done
+	grep -q 'fired on write' fg.err || fail "the write's delay did not begin"
+	echo crash >ctl
+	wait $dd && fail "a write asleep in a delay through a crash succeeded"
+	fx_down "$PWD/mp"
+	cmp src before || fail "a write asleep in a delay through a crash reached the source"
+	fx_fg $1 -d --fault=op=read,delay=600s "$PWD/src" "$PWD/mp"
+	dd if=mp of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null &
+	dd=$!
+	for i in $(seq 100); do grep -q 'fired on read' fg.err && break; sleep 0.05; done
+	grep -q 'fired on read' fg.err || fail "the read's delay did not begin"
+	kill -TERM $FXPID
+	wait_gone $FXPID 30 || fail "SIGTERM waits out a read's delay"
+	wait $dd || true
+}
+
 # A flush rule fails the flushes it fires on, and no more: count=1 fails
 # one fsync, the next succeeds, and the source is flushed at the end, so
 # --run exits with COMMAND's status. The rule's EIO was taken for a failed
@@ -1605,14 +1631,18 @@ t_log() { in_ns log_ns; }
 # failed with ENOSPC the cause it gave was EIO, the error every later
 # flush gets once one failed.
 log_end_ns() {
+	local i
 	mkimg src 4; : >mp
 	fx_up -w --write-cache=volatile --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
 	dd if=/dev/urandom of=mp bs=4k count=1 conv=notrunc status=none
 	echo crash >ctl
 	block_fails_soon || fail "no crash"
+	# power is lost once: a second crash changes nothing, nor what is said
+	printf 'crash torn\nbogus\n' >ctl
+	for i in $(seq 100); do grep -q "'bogus'" fx.log && break; sleep 0.05; done
 	fx_down "$PWD/mp"
 	eq "$(log_last fx.log)" "fuseexport[$FXPID]: $PWD/mp: the export of $PWD/src ended (unmounted), crashed: the writes held unflushed were dropped" \
-		"the last line after a crash"
+		"the last line after a crash, then a torn one"
 	fx_up -w --write-cache=volatile --control="$PWD/ctl" --log=fx.log "$PWD/src" "$PWD/mp"
 	dd if=/dev/urandom of=mp bs=4k count=8 conv=notrunc status=none
 	echo crash torn >ctl
@@ -1854,6 +1884,21 @@ for s in range(0, len(torn), 512):
 print(": crash torn kept %d sectors and dropped %d" % (kept, dropped), file=sys.stderr)
 if not kept or not dropped: sys.exit("torn kept %d sectors, dropped %d" % (kept, dropped))
 PYEOF
+}
+
+# -d counts what a torn crash did: on a growable export, sectors held past
+# the source's end cannot be written and are dropped (it said 0 dropped)
+t_cache_crash_count() {
+	local i
+	: >src; : >mp
+	fx_fg $1 -d -g --write-cache=volatile --control="$PWD/ctl" "$PWD/src" "$PWD/mp"
+	dd if=/dev/urandom of=mp bs=64k count=1 status=none
+	echo "crash torn" >ctl
+	for i in $(seq 100); do grep -q 'crash torn:' fg.err && break; sleep 0.05; done
+	grep -q '^fuseexport: crash torn: 128 unflushed sectors dropped, 0 written$' fg.err ||
+		fail "what the torn crash did: $(grep crash fg.err)"
+	fx_down "$PWD/mp"
+	eq "$(stat -c %s src)" 0 "the source after the crash"
 }
 
 # O_DSYNC through the volatile cache, as FUA through a disk's: written
@@ -5731,6 +5776,7 @@ t "$p fault: ENOSPC after 10 writes reaches dd and python; a failed write change
 t "$p fault: a read delay shows in fio's completion latency" "$M fio python3" t_fault_delay "$LAYER_MODE"
 t "$p fault: op=flush,count=1 fails one fsync, the next is good, --run exits 0" "$M" t_fault_flush "$LAYER_MODE"
 t "$p fault: probability with --seed fails the same reads twice" "$M python3" t_fault_seed "$LAYER_MODE"
+t "$p fault: a delay cut short: a write asleep in it through a crash fails, never lands; SIGTERM does not wait it out" "$M" t_fault_delay_cut "$LAYER_MODE"
 t "$p fault: rules over a window and a snapshot: the export's offsets, the source never written" "$M" t_fault_layers "$LAYER_MODE"
 t "$p control FIFO: fault, clear, unknown lines reported, -d names the rule, removed at the end" "$M" t_control
 t "$p control FIFO: a line over 4095 bytes dropped whole, its tail never run; one of 4095 taken; one with a NUL dropped" "$M" t_control_long
@@ -5738,6 +5784,7 @@ t "a detached server's messages: --log=FILE, syslog (/dev/log), else the kernel'
 t "a detached server's last log line after a crash and after a failed flush says how the export ended and why" "$M unshare" t_log_end
 t "a detached server's log: a line is one write to --log=FILE (the static build too)" "$M strace musl-gcc" t_log_write_once
 t "$p volatile cache: held until fsync, seen at once; crash drops it; crash torn keeps a seeded subset" "$M python3" t_cache_sectors "$LAYER_MODE"
+t "$p volatile cache: -d counts a torn crash's sectors, those past a growable source's end dropped" "$M" t_cache_crash_count "$LAYER_MODE"
 t "$p volatile cache: an O_DSYNC write is written through and survives a crash, a plain one is lost" "$M python3" t_cache_dsync "$LAYER_MODE"
 t "$p volatile cache: a close is no flush: written and closed without fsync is lost in a crash, fsync'ed survives" "$M python3" t_cache_close "$LAYER_MODE"
 t "$p volatile cache: crash drops the pages a client mapped (SIGBUS), not only what the server held" "$M python3" t_cache_crash_mapped "$LAYER_MODE"
