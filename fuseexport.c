@@ -4687,15 +4687,17 @@ int fuseexport_fuzz_snapshot(const char *file, const char *source, char *why,
  * below, so a failed write changes nothing. After a crash (--control)
  * every data operation (read, write, flush, trim, zero, allocate, seek,
  * resize) fails with EIO; size, space and stamp pass, so GETATTR, STATFS,
- * OPEN and LOOKUP still work. Random choices come from one seeded
- * generator, so one seed gives the same failures for the same sequence of
- * requests.
+ * OPEN and LOOKUP still work; a delay ends early at a crash (and what
+ * slept through it fails) or at the export's end (fault_hurry). Random
+ * choices come from one seeded generator, so one seed gives the same
+ * failures for the same sequence of requests.
  *
  * Holds: the rules and their parser, the seeded generator (next_random),
- * struct faults and its operations, fault_open(), the rule fuzzer's entry.
- * Uses: the layer below, the pass-down operations, scan_number. Used by:
- * set_option (--fault), open_source, the control FIFO (fault, clear,
- * crash), the volatile cache (next_random).
+ * struct faults and its operations, fault_open(), fault_hurry(), the rule
+ * fuzzer's entry. Uses: the layer below, the pass-down operations,
+ * scan_number. Used by: set_option (--fault), open_source, the control
+ * FIFO (fault, clear, crash), the volatile cache (next_random),
+ * end_export and run_export (fault_hurry).
  */
 enum { FAULT_READ = 1, FAULT_WRITE = 2, FAULT_FLUSH = 4, FAULT_TRIM = 8,
        FAULT_ZERO = 16, FAULT_ANY = 31 };
@@ -8828,7 +8830,8 @@ static MAIN_ONLY int run_export(struct export *e)
 			ended_by = sig;
 		}
 	}
-	fault_hurry(e->faults);		/* unmounted: no delay holds a queue */
+	/* unmounted: no delay holds the final flush */
+	fault_hurry(e->faults);
 	for (i = 0; i < e->nqueues; i++)
 		pthread_join(e->queue[i].thread, NULL);
 	for (i = 0; e->rings && i < e->nrings; i++)
