@@ -641,7 +641,7 @@ static bool scan_number(const char *s, uint64_t *v)
 		return false;
 	errno = 0;
 	n = strtoull(s, &end, 10);
-	if (*end && (p = strchr(suffixes, *end & ~0x20)) && !end[1])
+	if (*end && (p = memchr(suffixes, *end & ~0x20, 4)) && !end[1])
 		shift = 10 * (p - suffixes + 1), end++;
 	if (errno || *end || (shift && n > (UINT64_MAX >> shift)))
 		return false;
@@ -4991,9 +4991,8 @@ static void fault_sleep(struct faults *f, uint64_t us)
 	t.tv_sec += us / 1000000 + ns / 1000000000;
 	t.tv_nsec = ns % 1000000000;
 	pthread_mutex_lock(&f->lock);
-	while (!f->hurry &&
-	       pthread_cond_timedwait(&f->woken, &f->lock, &t) != ETIMEDOUT)
-		;
+	while (!f->hurry && !pthread_cond_timedwait(&f->woken, &f->lock, &t))
+		;		/* woken for nothing: sleep on */
 	pthread_mutex_unlock(&f->lock);
 }
 
@@ -5130,15 +5129,16 @@ static struct faults *fault_open(struct source *below, struct fault_rule *rules,
 	struct faults *f = calloc(1, sizeof(*f));
 	struct fault_rule *r;
 
-	pthread_condattr_t clock;
+	pthread_condattr_t attr;
 
 	if (!f)
 		die("out of memory:");
 	pthread_mutex_init(&f->lock, NULL);
-	pthread_condattr_init(&clock);
-	pthread_condattr_setclock(&clock, CLOCK_MONOTONIC);
-	pthread_cond_init(&f->woken, &clock);
-	pthread_condattr_destroy(&clock);
+	pthread_condattr_init(&attr);
+	if (pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) ||
+	    pthread_cond_init(&f->woken, &attr))
+		die("fault rules: a condition variable on CLOCK_MONOTONIC");
+	pthread_condattr_destroy(&attr);
 	f->rules = rules;
 	for (r = rules; r; r = r->next)
 		r->number = ++f->numbered;
@@ -8818,7 +8818,9 @@ static MAIN_ONLY int run_export(struct export *e)
 			/* Queues may sleep in read(2) for good (without root
 			 * a lazy unmount aborts nothing): exiting closes every
 			 * /dev/fuse fd, which aborts the connection, so no
-			 * client is left waiting on us */
+			 * client is left waiting on us; nor does a delay
+			 * hold the exit */
+			fault_hurry(e->faults);
 			unmount_export(e, true);
 			if (e->opt.writable && !export_crashed(e))
 				flush_export(e, false);

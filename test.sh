@@ -2982,7 +2982,7 @@ t_valgrind() {
 # FUSE over io_uring: taken when the kernel offers it, with the ring threads
 # doing the serving; without the offer auto falls back and on refuses
 t_io_uring() {
-	local param=/sys/module/fuse/parameters/enable_uring was nr busy=0 t
+	local param=/sys/module/fuse/parameters/enable_uring was nr busy=0 t rc
 	was=$(cat $param)
 	trap "echo $was >$param" EXIT
 	nr=$(awk -F'[-,]' '{ print $NF + 1 }' /sys/devices/system/cpu/possible)
@@ -2992,6 +2992,10 @@ t_io_uring() {
 	grep -q "enable_uring" err || fail "the refusal does not say how: $(cat err)"
 	eq "$(wc -l <err)" 1 "lines of the refusal"
 	refute "mounted after the refusal" mounted "$PWD/mp"
+	# the refusal is a halt at INIT: its final flush waits out no delay
+	rc=0; timeout 60 "$FX" -w --io-uring=on --fault=op=flush,delay=600s \
+		"$PWD/src" "$PWD/mp" 2>err || rc=$?
+	eq $rc 1 "the exit status of a refusal with a flush delayed 10 minutes"
 	fx_fg -d --passthrough=off --io-uring=auto "$PWD/src" "$PWD/mp"
 	grep -q "transport: read(2)" fg.err || fail "auto without the offer: $(grep transport fg.err)"
 	cmp src mp || fail "cmp over read(2)"
@@ -5932,7 +5936,7 @@ for o in "-q 0" "-q 65" "-q abc" "-q -1" "-q 4x" "-q ''" "--queues=1844674407370
 	"--fault=op=reed" "--fault=error=EWHAT" "--fault=delay=5" "--fault=probability=1.5" \
 	"--fault=every=0" "--fault=colour=red" "--fault=" "--seed=x" "--write-cache=maybe" \
 	"--write-cache=volatile" "--control=" "'--fault=offset= -4096'" "'--fault=count= -5'" \
-	"'--fault=delay= 2s'" "--offset=+4096" "-q ' 2'"; do
+	"'--fault=delay= 2s'" "--offset=+4096" "-q ' 2'" "'--seed=1 '" "'--fault=offset=4096 ,op=read'"; do
 	eval "set -- $o"
 	t "$B option $o" "" b_option "$@"
 done
