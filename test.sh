@@ -62,8 +62,8 @@ FX=$(realpath "$FUSEEXPORT")
 HELP=$("$FX" --help 2>/dev/null)
 
 # The modes every behaviour test runs under: one entry per mode, comma-separated.
-# Every mode that changes the data path: direct I/O with one queue and with
-# four (spinning or not, as the load allows), the default (passthrough
+# Every mode that changes the data path: direct I/O with four queues
+# (spinning or not, as the load allows) and one, the default (passthrough
 # where it applies, else the kernel's page cache for reads), the page cache
 # for reads and writes, and FUSE over io_uring. Passthrough is auto, not on:
 # only read-only and growable exports pass through, a writable fixed-size
@@ -74,6 +74,11 @@ if [ -e /sys/module/fuse/parameters/enable_uring ]; then
 	MODES="$MODES,-q 2 --io-uring=on --passthrough=off --cache=none"
 fi
 MODES=${FX_MODES:-$MODES}
+# One queue rather than four changes no data path, only how requests meet,
+# so under the default -q 1 run only the tests of that (FX_MODES runs all)
+ONE_QUEUE="-q 1 --passthrough=off --cache=none"
+ONE_QUEUE_TESTS="one thread per queue|^read:|write in place|mmap|interrupted|idle server|fio verify|torture|server killed"
+MODE_ONLY=
 
 # FUSE over io_uring is switched on machine-wide (enable_uring), and other
 # runs of this suite may share the machine: a test in an io_uring mode sets
@@ -5664,6 +5669,7 @@ result() { # result ok|fail|skip NAME [REASON]
 t() {
 	local name=$1 needs=$2 why dir rc wrap=() uring= t0=$SECONDS; shift 2
 	if [ -n "$FX_ONLY" ] && ! [[ $name =~ $FX_ONLY ]]; then return; fi
+	if [ -n "$MODE_ONLY" ] && ! [[ ${name#"$p "} =~ $MODE_ONLY ]]; then return; fi
 	if [ -n "$FX_SKIP" ] && [[ $name =~ $FX_SKIP ]]; then return; fi
 	why=$(missing "$needs")
 	if [ -n "$why" ]; then result skip "$name" "$why"; return; fi
@@ -5727,6 +5733,8 @@ probe_mode() {
 IFS=, read -r -a mode_list <<<"$MODES"
 for mode in "${mode_list[@]}"; do
 	p="[$mode]"
+	MODE_ONLY=
+	[ -z "${FX_MODES:-}" ] && [ "$mode" = "$ONE_QUEUE" ] && MODE_ONLY=$ONE_QUEUE_TESTS
 	why=$(probe_mode "$mode")
 	if [ -n "$why" ]; then result skip "$p the whole mode" "$why"; continue; fi
 	t "$p stat: size, mode, owner, blocks" "$M" t_stat "$mode"
@@ -5769,6 +5777,7 @@ for mode in "${mode_list[@]}"; do
 	t "$p failed writeback: every later fsync fails (EIO), a read-only close does not, exit 1" "$M unshare loop python3" t_fsync_error "$mode"
 	t "$p server killed: no client hangs, dead export refused, source intact" "$M" t_sigkill "$mode"
 done
+MODE_ONLY=
 
 # Fault rules, the volatile cache, the control FIFO: they change nothing on
 # the /dev/fuse path, so one mode serves (FX_LAYER_MODE picks another)
